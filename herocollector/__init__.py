@@ -3,6 +3,7 @@
 The public API:
 
 * :class:`Collector`, the library (SPEC §3);
+* :class:`CollectorArchiver`, the BOSS-launched HEROS actor (SPEC §4);
 * :class:`RunWriter`, which writes logger directories in the data logger's format;
 * the errors :class:`CollectorError`, :class:`MetadataError`, :class:`SegmentError` and
   :class:`UnknownStreamError`.
@@ -14,9 +15,19 @@ from .logdir import RunWriter
 
 __all__ = [
     "Collector",
+    "CollectorArchiver",
     "CollectorError",
     "MetadataError",
     "RunWriter",
     "SegmentError",
     "UnknownStreamError",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # The actor pulls in HEROS and Zenoh; import it only when asked for.
+    if name == "CollectorArchiver":
+        from .actor import CollectorArchiver
+
+        return CollectorArchiver
+    raise AttributeError(f"module 'herocollector' has no attribute {name!r}")

@@ -243,8 +243,10 @@ class Records:
         if not parts:
             return cls.from_lists([], [], [], [])
         offsets = [parts[0].offsets]
+        base = parts[0].offsets[-1]
         for p in parts[1:]:
-            offsets.append(p.offsets[1:] + offsets[-1][-1])
+            offsets.append(p.offsets[1:] + base)
+            base = base + p.offsets[-1]
         return cls(
             np.concatenate([p.stream_ids for p in parts]),
             np.concatenate([p.ticks for p in parts]),
@@ -793,6 +795,8 @@ class SegmentDecoder:
         """Find which frame of a failed group is corrupt (slow path, errors only)."""
         for i in range(first, stop):
             lo, hi = int(frames.starts[i]), int(frames.ends[i])
+            if buf[lo + 1] == 0x2A:  # a skippable frame (magic 0x184D2A5?): nothing to decompress
+                continue
             expected = int(frames.content_sizes[i])
             try:
                 out = self._dctx.decompress(buf[lo:hi].tobytes(), max_output_size=max(expected, 1))

@@ -1,0 +1,1308 @@
+"""Unit, property and fuzz tests of the ``.seg.zst`` segment codec (``herocollector.codec``).
+
+The tests round-trip records through the project's own encoder, check the varint and zigzag
+primitives against hand-computed bytes, feed the decoder damaged segments (asserting the
+exception type, the file name and the byte offset), fuzz it with hypothesis, and compare it
+with the data logger's own C++ decoder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import signal
+import struct
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zstandard
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from herocollector.codec import (
+    DEFAULT_CHUNK_BYTES,
+    Records,
+    SegmentDecoder,
+    TickState,
+    decode_varints,
+    encode_records,
+    encode_segment,
+    encode_varints,
+    zigzag_decode,
+    zigzag_encode,
+)
+from herocollector.errors import CollectorError, SegmentError, UnknownStreamError
+
+# ----------------------------------------------------------------------------------------
+# Constants and helpers
+# ----------------------------------------------------------------------------------------
+
+MIN_CHUNK = 4096
+"""The smallest ``chunk_bytes`` the decoder accepts (smaller values are raised to it)."""
+
+KNOWN_IDS: tuple[int, ...] = (0, 1, 2, 7, 300, 2**31, 2**32 - 1)
+"""Stream ids declared by the fake run; includes 0 and the largest uint32."""
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+UINT64_MAX = 2**64 - 1
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+SEGMENT_NAME = "run-0001/segment-000042.seg.zst"
+HANG_GUARD_SECONDS = 60
+"""Generous bound after which a single decode is reported as hanging (never hit normally)."""
+
+FUZZ = settings(
+    max_examples=200,
+    deadline=None,  # no timing assertions; a real hang is caught by ``hang_guard`` instead
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+PROPERTY = settings(
+    max_examples=80,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+
+
+def wrap64(value: int) -> int:
+    """Wrap a Python integer to int64, as two's complement arithmetic does.
+
+    Args:
+        value: Any integer.
+
+    Returns:
+        The integer congruent to ``value`` modulo 2**64 in ``[-2**63, 2**63)``.
+    """
+    return (value + 2**63) % 2**64 - 2**63
+
+
+def leb128(value: int) -> bytes:
+    """Reference LEB128 encoder, written out byte by byte.
+
+    Args:
+        value: Unsigned integer below 2**64.
+
+    Returns:
+        The varint bytes.
+    """
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def padded(data: bytes, fill: int = 0) -> np.ndarray:
+    """A ``uint8`` buffer holding ``data`` and the 8 padding bytes ``decode_varints`` needs.
+
+    Args:
+        data: The bytes to decode.
+        fill: Value of the padding bytes.
+
+    Returns:
+        The buffer.
+    """
+    return np.frombuffer(data + bytes([fill]) * 8, dtype=np.uint8).copy()
+
+
+def assert_records_equal(actual: Records, expected: Records) -> None:
+    """Assert that two sets of record columns are identical, column by column and dtype.
+
+    Args:
+        actual: The decoded records.
+        expected: The records that were encoded.
+    """
+    for column, dtype in (
+        ("stream_ids", np.uint32),
+        ("ticks", np.int64),
+        ("offsets", np.int64),
+        ("indices", np.int64),
+        ("quantised", np.int64),
+    ):
+        got, want = getattr(actual, column), getattr(expected, column)
+        assert got.dtype == dtype, f"{column}: dtype {got.dtype}, expected {dtype}"
+        assert np.array_equal(got, want.astype(dtype)), f"{column} differs:\n{got}\n!=\n{want}"
+
+
+def take(records: Records, keep: np.ndarray) -> Records:
+    """The records selected by a boolean mask, with rebuilt offsets.
+
+    Args:
+        records: All records.
+        keep: One boolean per record.
+
+    Returns:
+        The kept records, in order.
+    """
+    keep = np.asarray(keep, dtype=bool)
+    n = np.diff(records.offsets)
+    element_keep = np.repeat(keep, n)
+    offsets = np.zeros(int(keep.sum()) + 1, dtype=np.int64)
+    np.cumsum(n[keep], out=offsets[1:])
+    return Records(
+        records.stream_ids[keep],
+        records.ticks[keep],
+        offsets,
+        records.indices[element_keep],
+        records.quantised[element_keep],
+    )
+
+
+def slice_records(records: Records, lo: int, hi: int) -> Records:
+    """Records ``lo..hi-1`` as their own columns.
+
+    Args:
+        records: All records.
+        lo: First record.
+        hi: One past the last record.
+
+    Returns:
+        The slice.
+    """
+    keep = np.zeros(len(records), dtype=bool)
+    keep[lo:hi] = True
+    return take(records, keep)
+
+
+def frame_spans(data: bytes) -> list[tuple[int, int]]:
+    """Byte ranges of the zstd frames of a segment, found with ``zstandard`` itself.
+
+    Args:
+        data: Segment bytes made only of regular zstd frames.
+
+    Returns:
+        ``(start, end)`` of every frame, in order.
+    """
+    spans, pos = [], 0
+    while pos < len(data):
+        obj = zstandard.ZstdDecompressor().decompressobj()
+        obj.decompress(data[pos:])
+        end = len(data) - len(obj.unused_data)
+        spans.append((pos, end))
+        pos = end
+    return spans
+
+
+def skippable_frame(payload: bytes, variant: int = 0) -> bytes:
+    """A zstd skippable frame (magic ``0x184D2A50 + variant``, little-endian).
+
+    Args:
+        payload: The user data it carries.
+        variant: Low nibble of the magic number (0..15).
+
+    Returns:
+        The frame bytes.
+    """
+    return struct.pack("<II", 0x184D2A50 + variant, len(payload)) + payload
+
+
+def decode(
+    data: bytes,
+    *,
+    ids: Sequence[int] = KNOWN_IDS,
+    selected: Sequence[int] | None = None,
+    chunk_bytes: int = MIN_CHUNK,
+    name: str = SEGMENT_NAME,
+) -> Records:
+    """Decode one segment held in memory with a fresh decoder.
+
+    Args:
+        data: The segment bytes.
+        ids: Stream ids with metadata.
+        selected: Streams to return (None for all).
+        chunk_bytes: The decoder's chunk size.
+        name: File name used in errors.
+
+    Returns:
+        The decoded records.
+    """
+    with hang_guard():
+        return SegmentDecoder(ids, selected, chunk_bytes=chunk_bytes).decode_bytes(data, name)
+
+
+def expect_segment_error(
+    data: bytes,
+    offset: int | None,
+    *,
+    error: type[SegmentError] = SegmentError,
+    match: str | None = None,
+    **kwargs: object,
+) -> SegmentError:
+    """Decode ``data`` and check that it fails with the right error, file name and offset.
+
+    Args:
+        data: The damaged segment.
+        offset: Expected ``.offset`` (None: not checked).
+        error: Expected exception type.
+        match: Regular expression the message must match.
+        **kwargs: Passed to :func:`decode`.
+
+    Returns:
+        The exception.
+    """
+    name = str(kwargs.get("name", SEGMENT_NAME))
+    with pytest.raises(error, match=match) as info:
+        decode(data, **kwargs)  # type: ignore[arg-type]
+    exc = info.value
+    assert type(exc) is error, f"expected exactly {error.__name__}, got {type(exc).__name__}: {exc}"
+    assert exc.path == name
+    assert str(exc).startswith(f"{name}: "), str(exc)
+    assert f"offset {exc.offset}" in str(exc)
+    if offset is not None:
+        assert exc.offset == offset, f"offset {exc.offset}, expected {offset}: {exc}"
+    return exc
+
+
+@contextlib.contextmanager
+def hang_guard(seconds: int = HANG_GUARD_SECONDS) -> Iterator[None]:
+    """Turn a decoder that never returns into a test failure instead of a stuck test run.
+
+    This is a watchdog, not a performance check: the bound is orders of magnitude above the
+    time any decode here takes. It is a no-op where ``SIGALRM`` is unavailable.
+
+    Args:
+        seconds: Wall-clock bound for the block.
+
+    Yields:
+        Nothing.
+    """
+    if not hasattr(signal, "SIGALRM") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expire(signum: int, frame: object) -> None:
+        """Fail the running test from the ``SIGALRM`` handler.
+
+        Args:
+            signum: The signal number.
+            frame: The interrupted stack frame.
+        """
+        raise AssertionError(f"decoder did not return within {seconds} s (hang)")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+class TrickleReader(io.RawIOBase):
+    """A binary file object that returns at most ``step`` bytes per read (like a pipe).
+
+    Args:
+        data: The bytes to serve.
+        step: Largest number of bytes returned by one ``readinto``.
+    """
+
+    def __init__(self, data: bytes, step: int) -> None:
+        self._data = memoryview(data)
+        self._pos = 0
+        self._step = step
+
+    def readable(self) -> bool:
+        """Whether the stream can be read (it can).
+
+        Returns:
+            True.
+        """
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        """Copy up to ``step`` bytes into ``buffer``.
+
+        Args:
+            buffer: Where to put the bytes.
+
+        Returns:
+            Bytes copied; 0 at the end of the data.
+        """
+        count = min(len(buffer), self._step, len(self._data) - self._pos)
+        buffer[:count] = self._data[self._pos : self._pos + count]
+        self._pos += count
+        return count
+
+
+# ----------------------------------------------------------------------------------------
+# Strategies
+# ----------------------------------------------------------------------------------------
+
+INT64 = st.integers(INT64_MIN, INT64_MAX)
+EDGE_INT64 = st.sampled_from(
+    [0, 1, -1, 63, 64, -64, -65, 2**31, 2**32 - 1, 2**32, 2**32 + 1, 2**53 + 1, 2**62, INT64_MAX, INT64_MIN, INT64_MIN + 1]
+)
+ANY_INT64 = st.one_of(st.integers(-300, 300), EDGE_INT64, INT64)
+INDEX = st.one_of(st.integers(0, 5000), st.integers(2**32 - 8, 2**32 + 8), EDGE_INT64, INT64)
+
+
+def absolute_ticks(stream_ids: Sequence[int], deltas: Sequence[int]) -> list[int]:
+    """Per-stream running sums of tick deltas, starting from 0, wrapping like int64.
+
+    Args:
+        stream_ids: Stream of each record.
+        deltas: Tick delta of each record.
+
+    Returns:
+        The absolute tick of each record.
+    """
+    last: dict[int, int] = {}
+    ticks = []
+    for sid, delta in zip(stream_ids, deltas):
+        last[sid] = wrap64(last.get(sid, 0) + delta)
+        ticks.append(last[sid])
+    return ticks
+
+
+@st.composite
+def records_st(
+    draw: st.DrawFn, max_records: int = 30, max_n: int = 10, increasing: bool | None = None
+) -> Records:
+    """Records of several interleaved streams with extreme indices, values and ticks.
+
+    Args:
+        draw: Hypothesis draw function.
+        max_records: Most records drawn.
+        max_n: Most elements per record.
+        increasing: Indices strictly increasing per record (None: drawn).
+
+    Returns:
+        The records.
+    """
+    streams = draw(st.lists(st.sampled_from(KNOWN_IDS), min_size=1, max_size=len(KNOWN_IDS), unique=True))
+    mono = draw(st.booleans()) if increasing is None else increasing
+    count = draw(st.integers(0, max_records))
+    sids, deltas, indices, quantised = [], [], [], []
+    for _ in range(count):
+        sids.append(draw(st.sampled_from(streams)))
+        deltas.append(draw(ANY_INT64))
+        n = draw(st.integers(0, max_n))
+        if mono:
+            indices.append(sorted(draw(st.lists(INDEX, min_size=n, max_size=n, unique=True))))
+        else:
+            indices.append(draw(st.lists(ANY_INT64, min_size=n, max_size=n)))
+        quantised.append(draw(st.lists(ANY_INT64, min_size=n, max_size=n)))
+    return Records.from_lists(sids, absolute_ticks(sids, deltas), indices, quantised)
+
+
+def bulk_records(seed: int, count: int, max_n: int, increasing: bool = True) -> Records:
+    """Many, possibly large, records generated with NumPy (fast enough for big segments).
+
+    Indices start anywhere from 0 to 2**62 (often above 2**32) with gaps from 0 to 2**40;
+    values mix small numbers, extremes and the full int64 range; tick deltas have both
+    signs and large magnitudes.
+
+    Args:
+        seed: Random seed.
+        count: Number of records.
+        max_n: Most elements per record.
+        increasing: Strictly increasing indices per record; else arbitrary int64.
+
+    Returns:
+        The records.
+    """
+    rng = np.random.default_rng(seed)
+    sids = rng.choice(np.array(KNOWN_IDS, dtype=np.uint32), size=count)
+    n = rng.integers(0, max_n + 1, size=count)
+    n[rng.random(count) < 0.15] = 0
+    offsets = np.zeros(count + 1, dtype=np.int64)
+    np.cumsum(n, out=offsets[1:])
+    total = int(offsets[-1])
+
+    def mixed(size: int) -> np.ndarray:
+        """A third each of small numbers, int64 edge values and uniform int64.
+
+        Args:
+            size: How many values.
+
+        Returns:
+            The values (``int64``).
+        """
+        kind = rng.integers(0, 3, size=size)
+        out = rng.integers(INT64_MIN, INT64_MAX, size=size, dtype=np.int64, endpoint=True)
+        small = kind == 0
+        out[small] = rng.integers(-1000, 1000, size=int(small.sum()))
+        edges = np.array([0, -1, 1, INT64_MIN, INT64_MAX, 2**32, -(2**32)], dtype=np.int64)
+        edge = kind == 1
+        out[edge] = rng.choice(edges, size=int(edge.sum()))
+        return out
+
+    if increasing:
+        gaps = np.where(rng.random(total) < 0.7, rng.integers(0, 4, size=total), rng.integers(0, 2**40, size=total))
+        starts = rng.choice(np.array([0, 2**32 - 3, 2**40, 2**62], dtype=np.int64), size=count)
+        starts += rng.integers(0, 1000, size=count)
+        element_record = np.repeat(np.arange(count), n)
+        steps = (gaps + 1).astype(np.int64)
+        steps[offsets[:-1][n > 0]] = 0
+        running = np.cumsum(steps)
+        first_running = running[offsets[:-1][n > 0]]
+        indices = starts[element_record] + running - np.repeat(first_running, n[n > 0])
+    else:
+        indices = mixed(total)
+    deltas = mixed(count).tolist()
+    ticks = absolute_ticks([int(s) for s in sids], deltas)
+    return Records(sids, np.array(ticks, dtype=np.int64), offsets, indices.astype(np.int64), mixed(total))
+
+
+@st.composite
+def bulk_records_st(draw: st.DrawFn) -> Records:
+    """Hypothesis wrapper of :func:`bulk_records` with drawn sizes.
+
+    Args:
+        draw: Hypothesis draw function.
+
+    Returns:
+        The records.
+    """
+    return bulk_records(
+        draw(st.integers(0, 2**32 - 1)),
+        draw(st.integers(1, 40)),
+        draw(st.sampled_from([2, 40, 300, 1200])),
+        draw(st.booleans()),
+    )
+
+
+# ----------------------------------------------------------------------------------------
+# Round trips
+# ----------------------------------------------------------------------------------------
+
+
+@PROPERTY
+@given(
+    records=records_st(),
+    records_per_frame=st.integers(1, 40),
+    chunk_bytes=st.sampled_from([MIN_CHUNK, 5000, DEFAULT_CHUNK_BYTES]),
+    level=st.sampled_from([1, 3]),
+)
+def test_round_trip_small_records(records: Records, records_per_frame: int, chunk_bytes: int, level: int) -> None:
+    data = encode_segment(records, records_per_frame=records_per_frame, level=level)
+    assert_records_equal(decode(data, chunk_bytes=chunk_bytes), records)
+
+
+@PROPERTY
+@given(records=bulk_records_st(), records_per_frame=st.sampled_from([1, 2, 5, 17, 1000]))
+def test_round_trip_bulk_records_small_chunks(records: Records, records_per_frame: int) -> None:
+    data = encode_segment(records, records_per_frame=records_per_frame)
+    assert_records_equal(decode(data, chunk_bytes=MIN_CHUNK), records)
+
+
+@PROPERTY
+@given(records=records_st(increasing=True))
+def test_round_trip_increasing_indices(records: Records) -> None:
+    for lo, hi in zip(records.offsets[:-1].tolist(), records.offsets[1:].tolist()):
+        indices = records.indices[lo:hi].tolist()
+        assert all(a < b for a, b in zip(indices, indices[1:]))
+    assert_records_equal(decode(encode_segment(records)), records)
+
+
+def test_round_trip_extreme_columns() -> None:
+    records = Records.from_lists(
+        [0, 2**32 - 1, 0, 7, 2**32 - 1, 0],
+        [INT64_MAX, INT64_MIN, INT64_MIN, 0, -1, INT64_MAX],
+        [
+            [INT64_MIN, -1, 0, 2**32, INT64_MAX],
+            [],
+            [INT64_MAX, INT64_MIN, INT64_MAX],  # not increasing: the codec round-trips it anyway
+            [2**32 + 5],
+            [],
+            [0, 1, 2, 3],
+        ],
+        [
+            [INT64_MIN, INT64_MAX, 0, -1, 1],
+            [],
+            [INT64_MAX, INT64_MAX, INT64_MIN],
+            [-(2**62)],
+            [],
+            [0, 0, 0, 0],
+        ],
+    )
+    for records_per_frame in (1, 2, 6):
+        data = encode_segment(records, records_per_frame=records_per_frame)
+        assert_records_equal(decode(data), records)
+
+
+def test_round_trip_only_empty_records() -> None:
+    records = Records.from_lists([1, 2, 1], [5, -5, 10], [[], [], []], [[], [], []])
+    for records_per_frame in (1, 3):
+        assert_records_equal(decode(encode_segment(records, records_per_frame=records_per_frame)), records)
+
+
+def test_encode_segment_frame_layout() -> None:
+    records = bulk_records(seed=1, count=10, max_n=20)
+    for records_per_frame, frames in ((1, 10), (3, 4), (10, 1), (50, 1)):
+        data = encode_segment(records, records_per_frame=records_per_frame)
+        spans = frame_spans(data)
+        assert len(spans) == frames
+        payload = b"".join(zstandard.ZstdDecompressor().decompress(data[a:b]) for a, b in spans)
+        assert payload == encode_records(records, TickState())
+    with pytest.raises(ValueError):
+        encode_segment(records, records_per_frame=0)
+    assert encode_segment(Records.concat([])) == b""
+
+
+def test_encode_records_hand_computed_bytes() -> None:
+    # stream 1, tick 3 (delta 3 -> zigzag 6), n=2, indices 300, 302 (gap 1), q -1 (zigzag 1), 64 (zigzag 128)
+    first = Records.from_lists([1], [3], [[300, 302]], [[-1, 64]])
+    assert encode_records(first, TickState()) == b"\x01\x06\x02\xac\x02\x01\x01\x80\x01"
+    # A second record of the same stream stores its tick as a delta to the first: 1 - 3 = -2.
+    second = Records.from_lists([1, 1], [3, 1], [[300, 302], []], [[-1, 64], []])
+    assert encode_records(second, TickState()) == b"\x01\x06\x02\xac\x02\x01\x01\x80\x01" + b"\x01\x03\x00"
+
+
+def test_large_frame_streaming_path_and_chunking() -> None:
+    """One frame far bigger than a chunk, holding many records that straddle chunk ends."""
+    records = bulk_records(seed=7, count=300, max_n=40, increasing=True)
+    data = encode_segment(records, records_per_frame=len(records))
+    (start, end), = frame_spans(data)
+    assert zstandard.get_frame_parameters(data).content_size > 8 * MIN_CHUNK
+    decoder = SegmentDecoder(KNOWN_IDS, chunk_bytes=MIN_CHUNK)
+    chunks = list(decoder.decode_stream(io.BytesIO(data), SEGMENT_NAME))
+    assert len(chunks) > 1
+    assert all(chunk.offsets[0] == 0 and chunk.offsets[-1] == chunk.indices.size for chunk in chunks)
+    assert_records_equal(Records.concat(chunks), records)
+
+
+def test_single_record_bigger_than_chunk_among_small_frames() -> None:
+    small = bulk_records(seed=3, count=30, max_n=5)
+    huge = Records(
+        np.array([7], dtype=np.uint32),
+        np.array([-123456789], dtype=np.int64),
+        np.array([0, 5000], dtype=np.int64),
+        np.arange(5000, dtype=np.int64) * 3 + 2**40,
+        np.random.default_rng(0).integers(INT64_MIN, INT64_MAX, size=5000, dtype=np.int64),
+    )
+    records = Records.concat([slice_records(small, 0, 15), huge, slice_records(small, 15, 30)])
+    for records_per_frame in (1, 4):
+        data = encode_segment(records, records_per_frame=records_per_frame)
+        # The big frame is incompressible: its compressed size exceeds the read buffer too.
+        assert max(b - a for a, b in frame_spans(data)) > MIN_CHUNK
+        assert_records_equal(decode(data, chunk_bytes=MIN_CHUNK), records)
+
+
+def test_many_small_frames_grouped_across_chunks() -> None:
+    records = bulk_records(seed=11, count=2000, max_n=6)
+    data = encode_segment(records, records_per_frame=1)
+    assert len(data) > 4 * MIN_CHUNK
+    decoder = SegmentDecoder(KNOWN_IDS, chunk_bytes=MIN_CHUNK)
+    chunks = list(decoder.decode_stream(io.BytesIO(data), SEGMENT_NAME))
+    assert len(chunks) > 4
+    assert_records_equal(Records.concat(chunks), records)
+
+
+@pytest.mark.parametrize("step", [1, 7, 4095, 5000])
+def test_decode_stream_with_short_reads(step: int) -> None:
+    records = bulk_records(seed=5, count=120, max_n=60)
+    data = encode_segment(records, records_per_frame=9)
+    decoder = SegmentDecoder(KNOWN_IDS, chunk_bytes=MIN_CHUNK)
+    with hang_guard():
+        got = Records.concat(decoder.decode_stream(TrickleReader(data, step), SEGMENT_NAME))
+    assert_records_equal(got, records)
+
+
+def test_frames_without_content_size_or_with_checksum() -> None:
+    records = bulk_records(seed=21, count=60, max_n=200)
+    payload = encode_records(records, TickState())
+    for write_content_size in (False, True):
+        for write_checksum in (False, True):
+            compressor = zstandard.ZstdCompressor(write_content_size=write_content_size, write_checksum=write_checksum)
+            stream = compressor.compressobj()
+            data = stream.compress(payload) + stream.flush()
+            for chunk_bytes in (MIN_CHUNK, DEFAULT_CHUNK_BYTES):
+                assert_records_equal(decode(data, chunk_bytes=chunk_bytes), records)
+
+
+def test_records_concat() -> None:
+    empty = Records.from_lists([], [], [], [])
+    a = Records.from_lists([1, 2], [10, 20], [[1, 2], []], [[3, 4], []])
+    b = Records.from_lists([7], [-5], [[2**40]], [[INT64_MIN]])
+    expected = Records.from_lists([1, 2, 7], [10, 20, -5], [[1, 2], [], [2**40]], [[3, 4], [], [INT64_MIN]])
+    for parts in ([a, b], [empty, a, b], [a, empty, b], [a, empty, empty, b, empty], [empty, a, empty, b]):
+        assert_records_equal(Records.concat(parts), expected)
+    assert_records_equal(Records.concat([]), empty)
+    assert_records_equal(Records.concat([empty, empty, empty]), empty)
+
+
+def test_decode_file(tmp_path: Path) -> None:
+    records = bulk_records(seed=2, count=50, max_n=30)
+    path = tmp_path / "segment-000000.seg.zst"
+    path.write_bytes(encode_segment(records, records_per_frame=3))
+    decoder = SegmentDecoder(KNOWN_IDS, chunk_bytes=MIN_CHUNK)
+    assert_records_equal(Records.concat(decoder.decode_file(path)), records)
+
+
+def test_chunk_bytes_below_minimum_is_raised_to_it() -> None:
+    records = bulk_records(seed=9, count=40, max_n=100)
+    data = encode_segment(records, records_per_frame=5)
+    assert_records_equal(decode(data, chunk_bytes=1), records)
+
+
+# ----------------------------------------------------------------------------------------
+# Ticks across segments
+# ----------------------------------------------------------------------------------------
+
+
+@PROPERTY
+@given(
+    records=st.one_of(records_st(max_records=40), bulk_records_st()),
+    cuts=st.lists(st.floats(0, 1), max_size=5),
+    records_per_frame=st.integers(1, 6),
+)
+def test_ticks_carry_across_segments(records: Records, cuts: list[float], records_per_frame: int) -> None:
+    bounds = sorted({0, len(records), *(int(c * len(records)) for c in cuts)})
+    writer_ticks = TickState()
+    segments = [
+        encode_segment(slice_records(records, lo, hi), writer_ticks, records_per_frame=records_per_frame)
+        for lo, hi in zip(bounds[:-1], bounds[1:])
+    ]
+    decoder = SegmentDecoder(KNOWN_IDS, chunk_bytes=MIN_CHUNK)
+    with hang_guard():
+        parts = [decoder.decode_bytes(data, f"segment-{i:06d}.seg.zst") for i, data in enumerate(segments)]
+    assert_records_equal(Records.concat(parts), records)
+
+
+def test_ticks_carry_across_segment_files(tmp_path: Path) -> None:
+    records = Records.from_lists(
+        [1, 2, 1, 2, 1, 1],
+        [100, -7, 250, INT64_MAX, 40, INT64_MIN],
+        [[1], [2], [3], [], [5], [6]],
+        [[10], [20], [30], [], [50], [60]],
+    )
+    writer_ticks = TickState()
+    paths = []
+    for i, (lo, hi) in enumerate(((0, 2), (2, 2), (2, 5), (5, 6))):
+        path = tmp_path / f"segment-{i:06d}.seg.zst"
+        path.write_bytes(encode_segment(slice_records(records, lo, hi), writer_ticks))
+        paths.append(path)
+    assert paths[1].read_bytes() == b""  # an empty segment in the middle
+    decoder = SegmentDecoder([1, 2])
+    got = Records.concat(chunk for path in paths for chunk in decoder.decode_file(path))
+    assert_records_equal(got, records)
+    # A fresh decoder on a later segment starts every stream from tick 0 again.
+    alone = SegmentDecoder([1, 2]).decode_bytes(paths[2].read_bytes())
+    assert alone.ticks.tolist() == [250 - 100, wrap64(INT64_MAX + 7), 250 - 100 + 40 - 250]
+
+
+# ----------------------------------------------------------------------------------------
+# Selection
+# ----------------------------------------------------------------------------------------
+
+
+@PROPERTY
+@given(
+    records=st.one_of(records_st(max_records=40), bulk_records_st()),
+    selected=st.lists(st.sampled_from(KNOWN_IDS + (12345,)), unique=True),
+    records_per_frame=st.integers(1, 5),
+    segments=st.integers(1, 3),
+)
+def test_selection(records: Records, selected: list[int], records_per_frame: int, segments: int) -> None:
+    bounds = np.linspace(0, len(records), segments + 1).astype(int)
+    writer_ticks = TickState()
+    datas = [
+        encode_segment(slice_records(records, lo, hi), writer_ticks, records_per_frame=records_per_frame)
+        for lo, hi in zip(bounds[:-1], bounds[1:])
+    ]
+    decoder = SegmentDecoder(KNOWN_IDS, selected, chunk_bytes=MIN_CHUNK)
+    with hang_guard():
+        got = Records.concat(decoder.decode_bytes(data) for data in datas)
+    assert_records_equal(got, take(records, np.isin(records.stream_ids, selected)))
+
+
+def test_selection_hand_written() -> None:
+    records = Records.from_lists(
+        [1, 2, 3, 2, 1, 3],
+        [10, 20, 30, 15, 5, 31],
+        [[1, 2], [3], [], [4, 9], [7], [8]],
+        [[-1, -2], [3], [], [4, 9], [7], [-8]],
+    )
+    data = encode_segment(records, records_per_frame=2)
+    got = decode(data, ids=[1, 2, 3], selected=[2, 3])
+    expected = Records.from_lists(
+        [2, 3, 2, 3], [20, 30, 15, 31], [[3], [], [4, 9], [8]], [[3], [], [4, 9], [-8]]
+    )
+    assert_records_equal(got, expected)
+    assert len(decode(data, ids=[1, 2, 3], selected=[])) == 0
+
+
+def test_unselected_streams_are_still_validated() -> None:
+    records = Records.from_lists([1, 99], [0, 0], [[1], [2]], [[1], [2]])
+    data = encode_segment(records)
+    second_frame = frame_spans(data)[1][0]
+    for selected in ([1], []):
+        exc = expect_segment_error(data, second_frame, error=UnknownStreamError, ids=[1], selected=selected)
+        assert exc.stream_id == 99
+
+
+# ----------------------------------------------------------------------------------------
+# Varints and zigzag
+# ----------------------------------------------------------------------------------------
+
+VARINT_TABLE = [
+    (0, b"\x00"),
+    (1, b"\x01"),
+    (127, b"\x7f"),
+    (128, b"\x80\x01"),
+    (255, b"\xff\x01"),
+    (300, b"\xac\x02"),
+    (16383, b"\xff\x7f"),
+    (16384, b"\x80\x80\x01"),
+    (2**32 - 1, b"\xff\xff\xff\xff\x0f"),
+    (2**56 - 1, b"\xff" * 7 + b"\x7f"),
+    (2**56, b"\x80" * 8 + b"\x01"),
+    (2**63 - 1, b"\xff" * 8 + b"\x7f"),
+    (2**63, b"\x80" * 9 + b"\x01"),
+    (2**63 + 1, b"\x81" + b"\x80" * 8 + b"\x01"),
+    (2**64 - 1, b"\xff" * 9 + b"\x01"),
+]
+
+
+@pytest.mark.parametrize(("value", "encoded"), VARINT_TABLE)
+def test_varint_hand_computed(value: int, encoded: bytes) -> None:
+    assert leb128(value) == encoded
+    assert encode_varints(np.array([value], dtype=np.uint64)).tobytes() == encoded
+    for fill in (0x00, 0xFF):  # the padding must never leak into the value
+        values, starts, ends = decode_varints(padded(encoded, fill), len(encoded))
+        assert values.dtype == np.uint64
+        assert values.tolist() == [value]
+        assert starts.tolist() == [0] and ends.tolist() == [len(encoded) - 1]
+
+
+def test_varint_table_back_to_back() -> None:
+    values = [v for v, _ in VARINT_TABLE]
+    encoded = b"".join(e for _, e in VARINT_TABLE)
+    assert encode_varints(np.array(values, dtype=np.uint64)).tobytes() == encoded
+    got, starts, ends = decode_varints(padded(encoded, 0xAA), len(encoded))
+    assert got.tolist() == values
+    lengths = [len(e) for _, e in VARINT_TABLE]
+    assert (ends - starts + 1).tolist() == lengths
+    assert starts.tolist() == np.concatenate([[0], np.cumsum(lengths)[:-1]]).tolist()
+
+
+def test_varint_lengths_at_every_boundary() -> None:
+    for k in range(1, 10):
+        below, at = 2 ** (7 * k) - 1, 2 ** (7 * k)
+        assert len(encode_varints(np.array([below], dtype=np.uint64))) == k
+        if at <= UINT64_MAX:
+            assert len(encode_varints(np.array([at], dtype=np.uint64))) == k + 1
+
+
+def test_varint_empty_and_unfinished() -> None:
+    assert encode_varints(np.zeros(0, dtype=np.uint64)).size == 0
+    values, starts, ends = decode_varints(padded(b""), 0)
+    assert values.size == starts.size == ends.size == 0
+    # Bytes after the last terminating byte are an unfinished varint and are ignored.
+    data = b"\x01\xac\x02\x80\x80"
+    values, starts, ends = decode_varints(padded(data, 0x01), len(data))
+    assert values.tolist() == [1, 300] and ends.tolist() == [0, 2]
+    values, _, _ = decode_varints(padded(b"\xff\xff"), 2)
+    assert values.size == 0
+
+
+def test_varint_tenth_byte_bits_past_64_are_dropped() -> None:
+    # As the C++ reader does: only bit 0 of the tenth byte's payload fits in 64 bits.
+    for data, value in ((b"\xff" * 9 + b"\x7f", 2**64 - 1), (b"\x80" * 9 + b"\x02", 0), (b"\x80" * 9 + b"\x03", 2**63)):
+        values, _, _ = decode_varints(padded(data), len(data))
+        assert values.tolist() == [value]
+
+
+def test_decode_varints_needs_padding() -> None:
+    data = np.frombuffer(b"\xac\x02" + b"\x00" * 7, dtype=np.uint8)
+    with pytest.raises(ValueError):
+        decode_varints(data, 2)
+    with pytest.raises(ValueError):
+        decode_varints(padded(b"\x01\x02" * 8)[::2], 4)  # not contiguous
+
+
+@PROPERTY
+@given(values=st.lists(st.integers(0, UINT64_MAX), max_size=200), fill=st.integers(0, 255))
+def test_varint_round_trip(values: list[int], fill: int) -> None:
+    encoded = encode_varints(np.array(values, dtype=np.uint64)).tobytes()
+    assert encoded == b"".join(leb128(v) for v in values)
+    got, starts, ends = decode_varints(padded(encoded, fill), len(encoded))
+    assert got.tolist() == values
+    assert (ends - starts + 1).tolist() == [len(leb128(v)) for v in values]
+
+
+ZIGZAG_TABLE = [(0, 0), (-1, 1), (1, 2), (-2, 3), (2, 4), (-64, 127), (64, 128), (INT64_MAX, 2**64 - 2), (INT64_MIN, 2**64 - 1)]
+
+
+def test_zigzag_hand_computed() -> None:
+    signed = np.array([s for s, _ in ZIGZAG_TABLE], dtype=np.int64)
+    unsigned = np.array([u for _, u in ZIGZAG_TABLE], dtype=np.uint64)
+    encoded = zigzag_encode(signed)
+    assert encoded.dtype == np.uint64 and np.array_equal(encoded, unsigned)
+    decoded = zigzag_decode(unsigned)
+    assert decoded.dtype == np.int64 and np.array_equal(decoded, signed)
+
+
+@PROPERTY
+@given(signed=st.lists(INT64, max_size=100), unsigned=st.lists(st.integers(0, UINT64_MAX), max_size=100))
+def test_zigzag_is_a_bijection(signed: list[int], unsigned: list[int]) -> None:
+    s = np.array(signed, dtype=np.int64)
+    u = np.array(unsigned, dtype=np.uint64)
+    assert zigzag_decode(zigzag_encode(s)).tolist() == signed
+    assert zigzag_encode(zigzag_decode(u)).tolist() == unsigned
+    assert zigzag_encode(s).tolist() == [(2 * v) if v >= 0 else (-2 * v - 1) for v in signed]
+
+
+# ----------------------------------------------------------------------------------------
+# Damaged segments
+# ----------------------------------------------------------------------------------------
+
+
+def three_frames() -> tuple[Records, bytes, list[tuple[int, int]]]:
+    """A small valid segment of three frames.
+
+    Returns:
+        The records, the segment and its frame spans.
+    """
+    records = Records.from_lists(
+        [1, 2, 1, 7, 2, 1],
+        [10, 20, 30, 40, 50, 60],
+        [[1, 5, 9], [2**40], [], [3, 4], [0, 1, 2, 3, 4, 5, 6, 7], [-5]],
+        [[-1, 0, 1], [INT64_MAX], [], [7, -7], [1, 2, 3, 4, 5, 6, 7, 8], [INT64_MIN]],
+    )
+    data = encode_segment(records, records_per_frame=2)
+    spans = frame_spans(data)
+    assert len(spans) == 3
+    return records, data, spans
+
+
+def test_empty_file(tmp_path: Path) -> None:
+    got = decode(b"")
+    assert len(got) == 0 and got.offsets.tolist() == [0]
+    assert_records_equal(got, Records.from_lists([], [], [], []))
+    path = tmp_path / "empty.seg.zst"
+    path.write_bytes(b"")
+    assert list(SegmentDecoder(KNOWN_IDS).decode_file(path)) == []
+
+
+def test_truncated_last_frame() -> None:
+    records, data, spans = three_frames()
+    last_start = spans[-1][0]
+    for cut in range(last_start + 1, len(data)):
+        expect_segment_error(data[:cut], last_start)
+    for cut in range(1, spans[0][1]):
+        expect_segment_error(data[:cut], 0)
+    # Cutting exactly at a frame boundary leaves a valid, shorter segment.
+    for frames, (_, end) in enumerate(spans, start=1):
+        assert_records_equal(decode(data[:end]), slice_records(records, 0, 2 * frames))
+
+
+def test_truncated_large_last_frame(tmp_path: Path) -> None:
+    small = bulk_records(seed=4, count=400, max_n=5)
+    big = bulk_records(seed=5, count=30, max_n=300, increasing=False)
+    writer_ticks = TickState()
+    data = encode_segment(small, writer_ticks) + encode_segment(big, writer_ticks, records_per_frame=30)
+    last_start, last_end = frame_spans(data)[-1]
+    assert last_end - last_start > 2 * MIN_CHUNK and last_start > MIN_CHUNK
+    for cut in np.linspace(last_start + 1, last_end - 1, 25).astype(int).tolist() + [last_end - 1, last_start + 3]:
+        expect_segment_error(data[:cut], last_start, match="truncated|do not start")
+    path = tmp_path / "cut.seg.zst"
+    path.write_bytes(data[: last_end - 10])
+    with pytest.raises(SegmentError) as info:
+        list(SegmentDecoder(KNOWN_IDS, chunk_bytes=MIN_CHUNK).decode_file(path))
+    assert info.value.path == str(path) and str(path) in str(info.value)
+    assert info.value.offset == last_start
+
+
+@pytest.mark.parametrize("garbage", [b"\x00", b"garbage!", b"\x28\xb5\x2f", b"\xff" * 5000, b"\x50\x2a\x4d"])
+@pytest.mark.parametrize("big", [False, True])
+def test_garbage_after_valid_frames(garbage: bytes, big: bool) -> None:
+    records = bulk_records(seed=8, count=400 if big else 5, max_n=10)
+    valid = encode_segment(records, records_per_frame=3)
+    assert (len(valid) > 2 * MIN_CHUNK) == big
+    expect_segment_error(valid + garbage, len(valid), match="do not start a zstd frame")
+
+
+@PROPERTY
+@given(garbage=st.binary(min_size=1, max_size=64), big=st.booleans())
+def test_random_garbage_after_valid_frames(garbage: bytes, big: bool) -> None:
+    assume(garbage[:1] not in (b"\x28",) and not (0x50 <= garbage[0] <= 0x5F))
+    records = bulk_records(seed=8, count=400 if big else 5, max_n=10)
+    valid = encode_segment(records, records_per_frame=3)
+    expect_segment_error(valid + garbage, len(valid))
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"x", b"not a zstd segment at all", bytes(range(256)) * 40, b"\x00\x00\x00\x00", b"\x28\xb5\x2f\xfc" + b"\x00" * 20],
+)
+def test_file_of_garbage(data: bytes) -> None:
+    expect_segment_error(data, 0, match="not a zstd frame")
+
+
+def test_invalid_frame_header() -> None:
+    _, data, spans = three_frames()
+    second = spans[1][0]
+    damaged = bytearray(data)
+    damaged[second + 4] |= 0x08  # reserved bit of the frame header descriptor
+    expect_segment_error(bytes(damaged), second, match="corrupt")
+
+
+def cut_record_payload() -> tuple[bytes, int]:
+    """The raw payload of three records and the byte length of the last record.
+
+    Returns:
+        ``(payload, last_record_bytes)``.
+    """
+    records = Records.from_lists(
+        [1, 2, 1], [5, 6, 7], [[1, 2, 3], [2**40, 2**41], [9, 300, 2**33]], [[1, -1, 2], [INT64_MAX, 5], [-300, 0, 7]]
+    )
+    payload = encode_records(records, TickState())
+    return payload, len(payload) - len(encode_records(slice_records(records, 0, 2), TickState()))
+
+
+@pytest.mark.parametrize("before_records", [4, 800])
+def test_record_cut_short_inside_a_frame(before_records: int) -> None:
+    # With 800 records before it, the damaged frame lies beyond the first read buffer.
+    before = encode_segment(bulk_records(seed=1, count=before_records, max_n=5), records_per_frame=2)
+    after = encode_segment(bulk_records(seed=2, count=4, max_n=5), records_per_frame=1)
+    payload, last_record = cut_record_payload()
+    assert last_record > 8
+    for cut in range(1, last_record):
+        frame = zstandard.ZstdCompressor().compress(payload[:-cut])
+        expect_segment_error(frame, 0, match="cut short")
+        expect_segment_error(before + frame + after, len(before), match="cut short")
+        expect_segment_error(before + frame + after, len(before), match="cut short", chunk_bytes=DEFAULT_CHUNK_BYTES)
+    # Removing the whole last record leaves valid data.
+    frame = zstandard.ZstdCompressor().compress(payload[:-last_record])
+    assert len(decode(frame)) == 2
+
+
+def test_record_cut_short_in_large_frame() -> None:
+    records = bulk_records(seed=12, count=50, max_n=100)
+    payload = encode_records(records, TickState())
+    before = encode_segment(bulk_records(seed=13, count=800, max_n=3))
+    assert len(before) > 2 * MIN_CHUNK
+    for cut in (1, 2, 5):
+        frame = zstandard.ZstdCompressor().compress(payload[:-cut])
+        assert zstandard.get_frame_parameters(frame).content_size > MIN_CHUNK
+        expect_segment_error(before + frame, len(before), match="cut short", chunk_bytes=MIN_CHUNK)
+
+
+def test_lone_partial_record() -> None:
+    for payload in (b"\x01", b"\x01\x02", b"\x01\x02\x03\x04", b"\x01\x00\x02\x05\x00\x02", b"\x01\x80"):
+        frame = zstandard.ZstdCompressor().compress(payload)
+        expect_segment_error(frame, 0, match="cut short")
+
+
+def test_varint_longer_than_ten_bytes() -> None:
+    good = encode_segment(Records.from_lists([1], [0], [[1]], [[1]]))
+    payload = b"\x01\x00\x01\x00" + b"\x80" * 10 + b"\x01"  # q_0 is an 11-byte varint
+    frame = zstandard.ZstdCompressor().compress(payload)
+    expect_segment_error(good + frame, len(good), match="longer than 10 bytes")
+    # Exactly ten bytes is fine.
+    frame = zstandard.ZstdCompressor().compress(b"\x01\x00\x01\x00" + b"\xff" * 9 + b"\x01")
+    got = decode(frame)
+    assert got.quantised.tolist() == [INT64_MIN]
+
+
+@pytest.mark.parametrize("records_per_frame", [1, 2, 10])
+def test_unknown_stream(records_per_frame: int) -> None:
+    records = Records.from_lists(
+        [1, 2, 1, 5, 2, 1], [1, 2, 3, 4, 5, 6], [[1], [2], [3], [4], [5], []], [[1], [2], [3], [4], [5], []]
+    )
+    data = encode_segment(records, records_per_frame=records_per_frame)
+    frame_of_record = frame_spans(data)[3 // records_per_frame][0]
+    exc = expect_segment_error(data, frame_of_record, error=UnknownStreamError, ids=[1, 2], match="stream id 5")
+    assert exc.stream_id == 5
+    assert isinstance(exc, SegmentError) and isinstance(exc, CollectorError)
+
+
+def test_unknown_stream_in_large_frame() -> None:
+    known = bulk_records(seed=14, count=60, max_n=100)
+    rogue = Records.from_lists([4242], [0], [[1, 2]], [[3, 4]])
+    before = encode_segment(bulk_records(seed=15, count=800, max_n=3))
+    assert len(before) > 2 * MIN_CHUNK
+    data = before + encode_segment(Records.concat([known, rogue]), records_per_frame=61)
+    assert zstandard.get_frame_parameters(data[len(before) :]).content_size > MIN_CHUNK
+    exc = expect_segment_error(data, len(before), error=UnknownStreamError, chunk_bytes=MIN_CHUNK)
+    assert exc.stream_id == 4242
+
+
+def test_unknown_stream_id_beyond_uint32_is_not_truncated() -> None:
+    payload = encode_varints(np.array([2**32 + 1, 0, 0], dtype=np.uint64)).tobytes()
+    frame = zstandard.ZstdCompressor().compress(payload)
+    exc = expect_segment_error(frame, 0, error=UnknownStreamError, ids=[0, 1])
+    assert exc.stream_id == 2**32 + 1
+
+
+def test_no_stream_metadata_at_all() -> None:
+    data = encode_segment(Records.from_lists([0], [0], [[]], [[]]))
+    exc = expect_segment_error(data, 0, error=UnknownStreamError, ids=[])
+    assert exc.stream_id == 0
+
+
+def compressible_frame(checksum: bool) -> tuple[bytes, Records, tuple[int, int]]:
+    """A one-block zstd frame with compressible records (a "compressed" block, type 2).
+
+    Args:
+        checksum: Write the frame's content checksum.
+
+    Returns:
+        The frame, its records, and the byte range of its block's content.
+    """
+    records = Records.from_lists(
+        [1] * 40,
+        list(range(0, 400, 10)),
+        [list(range(i, i + 300, 3)) for i in range(40)],
+        [[(i * j) % 17 - 8 for j in range(100)] for i in range(40)],
+    )
+    frame = zstandard.ZstdCompressor(level=3, write_checksum=checksum).compress(encode_records(records, TickState()))
+    header = zstandard.frame_header_size(frame)
+    block = int.from_bytes(frame[header : header + 3], "little")
+    assert block & 1 == 1, "expected a single (last) block"
+    assert (block >> 1) & 3 == 2, "expected a compressed block"
+    body = (header + 3, header + 3 + (block >> 3))
+    assert body[1] + 4 * checksum == len(frame)
+    return frame, records, body
+
+
+@pytest.mark.parametrize("checksum", [True, False])
+@pytest.mark.parametrize("layout", ["alone", "middle", "after_skippable", "large"])
+def test_corrupt_frame(checksum: bool, layout: str) -> None:
+    frame, records, (lo, hi) = compressible_frame(checksum)
+    before = encode_segment(bulk_records(seed=16, count=600 if layout == "large" else 5, max_n=4), records_per_frame=2)
+    after = encode_segment(Records.from_lists([1], [0], [[1]], [[1]]))
+    prefix = {"alone": b"", "middle": before, "after_skippable": before + skippable_frame(b"note"), "large": before}[layout]
+    suffix = b"" if layout == "alone" else after
+    chunk_bytes = MIN_CHUNK if layout == "large" else DEFAULT_CHUNK_BYTES
+    if layout == "large":
+        assert zstandard.get_frame_parameters(frame).content_size > MIN_CHUNK
+    original = decode(prefix + frame + suffix, chunk_bytes=chunk_bytes)
+    raised = 0
+    for position in range(lo, hi):
+        for flip in (0xFF, 0x01):
+            damaged = bytearray(frame)
+            damaged[position] ^= flip
+            try:
+                got = decode(prefix + bytes(damaged) + suffix, chunk_bytes=chunk_bytes)
+            except SegmentError as exc:
+                assert exc.offset == len(prefix), f"flip at {position}: {exc}"
+                assert exc.path == SEGMENT_NAME
+                raised += 1
+            else:
+                if checksum:  # without a checksum the content may silently differ
+                    assert_records_equal(got, original)
+    assert raised > 0
+
+
+def test_corrupt_checksummed_frame_never_decodes_to_other_data() -> None:
+    frame, records, (lo, hi) = compressible_frame(checksum=True)
+    for position in range(lo, hi):
+        damaged = bytearray(frame)
+        damaged[position] ^= 0x10
+        try:
+            got = decode(bytes(damaged), ids=[1])
+        except SegmentError as exc:
+            assert exc.offset == 0
+        else:
+            assert_records_equal(got, records)
+
+
+def test_checksum_bytes_damaged() -> None:
+    frame, _, (_, hi) = compressible_frame(checksum=True)
+    damaged = bytearray(frame)
+    damaged[hi] ^= 0x01
+    good = encode_segment(Records.from_lists([1], [0], [[1]], [[1]]))
+    expect_segment_error(good + bytes(damaged) + good, len(good), match="corrupt")
+
+
+@pytest.mark.parametrize("variant", [0, 1, 0xA, 0xF])
+def test_skippable_frames_are_allowed(variant: int) -> None:
+    records = bulk_records(seed=17, count=12, max_n=8)
+    writer_ticks = TickState()
+    frames = [encode_segment(slice_records(records, i, i + 1), writer_ticks) for i in range(len(records))]
+    hidden = encode_segment(Records.from_lists([999], [0], [[1]], [[1]]))  # a zstd frame inside a skippable one
+    skips = [
+        skippable_frame(b"", variant),
+        skippable_frame(b"meta", variant),
+        skippable_frame(hidden, variant),
+        skippable_frame(ZSTD_MAGIC * 3, variant),
+        skippable_frame(bytes(3 * MIN_CHUNK), variant),  # bigger than the read buffer
+    ]
+    data = skips[0] + b"".join(f + skips[i % len(skips)] for i, f in enumerate(frames)) + skips[2]
+    for chunk_bytes in (MIN_CHUNK, DEFAULT_CHUNK_BYTES):
+        assert_records_equal(decode(data, chunk_bytes=chunk_bytes), records)
+    assert len(decode(skippable_frame(b"only metadata", variant))) == 0
+
+
+def test_empty_zstd_frames_hold_no_records() -> None:
+    records = bulk_records(seed=18, count=6, max_n=4)
+    empty = zstandard.ZstdCompressor().compress(b"")
+    writer_ticks = TickState()
+    parts = [encode_segment(slice_records(records, i, i + 1), writer_ticks) for i in range(len(records))]
+    data = empty + empty.join(parts) + empty
+    assert_records_equal(decode(data), records)
+    assert len(decode(empty)) == 0
+
+
+def test_truncated_skippable_frame() -> None:
+    valid = encode_segment(Records.from_lists([1], [0], [[1]], [[1]]))
+    skip = skippable_frame(b"0123456789")
+    for cut in range(1, len(skip)):
+        expect_segment_error(valid + skip[:cut], len(valid))
+
+
+# ----------------------------------------------------------------------------------------
+# Fuzzing: decoding either succeeds or raises a CollectorError
+# ----------------------------------------------------------------------------------------
+
+
+def decode_or_collector_error(data: bytes, chunk_bytes: int = MIN_CHUNK) -> Records | None:
+    """Decode arbitrary bytes; anything but success or a ``CollectorError`` fails the test.
+
+    On success the columns must be self-consistent.
+
+    Args:
+        data: Possibly damaged segment bytes.
+        chunk_bytes: The decoder's chunk size.
+
+    Returns:
+        The records, or None when a ``CollectorError`` was raised.
+    """
+    try:
+        got = decode(data, chunk_bytes=chunk_bytes)
+    except CollectorError as exc:
+        assert isinstance(exc, SegmentError)
+        assert exc.path == SEGMENT_NAME and 0 <= exc.offset <= len(data)
+        return None
+    assert got.offsets[0] == 0 and np.all(np.diff(got.offsets) >= 0)
+    assert got.offsets[-1] == got.indices.size == got.quantised.size
+    assert got.ticks.size == got.stream_ids.size == got.offsets.size - 1
+    assert np.isin(got.stream_ids, KNOWN_IDS).all()
+    return got
+
+
+@FUZZ
+@given(data=st.binary(max_size=600), chunk_bytes=st.sampled_from([MIN_CHUNK, DEFAULT_CHUNK_BYTES]))
+def test_fuzz_random_bytes(data: bytes, chunk_bytes: int) -> None:
+    decode_or_collector_error(data, chunk_bytes)
+
+
+@FUZZ
+@given(tail=st.binary(max_size=300), skippable=st.booleans())
+def test_fuzz_random_bytes_after_a_magic_number(tail: bytes, skippable: bool) -> None:
+    decode_or_collector_error((b"\x50\x2a\x4d\x18" if skippable else ZSTD_MAGIC) + tail)
+
+
+@FUZZ
+@given(payloads=st.lists(st.binary(max_size=200), min_size=1, max_size=4), big=st.binary(max_size=6000))
+def test_fuzz_random_payloads_in_valid_frames(payloads: list[bytes], big: bytes) -> None:
+    """Garbage records inside intact zstd frames exercise the record splitter."""
+    compressor = zstandard.ZstdCompressor()
+    small_ids = bytes(b % 8 for b in big)  # mostly small varints, so records parse further
+    data = b"".join(compressor.compress(p) for p in [*payloads, small_ids, big])
+    decode_or_collector_error(data)
+
+
+MUTATION = st.tuples(st.sampled_from(["flip", "set", "truncate", "insert", "delete", "duplicate"]), st.floats(0, 1), st.binary(min_size=1, max_size=12))
+
+
+def mutate(data: bytes, mutations: list[tuple[str, float, bytes]]) -> bytes:
+    """Apply byte-level mutations to a segment.
+
+    Args:
+        data: The segment.
+        mutations: ``(kind, relative position, bytes)`` triples.
+
+    Returns:
+        The mutated bytes.
+    """
+    out = bytearray(data)
+    for kind, where, blob in mutations:
+        if not out:
+            break
+        pos = min(int(where * len(out)), len(out) - 1)
+        if kind == "flip":
+            out[pos] ^= blob[0] or 0x80
+        elif kind == "set":
+            out[pos : pos + len(blob)] = blob
+        elif kind == "truncate":
+            del out[pos:]
+        elif kind == "insert":
+            out[pos:pos] = blob
+        elif kind == "delete":
+            del out[pos : pos + len(blob)]
+        else:
+            out[pos:pos] = out[pos : pos + 4 * len(blob)]
+    return bytes(out)
+
+
+@FUZZ
+@given(
+    records=st.one_of(records_st(max_records=12, max_n=6), bulk_records_st()),
+    records_per_frame=st.sampled_from([1, 3, 100]),
+    mutations=st.lists(MUTATION, min_size=1, max_size=4),
+    with_skippable=st.booleans(),
+)
+def test_fuzz_mutated_segments(
+    records: Records, records_per_frame: int, mutations: list[tuple[str, float, bytes]], with_skippable: bool
+) -> None:
+    data = encode_segment(records, records_per_frame=records_per_frame)
+    if with_skippable:
+        data = skippable_frame(b"hdr") + data
+    mutated = mutate(data, mutations)
+    got = decode_or_collector_error(mutated)
+    if mutated == data:
+        assert got is not None
+        assert_records_equal(got, records)
+
+
+@FUZZ
+@given(
+    records=st.one_of(records_st(max_records=12, max_n=6), bulk_records_st()),
+    position=st.floats(0, 1),
+    value=st.integers(0, 255),
+)
+def test_fuzz_frame_header_bytes(records: Records, position: float, value: int) -> None:
+    """Overwrite one byte among the first 20 of every frame (the headers)."""
+    assume(len(records) > 0)
+    data = encode_segment(records, records_per_frame=2)
+    damaged = bytearray(data)
+    for start, end in frame_spans(data):
+        damaged[start + min(int(position * 20), end - start - 1)] = value
+    decode_or_collector_error(bytes(damaged))
+
+
+# ----------------------------------------------------------------------------------------
+# The data logger's C++ reference decoder
+# ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("records_per_frame", [1, 4])
+def test_matches_reference_decoder(tmp_path: Path, records_per_frame: int) -> None:
+    core = pytest.importorskip("data_logger._core")
+    records = Records.concat(
+        [
+            bulk_records(seed=31, count=40, max_n=50, increasing=True),
+            Records.from_lists(
+                [0, 2**32 - 1, 7],
+                [INT64_MAX, -(2**40), 12345],
+                [[], [0, 2**32, INT64_MAX], [INT64_MIN, -1]],
+                [[], [INT64_MIN, INT64_MAX, 0], [1, -1]],
+            ),
+        ]
+    )
+    path = tmp_path / "segment-000000.seg.zst"
+    path.write_bytes(encode_segment(records, records_per_frame=records_per_frame))
+    scales = {}
+    for i, sid in enumerate(KNOWN_IDS):
+        pair = core.ScalePair()
+        pair.epoch_scale = [1e-6, 1e-9, 0.25, 1.0, 3.0e-3, 1e-3, 7.5][i]
+        pair.value_scale = [1e-3, 0.5, 1.0, 1e-9, 2.0, 3.3, 1e-6][i]
+        scales[sid] = pair
+    reference = core.decode_segment_file_with_scales(str(path), scales)
+    ours = SegmentDecoder(KNOWN_IDS).decode_bytes(path.read_bytes())
+    assert_records_equal(ours, records)
+    assert len(reference) == len(ours)
+    for r, (sid, epoch, idx, vals) in enumerate(reference):
+        lo, hi = int(ours.offsets[r]), int(ours.offsets[r + 1])
+        assert sid == int(ours.stream_ids[r])
+        pair = scales[sid]
+        assert epoch == float(int(ours.ticks[r])) * pair.epoch_scale
+        assert np.array_equal(np.asarray(idx, dtype=np.int64), ours.indices[lo:hi])
+        expected_values = [float(q) * pair.value_scale for q in ours.quantised[lo:hi].tolist()]
+        assert np.asarray(vals, dtype=np.float64).tolist() == expected_values
