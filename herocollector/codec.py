@@ -33,7 +33,7 @@ import zstandard
 
 from .errors import SegmentError, UnknownStreamError
 
-DEFAULT_CHUNK_BYTES = 4 << 20
+DEFAULT_CHUNK_BYTES = 1 << 20
 """Decompressed bytes decoded per step; bounds the decoder's working memory."""
 
 MAX_VARINT_BYTES = 10

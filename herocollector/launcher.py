@@ -1,0 +1,144 @@
+"""Start and stop BOSS processes, and wait for their HEROs (used by the demo and the tests)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+from heros import RemoteHERO
+
+T = TypeVar("T")
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "boss_configs"
+
+
+def load_config(name: str, arguments: dict[str, Any] | None = None, config_dir: Path = CONFIG_DIR) -> dict[str, Any]:
+    """A BOSS config from ``boss_configs/``, with some arguments overridden.
+
+    Args:
+        name: File name, e.g. ``"collector.json"``.
+        arguments: Arguments to replace (shallow).
+        config_dir: Folder of the configs.
+
+    Returns:
+        The config dict.
+    """
+    config = json.loads((config_dir / name).read_text(encoding="utf-8"))
+    config["arguments"].update(arguments or {})
+    return config
+
+
+class BossProcess:
+    """One ``python -m boss.starter`` subprocess in its own process group.
+
+    Args:
+        config: The BOSS JSON config (``_id``, ``classname``, ``arguments``).
+        realm: HEROS realm (tests use one per test so runs never see each other).
+        workdir: Where the config file and the log are written.
+        env: Extra environment variables.
+    """
+
+    def __init__(self, config: dict[str, Any], realm: str, workdir: Path, env: dict[str, str] | None = None) -> None:
+        self.config = config
+        self.realm = realm
+        self.name = config["_id"]
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.config_file = workdir / f"{self.name}.boss.json"
+        self.log_file = workdir / f"{self.name}.log"
+        self._env = {**os.environ, **(env or {})}
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> "BossProcess":
+        """Write the config and start BOSS."""
+        self.config_file.write_text(json.dumps(self.config, indent=2), encoding="utf-8")
+        log = open(self.log_file, "ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "boss.starter", "-u", self.config_file.resolve().as_uri(), "--realm", self.realm],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=self._env,
+            start_new_session=True,
+        )
+        log.close()
+        return self
+
+    def alive(self) -> bool:
+        """Whether the BOSS main process is running."""
+        return self.process is not None and self.process.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group at once (a crash)."""
+        if self.process is None:
+            return
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.process.wait()
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """SIGTERM the process group, then SIGKILL whatever is left after ``timeout`` s."""
+        if self.process is None:
+            return
+        try:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.wait(timeout=timeout)
+        except ProcessLookupError:
+            pass
+        except subprocess.TimeoutExpired:
+            pass
+        self.kill()
+
+    def remote(self, timeout: float = 30.0) -> RemoteHERO:
+        """The HERO this BOSS serves, once it answers."""
+        return wait_for_hero(self.name, self.realm, timeout, self)
+
+    def log_text(self) -> str:
+        """What the process printed so far."""
+        return self.log_file.read_text(encoding="utf-8", errors="replace") if self.log_file.exists() else ""
+
+    def __enter__(self) -> "BossProcess":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def wait_for_hero(name: str, realm: str, timeout: float = 30.0, process: BossProcess | None = None) -> RemoteHERO:
+    """Connect to a remote HERO, retrying while it is not yet discoverable.
+
+    Raises:
+        TimeoutError: It did not appear in time (or its BOSS process exited).
+    """
+
+    def connect() -> RemoteHERO | None:
+        if process is not None and not process.alive():
+            raise TimeoutError(f"BOSS for {name} exited:\n{process.log_text()[-4000:]}")
+        try:
+            return RemoteHERO(name, realm=realm)
+        except NameError:
+            return None
+
+    return wait_until(connect, timeout, f"HERO {name!r} in realm {realm!r}")
+
+
+def wait_until(probe: Callable[[], T | None], timeout: float, what: str, interval: float = 0.1) -> T:
+    """Call ``probe`` until it returns something truthy; that value is returned.
+
+    Raises:
+        TimeoutError: ``timeout`` seconds passed first.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
