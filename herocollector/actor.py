@@ -251,6 +251,7 @@ class CollectorArchiver(HERODataArchiver):
             outputs = self._collect_job(job)
         except Exception as exc:  # noqa: BLE001 - the actor must survive any bad input
             message = f"{type(exc).__name__}: {exc}"
+            self.journal.release_outputs(job.id)  # a failed job must not block other runs' paths
             retry_at = None
             if job.attempts <= self.max_retries:
                 delay = min(self.retry_delay * 2 ** (job.attempts - 1), self.retry_delay_max)
@@ -439,7 +440,7 @@ class CollectorArchiver(HERODataArchiver):
             targets = [(str(path), self.journal.by_path(str(path)))]
         ok = True
         for target, job in targets:
-            refusal = self._cleanup_refusal(target, job, force)
+            refusal = self._cleanup_refusal(target, job, force, keep_meta)
             if refusal:
                 log.warning(f"herocollector: cleanup of {target} refused: {refusal}")
                 ok = False
@@ -456,7 +457,7 @@ class CollectorArchiver(HERODataArchiver):
             log.info(f"herocollector: cleaned {target} (keep_meta={keep_meta})")
         return ok
 
-    def _cleanup_refusal(self, target: str, job: Job | None, force: bool) -> str | None:
+    def _cleanup_refusal(self, target: str, job: Job | None, force: bool, keep_meta: bool = True) -> str | None:
         """Why a cleanup must not touch ``target``, or None if it may."""
         if not self.allowed_roots:
             return "no allowed_roots configured"
@@ -467,6 +468,8 @@ class CollectorArchiver(HERODataArchiver):
             return "outside allowed_roots"
         if not real.is_dir() or not (real / logdir.STREAMS_DIR).is_dir():
             return "not a logger directory"
+        if not keep_meta and (real / logdir.STREAMS_DIR).is_symlink():
+            return "streams/ is a symlink; it is not removed with keep_meta=False"
         if (job is None or job.state != DONE) and not force:
             return f"run not collected (state {job.state if job else 'unknown'}); pass force=True to clean anyway"
         return None

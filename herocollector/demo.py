@@ -156,3 +156,13 @@ class DemoLogger:
     def announce(self, payload: Any) -> Any:
         """Fire ``finished`` with an arbitrary payload (to exercise the actor's event handling)."""
         return self.finished(payload)
+
+    def announce_all(self, paths: list) -> int:
+        """Fire ``finished`` for each of ``paths`` back to back (a burst).
+
+        Returns:
+            How many events were fired.
+        """
+        for path in paths:
+            self.finished({"path": str(path)})
+        return len(paths)

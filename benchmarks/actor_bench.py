@@ -1,0 +1,104 @@
+#!/usr/bin/env python
+"""Latency and throughput of the actor under BOSS (issue: CollectorArchiver).
+
+Starts the collector actor and the demo logger HERO as BOSS subprocesses in a private realm,
+then measures:
+
+* latency: a small run announced by ``finished``, from the moment the event is fired to the
+  moment the job is journalled done (its files committed), repeated ``--latency-runs`` times;
+* throughput: ``--burst`` runs written beforehand, announced back to back, until all are done.
+
+Usage::
+
+    python benchmarks/actor_bench.py --burst 100 --records 2000
+"""
+
+from __future__ import annotations
+
+import argparse
+import sqlite3
+import statistics
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from herocollector.demo import write_simulated_run
+from herocollector.launcher import BossProcess, load_config, wait_until
+
+
+def journal_done(state: Path) -> dict[str, float]:
+    """Done (or failed) jobs: path -> time the job was last updated."""
+    db = sqlite3.connect(f"file:{state / 'journal.sqlite3'}?mode=ro", uri=True, timeout=10)
+    try:
+        rows = db.execute("SELECT path, updated, state FROM jobs WHERE state IN ('done', 'failed')").fetchall()
+    except sqlite3.OperationalError:
+        rows = []
+    finally:
+        db.close()
+    failed = [r[0] for r in rows if r[2] == "failed"]
+    if failed:
+        raise RuntimeError(f"jobs failed: {failed[:3]}")
+    return {r[0]: r[1] for r in rows}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--burst", type=int, default=100, help="runs announced back to back")
+    parser.add_argument("--records", type=int, default=2000, help="records per run")
+    parser.add_argument("--latency-runs", type=int, default=10, help="runs announced one at a time")
+    parser.add_argument("--workdir", type=Path, default=None, help="keep data here (default: a temp dir)")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="hc-actor-bench-") as tmp:
+        work = args.workdir or Path(tmp)
+        runs, out, state = work / "runs", work / "out", work / "state"
+        print(f"writing {args.burst + args.latency_runs} runs of {args.records} records ...", flush=True)
+        paths = [
+            write_simulated_run(runs / f"run-{i:04d}", records=args.records, seed=i, labels={"run": i})["path"]
+            for i in range(args.burst + args.latency_runs)
+        ]
+        realm = f"hc-bench-{uuid.uuid4().hex[:8]}"
+        collector = BossProcess(
+            load_config("collector.json", {
+                "default_metadata": {"output_root": str(out)},
+                "allowed_roots": [str(runs)],
+                "state_dir": str(state),
+            }),
+            realm,
+            work / "boss",
+        )
+        logger = BossProcess(load_config("demo_logger.json", {"root": str(runs)}), realm, work / "boss")
+        try:
+            collector.start()
+            logger.start()
+            collector.remote()
+            hero = logger.remote()
+
+            latencies = []
+            for path in paths[: args.latency_runs]:
+                fired = time.time()
+                hero.announce({"path": path})
+                done = wait_until(lambda p=path: journal_done(state).get(p), 60, f"job for {path}", interval=0.002)
+                latencies.append(done - fired)
+
+            burst = paths[args.latency_runs :]
+            start = time.time()
+            hero.announce_all(burst)
+            wait_until(lambda: len(journal_done(state)) >= len(paths), 600, "the burst", interval=0.01)
+            finished = max(journal_done(state)[p] for p in burst)
+            elapsed = finished - start
+        finally:
+            logger.stop()
+            collector.stop()
+
+        print(f"latency event -> committed files, {args.latency_runs} runs of {args.records} records: "
+              f"median {statistics.median(latencies) * 1000:.1f} ms, "
+              f"min {min(latencies) * 1000:.1f} ms, max {max(latencies) * 1000:.1f} ms")
+        print(f"burst of {len(burst)} events: all collected in {elapsed:.2f} s "
+              f"({len(burst) / elapsed:.1f} runs/s, {len(burst) * args.records / elapsed:,.0f} records/s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
