@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import threading
 import time
 from datetime import datetime, timezone
@@ -14,13 +15,14 @@ import pyarrow as pa
 from heros.helper import log
 from herostools.actor.archiver import HERODataArchiver
 
-from . import logdir
+from . import logdir, trash
 from .catalogue import LOGGER_PATH_KEY, RuleLike, load_streams, select_streams
-from .collector import BASE_FIELDS, Collector, _dedupe_columns
+from .claims import COLLECTED, HELD, RunClaim
 from .codec import DEFAULT_CHUNK_BYTES
+from .collector import Collector, _dedupe_columns, output_schema
 from .errors import CollectorError
 from .journal import DONE, FAILED, Job, Journal, OutputTakenError
-from .output import ArrowOutput, OutputError, PathTemplate, is_within, provenance_metadata, read_provenance
+from .output import ArrowOutput, OutputError, PathTemplate, provenance_metadata, read_provenance
 
 
 def default_state_dir() -> Path:
@@ -63,19 +65,8 @@ def parse_event(data: Any, path_key: str) -> tuple[str, dict[str, Any]]:
     return path, metadata
 
 
-def label_schema(streams: Sequence[dict[str, Any]], columns: Sequence[str]) -> pa.Schema:
-    """Output schema: base columns, then one column per label, typed from the streams' values.
-
-    Raises:
-        CollectorError: A label's values across the streams have no common Arrow type.
-    """
-    fields = list(BASE_FIELDS)
-    for name in columns:
-        try:
-            fields.append(pa.field(name, pa.array([s.get(name) for s in streams]).type))
-        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-            raise CollectorError(f"label column '{name}' has values of mixed types: {exc}") from None
-    return pa.schema(fields)
+class _Deferred(Exception):
+    """The run is being collected by another actor of the fleet; look again later."""
 
 
 class CollectorArchiver(HERODataArchiver):
@@ -110,6 +101,15 @@ class CollectorArchiver(HERODataArchiver):
         retry_delay: Seconds before the first retry; doubles for each further one.
         retry_delay_max: Upper bound of the retry delay, in seconds.
         chunk_bytes: Decompressed bytes decoded per step (bounds memory).
+        claim_runs: Claim each run with a file in its logger directory before collecting
+            it, so that a fleet of actors hearing the same events collects each run once
+            (see :mod:`herocollector.claims`).
+        claim_timeout: Seconds without heartbeat after which another actor's claim is
+            taken over (that actor is presumed dead).
+        claim_heartbeat: Seconds between heartbeats of a held claim.
+        cleanup_grace: Seconds that cleaned segments stay in the trash (renamed in place,
+            restorable with ``restore``) before they are deleted for good; 0 deletes at once.
+        cleanup_after_collect: Clean (into the trash) every run right after collecting it.
 
     Example:
         BOSS json configuration::
@@ -158,6 +158,11 @@ class CollectorArchiver(HERODataArchiver):
         retry_delay: float = 1.0,
         retry_delay_max: float = 300.0,
         chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+        claim_runs: bool = False,
+        claim_timeout: float = 60.0,
+        claim_heartbeat: float = 5.0,
+        cleanup_grace: float = 3600.0,
+        cleanup_after_collect: bool = False,
         *args: Any,
         **kwargs: Any,
     ) -> None:
@@ -183,6 +188,13 @@ class CollectorArchiver(HERODataArchiver):
         self.chunk_bytes = int(chunk_bytes)
         self.state_dir = Path(state_dir) if state_dir else default_state_dir()
         self.journal = Journal(self.state_dir / "journal.sqlite3")
+        self.claim_runs = bool(claim_runs)
+        self.claim_timeout = float(claim_timeout)
+        self.claim_heartbeat = float(claim_heartbeat)
+        self.cleanup_grace = max(float(cleanup_grace), 0.0)
+        self.cleanup_after_collect = bool(cleanup_after_collect)
+        # Stable across restarts, so a restarted actor recognises its own claims.
+        self.owner = f"{socket.gethostname()}:{os.path.realpath(self.state_dir)}"
         self._timers: set[threading.Timer] = set()
         self._timers_lock = threading.Lock()
         self._current: str | None = None
@@ -192,6 +204,8 @@ class CollectorArchiver(HERODataArchiver):
         resumed = self.journal.resume()
         for job in resumed:
             self._schedule(job)
+        self._purger = threading.Thread(target=self._purge_loop, name="herocollector-purge", daemon=True)
+        self._purger.start()
         log.info(
             f"herocollector: listening for '{event_name}' from '{object_selector}', journal {self.journal.file}, "
             f"{len(resumed)} unfinished job(s) resumed"
@@ -249,6 +263,10 @@ class CollectorArchiver(HERODataArchiver):
         started = time.monotonic()
         try:
             outputs = self._collect_job(job)
+        except _Deferred as deferred:
+            later = self.journal.defer(job.id, time.time() + self.claim_heartbeat, str(deferred))
+            log.info(f"herocollector: job {job.id} for {job.path} deferred: {deferred}")
+            self._schedule(later)
         except Exception as exc:  # noqa: BLE001 - the actor must survive any bad input
             message = f"{type(exc).__name__}: {exc}"
             self.journal.release_outputs(job.id)  # a failed job must not block other runs' paths
@@ -271,6 +289,8 @@ class CollectorArchiver(HERODataArchiver):
                 f"herocollector: job {job.id} collected {job.path}: {done.rows} rows into {len(outputs)} file(s) "
                 f"in {time.monotonic() - started:.3f} s"
             )
+            if self.cleanup_after_collect:
+                self.cleanup(job.path)
         finally:
             self._current = None
 
@@ -292,11 +312,29 @@ class CollectorArchiver(HERODataArchiver):
         path = self._check_logger_path(job.path)
         if not logdir.wait_for_done([path], self.backoff, self.timeout):
             raise CollectorError("timed out waiting for _DONE", path)
+        if not self.claim_runs:
+            return self._write_outputs(job, path)
+        claim = RunClaim(path, self.owner, self.claim_timeout, self.claim_heartbeat)
+        result = claim.acquire()
+        if result.outcome == COLLECTED:
+            log.info(f"herocollector: {job.path} was collected by {result.info.get('owner')}")
+            return {str(k): int(v) for k, v in result.info.get("outputs", {}).items()}
+        if result.outcome == HELD:
+            raise _Deferred(f"claimed by {result.info.get('owner')} (pid {result.info.get('pid')})")
+        outputs: dict[str, int] | None = None
+        try:
+            outputs = self._write_outputs(job, path)
+        finally:
+            claim.release(outputs)
+        return outputs
+
+    def _write_outputs(self, job: Job, path: Path) -> dict[str, int]:
+        """Decode the run once and write its output files; returns rows per output."""
         streams = sorted(select_streams(load_streams(path), self.rule), key=lambda s: s["stream_id"])
         groups = self._group_streams(job, path, streams)
         if not groups:
             return {}
-        schema = label_schema(streams, self.columns)
+        schema = output_schema(streams, self.columns)
         collected_at = datetime.now(timezone.utc).isoformat()
         ids = np.array([s["stream_id"] for s in streams], dtype=np.uint32)
         group_of = np.empty(ids.size, dtype=np.int64)
@@ -390,6 +428,9 @@ class CollectorArchiver(HERODataArchiver):
             "running": self._current,
             "journal": str(self.journal.file),
             "output_root": str(self.output_root),
+            "pending_deletion": [
+                {"path": job.path, "delete_after": job.trash_until} for job in self.journal.in_trash()
+            ],
             "recent": [job.to_dict() for job in recent],
         }
 
@@ -446,16 +487,59 @@ class CollectorArchiver(HERODataArchiver):
                 ok = False
                 continue
             real = Path(os.path.realpath(target))
-            if not Collector([real]).cleanup(
-                keep_meta=keep_meta, wait_for_done=wait_for_done, backoff=backoff, timeout=timeout
-            ):
+            if wait_for_done and not logdir.wait_for_done([real], backoff, timeout):
                 log.warning(f"herocollector: cleanup of {target} timed out waiting for _DONE")
                 ok = False
                 continue
-            if job is not None and job.state == DONE:
-                self.journal.mark_cleaned(job.id)
-            log.info(f"herocollector: cleaned {target} (keep_meta={keep_meta})")
+            trash.soft_delete(real, keep_meta=keep_meta)
+            purge_at = time.time() + self.cleanup_grace
+            if job is not None:
+                self.journal.mark_cleaned(job.id, purge_at)
+            else:
+                log.warning(f"herocollector: {target} has no job; its trash is not purged automatically")
+            if self.cleanup_grace == 0:
+                self._purge(real, job)
+            log.info(
+                f"herocollector: cleaned {target} (keep_meta={keep_meta}); "
+                f"trash deleted for good after {self.cleanup_grace:g} s"
+            )
         return ok
+
+    def restore(self, path: str) -> bool:
+        """Put a cleaned run's segments back from the trash (before the grace period ends).
+
+        Args:
+            path: The logger directory.
+
+        Returns:
+            True if anything was restored.
+        """
+        path = os.path.normpath(str(path))
+        job = self.journal.by_path(path)
+        if self._cleanup_refusal(path, job, force=True) is not None:
+            return False
+        restored = trash.restore(Path(os.path.realpath(path)))
+        if job is not None:
+            self.journal.restored(job.id)
+        log.info(f"herocollector: restored {len(restored)} item(s) of {path}")
+        return bool(restored)
+
+    def _purge(self, run: Path, job: Job | None) -> None:
+        trash.purge(run, self.cleanup_grace)
+        if job is not None and not trash.trashed(run):
+            self.journal.purged(job.id)
+
+    def _purge_loop(self) -> None:
+        """Delete trash whose grace period is over (runs until teardown)."""
+        period = min(max(self.cleanup_grace / 4, 0.05), 60.0)
+        while not self._stop_event.wait(period):
+            for job in self.journal.in_trash():
+                if job.trash_until is None or job.trash_until > time.time():
+                    break
+                try:
+                    self._purge(Path(os.path.realpath(job.path)), job)
+                except OSError as exc:
+                    log.warning(f"herocollector: purging the trash of {job.path} failed: {exc}")
 
     def _cleanup_refusal(self, target: str, job: Job | None, force: bool, keep_meta: bool = True) -> str | None:
         """Why a cleanup must not touch ``target``, or None if it may."""
@@ -479,5 +563,8 @@ class CollectorArchiver(HERODataArchiver):
         with self._timers_lock:
             for timer in self._timers:
                 timer.cancel()
+        self._stop_event.set()
+        self._payload_queue.put(("", 0, {}, 0))  # wake the worker at once; job 0 does not exist
         super()._teardown()
+        self._purger.join()
         self.journal.close()

@@ -213,12 +213,11 @@ class Collector:
                     np.arange(first_row, first_row + len(chosen)),
                 )
             )
-        label_names = columns if schema is None else tuple(n for n in schema.names if n not in BASE_COLUMNS)
+        schema = schema if schema is not None else output_schema(selected_all, columns)
         labels: dict[str, pa.Array] = {}
-        for name in label_names:
-            raw = [s.get(name) for s in selected_all]
+        for name in (n for n in schema.names if n not in BASE_COLUMNS):
             try:
-                labels[name] = pa.array(raw) if schema is None else pa.array(raw, type=schema.field(name).type)
+                labels[name] = pa.array([s.get(name) for s in selected_all], type=schema.field(name).type)
             except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
                 raise CollectorError(f"label column '{name}' cannot be built from the stream labels: {exc}") from None
         return plans, labels
@@ -257,6 +256,28 @@ class Collector:
                     raise CollectorError(f"column '{field.name}' cannot be cast to {field.type}: {exc}") from None
             arrays.append(array)
         return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+
+def output_schema(streams: Sequence[dict[str, Any]], columns: Sequence[str]) -> pa.Schema:
+    """The output schema: base columns, then one column per label typed from the streams' values.
+
+    Args:
+        streams: The selected streams (label dicts).
+        columns: Label columns, already deduplicated.
+
+    Returns:
+        The schema; a label no stream has is of type null.
+
+    Raises:
+        CollectorError: A label's values across the streams have no common Arrow type.
+    """
+    fields = list(BASE_FIELDS)
+    for name in columns:
+        try:
+            fields.append(pa.field(name, pa.array([s.get(name) for s in streams]).type))
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
+            raise CollectorError(f"label column '{name}' has values of mixed types across streams: {exc}") from None
+    return pa.schema(fields)
 
 
 def _dedupe_columns(columns: Sequence[str] | None) -> tuple[str, ...]:

@@ -38,7 +38,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     rows         INTEGER,
     created      REAL NOT NULL,
     updated      REAL NOT NULL,
-    next_attempt REAL
+    next_attempt REAL,
+    trash_until  REAL
 );
 CREATE TABLE IF NOT EXISTS outputs (
     path   TEXT PRIMARY KEY,
@@ -47,6 +48,9 @@ CREATE TABLE IF NOT EXISTS outputs (
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
 """
+
+# Columns added after the first release, with their SQL type: an older journal gains them on open.
+_ADDED_COLUMNS = {"trash_until": "REAL"}
 
 
 @dataclass
@@ -65,6 +69,8 @@ class Job:
         created: When it was journalled (Unix time).
         updated: When it last changed.
         next_attempt: When a pending retry is due (Unix time), if scheduled.
+        trash_until: For a cleaned run whose segments are in the trash: when they are
+            deleted for good (Unix time); None once purged or when never trashed.
         outputs: Output files and their row counts, once done.
     """
 
@@ -79,6 +85,7 @@ class Job:
     created: float
     updated: float
     next_attempt: float | None
+    trash_until: float | None = None
     outputs: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -111,6 +118,10 @@ class Journal:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
+        present = {row["name"] for row in self._db.execute("PRAGMA table_info(jobs)")}
+        for column, sql_type in _ADDED_COLUMNS.items():
+            if column not in present:
+                self._db.execute(f"ALTER TABLE jobs ADD COLUMN {column} {sql_type}")
 
     def close(self) -> None:
         """Close the database."""
@@ -139,6 +150,7 @@ class Journal:
             created=row["created"],
             updated=row["updated"],
             next_attempt=row["next_attempt"],
+            trash_until=row["trash_until"],
             outputs=outputs,
         )
 
@@ -294,11 +306,49 @@ class Journal:
             rows = db.execute("SELECT * FROM jobs WHERE state = ? ORDER BY id", (PENDING,)).fetchall()
             return [self._job(r) for r in rows]
 
-    def mark_cleaned(self, job_id: int) -> None:
-        """Record that a done job's segments were removed."""
+    def defer(self, job_id: int, retry_at: float, reason: str) -> Job:
+        """Put a running job back to pending without counting the attempt (e.g. another
+        actor holds the run's claim)."""
         with self._transaction() as db:
-            db.execute("UPDATE jobs SET state = ?, updated = ? WHERE id = ?", (CLEANED, time.time(), job_id))
+            db.execute(
+                "UPDATE jobs SET state = ?, attempts = MAX(attempts - 1, 0), error = ?, next_attempt = ?, "
+                "updated = ? WHERE id = ?",
+                (PENDING, reason, retry_at, time.time(), job_id),
+            )
+            return self._job(db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone())
 
+    def mark_cleaned(self, job_id: int, trash_until: float | None = None) -> None:
+        """Record a cleanup: a done job becomes cleaned (other states stay as they are, a
+        forced cleanup does not make a run collected); its segments are in the trash until
+        ``trash_until``, or gone if None."""
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE jobs SET state = CASE WHEN state = ? THEN ? ELSE state END, trash_until = ?, updated = ? "
+                "WHERE id = ?",
+                (DONE, CLEANED, trash_until, time.time(), job_id),
+            )
+
+    def in_trash(self) -> list[Job]:
+        """Jobs whose segments are in the trash, soonest purge first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT * FROM jobs WHERE trash_until IS NOT NULL ORDER BY trash_until"
+            ).fetchall()
+            return [self._job(r) for r in rows]
+
+    def purged(self, job_id: int) -> None:
+        """Record that a job's trash was deleted for good."""
+        with self._transaction() as db:
+            db.execute("UPDATE jobs SET trash_until = NULL, updated = ? WHERE id = ?", (time.time(), job_id))
+
+    def restored(self, job_id: int) -> None:
+        """A job whose trash was put back: a cleaned one is done again (and can be cleaned again)."""
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE jobs SET state = CASE WHEN state = ? THEN ? ELSE state END, trash_until = NULL, updated = ? "
+                "WHERE id = ?",
+                (CLEANED, DONE, time.time(), job_id),
+            )
 
 class _Tx:
     """``with journal._transaction() as db``: one immediate transaction under the journal lock."""

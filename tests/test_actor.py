@@ -32,7 +32,8 @@ from heros.zenoh import ZenohSessionManager
 
 from conftest import MemoryWriter
 from herocollector import Collector
-from herocollector.actor import CollectorArchiver, label_schema, parse_event
+from herocollector.actor import CollectorArchiver, parse_event
+from herocollector.collector import output_schema as label_schema
 from herocollector.demo import MEASURES, write_simulated_run
 from herocollector.errors import CollectorError
 from herocollector.journal import CLEANED, DONE, FAILED, PENDING, RUNNING, Job, Journal
