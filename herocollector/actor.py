@@ -262,7 +262,7 @@ class CollectorArchiver(HERODataArchiver):
         self._current = job.path
         started = time.monotonic()
         try:
-            outputs = self._collect_job(job)
+            outputs, collected_by = self._collect_job(job)
         except _Deferred as deferred:
             later = self.journal.defer(job.id, time.time() + self.claim_heartbeat, str(deferred))
             log.info(f"herocollector: job {job.id} for {job.path} deferred: {deferred}")
@@ -285,10 +285,13 @@ class CollectorArchiver(HERODataArchiver):
                 self._schedule(failed)
         else:
             done = self.journal.finish(job.id, outputs)
-            log.info(
-                f"herocollector: job {job.id} collected {job.path}: {done.rows} rows into {len(outputs)} file(s) "
-                f"in {time.monotonic() - started:.3f} s"
-            )
+            if collected_by is None:
+                log.info(
+                    f"herocollector: job {job.id} collected {job.path}: {done.rows} rows into {len(outputs)} "
+                    f"file(s) in {time.monotonic() - started:.3f} s"
+                )
+            else:
+                log.info(f"herocollector: job {job.id}: {job.path} was collected by {collected_by}")
             if self.cleanup_after_collect:
                 self.cleanup(job.path)
         finally:
@@ -307,18 +310,23 @@ class CollectorArchiver(HERODataArchiver):
             raise CollectorError("logger directory does not exist", path)
         return real
 
-    def _collect_job(self, job: Job) -> dict[str, int]:
-        """Collect one run into its output files; returns rows per output."""
+    def _collect_job(self, job: Job) -> tuple[dict[str, int], str | None]:
+        """Collect one run into its output files.
+
+        Returns:
+            Rows per output, and None, or the owner of the claim if another actor of the
+            fleet collected the run.
+        """
         path = self._check_logger_path(job.path)
         if not logdir.wait_for_done([path], self.backoff, self.timeout):
             raise CollectorError("timed out waiting for _DONE", path)
         if not self.claim_runs:
-            return self._write_outputs(job, path)
+            return self._write_outputs(job, path), None
         claim = RunClaim(path, self.owner, self.claim_timeout, self.claim_heartbeat)
         result = claim.acquire()
         if result.outcome == COLLECTED:
-            log.info(f"herocollector: {job.path} was collected by {result.info.get('owner')}")
-            return {str(k): int(v) for k, v in result.info.get("outputs", {}).items()}
+            outputs = {str(k): int(v) for k, v in result.info.get("outputs", {}).items()}
+            return outputs, None if result.info.get("owner") == self.owner else str(result.info.get("owner"))
         if result.outcome == HELD:
             raise _Deferred(f"claimed by {result.info.get('owner')} (pid {result.info.get('pid')})")
         outputs: dict[str, int] | None = None
@@ -326,7 +334,7 @@ class CollectorArchiver(HERODataArchiver):
             outputs = self._write_outputs(job, path)
         finally:
             claim.release(outputs)
-        return outputs
+        return outputs, None
 
     def _write_outputs(self, job: Job, path: Path) -> dict[str, int]:
         """Decode the run once and write its output files; returns rows per output."""
@@ -516,10 +524,10 @@ class CollectorArchiver(HERODataArchiver):
         """
         path = os.path.normpath(str(path))
         job = self.journal.by_path(path)
-        if self._cleanup_refusal(path, job, force=True) is not None:
+        if self._cleanup_refusal(path, job, force=True, restoring=True) is not None:
             return False
         restored = trash.restore(Path(os.path.realpath(path)))
-        if job is not None:
+        if job is not None and restored:  # nothing put back (purged already): the run stays cleaned
             self.journal.restored(job.id)
         log.info(f"herocollector: restored {len(restored)} item(s) of {path}")
         return bool(restored)
@@ -541,8 +549,10 @@ class CollectorArchiver(HERODataArchiver):
                 except OSError as exc:
                     log.warning(f"herocollector: purging the trash of {job.path} failed: {exc}")
 
-    def _cleanup_refusal(self, target: str, job: Job | None, force: bool, keep_meta: bool = True) -> str | None:
-        """Why a cleanup must not touch ``target``, or None if it may."""
+    def _cleanup_refusal(
+        self, target: str, job: Job | None, force: bool, keep_meta: bool = True, restoring: bool = False
+    ) -> str | None:
+        """Why a cleanup (or with ``restoring`` a restore) must not touch ``target``, or None if it may."""
         if not self.allowed_roots:
             return "no allowed_roots configured"
         if not os.path.isabs(target):
@@ -550,7 +560,10 @@ class CollectorArchiver(HERODataArchiver):
         real = Path(os.path.realpath(target))
         if not any(real.is_relative_to(root) for root in self.allowed_roots):
             return "outside allowed_roots"
-        if not real.is_dir() or not (real / logdir.STREAMS_DIR).is_dir():
+        streams_trashed = restoring and any(
+            p.name.startswith(f"{logdir.STREAMS_DIR}.trash-") for p, _ in trash.trashed(real)
+        )
+        if not real.is_dir() or not ((real / logdir.STREAMS_DIR).is_dir() or streams_trashed):
             return "not a logger directory"
         if not keep_meta and (real / logdir.STREAMS_DIR).is_symlink():
             return "streams/ is a symlink; it is not removed with keep_meta=False"
