@@ -38,6 +38,7 @@ DEFAULT_CHUNK_BYTES = 1 << 20
 
 MAX_VARINT_BYTES = 10
 _MAX_BLOCK_SIZE = 128 * 1024
+_WALK_STEPS = 64  # records per frame followed one by one before switching to pointer doubling
 _PAD = 32  # zero bytes kept after valid data so header gathers never index out of bounds
 _U64 = np.uint64
 
@@ -566,6 +567,7 @@ class _Split:
     starts: np.ndarray  # byte offset of every varint
     records: np.ndarray  # varint index of each record's first word
     consumed: int  # bytes holding complete records
+    missing: int = 0  # at least this many more bytes are needed to finish the cut record
 
 
 def _split_records(data: np.ndarray, unit_starts: np.ndarray, unit_ends: np.ndarray, final: bool) -> _Split:
@@ -597,25 +599,41 @@ def _split_records(data: np.ndarray, unit_starts: np.ndarray, unit_ends: np.ndar
         n = np.minimum(values[n_pos], count).astype(np.int64) if count else np.zeros(at.shape, np.int64)
         return np.where(at + 2 < count, at + 3 + 2 * n, count + 1)
 
-    if np.array_equal(following(roots), root_end):
-        # One record per unit, the data logger's layout: no per-varint work at all.
-        records, cut = roots, np.zeros(roots.size, dtype=bool)
-    else:
+    # Walk all chains a record at a time, vectorised over units: one step for the data
+    # logger's one-record frames, a few for small multi-record frames or huge records.
+    found, cuts = [], []
+    at, end = roots, root_end
+    for _ in range(_WALK_STEPS):
+        if not at.size:
+            break
+        after = following(at)
+        found.append(at)
+        cuts.append(after > end)
+        going = after < end
+        at, end = after[going], end[going]
+    if not at.size:
+        records = np.concatenate(found) if found else roots
+        cut = np.concatenate(cuts) if cuts else np.zeros(0, dtype=bool)
+        order = np.argsort(records, kind="stable")
+        records, cut = records[order], cut[order]
+    else:  # long chains (many records per frame): pointer doubling over every varint
         unit_end = np.repeat(v_end, v_end - v_start)  # per varint: end of its unit
         nxt = following(np.arange(count, dtype=np.int64))
         jump = np.append(np.where(nxt < unit_end, nxt, count), count)
         records = _chain_from(roots, jump, count)
         cut = nxt[records] > unit_end[records]
     consumed = length
+    missing = 0
     if cut.any():
         first_cut = int(cut.argmax())
         if final:
             raise _Damage(int(starts[records[first_cut]]), "record cut short")
         consumed = int(starts[records[first_cut]])
+        missing = int(following(records[first_cut : first_cut + 1])[0]) - count  # a varint is a byte or more
         records = records[:first_cut]
     elif not final:
         consumed = int(ends[-1]) + 1 if count else 0
-    return _Split(values, starts, records, consumed)
+    return _Split(values, starts, records, consumed, max(missing, 1) if consumed < length else 0)
 
 
 # ----------------------------------------------------------------------------------------
@@ -768,13 +786,18 @@ class SegmentDecoder:
         """Stream-decode one frame that is larger than a chunk (or of unknown size)."""
         lo, hi = int(frames.starts[index]), int(frames.ends[index])
         offsets = np.array([base + lo])
+        declared = int(frames.content_sizes[index])  # -1: the header does not say
         carry = np.zeros(0, dtype=np.uint8)
+        produced, wanted = 0, self._chunk_bytes
         try:
             reader = self._dctx.stream_reader(memoryview(buf)[lo:hi], read_across_frames=False)
             while True:
-                piece = reader.read(self._chunk_bytes)
+                # A record longer than a chunk: read until it can be complete instead of
+                # splitting the growing carry again for every chunk (quadratic).
+                piece = reader.read(max(wanted, self._chunk_bytes))
                 if not piece:
                     break
+                produced += len(piece)
                 data = np.empty(carry.size + len(piece) + _PAD, dtype=np.uint8)
                 data[: carry.size] = carry
                 data[carry.size : carry.size + len(piece)] = np.frombuffer(piece, dtype=np.uint8)
@@ -782,6 +805,11 @@ class SegmentDecoder:
                 bounds = (np.zeros(1, np.int64), np.array([size], np.int64))
                 split = yield from self._records(data, *bounds, False, offsets, name)
                 carry = data[split.consumed : size].copy()
+                if declared >= 0 and split.missing > declared - produced:
+                    raise SegmentError(
+                        "record cut short: it needs more bytes than its frame holds", name, base + lo
+                    )
+                wanted = max(split.missing, carry.size)
         except zstandard.ZstdError as exc:
             raise SegmentError(f"corrupt zstd frame: {exc}", name, base + lo) from None
         if carry.size:
@@ -798,10 +826,15 @@ class SegmentDecoder:
             if buf[lo + 1] == 0x2A:  # a skippable frame (magic 0x184D2A5?): nothing to decompress
                 continue
             expected = int(frames.content_sizes[i])
+            # A streaming decompressor decodes every block; the one-shot API trusts a header
+            # that says "0 bytes" and would not look at the blocks at all.
+            decoder = self._dctx.decompressobj()
             try:
-                out = self._dctx.decompress(buf[lo:hi].tobytes(), max_output_size=max(expected, 1))
+                out = decoder.decompress(buf[lo:hi].tobytes())
             except zstandard.ZstdError as exc:
                 raise SegmentError(f"corrupt zstd frame: {exc}", name, base + lo) from None
+            if not decoder.eof:
+                raise SegmentError("corrupt zstd frame: it ends before its last block", name, base + lo)
             if len(out) != expected:
                 raise SegmentError(
                     f"corrupt zstd frame: {len(out)} bytes decompressed, header says {expected}", name, base + lo
