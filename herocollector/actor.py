@@ -69,6 +69,10 @@ class _Deferred(Exception):
     """The run is being collected by another actor of the fleet; look again later."""
 
 
+class _Refused(CollectorError):
+    """A run the configuration forbids; retrying cannot help, so the job fails at once."""
+
+
 class CollectorArchiver(HERODataArchiver):
     """Collects every run a logger HERO announces into Arrow IPC files at templated paths.
 
@@ -173,6 +177,7 @@ class CollectorArchiver(HERODataArchiver):
         self.output_root = Path(os.path.abspath(root))
         default_metadata.setdefault("output_root", str(self.output_root))
         self.template = PathTemplate(save_template, self.output_root)
+        select_streams([], rule)  # a malformed rule fails the start, not every job
         self.rule: RuleLike = rule
         self.columns = _dedupe_columns(columns)
         self.path_key = path_key
@@ -271,7 +276,7 @@ class CollectorArchiver(HERODataArchiver):
             message = f"{type(exc).__name__}: {exc}"
             self.journal.release_outputs(job.id)  # a failed job must not block other runs' paths
             retry_at = None
-            if job.attempts <= self.max_retries:
+            if job.attempts <= self.max_retries and not isinstance(exc, _Refused):
                 delay = min(self.retry_delay * 2 ** (job.attempts - 1), self.retry_delay_max)
                 retry_at = time.time() + delay
             failed = self.journal.fail(job.id, message, retry_at)
@@ -302,10 +307,10 @@ class CollectorArchiver(HERODataArchiver):
     def _check_logger_path(self, path: str) -> Path:
         """The logger directory, resolved, if it is allowed and exists."""
         if not os.path.isabs(path):
-            raise CollectorError("logger path must be absolute", path)
+            raise _Refused("logger path must be absolute", path)
         real = Path(os.path.realpath(path))
         if self.allowed_roots and not any(real.is_relative_to(root) for root in self.allowed_roots):
-            raise CollectorError("logger path lies outside allowed_roots", path)
+            raise _Refused("logger path lies outside allowed_roots", path)
         if not real.is_dir():
             raise CollectorError("logger directory does not exist", path)
         return real

@@ -52,6 +52,7 @@ class BossProcess:
         self.log_file = workdir / f"{self.name}.log"
         self._env = {**os.environ, **(env or {})}
         self.process: subprocess.Popen[bytes] | None = None
+        self._proxies: list[RemoteHERO] = []
 
     def start(self) -> "BossProcess":
         """Write the config and start BOSS."""
@@ -72,8 +73,18 @@ class BossProcess:
         """Whether the BOSS main process is running."""
         return self.process is not None and self.process.poll() is None
 
+    def _close_proxies(self) -> None:
+        # An open RemoteHERO to a HERO that goes away makes Zenoh wait for it at shutdown.
+        for proxy in self._proxies:
+            try:
+                proxy._destroy_hero()
+            except Exception:  # noqa: BLE001 - closing is best effort
+                pass
+        self._proxies.clear()
+
     def kill(self) -> None:
         """SIGKILL the whole process group at once (a crash)."""
+        self._close_proxies()
         if self.process is None:
             return
         try:
@@ -84,6 +95,7 @@ class BossProcess:
 
     def stop(self, timeout: float = 15.0) -> None:
         """SIGTERM the process group, then SIGKILL whatever is left after ``timeout`` s."""
+        self._close_proxies()
         if self.process is None:
             return
         try:
@@ -96,8 +108,10 @@ class BossProcess:
         self.kill()
 
     def remote(self, timeout: float = 30.0) -> RemoteHERO:
-        """The HERO this BOSS serves, once it answers."""
-        return wait_for_hero(self.name, self.realm, timeout, self)
+        """The HERO this BOSS serves, once it answers (closed again by :meth:`stop`)."""
+        proxy = wait_for_hero(self.name, self.realm, timeout, self)
+        self._proxies.append(proxy)
+        return proxy
 
     def log_text(self) -> str:
         """What the process printed so far."""

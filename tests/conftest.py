@@ -9,6 +9,7 @@ round half away from zero), so tests can compare the Collector's output with the
 from __future__ import annotations
 
 import json
+import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -353,3 +354,22 @@ def rotated_run(tmp_path: Path) -> RecordedRun:
     recorded = build_run(tmp_path / "rotated", seed=2, n_records=900, rotate_bytes=1500)
     assert len(recorded.segments) >= 10
     return recorded
+
+
+def journal_rows(state_dir: Path) -> list[sqlite3.Row]:
+    """The jobs of an actor's journal, read-only (the actor may be writing meanwhile).
+
+    Args:
+        state_dir: The actor's ``state_dir``.
+
+    Returns:
+        The job rows in id order; none if the journal does not exist yet.
+    """
+    db = sqlite3.connect(f"file:{state_dir / 'journal.sqlite3'}?mode=ro", uri=True, timeout=10)
+    db.row_factory = sqlite3.Row
+    try:
+        return db.execute("SELECT * FROM jobs ORDER BY id").fetchall()
+    except sqlite3.OperationalError:
+        return []
+    finally:
+        db.close()

@@ -16,6 +16,8 @@ import pytest
 
 from herocollector.launcher import BossProcess, load_config, wait_until
 
+from conftest import journal_rows
+
 pytestmark = pytest.mark.e2e
 
 MEASURES = ("stock", "orders", "backlog")
@@ -63,14 +65,7 @@ class Stack:
 
     def journal_rows(self) -> list[sqlite3.Row]:
         """The journal as the actor wrote it (read-only; the actor may still be writing)."""
-        db = sqlite3.connect(f"file:{self.state / 'journal.sqlite3'}?mode=ro", uri=True, timeout=10)
-        db.row_factory = sqlite3.Row
-        try:
-            return db.execute("SELECT * FROM jobs ORDER BY id").fetchall()
-        except sqlite3.OperationalError:
-            return []
-        finally:
-            db.close()
+        return journal_rows(self.state)
 
     def wait_done(self, count: int, timeout: float = 60.0) -> dict[str, Any]:
         def enough() -> dict[str, Any] | None:

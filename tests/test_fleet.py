@@ -22,6 +22,8 @@ from herocollector.claims import COLLECTED_FILE
 from herocollector.demo import write_simulated_run
 from herocollector.launcher import BossProcess, load_config, wait_until
 
+from conftest import journal_rows
+
 pytestmark = pytest.mark.e2e
 MEASURES = ("stock", "orders", "backlog")
 
@@ -59,19 +61,8 @@ def stop_all(processes: list[BossProcess]) -> None:
         t.join()
 
 
-def journal(state: Path) -> list[sqlite3.Row]:
-    db = sqlite3.connect(f"file:{state / 'journal.sqlite3'}?mode=ro", uri=True, timeout=10)
-    db.row_factory = sqlite3.Row
-    try:
-        return db.execute("SELECT * FROM jobs ORDER BY id").fetchall()
-    except sqlite3.OperationalError:
-        return []
-    finally:
-        db.close()
-
-
 def done_paths(state: Path) -> set[str]:
-    return {row["path"] for row in journal(state) if row["state"] == "done"}
+    return {row["path"] for row in journal_rows(state) if row["state"] == "done"}
 
 
 def check_outputs(out: Path, runs: list[str]) -> None:
@@ -152,7 +143,7 @@ def test_kill_9_at_random_moments_loses_nothing(tmp_path: Path) -> None:
             process = collector(tmp_path, realm, "collector", chunk_bytes=4096).start()
             process.remote()
         wait_until(lambda: done_paths(state) == set(runs), 180, "every run collected")
-        rows = journal(state)
+        rows = journal_rows(state)
         assert len(rows) == len(runs) and all(row["state"] == "done" and row["attempts"] >= 1 for row in rows)
         db = sqlite3.connect(f"file:{state / 'journal.sqlite3'}?mode=ro", uri=True)
         outputs = dict(db.execute("SELECT path, rows FROM outputs").fetchall())
@@ -192,7 +183,7 @@ def test_burst_of_500_events_from_five_loggers(tmp_path: Path) -> None:
         wait_until(lambda: done_paths(state) == set(runs), 300, "all 500 runs")
         after = rss_kib(actor.process.pid)
 
-        rows = journal(state)
+        rows = journal_rows(state)
         assert len(rows) == 500 and {row["state"] for row in rows} == {"done"}
         assert after - baseline < 64 * 1024, f"actor memory grew by {(after - baseline) / 1024:.1f} MiB"
     finally:
