@@ -4,7 +4,10 @@ A claim is a file created with ``O_CREAT | O_EXCL`` in the logger directory itse
 shared filesystem decides the race. It holds the owner, host and pid; its mtime is the
 owner's heartbeat, refreshed while the owner collects. A claim whose heartbeat is older than
 ``stale_after`` seconds belongs to an actor that died: another actor takes it over by
-renaming it away (a rename succeeds for one actor only) and creating its own.
+removing it and creating its own. The removal is guarded by a break token created with
+``O_EXCL`` and named after the stale file's identity (inode and mtime): of several actors
+that judged the same claim stale one only removes it, and only while it is still that file,
+never the fresh claim another taker has just created.
 
 When a collection succeeds the owner writes a ``collected`` marker (atomically, by rename)
 before it drops the claim, so an actor that hears the event later, or restarts, finds that
@@ -94,20 +97,16 @@ class RunClaim:
             try:
                 fd = os.open(self.file, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
-                held = _read_json(self.file)
                 try:
-                    age = time.time() - self.file.stat().st_mtime
+                    seen = os.stat(self.file)
                 except FileNotFoundError:
                     continue  # released meanwhile: try again
+                held = _read_json(self.file)
+                age = time.time() - seen.st_mtime
                 if held.get("owner") != self.owner and age < self.stale_after:
                     return ClaimResult(HELD, {**held, "heartbeat_age": age})
-                # Ours from before a restart, or stale: move it aside; one actor wins the rename.
-                try:
-                    aside = self.file.with_name(f"{CLAIM_FILE}.stale-{uuid.uuid4().hex[:8]}")
-                    os.rename(self.file, aside)
-                    aside.unlink(missing_ok=True)
-                except FileNotFoundError:
-                    pass
+                # Ours from before a restart, or stale: remove it (one actor does), then retry.
+                self._remove_stale(seen)
                 continue
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
                 json.dump(mine, fh)
@@ -116,6 +115,32 @@ class RunClaim:
             self._start_heartbeat()
             return ClaimResult(ACQUIRED, mine)
         return ClaimResult(HELD, _read_json(self.file))
+
+    def _remove_stale(self, seen: os.stat_result) -> None:
+        """Remove the claim file judged stale (or ours) as ``seen``, unless it changed since.
+
+        Without the break token, a slow taker that judged the old claim stale would remove
+        the fresh claim another taker has just created, and both would acquire the run.
+        """
+        token = self.file.with_name(f"{CLAIM_FILE}.break-{seen.st_ino}-{seen.st_mtime_ns}")
+        try:
+            os.close(os.open(token, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+        except FileExistsError:
+            # Another actor is removing this claim; a token this old was left by one that died.
+            try:
+                if time.time() - token.stat().st_mtime > self.stale_after:
+                    token.unlink(missing_ok=True)
+            except FileNotFoundError:
+                pass
+            return
+        try:
+            now = os.stat(self.file)
+            if (now.st_dev, now.st_ino, now.st_mtime_ns) == (seen.st_dev, seen.st_ino, seen.st_mtime_ns):
+                os.unlink(self.file)
+        except FileNotFoundError:
+            pass
+        finally:
+            token.unlink(missing_ok=True)
 
     def _start_heartbeat(self) -> None:
         self._stop.clear()

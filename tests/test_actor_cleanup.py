@@ -1,0 +1,515 @@
+"""The actor's two-phase cleanup (trash, grace, purge, restore), the journal migration, and
+run claims between in-process actors.
+
+Actors are built as in ``test_actor.py``: real Zenoh sessions without multicast scouting and
+a realm of their own, driven by ``feed``. Waiting is done on conditions with deadlines.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+from uuid import uuid4
+
+import pytest
+from heros.zenoh import ZenohSessionManager
+
+from herocollector.actor import CollectorArchiver
+from herocollector.claims import CLAIM_FILE, COLLECTED_FILE
+from herocollector.demo import MEASURES, write_simulated_run
+from herocollector.journal import CLEANED, DONE, FAILED, PENDING, Job, Journal
+from herocollector.logdir import segment_files
+from herocollector.output import read_provenance
+from herocollector.trash import trashed
+
+TEMPLATE = "{{ output_root }}/{{ logger_name }}/{{ measure }}.arrow"
+COLUMNS = ["entity", "measure"]
+RECORDS = 300
+TIMEOUT = 20.0
+
+
+def wait_for(predicate: Callable[[], Any], what: Callable[[], str] | str, timeout: float = TIMEOUT) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {what() if callable(what) else what}")
+        time.sleep(0.005)
+
+
+def wait_job(actor: CollectorArchiver, path: Path, *states: str) -> Job:
+    def check() -> Job | None:
+        job = actor.journal.by_path(str(path))
+        return job if job is not None and job.state in states else None
+
+    return wait_for(
+        check, lambda: f"job of {path} to become {'/'.join(states)} (now {actor.journal.by_path(str(path))})"
+    )
+
+
+class Env:
+    """Folders of one test and the actors it started (all stopped at the end)."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp = tmp_path
+        self.runs = tmp_path / "runs"
+        self.runs.mkdir()
+        self.out = tmp_path / "out"
+        self.state = tmp_path / "state"
+        self.outside = tmp_path / "outside"
+        self.outside.mkdir()
+        self._actors: list[CollectorArchiver] = []
+        self._seed = 0
+        self.sessions = ZenohSessionManager({"scouting/multicast/enabled": False})
+
+    def actor(self, **overrides: Any) -> CollectorArchiver:
+        kwargs: dict[str, Any] = dict(
+            object_selector="*",
+            save_template=TEMPLATE,
+            output_root=str(self.out),
+            allowed_roots=[str(self.runs)],
+            state_dir=str(self.state),
+            retry_delay=0.05,
+            max_retries=1,
+            columns=COLUMNS,
+            realm=f"hc-test-{uuid4().hex}",
+            session_manager=self.sessions,
+        )
+        kwargs.update(overrides)
+        actor = CollectorArchiver(**kwargs)
+        self._actors.append(actor)
+        return actor
+
+    def run(self, name: str, folder: Path | None = None, **kwargs: Any) -> Path:
+        self._seed += 1
+        path = (folder or self.runs) / name
+        write_simulated_run(path, **{"records": RECORDS, "entities": 2, "seed": self._seed, **kwargs})
+        return path
+
+    def stop(self, actor: CollectorArchiver) -> None:
+        if actor not in self._actors:
+            return
+        self._actors.remove(actor)
+        try:
+            actor._stop_event.set()
+            actor._payload_queue.put(("", 0, {}, 0))
+            actor._teardown()
+            assert not actor._worker_thread.is_alive()
+            assert not actor._purger.is_alive()
+        finally:
+            actor._destroy_hero()
+
+    def close(self) -> None:
+        for actor in list(self._actors):
+            self.stop(actor)
+        self.sessions.force_close()
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Iterator[Env]:
+    environment = Env(tmp_path)
+    try:
+        yield environment
+    finally:
+        environment.close()
+
+
+def collected(actor: CollectorArchiver, path: Path) -> Job:
+    actor.feed("logger-x", {"path": str(path)})
+    job = wait_job(actor, path, DONE, FAILED)
+    assert job.state == DONE, job.error
+    return job
+
+
+def names(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+def contents(paths: list[Path]) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in paths}
+
+
+# ----------------------------------------------------------------------------------------
+# Cleanup into the trash, restore, purge
+# ----------------------------------------------------------------------------------------
+
+
+def test_cleanup_moves_segments_into_the_trash_and_restore_brings_them_back(env: Env) -> None:
+    actor = env.actor(cleanup_grace=3600)
+    run = env.run("run-1", rotate_bytes=1000, backend="data_logger")
+    segments = contents(segment_files(run))
+    assert len(segments) > 1
+    job = collected(actor, run)
+    outputs = {p: Path(p).read_bytes() for p in job.outputs}
+
+    started = time.time()
+    assert actor.cleanup(str(run)) is True
+    assert segment_files(run) == []
+    in_trash = trashed(run)
+    assert sorted(p.name.rsplit(".trash-", 1)[0] for p, _ in in_trash) == sorted(segments)
+    assert all(started - 1 <= stamp <= time.time() for _, stamp in in_trash)
+    assert (run / "streams").is_dir() and (run / "_DONE").exists()
+    cleaned = actor.journal.get(job.id)
+    assert cleaned.state == CLEANED
+    assert started + 3600 <= cleaned.trash_until <= time.time() + 3600
+    status = actor.status()
+    assert status["counts"][CLEANED] == 1
+    assert status["pending_deletion"] == [{"path": str(run), "delete_after": cleaned.trash_until}]
+    json.dumps(status)
+    # a cleaned run is not collected again
+    actor.feed("logger-x", {"path": str(run)})
+    assert actor.journal.get(job.id).state == CLEANED and actor.is_queue_drained()
+
+    assert actor.restore(str(run)) is True
+    assert contents(segment_files(run)) == segments
+    assert trashed(run) == []
+    again = actor.journal.get(job.id)
+    assert again.state == DONE and again.trash_until is None
+    assert actor.status()["pending_deletion"] == []
+    assert {p: Path(p).read_bytes() for p in job.outputs} == outputs  # outputs untouched throughout
+
+    # a restored run can be cleaned again, and "every collected run" includes it
+    assert actor.cleanup() is True
+    assert segment_files(run) == [] and len(trashed(run)) == len(segments)
+    assert actor.journal.get(job.id).state == CLEANED
+    assert [d["path"] for d in actor.status()["pending_deletion"]] == [str(run)]
+
+
+def test_cleanup_keep_meta_false_trashes_streams_and_restores_it(env: Env) -> None:
+    actor = env.actor(cleanup_grace=3600)
+    run = env.run("run-1")
+    collected(actor, run)
+    streams = names(run / "streams")
+    assert actor.cleanup(str(run), keep_meta=False) is True
+    assert not (run / "streams").exists()
+    assert any(p.name.startswith("streams.trash-") for p, _ in trashed(run))
+    assert actor.restore(str(run)) is True
+    assert names(run / "streams") == streams and segment_files(run)
+
+
+def test_restore_is_refused_outside_allowed_roots(env: Env) -> None:
+    actor = env.actor(cleanup_grace=3600)
+    victim = env.run("victim", folder=env.outside)
+    (victim / "00000.seg.zst").rename(victim / "00000.seg.zst.trash-1")
+    assert actor.restore(str(victim)) is False
+    assert actor.restore(f"{env.runs}/../outside/victim") is False
+    assert not (victim / "00000.seg.zst").exists()
+
+
+def test_purge_loop_deletes_the_trash_after_the_grace_period(env: Env) -> None:
+    actor = env.actor(cleanup_grace=0.2)
+    run = env.run("run-1")
+    job = collected(actor, run)
+    assert actor.cleanup(str(run)) is True
+    assert segment_files(run) == [] and trashed(run)  # in the trash first
+    wait_for(lambda: trashed(run) == [], "the purge loop to delete the trash")
+    wait_for(lambda: actor.journal.get(job.id).trash_until is None, "the journal to record the purge")
+    assert actor.status()["pending_deletion"] == []
+    assert actor.journal.get(job.id).state == CLEANED
+    assert names(run) == ["_DONE", "streams"]
+    assert actor.restore(str(run)) is False  # nothing left to restore
+    assert actor.journal.get(job.id).state == CLEANED  # and the run stays cleaned
+
+
+def test_cleanup_grace_zero_deletes_at_once(env: Env) -> None:
+    actor = env.actor(cleanup_grace=0)
+    run = env.run("run-1")
+    job = collected(actor, run)
+    assert actor.cleanup(str(run), keep_meta=False) is True
+    assert names(run) == ["_DONE"]  # no trash, no streams
+    cleaned = actor.journal.get(job.id)
+    assert cleaned.state == CLEANED and cleaned.trash_until is None
+    assert actor.status()["pending_deletion"] == []
+    # nothing to restore: the run stays cleaned
+    assert actor.restore(str(run)) is False
+    assert actor.journal.get(job.id).state == CLEANED
+
+
+def test_cleanup_after_collect(env: Env) -> None:
+    actor = env.actor(cleanup_after_collect=True, cleanup_grace=3600)
+    run = env.run("run-1")
+    segments = contents(segment_files(run))
+    actor.feed("logger-x", {"path": str(run)})
+    job = wait_job(actor, run, CLEANED, FAILED)
+    assert job.state == CLEANED, job.error
+    assert job.rows == RECORDS and len(job.outputs) == len(MEASURES)
+    assert all(Path(p).is_file() for p in job.outputs)
+    assert segment_files(run) == [] and len(trashed(run)) == len(segments)
+    assert job.trash_until is not None
+    assert [d["path"] for d in actor.status()["pending_deletion"]] == [str(run)]
+    assert actor.restore(str(run)) is True
+    assert contents(segment_files(run)) == segments
+
+
+def test_forced_cleanup_of_a_failed_run_is_trashed_but_stays_failed(env: Env) -> None:
+    actor = env.actor(cleanup_grace=3600)
+    run = env.run("run-1")
+    segment = segment_files(run)[0]
+    segment.write_bytes(b"\xff" * 64 + segment.read_bytes()[64:])
+    actor.feed("logger-x", {"path": str(run)})
+    wait_job(actor, run, FAILED)
+    assert actor.cleanup(str(run)) is False
+    assert actor.cleanup(str(run), force=True) is True
+    job = actor.journal.by_path(str(run))
+    assert job.state == FAILED and job.trash_until is not None  # a forced cleanup does not collect
+    assert [d["path"] for d in actor.status()["pending_deletion"]] == [str(run)]
+    assert actor.restore(str(run)) is True
+    job = actor.journal.by_path(str(run))
+    assert job.state == FAILED and job.trash_until is None and segment_files(run)
+
+
+def test_pending_deletion_survives_a_restart_and_is_purged_then(env: Env) -> None:
+    first = env.actor(cleanup_grace=3600)
+    run = env.run("run-1")
+    job = collected(first, run)
+    assert first.cleanup(str(run)) is True
+    env.stop(first)
+    # the grace period ran out while no actor was running
+    with sqlite3.connect(env.state / "journal.sqlite3") as db:
+        db.execute("UPDATE jobs SET trash_until = ? WHERE id = ?", (time.time() - 1, job.id))
+    db.close()
+    second = env.actor(cleanup_grace=0.1)
+    wait_for(lambda: trashed(run) == [], "the restarted actor to purge the trash")
+    wait_for(lambda: second.journal.get(job.id).trash_until is None, "the journal to record the purge")
+
+
+# ----------------------------------------------------------------------------------------
+# Journal migration
+# ----------------------------------------------------------------------------------------
+
+OLD_SCHEMA = """
+CREATE TABLE jobs (
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    path         TEXT UNIQUE,
+    source       TEXT NOT NULL,
+    metadata     TEXT NOT NULL,
+    state        TEXT NOT NULL,
+    attempts     INTEGER NOT NULL DEFAULT 0,
+    error        TEXT,
+    rows         INTEGER,
+    created      REAL NOT NULL,
+    updated      REAL NOT NULL,
+    next_attempt REAL
+);
+CREATE TABLE outputs (
+    path   TEXT PRIMARY KEY,
+    job_id INTEGER NOT NULL REFERENCES jobs(id),
+    rows   INTEGER NOT NULL
+);
+CREATE INDEX jobs_state ON jobs(state);
+"""
+
+
+def test_journal_migrates_an_old_journal(tmp_path: Path) -> None:
+    file = tmp_path / "state" / "journal.sqlite3"
+    file.parent.mkdir()
+    db = sqlite3.connect(file)
+    db.executescript(OLD_SCHEMA)
+    db.execute(
+        "INSERT INTO jobs (path, source, metadata, state, attempts, rows, created, updated) "
+        "VALUES ('/runs/old', 'logger-x', '{\"path\": \"/runs/old\"}', 'done', 1, 42, 1.0, 2.0)"
+    )
+    db.execute("INSERT INTO outputs (path, job_id, rows) VALUES ('/out/old.arrow', 1, 42)")
+    db.execute(
+        "INSERT INTO jobs (path, source, metadata, state, attempts, error, created, updated, next_attempt) "
+        "VALUES ('/runs/retry', 'logger-x', '{}', 'pending', 1, 'boom', 1.0, 2.0, 3.0)"
+    )
+    db.commit()
+    db.close()
+
+    journal = Journal(file)
+    try:
+        columns = [row["name"] for row in journal._db.execute("PRAGMA table_info(jobs)")]
+        assert columns[-1] == "trash_until"
+        old = journal.by_path("/runs/old")
+        assert (old.id, old.state, old.attempts, old.rows, old.created, old.updated) == (1, DONE, 1, 42, 1.0, 2.0)
+        assert old.metadata == {"path": "/runs/old"} and old.outputs == {"/out/old.arrow": 42}
+        assert old.trash_until is None
+        assert journal.by_path("/runs/retry").next_attempt == 3.0
+        assert journal.in_trash() == []
+        journal.mark_cleaned(old.id, 123.0)
+        assert journal.get(old.id).state == CLEANED and journal.get(old.id).trash_until == 123.0
+        assert [j.path for j in journal.in_trash()] == ["/runs/old"]
+        new, queued = journal.submit("/runs/new", "logger-y", {})
+        assert queued and new.id == 3
+    finally:
+        journal.close()
+
+    reopened = Journal(file)  # migrating is done once; opening again is harmless
+    try:
+        assert reopened.get(1).trash_until == 123.0
+        assert [row["name"] for row in reopened._db.execute("PRAGMA table_info(jobs)")].count("trash_until") == 1
+        assert reopened.counts()[CLEANED] == 1 and reopened.counts()[PENDING] == 2
+    finally:
+        reopened.close()
+
+
+def test_mark_cleaned_only_turns_done_into_cleaned(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "journal.sqlite3")
+    try:
+        job, _ = journal.submit("/runs/a", "x", {})
+        journal.mark_cleaned(job.id, 10.0)
+        assert journal.get(job.id).state == PENDING and journal.get(job.id).trash_until == 10.0
+        journal.start(job.id)
+        journal.finish(job.id, {})
+        journal.mark_cleaned(job.id, None)
+        assert journal.get(job.id).state == CLEANED and journal.get(job.id).trash_until is None
+        journal.restored(job.id)
+        assert journal.get(job.id).state == DONE
+    finally:
+        journal.close()
+
+
+def test_journal_defer_does_not_count_the_attempt(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "journal.sqlite3")
+    try:
+        job, _ = journal.submit("/runs/a", "x", {})
+        for _ in range(3):
+            assert journal.start(job.id).attempts == 1
+            deferred = journal.defer(job.id, 5.0, "claimed by y")
+            assert (deferred.state, deferred.attempts, deferred.next_attempt) == (PENDING, 0, 5.0)
+            assert deferred.error == "claimed by y"
+    finally:
+        journal.close()
+
+
+# ----------------------------------------------------------------------------------------
+# Claims between actors
+# ----------------------------------------------------------------------------------------
+
+
+def count_writes(actor: CollectorArchiver) -> list[str]:
+    """Record every run the actor really decodes and writes."""
+    calls: list[str] = []
+    original = actor._write_outputs
+
+    def wrapped(job: Job, path: Path) -> dict[str, int]:
+        calls.append(job.path)
+        return original(job, path)
+
+    actor._write_outputs = wrapped  # type: ignore[method-assign]
+    return calls
+
+
+def claim_actor(env: Env, name: str, **overrides: Any) -> CollectorArchiver:
+    kwargs = dict(state_dir=str(env.tmp / f"state-{name}"), claim_runs=True, claim_heartbeat=0.05)
+    return env.actor(**{**kwargs, **overrides})
+
+
+@pytest.mark.parametrize("attempt", range(3))
+def test_two_actors_collect_a_run_once(env: Env, attempt: int) -> None:
+    first, second = claim_actor(env, "a"), claim_actor(env, "b")
+    assert first.owner != second.owner
+    writes = {first.owner: count_writes(first), second.owner: count_writes(second)}
+    runs = [env.run(f"run-{i}") for i in range(3)]
+    barrier = threading.Barrier(2)
+
+    def announce(actor: CollectorArchiver) -> None:
+        barrier.wait()
+        for run in runs:
+            actor.feed("logger-x", {"path": str(run)})
+
+    threads = [threading.Thread(target=announce, args=(a,)) for a in (first, second)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=TIMEOUT)
+
+    for run in runs:
+        jobs = [wait_job(actor, run, DONE, FAILED) for actor in (first, second)]
+        assert [j.state for j in jobs] == [DONE, DONE], [j.error for j in jobs]
+        assert jobs[0].outputs == jobs[1].outputs and len(jobs[0].outputs) == len(MEASURES)
+        assert all(j.attempts == 1 for j in jobs)
+        marker = json.loads((run / COLLECTED_FILE).read_text())
+        assert marker["outputs"] == jobs[0].outputs
+        writers = [owner for owner, calls in writes.items() if str(run) in calls]
+        assert writers == [marker["owner"]]  # exactly one actor decoded and wrote it
+        assert not (run / CLAIM_FILE).exists()
+        for target in jobs[0].outputs:
+            assert read_provenance(target)["logger_path"] == str(run)
+    assert not any(env.out.rglob(".*.tmp"))
+
+
+def test_an_actor_defers_a_run_claimed_by_a_live_foreign_actor(env: Env) -> None:
+    actor = claim_actor(env, "a", max_retries=1)
+    writes = count_writes(actor)
+    run = env.run("run-1")
+    claim = run / CLAIM_FILE
+    claim.write_text(json.dumps({"owner": "elsewhere:/var/lib/hc", "host": "elsewhere", "pid": 4242}))
+
+    actor.feed("logger-x", {"path": str(run)})
+
+    def deferred() -> Job | None:
+        job = actor.journal.by_path(str(run))
+        return job if job.state == PENDING and job.error and "claimed by" in job.error else None
+
+    job = wait_for(deferred, "the job to be deferred")
+    assert "elsewhere:/var/lib/hc" in job.error and "4242" in job.error
+    assert job.attempts == 0 and job.next_attempt is not None
+    # it keeps deferring (the foreign heartbeat is kept fresh) without using up its retries
+    for _ in range(3):
+        os.utime(claim)
+        seen = job.updated
+        job = wait_for(
+            lambda: (j := actor.journal.by_path(str(run))).state == PENDING and j.updated > seen and j,
+            "another deferral",
+        )
+        assert job.attempts == 0 and "claimed by" in job.error
+    assert writes == [] and actor.failed() == []
+    assert json.loads(claim.read_text())["owner"] == "elsewhere:/var/lib/hc"  # left alone
+
+    claim.unlink()  # the foreign actor released it without collecting (it failed)
+    done = wait_job(actor, run, DONE, FAILED)
+    assert done.state == DONE and done.attempts == 1 and done.error is None
+    assert writes == [str(run)]
+    assert json.loads((run / COLLECTED_FILE).read_text())["owner"] == actor.owner
+
+
+def test_an_actor_takes_over_the_run_from_a_foreign_actor_that_collected_it(env: Env) -> None:
+    actor = claim_actor(env, "a")
+    writes = count_writes(actor)
+    run = env.run("run-1")
+    (run / CLAIM_FILE).write_text(json.dumps({"owner": "elsewhere:/x", "host": "elsewhere", "pid": 4242}))
+    actor.feed("logger-x", {"path": str(run)})
+    wait_for(lambda: "claimed by" in (actor.journal.by_path(str(run)).error or ""), "the job to be deferred")
+    # the foreign actor finishes: it writes the marker, then drops its claim
+    outputs = {str(env.out / run.name / f"{m}.arrow"): 1 for m in MEASURES}
+    marker = {"owner": "elsewhere:/x", "host": "elsewhere", "pid": 4242, "collected_at": time.time(),
+              "outputs": outputs}
+    (run / COLLECTED_FILE).write_text(json.dumps(marker))
+    (run / CLAIM_FILE).unlink()
+    done = wait_job(actor, run, DONE, FAILED)
+    assert done.state == DONE and done.outputs == outputs and done.attempts == 1
+    assert writes == []  # not collected a second time
+
+
+def test_a_stale_foreign_claim_is_taken_over(env: Env) -> None:
+    actor = claim_actor(env, "a", claim_timeout=5)
+    run = env.run("run-1")
+    claim = run / CLAIM_FILE
+    claim.write_text(json.dumps({"owner": "dead:/x", "host": "dead", "pid": 4242}))
+    old = time.time() - 60
+    os.utime(claim, (old, old))
+    job = collected(actor, run)
+    assert job.attempts == 1
+    assert json.loads((run / COLLECTED_FILE).read_text())["owner"] == actor.owner
+    assert not claim.exists()
+
+
+def test_a_restarted_actor_takes_its_own_claim_over(env: Env) -> None:
+    actor = claim_actor(env, "a", claim_timeout=3600)
+    run = env.run("run-1")
+    # what the actor's previous life (killed while collecting) left behind, fresh
+    assert actor.owner == f"{socket.gethostname()}:{os.path.realpath(env.tmp / 'state-a')}"
+    (run / CLAIM_FILE).write_text(json.dumps({"owner": actor.owner, "host": "h", "pid": 999999}))
+    job = collected(actor, run)
+    assert job.attempts == 1
+    assert json.loads((run / COLLECTED_FILE).read_text())["owner"] == actor.owner
