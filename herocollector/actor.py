@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
-import pyarrow as pa
 from heros.helper import log
 from herostools.actor.archiver import HERODataArchiver
 
@@ -22,7 +21,7 @@ from .codec import DEFAULT_CHUNK_BYTES
 from .collector import Collector, _dedupe_columns, output_schema
 from .errors import CollectorError
 from .journal import DONE, FAILED, Job, Journal, OutputTakenError
-from .output import ArrowOutput, OutputError, PathTemplate, provenance_metadata, read_provenance
+from .output import ArrowOutput, OutputError, PathTemplate, provenance_metadata, read_provenance, route_batch
 
 
 def default_state_dir() -> Path:
@@ -366,7 +365,7 @@ class CollectorArchiver(HERODataArchiver):
             for batch in collector.batches(rule=self.rule, schema=schema, backoff=self.backoff, timeout=self.timeout):
                 if batch is None:
                     raise CollectorError("timed out waiting for _DONE", path)
-                self._route(batch, ids, group_of, outputs)
+                route_batch(batch, ids, group_of, outputs)
             for output, owned in zip(outputs, replace):
                 output.commit(replace=owned)
         except BaseException:
@@ -404,17 +403,6 @@ class CollectorArchiver(HERODataArchiver):
                 f"refusing to overwrite it with the run {job.path} (job {job.id})"
             )
         return True
-
-    @staticmethod
-    def _route(batch: pa.RecordBatch, ids: np.ndarray, group_of: np.ndarray, outputs: list[ArrowOutput]) -> None:
-        """Send each row of a batch to the output of its stream."""
-        if len(outputs) == 1:
-            outputs[0].write(batch)
-            return
-        sids = batch.column("stream_id").to_numpy(zero_copy_only=False)
-        rows_group = group_of[np.searchsorted(ids, sids)]
-        for index in np.unique(rows_group).tolist():
-            outputs[index].write(batch.take(pa.array(np.flatnonzero(rows_group == index))))
 
     # -- remote methods ---------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
+import numpy as np
 import pyarrow as pa
 from jinja2 import StrictUndefined, TemplateError
 from jinja2.sandbox import SandboxedEnvironment
@@ -195,6 +196,24 @@ class ArrowOutput:
         if not self._fh.closed:
             self._fh.close()
         self.temporary.unlink(missing_ok=True)
+
+
+def route_batch(batch: pa.RecordBatch, ids: np.ndarray, group_of: np.ndarray, outputs: list[ArrowOutput]) -> None:
+    """Send each row of a batch to the output of its stream (vectorised).
+
+    Args:
+        batch: Rows with a ``stream_id`` column.
+        ids: The stream ids that have an output, sorted.
+        group_of: For each of ``ids``, the index of its output in ``outputs``.
+        outputs: The open outputs.
+    """
+    if np.all(group_of == group_of[0]):
+        outputs[int(group_of[0])].write(batch)
+        return
+    sids = batch.column("stream_id").to_numpy(zero_copy_only=False)
+    row_group = group_of[np.searchsorted(ids, sids)]
+    for index in np.unique(row_group).tolist():
+        outputs[index].write(batch.filter(pa.array(row_group == index)))
 
 
 def _fsync_dir(folder: Path) -> None:
