@@ -295,8 +295,7 @@ class TickState:
         sorted_ticks = running + np.repeat(base - before_group, counts)
         ticks = np.empty_like(sorted_ticks)
         ticks[order] = sorted_ticks
-        for sid, last in zip(uniq.tolist(), sorted_ticks[starts + counts - 1].tolist()):
-            self._last[sid] = last
+        self._remember(uniq, sorted_ticks[starts + counts - 1])
         return ticks
 
     def deltas(self, stream_ids: np.ndarray, ticks: np.ndarray) -> np.ndarray:
@@ -319,9 +318,12 @@ class TickState:
         previous[starts] = base
         deltas = np.empty_like(sorted_ticks)
         deltas[order] = sorted_ticks - previous
-        for sid, last in zip(uniq.tolist(), sorted_ticks[starts + counts - 1].tolist()):
-            self._last[sid] = last
+        self._remember(uniq, sorted_ticks[starts + counts - 1])
         return deltas
+
+    def _remember(self, stream_ids: np.ndarray, last_ticks: np.ndarray) -> None:
+        """Keep each stream's last tick (one Python step per stream, not per record)."""
+        self._last.update(zip(stream_ids.tolist(), last_ticks.tolist()))
 
 
 def encode_records(records: Records, ticks: TickState) -> bytes:

@@ -12,7 +12,7 @@ import json
 import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -373,3 +373,15 @@ def journal_rows(state_dir: Path) -> list[sqlite3.Row]:
         return []
     finally:
         db.close()
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Iterator[Any]:
+    """An ``actor_support.Env`` (in-process actors on Zenoh) for the test, closed at its end."""
+    from actor_support import Env  # imports HEROS and Zenoh: only for the tests that use it
+
+    environment = Env(tmp_path)
+    try:
+        yield environment
+    finally:
+        environment.close()

@@ -14,120 +14,18 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
-from uuid import uuid4
+from typing import Any
 
 import pytest
-from heros.zenoh import ZenohSessionManager
 
+from actor_support import RECORDS, TIMEOUT, Env, collected, wait_for, wait_job
 from herocollector.actor import CollectorArchiver
 from herocollector.claims import CLAIM_FILE, COLLECTED_FILE
-from herocollector.demo import MEASURES, write_simulated_run
+from herocollector.demo import MEASURES
 from herocollector.journal import CLEANED, DONE, FAILED, PENDING, Job, Journal
 from herocollector.logdir import segment_files
 from herocollector.output import read_provenance
 from herocollector.trash import trashed
-
-TEMPLATE = "{{ output_root }}/{{ logger_name }}/{{ measure }}.arrow"
-COLUMNS = ["entity", "measure"]
-RECORDS = 300
-TIMEOUT = 20.0
-
-
-def wait_for(predicate: Callable[[], Any], what: Callable[[], str] | str, timeout: float = TIMEOUT) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what() if callable(what) else what}")
-        time.sleep(0.005)
-
-
-def wait_job(actor: CollectorArchiver, path: Path, *states: str) -> Job:
-    def check() -> Job | None:
-        job = actor.journal.by_path(str(path))
-        return job if job is not None and job.state in states else None
-
-    return wait_for(
-        check, lambda: f"job of {path} to become {'/'.join(states)} (now {actor.journal.by_path(str(path))})"
-    )
-
-
-class Env:
-    """Folders of one test and the actors it started (all stopped at the end)."""
-
-    def __init__(self, tmp_path: Path) -> None:
-        self.tmp = tmp_path
-        self.runs = tmp_path / "runs"
-        self.runs.mkdir()
-        self.out = tmp_path / "out"
-        self.state = tmp_path / "state"
-        self.outside = tmp_path / "outside"
-        self.outside.mkdir()
-        self._actors: list[CollectorArchiver] = []
-        self._seed = 0
-        self.sessions = ZenohSessionManager({"scouting/multicast/enabled": False})
-
-    def actor(self, **overrides: Any) -> CollectorArchiver:
-        kwargs: dict[str, Any] = dict(
-            object_selector="*",
-            save_template=TEMPLATE,
-            output_root=str(self.out),
-            allowed_roots=[str(self.runs)],
-            state_dir=str(self.state),
-            retry_delay=0.05,
-            max_retries=1,
-            columns=COLUMNS,
-            realm=f"hc-test-{uuid4().hex}",
-            session_manager=self.sessions,
-        )
-        kwargs.update(overrides)
-        actor = CollectorArchiver(**kwargs)
-        self._actors.append(actor)
-        return actor
-
-    def run(self, name: str, folder: Path | None = None, **kwargs: Any) -> Path:
-        self._seed += 1
-        path = (folder or self.runs) / name
-        write_simulated_run(path, **{"records": RECORDS, "entities": 2, "seed": self._seed, **kwargs})
-        return path
-
-    def stop(self, actor: CollectorArchiver) -> None:
-        if actor not in self._actors:
-            return
-        self._actors.remove(actor)
-        try:
-            actor._stop_event.set()
-            actor._payload_queue.put(("", 0, {}, 0))
-            actor._teardown()
-            assert not actor._worker_thread.is_alive()
-            assert not actor._purger.is_alive()
-        finally:
-            actor._destroy_hero()
-
-    def close(self) -> None:
-        for actor in list(self._actors):
-            self.stop(actor)
-        self.sessions.force_close()
-
-
-@pytest.fixture
-def env(tmp_path: Path) -> Iterator[Env]:
-    environment = Env(tmp_path)
-    try:
-        yield environment
-    finally:
-        environment.close()
-
-
-def collected(actor: CollectorArchiver, path: Path) -> Job:
-    actor.feed("logger-x", {"path": str(path)})
-    job = wait_job(actor, path, DONE, FAILED)
-    assert job.state == DONE, job.error
-    return job
-
 
 def names(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir())

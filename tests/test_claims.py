@@ -13,24 +13,14 @@ import socket
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
+from actor_support import wait_for
 from herocollector.claims import ACQUIRED, CLAIM_FILE, COLLECTED, COLLECTED_FILE, HELD, ClaimResult, RunClaim
 
 TIMEOUT = 10.0
-
-
-def wait_for(predicate: Callable[[], Any], what: str, timeout: float = TIMEOUT) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.005)
 
 
 @pytest.fixture

@@ -1,0 +1,195 @@
+"""Shared scaffolding of the in-process actor tests: real Zenoh sessions without multicast
+scouting (so a test's actors and HEROs talk only to each other), a realm per actor, and
+waiting on conditions with deadlines.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable
+from uuid import uuid4
+
+import pyarrow as pa
+import pytest
+from heros import LocalHERO, event
+from heros.zenoh import ZenohSessionManager
+
+from conftest import MemoryWriter
+from herocollector import Collector
+from herocollector.actor import CollectorArchiver
+from herocollector.demo import MEASURES, write_simulated_run
+from herocollector.journal import DONE, FAILED, PENDING, RUNNING, Job
+
+TEMPLATE = "{{ output_root }}/{{ logger_name }}/{{ measure }}.arrow"
+COLUMNS = ["entity", "measure"]
+RECORDS = 300
+ENTITIES = 2
+TIMEOUT = 20.0
+
+
+class Announcer(LocalHERO):
+    """A stand-in logger HERO that announces finished runs."""
+
+    @event
+    def finished(self, payload):
+        return payload
+
+
+# ----------------------------------------------------------------------------------------
+# Helpers
+# ----------------------------------------------------------------------------------------
+
+
+def wait_for(predicate: Callable[[], Any], what: str, timeout: float = TIMEOUT) -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.005)
+
+
+def wait_job(actor: CollectorArchiver, path: str | Path, *states: str) -> Job:
+    """The job of ``path`` once it is in one of ``states``."""
+
+    def check() -> Job | None:
+        job = actor.journal.by_path(str(path))
+        return job if job is not None and job.state in states else None
+
+    return wait_for(check, f"job of {path} to become {'/'.join(states)} (now {actor.journal.by_path(str(path))})")
+
+
+def wait_idle(actor: CollectorArchiver) -> None:
+    """Until nothing is queued, pending or running."""
+    wait_for(
+        lambda: (
+            actor.is_queue_drained() and actor.journal.counts()[PENDING] == 0 and actor.journal.counts()[RUNNING] == 0
+        ),
+        "the actor to become idle",
+    )
+
+
+def segments(path: Path) -> list[Path]:
+    return sorted(path.glob("*.seg.zst"))
+
+
+def snapshot(folder: Path) -> dict[str, tuple[bytes, int] | str]:
+    """Every entry below ``folder``: file contents and mtimes, symlink targets, directories."""
+    found: dict[str, tuple[bytes, int] | str] = {}
+    for entry in sorted(folder.rglob("*")):
+        key = str(entry.relative_to(folder))
+        if entry.is_symlink():
+            found[key] = "-> " + os.readlink(entry)
+        elif entry.is_dir():
+            found[key] = "dir"
+        else:
+            found[key] = (entry.read_bytes(), entry.stat().st_mtime_ns)
+    return found
+
+
+def read_arrow(path: Path) -> pa.Table:
+    with pa.ipc.open_file(str(path)) as reader:
+        return reader.read_all()
+
+
+def expected_by_measure(run: Path) -> dict[str, pa.Table]:
+    """What the library Collector gives for each measure of a run (the same rule, same columns)."""
+    tables = {}
+    for measure in MEASURES:
+        writer = MemoryWriter()
+        rule = {"match": {"key": "measure", "op": "eq", "value": measure}}
+        assert Collector([run]).collect(writer, rule=rule, columns=COLUMNS) is True
+        tables[measure] = writer.table()
+    return tables
+
+
+def corrupt(run: Path) -> None:
+    """Overwrite the start of the first segment (bad zstd magic)."""
+    segment = segments(run)[0]
+    data = bytearray(segment.read_bytes())
+    data[:32] = b"\xff" * 32
+    segment.write_bytes(bytes(data))
+
+
+class Env:
+    """Folders of one test, and the actors and HEROs it started (all stopped at the end)."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp = tmp_path
+        self.runs = tmp_path / "runs"
+        self.runs.mkdir()
+        self.out = tmp_path / "out"
+        self.state = tmp_path / "state"
+        self.outside = tmp_path / "outside"
+        self.outside.mkdir()
+        self._actors: list[CollectorArchiver] = []
+        self._heroes: list[LocalHERO] = []
+        self._seed = 0
+        self.sessions = ZenohSessionManager({"scouting/multicast/enabled": False})
+
+    def actor(self, **overrides: Any) -> CollectorArchiver:
+        kwargs: dict[str, Any] = dict(
+            object_selector="*",
+            save_template=TEMPLATE,
+            output_root=str(self.out),
+            allowed_roots=[str(self.runs)],
+            state_dir=str(self.state),
+            retry_delay=0.05,
+            max_retries=1,
+            columns=COLUMNS,
+            realm=f"hc-test-{uuid4().hex}",
+            session_manager=self.sessions,
+        )
+        kwargs.update(overrides)
+        actor = CollectorArchiver(**kwargs)
+        self._actors.append(actor)
+        return actor
+
+    def announcer(self, actor: CollectorArchiver, name: str = "announcer") -> Announcer:
+        hero = Announcer(name, realm=actor._realm, session_manager=actor._session_manager)
+        self._heroes.append(hero)
+        return hero
+
+    def run(self, name: str, folder: Path | None = None, **kwargs: Any) -> Path:
+        self._seed += 1
+        path = (folder or self.runs) / name
+        kwargs = {"records": RECORDS, "entities": ENTITIES, "seed": self._seed, **kwargs}
+        write_simulated_run(path, **kwargs)
+        return path
+
+    def stop(self, actor: CollectorArchiver) -> None:
+        if actor not in self._actors:
+            return
+        self._actors.remove(actor)
+        try:
+            # Wake the worker from its 1 s queue poll so teardown is quick: an item for no job
+            # (id 0) is a no-op in _store.
+            actor._stop_event.set()
+            actor._payload_queue.put(("", 0, {}, 0))
+            actor._teardown()
+            assert not actor._worker_thread.is_alive()
+            assert not actor._purger.is_alive()
+        finally:
+            actor._destroy_hero()
+
+    def close(self) -> None:
+        """Destroy the HEROs, stop the actors (idempotent)."""
+        for hero in self._heroes:
+            hero._destroy_hero()
+        self._heroes.clear()
+        for actor in list(self._actors):
+            self.stop(actor)
+        self.sessions.force_close()
+
+
+def collected(actor: CollectorArchiver, path: Path, data: Any = None, source: str = "logger-x") -> Job:
+    """Feed an event for ``path`` and wait until it is collected."""
+    actor.feed(source, {"path": str(path)} if data is None else data)
+    job = wait_job(actor, path, DONE, FAILED)
+    assert job.state == DONE, job.error
+    return job
