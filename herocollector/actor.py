@@ -61,7 +61,7 @@ def parse_event(data: Any, path_key: str) -> tuple[str, dict[str, Any]]:
         raise ValueError(f"event is neither a dict, a (payload, metadata) pair nor a path: {type(data).__name__}")
     if not isinstance(path, str) or not path:
         raise ValueError(f"event has no logger path under {path_key!r}")
-    return path, metadata
+    return os.path.normpath(path), metadata  # one job per run, however the path is spelled
 
 
 class _Deferred(Exception):
@@ -297,7 +297,10 @@ class CollectorArchiver(HERODataArchiver):
             else:
                 log.info(f"herocollector: job {job.id}: {job.path} was collected by {collected_by}")
             if self.cleanup_after_collect:
-                self.cleanup(job.path)
+                try:
+                    self.cleanup(job.path)
+                except Exception as exc:  # noqa: BLE001 - the run is collected; cleanup can be retried
+                    log.error(f"herocollector: cleanup after collecting {job.path} failed: {exc}")
         finally:
             self._current = None
 
@@ -415,7 +418,8 @@ class CollectorArchiver(HERODataArchiver):
         Returns:
             The job (``state`` pending if queued; done/cleaned if collected before).
         """
-        job, queue_now = self.journal.submit(str(path), "remote", {self.path_key: str(path)})
+        path = os.path.normpath(str(path))
+        job, queue_now = self.journal.submit(path, "remote", {self.path_key: path})
         if queue_now:
             self._enqueue(job)
         return job.to_dict()
@@ -445,7 +449,7 @@ class CollectorArchiver(HERODataArchiver):
         Returns:
             How many jobs were queued.
         """
-        jobs = self.journal.retry(None if path is None else str(path))
+        jobs = self.journal.retry(None if path is None else os.path.normpath(str(path)))
         for job in jobs:
             self._enqueue(job)
         return len(jobs)
@@ -479,7 +483,8 @@ class CollectorArchiver(HERODataArchiver):
         if path is None:
             targets = [(job.path, job) for job in self.journal.jobs(DONE)]
         else:
-            targets = [(str(path), self.journal.by_path(str(path)))]
+            path = os.path.normpath(str(path))
+            targets = [(path, self.journal.by_path(path))]
         ok = True
         for target, job in targets:
             refusal = self._cleanup_refusal(target, job, force, keep_meta)

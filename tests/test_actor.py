@@ -414,7 +414,8 @@ def _fault_outside(env: Env) -> tuple[Any, str | None, list[str]]:
 def _fault_dotdot(env: Env) -> tuple[Any, str | None, list[str]]:
     env.run("sneaky", folder=env.outside)
     path = f"{env.runs}/../outside/sneaky"
-    return {"path": path}, path, ["outside allowed_roots"]
+    # The job is journalled under the normalised path (one job per run, however spelled).
+    return {"path": path}, os.path.normpath(path), ["outside allowed_roots"]
 
 
 def _fault_symlink(env: Env) -> tuple[Any, str | None, list[str]]:
@@ -929,3 +930,13 @@ def test_many_events_from_many_threads(env: Env, actor: CollectorArchiver) -> No
         assert job.state == DONE and job.attempts == 1 and job.rows == 60
     wait_idle(actor)
     assert len(actor.journal.jobs()) == len(runs)
+
+
+def test_one_job_per_run_however_the_path_is_spelled(env: Env, actor: CollectorArchiver) -> None:
+    run = env.run("run-1")
+    collected(actor, run)
+    actor.feed("logger-x", {"path": f"{run}/"})
+    actor.feed("logger-x", {"path": f"{run.parent}/./{run.name}"})
+    wait_idle(actor)
+    jobs = actor.journal.jobs()
+    assert [(job.path, job.state, job.attempts) for job in jobs] == [(str(run), DONE, 1)]
