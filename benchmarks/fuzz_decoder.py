@@ -195,21 +195,6 @@ def skippable_frame(payload: bytes, variant: int = 0, size: int | None = None) -
     return bytes([0x50 | (variant & 15), 0x2A, 0x4D, 0x18]) + (declared & 0xFFFFFFFF).to_bytes(4, "little") + payload
 
 
-def records_equal(a: Records, b: Records) -> bool:
-    """Whether two Records hold identical columns (values and dtypes)."""
-    for column, dtype in (
-        ("stream_ids", np.uint32),
-        ("ticks", np.int64),
-        ("offsets", np.int64),
-        ("indices", np.int64),
-        ("quantised", np.int64),
-    ):
-        x, y = getattr(a, column), getattr(b, column)
-        if x.dtype != dtype or y.dtype != dtype or not np.array_equal(x, y):
-            return False
-    return True
-
-
 def columns_problem(r: Records) -> str | None:
     """Why decoded columns are inconsistent, or None when they are fine."""
     for column in ("stream_ids", "ticks", "offsets", "indices", "quantised"):
@@ -1158,12 +1143,12 @@ def classify(case: Case, ctx: Context, got: Records | None, error: Exception | N
     if case.expected is not None:
         if error is not None:
             return Result("not-round-tripping", seconds, f"valid segment raised {error!r}")
-        if not records_equal(got, case.expected):
+        if not got.equals(case.expected):
             return Result("not-round-tripping", seconds, "decoded records differ from the encoded ones")
         if ctx.reference and case.kind == "valid" and case.index % 4 == 0:
             # Keep the reference decoder honest: on valid segments it must agree with the encoder.
             ref = reference_decode(case.data, case.known, case.selected, ctx.dctx)
-            if ref.records is None or not records_equal(ref.records, case.expected):
+            if ref.records is None or not ref.records.equals(case.expected):
                 return Result("harness-error", seconds, f"reference decoder disagrees with the encoder: {ref.reason} at {ref.fail_pos}")
         return Result(outcome, seconds)
 
@@ -1185,7 +1170,7 @@ def classify(case: Case, ctx: Context, got: Records | None, error: Exception | N
     if ref.records is not None:
         if error is not None:
             return Result("reference-mismatch", seconds, f"reference decodes {len(ref.records)} records, decoder raised {error!r}")
-        if not records_equal(got, ref.records):
+        if not got.equals(ref.records):
             return Result("reference-mismatch", seconds, f"decoder and reference records differ ({len(got)} vs {len(ref.records)} records)")
         return Result(outcome, seconds)
     if error is None:

@@ -191,8 +191,25 @@ class Records:
     indices: np.ndarray
     quantised: np.ndarray
 
+    DTYPES = (
+        ("stream_ids", np.uint32),
+        ("ticks", np.int64),
+        ("offsets", np.int64),
+        ("indices", np.int64),
+        ("quantised", np.int64),
+    )
+    """Each column and its dtype."""
+
     def __len__(self) -> int:
         return int(self.stream_ids.size)
+
+    def equals(self, other: "Records") -> bool:
+        """Whether both hold identical columns, values and dtypes."""
+        for column, dtype in self.DTYPES:
+            mine, theirs = getattr(self, column), getattr(other, column)
+            if mine.dtype != dtype or theirs.dtype != dtype or not np.array_equal(mine, theirs):
+                return False
+        return True
 
     @classmethod
     def from_lists(

@@ -114,13 +114,7 @@ def assert_records_equal(actual: Records, expected: Records) -> None:
         actual: The decoded records.
         expected: The records that were encoded.
     """
-    for column, dtype in (
-        ("stream_ids", np.uint32),
-        ("ticks", np.int64),
-        ("offsets", np.int64),
-        ("indices", np.int64),
-        ("quantised", np.int64),
-    ):
+    for column, dtype in Records.DTYPES:
         got, want = getattr(actual, column), getattr(expected, column)
         assert got.dtype == dtype, f"{column}: dtype {got.dtype}, expected {dtype}"
         assert np.array_equal(got, want.astype(dtype)), f"{column} differs:\n{got}\n!=\n{want}"
