@@ -426,7 +426,7 @@ class CollectorArchiver(HERODataArchiver):
 
     def status(self) -> dict:
         """Counts of jobs per state, the queue, the job running now and the recent jobs."""
-        recent = self.journal.jobs()[-20:]
+        recent = self.journal.recent(20)
         return {
             "counts": self.journal.counts(),
             "queued": self._payload_queue.qsize(),

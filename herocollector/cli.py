@@ -48,7 +48,7 @@ from rich.table import Table
 from . import logdir
 from .catalogue import LOGGER_PATH_KEY, load_streams, select_streams
 from .codec import SegmentDecoder
-from .collector import BASE_COLUMNS, Collector, output_schema
+from .collector import BASE_COLUMNS, Collector, _dedupe_columns, output_schema
 from .errors import CollectorError
 from .output import COMPRESSIONS, FORMATS, ArrowOutput, PathTemplate, provenance_metadata, route_batch
 
@@ -389,7 +389,7 @@ def cmd_collect(args: argparse.Namespace, out: Console, err: Console) -> int:
     paths = Collector([os.path.abspath(p) for p in args.paths]).paths
     for path in paths:
         _require_dir(path)
-    label_names = [n for n in Collector.schema_for(args.columns).names if n not in BASE_COLUMNS]
+    label_names = list(_dedupe_columns(args.columns))
     outputs: list[ArrowOutput] = []
     with _progress(err, args.quiet) as progress:
         _wait_for_done(paths, args.backoff, args.timeout, progress)

@@ -176,6 +176,12 @@ class Journal:
                 rows = self._db.execute("SELECT * FROM jobs ORDER BY id")
             return [self._job(r) for r in rows.fetchall()]
 
+    def recent(self, limit: int) -> list[Job]:
+        """The ``limit`` newest jobs, oldest of them first (without reading the whole journal)."""
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM jobs ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
+            return [self._job(r) for r in reversed(rows)]
+
     def counts(self) -> dict[str, int]:
         """Number of jobs per state (every state listed)."""
         with self._lock:

@@ -547,3 +547,14 @@ def test_concurrent_claims_of_one_output_have_one_winner(journal: Journal) -> No
     assert len(winners) == 1 and len(losers) == len(jobs) - 1
     assert all(exc.owner.id == winners[0] for exc in losers)
     assert journal.owner_of("/out/shared.arrow").id == winners[0]
+
+
+def test_recent_returns_the_newest_jobs_oldest_first(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "journal.sqlite3")
+    try:
+        for i in range(5):
+            journal.submit(f"/runs/run-{i}", "logger", {})
+        assert [job.path for job in journal.recent(3)] == ["/runs/run-2", "/runs/run-3", "/runs/run-4"]
+        assert [job.path for job in journal.recent(10)] == [job.path for job in journal.jobs()]
+    finally:
+        journal.close()
