@@ -1,33 +1,55 @@
-"""herocollector: collect disco data-logger runs into Arrow IPC files.
+"""herocollector: collect disco data-logger runs into Arrow and Parquet files.
 
 The public API:
 
-* :class:`Collector`, the library (SPEC §3);
-* :class:`CollectorArchiver`, the BOSS-launched HEROS actor (SPEC §4);
+* :class:`Collector`, the library: logger directories in, Arrow record batches out;
+* :class:`CollectionService` and its :class:`ServiceConfig`, the collection service (journal,
+  workers, output files, scanning, cleanup), free of HEROS;
+* :class:`CollectorArchiver`, the service as a BOSS-launched HEROS actor;
 * :class:`RunWriter`, which writes logger directories in the data logger's format;
-* the errors :class:`CollectorError`, :class:`MetadataError`, :class:`SegmentError` and
-  :class:`UnknownStreamError`.
+* the errors, all under :class:`CollectorError` (see :mod:`herocollector.errors`).
 """
 
 from .collector import Collector
-from .errors import CollectorError, MetadataError, SegmentError, UnknownStreamError
+from .errors import (
+    CollectorError,
+    ConfigError,
+    DoneTimeout,
+    MetadataError,
+    OutputError,
+    SegmentError,
+    UnknownStreamError,
+)
 from .logdir import RunWriter
 
 __all__ = [
+    "CollectionService",
     "Collector",
     "CollectorArchiver",
     "CollectorError",
+    "ConfigError",
+    "DoneTimeout",
     "MetadataError",
+    "OutputError",
     "RunWriter",
     "SegmentError",
+    "ServiceConfig",
     "UnknownStreamError",
 ]
 
 
 def __getattr__(name: str) -> object:
-    # The actor pulls in HEROS and Zenoh; import it only when asked for.
+    # The service and the actor pull in HEROS and Zenoh; import them only when asked for.
     if name == "CollectorArchiver":
         from .actor import CollectorArchiver
 
         return CollectorArchiver
+    if name == "CollectionService":
+        from .service import CollectionService
+
+        return CollectionService
+    if name == "ServiceConfig":
+        from .config import ServiceConfig
+
+        return ServiceConfig
     raise AttributeError(f"module 'herocollector' has no attribute {name!r}")

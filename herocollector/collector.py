@@ -6,15 +6,16 @@ runs (epoch ticks carry across segment files), strict about bad input, and bound
 
 from __future__ import annotations
 
+import io
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Protocol, Sequence
+from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
 
 import numpy as np
 import pyarrow as pa
 
-from .catalogue import RuleLike, load_streams, select_streams
+from .catalogue import RuleLike, Stream, load_streams, select_streams
 from .codec import DEFAULT_CHUNK_BYTES, Records, SegmentDecoder
 from .errors import CollectorError
 from . import logdir
@@ -44,6 +45,7 @@ class _Plan:
 
     path: Path
     all_ids: list[int]
+    chosen: list[Stream]  # selected, by id
     ids: np.ndarray  # selected stream ids, sorted
     epoch_scales: np.ndarray  # per selected id
     value_scales: np.ndarray
@@ -145,12 +147,13 @@ class Collector:
         if not logdir.wait_for_done(self._paths, backoff, timeout):
             yield None
             return
-        plans, labels = self._plan(rule, _dedupe_columns(columns), schema)
-        for plan in plans:
-            decoder = SegmentDecoder(plan.all_ids, plan.ids.tolist(), chunk_bytes=self._chunk_bytes)
-            for segment in segment_files(plan.path):
-                for records in decoder.decode_file(segment):
-                    yield self._to_batch(records, plan, labels, schema)
+        names = _dedupe_columns(columns)
+        per_path = [(path, load_streams(path)) for path in self._paths]
+        chosen = [(path, streams, select_streams(streams, rule)) for path, streams in per_path]
+        if schema is None:
+            schema = output_schema([s for _, _, selected in chosen for s in selected], names)
+        for path, streams, selected in chosen:
+            yield from run_batches(path, streams, selected, schema, chunk_bytes=self._chunk_bytes)
 
     def cleanup(
         self,
@@ -181,8 +184,6 @@ class Collector:
                 shutil.rmtree(streams)
         return True
 
-    # ------------------------------------------------------------------------------------
-
     def _check_paths(self) -> None:
         for path in self._paths:
             if not path.exists():
@@ -190,91 +191,157 @@ class Collector:
             if not path.is_dir():
                 raise CollectorError("logger path is not a directory", path)
 
-    def _plan(
-        self, rule: RuleLike, columns: tuple[str, ...], schema: pa.Schema | None
-    ) -> tuple[list[_Plan], dict[str, pa.Array]]:
-        """Load and select streams; build one label array per label column for all of them."""
-        per_path = [(path, load_streams(path)) for path in self._paths]
-        selected_all: list[dict[str, Any]] = []
-        plans: list[_Plan] = []
-        for path, streams in per_path:
-            chosen = sorted(select_streams(streams, rule), key=lambda s: s["stream_id"])
-            if not chosen:
-                continue
-            first_row = len(selected_all)
-            selected_all.extend(chosen)
-            plans.append(
-                _Plan(
-                    path,
-                    [s["stream_id"] for s in streams],
-                    np.array([s["stream_id"] for s in chosen], dtype=np.uint32),
-                    np.array([s["epoch_scale"] for s in chosen], dtype=np.float64),
-                    np.array([s["value_scale"] for s in chosen], dtype=np.float64),
-                    np.arange(first_row, first_row + len(chosen)),
-                )
-            )
-        schema = schema if schema is not None else output_schema(selected_all, columns)
-        labels: dict[str, pa.Array] = {}
-        for name in (n for n in schema.names if n not in BASE_COLUMNS):
-            try:
-                labels[name] = pa.array([s.get(name) for s in selected_all], type=schema.field(name).type)
-            except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
-                raise CollectorError(f"label column '{name}' cannot be built from the stream labels: {exc}") from None
-        return plans, labels
+def run_batches(
+    path: Path,
+    streams: Sequence[Stream],
+    selected: Sequence[Stream],
+    schema: pa.Schema,
+    *,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    on_bytes: Callable[[int], None] | None = None,
+) -> Iterator[pa.RecordBatch]:
+    """Decode the selected streams of one logger directory into batches of ``schema``.
 
-    def _to_batch(
-        self, records: Records, plan: _Plan, labels: dict[str, pa.Array], schema: pa.Schema | None
-    ) -> pa.RecordBatch:
-        slot = np.searchsorted(plan.ids, records.stream_ids)
-        lengths = np.diff(records.offsets)
-        epoch = records.ticks.astype(np.float64)
-        epoch *= plan.epoch_scales[slot]
-        values = records.quantised.astype(np.float64)
-        values *= np.repeat(plan.value_scales[slot], lengths)
-        offsets = pa.array(records.offsets.astype(np.int32))
-        columns: dict[str, pa.Array] = {
-            "stream_id": pa.array(records.stream_ids, type=pa.uint32()),
-            "epoch": pa.array(epoch, type=pa.float64()),
-            "indices": pa.ListArray.from_arrays(offsets, pa.array(records.indices, type=pa.int64())),
-            "values": pa.ListArray.from_arrays(offsets, pa.array(values, type=pa.float64())),
-        }
-        if labels:
-            rows = pa.array(plan.label_rows[slot])
-            for name, array in labels.items():
-                columns[name] = array.take(rows)
-        if schema is None:
-            return pa.RecordBatch.from_pydict(columns)
-        arrays = []
-        for field in schema:
-            array = columns.get(field.name)
-            if array is None:
-                array = pa.nulls(len(records), type=field.type)
-            elif array.type != field.type:
-                try:
-                    array = array.cast(field.type)
-                except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-                    raise CollectorError(f"column '{field.name}' cannot be cast to {field.type}: {exc}") from None
-            arrays.append(array)
-        return pa.RecordBatch.from_arrays(arrays, schema=schema)
-
-
-def output_schema(streams: Sequence[dict[str, Any]], columns: Sequence[str]) -> pa.Schema:
-    """The output schema: base columns, then one column per label typed from the streams' values.
+    The streams are loaded and selected by the caller, once (see :mod:`herocollector.pipeline`).
 
     Args:
-        streams: The selected streams (label dicts).
+        path: The logger directory.
+        streams: Every stream it declares (any other id in a segment is an error).
+        selected: The streams to return.
+        schema: The output schema; label columns are read from the streams' fields.
+        chunk_bytes: Decompressed bytes decoded per step.
+        on_bytes: Called with the number of segment bytes read since its last call.
+
+    Yields:
+        Record batches in file order.
+
+    Raises:
+        CollectorError: Bad input; the message names the file (and byte offset).
+    """
+    if not selected:
+        return
+    plan = _plan_run(path, streams, selected)
+    labels = _label_arrays(plan.chosen, schema)
+    decoder = SegmentDecoder(plan.all_ids, plan.ids.tolist(), chunk_bytes=chunk_bytes)
+    for segment in segment_files(path):
+        with open(segment, "rb", buffering=0) as raw:
+            source = raw if on_bytes is None else _CountingReader(raw, on_bytes)
+            for records in decoder.decode_stream(source, segment):  # type: ignore[arg-type]
+                yield _to_batch(records, plan, labels, schema)
+
+
+class _CountingReader(io.RawIOBase):
+    """A file that reports how many bytes were read (progress within a segment)."""
+
+    def __init__(self, raw: Any, on_bytes: Callable[[int], None]) -> None:
+        self._raw = raw
+        self._on_bytes = on_bytes
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        got = self._raw.readinto(buffer) or 0
+        if got:
+            self._on_bytes(got)
+        return got
+
+
+def _plan_run(path: Path, streams: Sequence[Stream], selected: Sequence[Stream]) -> _Plan:
+    chosen = sorted(selected, key=lambda s: s.stream_id)
+    return _Plan(
+        path,
+        [s.stream_id for s in streams],
+        chosen,
+        np.array([s.stream_id for s in chosen], dtype=np.uint32),
+        np.array([s.epoch_scale for s in chosen], dtype=np.float64),
+        np.array([s.value_scale for s in chosen], dtype=np.float64),
+        np.arange(len(chosen)),
+    )
+
+
+def _label_arrays(chosen: Sequence[Stream], schema: pa.Schema) -> dict[str, pa.Array]:
+    """One array per label column of ``schema``, a row per chosen stream."""
+    labels: dict[str, pa.Array] = {}
+    for name in (n for n in schema.names if n not in BASE_COLUMNS):
+        values = [s.fields.get(name) for s in chosen]
+        labels[name] = label_array(name, values, schema.field(name).type)
+    return labels
+
+
+def label_array(name: str, values: Sequence[Any], type: pa.DataType | None = None) -> pa.Array:
+    """An Arrow array of label values, of ``type`` if given (converted where Arrow can cast).
+
+    Raises:
+        CollectorError: The values cannot be made into one column of that type.
+    """
+    try:
+        inferred = pa.array(values)
+        if type is None or inferred.type == type:
+            return inferred
+        return inferred.cast(type)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
+        what = f"to {type}" if type is not None else "into one column"
+        raise CollectorError(f"label column '{name}' cannot be converted {what} from the stream labels: {exc}") from None
+
+
+def _to_batch(records: Records, plan: _Plan, labels: dict[str, pa.Array], schema: pa.Schema) -> pa.RecordBatch:
+    slot = np.searchsorted(plan.ids, records.stream_ids)
+    lengths = np.diff(records.offsets)
+    epoch = records.ticks.astype(np.float64)
+    epoch *= plan.epoch_scales[slot]
+    values = records.quantised.astype(np.float64)
+    values *= np.repeat(plan.value_scales[slot], lengths)
+    offsets = pa.array(records.offsets.astype(np.int32))
+    columns: dict[str, pa.Array] = {
+        "stream_id": pa.array(records.stream_ids, type=pa.uint32()),
+        "epoch": pa.array(epoch, type=pa.float64()),
+        "indices": pa.ListArray.from_arrays(offsets, pa.array(records.indices, type=pa.int64())),
+        "values": pa.ListArray.from_arrays(offsets, pa.array(values, type=pa.float64())),
+    }
+    if labels:
+        rows = pa.array(plan.label_rows[slot])
+        for name, array in labels.items():
+            columns[name] = array.take(rows)
+    arrays = []
+    for field in schema:
+        array = columns.get(field.name)
+        if array is None:
+            array = pa.nulls(len(records), type=field.type)
+        elif array.type != field.type:
+            try:
+                array = array.cast(field.type)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                raise CollectorError(f"column '{field.name}' cannot be cast to {field.type}: {exc}") from None
+        arrays.append(array)
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+
+def output_schema(
+    streams: Sequence[Stream], columns: Sequence[str], label_types: Mapping[str, pa.DataType] | None = None
+) -> pa.Schema:
+    """The output schema: base columns, then one column per label.
+
+    Args:
+        streams: The selected streams.
         columns: Label columns, already deduplicated.
+        label_types: Pinned Arrow types of some label columns; the others are typed from
+            the streams' values.
 
     Returns:
-        The schema; a label no stream has is of type null.
+        The schema; an unpinned label no stream has is of type null.
 
     Raises:
         CollectorError: A label's values across the streams have no common Arrow type.
     """
+    label_types = label_types or {}
     fields = list(BASE_FIELDS)
     for name in columns:
+        if name in label_types:
+            fields.append(pa.field(name, label_types[name]))
+            continue
         try:
-            fields.append(pa.field(name, pa.array([s.get(name) for s in streams]).type))
+            fields.append(pa.field(name, pa.array([s.fields.get(name) for s in streams]).type))
         except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
             raise CollectorError(f"label column '{name}' has values of mixed types across streams: {exc}") from None
     return pa.schema(fields)

@@ -1,4 +1,25 @@
-"""The exception hierarchy: every failure names the file and, for segment damage, the offset."""
+"""Every exception herocollector raises, in one tree.
+
+::
+
+    CollectorError                      base; ``.path`` names the file or directory
+    ├── MetadataError                   streams/*.json or the logger directory is invalid
+    ├── SegmentError                    a .seg.zst is damaged; ``.offset`` is the byte offset
+    │   └── UnknownStreamError          a record's stream id has no streams/ entry
+    ├── OutputError                     template, path confinement, refused or failed write
+    │   └── LabelPathError              a label value would leave its own path segment
+    ├── DoneTimeout                     ``_DONE`` did not appear within ``timeout``
+    ├── RunRefused                      the configuration forbids the run (never retried)
+    ├── JournalError                    the job journal failed (retried; never kills a worker)
+    ├── Cancelled                       the service is closing; the job goes back to pending
+    └── ConfigError (also ValueError)   invalid configuration or arguments
+        └── StateDirLocked              another actor holds the state_dir
+
+Whether a failed job is tried again is a property of its error, :attr:`CollectorError.retryable`:
+input errors are retried (a run can still be settling on a network filesystem), a refusal or
+a configuration error is not. An exception that is not a ``CollectorError`` (an ``OSError``
+such as ENOSPC, say) is retryable too.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +27,17 @@ from pathlib import Path
 
 
 class CollectorError(Exception):
-    """Base class of every error herocollector raises about its input.
+    """Base class of every error herocollector raises about its input or its work.
 
     Args:
         message: What went wrong.
         path: The file or directory concerned, if any.
+
+    Attributes:
+        retryable: Whether trying the same job again may succeed.
     """
+
+    retryable: bool = True
 
     def __init__(self, message: str, path: str | Path | None = None) -> None:
         self.path = None if path is None else str(path)
@@ -44,3 +70,44 @@ class UnknownStreamError(SegmentError):
     def __init__(self, path: str | Path, offset: int, stream_id: int) -> None:
         self.stream_id = int(stream_id)
         super().__init__(f"stream id {stream_id} has no metadata in streams/", path, offset)
+
+
+class OutputError(CollectorError):
+    """A template that cannot be rendered, a path outside ``output_root``, or a refused write."""
+
+
+class LabelPathError(OutputError):
+    """A label value that would leave its own path segment (``/``, ``..``, ``.`` or empty).
+
+    Retrying cannot change the labels of a recorded run, so this is not retried.
+    """
+
+    retryable = False
+
+
+class DoneTimeout(CollectorError):
+    """The run's ``_DONE`` marker did not appear within ``timeout`` of its announcement."""
+
+
+class RunRefused(CollectorError):
+    """A run the configuration forbids (outside ``allowed_roots``, a relative path ...)."""
+
+    retryable = False
+
+
+class JournalError(CollectorError):
+    """The job journal could not be read or written."""
+
+
+class Cancelled(CollectorError):
+    """The service is closing; the job is put back without counting the attempt."""
+
+
+class ConfigError(CollectorError, ValueError):
+    """Invalid configuration: an actor argument, a CLI option or a template."""
+
+    retryable = False
+
+
+class StateDirLocked(ConfigError):
+    """Another actor already works on this ``state_dir``; the message names it."""

@@ -1,13 +1,16 @@
 """The job journal: every collection job, durably, in SQLite under the actor's ``state_dir``.
 
-A job is one logger directory announced by an event (or by a remote ``collect``). It is
-written to the journal before it is queued, so a crash never loses an announced run; on
-restart the unfinished jobs are queued again. States::
+A job is one logger directory announced by an event, by a remote ``collect`` or found by the
+catch-up scan. It is written to the journal before anything else happens, so a crash never
+loses an announced run, and the journal is the only queue: workers take due jobs from it
+(:meth:`Journal.take_due`), so resuming after a restart is the same query as any other. ::
 
-    pending -> running -> done -> cleaned
-                 |  ^
-                 v  |   (retried with growing delay, up to max_retries)
-               failed  <- retry() puts it back to pending
+    pending --take_due--> running --finish--> done --mark_cleaned--> cleaned
+       ^  ^                 |  |                      <--restored--
+       |  |      no _DONE   |  | fail (retryable, attempts left): pending, next_attempt later
+       |  +---- waiting <---+  | fail (final): failed --retry()--> pending
+       |    (wake: _DONE seen) |
+       +-----------------------+ defer / cancel (another actor, shutdown): attempt not counted
 
 Outputs are recorded with the job that wrote them (an output path belongs to one job only),
 which is how a collision between two runs is detected.
@@ -15,16 +18,37 @@ which is how a collision between two runs is detected.
 
 from __future__ import annotations
 
+import enum
 import json
 import sqlite3
 import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
-PENDING, RUNNING, DONE, FAILED, CLEANED = "pending", "running", "done", "failed", "cleaned"
-STATES = (PENDING, RUNNING, DONE, FAILED, CLEANED)
+from .errors import JournalError
+
+
+class JobState(str, enum.Enum):
+    """Where a job stands."""
+
+    PENDING = "pending"
+    """Due at ``next_attempt`` (or now)."""
+    WAITING = "waiting"
+    """Its run has no ``_DONE`` yet; checked every ``backoff`` ms, no worker held."""
+    RUNNING = "running"
+    """A worker collects it."""
+    DONE = "done"
+    """Collected; its outputs are recorded."""
+    FAILED = "failed"
+    """Failed for good (or refused); ``retry()`` puts it back."""
+    CLEANED = "cleaned"
+    """Collected, then its segments were cleaned."""
+
+    def __str__(self) -> str:
+        return self.value
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -39,18 +63,19 @@ CREATE TABLE IF NOT EXISTS jobs (
     created      REAL NOT NULL,
     updated      REAL NOT NULL,
     next_attempt REAL,
-    trash_until  REAL
+    trash_until  REAL,
+    deadline     REAL
 );
 CREATE TABLE IF NOT EXISTS outputs (
     path   TEXT PRIMARY KEY,
     job_id INTEGER NOT NULL REFERENCES jobs(id),
     rows   INTEGER NOT NULL
 );
-CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, next_attempt);
 """
 
 # Columns added after the first release, with their SQL type: an older journal gains them on open.
-_ADDED_COLUMNS = {"trash_until": "REAL"}
+_ADDED_COLUMNS = {"trash_until": "REAL", "deadline": "REAL"}
 
 
 @dataclass
@@ -60,17 +85,18 @@ class Job:
     Attributes:
         id: Journal id.
         path: The logger directory (None for a malformed event).
-        source: The HERO that announced it (or ``remote``).
+        source: The HERO that announced it (``remote`` for ``collect``, ``scan`` for the scan).
         metadata: The event metadata used for templating.
-        state: One of pending, running, done, failed, cleaned.
+        state: Where it stands.
         attempts: How many times it has been run.
         error: The last error, if any.
         rows: Rows written, once done.
         created: When it was journalled (Unix time).
         updated: When it last changed.
-        next_attempt: When a pending retry is due (Unix time), if scheduled.
+        next_attempt: When it is due (pending) or checked next (waiting), if set.
         trash_until: For a cleaned run whose segments are in the trash: when they are
             deleted for good (Unix time); None once purged or when never trashed.
+        deadline: Until when its ``_DONE`` is waited for (None: no limit).
         outputs: Output files and their row counts, once done.
     """
 
@@ -78,7 +104,7 @@ class Job:
     path: str | None
     source: str
     metadata: dict[str, Any]
-    state: str
+    state: JobState
     attempts: int
     error: str | None
     rows: int | None
@@ -86,11 +112,14 @@ class Job:
     updated: float
     next_attempt: float | None
     trash_until: float | None = None
+    deadline: float | None = None
     outputs: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """The job as a JSON-friendly dict (what remote methods return)."""
-        return asdict(self)
+        data = asdict(self)
+        data["state"] = self.state.value
+        return data
 
 
 class OutputTakenError(Exception):
@@ -103,25 +132,31 @@ class OutputTakenError(Exception):
 
 
 class Journal:
-    """The actor's durable job store (thread-safe).
+    """The service's durable job store (thread-safe).
 
     Args:
         file: The SQLite database file; created with its parent folders.
+
+    Raises:
+        JournalError: The database cannot be opened.
     """
 
     def __init__(self, file: str | Path) -> None:
         self.file = Path(file)
-        self.file.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
-        self._db = sqlite3.connect(self.file, check_same_thread=False, isolation_level=None, timeout=30)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
-        present = {row["name"] for row in self._db.execute("PRAGMA table_info(jobs)")}
-        for column, sql_type in _ADDED_COLUMNS.items():
-            if column not in present:
-                self._db.execute(f"ALTER TABLE jobs ADD COLUMN {column} {sql_type}")
+        try:
+            self.file.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.file, check_same_thread=False, isolation_level=None, timeout=30)
+            self._db.row_factory = sqlite3.Row
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(_SCHEMA)
+            present = {row["name"] for row in self._db.execute("PRAGMA table_info(jobs)")}
+            for column, sql_type in _ADDED_COLUMNS.items():
+                if column not in present:
+                    self._db.execute(f"ALTER TABLE jobs ADD COLUMN {column} {sql_type}")
+        except (sqlite3.Error, OSError) as exc:
+            raise JournalError(f"cannot open the job journal: {exc}", self.file) from None
 
     def close(self) -> None:
         """Close the database."""
@@ -130,6 +165,13 @@ class Journal:
 
     def _transaction(self) -> "_Tx":
         return _Tx(self)
+
+    def _read(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            try:
+                return self._db.execute(sql, tuple(params)).fetchall()
+            except sqlite3.Error as exc:
+                raise JournalError(f"journal query failed: {exc}", self.file) from None
 
     def _job(self, row: sqlite3.Row | None) -> Job | None:
         if row is None:
@@ -143,7 +185,7 @@ class Journal:
             path=row["path"],
             source=row["source"],
             metadata=json.loads(row["metadata"]),
-            state=row["state"],
+            state=JobState(row["state"]),
             attempts=row["attempts"],
             error=row["error"],
             rows=row["rows"],
@@ -151,82 +193,127 @@ class Journal:
             updated=row["updated"],
             next_attempt=row["next_attempt"],
             trash_until=row["trash_until"],
+            deadline=row["deadline"],
             outputs=outputs,
         )
+
+    def _jobs(self, rows: Iterable[sqlite3.Row]) -> list[Job]:
+        with self._lock:
+            return [job for job in (self._job(r) for r in rows) if job is not None]
+
+    def _fetch(self, db: sqlite3.Connection, job_id: int) -> Job:
+        job = self._job(db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone())
+        if job is None:
+            raise JournalError(f"job {job_id} does not exist", self.file)
+        return job
 
     # -- queries ---------------------------------------------------------------------------
 
     def get(self, job_id: int) -> Job | None:
         """The job with this id, or None."""
-        with self._lock:
-            return self._job(self._db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone())
+        rows = self._read("SELECT * FROM jobs WHERE id = ?", (job_id,))
+        return self._jobs(rows)[0] if rows else None
 
     def by_path(self, path: str) -> Job | None:
         """The job of a logger directory, or None."""
-        with self._lock:
-            return self._job(self._db.execute("SELECT * FROM jobs WHERE path = ?", (path,)).fetchone())
+        rows = self._read("SELECT * FROM jobs WHERE path = ?", (path,))
+        return self._jobs(rows)[0] if rows else None
 
-    def jobs(self, *states: str) -> list[Job]:
+    def jobs(self, *states: JobState) -> list[Job]:
         """Jobs in any of ``states`` (all jobs if none given), oldest first."""
-        with self._lock:
-            if states:
-                marks = ",".join("?" * len(states))
-                rows = self._db.execute(f"SELECT * FROM jobs WHERE state IN ({marks}) ORDER BY id", states)
-            else:
-                rows = self._db.execute("SELECT * FROM jobs ORDER BY id")
-            return [self._job(r) for r in rows.fetchall()]
+        if states:
+            marks = ",".join("?" * len(states))
+            return self._jobs(self._read(f"SELECT * FROM jobs WHERE state IN ({marks}) ORDER BY id", states))
+        return self._jobs(self._read("SELECT * FROM jobs ORDER BY id"))
 
     def recent(self, limit: int) -> list[Job]:
         """The ``limit`` newest jobs, oldest of them first (without reading the whole journal)."""
-        with self._lock:
-            rows = self._db.execute("SELECT * FROM jobs ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
-            return [self._job(r) for r in reversed(rows)]
+        return self._jobs(reversed(self._read("SELECT * FROM jobs ORDER BY id DESC LIMIT ?", (limit,))))
 
     def counts(self) -> dict[str, int]:
         """Number of jobs per state (every state listed)."""
-        with self._lock:
-            found = dict(self._db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall())
-        return {state: found.get(state, 0) for state in STATES}
+        found = {row[0]: row[1] for row in self._read("SELECT state, COUNT(*) FROM jobs GROUP BY state")}
+        return {state.value: found.get(state.value, 0) for state in JobState}
 
     def owner_of(self, output: str) -> Job | None:
         """The job that wrote an output file, or None."""
-        with self._lock:
-            row = self._db.execute("SELECT job_id FROM outputs WHERE path = ?", (output,)).fetchone()
-            return None if row is None else self.get(row["job_id"])
+        rows = self._read("SELECT job_id FROM outputs WHERE path = ?", (output,))
+        return None if not rows else self.get(rows[0]["job_id"])
+
+    def next_due(self) -> float | None:
+        """The earliest ``next_attempt`` of a pending job (0 if one is due with none set)."""
+        row = self._read(
+            "SELECT MIN(COALESCE(next_attempt, 0)) FROM jobs WHERE state = ?", (JobState.PENDING.value,)
+        )[0]
+        return row[0]
 
     # -- transitions -----------------------------------------------------------------------
 
-    def submit(self, path: str, source: str, metadata: dict[str, Any]) -> tuple[Job, bool]:
+    def submit(self, path: str, source: str, metadata: dict[str, Any], deadline: float | None = None) -> tuple[Job, bool]:
         """Journal an announced run.
 
-        A run that is new, failed or pending is (re)queued; a run that is running, done or
-        cleaned is left alone (a repeated event is not collected twice).
+        A run that is new or failed is (re)queued; a pending or waiting one takes the new
+        event's source and metadata; a running, done or cleaned one is left alone (a
+        repeated event is not collected twice).
 
         Args:
             path: The logger directory.
             source: The announcing HERO.
             metadata: Event metadata for templating.
+            deadline: Until when to wait for its ``_DONE`` (None: no limit).
 
         Returns:
-            The job and whether it should be queued now.
+            The job and whether it is due now (new or requeued).
         """
         now = time.time()
+        meta = json.dumps(metadata, default=str)
         with self._transaction() as db:
             row = db.execute("SELECT * FROM jobs WHERE path = ?", (path,)).fetchone()
             if row is None:
                 cur = db.execute(
-                    "INSERT INTO jobs (path, source, metadata, state, created, updated) VALUES (?, ?, ?, ?, ?, ?)",
-                    (path, source, json.dumps(metadata, default=str), PENDING, now, now),
+                    "INSERT INTO jobs (path, source, metadata, state, created, updated, deadline) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (path, source, meta, JobState.PENDING.value, now, now, deadline),
                 )
-                return self._job(db.execute("SELECT * FROM jobs WHERE id = ?", (cur.lastrowid,)).fetchone()), True
-            if row["state"] in (FAILED, PENDING):
+                return self._fetch(db, int(cur.lastrowid or 0)), True
+            if row["state"] == JobState.FAILED.value:
                 db.execute(
-                    "UPDATE jobs SET state = ?, source = ?, metadata = ?, attempts = CASE WHEN state = ? "
-                    "THEN 0 ELSE attempts END, next_attempt = NULL, updated = ? WHERE id = ?",
-                    (PENDING, source, json.dumps(metadata, default=str), FAILED, now, row["id"]),
+                    "UPDATE jobs SET state = ?, source = ?, metadata = ?, attempts = 0, next_attempt = NULL, "
+                    "deadline = ?, updated = ? WHERE id = ?",
+                    (JobState.PENDING.value, source, meta, deadline, now, row["id"]),
                 )
-                return self._job(db.execute("SELECT * FROM jobs WHERE id = ?", (row["id"],)).fetchone()), True
-            return self._job(row), False
+                return self._fetch(db, row["id"]), True
+            if row["state"] in (JobState.PENDING.value, JobState.WAITING.value):
+                db.execute(
+                    "UPDATE jobs SET source = ?, metadata = ?, updated = ? WHERE id = ?",
+                    (source, meta, now, row["id"]),
+                )
+                return self._fetch(db, row["id"]), False
+            return self._fetch(db, row["id"]), False
+
+    def submit_new(self, paths: Iterable[str], source: str, deadline: float | None = None) -> int:
+        """Journal runs that have no job yet (the catch-up scan); the others are left alone.
+
+        Returns:
+            How many jobs were created.
+        """
+        now = time.time()
+        wanted = list(dict.fromkeys(paths))
+        with self._transaction() as db:
+            known: set[str] = set()
+            for start in range(0, len(wanted), 500):
+                part = wanted[start : start + 500]
+                marks = ",".join("?" * len(part))
+                known.update(r[0] for r in db.execute(f"SELECT path FROM jobs WHERE path IN ({marks})", part))
+            rows = [
+                (p, source, "{}", JobState.PENDING.value, now, now, deadline) for p in wanted if p not in known
+            ]
+            db.executemany(
+                "INSERT INTO jobs (path, source, metadata, state, created, updated, deadline) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+            return len(rows)
 
     def record_malformed(self, source: str, event: Any, error: str) -> Job:
         """Journal an event that could not be understood, as a failed job without a path."""
@@ -235,21 +322,58 @@ class Journal:
             cur = db.execute(
                 "INSERT INTO jobs (path, source, metadata, state, attempts, error, created, updated) "
                 "VALUES (NULL, ?, ?, ?, 1, ?, ?, ?)",
-                (source, json.dumps({"event": repr(event)[:2000]}), FAILED, error, now, now),
+                (source, json.dumps({"event": repr(event)[:2000]}), JobState.FAILED.value, error, now, now),
             )
-            return self._job(db.execute("SELECT * FROM jobs WHERE id = ?", (cur.lastrowid,)).fetchone())
+            return self._fetch(db, int(cur.lastrowid or 0))
+
+    def take_due(self, now: float | None = None) -> Job | None:
+        """Take the next due pending job: mark it running and count the attempt.
+
+        Returns:
+            The job, or None if none is due.
+        """
+        now = time.time() if now is None else now
+        with self._transaction() as db:
+            row = db.execute(
+                "SELECT id FROM jobs WHERE state = ? AND COALESCE(next_attempt, 0) <= ? "
+                "ORDER BY COALESCE(next_attempt, 0), id LIMIT 1",
+                (JobState.PENDING.value, now),
+            ).fetchone()
+            if row is None:
+                return None
+            db.execute(
+                "UPDATE jobs SET state = ?, attempts = attempts + 1, next_attempt = NULL, updated = ? WHERE id = ?",
+                (JobState.RUNNING.value, now, row["id"]),
+            )
+            return self._fetch(db, row["id"])
 
     def start(self, job_id: int) -> Job | None:
-        """Mark a pending job running and count the attempt; None if it is not pending."""
+        """Take one particular pending job (running, attempt counted); None if it is not pending."""
         with self._transaction() as db:
             cur = db.execute(
                 "UPDATE jobs SET state = ?, attempts = attempts + 1, next_attempt = NULL, updated = ? "
                 "WHERE id = ? AND state = ?",
-                (RUNNING, time.time(), job_id, PENDING),
+                (JobState.RUNNING.value, time.time(), job_id, JobState.PENDING.value),
             )
-            if not cur.rowcount:
-                return None
-            return self._job(db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone())
+            return self._fetch(db, job_id) if cur.rowcount else None
+
+    def park(self, job_id: int, check_at: float, deadline: float | None) -> Job:
+        """A running job whose run has no ``_DONE``: waiting, its attempt not counted."""
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE jobs SET state = ?, attempts = MAX(attempts - 1, 0), next_attempt = ?, deadline = ?, "
+                "updated = ? WHERE id = ? AND state = ?",
+                (JobState.WAITING.value, check_at, deadline, time.time(), job_id, JobState.RUNNING.value),
+            )
+            return self._fetch(db, job_id)
+
+    def wake(self, job_id: int) -> None:
+        """A waiting job whose ``_DONE`` appeared: pending, due now."""
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE jobs SET state = ?, next_attempt = NULL, updated = ? WHERE id = ? AND state = ?",
+                (JobState.PENDING.value, time.time(), job_id, JobState.WAITING.value),
+            )
 
     def claim_output(self, job_id: int, output: str) -> None:
         """Reserve an output path for a job before it is written.
@@ -260,7 +384,7 @@ class Journal:
         with self._transaction() as db:
             row = db.execute("SELECT job_id FROM outputs WHERE path = ?", (output,)).fetchone()
             if row is not None and row["job_id"] != job_id:
-                raise OutputTakenError(output, self._job(db.execute("SELECT * FROM jobs WHERE id = ?", (row["job_id"],)).fetchone()))
+                raise OutputTakenError(output, self._fetch(db, row["job_id"]))
             db.execute("INSERT OR IGNORE INTO outputs (path, job_id, rows) VALUES (?, ?, 0)", (output, job_id))
 
     def release_outputs(self, job_id: int) -> None:
@@ -277,51 +401,85 @@ class Journal:
                 [(path, job_id, rows) for path, rows in outputs.items()],
             )
             db.execute(
-                "UPDATE jobs SET state = ?, error = NULL, rows = ?, updated = ? WHERE id = ?",
-                (DONE, sum(outputs.values()), time.time(), job_id),
+                "UPDATE jobs SET state = ?, error = NULL, rows = ?, next_attempt = NULL, deadline = NULL, "
+                "updated = ? WHERE id = ?",
+                (JobState.DONE.value, sum(outputs.values()), time.time(), job_id),
             )
-            return self._job(db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone())
+            return self._fetch(db, job_id)
 
-    def fail(self, job_id: int, error: str, retry_at: float | None) -> Job:
-        """Record a failed attempt: pending again with a retry time, or failed for good."""
-        state = PENDING if retry_at is not None else FAILED
+    def fail(self, job_id: int, error: str, retry_at: float | None, keep_deadline: bool = True) -> Job:
+        """Record a failed attempt: pending again with a retry time, or failed for good.
+
+        Args:
+            job_id: The job.
+            error: What went wrong.
+            retry_at: When to try again; None fails the job for good.
+            keep_deadline: Keep the ``_DONE`` deadline (False after a ``_DONE`` timeout, so
+                the next attempt waits afresh).
+        """
+        state = JobState.PENDING if retry_at is not None else JobState.FAILED
+        deadline = "deadline" if keep_deadline else "NULL"
         with self._transaction() as db:
             db.execute(
-                "UPDATE jobs SET state = ?, error = ?, next_attempt = ?, updated = ? WHERE id = ?",
-                (state, error, retry_at, time.time(), job_id),
+                f"UPDATE jobs SET state = ?, error = ?, next_attempt = ?, deadline = {deadline}, updated = ? "
+                "WHERE id = ?",
+                (state.value, error, retry_at, time.time(), job_id),
             )
-            return self._job(db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone())
+            return self._fetch(db, job_id)
+
+    def expire(self, job_id: int, error: str, retry_at: float | None) -> Job:
+        """A waiting job whose ``_DONE`` deadline passed: the attempt counts, and it is pending
+        again at ``retry_at`` (waiting afresh then) or failed for good if None."""
+        state = JobState.PENDING if retry_at is not None else JobState.FAILED
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE jobs SET state = ?, attempts = attempts + 1, error = ?, next_attempt = ?, deadline = NULL, "
+                "updated = ? WHERE id = ? AND state = ?",
+                (state.value, error, retry_at, time.time(), job_id, JobState.WAITING.value),
+            )
+            return self._fetch(db, job_id)
 
     def retry(self, path: str | None = None) -> list[Job]:
         """Put failed jobs (all, or the one of ``path``) back to pending with no attempts."""
         with self._transaction() as db:
             if path is None:
-                ids = [r["id"] for r in db.execute("SELECT id FROM jobs WHERE state = ? AND path IS NOT NULL", (FAILED,))]
+                rows = db.execute("SELECT id FROM jobs WHERE state = ? AND path IS NOT NULL", (JobState.FAILED.value,))
             else:
-                ids = [r["id"] for r in db.execute("SELECT id FROM jobs WHERE state = ? AND path = ?", (FAILED, path))]
+                rows = db.execute("SELECT id FROM jobs WHERE state = ? AND path = ?", (JobState.FAILED.value, path))
+            ids = [r["id"] for r in rows]
             db.executemany(
-                "UPDATE jobs SET state = ?, attempts = 0, next_attempt = NULL, updated = ? WHERE id = ?",
-                [(PENDING, time.time(), i) for i in ids],
+                "UPDATE jobs SET state = ?, attempts = 0, next_attempt = NULL, deadline = NULL, updated = ? "
+                "WHERE id = ?",
+                [(JobState.PENDING.value, time.time(), i) for i in ids],
             )
-            return [self._job(db.execute("SELECT * FROM jobs WHERE id = ?", (i,)).fetchone()) for i in ids]
+            return [self._fetch(db, i) for i in ids]
 
     def resume(self) -> list[Job]:
-        """After a restart: jobs that were running go back to pending; all pending are returned."""
-        with self._transaction() as db:
-            db.execute("UPDATE jobs SET state = ?, updated = ? WHERE state = ?", (PENDING, time.time(), RUNNING))
-            rows = db.execute("SELECT * FROM jobs WHERE state = ? ORDER BY id", (PENDING,)).fetchall()
-            return [self._job(r) for r in rows]
+        """After a restart: jobs that were running go back to pending (their attempt not counted).
 
-    def defer(self, job_id: int, retry_at: float, reason: str) -> Job:
-        """Put a running job back to pending without counting the attempt (e.g. another
-        actor holds the run's claim)."""
+        Returns:
+            Every job that is pending or waiting now.
+        """
         with self._transaction() as db:
             db.execute(
-                "UPDATE jobs SET state = ?, attempts = MAX(attempts - 1, 0), error = ?, next_attempt = ?, "
-                "updated = ? WHERE id = ?",
-                (PENDING, reason, retry_at, time.time(), job_id),
+                "UPDATE jobs SET state = ?, attempts = MAX(attempts - 1, 0), updated = ? WHERE state = ?",
+                (JobState.PENDING.value, time.time(), JobState.RUNNING.value),
             )
-            return self._job(db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone())
+            rows = db.execute(
+                "SELECT * FROM jobs WHERE state IN (?, ?) ORDER BY id", (JobState.PENDING.value, JobState.WAITING.value)
+            ).fetchall()
+            return [job for job in (self._job(r) for r in rows) if job is not None]
+
+    def defer(self, job_id: int, retry_at: float | None, reason: str | None) -> Job:
+        """Put a running job back to pending without counting the attempt (another actor holds
+        the run's claim, or the service is closing)."""
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE jobs SET state = ?, attempts = MAX(attempts - 1, 0), error = COALESCE(?, error), "
+                "next_attempt = ?, updated = ? WHERE id = ? AND state = ?",
+                (JobState.PENDING.value, reason, retry_at, time.time(), job_id, JobState.RUNNING.value),
+            )
+            return self._fetch(db, job_id)
 
     def mark_cleaned(self, job_id: int, trash_until: float | None = None) -> None:
         """Record a cleanup: a done job becomes cleaned (other states stay as they are, a
@@ -331,16 +489,12 @@ class Journal:
             db.execute(
                 "UPDATE jobs SET state = CASE WHEN state = ? THEN ? ELSE state END, trash_until = ?, updated = ? "
                 "WHERE id = ?",
-                (DONE, CLEANED, trash_until, time.time(), job_id),
+                (JobState.DONE.value, JobState.CLEANED.value, trash_until, time.time(), job_id),
             )
 
     def in_trash(self) -> list[Job]:
         """Jobs whose segments are in the trash, soonest purge first."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT * FROM jobs WHERE trash_until IS NOT NULL ORDER BY trash_until"
-            ).fetchall()
-            return [self._job(r) for r in rows]
+        return self._jobs(self._read("SELECT * FROM jobs WHERE trash_until IS NOT NULL ORDER BY trash_until"))
 
     def purged(self, job_id: int) -> None:
         """Record that a job's trash was deleted for good."""
@@ -353,23 +507,36 @@ class Journal:
             db.execute(
                 "UPDATE jobs SET state = CASE WHEN state = ? THEN ? ELSE state END, trash_until = NULL, updated = ? "
                 "WHERE id = ?",
-                (CLEANED, DONE, time.time(), job_id),
+                (JobState.CLEANED.value, JobState.DONE.value, time.time(), job_id),
             )
 
+
 class _Tx:
-    """``with journal._transaction() as db``: one immediate transaction under the journal lock."""
+    """``with journal._transaction() as db``: one immediate transaction under the journal lock.
+
+    SQLite errors become :class:`JournalError`; the transaction is rolled back.
+    """
 
     def __init__(self, journal: Journal) -> None:
         self._journal = journal
 
     def __enter__(self) -> sqlite3.Connection:
         self._journal._lock.acquire()
-        self._journal._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._journal._db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            self._journal._lock.release()
+            raise JournalError(f"journal transaction failed: {exc}", self._journal.file) from None
         return self._journal._db
 
-    def __exit__(self, exc_type: type | None, *exc: object) -> None:
+    def __exit__(self, exc_type: type | None, exc: BaseException | None, tb: object) -> None:
         try:
             self._journal._db.execute("ROLLBACK" if exc_type else "COMMIT")
+        except sqlite3.Error as error:
+            if exc_type is None:
+                raise JournalError(f"journal commit failed: {error}", self._journal.file) from None
         finally:
             self._journal._lock.release()
+        if isinstance(exc, sqlite3.Error):
+            raise JournalError(f"journal update failed: {exc}", self._journal.file) from exc
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -39,16 +40,22 @@ def is_done(path: str | Path) -> bool:
     return (Path(path) / DONE_MARKER).exists()
 
 
-def wait_for_done(paths: Iterable[str | Path], backoff: int = 100, timeout: int | None = 60_000) -> bool:
+def wait_for_done(
+    paths: Iterable[str | Path],
+    backoff: int = 100,
+    timeout: int | None = 60_000,
+    stop: threading.Event | None = None,
+) -> bool:
     """Poll until every path holds ``_DONE``.
 
     Args:
         paths: Logger directories.
         backoff: Milliseconds between polls.
         timeout: Milliseconds to wait in all; None waits forever.
+        stop: Ends the wait early (returning False) once set.
 
     Returns:
-        True when every path is done, False on timeout.
+        True when every path is done, False on timeout (or when ``stop`` was set).
     """
     pending = [Path(p) for p in paths]
     deadline = None if timeout is None else time.monotonic() + max(timeout, 0) / 1000.0
@@ -61,7 +68,10 @@ def wait_for_done(paths: Iterable[str | Path], backoff: int = 100, timeout: int 
         pause = max(backoff, 1) / 1000.0
         if deadline is not None:
             pause = min(pause, max(deadline - time.monotonic(), 0.0))
-        time.sleep(pause)
+        if stop is None:
+            time.sleep(pause)
+        elif stop.wait(pause):
+            return False
 
 
 def llround(values: np.ndarray) -> np.ndarray:

@@ -1,100 +1,97 @@
-"""Output paths and files: sandboxed Jinja2 path templates, and atomically committed Arrow IPC.
+"""Output files: written to a hidden temporary name, then committed atomically, or aborted clean.
 
-A path template is rendered in a sandboxed Jinja2 environment with ``StrictUndefined`` (a
-missing variable is an error, never an empty path segment), and the result must lie inside
-``output_root`` even after ``..`` and symlinks are resolved. An output is written to a hidden
-temporary file in its final directory, fsynced, and only then renamed into place, so no
-reader ever sees a half-written file under a final name.
+An output is written to a temporary file in its final directory, fsynced, and only then
+linked (or renamed) into place, so no reader ever sees a half-written file under a final
+name. :meth:`OutputFile.abort` always removes the temporary file, even when closing it fails
+(a full disk). Temporary names are short (the final name is hashed), so any valid final name
+works, and unique per process, so two writers never share one.
+
+Formats: Arrow IPC file (``file``), Arrow IPC stream (``stream``) and Parquet (``parquet``);
+the provenance goes into the schema (key-value) metadata of each.
 """
 
 from __future__ import annotations
 
+import enum
+import hashlib
+import itertools
 import json
 import os
+import socket
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, BinaryIO
 
 import numpy as np
 import pyarrow as pa
-from jinja2 import StrictUndefined, TemplateError
-from jinja2.sandbox import SandboxedEnvironment
+import pyarrow.parquet as pq
 
-from .errors import CollectorError
+from .errors import ConfigError, OutputError
 
-FORMATS = ("file", "stream")
-COMPRESSIONS = (None, "zstd", "lz4")
 PROVENANCE_PREFIX = "herocollector."
+TEMP_SUFFIX = ".tmp"
+_HOST = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
+_sequence = itertools.count()
 
 
-class OutputError(CollectorError):
-    """A template that cannot be rendered, a path outside ``output_root``, or a refused write."""
+class OutputFormat(str, enum.Enum):
+    """How output files are written."""
 
+    FILE = "file"
+    """Arrow IPC file format (random access; ``pa.ipc.open_file``)."""
+    STREAM = "stream"
+    """Arrow IPC stream format (``pa.ipc.open_stream``)."""
+    PARQUET = "parquet"
+    """Parquet (``pyarrow.parquet``), zstd-compressed unless told otherwise."""
 
-def is_within(path: Path, root: Path) -> bool:
-    """Whether ``path`` lies inside ``root`` once both are fully resolved (symlinks included)."""
-    try:
-        return Path(os.path.realpath(path)).is_relative_to(Path(os.path.realpath(root)))
-    except (OSError, ValueError):
-        return False
-
-
-class PathTemplate:
-    """A Jinja2 output path template, confined to ``output_root``.
-
-    Args:
-        template: Jinja2 source, e.g. ``"{{ output_root }}/{{ experiment }}/{{ measure }}.arrow"``.
-        output_root: Every rendered path must resolve inside this folder; a relative
-            rendered path is taken relative to it.
-
-    Raises:
-        OutputError: The template does not compile.
-    """
-
-    def __init__(self, template: str, output_root: str | Path) -> None:
-        self.source = template
-        self.output_root = Path(os.path.abspath(output_root))
-        env = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
-        try:
-            self._template = env.from_string(template)
-        except TemplateError as exc:
-            raise OutputError(f"invalid save_template {template!r}: {exc}") from None
-
-    def render(self, context: Mapping[str, Any]) -> Path:
-        """Render the path for one stream.
-
-        Args:
-            context: Template variables.
-
-        Returns:
-            The absolute output path, inside ``output_root``.
+    @classmethod
+    def parse(cls, value: "str | OutputFormat") -> "OutputFormat":
+        """The format named ``value``.
 
         Raises:
-            OutputError: Undefined variable or other template error, an empty result, or a
-                path that escapes ``output_root``.
+            ConfigError: Not a known format.
         """
         try:
-            rendered = self._template.render(context).strip()
-        except TemplateError as exc:
-            raise OutputError(f"save_template {self.source!r} failed: {exc}") from None
-        if not rendered or "\x00" in rendered:
-            raise OutputError(f"save_template {self.source!r} rendered an empty or invalid path {rendered!r}")
-        path = Path(os.path.normpath(self.output_root / rendered))
-        if path == self.output_root or not path.is_relative_to(self.output_root) or not is_within(path, self.output_root):
-            raise OutputError(f"rendered path {rendered!r} lies outside output_root {str(self.output_root)!r}")
-        return path
+            return cls(value)
+        except ValueError:
+            raise ConfigError(f"format must be one of {[f.value for f in cls]}, got {value!r}") from None
+
+
+class Compression(str, enum.Enum):
+    """Buffer compression of the outputs."""
+
+    ZSTD = "zstd"
+    LZ4 = "lz4"
+
+    @classmethod
+    def parse(cls, value: "str | Compression | None") -> "Compression | None":
+        """The compression named ``value`` (None or ``"none"``: uncompressed).
+
+        Raises:
+            ConfigError: Not a known compression.
+        """
+        if value is None or value == "none":
+            return None
+        try:
+            return cls(value)
+        except ValueError:
+            raise ConfigError(f"compression must be one of None, 'zstd', 'lz4', got {value!r}") from None
+
+
+FORMATS = tuple(f.value for f in OutputFormat)
+COMPRESSIONS = (None, *(c.value for c in Compression))
 
 
 def provenance_metadata(
     logger_path: str, source_name: str, collected_at: str, job_id: int, streams: list[dict[str, Any]]
 ) -> dict[str, str]:
-    """Arrow schema metadata recording where an output came from.
+    """Schema metadata recording where an output came from.
 
     Args:
         logger_path: The logger directory collected.
         source_name: The HERO that announced the run.
         collected_at: ISO 8601 time of collection.
-        job_id: The journal job.
-        streams: Labels of the streams held in the file.
+        job_id: The journal job (0 for the command line).
+        streams: Metadata of the streams held in the file.
 
     Returns:
         String key/value pairs, keys prefixed ``herocollector.``.
@@ -108,21 +105,32 @@ def provenance_metadata(
     }
 
 
-def read_provenance(path: str | Path) -> dict[str, str]:
-    """The ``herocollector.*`` schema metadata of an Arrow IPC output (file or stream format).
-
-    Returns:
-        The provenance, or an empty dict if the file is not an Arrow IPC file of ours.
-    """
+def read_schema(path: str | Path) -> pa.Schema | None:
+    """The schema of an output in any of the formats, or None if it is not one of ours."""
+    source = str(path)
     try:
         try:
-            schema = pa.ipc.open_file(str(path)).schema
+            return pa.ipc.open_file(source).schema
         except pa.ArrowInvalid:
-            with pa.OSFile(str(path)) as fh:
-                schema = pa.ipc.open_stream(fh).schema
+            pass
+        try:
+            with pa.OSFile(source) as fh:
+                return pa.ipc.open_stream(fh).schema
+        except pa.ArrowInvalid:
+            pass
+        return pq.read_schema(source)
     except (pa.ArrowInvalid, OSError):
-        return {}
-    meta = schema.metadata or {}
+        return None
+
+
+def read_provenance(path: str | Path) -> dict[str, str]:
+    """The ``herocollector.*`` schema metadata of an output file.
+
+    Returns:
+        The provenance, or an empty dict if the file is not an output of ours.
+    """
+    schema = read_schema(path)
+    meta = (schema.metadata or {}) if schema is not None else {}
     return {
         k.decode()[len(PROVENANCE_PREFIX) :]: v.decode()
         for k, v in meta.items()
@@ -130,40 +138,99 @@ def read_provenance(path: str | Path) -> dict[str, str]:
     }
 
 
-class ArrowOutput:
-    """One Arrow IPC output, written to a temporary name and committed atomically.
+def temporary_name(final: Path) -> Path:
+    """A hidden temporary name beside ``final``: short whatever ``final`` is, unique per process."""
+    digest = hashlib.sha1(os.fsencode(final.name)).hexdigest()[:16]
+    return final.parent / f".{digest}.{_HOST}.{os.getpid()}.{next(_sequence)}{TEMP_SUFFIX}"
+
+
+def remove_stale_temporaries(final: Path) -> list[Path]:
+    """Remove temporary files for ``final`` left by processes of this host that died.
+
+    Returns:
+        The files removed.
+    """
+    digest = hashlib.sha1(os.fsencode(final.name)).hexdigest()[:16]
+    removed = []
+    for leftover in final.parent.glob(f".{digest}.{_HOST}.*{TEMP_SUFFIX}"):
+        try:
+            pid = int(leftover.name.split(".")[3])
+        except (IndexError, ValueError):
+            continue
+        if pid != os.getpid() and not _alive(pid):
+            leftover.unlink(missing_ok=True)
+            removed.append(leftover)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class OutputFile:
+    """One output file, written to a temporary name and committed atomically.
 
     Args:
         final: The output path.
         schema: The schema (with provenance metadata).
-        tag: Distinguishes the temporary name (e.g. the job id).
-        format: ``"file"`` (Arrow IPC file) or ``"stream"`` (Arrow IPC stream).
-        compression: None, ``"zstd"`` or ``"lz4"`` (IPC buffer compression).
+        format: The file format.
+        compression: Buffer compression (Parquet defaults to zstd).
+
+    Raises:
+        OSError: The temporary file cannot be created.
     """
 
     def __init__(
-        self, final: Path, schema: pa.Schema, tag: str, format: str = "file", compression: str | None = None
+        self,
+        final: Path,
+        schema: pa.Schema,
+        format: OutputFormat = OutputFormat.FILE,
+        compression: Compression | None = None,
     ) -> None:
-        if format not in FORMATS:
-            raise OutputError(f"format must be one of {FORMATS}, got {format!r}")
-        if compression not in COMPRESSIONS:
-            raise OutputError(f"compression must be one of {COMPRESSIONS}, got {compression!r}")
         self.final = final
+        self.format = OutputFormat.parse(format)
         self.rows = 0
+        self.bytes = 0
         final.parent.mkdir(parents=True, exist_ok=True)
-        self.temporary = final.parent / f".{final.name}.{tag}.tmp"
-        self._fh = open(self.temporary, "wb")
-        options = pa.ipc.IpcWriteOptions(compression=compression)
-        opener = pa.ipc.new_file if format == "file" else pa.ipc.new_stream
-        self._writer = opener(self._fh, schema, options=options)
+        remove_stale_temporaries(final)
+        self.temporary = temporary_name(final)
+        self._fh: BinaryIO = open(self.temporary, "xb")
+        try:
+            self._writer = self._open_writer(schema, Compression.parse(compression))
+        except BaseException:
+            self._fh.close()
+            self.temporary.unlink(missing_ok=True)
+            raise
+
+    def _open_writer(self, schema: pa.Schema, compression: Compression | None) -> Any:
+        if self.format is OutputFormat.PARQUET:
+            codec = compression.value if compression is not None else "zstd"
+            return pq.ParquetWriter(self._fh, schema, compression=codec)
+        options = pa.ipc.IpcWriteOptions(compression=compression.value if compression else None)
+        opener = pa.ipc.new_file if self.format is OutputFormat.FILE else pa.ipc.new_stream
+        return opener(self._fh, schema, options=options)
 
     def write(self, batch: pa.RecordBatch) -> None:
         """Append a batch."""
         self._writer.write_batch(batch)
         self.rows += batch.num_rows
 
-    def commit(self, replace: bool) -> None:
-        """Finish the file, fsync it, and move it to its final name.
+    def finish(self) -> None:
+        """Close the writer and make the temporary file durable (before :meth:`publish`)."""
+        self._writer.close()
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        self.bytes = self._fh.tell()
+        self._fh.close()
+
+    def publish(self, replace: bool) -> None:
+        """Move the finished temporary file to its final name.
 
         Args:
             replace: Replace an existing file (one this job wrote before a crash); otherwise
@@ -172,10 +239,6 @@ class ArrowOutput:
         Raises:
             OutputError: ``replace`` is False and the final name exists.
         """
-        self._writer.close()
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
-        self._fh.close()
         try:
             if replace:
                 os.replace(self.temporary, self.final)
@@ -187,18 +250,27 @@ class ArrowOutput:
             raise OutputError("refusing to overwrite a file this job did not write", self.final) from None
         _fsync_dir(self.final.parent)
 
+    def commit(self, replace: bool) -> None:
+        """:meth:`finish`, then :meth:`publish`."""
+        self.finish()
+        self.publish(replace)
+
     def abort(self) -> None:
-        """Drop the temporary file."""
+        """Drop the temporary file; closing errors (ENOSPC) do not keep it."""
         try:
-            self._writer.close()
-        except (pa.ArrowInvalid, OSError, ValueError):
+            if not self._fh.closed:
+                try:
+                    self._writer.close()
+                except (pa.ArrowException, OSError, ValueError):
+                    pass
+                self._fh.close()
+        except OSError:
             pass
-        if not self._fh.closed:
-            self._fh.close()
-        self.temporary.unlink(missing_ok=True)
+        finally:
+            self.temporary.unlink(missing_ok=True)
 
 
-def route_batch(batch: pa.RecordBatch, ids: np.ndarray, group_of: np.ndarray, outputs: list[ArrowOutput]) -> None:
+def route_batch(batch: pa.RecordBatch, ids: np.ndarray, group_of: np.ndarray, outputs: list[OutputFile]) -> None:
     """Send each row of a batch to the output of its stream (vectorised).
 
     Args:

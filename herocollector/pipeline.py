@@ -1,0 +1,338 @@
+"""The output pipeline, shared by the actor and ``herocollector collect``: plan, route, write, commit.
+
+1. **Plan** each run once: its streams are loaded and selected once (:meth:`OutputPipeline.plan_run`).
+2. **Route**: every selected stream gets an output path (rendered from a template, or one
+   file for all); streams with equal paths share an :class:`OutputTarget`
+   (:meth:`OutputPipeline.plan`).
+3. **Write**: runs are decoded in order, optionally several ahead on threads (decoding
+   releases the GIL), and each batch is split by stream to its target. A target is opened
+   when its first run starts and finished (closed, fsynced) when its last run ends, so only
+   the targets of the runs in flight hold a file descriptor, however many runs there are.
+4. **Commit** publishes every finished file under its final name; on any error every
+   temporary file is removed instead (:meth:`OutputPipeline.write`).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Mapping, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from . import logdir
+from .catalogue import RuleLike, Stream, load_streams, select_streams
+from .codec import DEFAULT_CHUNK_BYTES
+from .collector import output_schema, run_batches
+from .errors import CollectorError
+from .output import Compression, OutputFile, OutputFormat, route_batch
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """One logger directory, its streams loaded and selected once.
+
+    Attributes:
+        path: The logger directory.
+        streams: Every stream it declares.
+        selected: The streams the rule selects, by stream id.
+        segment_bytes: Size of its segment files.
+    """
+
+    path: Path
+    streams: tuple[Stream, ...]
+    selected: tuple[Stream, ...]
+    segment_bytes: int
+
+
+@dataclass
+class OutputTarget:
+    """One output file and the streams that go into it.
+
+    Attributes:
+        path: The final path.
+        members: ``(run index, stream)`` of every stream written to it.
+    """
+
+    path: Path
+    members: list[tuple[int, Stream]] = field(default_factory=list)
+
+    @property
+    def runs(self) -> list[int]:
+        """Indices of the runs that contribute, in order."""
+        return sorted({index for index, _ in self.members})
+
+
+@dataclass
+class CollectionPlan:
+    """Runs, their output targets and the one schema of all outputs."""
+
+    runs: list[PlannedRun]
+    targets: list[OutputTarget]
+    schema: pa.Schema
+
+    @property
+    def segment_bytes(self) -> int:
+        """Bytes of segment data to decode."""
+        return sum(run.segment_bytes for run in self.runs)
+
+
+@dataclass(frozen=True)
+class WrittenOutput:
+    """An output file that was committed.
+
+    Attributes:
+        path: Where it is.
+        rows: Rows it holds.
+        bytes: Its size.
+        target: What was planned for it.
+    """
+
+    path: Path
+    rows: int
+    bytes: int
+    target: OutputTarget
+
+
+Router = Callable[[int, PlannedRun, Stream], Path]
+"""Gives the output path of a stream of the run at an index."""
+
+
+class OutputPipeline:
+    """Plans runs and writes their outputs; see the module documentation.
+
+    Args:
+        rule: Stream selection.
+        columns: Label columns.
+        label_types: Pinned Arrow types of label columns.
+        format: Output file format.
+        compression: Output buffer compression.
+        chunk_bytes: Decompressed bytes decoded per step.
+        prefetch_runs: Runs decoded ahead on threads while the current one is written (0:
+            decode in the caller's thread).
+    """
+
+    def __init__(
+        self,
+        *,
+        rule: RuleLike = None,
+        columns: Sequence[str] = (),
+        label_types: Mapping[str, pa.DataType] | None = None,
+        format: OutputFormat = OutputFormat.FILE,
+        compression: Compression | None = None,
+        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+        prefetch_runs: int = 0,
+    ) -> None:
+        self.rule = rule
+        self.columns = tuple(columns)
+        self.label_types = dict(label_types or {})
+        self.format = format
+        self.compression = compression
+        self.chunk_bytes = chunk_bytes
+        self.prefetch_runs = max(int(prefetch_runs), 0)
+
+    def plan_run(self, path: Path) -> PlannedRun:
+        """Load and select the streams of one logger directory.
+
+        Raises:
+            CollectorError: Missing or invalid ``streams/``, or a rule that cannot be evaluated.
+        """
+        streams = load_streams(path)
+        selected = sorted(select_streams(streams, self.rule), key=lambda s: s.stream_id)
+        size = sum(s.stat().st_size for s in logdir.segment_files(path))
+        return PlannedRun(path, tuple(streams), tuple(selected), size)
+
+    def plan(self, runs: Sequence[PlannedRun], route: Router) -> CollectionPlan:
+        """Route every selected stream to its target.
+
+        Args:
+            runs: The planned runs, in output order.
+            route: Output path of a stream.
+
+        Returns:
+            The plan; targets in the order their first stream appears.
+        """
+        targets: dict[Path, OutputTarget] = {}
+        for index, run in enumerate(runs):
+            for stream in run.selected:
+                path = route(index, run, stream)
+                targets.setdefault(path, OutputTarget(path)).members.append((index, stream))
+        schema = output_schema([s for run in runs for s in run.selected], self.columns, self.label_types)
+        return CollectionPlan(list(runs), list(targets.values()), schema)
+
+    def write(
+        self,
+        plan: CollectionPlan,
+        *,
+        provenance: Callable[[OutputTarget], dict[str, str]],
+        reserve: Callable[[OutputTarget], bool] = lambda target: True,
+        on_bytes: Callable[[int], None] | None = None,
+        on_rows: Callable[[int], None] | None = None,
+        check_cancel: Callable[[], None] | None = None,
+    ) -> list[WrittenOutput]:
+        """Decode the runs and write every target; publish all, or none.
+
+        Args:
+            plan: What to write.
+            provenance: Schema metadata of a target.
+            reserve: Called before a target is opened; returns whether an existing file
+                at its path may be replaced (it is this job's own), or raises.
+            on_bytes: Progress: segment bytes read.
+            on_rows: Progress: rows written.
+            check_cancel: Called between batches; raises to stop.
+
+        Returns:
+            The committed outputs, in plan order.
+
+        Raises:
+            CollectorError: Bad input or a refused output; nothing was published.
+            OSError: Writing failed (e.g. a full disk); nothing was published.
+        """
+        opens: dict[int, list[int]] = {}
+        closes: dict[int, list[int]] = {}
+        last = len(plan.runs) - 1
+        for t, target in enumerate(plan.targets):
+            runs = target.runs or [0]
+            opens.setdefault(runs[0], []).append(t)
+            closes.setdefault(runs[-1] if target.runs else last, []).append(t)
+        files: dict[int, OutputFile] = {}
+        replace: dict[int, bool] = {}
+        try:
+            for index, batches in self._runs_in_order(plan, on_bytes):
+                for t in opens.get(index, []):
+                    target = plan.targets[t]
+                    replace[t] = reserve(target)
+                    schema = plan.schema.with_metadata(provenance(target))
+                    files[t] = OutputFile(target.path, schema, self.format, self.compression)
+                ids, group_of, slots = _routing(plan, index)
+                outputs = [files[t] for t in slots]
+                for batch in batches:
+                    if check_cancel is not None:
+                        check_cancel()
+                    route_batch(batch, ids, group_of, outputs)
+                    if on_rows is not None:
+                        on_rows(batch.num_rows)
+                for t in closes.get(index, []):
+                    files[t].finish()
+            for t in sorted(files):
+                files[t].publish(replace[t])
+        except BaseException:
+            for file in files.values():
+                file.abort()
+            raise
+        return [
+            WrittenOutput(files[t].final, files[t].rows, files[t].bytes, plan.targets[t]) for t in sorted(files)
+        ]
+
+    def _runs_in_order(
+        self, plan: CollectionPlan, on_bytes: Callable[[int], None] | None
+    ) -> Iterator[tuple[int, Iterator[pa.RecordBatch]]]:
+        """Each run's batches, in run order; up to ``prefetch_runs`` later runs decode meanwhile."""
+        if not plan.runs:
+            yield 0, iter(())
+            return
+
+        def decode(run: PlannedRun) -> Iterator[pa.RecordBatch]:
+            return run_batches(
+                run.path, run.streams, run.selected, plan.schema, chunk_bytes=self.chunk_bytes, on_bytes=on_bytes
+            )
+
+        if self.prefetch_runs == 0 or len(plan.runs) == 1:
+            for index, run in enumerate(plan.runs):
+                yield index, decode(run)
+            return
+        with _Prefetcher([decode(run) for run in plan.runs], self.prefetch_runs) as prefetcher:
+            for index in range(len(plan.runs)):
+                yield index, prefetcher.batches(index)
+
+
+def _routing(plan: CollectionPlan, index: int) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """For the run at ``index``: its routed stream ids (sorted), the output slot of each, and
+    the target index of each slot."""
+    pairs = sorted(
+        (stream.stream_id, t)
+        for t, target in enumerate(plan.targets)
+        for run, stream in target.members
+        if run == index
+    )
+    slots = sorted({t for _, t in pairs})
+    slot_of = {t: i for i, t in enumerate(slots)}
+    ids = np.array([sid for sid, _ in pairs], dtype=np.uint32)
+    group_of = np.array([slot_of[t] for _, t in pairs], dtype=np.int64)
+    return ids, group_of, slots
+
+
+_END = object()
+
+
+class _Prefetcher:
+    """Decodes runs on threads, at most ``ahead`` at a time, each into a small bounded queue.
+
+    The consumer reads the runs strictly in order, so row order is what a sequential
+    collection gives, while the next runs decode (zstd and the decoder release the GIL).
+    """
+
+    def __init__(self, sources: list[Iterator[pa.RecordBatch]], ahead: int) -> None:
+        self._sources = sources
+        self._ahead = max(ahead, 1)
+        self._queues: list[queue.Queue[object]] = [queue.Queue(maxsize=4) for _ in sources]
+        self._threads: list[threading.Thread] = []
+        self._stop = threading.Event()
+
+    def __enter__(self) -> "_Prefetcher":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for q in self._queues:  # unblock producers waiting on a full queue
+            while True:
+                try:
+                    q.get_nowait()
+                except queue.Empty:
+                    break
+        for thread in self._threads:
+            thread.join()
+
+    def _produce(self, index: int) -> None:
+        q = self._queues[index]
+        try:
+            for batch in self._sources[index]:
+                if not self._put(q, batch):
+                    return
+            self._put(q, _END)
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
+            self._put(q, exc)
+
+    def _put(self, q: "queue.Queue[object]", item: object) -> bool:
+        while not self._stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _start_until(self, index: int) -> None:
+        while len(self._threads) < min(index + self._ahead, len(self._sources)):
+            thread = threading.Thread(
+                target=self._produce, args=(len(self._threads),), name="herocollector-decode", daemon=True
+            )
+            self._threads.append(thread)
+            thread.start()
+
+    def batches(self, index: int) -> Iterator[pa.RecordBatch]:
+        """The batches of run ``index`` (call in order)."""
+        self._start_until(index + 1)
+        q = self._queues[index]
+        while True:
+            item = q.get()
+            if item is _END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            if not isinstance(item, pa.RecordBatch):
+                raise CollectorError(f"internal error: unexpected item {type(item).__name__} from the decoder")
+            yield item

@@ -1,0 +1,317 @@
+"""The job runner: one job taken from the journal, carried to its next state. It never raises.
+
+For a job it:
+
+1. refuses a run the configuration forbids (:class:`~herocollector.errors.RunRefused`);
+2. parks a run without ``_DONE`` as *waiting* (no worker is held; the service checks it every
+   ``backoff`` ms), or fails it with :class:`~herocollector.errors.DoneTimeout` once its
+   deadline has passed;
+3. with ``claim_runs``, claims the run against the other actors of a fleet;
+4. plans the run, reserves its output paths in the journal, writes and commits its outputs
+   through the :class:`~herocollector.pipeline.OutputPipeline`;
+5. records the outcome: done with its outputs, or failed under the retry policy (the
+   error's :attr:`~herocollector.errors.CollectorError.retryable` and ``max_retries``).
+
+A journal error while recording an outcome is kept and recorded again later
+(:meth:`JobRunner.record_pending`), so the worker lives on and nothing is forgotten.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+from heros.helper import log
+
+from . import logdir
+from .claims import COLLECTED, HELD, RunClaim
+from .config import ServiceConfig
+from .errors import Cancelled, DoneTimeout, OutputError, RunRefused
+from .events import RunCollected, RunFailed
+from .journal import Job, JobState, Journal, OutputTakenError
+from .output import read_provenance, provenance_metadata
+from .paths import PathTemplate, Trusted
+from .pipeline import OutputPipeline, OutputTarget, PlannedRun
+
+
+class _Deferred(Exception):
+    """The run is being collected by another actor of the fleet; look again later."""
+
+
+def describe(exc: BaseException) -> str:
+    """``Type: message`` of an error, as the journal and the events report it."""
+    return f"{type(exc).__name__}: {exc}"
+
+
+def check_logger_path(path: str, allowed_roots: tuple[Path, ...]) -> Path:
+    """The logger directory, resolved, if the configuration allows it.
+
+    Raises:
+        RunRefused: Not absolute, or outside ``allowed_roots``.
+    """
+    if not os.path.isabs(path):
+        raise RunRefused("logger path must be absolute", path)
+    real = Path(os.path.realpath(path))
+    if allowed_roots and not any(real.is_relative_to(root) for root in allowed_roots):
+        raise RunRefused("logger path lies outside allowed_roots", path)
+    return real
+
+
+class JobRunner:
+    """Runs jobs for the service; see the module documentation.
+
+    Args:
+        config: The service configuration.
+        journal: The job journal.
+        stopping: Set when the service closes; a running collection then stops early.
+        on_collected: Called with every collected run.
+        on_failed: Called with every failed attempt.
+        after_collect: Called with the path of every run this actor collected (cleanup).
+    """
+
+    def __init__(
+        self,
+        config: ServiceConfig,
+        journal: Journal,
+        stopping: threading.Event,
+        on_collected: Callable[[RunCollected], None],
+        on_failed: Callable[[RunFailed], None],
+        after_collect: Callable[[str], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.journal = journal
+        self.stopping = stopping
+        self.on_collected = on_collected
+        self.on_failed = on_failed
+        self.after_collect = after_collect
+        self.template = PathTemplate(config.save_template, config.output_root)
+        self.pipeline = OutputPipeline(
+            rule=config.rule,
+            columns=config.columns,
+            label_types=config.label_types,
+            format=config.format,
+            compression=config.compression,
+            chunk_bytes=config.chunk_bytes,
+        )
+        # Stable across restarts, so a restarted actor recognises its own claims.
+        self.owner = f"{socket.gethostname()}:{os.path.realpath(config.state_dir)}"
+        self._unrecorded: dict[int, Callable[[], object]] = {}
+        self._unrecorded_lock = threading.Lock()
+
+    # -- running a job ----------------------------------------------------------------------
+
+    def run(self, job: Job) -> None:
+        """Collect one job taken from the journal and record the outcome. Never raises."""
+        started = time.monotonic()
+        try:
+            report = self._collect(job, started)
+        except _Deferred as deferred:
+            log.info(f"herocollector: job {job.id} for {job.path} deferred: {deferred}")
+            self._record(job.id, lambda: self.journal.defer(job.id, time.time() + self.config.claim_heartbeat, str(deferred)))
+        except Cancelled:
+            log.info(f"herocollector: job {job.id} for {job.path} interrupted by shutdown; it stays pending")
+            self._record(job.id, lambda: self.journal.defer(job.id, None, None))
+        except BaseException as exc:  # noqa: BLE001 - whatever happens, the worker lives on
+            self._failed(job, exc, job.attempts)
+        else:
+            if report is not None:
+                self._notify(self.on_collected, report)
+                if self.after_collect is not None and report.collected_by is None and job.path is not None:
+                    try:
+                        self.after_collect(job.path)
+                    except Exception as exc:  # noqa: BLE001 - the run is collected; cleanup can be retried
+                        log.error(f"herocollector: cleanup after collecting {job.path} failed: {exc}")
+
+    def _collect(self, job: Job, started: float) -> RunCollected | None:
+        """The work of :meth:`run`; None when the run was parked."""
+        if job.path is None:
+            raise RunRefused("job has no logger path")
+        path = check_logger_path(job.path, self.config.allowed_roots)
+        if not logdir.is_done(path):
+            self._park(job)
+            return None
+        outputs, nbytes, collected_by = self._claimed_write(job, path)
+        self._record(job.id, lambda: self.journal.finish(job.id, outputs))
+        seconds = time.monotonic() - started
+        rows = sum(outputs.values())
+        if collected_by is None:
+            log.info(
+                f"herocollector: job {job.id} collected {job.path}: {rows} rows into {len(outputs)} "
+                f"file(s) in {seconds:.3f} s"
+            )
+        else:
+            log.info(f"herocollector: job {job.id}: {job.path} was collected by {collected_by}")
+        return RunCollected(job.path or "", outputs, rows, seconds, job.id, nbytes, collected_by)
+
+    def _park(self, job: Job) -> None:
+        """No ``_DONE`` yet: wait in the journal, or fail if the deadline passed."""
+        now = time.time()
+        deadline = job.deadline
+        if deadline is None and self.config.timeout is not None:
+            deadline = now + self.config.timeout / 1000
+        if deadline is not None and now >= deadline:
+            raise DoneTimeout(f"no _DONE within {self.config.timeout} ms of the announcement", job.path)
+        self.journal.park(job.id, now + self.config.backoff / 1000, deadline)
+        log.info(f"herocollector: job {job.id}: {job.path} has no _DONE yet; waiting")
+
+    def _claimed_write(self, job: Job, path: Path) -> tuple[dict[str, int], int, str | None]:
+        """Write the outputs, under a fleet claim if configured.
+
+        Returns:
+            Rows per output, bytes decoded, and the actor that collected the run if it was
+            another one.
+        """
+        if not self.config.claim_runs:
+            return (*self._write_outputs(job, path), None)
+        claim = RunClaim(path, self.owner, self.config.claim_timeout, self.config.claim_heartbeat)
+        result = claim.acquire()
+        if result.outcome == COLLECTED:
+            outputs = {str(k): int(v) for k, v in result.info.get("outputs", {}).items()}
+            owner = result.info.get("owner")
+            return outputs, 0, None if owner == self.owner else str(owner)
+        if result.outcome == HELD:
+            raise _Deferred(f"claimed by {result.info.get('owner')} (pid {result.info.get('pid')})")
+        written: dict[str, int] | None = None
+        try:
+            written, nbytes = self._write_outputs(job, path)
+        finally:
+            claim.release(written)
+        return written, nbytes, None
+
+    def _write_outputs(self, job: Job, path: Path) -> tuple[dict[str, int], int]:
+        """Decode the run once and write its output files; rows per output, and bytes decoded."""
+        run = self.pipeline.plan_run(path)
+        plan = self.pipeline.plan([run], lambda index, planned, stream: self._route(job, planned, stream.metadata))
+        if not plan.targets:
+            return {}, run.segment_bytes
+        collected_at = datetime.now(timezone.utc).isoformat()
+
+        def provenance(target: OutputTarget) -> dict[str, str]:
+            streams = [stream.metadata for _, stream in target.members]
+            return provenance_metadata(job.path or "", job.source, collected_at, job.id, streams)
+
+        def check_cancel() -> None:
+            if self.stopping.is_set():
+                raise Cancelled("the service is closing")
+
+        written = self.pipeline.write(
+            plan, provenance=provenance, reserve=lambda target: self._reserve(job, target.path), check_cancel=check_cancel
+        )
+        return {str(w.path): w.rows for w in written}, run.segment_bytes
+
+    def _route(self, job: Job, run: PlannedRun, labels: dict[str, object]) -> Path:
+        """Render a stream's output path: default_metadata, event metadata, labels, then the run."""
+        context = {
+            **job.metadata,
+            **labels,
+            "source_name": job.source,
+            "logger_path": Trusted(job.path or ""),
+            "logger_name": Path(job.path or "").name,
+        }
+        return self.template.render(context, trusted=self.config.default_metadata)
+
+    def _reserve(self, job: Job, target: Path) -> bool:
+        """Reserve an output path for the job; True if an existing file there is the job's own."""
+        try:
+            self.journal.claim_output(job.id, str(target))
+        except OutputTakenError as exc:
+            raise OutputError(
+                f"output collision: {target} already holds the run {exc.owner.path} (job {exc.owner.id}); "
+                f"refusing to overwrite it with the run {job.path} (job {job.id})"
+            ) from None
+        if not target.exists() and not target.is_symlink():
+            return False
+        previous = read_provenance(target).get("logger_path")
+        if previous != job.path:
+            raise OutputError(
+                f"output collision: {target} already holds "
+                f"{'the run ' + previous if previous else 'a file not written by herocollector'}; "
+                f"refusing to overwrite it with the run {job.path} (job {job.id})"
+            )
+        return True
+
+    # -- failures -----------------------------------------------------------------------------
+
+    def _failed(self, job: Job, exc: BaseException, attempts: int, *, waited: bool = False) -> None:
+        """Record a failed attempt under the retry policy and report it."""
+        message = describe(exc)
+        retryable = getattr(exc, "retryable", True) and not isinstance(exc, RunRefused)
+        retry_at = None
+        if retryable and attempts <= self.config.max_retries and job.path is not None:
+            retry_at = time.time() + self.config.retry_delay_for(attempts)
+        keep_deadline = not isinstance(exc, DoneTimeout)  # after a _DONE timeout the next try waits afresh
+
+        def record() -> object:
+            self.journal.release_outputs(job.id)  # a failed job must not block other runs' paths
+            if waited:
+                return self.journal.expire(job.id, message, retry_at)
+            return self.journal.fail(job.id, message, retry_at, keep_deadline=keep_deadline)
+
+        self._record(job.id, record)
+        if retry_at is None:
+            log.error(f"herocollector: job {job.id} for {job.path} failed after {attempts} attempt(s): {message}")
+        else:
+            log.warning(
+                f"herocollector: job {job.id} for {job.path} failed (attempt {attempts}), "
+                f"retrying in {retry_at - time.time():.1f} s: {message}"
+            )
+        self._notify(self.on_failed, RunFailed(job.path, message, attempts, retry_at is None, job.id))
+
+    def check_waiting(self) -> bool:
+        """Wake waiting jobs whose ``_DONE`` appeared; fail those past their deadline.
+
+        Returns:
+            Whether any job became due.
+        """
+        woke = False
+        now = time.time()
+        for job in self.journal.jobs(JobState.WAITING):
+            if job.path is not None and logdir.is_done(job.path):
+                self.journal.wake(job.id)
+                woke = True
+            elif job.deadline is not None and now >= job.deadline:
+                error = DoneTimeout(f"no _DONE within {self.config.timeout} ms of the announcement", job.path)
+                self._failed(job, error, job.attempts + 1, waited=True)
+                woke = True
+        return woke
+
+    # -- recording outcomes -------------------------------------------------------------------
+
+    def _record(self, job_id: int, action: Callable[[], object]) -> None:
+        """Record an outcome in the journal; if the journal fails, keep it for later."""
+        try:
+            action()
+        except Exception as exc:  # noqa: BLE001 - keep the outcome, record it again later
+            log.error(f"herocollector: recording the outcome of job {job_id} failed ({exc}); will retry")
+            with self._unrecorded_lock:
+                self._unrecorded[job_id] = action
+
+    def record_pending(self) -> int:
+        """Record again the outcomes the journal refused earlier.
+
+        Returns:
+            How many are still unrecorded.
+        """
+        with self._unrecorded_lock:
+            pending = list(self._unrecorded.items())
+        for job_id, action in pending:
+            try:
+                action()
+            except Exception:  # noqa: BLE001 - try again next round
+                continue
+            with self._unrecorded_lock:
+                if self._unrecorded.get(job_id) is action:
+                    del self._unrecorded[job_id]
+        with self._unrecorded_lock:
+            return len(self._unrecorded)
+
+    def _notify(self, callback: Callable[..., None], report: object) -> None:
+        try:
+            callback(report)
+        except Exception as exc:  # noqa: BLE001 - a listener must not fail the job
+            log.error(f"herocollector: reporting {type(report).__name__} failed: {exc}")

@@ -1,0 +1,154 @@
+"""The scheduler: worker threads that take due jobs from the journal, and periodic tasks.
+
+There is no in-memory queue. A worker asks the journal for the next due job
+(:meth:`~herocollector.journal.Journal.take_due`); when there is none it sleeps until the
+earliest ``next_attempt`` or until :meth:`Scheduler.wake` is called (a new event, a retry). So
+a retry needs no timer, and a restart resumes with the same query. Waiting runs (no ``_DONE``
+yet) are checked by a periodic task, never by a worker.
+
+Periodic tasks (the ``_DONE`` checks, the catch-up scan, the trash purge) each run on their
+own thread, so a long scan cannot delay a ``_DONE`` check or a collection.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from heros.helper import log
+
+from .journal import Job, Journal
+
+_IDLE_POLL = 1.0  # seconds an idle worker sleeps at most before asking the journal again
+
+
+@dataclass
+class _Periodic:
+    name: str
+    interval: float
+    task: Callable[[], None]
+    run_at_start: bool
+
+
+class Scheduler:
+    """Runs due jobs on ``workers`` threads, and periodic tasks, until :meth:`close`.
+
+    Args:
+        journal: Where due jobs come from.
+        run_job: Runs one job taken from the journal; must not raise (it is the job runner).
+        workers: Worker threads, each collecting one run at a time.
+    """
+
+    def __init__(self, journal: Journal, run_job: Callable[[Job], None], workers: int = 2) -> None:
+        self._journal = journal
+        self._run_job = run_job
+        self._workers = workers
+        self._stop = threading.Event()
+        self._signal = threading.Condition()
+        self._generation = 0
+        self._threads: list[threading.Thread] = []
+        self._periodic: list[_Periodic] = []
+        self._running: dict[int, Job] = {}
+        self._running_lock = threading.Lock()
+
+    @property
+    def stopping(self) -> threading.Event:
+        """Set once :meth:`close` was called; long tasks poll it to stop early."""
+        return self._stop
+
+    def every(self, name: str, interval: float, task: Callable[[], None], run_at_start: bool = True) -> None:
+        """Run ``task`` every ``interval`` seconds on its own thread (register before :meth:`start`)."""
+        self._periodic.append(_Periodic(name, interval, task, run_at_start))
+
+    def start(self) -> None:
+        """Start the workers and the periodic tasks."""
+        for number in range(self._workers):
+            self._spawn(f"herocollector-worker-{number + 1}", self._work)
+        for periodic in self._periodic:
+            self._spawn(f"herocollector-{periodic.name}", self._repeat, periodic)
+
+    def _spawn(self, name: str, target: Callable[..., None], *args: object) -> None:
+        thread = threading.Thread(target=target, args=args, name=name, daemon=True)
+        self._threads.append(thread)
+        thread.start()
+
+    def wake(self) -> None:
+        """Tell idle workers that a job may be due now."""
+        with self._signal:
+            self._generation += 1
+            self._signal.notify_all()
+
+    def running(self) -> list[Job]:
+        """The jobs the workers hold right now."""
+        with self._running_lock:
+            return list(self._running.values())
+
+    def _work(self) -> None:
+        while not self._stop.is_set():
+            with self._signal:
+                seen = self._generation
+            try:
+                job = self._journal.take_due()
+            except Exception as exc:  # noqa: BLE001 - a journal hiccup must not end the worker
+                log.error(f"herocollector: taking the next job from the journal failed: {exc}")
+                self._stop.wait(_IDLE_POLL)
+                continue
+            if job is None:
+                self._sleep(seen)
+                continue
+            with self._running_lock:
+                self._running[job.id] = job
+            try:
+                self._run_job(job)
+            except BaseException as exc:  # noqa: BLE001 - the runner should never raise; survive if it does
+                log.error(f"herocollector: job {job.id} escaped its runner: {type(exc).__name__}: {exc}")
+            finally:
+                with self._running_lock:
+                    self._running.pop(job.id, None)
+
+    def _sleep(self, seen: int) -> None:
+        """Until woken, the next ``next_attempt``, or the idle poll, whichever comes first."""
+        try:
+            due = self._journal.next_due()
+        except Exception:  # noqa: BLE001 - sleep the idle poll and ask again
+            due = None
+        delay = _IDLE_POLL if due is None else min(max(due - time.time(), 0.0), _IDLE_POLL)
+        if delay <= 0:
+            return
+        with self._signal:
+            if self._generation == seen and not self._stop.is_set():
+                self._signal.wait(delay)
+
+    def _repeat(self, periodic: _Periodic) -> None:
+        if not periodic.run_at_start and self._stop.wait(periodic.interval):
+            return
+        while not self._stop.is_set():
+            try:
+                periodic.task()
+            except Exception as exc:  # noqa: BLE001 - a periodic task must survive one failed round
+                log.error(f"herocollector: {periodic.name} failed: {type(exc).__name__}: {exc}")
+            if self._stop.wait(periodic.interval):
+                return
+
+    def close(self, timeout: float = 4.0) -> bool:
+        """Stop taking jobs and wait for the threads (a running job is cancelled by its runner).
+
+        Args:
+            timeout: Seconds to wait for all threads together.
+
+        Returns:
+            Whether every thread ended in time.
+        """
+        self._stop.set()
+        with self._signal:
+            self._generation += 1
+            self._signal.notify_all()
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(deadline - time.monotonic(), 0.0))
+        alive = [t.name for t in self._threads if t.is_alive()]
+        if alive:
+            log.warning(f"herocollector: threads still running after close: {', '.join(alive)}")
+        return not alive

@@ -1,0 +1,296 @@
+"""The collection service: journal, scheduler, workers, output writing, scanning and cleanup.
+
+It knows nothing of HEROS. The actor (:class:`herocollector.CollectorArchiver`) is a thin
+adapter that feeds it announcements and exposes its methods remotely; tests and scripts use
+it directly::
+
+    from herocollector import CollectionService, ServiceConfig
+
+    config = ServiceConfig.from_arguments(
+        save_template="{{ output_root }}/{{ logger_name }}/{{ measure }}.arrow",
+        output_root="/data/collected", allowed_roots=["/data/runs"], state_dir="/var/lib/hc",
+    )
+    with CollectionService(config) as service:
+        service.submit("my-logger", {"path": "/data/runs/run-0001"})
+        service.wait_idle(timeout=60)
+
+Data flows one way: announcement → journal → scheduler → worker (job runner) → reader
+(codec) → output pipeline → commit → journal.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Callable
+
+from heros.helper import log
+
+from .cleanup import RunCleaner
+from .config import ServiceConfig
+from .events import RunCollected, RunFailed, parse_event
+from .journal import Job, JobState, Journal
+from .runner import JobRunner
+from .scan import Scanner, ScanResult
+from .scheduler import Scheduler
+from .statedir import StateDirLock
+
+LOCK_WAIT = 3.0
+"""Seconds a new service waits for the ``state_dir`` lock (a predecessor may be shutting down)."""
+
+
+@dataclass
+class ServiceMetrics:
+    """Counters since the service started (the actor publishes them as datasource observables).
+
+    Attributes:
+        runs_collected: Runs collected.
+        runs_failed: Failed attempts.
+        rows_collected: Rows written.
+        bytes_collected: Segment bytes decoded.
+        last_latency: Seconds from announcement to commit of the last collected run.
+        last_seconds: Seconds the last collection took.
+    """
+
+    runs_collected: int = 0
+    runs_failed: int = 0
+    rows_collected: int = 0
+    bytes_collected: int = 0
+    last_latency: float = 0.0
+    last_seconds: float = 0.0
+
+
+class CollectionService:
+    """Collects announced runs into output files, durably; see the module documentation.
+
+    Args:
+        config: What to collect and where to write it.
+        on_collected: Called with every collected run (the actor fires ``run_collected``).
+        on_failed: Called with every failed attempt (the actor fires ``run_failed``).
+
+    Raises:
+        StateDirLocked: Another service uses ``state_dir``.
+        JournalError: The journal cannot be opened.
+    """
+
+    def __init__(
+        self,
+        config: ServiceConfig,
+        on_collected: Callable[[RunCollected], None] | None = None,
+        on_failed: Callable[[RunFailed], None] | None = None,
+    ) -> None:
+        self.config = config
+        self._on_collected = on_collected
+        self._on_failed = on_failed
+        self._lock = StateDirLock(config.state_dir, f"{config.event_name} from {config.object_selector}")
+        self._lock.acquire(wait=LOCK_WAIT)
+        self._closed = False
+        self._metrics = ServiceMetrics()
+        self._metrics_lock = threading.Lock()
+        try:
+            self.journal = Journal(config.journal_file)
+            self.scheduler = Scheduler(self.journal, self._run_job, config.workers)
+            self.runner = JobRunner(
+                config,
+                self.journal,
+                self.scheduler.stopping,
+                self._collected,
+                self._failed,
+                self._cleanup_after if config.cleanup_after_collect else None,
+            )
+            self.cleaner = RunCleaner(config, self.journal, self.scheduler.stopping)
+            self.scanner = Scanner(self.journal, config.allowed_roots, config.scan_depth, self.scheduler.stopping)
+            resumed = self.journal.resume()
+        except BaseException:
+            self._lock.release()
+            raise
+        self.scheduler.every("done-check", config.backoff / 1000, self._check_waiting)
+        self.scheduler.every("purge", min(max(config.cleanup_grace / 4, 0.05), 60.0), self.cleaner.purge_due, False)
+        if config.scan_interval is not None and config.allowed_roots:
+            self.scheduler.every("scan", config.scan_interval, self._scan)
+        self.scheduler.start()
+        log.info(
+            f"herocollector: service started with {config.workers} worker(s), journal {config.journal_file}, "
+            f"{len(resumed)} unfinished job(s) resumed"
+        )
+
+    # -- announcements ------------------------------------------------------------------------
+
+    def submit(self, source: str, data: Any) -> Job:
+        """Journal an announced run (a ``finished`` event), so it is collected once it is done.
+
+        Args:
+            source: The HERO that announced it.
+            data: The event payload: a dict with the path under ``path_key``, a
+                ``(payload, metadata)`` pair, or a bare path.
+
+        Returns:
+            The job (a malformed event is journalled as a failed job without a path).
+        """
+        try:
+            path, metadata = parse_event(data, self.config.path_key)
+        except ValueError as exc:
+            job = self.journal.record_malformed(source, data, f"malformed event: {exc}")
+            log.error(f"herocollector: job {job.id} failed: malformed event from {source}: {exc}")
+            self._failed(RunFailed(None, job.error or "", 1, True, job.id))
+            return job
+        return self._submit(path, source, metadata)
+
+    def _submit(self, path: str, source: str, metadata: dict[str, Any]) -> Job:
+        deadline = None if self.config.timeout is None else time.time() + self.config.timeout / 1000
+        job, due = self.journal.submit(path, source, metadata, deadline)
+        if due:
+            log.info(f"herocollector: job {job.id} journalled for {path} (from {source})")
+            self.scheduler.wake()
+        else:
+            log.info(f"herocollector: {path} is already {job.state.value} (job {job.id}); event noted")
+        return job
+
+    def collect(self, path: str) -> dict[str, Any]:
+        """Journal a logger directory as if a ``finished`` event had announced it.
+
+        Args:
+            path: Absolute path of the logger directory.
+
+        Returns:
+            The job (pending if new; its state if known before).
+        """
+        path = os.path.normpath(str(path))
+        return self._submit(path, "remote", {self.config.path_key: path}).to_dict()
+
+    # -- queries and control ------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """Jobs per state, the runs being collected, the waiting runs, trash and recent jobs."""
+        counts = self.journal.counts()
+        return {
+            "counts": counts,
+            "queued": counts[JobState.PENDING.value],
+            "waiting": counts[JobState.WAITING.value],
+            "running": [job.path for job in self.scheduler.running()],
+            "workers": self.config.workers,
+            "journal": str(self.config.journal_file),
+            "output_root": str(self.config.output_root),
+            "pending_deletion": [
+                {"path": job.path, "delete_after": job.trash_until} for job in self.journal.in_trash()
+            ],
+            "last_scan": None if self.scanner.last is None else asdict(self.scanner.last),
+            "recent": [job.to_dict() for job in self.journal.recent(20)],
+        }
+
+    def failed(self) -> list[dict[str, Any]]:
+        """The jobs kept as failed, with their errors and attempt counts."""
+        return [job.to_dict() for job in self.journal.jobs(JobState.FAILED)]
+
+    def retry(self, path: str | None = None) -> int:
+        """Queue failed jobs again (all, or the one of ``path``) with a fresh retry budget.
+
+        Returns:
+            How many jobs were queued.
+        """
+        jobs = self.journal.retry(None if path is None else os.path.normpath(str(path)))
+        if jobs:
+            self.scheduler.wake()
+        return len(jobs)
+
+    def cleanup(
+        self,
+        path: str | None = None,
+        keep_meta: bool = True,
+        wait_for_done: bool = True,
+        backoff: int = 100,
+        timeout: int | None = 60_000,
+        force: bool = False,
+    ) -> bool:
+        """Clean collected runs; see :meth:`herocollector.cleanup.RunCleaner.cleanup`."""
+        return self.cleaner.cleanup(path, keep_meta, wait_for_done, backoff, timeout, force)
+
+    def restore(self, path: str) -> bool:
+        """Put a cleaned run's segments back; see :meth:`herocollector.cleanup.RunCleaner.restore`."""
+        return self.cleaner.restore(path)
+
+    def scan(self) -> ScanResult:
+        """Run the catch-up scan now (it also runs every ``scan_interval`` seconds)."""
+        result = self.scanner.scan()
+        if result.journalled:
+            self.scheduler.wake()
+        return result
+
+    def metrics(self) -> ServiceMetrics:
+        """A copy of the counters."""
+        with self._metrics_lock:
+            return ServiceMetrics(**asdict(self._metrics))
+
+    def wait_idle(self, timeout: float = 60.0, interval: float = 0.01) -> bool:
+        """Wait until no job is pending, waiting or running.
+
+        Returns:
+            True if idle, False if ``timeout`` seconds passed first.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            counts = self.journal.counts()
+            busy = counts[JobState.PENDING.value] + counts[JobState.WAITING.value] + counts[JobState.RUNNING.value]
+            if busy == 0 and not self.scheduler.running():
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(interval)
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop promptly, whatever is waiting: a running collection is put back as pending.
+
+        Idempotent. Takes a few seconds at most (the workers stop between two batches).
+        """
+        if self._closed:
+            return
+        self._closed = True
+        self.scheduler.close()
+        self.runner.record_pending()
+        self.journal.close()
+        self._lock.release()
+        log.info("herocollector: service closed")
+
+    def __enter__(self) -> "CollectionService":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _run_job(self, job: Job) -> None:
+        self.runner.run(job)
+
+    def _check_waiting(self) -> None:
+        self.runner.record_pending()
+        if self.runner.check_waiting():
+            self.scheduler.wake()
+
+    def _scan(self) -> None:
+        self.scan()
+
+    def _cleanup_after(self, path: str) -> None:
+        self.cleaner.cleanup(path, wait_for_done=False)
+
+    def _collected(self, report: RunCollected) -> None:
+        job = self.journal.get(report.job)
+        with self._metrics_lock:
+            self._metrics.runs_collected += 1
+            self._metrics.rows_collected += report.rows
+            self._metrics.bytes_collected += report.bytes
+            self._metrics.last_seconds = report.seconds
+            if job is not None:
+                self._metrics.last_latency = max(time.time() - job.created, 0.0)
+        if self._on_collected is not None:
+            self._on_collected(report)
+
+    def _failed(self, report: RunFailed) -> None:
+        with self._metrics_lock:
+            self._metrics.runs_failed += 1
+        if self._on_failed is not None:
+            self._on_failed(report)
