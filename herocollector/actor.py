@@ -13,6 +13,7 @@ import threading
 from typing import Any, Mapping, Sequence
 
 from heros import event
+from heros.event import reliable
 from heros.helper import log
 from heros.inspect import local_only
 from herostools.actor.archiver import HERODataArchiver
@@ -194,21 +195,27 @@ class CollectorArchiver(HERODataArchiver):
 
     # -- HEROS out ------------------------------------------------------------------------------
 
+    @reliable
     @event
     def run_collected(self, report: dict) -> dict:
         """Fired when a run was collected: path, outputs (with rows), rows, seconds, job."""
         return report
 
+    @reliable
     @event
     def run_failed(self, report: dict) -> dict:
         """Fired when an attempt failed: path, error, attempts, final (no more retries), job."""
         return report
 
     def _relay_collected(self, report: RunCollected) -> None:
-        self.run_collected(report.to_dict())
+        fire = self.run_collected
+        if fire is not None:  # None until BOSS has made this object a HERO
+            fire(report.to_dict())
 
     def _relay_failed(self, report: RunFailed) -> None:
-        self.run_failed(report.to_dict())
+        fire = self.run_failed
+        if fire is not None:
+            fire(report.to_dict())
 
     def _observable_data(self) -> dict[str, tuple[float, str]]:
         """The service's counters, for BOSS's ``datasource`` option and herostools' Prometheus actor."""

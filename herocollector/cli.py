@@ -26,7 +26,6 @@ import threading
 import time
 import uuid
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Callable, Iterator, NoReturn, Sequence
@@ -46,16 +45,18 @@ from rich.progress import (
 from rich.table import Table
 
 from . import logdir
-from .catalogue import LOGGER_PATH_KEY, load_streams, select_streams
+from .catalogue import Stream, load_streams
 from .codec import SegmentDecoder
-from .collector import BASE_COLUMNS, Collector, _dedupe_columns, output_schema
+from .collector import BASE_COLUMNS, Collector
+from .config import parse_columns
 from .errors import CollectorError
-from .output import COMPRESSIONS, FORMATS, ArrowOutput, PathTemplate, provenance_metadata, route_batch
+from .output import COMPRESSIONS, FORMATS, OutputFormat, provenance_metadata
+from .paths import PathTemplate, Trusted
+from .pipeline import CollectionPlan, OutputPipeline, OutputTarget, PlannedRun, Router
 
 PROG = "herocollector"
 CLI_SOURCE = "herocollector-cli"
 """``source_name`` of files the CLI writes (template variable and provenance)."""
-SCALE_KEYS = ("stream_id", "epoch_scale", "value_scale", LOGGER_PATH_KEY)
 
 
 # ----------------------------------------------------------------------------------------
@@ -96,15 +97,19 @@ def _rule(text: str) -> dict[str, Any]:
     return spec
 
 
-def _columns(text: str) -> list[str]:
-    """``--columns a,b``: label names, comma-separated (blanks ignored)."""
-    names = [name.strip() for name in text.split(",") if name.strip()]
-    clash = [name for name in names if name in BASE_COLUMNS]
-    if clash:
-        raise argparse.ArgumentTypeError(
-            f"label column(s) {', '.join(clash)} clash with the built-in columns {', '.join(BASE_COLUMNS)}"
-        )
-    return names
+def _columns(text: str) -> dict[str, str | None]:
+    """``--columns a,b:int64``: label names, comma-separated, each optionally with an Arrow type."""
+    columns: dict[str, str | None] = {}
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        name, _, type_name = item.partition(":")
+        columns[name.strip()] = type_name.strip() or None
+    try:
+        parse_columns(columns)
+    except CollectorError as exc:
+        raise argparse.ArgumentTypeError(exc.reason) from None
+    return columns
 
 
 def _milliseconds(text: str) -> int | None:
@@ -211,7 +216,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--rule", type=_rule, metavar="JSON|@FILE", help="label-selector rule spec selecting the streams (default: all)"
     )
     collect.add_argument(
-        "--columns", type=_columns, default=[], metavar="A,B", help="stream labels to add as columns, comma-separated"
+        "--columns",
+        type=_columns,
+        default={},
+        metavar="A,B:TYPE",
+        help="stream labels to add as columns, comma-separated; NAME:TYPE pins an Arrow type (e.g. run:int64)",
     )
     collect.add_argument(
         "--template",
@@ -223,7 +232,10 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     collect.add_argument(
-        "--format", choices=FORMATS, default="file", help="Arrow IPC file (default) or Arrow IPC stream format"
+        "--format",
+        choices=FORMATS,
+        default="file",
+        help="Arrow IPC file (default), Arrow IPC stream, or Parquet (zstd unless --compression says otherwise)",
     )
     collect.add_argument(
         "--compression",
@@ -233,6 +245,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="IPC buffer compression (default none)",
     )
     wait_options(collect)
+    collect.add_argument(
+        "-j",
+        "--jobs",
+        type=_positive,
+        default=2,
+        metavar="N",
+        help="runs decoded at the same time (default 2); rows are written in the order of the paths",
+    )
     collect.add_argument("-q", "--quiet", action="store_true", help="no progress display")
 
     inspect = sub.add_parser(
@@ -320,11 +340,6 @@ def _require_dir(path: Path) -> None:
         raise CollectorError("logger path is not a directory", path)
 
 
-def _labels(stream: dict[str, Any]) -> dict[str, Any]:
-    """A stream's labels, without its id, scales and the logger path."""
-    return {k: v for k, v in stream.items() if k not in SCALE_KEYS}
-
-
 def _wait_for_done(paths: Sequence[Path], backoff: int, timeout: int | None, progress: Progress) -> None:
     """Wait for ``_DONE`` in every path (showing a spinner), or raise a CollectorError."""
     pending = [p for p in paths if not logdir.is_done(p)]
@@ -342,43 +357,39 @@ def _wait_for_done(paths: Sequence[Path], backoff: int, timeout: int | None, pro
 # ----------------------------------------------------------------------------------------
 
 
-@dataclass
-class _Target:
-    """One output file and the streams (per logger path index) that go into it."""
-
-    path: Path
-    members: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
-
-
-def _plan_targets(
-    args: argparse.Namespace, per_path: list[tuple[Path, list[dict[str, Any]]]]
-) -> tuple[Path, list[_Target]]:
-    """The output root and the output files, each with its streams (rendered like the actor does)."""
+def _router(args: argparse.Namespace) -> tuple[Path, Router]:
+    """The output root and the route of every stream: one file, or the rendered template."""
     if args.template is None:
         target = Path(os.path.abspath(args.output))
         if target.is_dir():
             raise CollectorError(
                 "output is a directory; give a file name, or --template to write files under it", target
             )
-        members = [(i, s) for i, (_, streams) in enumerate(per_path) for s in streams]
-        return target.parent, [_Target(target, members)]
+        return target.parent, lambda index, run, stream: target
     template = PathTemplate(args.template, args.output)
-    targets: dict[Path, _Target] = {}
-    for index, (path, streams) in enumerate(per_path):
-        extra = {"source_name": CLI_SOURCE, "logger_path": str(path), "logger_name": path.name}
-        for stream in streams:
-            context = {"output_root": str(template.output_root), **_labels(stream), **extra}
-            rendered = template.render(context)
-            targets.setdefault(rendered, _Target(rendered)).members.append((index, stream))
-    return template.output_root, list(targets.values())
+
+    def route(index: int, run: PlannedRun, stream: Stream) -> Path:
+        context = {
+            **stream.metadata,
+            "source_name": CLI_SOURCE,
+            "logger_path": Trusted(str(run.path)),
+            "logger_name": run.path.name,
+        }
+        return template.render(context)
+
+    return template.output_root, route
 
 
-def _provenance(target: _Target, paths: Sequence[Path], collected_at: str) -> dict[str, str]:
-    """Schema metadata of a CLI output (job 0: written by the CLI, not by the actor)."""
-    sources = list(dict.fromkeys(str(paths[i]) for i, _ in target.members))
-    logger_path = sources[0] if len(sources) == 1 else json.dumps(sources)
-    labels = [{k: v for k, v in s.items() if k != LOGGER_PATH_KEY} for _, s in target.members]
-    return provenance_metadata(logger_path, CLI_SOURCE, collected_at, 0, labels)
+def _provenance(plan: CollectionPlan, collected_at: str) -> Callable[[OutputTarget], dict[str, str]]:
+    """Schema metadata of a CLI output (job 0: written by the command line, not by the actor)."""
+
+    def provenance(target: OutputTarget) -> dict[str, str]:
+        sources = list(dict.fromkeys(str(plan.runs[i].path) for i, _ in target.members))
+        logger_path = sources[0] if len(sources) == 1 else json.dumps(sources)
+        streams = [stream.metadata for _, stream in target.members]
+        return provenance_metadata(logger_path, CLI_SOURCE, collected_at, 0, streams)
+
+    return provenance
 
 
 def cmd_collect(args: argparse.Namespace, out: Console, err: Console) -> int:
@@ -389,59 +400,46 @@ def cmd_collect(args: argparse.Namespace, out: Console, err: Console) -> int:
     paths = Collector([os.path.abspath(p) for p in args.paths]).paths
     for path in paths:
         _require_dir(path)
-    label_names = list(_dedupe_columns(args.columns))
-    outputs: list[ArrowOutput] = []
+    names, types = parse_columns(args.columns)
+    pipeline = OutputPipeline(
+        rule=args.rule,
+        columns=names,
+        label_types=types,
+        format=OutputFormat.parse(args.format),
+        compression=args.compression,
+        prefetch_runs=args.jobs - 1,
+    )
     with _progress(err, args.quiet) as progress:
         _wait_for_done(paths, args.backoff, args.timeout, progress)
-        segment_bytes = {p: sum(s.stat().st_size for s in logdir.segment_files(p)) for p in paths}
-        per_path = [
-            (p, sorted(select_streams(load_streams(p), args.rule), key=lambda s: s["stream_id"])) for p in paths
-        ]
-        selected = [s for _, streams in per_path for s in streams]
-        schema = output_schema(selected, label_names)
-        root, targets = _plan_targets(args, per_path)
+        runs = [pipeline.plan_run(p) for p in paths]
+        root, route = _router(args)
+        plan = pipeline.plan(runs, route)
+        if args.template is None and not plan.targets:
+            plan.targets.append(OutputTarget(route(0, runs[0], Stream(0, 1.0, 1.0))))
         collected_at = datetime.now(timezone.utc).isoformat()
-        tag = f"cli{os.getpid()}"
-        task = progress.add_task("collecting", total=sum(segment_bytes.values()) or None, note="0 rows")
+        task = progress.add_task("collecting", total=plan.segment_bytes or None, note="0 rows")
         rows = 0
-        try:
-            for target in targets:
-                meta = _provenance(target, paths, collected_at)
-                outputs.append(ArrowOutput(target.path, schema.with_metadata(meta), tag, args.format, args.compression))
-            for index, path in enumerate(paths):
-                members = sorted(
-                    ((s["stream_id"], t) for t, target in enumerate(targets) for i, s in target.members if i == index),
-                )
-                if not members:
-                    progress.advance(task, segment_bytes[path])
-                    continue
-                ids = np.array([sid for sid, _ in members], dtype=np.uint32)
-                group_of = np.array([t for _, t in members], dtype=np.int64)
-                progress.update(task, description=f"collecting {escape(path.name)}")
-                for batch in Collector([path]).batches(
-                    rule=args.rule, schema=schema, backoff=args.backoff, timeout=args.timeout
-                ):
-                    if batch is None:
-                        raise CollectorError("timed out waiting for _DONE", path)
-                    route_batch(batch, ids, group_of, outputs)
-                    rows += batch.num_rows
-                    progress.update(task, note=f"{rows:,} rows")
-                progress.advance(task, segment_bytes[path])
-            for output in outputs:
-                output.commit(replace=True)
-        except BaseException:
-            for output in outputs:
-                output.abort()
-            raise
+
+        def on_rows(n: int) -> None:
+            nonlocal rows
+            rows += n
+            progress.update(task, note=f"{rows:,} rows")
+
+        written = pipeline.write(
+            plan,
+            provenance=_provenance(plan, collected_at),
+            on_bytes=lambda n: progress.advance(task, n),
+            on_rows=on_rows,
+        )
     elapsed = time.monotonic() - started
-    if not selected:
+    if not any(run.selected for run in runs):
         err.print(f"{PROG}: warning: no stream was selected in {len(paths)} run(s)", soft_wrap=True)
-    for output in outputs:
-        out.print(f"{output.final}  {output.rows:,} rows", soft_wrap=True)
+    for output in written:
+        out.print(f"{output.path}  {output.rows:,} rows", soft_wrap=True)
     rate = rows / elapsed if elapsed > 0 else float("inf")
     out.print(
-        f"collected {len(paths)} run(s): {rows:,} rows, {len(outputs)} file(s) under {root}, "
-        f"{_size(sum(segment_bytes.values()))} of segments in {elapsed:.3f} s ({rate:,.0f} records/s)",
+        f"collected {len(paths)} run(s): {rows:,} rows, {len(written)} file(s) under {root}, "
+        f"{_size(plan.segment_bytes)} of segments in {elapsed:.3f} s ({rate:,.0f} records/s)",
         soft_wrap=True,
     )
     return 0
@@ -453,10 +451,10 @@ def cmd_collect(args: argparse.Namespace, out: Console, err: Console) -> int:
 
 
 def _count_records(
-    path: Path, streams: list[dict[str, Any]], segments: list[Path], progress: Progress, task: Any
+    path: Path, streams: list[Stream], segments: list[Path], progress: Progress, task: Any
 ) -> np.ndarray:
     """Records per stream (in the order of ``streams``), counted over all segments."""
-    ids = np.array([s["stream_id"] for s in streams], dtype=np.uint64)
+    ids = np.array([s.stream_id for s in streams], dtype=np.uint64)
     order = np.argsort(ids, kind="stable")
     sorted_ids = ids[order]
     counts = np.zeros(ids.size, dtype=np.int64)
@@ -489,10 +487,10 @@ def _inspect_one(path: Path, count: bool, progress: Progress, task: Any) -> dict
     streams = load_streams(path)
     report["streams"] = [
         {
-            "stream_id": s["stream_id"],
-            "labels": _labels(s),
-            "epoch_scale": s["epoch_scale"],
-            "value_scale": s["value_scale"],
+            "stream_id": s.stream_id,
+            "labels": dict(s.labels),
+            "epoch_scale": s.epoch_scale,
+            "value_scale": s.value_scale,
             "records": None,
         }
         for s in streams

@@ -252,9 +252,9 @@ class Journal:
     def submit(self, path: str, source: str, metadata: dict[str, Any], deadline: float | None = None) -> tuple[Job, bool]:
         """Journal an announced run.
 
-        A run that is new or failed is (re)queued; a pending or waiting one takes the new
-        event's source and metadata; a running, done or cleaned one is left alone (a
-        repeated event is not collected twice).
+        A run that is new or failed is (re)queued, a pending one becomes due now; a pending
+        or waiting one takes the new event's source and metadata; a running, done or
+        cleaned one is left alone (a repeated event is not collected twice).
 
         Args:
             path: The logger directory.
@@ -283,7 +283,13 @@ class Journal:
                     (JobState.PENDING.value, source, meta, deadline, now, row["id"]),
                 )
                 return self._fetch(db, row["id"]), True
-            if row["state"] in (JobState.PENDING.value, JobState.WAITING.value):
+            if row["state"] == JobState.PENDING.value:
+                db.execute(
+                    "UPDATE jobs SET source = ?, metadata = ?, next_attempt = NULL, updated = ? WHERE id = ?",
+                    (source, meta, now, row["id"]),
+                )
+                return self._fetch(db, row["id"]), True
+            if row["state"] == JobState.WAITING.value:
                 db.execute(
                     "UPDATE jobs SET source = ?, metadata = ?, updated = ? WHERE id = ?",
                     (source, meta, now, row["id"]),
@@ -455,14 +461,17 @@ class Journal:
             return [self._fetch(db, i) for i in ids]
 
     def resume(self) -> list[Job]:
-        """After a restart: jobs that were running go back to pending (their attempt not counted).
+        """After a restart: jobs that were running go back to pending.
+
+        The interrupted attempt still counts, so a run that crashes the process every time
+        ends as failed instead of looping.
 
         Returns:
             Every job that is pending or waiting now.
         """
         with self._transaction() as db:
             db.execute(
-                "UPDATE jobs SET state = ?, attempts = MAX(attempts - 1, 0), updated = ? WHERE state = ?",
+                "UPDATE jobs SET state = ?, updated = ? WHERE state = ?",
                 (JobState.PENDING.value, time.time(), JobState.RUNNING.value),
             )
             rows = db.execute(

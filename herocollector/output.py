@@ -164,6 +164,14 @@ def remove_stale_temporaries(final: Path) -> list[Path]:
 
 
 def _alive(pid: int) -> bool:
+    """Whether a process runs (a zombie, killed but not yet reaped, does not)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return fh.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except FileNotFoundError:
+        return False
+    except (OSError, IndexError):
+        pass
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -195,6 +203,7 @@ class OutputFile:
     ) -> None:
         self.final = final
         self.format = OutputFormat.parse(format)
+        codec = Compression.parse(compression)
         self.rows = 0
         self.bytes = 0
         final.parent.mkdir(parents=True, exist_ok=True)
@@ -202,7 +211,7 @@ class OutputFile:
         self.temporary = temporary_name(final)
         self._fh: BinaryIO = open(self.temporary, "xb")
         try:
-            self._writer = self._open_writer(schema, Compression.parse(compression))
+            self._writer = self._open_writer(schema, codec)
         except BaseException:
             self._fh.close()
             self.temporary.unlink(missing_ok=True)

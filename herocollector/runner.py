@@ -31,7 +31,7 @@ from heros.helper import log
 from . import logdir
 from .claims import COLLECTED, HELD, RunClaim
 from .config import ServiceConfig
-from .errors import Cancelled, DoneTimeout, OutputError, RunRefused
+from .errors import Cancelled, CollectorError, DoneTimeout, OutputError, RunRefused
 from .events import RunCollected, RunFailed
 from .journal import Job, JobState, Journal, OutputTakenError
 from .output import read_provenance, provenance_metadata
@@ -132,6 +132,8 @@ class JobRunner:
         if job.path is None:
             raise RunRefused("job has no logger path")
         path = check_logger_path(job.path, self.config.allowed_roots)
+        if not path.is_dir():
+            raise CollectorError("logger directory does not exist", job.path)
         if not logdir.is_done(path):
             self._park(job)
             return None

@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import sqlite3
+import subprocess
 import threading
 import time
 from datetime import datetime
@@ -28,18 +29,20 @@ import pyarrow as pa
 import pytest
 from heros.zenoh import ZenohSessionManager
 
-from actor_support import (
+from herocollector.testing.actors import (
     COLUMNS, ENTITIES, RECORDS, Env, collected, corrupt, expected_by_measure,
     read_arrow, segments, snapshot, wait_for, wait_idle, wait_job,
 )
-from conftest import MemoryWriter
+from herocollector.testing.runs import MemoryWriter
 from herocollector import Collector
-from herocollector.actor import CollectorArchiver, parse_event
+from herocollector.actor import CollectorArchiver
+from herocollector.catalogue import Stream
+from herocollector.events import parse_event
 from herocollector.collector import output_schema as label_schema
 from herocollector.demo import MEASURES
-from herocollector.errors import CollectorError
-from herocollector.journal import CLEANED, DONE, FAILED, PENDING, RUNNING, Journal
-from herocollector.output import read_provenance
+from herocollector.errors import CollectorError, JournalError
+from herocollector.journal import JobState, Journal
+from herocollector.output import read_provenance, temporary_name
 
 @pytest.fixture
 def actor(env: Env) -> CollectorArchiver:
@@ -87,12 +90,21 @@ def test_parse_event_custom_path_key() -> None:
         parse_event({"path": "/r/a"}, "dir")
 
 
+def _streams(*labels: dict) -> list[Stream]:
+    return [Stream(i, 1.0, 1.0, label) for i, label in enumerate(labels)]
+
+
 def test_label_schema_types_and_mixed_types() -> None:
-    schema = label_schema([{"a": "x", "n": 1}, {"a": "y", "n": None}], ["a", "n", "missing"])
+    schema = label_schema(_streams({"a": "x", "n": 1}, {"a": "y", "n": None}), ["a", "n", "missing"])
     assert schema.names[-3:] == ["a", "n", "missing"]
     assert schema.field("a").type == pa.string() and schema.field("n").type == pa.int64()
     with pytest.raises(CollectorError, match="mixed types"):
-        label_schema([{"a": "x"}, {"a": 1}], ["a"])
+        label_schema(_streams({"a": "x"}, {"a": 1}), ["a"])
+
+
+def test_label_schema_pinned_types_win() -> None:
+    schema = label_schema(_streams({"a": "x"}, {"a": 1}), ["a"], {"a": pa.string()})
+    assert schema.field("a").type == pa.string()
 
 
 # ----------------------------------------------------------------------------------------
@@ -107,7 +119,7 @@ def test_construction_needs_output_root(env: Env) -> None:
 
 def test_output_root_from_default_metadata(env: Env) -> None:
     actor = env.actor(output_root=None, default_metadata={"output_root": str(env.out)})
-    assert actor.output_root == env.out
+    assert actor.service.config.output_root == env.out
     run = env.run("run-1")
     collected(actor, run)
     assert all(p.is_file() for p in outputs_of(env, run).values())
@@ -127,8 +139,8 @@ def test_construction_refuses_unknown_format_or_compression(env: Env, overrides:
 def test_good_run_is_collected(env: Env, actor: CollectorArchiver) -> None:
     run = env.run("run-0001")
     actor.feed("logger-x", {"path": str(run)})
-    job = wait_job(actor, run, DONE, FAILED)
-    assert job.state == DONE, job.error
+    job = wait_job(actor, run, JobState.DONE, JobState.FAILED)
+    assert job.state == JobState.DONE, job.error
     assert job.attempts == 1 and job.error is None
     targets = outputs_of(env, run)
     assert job.outputs == {str(targets[m]): RECORDS // len(MEASURES) for m in MEASURES}
@@ -155,9 +167,9 @@ def test_good_run_is_collected(env: Env, actor: CollectorArchiver) -> None:
         assert all("_logger_path" not in s and "stream_id" in s for s in streams)
 
     status = actor.status()
-    assert status["counts"] == {"pending": 0, "running": 0, "done": 1, "failed": 0, "cleaned": 0}
+    assert status["counts"] == {"pending": 0, "waiting": 0, "running": 0, "done": 1, "failed": 0, "cleaned": 0}
     assert status["queued"] == 0
-    assert status["running"] is None
+    assert status["running"] == [] and status["waiting"] == 0
     assert status["journal"] == str(env.state / "journal.sqlite3")
     assert status["output_root"] == str(env.out)
     assert [j["path"] for j in status["recent"]] == [str(run)]
@@ -175,12 +187,12 @@ def test_repeated_event_for_a_done_run_is_not_collected_twice(env: Env, actor: C
     actor.feed("logger-x", {"path": str(run)})
     actor.feed("logger-y", str(run))
     assert actor.is_queue_drained()
-    assert actor.collect(str(run))["state"] == DONE
+    assert actor.collect(str(run))["state"] == JobState.DONE
     assert actor.is_queue_drained()
 
-    assert len(actor.journal.jobs()) == 1
-    again = actor.journal.by_path(str(run))
-    assert again.state == DONE and again.attempts == 1 and again.source == "logger-x"
+    assert len(actor.service.journal.jobs()) == 1
+    again = actor.service.journal.by_path(str(run))
+    assert again.state == JobState.DONE and again.attempts == 1 and again.source == "logger-x"
     assert {p: p.stat().st_mtime_ns for p in before} == before
     assert snapshot(env.out) == listing
 
@@ -189,9 +201,9 @@ def test_collect_remote_method(env: Env, actor: CollectorArchiver) -> None:
     run = env.run("run-1")
     job = actor.collect(str(run))
     assert job["path"] == str(run) and job["source"] == "remote"
-    assert job["state"] == PENDING
-    done = wait_job(actor, run, DONE, FAILED)
-    assert done.state == DONE and done.rows == RECORDS
+    assert job["state"] == JobState.PENDING
+    done = wait_job(actor, run, JobState.DONE, JobState.FAILED)
+    assert done.state == JobState.DONE and done.rows == RECORDS
 
 
 def test_streams_with_equal_paths_share_one_file(env: Env) -> None:
@@ -250,8 +262,8 @@ def test_event_from_a_local_hero_is_collected(env: Env, actor: CollectorArchiver
     run = env.run("run-zenoh")
 
     hero.finished({"path": str(run), "experiment": "via-zenoh"})
-    job = wait_job(actor, run, DONE, FAILED)
-    assert job.state == DONE, job.error
+    job = wait_job(actor, run, JobState.DONE, JobState.FAILED)
+    assert job.state == JobState.DONE, job.error
     assert job.source == "announcer"
     assert job.metadata == {"path": str(run), "experiment": "via-zenoh"}
     for target in outputs_of(env, run).values():
@@ -263,8 +275,8 @@ def test_event_from_a_local_hero_is_collected(env: Env, actor: CollectorArchiver
     hero.finished(({"note": "again"}, {"path": str(run)}))
     wait_for(lambda: len(seen) > count, "the repeated event to arrive")
     assert seen[-1] == ("announcer", [{"note": "again"}, {"path": str(run)}])  # CBOR turns tuples into lists
-    assert len(actor.journal.jobs()) == 1
-    assert actor.journal.by_path(str(run)).attempts == 1
+    assert len(actor.service.journal.jobs()) == 1
+    assert actor.service.journal.by_path(str(run)).attempts == 1
     assert {p: Path(p).stat().st_mtime_ns for p in job.outputs} == mtimes
 
     # a malformed event over Zenoh fails only itself; the actor keeps going
@@ -272,7 +284,7 @@ def test_event_from_a_local_hero_is_collected(env: Env, actor: CollectorArchiver
     wait_for(lambda: any(j["path"] is None for j in actor.failed()), "the malformed event to be journalled")
     second = env.run("run-zenoh-2")
     hero.finished(str(second))
-    assert wait_job(actor, second, DONE, FAILED).state == DONE
+    assert wait_job(actor, second, JobState.DONE, JobState.FAILED).state == JobState.DONE
 
 
 class _OneSession(ZenohSessionManager):
@@ -293,8 +305,8 @@ def test_events_of_another_realm_are_not_seen(env: Env) -> None:
         hero = env.announcer(other)
         run = env.run("run-1")
         hero.finished({"path": str(run)})
-        assert wait_job(other, run, DONE, FAILED).state == DONE
-        assert mine.journal.jobs() == []
+        assert wait_job(other, run, JobState.DONE, JobState.FAILED).state == JobState.DONE
+        assert mine.service.journal.jobs() == []
     finally:
         env.close()
         shared.force_close()
@@ -307,8 +319,8 @@ def test_event_name_is_respected(env: Env) -> None:
     hero = env.announcer(actor)
     hero.finished({"path": str(env.run("run-1"))})
     actor.feed("logger-x", {"path": str(env.run("run-2"))})  # proves the actor itself works
-    wait_job(actor, env.runs / "run-2", DONE)
-    assert seen == [] and len(actor.journal.jobs()) == 1
+    wait_job(actor, env.runs / "run-2", JobState.DONE)
+    assert seen == [] and len(actor.service.journal.jobs()) == 1
 
 
 # ----------------------------------------------------------------------------------------
@@ -340,7 +352,7 @@ def test_custom_path_key(env: Env) -> None:
     actor = env.actor(path_key="logger_dir")
     run = env.run("run-1")
     actor.feed("logger-x", {"path": str(run)})  # the wrong key: malformed
-    assert actor.journal.by_path(str(run)) is None
+    assert actor.service.journal.by_path(str(run)) is None
     assert "'logger_dir'" in actor.failed()[0]["error"]
     job = collected(actor, run, {"logger_dir": str(run)})
     assert job.rows == RECORDS
@@ -375,8 +387,8 @@ def test_event_field_cannot_move_output_root(env: Env, actor: CollectorArchiver)
     evil = env.tmp / "evil"
     run = env.run("run-1")
     actor.feed("logger-x", {"path": str(run), "output_root": str(evil)})
-    job = wait_job(actor, run, FAILED)
-    assert "outside output_root" in job.error
+    job = wait_job(actor, run, JobState.FAILED)
+    assert "LabelPathError" in job.error and str(evil) in job.error  # an event field is not trusted
     assert not evil.exists()
 
 
@@ -384,8 +396,8 @@ def test_label_value_cannot_escape_output_root(env: Env) -> None:
     actor = env.actor(save_template="{{ output_root }}/{{ experiment }}/{{ measure }}.arrow")
     run = env.run("run-1", labels={"experiment": "../../evil"})
     actor.feed("logger-x", {"path": str(run)})
-    job = wait_job(actor, run, FAILED)
-    assert "outside output_root" in job.error
+    job = wait_job(actor, run, JobState.FAILED)
+    assert "LabelPathError" in job.error and "../../evil" in job.error and job.attempts == 1
     assert not (env.tmp / "evil").exists() and not (env.tmp.parent / "evil").exists()
     assert not any(env.tmp.rglob("*.arrow")) and not any(env.tmp.rglob("*.tmp"))
 
@@ -483,7 +495,7 @@ def test_fault_fails_only_its_own_job(env: Env, actor: CollectorArchiver, fault:
         assert job["source"] == "logger-bad"
         assert job["metadata"]["event"] == repr(event)
     else:
-        job = wait_job(actor, path, FAILED).to_dict()
+        job = wait_job(actor, path, JobState.FAILED).to_dict()
         # max_retries=1: the first attempt and one retry, except for a run the configuration
         # refuses (a relative path, outside allowed_roots), which no retry can fix.
         refused = "allowed_roots" in job["error"] or "must be absolute" in job["error"]
@@ -492,13 +504,13 @@ def test_fault_fails_only_its_own_job(env: Env, actor: CollectorArchiver, fault:
         assert job["outputs"] == {}
     for needle in needles:
         assert needle in job["error"], (needle, job["error"])
-    assert job["state"] == FAILED
+    assert job["state"] == JobState.FAILED
 
     good_after = env.run("good-after")
     collected(actor, good_after)
-    assert actor._worker_thread.is_alive()
+    assert all(thread.is_alive() for thread in actor.service.scheduler._threads)
     counts = actor.status()["counts"]
-    assert counts[DONE] == 2 and counts[FAILED] == 1 and counts[PENDING] == counts[RUNNING] == 0
+    assert counts[JobState.DONE] == 2 and counts[JobState.FAILED] == 1 and counts[JobState.PENDING] == counts[JobState.RUNNING] == 0
     assert not any(env.out.rglob(".*.tmp"))
     assert not any(env.outside.rglob("*.arrow"))
 
@@ -507,7 +519,7 @@ def test_template_error_fails_only_its_job(env: Env) -> None:
     actor = env.actor(save_template="{{ output_root }}/{{ campaign }}/{{ measure }}.arrow")
     bad = env.run("no-campaign")
     actor.feed("logger-x", {"path": str(bad)})
-    job = wait_job(actor, bad, FAILED)
+    job = wait_job(actor, bad, JobState.FAILED)
     assert "OutputError" in job.error and "campaign" in job.error and "undefined" in job.error
     assert [j["path"] for j in actor.failed()] == [str(bad)]
     assert not env.out.exists() or not any(env.out.rglob("*"))
@@ -526,11 +538,11 @@ def test_done_timeout_fails_the_job(env: Env) -> None:
     run = env.run("unfinished")
     (run / "_DONE").unlink()
     actor.feed("logger-x", {"path": str(run)})
-    job = wait_job(actor, run, FAILED)
-    assert "timed out waiting for _DONE" in job.error
+    job = wait_job(actor, run, JobState.FAILED)
+    assert "DoneTimeout" in job.error and "no _DONE within 50 ms" in job.error
     (run / "_DONE").touch()
     assert actor.retry(str(run)) == 1
-    assert wait_job(actor, run, DONE, FAILED).state == DONE
+    assert wait_job(actor, run, JobState.DONE, JobState.FAILED).state == JobState.DONE
 
 
 def test_retry_path_after_fixing_the_run(env: Env, actor: CollectorArchiver) -> None:
@@ -540,16 +552,16 @@ def test_retry_path_after_fixing_the_run(env: Env, actor: CollectorArchiver) -> 
     corrupt(other)
     actor.feed("logger-x", {"path": str(run)})
     actor.feed("logger-x", {"path": str(other)})
-    failed = wait_job(actor, run, FAILED)
-    wait_job(actor, other, FAILED)
+    failed = wait_job(actor, run, JobState.FAILED)
+    wait_job(actor, other, JobState.FAILED)
     assert failed.attempts == 2
     assert sorted(j["path"] for j in actor.failed()) == [str(run), str(other)]
 
     shutil.rmtree(run)
     env.run("run-1")  # rewritten, intact
     assert actor.retry(str(run)) == 1
-    job = wait_job(actor, run, DONE, FAILED)
-    assert job.state == DONE and job.attempts == 1 and job.error is None and job.rows == RECORDS
+    job = wait_job(actor, run, JobState.DONE, JobState.FAILED)
+    assert job.state == JobState.DONE and job.attempts == 1 and job.error is None and job.rows == RECORDS
     expected = expected_by_measure(run)
     for measure, target in outputs_of(env, run).items():
         assert read_arrow(target).replace_schema_metadata(None).equals(expected[measure])
@@ -559,7 +571,7 @@ def test_retry_path_after_fixing_the_run(env: Env, actor: CollectorArchiver) -> 
     shutil.rmtree(other)
     env.run("run-2")
     assert actor.retry() == 1  # every failed job with a path
-    assert wait_job(actor, other, DONE, FAILED).state == DONE
+    assert wait_job(actor, other, JobState.DONE, JobState.FAILED).state == JobState.DONE
     assert actor.failed() == []
 
 
@@ -573,10 +585,10 @@ def test_transient_failure_is_retried_automatically(env: Env) -> None:
     actor = env.actor(max_retries=5, retry_delay=0.2)
     run = env.runs / "late"
     actor.feed("logger-x", {"path": str(run)})  # does not exist yet
-    wait_for(lambda: (j := actor.journal.by_path(str(run))) and j.attempts >= 1 and j.state == PENDING, "first failure")
+    wait_for(lambda: (j := actor.service.journal.by_path(str(run))) and j.attempts >= 1 and j.state == JobState.PENDING, "first failure")
     env.run("late")
-    job = wait_job(actor, run, DONE, FAILED)
-    assert job.state == DONE and job.attempts >= 2 and job.error is None
+    job = wait_job(actor, run, JobState.DONE, JobState.FAILED)
+    assert job.state == JobState.DONE and job.attempts >= 2 and job.error is None
 
 
 # ----------------------------------------------------------------------------------------
@@ -592,13 +604,13 @@ def test_output_collision_between_two_runs(env: Env) -> None:
     listing = snapshot(env.out)
 
     actor.feed("logger-x", {"path": str(second)})
-    failed = wait_job(actor, second, FAILED)
+    failed = wait_job(actor, second, JobState.FAILED)
     assert "collision" in failed.error
     assert str(first) in failed.error and str(second) in failed.error
     assert snapshot(env.out) == listing  # the first run's files are untouched
     for target in job.outputs:
         assert read_provenance(target)["logger_path"] == str(first)
-    assert actor.journal.by_path(str(first)).state == DONE
+    assert actor.service.journal.by_path(str(first)).state == JobState.DONE
 
 
 def test_output_collision_with_a_foreign_file(env: Env, actor: CollectorArchiver) -> None:
@@ -607,7 +619,7 @@ def test_output_collision_with_a_foreign_file(env: Env, actor: CollectorArchiver
     foreign.parent.mkdir(parents=True)
     foreign.write_bytes(b"somebody else's file")
     actor.feed("logger-x", {"path": str(run)})
-    job = wait_job(actor, run, FAILED)
+    job = wait_job(actor, run, JobState.FAILED)
     assert "collision" in job.error and "not written by herocollector" in job.error and str(run) in job.error
     assert foreign.read_bytes() == b"somebody else's file"
     assert not any(env.out.rglob(".*.tmp"))
@@ -618,7 +630,7 @@ def test_failed_job_does_not_keep_outputs_reserved(env: Env) -> None:
     broken, good = env.run("broken"), env.run("good")
     corrupt(broken)
     actor.feed("logger-x", {"path": str(broken)})
-    wait_job(actor, broken, FAILED)
+    wait_job(actor, broken, JobState.FAILED)
     assert not any(env.out.rglob("*.arrow"))
     # nothing was written, so another run may use the same paths
     job = collected(actor, good)
@@ -628,7 +640,7 @@ def test_failed_job_does_not_keep_outputs_reserved(env: Env) -> None:
     shutil.rmtree(broken)
     env.run("broken")
     assert actor.retry(str(broken)) == 1
-    failed = wait_job(actor, broken, FAILED)
+    failed = wait_job(actor, broken, JobState.FAILED)
     assert "collision" in failed.error and str(good) in failed.error
     assert snapshot(env.out) == listing
 
@@ -649,13 +661,13 @@ def test_cleanup_of_a_collected_run(env: Env, actor: CollectorArchiver) -> None:
     assert segments(run) == []
     assert sorted(p.name for p in (run / "streams").iterdir()) == metadata_files
     assert (run / "_DONE").exists()
-    assert actor.journal.get(job.id).state == CLEANED
-    assert actor.status()["counts"][CLEANED] == 1
+    assert actor.service.journal.get(job.id).state == JobState.CLEANED
+    assert actor.status()["counts"][JobState.CLEANED] == 1
     assert snapshot(env.out) == outputs  # outputs untouched
 
     # a cleaned run is not collected again
     actor.feed("logger-x", {"path": str(run)})
-    assert actor.journal.get(job.id).state == CLEANED and actor.is_queue_drained()
+    assert actor.service.journal.get(job.id).state == JobState.CLEANED and actor.is_queue_drained()
 
 
 def test_cleanup_all_collected_runs_with_keep_meta_false(env: Env, actor: CollectorArchiver) -> None:
@@ -668,7 +680,7 @@ def test_cleanup_all_collected_runs_with_keep_meta_false(env: Env, actor: Collec
     assert actor.cleanup(keep_meta=False) is True
     for run in done:
         assert segments(run) == [] and not (run / "streams").exists() and (run / "_DONE").exists()
-        assert actor.journal.by_path(str(run)).state == CLEANED
+        assert actor.service.journal.by_path(str(run)).state == JobState.CLEANED
     assert snapshot(uncollected) == before  # not collected: not part of "every collected run"
     assert actor.cleanup() is True  # nothing left to do
 
@@ -681,21 +693,21 @@ def test_cleanup_refuses_a_run_not_collected_unless_forced(env: Env, actor: Coll
 
     corrupt(run)
     actor.feed("logger-x", {"path": str(run)})
-    wait_job(actor, run, FAILED)
+    wait_job(actor, run, JobState.FAILED)
     before = snapshot(run)
     assert actor.cleanup(str(run)) is False  # failed is not collected either
     assert snapshot(run) == before
 
     assert actor.cleanup(str(run), force=True) is True
     assert segments(run) == [] and (run / "streams").is_dir()
-    assert actor.journal.by_path(str(run)).state == FAILED  # still never collected
+    assert actor.service.journal.by_path(str(run)).state == JobState.FAILED  # still never collected
 
 
 def test_cleanup_force_of_a_run_without_job(env: Env, actor: CollectorArchiver) -> None:
     run = env.run("run-1")
     assert actor.cleanup(str(run), force=True) is True
     assert segments(run) == []
-    assert actor.journal.jobs() == []
+    assert actor.service.journal.jobs() == []
 
 
 @pytest.mark.parametrize("force", [False, True])
@@ -732,11 +744,11 @@ def test_cleanup_refuses_a_collected_run_reached_through_a_symlink_outside(env: 
     env.stop(reader)
     before = snapshot(env.outside)
     cleaner = env.actor(allowed_roots=[str(env.runs)])
-    assert cleaner.journal.by_path(str(link)).state == DONE
+    assert cleaner.service.journal.by_path(str(link)).state == JobState.DONE
     assert cleaner.cleanup(str(link)) is False
     assert cleaner.cleanup() is False  # "every collected run" includes it: refused too
     assert snapshot(env.outside) == before
-    assert cleaner.journal.by_path(str(link)).state == DONE
+    assert cleaner.service.journal.by_path(str(link)).state == JobState.DONE
 
 
 @pytest.mark.parametrize("force", [False, True])
@@ -782,7 +794,7 @@ def test_cleanup_keep_meta_false_with_streams_symlinked_outside(env: Env, actor:
     assert actor.cleanup(str(run), keep_meta=False) is False
     assert snapshot(env.outside) == outside_before  # the outside folder survives
     assert snapshot(run) == run_before  # and nothing was deleted
-    assert actor.journal.by_path(str(run)).state == DONE
+    assert actor.service.journal.by_path(str(run)).state == JobState.DONE
 
 
 def test_cleanup_does_not_follow_symlinked_segments(env: Env, actor: CollectorArchiver) -> None:
@@ -808,7 +820,7 @@ def test_no_allowed_roots_means_no_cleanup(env: Env) -> None:
     assert actor.cleanup() is False
     assert actor.cleanup(keep_meta=False, force=True) is False
     assert (snapshot(env.tmp / "runs"), snapshot(env.outside)) == before
-    assert actor.journal.counts()[DONE] == 2
+    assert actor.service.journal.counts()[JobState.DONE] == 2
 
 
 def test_cleanup_of_a_run_without_done_times_out(env: Env, actor: CollectorArchiver) -> None:
@@ -828,23 +840,29 @@ def test_restart_resumes_a_job_that_was_running(env: Env) -> None:
     run = env.run("run-1")
     target_dir = env.out / run.name
     target_dir.mkdir(parents=True)
-    # what a crash mid-write leaves behind: temporary files, never a final name
-    (target_dir / ".x.arrow.job1.tmp").write_bytes(b"half-written garbage")
-    (target_dir / ".stock.arrow.job1.tmp").write_bytes(b"half-written garbage")
+    # what a crash mid-write leaves behind: temporary files of a dead process, never a final name
+    dead_pid = subprocess.Popen(["true"])
+    dead_pid.wait()
+    leftovers = []
+    for name in ("x.arrow", "stock.arrow"):
+        parts = temporary_name(target_dir / name).name.split(".")
+        parts[3] = str(dead_pid.pid)
+        leftovers.append(target_dir / ".".join(parts))
+        leftovers[-1].write_bytes(b"half-written garbage")
     journal = Journal(env.state / "journal.sqlite3")
     job, queued = journal.submit(str(run), "logger-x", {"path": str(run)})
-    assert queued and journal.start(job.id).state == RUNNING
+    assert queued and journal.start(job.id).state == JobState.RUNNING
     journal.close()
 
     actor = env.actor()
-    done = wait_job(actor, run, DONE, FAILED)
-    assert done.state == DONE, done.error
+    done = wait_job(actor, run, JobState.DONE, JobState.FAILED)
+    assert done.state == JobState.DONE, done.error
     assert done.id == job.id and done.attempts == 2
     targets = outputs_of(env, run)
     assert set(done.outputs) == {str(p) for p in targets.values()}
     assert not any(Path(p).name.startswith(".") for p in done.outputs)
     assert not (target_dir / "x.arrow").exists()
-    assert not (target_dir / ".stock.arrow.job1.tmp").exists()  # overwritten, then renamed
+    assert not leftovers[1].exists()  # the dead writer's leftover of a target it writes is removed
     expected = expected_by_measure(run)
     for measure, target in targets.items():
         with pa.ipc.open_file(str(target)) as reader:  # a complete Arrow IPC file
@@ -863,8 +881,8 @@ def test_restart_after_commit_before_finish_replaces_its_own_outputs(env: Env) -
     db.close()
 
     second = env.actor()
-    again = wait_job(second, run, DONE, FAILED)
-    assert again.state == DONE, again.error
+    again = wait_job(second, run, JobState.DONE, JobState.FAILED)
+    assert again.state == JobState.DONE, again.error
     assert again.id == job.id and again.outputs == job.outputs and again.rows == RECORDS
     for target in job.outputs:
         assert read_provenance(target)["logger_path"] == str(run)
@@ -877,15 +895,15 @@ def test_restart_keeps_done_and_failed_jobs(env: Env) -> None:
     corrupt(bad)
     collected(first, good)
     first.feed("logger-x", {"path": str(bad)})
-    wait_job(first, bad, FAILED)
+    wait_job(first, bad, JobState.FAILED)
     env.stop(first)
 
     second = env.actor()
-    assert second.journal.by_path(str(good)).state == DONE
+    assert second.service.journal.by_path(str(good)).state == JobState.DONE
     assert [j["path"] for j in second.failed()] == [str(bad)]
     assert second.is_queue_drained()
     second.feed("logger-x", {"path": str(good)})
-    assert second.journal.by_path(str(good)).attempts == 1
+    assert second.service.journal.by_path(str(good)).attempts == 1
     assert second.cleanup(str(good)) is True
 
 
@@ -898,18 +916,18 @@ def test_restart_resumes_a_pending_retry_when_due(env: Env) -> None:
     journal.fail(job.id, "transient", due)
     journal.close()
     actor = env.actor()
-    done = wait_job(actor, run, DONE, FAILED)
-    assert done.state == DONE and done.attempts == 2
+    done = wait_job(actor, run, JobState.DONE, JobState.FAILED)
+    assert done.state == JobState.DONE and done.attempts == 2
     assert done.updated >= due  # run again only once its retry was due
 
 
 def test_teardown_stops_the_worker_and_closes_the_journal(env: Env) -> None:
     actor = env.actor()
-    worker = actor._worker_thread
+    workers = list(actor.service.scheduler._threads)
     env.stop(actor)
-    assert not worker.is_alive()
-    with pytest.raises(sqlite3.ProgrammingError):
-        actor.journal.counts()
+    assert workers and not any(worker.is_alive() for worker in workers)
+    with pytest.raises(JournalError, match="closed database"):
+        actor.service.journal.counts()
 
 
 def test_many_events_from_many_threads(env: Env, actor: CollectorArchiver) -> None:
@@ -926,10 +944,10 @@ def test_many_events_from_many_threads(env: Env, actor: CollectorArchiver) -> No
     for thread in threads:
         thread.join(timeout=30)
     for run in runs:
-        job = wait_job(actor, run, DONE, FAILED)
-        assert job.state == DONE and job.attempts == 1 and job.rows == 60
+        job = wait_job(actor, run, JobState.DONE, JobState.FAILED)
+        assert job.state == JobState.DONE and job.attempts == 1 and job.rows == 60
     wait_idle(actor)
-    assert len(actor.journal.jobs()) == len(runs)
+    assert len(actor.service.journal.jobs()) == len(runs)
 
 
 def test_one_job_per_run_however_the_path_is_spelled(env: Env, actor: CollectorArchiver) -> None:
@@ -938,5 +956,5 @@ def test_one_job_per_run_however_the_path_is_spelled(env: Env, actor: CollectorA
     actor.feed("logger-x", {"path": f"{run}/"})
     actor.feed("logger-x", {"path": f"{run.parent}/./{run.name}"})
     wait_idle(actor)
-    jobs = actor.journal.jobs()
-    assert [(job.path, job.state, job.attempts) for job in jobs] == [(str(run), DONE, 1)]
+    jobs = actor.service.journal.jobs()
+    assert [(job.path, job.state, job.attempts) for job in jobs] == [(str(run), JobState.DONE, 1)]

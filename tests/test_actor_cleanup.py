@@ -18,11 +18,11 @@ from typing import Any
 
 import pytest
 
-from actor_support import RECORDS, TIMEOUT, Env, collected, wait_for, wait_job
+from herocollector.testing.actors import RECORDS, TIMEOUT, Env, collected, wait_for, wait_job
 from herocollector.actor import CollectorArchiver
 from herocollector.claims import CLAIM_FILE, COLLECTED_FILE
 from herocollector.demo import MEASURES
-from herocollector.journal import CLEANED, DONE, FAILED, PENDING, Job, Journal
+from herocollector.journal import Job, JobState, Journal
 from herocollector.logdir import segment_files
 from herocollector.output import read_provenance
 from herocollector.trash import trashed
@@ -55,29 +55,29 @@ def test_cleanup_moves_segments_into_the_trash_and_restore_brings_them_back(env:
     assert sorted(p.name.rsplit(".trash-", 1)[0] for p, _ in in_trash) == sorted(segments)
     assert all(started - 1 <= stamp <= time.time() for _, stamp in in_trash)
     assert (run / "streams").is_dir() and (run / "_DONE").exists()
-    cleaned = actor.journal.get(job.id)
-    assert cleaned.state == CLEANED
+    cleaned = actor.service.journal.get(job.id)
+    assert cleaned.state == JobState.CLEANED
     assert started + 3600 <= cleaned.trash_until <= time.time() + 3600
     status = actor.status()
-    assert status["counts"][CLEANED] == 1
+    assert status["counts"][JobState.CLEANED] == 1
     assert status["pending_deletion"] == [{"path": str(run), "delete_after": cleaned.trash_until}]
     json.dumps(status)
     # a cleaned run is not collected again
     actor.feed("logger-x", {"path": str(run)})
-    assert actor.journal.get(job.id).state == CLEANED and actor.is_queue_drained()
+    assert actor.service.journal.get(job.id).state == JobState.CLEANED and actor.is_queue_drained()
 
     assert actor.restore(str(run)) is True
     assert contents(segment_files(run)) == segments
     assert trashed(run) == []
-    again = actor.journal.get(job.id)
-    assert again.state == DONE and again.trash_until is None
+    again = actor.service.journal.get(job.id)
+    assert again.state == JobState.DONE and again.trash_until is None
     assert actor.status()["pending_deletion"] == []
     assert {p: Path(p).read_bytes() for p in job.outputs} == outputs  # outputs untouched throughout
 
     # a restored run can be cleaned again, and "every collected run" includes it
     assert actor.cleanup() is True
     assert segment_files(run) == [] and len(trashed(run)) == len(segments)
-    assert actor.journal.get(job.id).state == CLEANED
+    assert actor.service.journal.get(job.id).state == JobState.CLEANED
     assert [d["path"] for d in actor.status()["pending_deletion"]] == [str(run)]
 
 
@@ -109,12 +109,12 @@ def test_purge_loop_deletes_the_trash_after_the_grace_period(env: Env) -> None:
     assert actor.cleanup(str(run)) is True
     assert segment_files(run) == [] and trashed(run)  # in the trash first
     wait_for(lambda: trashed(run) == [], "the purge loop to delete the trash")
-    wait_for(lambda: actor.journal.get(job.id).trash_until is None, "the journal to record the purge")
+    wait_for(lambda: actor.service.journal.get(job.id).trash_until is None, "the journal to record the purge")
     assert actor.status()["pending_deletion"] == []
-    assert actor.journal.get(job.id).state == CLEANED
+    assert actor.service.journal.get(job.id).state == JobState.CLEANED
     assert names(run) == ["_DONE", "streams"]
     assert actor.restore(str(run)) is False  # nothing left to restore
-    assert actor.journal.get(job.id).state == CLEANED  # and the run stays cleaned
+    assert actor.service.journal.get(job.id).state == JobState.CLEANED  # and the run stays cleaned
 
 
 def test_cleanup_grace_zero_deletes_at_once(env: Env) -> None:
@@ -123,12 +123,12 @@ def test_cleanup_grace_zero_deletes_at_once(env: Env) -> None:
     job = collected(actor, run)
     assert actor.cleanup(str(run), keep_meta=False) is True
     assert names(run) == ["_DONE"]  # no trash, no streams
-    cleaned = actor.journal.get(job.id)
-    assert cleaned.state == CLEANED and cleaned.trash_until is None
+    cleaned = actor.service.journal.get(job.id)
+    assert cleaned.state == JobState.CLEANED and cleaned.trash_until is None
     assert actor.status()["pending_deletion"] == []
     # nothing to restore: the run stays cleaned
     assert actor.restore(str(run)) is False
-    assert actor.journal.get(job.id).state == CLEANED
+    assert actor.service.journal.get(job.id).state == JobState.CLEANED
 
 
 def test_cleanup_after_collect(env: Env) -> None:
@@ -136,8 +136,8 @@ def test_cleanup_after_collect(env: Env) -> None:
     run = env.run("run-1")
     segments = contents(segment_files(run))
     actor.feed("logger-x", {"path": str(run)})
-    job = wait_job(actor, run, CLEANED, FAILED)
-    assert job.state == CLEANED, job.error
+    job = wait_job(actor, run, JobState.CLEANED, JobState.FAILED)
+    assert job.state == JobState.CLEANED, job.error
     assert job.rows == RECORDS and len(job.outputs) == len(MEASURES)
     assert all(Path(p).is_file() for p in job.outputs)
     assert segment_files(run) == [] and len(trashed(run)) == len(segments)
@@ -153,15 +153,15 @@ def test_forced_cleanup_of_a_failed_run_is_trashed_but_stays_failed(env: Env) ->
     segment = segment_files(run)[0]
     segment.write_bytes(b"\xff" * 64 + segment.read_bytes()[64:])
     actor.feed("logger-x", {"path": str(run)})
-    wait_job(actor, run, FAILED)
+    wait_job(actor, run, JobState.FAILED)
     assert actor.cleanup(str(run)) is False
     assert actor.cleanup(str(run), force=True) is True
-    job = actor.journal.by_path(str(run))
-    assert job.state == FAILED and job.trash_until is not None  # a forced cleanup does not collect
+    job = actor.service.journal.by_path(str(run))
+    assert job.state == JobState.FAILED and job.trash_until is not None  # a forced cleanup does not collect
     assert [d["path"] for d in actor.status()["pending_deletion"]] == [str(run)]
     assert actor.restore(str(run)) is True
-    job = actor.journal.by_path(str(run))
-    assert job.state == FAILED and job.trash_until is None and segment_files(run)
+    job = actor.service.journal.by_path(str(run))
+    assert job.state == JobState.FAILED and job.trash_until is None and segment_files(run)
 
 
 def test_pending_deletion_survives_a_restart_and_is_purged_then(env: Env) -> None:
@@ -176,7 +176,7 @@ def test_pending_deletion_survives_a_restart_and_is_purged_then(env: Env) -> Non
     db.close()
     second = env.actor(cleanup_grace=0.1)
     wait_for(lambda: trashed(run) == [], "the restarted actor to purge the trash")
-    wait_for(lambda: second.journal.get(job.id).trash_until is None, "the journal to record the purge")
+    wait_for(lambda: second.service.journal.get(job.id).trash_until is None, "the journal to record the purge")
 
 
 # ----------------------------------------------------------------------------------------
@@ -226,15 +226,15 @@ def test_journal_migrates_an_old_journal(tmp_path: Path) -> None:
     journal = Journal(file)
     try:
         columns = [row["name"] for row in journal._db.execute("PRAGMA table_info(jobs)")]
-        assert columns[-1] == "trash_until"
+        assert columns[-2:] == ["trash_until", "deadline"]
         old = journal.by_path("/runs/old")
-        assert (old.id, old.state, old.attempts, old.rows, old.created, old.updated) == (1, DONE, 1, 42, 1.0, 2.0)
+        assert (old.id, old.state, old.attempts, old.rows, old.created, old.updated) == (1, JobState.DONE, 1, 42, 1.0, 2.0)
         assert old.metadata == {"path": "/runs/old"} and old.outputs == {"/out/old.arrow": 42}
         assert old.trash_until is None
         assert journal.by_path("/runs/retry").next_attempt == 3.0
         assert journal.in_trash() == []
         journal.mark_cleaned(old.id, 123.0)
-        assert journal.get(old.id).state == CLEANED and journal.get(old.id).trash_until == 123.0
+        assert journal.get(old.id).state == JobState.CLEANED and journal.get(old.id).trash_until == 123.0
         assert [j.path for j in journal.in_trash()] == ["/runs/old"]
         new, queued = journal.submit("/runs/new", "logger-y", {})
         assert queued and new.id == 3
@@ -245,7 +245,7 @@ def test_journal_migrates_an_old_journal(tmp_path: Path) -> None:
     try:
         assert reopened.get(1).trash_until == 123.0
         assert [row["name"] for row in reopened._db.execute("PRAGMA table_info(jobs)")].count("trash_until") == 1
-        assert reopened.counts()[CLEANED] == 1 and reopened.counts()[PENDING] == 2
+        assert reopened.counts()[JobState.CLEANED] == 1 and reopened.counts()[JobState.PENDING] == 2
     finally:
         reopened.close()
 
@@ -255,13 +255,13 @@ def test_mark_cleaned_only_turns_done_into_cleaned(tmp_path: Path) -> None:
     try:
         job, _ = journal.submit("/runs/a", "x", {})
         journal.mark_cleaned(job.id, 10.0)
-        assert journal.get(job.id).state == PENDING and journal.get(job.id).trash_until == 10.0
+        assert journal.get(job.id).state == JobState.PENDING and journal.get(job.id).trash_until == 10.0
         journal.start(job.id)
         journal.finish(job.id, {})
         journal.mark_cleaned(job.id, None)
-        assert journal.get(job.id).state == CLEANED and journal.get(job.id).trash_until is None
+        assert journal.get(job.id).state == JobState.CLEANED and journal.get(job.id).trash_until is None
         journal.restored(job.id)
-        assert journal.get(job.id).state == DONE
+        assert journal.get(job.id).state == JobState.DONE
     finally:
         journal.close()
 
@@ -273,7 +273,7 @@ def test_journal_defer_does_not_count_the_attempt(tmp_path: Path) -> None:
         for _ in range(3):
             assert journal.start(job.id).attempts == 1
             deferred = journal.defer(job.id, 5.0, "claimed by y")
-            assert (deferred.state, deferred.attempts, deferred.next_attempt) == (PENDING, 0, 5.0)
+            assert (deferred.state, deferred.attempts, deferred.next_attempt) == (JobState.PENDING, 0, 5.0)
             assert deferred.error == "claimed by y"
     finally:
         journal.close()
@@ -287,13 +287,14 @@ def test_journal_defer_does_not_count_the_attempt(tmp_path: Path) -> None:
 def count_writes(actor: CollectorArchiver) -> list[str]:
     """Record every run the actor really decodes and writes."""
     calls: list[str] = []
-    original = actor._write_outputs
+    runner = actor.service.runner
+    original = runner._write_outputs
 
-    def wrapped(job: Job, path: Path) -> dict[str, int]:
+    def wrapped(job: Job, path: Path) -> tuple[dict[str, int], int]:
         calls.append(job.path)
         return original(job, path)
 
-    actor._write_outputs = wrapped  # type: ignore[method-assign]
+    runner._write_outputs = wrapped  # type: ignore[method-assign]
     return calls
 
 
@@ -305,8 +306,8 @@ def claim_actor(env: Env, name: str, **overrides: Any) -> CollectorArchiver:
 @pytest.mark.parametrize("attempt", range(3))
 def test_two_actors_collect_a_run_once(env: Env, attempt: int) -> None:
     first, second = claim_actor(env, "a"), claim_actor(env, "b")
-    assert first.owner != second.owner
-    writes = {first.owner: count_writes(first), second.owner: count_writes(second)}
+    assert first.service.runner.owner != second.service.runner.owner
+    writes = {first.service.runner.owner: count_writes(first), second.service.runner.owner: count_writes(second)}
     runs = [env.run(f"run-{i}") for i in range(3)]
     barrier = threading.Barrier(2)
 
@@ -322,8 +323,8 @@ def test_two_actors_collect_a_run_once(env: Env, attempt: int) -> None:
         thread.join(timeout=TIMEOUT)
 
     for run in runs:
-        jobs = [wait_job(actor, run, DONE, FAILED) for actor in (first, second)]
-        assert [j.state for j in jobs] == [DONE, DONE], [j.error for j in jobs]
+        jobs = [wait_job(actor, run, JobState.DONE, JobState.FAILED) for actor in (first, second)]
+        assert [j.state for j in jobs] == [JobState.DONE, JobState.DONE], [j.error for j in jobs]
         assert jobs[0].outputs == jobs[1].outputs and len(jobs[0].outputs) == len(MEASURES)
         assert all(j.attempts == 1 for j in jobs)
         marker = json.loads((run / COLLECTED_FILE).read_text())
@@ -346,8 +347,8 @@ def test_an_actor_defers_a_run_claimed_by_a_live_foreign_actor(env: Env) -> None
     actor.feed("logger-x", {"path": str(run)})
 
     def deferred() -> Job | None:
-        job = actor.journal.by_path(str(run))
-        return job if job.state == PENDING and job.error and "claimed by" in job.error else None
+        job = actor.service.journal.by_path(str(run))
+        return job if job.state == JobState.PENDING and job.error and "claimed by" in job.error else None
 
     job = wait_for(deferred, "the job to be deferred")
     assert "elsewhere:/var/lib/hc" in job.error and "4242" in job.error
@@ -357,7 +358,7 @@ def test_an_actor_defers_a_run_claimed_by_a_live_foreign_actor(env: Env) -> None
         os.utime(claim)
         seen = job.updated
         job = wait_for(
-            lambda: (j := actor.journal.by_path(str(run))).state == PENDING and j.updated > seen and j,
+            lambda: (j := actor.service.journal.by_path(str(run))).state == JobState.PENDING and j.updated > seen and j,
             "another deferral",
         )
         assert job.attempts == 0 and "claimed by" in job.error
@@ -365,10 +366,10 @@ def test_an_actor_defers_a_run_claimed_by_a_live_foreign_actor(env: Env) -> None
     assert json.loads(claim.read_text())["owner"] == "elsewhere:/var/lib/hc"  # left alone
 
     claim.unlink()  # the foreign actor released it without collecting (it failed)
-    done = wait_job(actor, run, DONE, FAILED)
-    assert done.state == DONE and done.attempts == 1 and done.error is None
+    done = wait_job(actor, run, JobState.DONE, JobState.FAILED)
+    assert done.state == JobState.DONE and done.attempts == 1 and done.error is None
     assert writes == [str(run)]
-    assert json.loads((run / COLLECTED_FILE).read_text())["owner"] == actor.owner
+    assert json.loads((run / COLLECTED_FILE).read_text())["owner"] == actor.service.runner.owner
 
 
 def test_an_actor_takes_over_the_run_from_a_foreign_actor_that_collected_it(env: Env) -> None:
@@ -377,15 +378,15 @@ def test_an_actor_takes_over_the_run_from_a_foreign_actor_that_collected_it(env:
     run = env.run("run-1")
     (run / CLAIM_FILE).write_text(json.dumps({"owner": "elsewhere:/x", "host": "elsewhere", "pid": 4242}))
     actor.feed("logger-x", {"path": str(run)})
-    wait_for(lambda: "claimed by" in (actor.journal.by_path(str(run)).error or ""), "the job to be deferred")
+    wait_for(lambda: "claimed by" in (actor.service.journal.by_path(str(run)).error or ""), "the job to be deferred")
     # the foreign actor finishes: it writes the marker, then drops its claim
     outputs = {str(env.out / run.name / f"{m}.arrow"): 1 for m in MEASURES}
     marker = {"owner": "elsewhere:/x", "host": "elsewhere", "pid": 4242, "collected_at": time.time(),
               "outputs": outputs}
     (run / COLLECTED_FILE).write_text(json.dumps(marker))
     (run / CLAIM_FILE).unlink()
-    done = wait_job(actor, run, DONE, FAILED)
-    assert done.state == DONE and done.outputs == outputs and done.attempts == 1
+    done = wait_job(actor, run, JobState.DONE, JobState.FAILED)
+    assert done.state == JobState.DONE and done.outputs == outputs and done.attempts == 1
     assert writes == []  # not collected a second time
 
 
@@ -398,7 +399,7 @@ def test_a_stale_foreign_claim_is_taken_over(env: Env) -> None:
     os.utime(claim, (old, old))
     job = collected(actor, run)
     assert job.attempts == 1
-    assert json.loads((run / COLLECTED_FILE).read_text())["owner"] == actor.owner
+    assert json.loads((run / COLLECTED_FILE).read_text())["owner"] == actor.service.runner.owner
     assert not claim.exists()
 
 
@@ -406,8 +407,8 @@ def test_a_restarted_actor_takes_its_own_claim_over(env: Env) -> None:
     actor = claim_actor(env, "a", claim_timeout=3600)
     run = env.run("run-1")
     # what the actor's previous life (killed while collecting) left behind, fresh
-    assert actor.owner == f"{socket.gethostname()}:{os.path.realpath(env.tmp / 'state-a')}"
-    (run / CLAIM_FILE).write_text(json.dumps({"owner": actor.owner, "host": "h", "pid": 999999}))
+    assert actor.service.runner.owner == f"{socket.gethostname()}:{os.path.realpath(env.tmp / 'state-a')}"
+    (run / CLAIM_FILE).write_text(json.dumps({"owner": actor.service.runner.owner, "host": "h", "pid": 999999}))
     job = collected(actor, run)
     assert job.attempts == 1
-    assert json.loads((run / COLLECTED_FILE).read_text())["owner"] == actor.owner
+    assert json.loads((run / COLLECTED_FILE).read_text())["owner"] == actor.service.runner.owner

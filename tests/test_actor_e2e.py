@@ -16,7 +16,7 @@ import pytest
 
 from herocollector.launcher import BossProcess, load_config, wait_until
 
-from conftest import journal_rows
+from herocollector.testing.runs import journal_rows
 
 pytestmark = pytest.mark.e2e
 
@@ -137,7 +137,7 @@ def test_runs_are_collected_and_controlled_remotely(stack: Stack) -> None:
     # cleanup through RemoteHERO: segments go, streams/ stays, the journal says cleaned.
     assert stack.actor.cleanup(first) is True
     assert not list(Path(first).glob("*.seg.zst")) and (Path(first) / "streams").is_dir()
-    assert stack.actor.status()["counts"] == {"pending": 0, "running": 0, "done": 2, "failed": 0, "cleaned": 1}
+    assert stack.actor.status()["counts"] == {"pending": 0, "waiting": 0, "running": 0, "done": 2, "failed": 0, "cleaned": 1}
     assert stack.actor.cleanup() is True  # every collected, not yet cleaned run
     assert all(not list(Path(r["path"]).glob("*.seg.zst")) for r in runs)
     assert [row["state"] for row in stack.journal_rows()] == ["cleaned"] * 3

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from actor_support import wait_for
+from herocollector.testing.actors import wait_for
 from herocollector.claims import ACQUIRED, CLAIM_FILE, COLLECTED, COLLECTED_FILE, HELD, ClaimResult, RunClaim
 
 TIMEOUT = 10.0

@@ -23,7 +23,7 @@ import pytest
 from herocollector.demo import write_simulated_run
 from herocollector.launcher import wait_until
 from herocollector.output import read_provenance
-from conftest import collect_table
+from herocollector.testing.runs import collect_table
 
 COLUMNS = ["run", "entity", "measure"]
 
@@ -334,7 +334,7 @@ def test_cleanup_refuses_a_folder_that_is_not_a_logger_directory(tmp_path: Path)
         ["collect", "RUN", "-o", "x.arrow", "--rule", "[1, 2]"],
         ["collect", "RUN", "-o", "x.arrow", "--rule", '{"nonsense": 1}'],
         ["collect", "RUN", "-o", "x.arrow", "--rule", "@does-not-exist.json"],
-        ["collect", "RUN", "-o", "x.arrow", "--format", "parquet"],
+        ["collect", "RUN", "-o", "x.arrow", "--format", "feather"],
         ["collect", "RUN", "-o", "x.arrow", "--compression", "gzip"],
         ["collect", "RUN", "-o", "x.arrow", "--timeout", "soon"],
         ["collect", "RUN", "-o", "x.arrow", "--timeout", "-1"],

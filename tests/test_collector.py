@@ -17,7 +17,7 @@ from tools.label_selector import Label
 
 import herocollector.logdir
 from herocollector import Collector, CollectorError, MetadataError, SegmentError, UnknownStreamError
-from conftest import (
+from herocollector.testing.runs import (
     MemoryWriter,
     RecordedRun,
     batches_to_table,

@@ -22,7 +22,7 @@ from herocollector.claims import COLLECTED_FILE
 from herocollector.demo import write_simulated_run
 from herocollector.launcher import BossProcess, load_config, wait_until
 
-from conftest import journal_rows
+from herocollector.testing.runs import journal_rows
 
 pytestmark = pytest.mark.e2e
 MEASURES = ("stock", "orders", "backlog")
@@ -162,7 +162,7 @@ def test_burst_of_500_events_from_five_loggers(tmp_path: Path) -> None:
         write_simulated_run(tmp_path / "runs" / f"run-{i:03d}", records=60, entities=1, seed=i)["path"]
         for i in range(500)
     ]
-    actor = collector(tmp_path, realm, "collector")
+    actor = collector(tmp_path, realm, "collector", scan_interval=None)  # the events alone, no catch-up
     loggers = [logger(tmp_path, realm, f"logger-{i}") for i in range(5)]
     state = tmp_path / "state-collector"
     try:

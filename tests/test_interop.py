@@ -16,7 +16,7 @@ import pytest
 from tools.label_selector import Label, Rule, all_, any_
 
 from herocollector import Collector
-from conftest import RecordedRun, build_run, collect_table, reference_table, zstd_frame_starts
+from herocollector.testing.runs import RecordedRun, build_run, collect_table, reference_table, zstd_frame_starts
 
 MODEL_SPEC = {"all": [{"match": {"key": "model", "op": "eq", "value": "supply_chain"}}]}
 

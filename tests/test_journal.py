@@ -17,15 +17,10 @@ from typing import Iterator
 import pytest
 
 from herocollector.journal import (
-    CLEANED,
-    DONE,
-    FAILED,
-    PENDING,
-    RUNNING,
-    STATES,
     Job,
     Journal,
     OutputTakenError,
+    JobState,
 )
 
 RUN_A = "/data/runs/run-a"
@@ -68,7 +63,7 @@ def test_creates_the_database_and_its_folders(file: Path) -> None:
         assert file.is_file()
         assert journal.file == file
         assert journal.jobs() == []
-        assert journal.counts() == {state: 0 for state in STATES}
+        assert journal.counts() == {state: 0 for state in tuple(JobState)}
     finally:
         journal.close()
 
@@ -80,7 +75,7 @@ def test_submit_new_path_is_queued(journal: Journal) -> None:
     assert job.path == RUN_A
     assert job.source == "logger-x"
     assert job.metadata == {"path": RUN_A, "experiment": "e1"}
-    assert job.state == PENDING
+    assert job.state == JobState.PENDING
     assert job.attempts == 0
     assert job.error is None and job.rows is None and job.next_attempt is None
     assert job.outputs == {}
@@ -95,7 +90,7 @@ def test_job_to_dict_is_json_friendly(journal: Journal) -> None:
     job, _ = journal.submit(RUN_A, "logger-x", {"path": RUN_A, "n": 1})
     as_dict = job.to_dict()
     assert json.loads(json.dumps(as_dict)) == as_dict
-    assert as_dict["path"] == RUN_A and as_dict["state"] == PENDING and as_dict["outputs"] == {}
+    assert as_dict["path"] == RUN_A and as_dict["state"] == JobState.PENDING and as_dict["outputs"] == {}
 
 
 def test_metadata_that_is_not_json_is_stored_as_strings(journal: Journal) -> None:
@@ -113,7 +108,7 @@ def test_submit_again_while_pending_requeues_the_same_job(journal: Journal) -> N
     again, queued = journal.submit(RUN_A, "logger-y", {"v": 2})
     assert queued is True
     assert again.id == first.id
-    assert again.state == PENDING
+    assert again.state == JobState.PENDING
     assert again.metadata == {"v": 2} and again.source == "logger-y"
     assert len(journal.jobs()) == 1
 
@@ -123,7 +118,7 @@ def test_submit_again_while_running_is_not_queued(journal: Journal) -> None:
     journal.start(job.id)
     again, queued = journal.submit(RUN_A, "logger-x", {})
     assert queued is False
-    assert again.id == job.id and again.state == RUNNING and again.attempts == 1
+    assert again.id == job.id and again.state == JobState.RUNNING and again.attempts == 1
 
 
 def test_submit_again_while_done_is_not_queued(journal: Journal) -> None:
@@ -131,7 +126,7 @@ def test_submit_again_while_done_is_not_queued(journal: Journal) -> None:
     again, queued = journal.submit(RUN_A, "logger-y", {"changed": True})
     assert queued is False
     assert again.id == done.id
-    assert again.state == DONE
+    assert again.state == JobState.DONE
     assert journal.get(done.id).metadata == {"path": RUN_A}  # untouched
     assert len(journal.jobs()) == 1
 
@@ -140,7 +135,7 @@ def test_submit_again_while_cleaned_is_not_queued(journal: Journal) -> None:
     done = _done(journal)
     journal.mark_cleaned(done.id)
     again, queued = journal.submit(RUN_A, "logger-x", {})
-    assert queued is False and again.state == CLEANED
+    assert queued is False and again.state == JobState.CLEANED
 
 
 def test_submit_after_failure_requeues_with_attempts_reset(journal: Journal) -> None:
@@ -149,11 +144,11 @@ def test_submit_after_failure_requeues_with_attempts_reset(journal: Journal) -> 
     journal.fail(job.id, "boom", time.time())  # retried ...
     journal.start(job.id)
     failed = journal.fail(job.id, "boom again", None)  # ... then given up
-    assert failed.state == FAILED and failed.attempts == 2
+    assert failed.state == JobState.FAILED and failed.attempts == 2
     again, queued = journal.submit(RUN_A, "logger-z", {"v": 2})
     assert queued is True
     assert again.id == job.id
-    assert again.state == PENDING
+    assert again.state == JobState.PENDING
     assert again.attempts == 0
     assert again.next_attempt is None
     assert again.source == "logger-z" and again.metadata == {"v": 2}
@@ -178,7 +173,7 @@ def test_start_only_from_pending(journal: Journal) -> None:
     job, _ = journal.submit(RUN_A, "logger-x", {})
     started = journal.start(job.id)
     assert started is not None
-    assert started.state == RUNNING and started.attempts == 1
+    assert started.state == JobState.RUNNING and started.attempts == 1
     assert journal.start(job.id) is None  # second start: already running
     assert journal.get(job.id).attempts == 1
     journal.finish(job.id, {"/out/a.arrow": 3})
@@ -202,7 +197,7 @@ def test_finish_records_outputs_and_rows(journal: Journal) -> None:
     journal.claim_output(job.id, "/out/a/stale.arrow")  # claimed, then not written
     outputs = {"/out/a/stock.arrow": 120, "/out/a/orders.arrow": 80, "/out/a/empty.arrow": 0}
     done = journal.finish(job.id, outputs)
-    assert done.state == DONE
+    assert done.state == JobState.DONE
     assert done.rows == 200
     assert done.error is None
     assert done.outputs == outputs
@@ -216,7 +211,7 @@ def test_finish_with_no_outputs(journal: Journal) -> None:
     job, _ = journal.submit(RUN_A, "logger-x", {})
     journal.start(job.id)
     done = journal.finish(job.id, {})
-    assert done.state == DONE and done.rows == 0 and done.outputs == {}
+    assert done.state == JobState.DONE and done.rows == 0 and done.outputs == {}
 
 
 def test_finish_clears_the_error_of_earlier_attempts(journal: Journal) -> None:
@@ -233,7 +228,7 @@ def test_fail_with_retry_at_goes_back_to_pending(journal: Journal) -> None:
     journal.start(job.id)
     retry_at = time.time() + 30
     failed = journal.fail(job.id, "SegmentError: corrupt", retry_at)
-    assert failed.state == PENDING
+    assert failed.state == JobState.PENDING
     assert failed.error == "SegmentError: corrupt"
     assert failed.next_attempt == pytest.approx(retry_at)
     assert failed.attempts == 1
@@ -247,10 +242,10 @@ def test_fail_without_retry_is_failed(journal: Journal) -> None:
     job, _ = journal.submit(RUN_A, "logger-x", {})
     journal.start(job.id)
     failed = journal.fail(job.id, "gave up", None)
-    assert failed.state == FAILED
+    assert failed.state == JobState.FAILED
     assert failed.error == "gave up"
     assert failed.next_attempt is None
-    assert [j.id for j in journal.jobs(FAILED)] == [job.id]
+    assert [j.id for j in journal.jobs(JobState.FAILED)] == [job.id]
 
 
 def _failed(journal: Journal, path: str) -> Job:
@@ -265,8 +260,8 @@ def test_retry_all(journal: Journal) -> None:
     retried = journal.retry(None)
     assert sorted(j.id for j in retried) == sorted([a.id, b.id])
     for job in retried:
-        assert job.state == PENDING and job.attempts == 0 and job.next_attempt is None
-    assert journal.get(done.id).state == DONE
+        assert job.state == JobState.PENDING and job.attempts == 0 and job.next_attempt is None
+    assert journal.get(done.id).state == JobState.DONE
     assert journal.retry(None) == []  # nothing failed any more
 
 
@@ -274,8 +269,8 @@ def test_retry_one_path(journal: Journal) -> None:
     a, b = _failed(journal, RUN_A), _failed(journal, RUN_B)
     retried = journal.retry(RUN_B)
     assert [j.id for j in retried] == [b.id]
-    assert journal.get(a.id).state == FAILED
-    assert journal.get(b.id).state == PENDING and journal.get(b.id).attempts == 0
+    assert journal.get(a.id).state == JobState.FAILED
+    assert journal.get(b.id).state == JobState.PENDING and journal.get(b.id).attempts == 0
     assert journal.retry("/data/runs/unknown") == []
     assert journal.retry(RUN_B) == []  # pending, not failed
 
@@ -286,18 +281,18 @@ def test_retry_ignores_done_and_running_jobs(journal: Journal) -> None:
     journal.start(running.id)
     assert journal.retry(None) == []
     assert journal.retry(RUN_A) == []
-    assert journal.get(done.id).state == DONE
-    assert journal.get(running.id).state == RUNNING
+    assert journal.get(done.id).state == JobState.DONE
+    assert journal.get(running.id).state == JobState.RUNNING
 
 
 def test_mark_cleaned(journal: Journal) -> None:
     done = _done(journal)
     journal.mark_cleaned(done.id)
     cleaned = journal.get(done.id)
-    assert cleaned.state == CLEANED
+    assert cleaned.state == JobState.CLEANED
     assert cleaned.outputs == done.outputs and cleaned.rows == done.rows
-    assert journal.jobs(DONE) == []
-    assert [j.id for j in journal.jobs(CLEANED)] == [done.id]
+    assert journal.jobs(JobState.DONE) == []
+    assert [j.id for j in journal.jobs(JobState.CLEANED)] == [done.id]
 
 
 # ----------------------------------------------------------------------------------------
@@ -320,13 +315,13 @@ def test_resume_turns_running_into_pending_after_restart(journal: Journal) -> No
     try:
         resumed = reopened.resume()
         assert [j.id for j in resumed] == [running.id, waiting.id, retrying.id]
-        assert all(j.state == PENDING for j in resumed)
+        assert all(j.state == JobState.PENDING for j in resumed)
         by_id = {j.id: j for j in resumed}
         assert by_id[running.id].attempts == 1  # the interrupted attempt still counts
         assert by_id[running.id].metadata == {"path": RUN_A}
         assert by_id[retrying.id].next_attempt == pytest.approx(retry_at)  # its delay is kept
-        assert reopened.get(done.id).state == DONE
-        assert reopened.get(failed.id).state == FAILED
+        assert reopened.get(done.id).state == JobState.DONE
+        assert reopened.get(failed.id).state == JobState.FAILED
         assert reopened.start(running.id).attempts == 2
     finally:
         reopened.close()
@@ -339,7 +334,7 @@ def test_everything_survives_a_restart(journal: Journal) -> None:
     try:
         assert reopened.get(done.id) == done
         assert reopened.get(failed.id) == failed
-        assert reopened.counts()[DONE] == 1 and reopened.counts()[FAILED] == 1
+        assert reopened.counts()[JobState.DONE] == 1 and reopened.counts()[JobState.FAILED] == 1
         assert reopened.owner_of("/out/b.arrow").id == done.id
         assert reopened.submit(RUN_A, "logger-x", {})[1] is False
         new, queued = reopened.submit("/data/runs/new", "logger-x", {})
@@ -386,7 +381,7 @@ def test_claim_conflict_with_a_done_job(journal: Journal) -> None:
     b, _ = journal.submit(RUN_B, "logger-x", {})
     with pytest.raises(OutputTakenError) as info:
         journal.claim_output(b.id, "/out/stock.arrow")
-    assert info.value.owner.id == done.id and info.value.owner.state == DONE
+    assert info.value.owner.id == done.id and info.value.owner.state == JobState.DONE
     assert journal.get(done.id).outputs == {"/out/stock.arrow": 10}  # the failed claim changed nothing
 
 
@@ -414,13 +409,13 @@ def test_counts_and_jobs_by_state(journal: Journal) -> None:
     journal.mark_cleaned(cleaned.id)
     failed = _failed(journal, "/r/failed")
     journal.record_malformed("x", 42, "malformed event: 42")
-    assert journal.counts() == {PENDING: 1, RUNNING: 1, DONE: 1, FAILED: 2, CLEANED: 1}
-    assert list(journal.counts()) == list(STATES)
+    assert journal.counts() == {"pending": 1, "waiting": 0, "running": 1, "done": 1, "failed": 2, "cleaned": 1}
+    assert list(journal.counts()) == list(tuple(JobState))
     assert [j.id for j in journal.jobs()] == sorted(j.id for j in journal.jobs())
     assert len(journal.jobs()) == 6
-    assert [j.id for j in journal.jobs(DONE, CLEANED)] == [done.id, cleaned.id]
-    assert [j.id for j in journal.jobs(PENDING)] == [pending.id]
-    assert [j.path for j in journal.jobs(FAILED)] == [failed.path, None]
+    assert [j.id for j in journal.jobs(JobState.DONE, JobState.CLEANED)] == [done.id, cleaned.id]
+    assert [j.id for j in journal.jobs(JobState.PENDING)] == [pending.id]
+    assert [j.path for j in journal.jobs(JobState.FAILED)] == [failed.path, None]
     assert journal.jobs("no-such-state") == []
 
 
@@ -428,7 +423,7 @@ def test_record_malformed(journal: Journal) -> None:
     event = {"nopath": 1, "big": "x" * 5000}
     job = journal.record_malformed("logger-x", event, "malformed event: event has no logger path under 'path'")
     assert job.path is None
-    assert job.state == FAILED
+    assert job.state == JobState.FAILED
     assert job.source == "logger-x"
     assert job.attempts == 1
     assert job.error == "malformed event: event has no logger path under 'path'"
@@ -436,9 +431,9 @@ def test_record_malformed(journal: Journal) -> None:
     assert len(job.metadata["event"]) <= 2000
     second = journal.record_malformed("logger-y", 42, "malformed event: int")
     assert second.id != job.id and second.metadata == {"event": "42"}  # many malformed jobs may exist
-    assert [j.id for j in journal.jobs(FAILED)] == [job.id, second.id]
+    assert [j.id for j in journal.jobs(JobState.FAILED)] == [job.id, second.id]
     assert journal.retry(None) == []  # nothing to collect without a path
-    assert journal.get(job.id).state == FAILED
+    assert journal.get(job.id).state == JobState.FAILED
     journal.close()
     reopened = Journal(journal.file)
     try:
@@ -491,7 +486,7 @@ def test_concurrent_submits_of_one_path_create_one_job(journal: Journal) -> None
     results = _hammer([journal.submit])
     assert len({job.id for job, _ in results}) == 1
     assert len(journal.jobs()) == 1
-    assert journal.counts()[PENDING] == 1
+    assert journal.counts()[JobState.PENDING] == 1
 
 
 def test_concurrent_submits_through_separate_connections_create_one_job(file: Path) -> None:

@@ -1,217 +1,24 @@
-"""Output paths and files (SPEC §4): the sandboxed path template confined to ``output_root``,
-and Arrow IPC outputs written to a hidden temporary file and committed atomically.
+"""Output files: Arrow IPC and Parquet outputs written to a hidden temporary file, committed
+atomically, and removed clean on abort.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pytest
 
-from herocollector.errors import CollectorError
-from herocollector.output import (
-    ArrowOutput,
-    OutputError,
-    PathTemplate,
-    is_within,
-    provenance_metadata,
-    read_provenance,
-)
+from herocollector.errors import CollectorError, ConfigError, LabelPathError, OutputError
+from herocollector.output import OutputFile, provenance_metadata, read_provenance, temporary_name
+from herocollector.paths import PathTemplate, is_within
 
 # ----------------------------------------------------------------------------------------
-# PathTemplate
-# ----------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def root(tmp_path: Path) -> Path:
-    folder = tmp_path / "out"
-    folder.mkdir()
-    return folder
-
-
-def test_output_error_is_a_collector_error() -> None:
-    assert issubclass(OutputError, CollectorError)
-
-
-def test_renders_inside_output_root(root: Path) -> None:
-    template = PathTemplate("{{ output_root }}/{{ experiment }}/{{ measure }}.arrow", root)
-    path = template.render({"output_root": str(root), "experiment": "exp-1", "measure": "stock"})
-    assert path == root / "exp-1" / "stock.arrow"
-    assert path.is_absolute()
-    assert not path.exists()  # rendering creates nothing
-
-
-def test_relative_result_goes_under_output_root(root: Path) -> None:
-    template = PathTemplate("{{ experiment }}/{{ measure }}.arrow", root)
-    assert template.render({"experiment": "e", "measure": "m"}) == root / "e" / "m.arrow"
-
-
-def test_output_root_is_made_absolute(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(root.parent)
-    template = PathTemplate("x/{{ m }}.arrow", "out")
-    assert template.output_root == root
-    assert template.render({"m": "a"}) == root / "x" / "a.arrow"
-
-
-def test_dot_segments_inside_root_are_normalised(root: Path) -> None:
-    template = PathTemplate("{{ output_root }}/a/./b/../{{ m }}.arrow", root)
-    assert template.render({"output_root": str(root), "m": "c"}) == root / "a" / "c.arrow"
-
-
-def test_surrounding_whitespace_is_stripped(root: Path) -> None:
-    template = PathTemplate("  {{ m }}.arrow\n", root)
-    assert template.render({"m": "a"}) == root / "a.arrow"
-
-
-@pytest.mark.parametrize(
-    "source, context",
-    [
-        ("{{ output_root }}/../escaped.arrow", {}),
-        ("{{ output_root }}/{{ m }}.arrow", {"m": "../../etc/passwd"}),
-        ("{{ m }}/x.arrow", {"m": ".."}),
-        ("../x.arrow", {}),
-        ("a/../../x.arrow", {}),
-    ],
-    ids=["template-dotdot", "value-dotdot", "relative-value-dotdot", "relative-dotdot", "nested-dotdot"],
-)
-def test_dotdot_escape_is_refused(root: Path, source: str, context: dict[str, Any]) -> None:
-    template = PathTemplate(source, root)
-    with pytest.raises(OutputError, match="outside output_root"):
-        template.render({"output_root": str(root), **context})
-
-
-@pytest.mark.parametrize("elsewhere", ["/etc/x.arrow", "/tmp/x.arrow", "/"])
-def test_absolute_path_elsewhere_is_refused(root: Path, elsewhere: str) -> None:
-    template = PathTemplate("{{ target }}", root)
-    with pytest.raises(OutputError, match="outside output_root"):
-        template.render({"target": elsewhere})
-
-
-def test_sibling_with_common_prefix_is_refused(root: Path) -> None:
-    # "/.../out-evil" starts with the string "/.../out" but is not inside it.
-    template = PathTemplate("{{ output_root }}-evil/x.arrow", root)
-    with pytest.raises(OutputError, match="outside output_root"):
-        template.render({"output_root": str(root)})
-
-
-def test_output_root_itself_is_refused(root: Path) -> None:
-    template = PathTemplate("{{ output_root }}", root)
-    with pytest.raises(OutputError):
-        template.render({"output_root": str(root)})
-
-
-def test_symlinked_directory_pointing_outside_is_refused(tmp_path: Path, root: Path) -> None:
-    outside = tmp_path / "outside"
-    outside.mkdir()
-    (root / "link").symlink_to(outside, target_is_directory=True)
-    template = PathTemplate("{{ output_root }}/link/{{ m }}.arrow", root)
-    with pytest.raises(OutputError, match="outside output_root"):
-        template.render({"output_root": str(root), "m": "stock"})
-    assert list(outside.iterdir()) == []
-
-
-def test_symlinked_file_pointing_outside_is_refused(tmp_path: Path, root: Path) -> None:
-    outside = tmp_path / "victim.arrow"
-    outside.write_bytes(b"keep")
-    (root / "x.arrow").symlink_to(outside)
-    template = PathTemplate("x.arrow", root)
-    with pytest.raises(OutputError, match="outside output_root"):
-        template.render({})
-
-
-def test_symlink_staying_inside_root_is_allowed(root: Path) -> None:
-    (root / "real").mkdir()
-    (root / "alias").symlink_to(root / "real", target_is_directory=True)
-    template = PathTemplate("alias/{{ m }}.arrow", root)
-    assert template.render({"m": "a"}) == root / "alias" / "a.arrow"
-
-
-def test_symlinked_output_root_is_fine(tmp_path: Path) -> None:
-    real = tmp_path / "real-out"
-    real.mkdir()
-    (tmp_path / "out-link").symlink_to(real, target_is_directory=True)
-    template = PathTemplate("{{ m }}.arrow", tmp_path / "out-link")
-    assert template.render({"m": "a"}) == tmp_path / "out-link" / "a.arrow"
-
-
-@pytest.mark.parametrize("value", ["", "   ", "\n\t"], ids=["empty", "spaces", "whitespace"])
-def test_empty_result_is_refused(root: Path, value: str) -> None:
-    template = PathTemplate("{{ m }}", root)
-    with pytest.raises(OutputError, match="empty or invalid"):
-        template.render({"m": value})
-
-
-@pytest.mark.parametrize("value", ["a\x00b", "\x00", "../\x00"])
-def test_nul_is_refused(root: Path, value: str) -> None:
-    template = PathTemplate("{{ output_root }}/{{ m }}.arrow", root)
-    with pytest.raises(OutputError, match="empty or invalid"):
-        template.render({"output_root": str(root), "m": value})
-
-
-def test_undefined_variable_is_an_error_not_an_empty_segment(root: Path) -> None:
-    template = PathTemplate("{{ output_root }}/{{ experiment }}/{{ measure }}.arrow", root)
-    with pytest.raises(OutputError, match="experiment"):
-        template.render({"output_root": str(root), "measure": "stock"})
-
-
-@pytest.mark.parametrize(
-    "source",
-    ["{{ missing.attribute }}/x.arrow", "{{ m.nope }}/x.arrow", "{{ m['nope'] }}/x.arrow", "{{ missing | upper }}.arrow"],
-)
-def test_undefined_lookups_are_errors(root: Path, source: str) -> None:
-    with pytest.raises(OutputError):
-        PathTemplate(source, root).render({"m": "value"})
-
-
-@pytest.mark.parametrize(
-    "source",
-    [
-        "{{ ''.__class__.__mro__ }}",
-        "{{ ''.__class__.__mro__[1].__subclasses__() }}",
-        "{{ m.__class__.__init__.__globals__ }}",
-        "{{ cycler.__init__.__globals__.os }}",
-        "{{ (m.format)(m) }}{{ ''.__class__ }}",
-    ],
-)
-def test_sandbox_blocks_unsafe_attribute_access(root: Path, source: str) -> None:
-    template = PathTemplate(source, root)
-    with pytest.raises(OutputError, match="unsafe"):
-        template.render({"m": "x"})
-
-
-def test_sandbox_error_surfaces_as_output_error_naming_the_template(root: Path) -> None:
-    source = "{{ ''.__class__.__mro__ }}"
-    with pytest.raises(OutputError) as info:
-        PathTemplate(source, root).render({})
-    assert source in str(info.value)
-    assert "access to attribute '__class__'" in str(info.value)
-
-
-def test_filters_and_expressions_still_work(root: Path) -> None:
-    template = PathTemplate("{{ experiment | lower }}/run-{{ '%04d' % run }}/{{ measure ~ '.arrow' }}", root)
-    assert template.render({"experiment": "EXP", "run": 7, "measure": "stock"}) == root / "exp" / "run-0007" / "stock.arrow"
-
-
-@pytest.mark.parametrize("source", ["{{ a", "{% if %}", "{{ a }}{% endfor %}"])
-def test_invalid_template_is_refused_at_construction(root: Path, source: str) -> None:
-    with pytest.raises(OutputError, match="invalid save_template"):
-        PathTemplate(source, root)
-
-
-def test_is_within(tmp_path: Path, root: Path) -> None:
-    assert is_within(root / "a" / "b", root)
-    assert is_within(root, root)
-    assert not is_within(tmp_path / "other", root)
-    assert not is_within(root / ".." / "x", root)
-
-
-# ----------------------------------------------------------------------------------------
-# ArrowOutput
+# OutputFile
 # ----------------------------------------------------------------------------------------
 
 SCHEMA = pa.schema([pa.field("stream_id", pa.uint32()), pa.field("values", pa.list_(pa.float64())), pa.field("label", pa.string())])
@@ -244,7 +51,7 @@ def _names(folder: Path) -> list[str]:
 @pytest.mark.parametrize("compression", [None, "zstd", "lz4"])
 def test_written_output_is_readable(tmp_path: Path, format: str, compression: str | None) -> None:
     final = tmp_path / "out" / "x.arrow"
-    output = ArrowOutput(final, SCHEMA, "job1", format, compression)
+    output = OutputFile(final, SCHEMA, format, compression)
     batches = [_batch(100, 0), _batch(50, 100), _batch(0, 150)]
     for batch in batches:
         output.write(batch)
@@ -258,7 +65,7 @@ def test_written_output_is_readable(tmp_path: Path, format: str, compression: st
 def test_file_and_stream_formats_differ(tmp_path: Path) -> None:
     as_file, as_stream = tmp_path / "f.arrow", tmp_path / "s.arrows"
     for final, format in ((as_file, "file"), (as_stream, "stream")):
-        output = ArrowOutput(final, SCHEMA, "t", format)
+        output = OutputFile(final, SCHEMA, format)
         output.write(_batch())
         output.commit(replace=False)
     assert as_file.read_bytes()[:6] == b"ARROW1"
@@ -279,7 +86,7 @@ def test_compression_is_applied(tmp_path: Path, compression: str) -> None:
     )
     sizes = {}
     for name, codec in (("plain", None), ("packed", compression)):
-        output = ArrowOutput(tmp_path / f"{name}.arrow", SCHEMA, "t", "file", codec)
+        output = OutputFile(tmp_path / f"{name}.arrow", SCHEMA, "file", codec)
         output.write(batch)
         output.commit(replace=False)
         sizes[name] = (tmp_path / f"{name}.arrow").stat().st_size
@@ -291,23 +98,23 @@ def test_compression_is_applied(tmp_path: Path, compression: str) -> None:
 def test_only_hidden_temporary_exists_before_commit(tmp_path: Path, format: str) -> None:
     folder = tmp_path / "deep" / "dir"
     final = folder / "stock.arrow"
-    output = ArrowOutput(final, SCHEMA, "job7", format)  # creates the missing folders
+    output = OutputFile(final, SCHEMA, format)  # creates the missing folders
     output.write(_batch())
     assert not final.exists()
-    assert _names(folder) == [".stock.arrow.job7.tmp"]
-    assert output.temporary == folder / ".stock.arrow.job7.tmp"
+    assert _names(folder) == [output.temporary.name]
+    assert output.temporary.name.startswith(".") and output.temporary.name.endswith(".tmp")
     output.commit(replace=False)
     assert _names(folder) == ["stock.arrow"]
     assert not output.temporary.exists()
     assert _read(final, format).num_rows == 100
 
 
-def test_temporary_names_of_different_tags_do_not_clash(tmp_path: Path) -> None:
+def test_temporary_names_of_two_writers_do_not_clash(tmp_path: Path) -> None:
     final = tmp_path / "x.arrow"
-    first = ArrowOutput(final, SCHEMA, "job1")
-    second = ArrowOutput(final, SCHEMA, "job2")
+    first = OutputFile(final, SCHEMA)
+    second = OutputFile(final, SCHEMA)
     assert first.temporary != second.temporary
-    assert _names(tmp_path) == [".x.arrow.job1.tmp", ".x.arrow.job2.tmp"]
+    assert _names(tmp_path) == sorted([first.temporary.name, second.temporary.name])
     first.abort()
     second.abort()
     assert _names(tmp_path) == []
@@ -318,7 +125,7 @@ def test_commit_without_replace_never_overwrites(tmp_path: Path, format: str) ->
     final = tmp_path / "x.arrow"
     final.write_bytes(b"precious bytes that are not even arrow")
     before = final.read_bytes()
-    output = ArrowOutput(final, SCHEMA, "job2", format)
+    output = OutputFile(final, SCHEMA, format)
     output.write(_batch())
     with pytest.raises(OutputError, match="refusing to overwrite"):
         output.commit(replace=False)
@@ -328,11 +135,11 @@ def test_commit_without_replace_never_overwrites(tmp_path: Path, format: str) ->
 
 def test_commit_without_replace_refuses_an_existing_arrow_output(tmp_path: Path) -> None:
     final = tmp_path / "x.arrow"
-    first = ArrowOutput(final, SCHEMA, "job1")
+    first = OutputFile(final, SCHEMA)
     first.write(_batch(10))
     first.commit(replace=False)
     before = final.read_bytes()
-    second = ArrowOutput(final, SCHEMA, "job2")
+    second = OutputFile(final, SCHEMA)
     second.write(_batch(99))
     with pytest.raises(OutputError) as info:
         second.commit(replace=False)
@@ -346,7 +153,7 @@ def test_commit_without_replace_refuses_a_dangling_symlink(tmp_path: Path) -> No
     target = tmp_path / "elsewhere.arrow"
     final = tmp_path / "x.arrow"
     final.symlink_to(target)
-    output = ArrowOutput(final, SCHEMA, "job1")
+    output = OutputFile(final, SCHEMA)
     output.write(_batch())
     with pytest.raises(OutputError):
         output.commit(replace=False)
@@ -356,7 +163,7 @@ def test_commit_without_replace_refuses_a_dangling_symlink(tmp_path: Path) -> No
 def test_commit_with_replace_overwrites_atomically(tmp_path: Path) -> None:
     final = tmp_path / "x.arrow"
     final.write_bytes(b"half-written by a crashed attempt")
-    output = ArrowOutput(final, SCHEMA, "job1")
+    output = OutputFile(final, SCHEMA)
     output.write(_batch(42))
     output.commit(replace=True)
     assert _read(final, "file").num_rows == 42
@@ -366,7 +173,7 @@ def test_commit_with_replace_overwrites_atomically(tmp_path: Path) -> None:
 @pytest.mark.parametrize("format", ["file", "stream"])
 def test_abort_removes_the_temporary(tmp_path: Path, format: str) -> None:
     final = tmp_path / "x.arrow"
-    output = ArrowOutput(final, SCHEMA, "job1", format)
+    output = OutputFile(final, SCHEMA, format)
     output.write(_batch())
     assert output.temporary.exists()
     output.abort()
@@ -378,28 +185,43 @@ def test_abort_removes_the_temporary(tmp_path: Path, format: str) -> None:
 def test_abort_leaves_an_existing_final_alone(tmp_path: Path) -> None:
     final = tmp_path / "x.arrow"
     final.write_bytes(b"existing")
-    output = ArrowOutput(final, SCHEMA, "job1")
+    output = OutputFile(final, SCHEMA)
     output.abort()
     assert final.read_bytes() == b"existing"
     assert _names(tmp_path) == ["x.arrow"]
 
 
-def test_stale_temporary_of_the_same_tag_is_overwritten(tmp_path: Path) -> None:
+def test_stale_temporary_of_a_dead_writer_is_removed(tmp_path: Path) -> None:
     final = tmp_path / "x.arrow"
-    (tmp_path / ".x.arrow.job1.tmp").write_bytes(b"garbage from a crash" * 1000)
-    output = ArrowOutput(final, SCHEMA, "job1")
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    parts = temporary_name(final).name.split(".")
+    parts[3] = str(gone.pid)
+    (tmp_path / ".".join(parts)).write_bytes(b"garbage from a crash" * 1000)
+    alive = temporary_name(final).name  # this process is alive: its temporaries are kept
+    (tmp_path / alive).write_bytes(b"in progress")
+    (tmp_path / ".other.tmp").write_bytes(b"not ours")
+    output = OutputFile(final, SCHEMA)
     output.write(_batch(5))
     output.commit(replace=False)
     assert _read(final, "file").num_rows == 5
-    assert _names(tmp_path) == ["x.arrow"]
+    assert _names(tmp_path) == sorted([".other.tmp", alive, "x.arrow"])
+
+
+def test_a_long_valid_final_name_works(tmp_path: Path) -> None:
+    final = tmp_path / ("n" * 245 + ".arrow")  # 251 bytes: valid, but too long for a prefix and suffix
+    output = OutputFile(final, SCHEMA)
+    output.write(_batch(3))
+    output.commit(replace=False)
+    assert _read(final, "file").num_rows == 3 and _names(tmp_path) == [final.name]
 
 
 @pytest.mark.parametrize(
     "format, compression", [("feather", None), ("file", "gzip"), ("stream", "snappy")]
 )
 def test_unsupported_format_or_compression(tmp_path: Path, format: str, compression: str | None) -> None:
-    with pytest.raises(OutputError):
-        ArrowOutput(tmp_path / "x.arrow", SCHEMA, "t", format, compression)
+    with pytest.raises(ConfigError):
+        OutputFile(tmp_path / "x.arrow", SCHEMA, format, compression)
     assert _names(tmp_path) == []
 
 
@@ -426,7 +248,7 @@ def test_provenance_round_trips(tmp_path: Path, format: str, compression: str | 
     meta, labels = _provenance()
     final = tmp_path / "x.arrow"
     schema = SCHEMA.with_metadata({**meta, "other": "kept but not ours"})
-    output = ArrowOutput(final, schema, "job17", format, compression)
+    output = OutputFile(final, schema, format, compression)
     output.write(_batch(3))
     output.commit(replace=False)
     provenance = read_provenance(final)

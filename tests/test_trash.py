@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import MemoryWriter
+from herocollector.testing.runs import MemoryWriter
 from herocollector import Collector
 from herocollector.demo import write_simulated_run
 from herocollector.logdir import segment_files

@@ -1,4 +1,4 @@
-"""Shared scaffolding of the in-process actor tests: real Zenoh sessions without multicast
+"""Test support for the actor: in-process actors on real Zenoh sessions without multicast
 scouting (so a test's actors and HEROs talk only to each other), a realm per actor, and
 waiting on conditions with deadlines.
 """
@@ -12,15 +12,14 @@ from typing import Any, Callable
 from uuid import uuid4
 
 import pyarrow as pa
-import pytest
 from heros import LocalHERO, event
 from heros.zenoh import ZenohSessionManager
 
-from conftest import MemoryWriter
-from herocollector import Collector
-from herocollector.actor import CollectorArchiver
-from herocollector.demo import MEASURES, write_simulated_run
-from herocollector.journal import DONE, FAILED, PENDING, RUNNING, Job
+from ..actor import CollectorArchiver
+from ..collector import Collector
+from ..demo import MEASURES, write_simulated_run
+from ..journal import Job, JobState
+from .runs import MemoryWriter
 
 TEMPLATE = "{{ output_root }}/{{ logger_name }}/{{ measure }}.arrow"
 COLUMNS = ["entity", "measure"]
@@ -50,28 +49,24 @@ def wait_for(predicate: Callable[[], Any], what: str, timeout: float = TIMEOUT) 
         if result:
             return result
         if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}")
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(0.005)
 
 
-def wait_job(actor: CollectorArchiver, path: str | Path, *states: str) -> Job:
+def wait_job(actor: CollectorArchiver, path: str | Path, *states: JobState) -> Job:
     """The job of ``path`` once it is in one of ``states``."""
+    journal = actor.service.journal
 
     def check() -> Job | None:
-        job = actor.journal.by_path(str(path))
+        job = journal.by_path(str(path))
         return job if job is not None and job.state in states else None
 
-    return wait_for(check, f"job of {path} to become {'/'.join(states)} (now {actor.journal.by_path(str(path))})")
+    return wait_for(check, f"job of {path} to become {'/'.join(states)} (now {journal.by_path(str(path))})")
 
 
 def wait_idle(actor: CollectorArchiver) -> None:
-    """Until nothing is queued, pending or running."""
-    wait_for(
-        lambda: (
-            actor.is_queue_drained() and actor.journal.counts()[PENDING] == 0 and actor.journal.counts()[RUNNING] == 0
-        ),
-        "the actor to become idle",
-    )
+    """Until nothing is pending, waiting or running."""
+    wait_for(actor.is_queue_drained, "the actor to become idle")
 
 
 def segments(path: Path) -> list[Path]:
@@ -142,6 +137,7 @@ class Env:
             retry_delay=0.05,
             max_retries=1,
             columns=COLUMNS,
+            scan_interval=None,
             realm=f"hc-test-{uuid4().hex}",
             session_manager=self.sessions,
         )
@@ -167,13 +163,9 @@ class Env:
             return
         self._actors.remove(actor)
         try:
-            # Wake the worker from its 1 s queue poll so teardown is quick: an item for no job
-            # (id 0) is a no-op in _store.
-            actor._stop_event.set()
-            actor._payload_queue.put(("", 0, {}, 0))
             actor._teardown()
             assert not actor._worker_thread.is_alive()
-            assert not actor._purger.is_alive()
+            assert not any(t.is_alive() for t in actor.service.scheduler._threads)
         finally:
             actor._destroy_hero()
 
@@ -190,6 +182,6 @@ class Env:
 def collected(actor: CollectorArchiver, path: Path, data: Any = None, source: str = "logger-x") -> Job:
     """Feed an event for ``path`` and wait until it is collected."""
     actor.feed(source, {"path": str(path)} if data is None else data)
-    job = wait_job(actor, path, DONE, FAILED)
-    assert job.state == DONE, job.error
+    job = wait_job(actor, path, JobState.DONE, JobState.FAILED)
+    assert job.state == JobState.DONE, job.error
     return job

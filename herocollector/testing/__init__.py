@@ -1,0 +1,6 @@
+"""Test support: runs written by the real data logger, in-process actors, decoder fuzzing.
+
+Importable by the project's tests and by anyone testing code built on herocollector. Its
+modules import their heavier dependencies (the data logger, HEROS) themselves, so import only
+the module you need: :mod:`~herocollector.testing.runs`, :mod:`~herocollector.testing.actors`.
+"""
