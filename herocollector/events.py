@@ -17,7 +17,8 @@ def parse_event(data: Any, path_key: str) -> tuple[str, dict[str, Any]]:
 
     Args:
         data: A dict with the path under ``path_key``; a ``(payload, metadata)`` pair whose
-            metadata (or dict payload) has it, or whose payload is the path; or a bare path.
+            metadata (or dict payload) has it, or whose payload is the path; or a bare path
+            (``str`` or ``os.PathLike``).
         path_key: The key holding the logger directory.
 
     Returns:
@@ -26,8 +27,8 @@ def parse_event(data: Any, path_key: str) -> tuple[str, dict[str, Any]]:
     Raises:
         ValueError: No path can be found.
     """
-    if isinstance(data, str):
-        path, metadata = data, {}
+    if isinstance(data, (str, os.PathLike)):
+        path, metadata = os.fspath(data), {}
     elif isinstance(data, Mapping):
         path, metadata = data.get(path_key), dict(data)
     elif isinstance(data, (list, tuple)) and len(data) == 2:
@@ -37,8 +38,8 @@ def parse_event(data: Any, path_key: str) -> tuple[str, dict[str, Any]]:
         if path is None and isinstance(payload, Mapping):
             metadata = {**payload, **metadata}
             path = payload.get(path_key)
-        elif path is None and isinstance(payload, str):
-            path = payload
+        elif path is None and isinstance(payload, (str, os.PathLike)):
+            path = os.fspath(payload)
     else:
         raise ValueError(f"event is neither a dict, a (payload, metadata) pair nor a path: {type(data).__name__}")
     if not isinstance(path, str) or not path:
