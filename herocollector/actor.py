@@ -10,7 +10,8 @@ import multiprocessing
 import os
 import signal
 import threading
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from heros import event
 from heros.event import reliable

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Union
+from typing import Any, Union
 
 from tools import label_selector
 from tools.label_selector import Rule
@@ -49,7 +50,8 @@ class Stream:
     @property
     def metadata(self) -> dict[str, Any]:
         """The stream JSON as written: labels, ``stream_id``, ``epoch_scale``, ``value_scale``."""
-        return {**self.labels, "stream_id": self.stream_id, "epoch_scale": self.epoch_scale, "value_scale": self.value_scale}
+        scales = {"stream_id": self.stream_id, "epoch_scale": self.epoch_scale, "value_scale": self.value_scale}
+        return {**self.labels, **scales}
 
     @property
     def fields(self) -> dict[str, Any]:

@@ -59,7 +59,9 @@ class RunCleaner:
             that run was left as it was.
         """
         if path is None:
-            targets = [(job.path, job) for job in self.journal.jobs(JobState.DONE) if job.path]
+            targets: list[tuple[str, Job | None]] = [
+                (job.path, job) for job in self.journal.jobs(JobState.DONE) if job.path
+            ]
         else:
             path = os.path.normpath(str(path))
             targets = [(path, self.journal.by_path(path))]

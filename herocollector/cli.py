@@ -1,4 +1,4 @@
-"""The ``herocollector`` command line: ``collect``, ``inspect``, ``cleanup`` and ``demo``.
+r"""The ``herocollector`` command line: ``collect``, ``inspect``, ``cleanup`` and ``demo``.
 
 Examples::
 
@@ -25,10 +25,12 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
+from datetime import UTC
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any, Callable, Iterator, NoReturn, Sequence
+from typing import Any, NoReturn
 
 import numpy as np
 import pyarrow as pa
@@ -47,7 +49,7 @@ from rich.table import Table
 from . import logdir
 from .catalogue import Stream, load_streams
 from .codec import SegmentDecoder
-from .collector import BASE_COLUMNS, Collector
+from .collector import Collector
 from .config import parse_columns
 from .errors import CollectorError
 from .output import COMPRESSIONS, FORMATS, OutputFormat, provenance_metadata
@@ -81,7 +83,8 @@ def _rule(text: str) -> dict[str, Any]:
         try:
             text = Path(source).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
-            raise argparse.ArgumentTypeError(f"cannot read rule file {source!r}: {exc.strerror or exc}") from None
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            raise argparse.ArgumentTypeError(f"cannot read rule file {source!r}: {reason}") from None
     try:
         spec = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -394,7 +397,7 @@ def _provenance(plan: CollectionPlan, collected_at: str) -> Callable[[OutputTarg
 
 def cmd_collect(args: argparse.Namespace, out: Console, err: Console) -> int:
     """``herocollector collect``: see :func:`build_parser`."""
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     started = time.monotonic()
     paths = Collector([os.path.abspath(p) for p in args.paths]).paths
@@ -416,7 +419,7 @@ def cmd_collect(args: argparse.Namespace, out: Console, err: Console) -> int:
         plan = pipeline.plan(runs, route)
         if args.template is None and not plan.targets:
             plan.targets.append(OutputTarget(route(0, runs[0], Stream(0, 1.0, 1.0))))
-        collected_at = datetime.now(timezone.utc).isoformat()
+        collected_at = datetime.now(UTC).isoformat()
         task = progress.add_task("collecting", total=plan.segment_bytes or None, note="0 rows")
         rows = 0
 
@@ -501,7 +504,7 @@ def _inspect_one(path: Path, count: bool, progress: Progress, task: Any) -> dict
         except CollectorError as exc:
             report["error"] = str(exc)
         else:
-            for entry, n in zip(report["streams"], counts.tolist()):
+            for entry, n in zip(report["streams"], counts.tolist(), strict=False):
                 entry["records"] = n
             report["records"] = int(counts.sum())
     return report
@@ -591,14 +594,14 @@ def cmd_cleanup(args: argparse.Namespace, out: Console, err: Console) -> int:
     nfiles = sum(len(segments) for _, segments, _ in plan)
     nbytes = sum(s.stat().st_size for _, segments, _ in plan for s in segments)
     if args.dry_run:
-        for path, segments, streams in plan:
+        for path, segments, meta in plan:
             note = ""
             if not logdir.is_done(path):
                 note = "  (no _DONE yet: cleanup waits for it)" if args.wait else "  (no _DONE!)"
             out.print(f"{path}{note}", soft_wrap=True)
             for segment in segments:
                 out.print(f"  would remove {segment.name}  ({_size(segment.stat().st_size)})", soft_wrap=True)
-            if streams is not None:
+            if meta is not None:
                 out.print(f"  would remove {logdir.STREAMS_DIR}/", soft_wrap=True)
         out.print(f"dry run: would remove {nfiles} segment file(s), {_size(nbytes)}, from {len(plan)} run(s)")
         return 0
@@ -609,8 +612,8 @@ def cmd_cleanup(args: argparse.Namespace, out: Console, err: Console) -> int:
             keep_meta=args.keep_meta, wait_for_done=args.wait, backoff=args.backoff, timeout=args.timeout
         ):
             raise CollectorError("timed out waiting for _DONE; nothing removed")
-    meta = "" if args.keep_meta else f" and {sum(1 for *_, s in plan if s is not None)} streams/ folder(s)"
-    out.print(f"removed {nfiles} segment file(s), {_size(nbytes)}{meta}, from {len(plan)} run(s)", soft_wrap=True)
+    folders = "" if args.keep_meta else f" and {sum(1 for *_, s in plan if s is not None)} streams/ folder(s)"
+    out.print(f"removed {nfiles} segment file(s), {_size(nbytes)}{folders}, from {len(plan)} run(s)", soft_wrap=True)
     return 0
 
 
@@ -626,6 +629,11 @@ FINAL_STATES = ("done", "failed", "cleaned")
 def _find_job(status: dict[str, Any], path: str) -> dict[str, Any] | None:
     """The job of a logger path in a ``status()`` answer."""
     return next((job for job in status.get("recent", []) if job.get("path") == path), None)
+
+
+def _final(job: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The job if it reached a final state."""
+    return job if job and job["state"] in FINAL_STATES else None
 
 
 def _stop_all(processes: Sequence[Any]) -> None:
@@ -742,7 +750,9 @@ def _demo_runs(
         )
         deadline = time.monotonic() + EVENT_GRACE
         job = wait_until(
-            lambda: _find_job(collector.status(), path) if time.monotonic() < deadline else {"missing": True},
+            lambda path=path, deadline=deadline: (
+                _find_job(collector.status(), path) if time.monotonic() < deadline else {"missing": True}
+            ),
             args.timeout,
             f"the collector to journal {path}",
         )
@@ -754,7 +764,7 @@ def _demo_runs(
             )
             collector.collect(path)
         job = wait_until(
-            lambda: (lambda j: j if j and j["state"] in FINAL_STATES else None)(_find_job(collector.status(), path)),
+            lambda path=path: _final(_find_job(collector.status(), path)),
             args.timeout,
             f"the collection of {path}",
         )

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import pyarrow as pa
 
@@ -29,7 +30,9 @@ def default_state_dir() -> Path:
     return Path(base) / "herocollector"
 
 
-def parse_columns(columns: Sequence[str] | Mapping[str, str | None] | None) -> tuple[tuple[str, ...], dict[str, pa.DataType]]:
+def parse_columns(
+    columns: Sequence[str] | Mapping[str, str | None] | None,
+) -> tuple[tuple[str, ...], dict[str, pa.DataType]]:
     """Label columns as names, or as a mapping of name to a pinned Arrow type name.
 
     Args:
@@ -157,7 +160,7 @@ class ServiceConfig:
         workers: int = 2,
         scan_interval: float | None = 300.0,
         scan_depth: int = 3,
-    ) -> "ServiceConfig":
+    ) -> ServiceConfig:
         """Validate the actor's keyword arguments.
 
         Raises:

@@ -8,8 +8,9 @@ Both sides are plain data, free of HEROS: the service reads an event payload wit
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field
-from typing import Any, Mapping
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
 
 
 def parse_event(data: Any, path_key: str) -> tuple[str, dict[str, Any]]:

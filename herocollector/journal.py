@@ -23,14 +23,15 @@ import json
 import sqlite3
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from .errors import JournalError
 
 
-class JobState(str, enum.Enum):
+class JobState(enum.StrEnum):
     """Where a job stands."""
 
     PENDING = "pending"
@@ -45,9 +46,6 @@ class JobState(str, enum.Enum):
     """Failed for good (or refused); ``retry()`` puts it back."""
     CLEANED = "cleaned"
     """Collected, then its segments were cleaned."""
-
-    def __str__(self) -> str:
-        return self.value
 
 
 _SCHEMA = """
@@ -163,7 +161,7 @@ class Journal:
         with self._lock:
             self._db.close()
 
-    def _transaction(self) -> "_Tx":
+    def _transaction(self) -> _Tx:
         return _Tx(self)
 
     def _read(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
@@ -249,7 +247,9 @@ class Journal:
 
     # -- transitions -----------------------------------------------------------------------
 
-    def submit(self, path: str, source: str, metadata: dict[str, Any], deadline: float | None = None) -> tuple[Job, bool]:
+    def submit(
+        self, path: str, source: str, metadata: dict[str, Any], deadline: float | None = None
+    ) -> tuple[Job, bool]:
         """Journal an announced run.
 
         A run that is new or failed is (re)queued, a pending one becomes due now; a pending
@@ -434,8 +434,10 @@ class Journal:
             return self._fetch(db, job_id)
 
     def expire(self, job_id: int, error: str, retry_at: float | None) -> Job:
-        """A waiting job whose ``_DONE`` deadline passed: the attempt counts, and it is pending
-        again at ``retry_at`` (waiting afresh then) or failed for good if None."""
+        """A waiting job whose ``_DONE`` deadline passed: the attempt counts.
+
+        It is pending again at ``retry_at`` (and then waits afresh), or failed for good if None.
+        """
         state = JobState.PENDING if retry_at is not None else JobState.FAILED
         with self._transaction() as db:
             db.execute(
@@ -480,8 +482,10 @@ class Journal:
             return [job for job in (self._job(r) for r in rows) if job is not None]
 
     def defer(self, job_id: int, retry_at: float | None, reason: str | None) -> Job:
-        """Put a running job back to pending without counting the attempt (another actor holds
-        the run's claim, or the service is closing)."""
+        """Put a running job back to pending without counting the attempt.
+
+        For a run whose claim another actor holds, or a collection the closing service stopped.
+        """
         with self._transaction() as db:
             db.execute(
                 "UPDATE jobs SET state = ?, attempts = MAX(attempts - 1, 0), error = COALESCE(?, error), "
@@ -491,9 +495,11 @@ class Journal:
             return self._fetch(db, job_id)
 
     def mark_cleaned(self, job_id: int, trash_until: float | None = None) -> None:
-        """Record a cleanup: a done job becomes cleaned (other states stay as they are, a
-        forced cleanup does not make a run collected); its segments are in the trash until
-        ``trash_until``, or gone if None."""
+        """Record a cleanup: a done job becomes cleaned.
+
+        Other states stay as they are: a forced cleanup does not make a run collected. Its
+        segments are in the trash until ``trash_until``, or gone if None.
+        """
         with self._transaction() as db:
             db.execute(
                 "UPDATE jobs SET state = CASE WHEN state = ? THEN ? ELSE state END, trash_until = ?, updated = ? "

@@ -8,8 +8,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 from heros import RemoteHERO
 
@@ -54,7 +55,7 @@ class BossProcess:
         self.process: subprocess.Popen[bytes] | None = None
         self._proxies: list[RemoteHERO] = []
 
-    def start(self) -> "BossProcess":
+    def start(self) -> BossProcess:
         """Write the config and start BOSS."""
         self.config_file.write_text(json.dumps(self.config, indent=2), encoding="utf-8")
         log = open(self.log_file, "ab")
@@ -117,7 +118,7 @@ class BossProcess:
         """What the process printed so far."""
         return self.log_file.read_text(encoding="utf-8", errors="replace") if self.log_file.exists() else ""
 
-    def __enter__(self) -> "BossProcess":
+    def __enter__(self) -> BossProcess:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -11,8 +11,9 @@ import math
 import os
 import threading
 import time
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -160,7 +161,7 @@ class RunWriter:
         """Write buffered records to the current segment."""
         if not self._pending:
             return
-        sids, ticks, idx, quant = zip(*self._pending)
+        sids, ticks, idx, quant = zip(*self._pending, strict=False)
         self._pending = []
         lengths = np.array([i.size for i in idx], dtype=np.int64)
         offsets = np.zeros(lengths.size + 1, dtype=np.int64)
@@ -191,7 +192,7 @@ class RunWriter:
         (self.path / DONE_MARKER).touch()
         self._closed = True
 
-    def __enter__(self) -> "RunWriter":
+    def __enter__(self) -> RunWriter:
         return self
 
     def __exit__(self, *exc: object) -> None:

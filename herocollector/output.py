@@ -33,7 +33,7 @@ _HOST = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
 _sequence = itertools.count()
 
 
-class OutputFormat(str, enum.Enum):
+class OutputFormat(enum.StrEnum):
     """How output files are written."""
 
     FILE = "file"
@@ -44,7 +44,7 @@ class OutputFormat(str, enum.Enum):
     """Parquet (``pyarrow.parquet``), zstd-compressed unless told otherwise."""
 
     @classmethod
-    def parse(cls, value: "str | OutputFormat") -> "OutputFormat":
+    def parse(cls, value: str | OutputFormat) -> OutputFormat:
         """The format named ``value``.
 
         Raises:
@@ -56,14 +56,14 @@ class OutputFormat(str, enum.Enum):
             raise ConfigError(f"format must be one of {[f.value for f in cls]}, got {value!r}") from None
 
 
-class Compression(str, enum.Enum):
+class Compression(enum.StrEnum):
     """Buffer compression of the outputs."""
 
     ZSTD = "zstd"
     LZ4 = "lz4"
 
     @classmethod
-    def parse(cls, value: "str | Compression | None") -> "Compression | None":
+    def parse(cls, value: str | Compression | None) -> Compression | None:
         """The compression named ``value`` (None or ``"none"``: uncompressed).
 
         Raises:

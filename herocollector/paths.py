@@ -18,8 +18,9 @@ Finally the rendered path must lie inside ``output_root`` once ``..`` and symlin
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from jinja2 import StrictUndefined, TemplateError
 from jinja2.sandbox import SandboxedEnvironment
@@ -129,7 +130,8 @@ class PathTemplate:
         if not rendered or "\x00" in rendered:
             raise OutputError(f"save_template {self.source!r} rendered an empty or invalid path {rendered!r}")
         path = Path(os.path.normpath(self.output_root / rendered))
-        if path == self.output_root or not path.is_relative_to(self.output_root) or not is_within(path, self.output_root):
+        inside = path.is_relative_to(self.output_root) and is_within(path, self.output_root)
+        if path == self.output_root or not inside:
             raise OutputError(f"rendered path {rendered!r} lies outside output_root {str(self.output_root)!r}")
         name_bytes = len(os.fsencode(path.name))
         if name_bytes > 255:

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import queue
 import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -250,8 +250,11 @@ class OutputPipeline:
 
 
 def _routing(plan: CollectionPlan, index: int) -> tuple[np.ndarray, np.ndarray, list[int]]:
-    """For the run at ``index``: its routed stream ids (sorted), the output slot of each, and
-    the target index of each slot."""
+    """How to split the batches of the run at ``index``.
+
+    Returns:
+        Its routed stream ids (sorted), the output slot of each, and the target of each slot.
+    """
     pairs = sorted(
         (stream.stream_id, t)
         for t, target in enumerate(plan.targets)
@@ -282,7 +285,7 @@ class _Prefetcher:
         self._threads: list[threading.Thread] = []
         self._stop = threading.Event()
 
-    def __enter__(self) -> "_Prefetcher":
+    def __enter__(self) -> _Prefetcher:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -306,7 +309,7 @@ class _Prefetcher:
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
             self._put(q, exc)
 
-    def _put(self, q: "queue.Queue[object]", item: object) -> bool:
+    def _put(self, q: queue.Queue[object], item: object) -> bool:
         while not self._stop.is_set():
             try:
                 q.put(item, timeout=0.1)

@@ -22,9 +22,9 @@ import os
 import socket
 import threading
 import time
-from datetime import datetime, timezone
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Callable
 
 from heros.helper import log
 
@@ -34,7 +34,7 @@ from .config import ServiceConfig
 from .errors import Cancelled, CollectorError, DoneTimeout, OutputError, RunRefused
 from .events import RunCollected, RunFailed
 from .journal import Job, JobState, Journal, OutputTakenError
-from .output import read_provenance, provenance_metadata
+from .output import provenance_metadata, read_provenance
 from .paths import PathTemplate, Trusted
 from .pipeline import OutputPipeline, OutputTarget, PlannedRun
 
@@ -111,8 +111,10 @@ class JobRunner:
         try:
             report = self._collect(job, started)
         except _Deferred as deferred:
-            log.info(f"herocollector: job {job.id} for {job.path} deferred: {deferred}")
-            self._record(job.id, lambda: self.journal.defer(job.id, time.time() + self.config.claim_heartbeat, str(deferred)))
+            reason = str(deferred)
+            log.info(f"herocollector: job {job.id} for {job.path} deferred: {reason}")
+            later = time.time() + self.config.claim_heartbeat
+            self._record(job.id, lambda: self.journal.defer(job.id, later, reason))
         except Cancelled:
             log.info(f"herocollector: job {job.id} for {job.path} interrupted by shutdown; it stays pending")
             self._record(job.id, lambda: self.journal.defer(job.id, None, None))
@@ -191,7 +193,7 @@ class JobRunner:
         plan = self.pipeline.plan([run], lambda index, planned, stream: self._route(job, planned, stream.metadata))
         if not plan.targets:
             return {}, run.segment_bytes
-        collected_at = datetime.now(timezone.utc).isoformat()
+        collected_at = datetime.now(UTC).isoformat()
 
         def provenance(target: OutputTarget) -> dict[str, str]:
             streams = [stream.metadata for _, stream in target.members]
@@ -202,7 +204,10 @@ class JobRunner:
                 raise Cancelled("the service is closing")
 
         written = self.pipeline.write(
-            plan, provenance=provenance, reserve=lambda target: self._reserve(job, target.path), check_cancel=check_cancel
+            plan,
+            provenance=provenance,
+            reserve=lambda target: self._reserve(job, target.path),
+            check_cancel=check_cancel,
         )
         return {str(w.path): w.rows for w in written}, run.segment_bytes
 

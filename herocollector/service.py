@@ -23,8 +23,9 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any, Callable
+from typing import Any
 
 from heros.helper import log
 
@@ -255,7 +256,7 @@ class CollectionService:
         self._lock.release()
         log.info("herocollector: service closed")
 
-    def __enter__(self) -> "CollectionService":
+    def __enter__(self) -> CollectionService:
         return self
 
     def __exit__(self, *exc: object) -> None:

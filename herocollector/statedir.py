@@ -34,7 +34,7 @@ class StateDirLock:
         self.description = description
         self._fd: int | None = None
 
-    def acquire(self, wait: float = 0.0) -> "StateDirLock":
+    def acquire(self, wait: float = 0.0) -> StateDirLock:
         """Take the lock.
 
         Args:
@@ -91,7 +91,7 @@ class StateDirLock:
             os.close(self._fd)
             self._fd = None
 
-    def __enter__(self) -> "StateDirLock":
+    def __enter__(self) -> StateDirLock:
         return self.acquire()
 
     def __exit__(self, *exc: object) -> None:

@@ -66,7 +66,10 @@ def restore(run: Path) -> list[Path]:
     """
     restored = []
     for path, _ in trashed(run):
-        original = path.with_name(_TRASH.match(path.name)["name"])
+        match = _TRASH.match(path.name)
+        if match is None:  # trashed() lists only names that match
+            continue
+        original = path.with_name(match["name"])
         if not original.exists():
             path.rename(original)
             restored.append(original)

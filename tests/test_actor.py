@@ -21,28 +21,41 @@ import sqlite3
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pyarrow as pa
 import pytest
 from heros.zenoh import ZenohSessionManager
 
-from herocollector.testing.actors import (
-    COLUMNS, ENTITIES, RECORDS, Env, collected, corrupt, expected_by_measure,
-    read_arrow, segments, snapshot, wait_for, wait_idle, wait_job,
-)
-from herocollector.testing.runs import MemoryWriter
 from herocollector import Collector
 from herocollector.actor import CollectorArchiver
 from herocollector.catalogue import Stream
-from herocollector.events import parse_event
 from herocollector.collector import output_schema as label_schema
 from herocollector.demo import MEASURES
 from herocollector.errors import CollectorError, JournalError
+from herocollector.events import parse_event
 from herocollector.journal import JobState, Journal
 from herocollector.output import read_provenance, temporary_name
+from herocollector.testing.actors import (
+    COLUMNS,
+    ENTITIES,
+    RECORDS,
+    Env,
+    collected,
+    corrupt,
+    expected_by_measure,
+    read_arrow,
+    segments,
+    snapshot,
+    wait_for,
+    wait_idle,
+    wait_job,
+)
+from herocollector.testing.runs import MemoryWriter
+
 
 @pytest.fixture
 def actor(env: Env) -> CollectorArchiver:

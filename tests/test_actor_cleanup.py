@@ -18,14 +18,15 @@ from typing import Any
 
 import pytest
 
-from herocollector.testing.actors import RECORDS, TIMEOUT, Env, collected, wait_for, wait_job
 from herocollector.actor import CollectorArchiver
 from herocollector.claims import CLAIM_FILE, COLLECTED_FILE
 from herocollector.demo import MEASURES
 from herocollector.journal import Job, JobState, Journal
 from herocollector.logdir import segment_files
 from herocollector.output import read_provenance
+from herocollector.testing.actors import RECORDS, TIMEOUT, Env, collected, wait_for, wait_job
 from herocollector.trash import trashed
+
 
 def names(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir())
@@ -358,7 +359,9 @@ def test_an_actor_defers_a_run_claimed_by_a_live_foreign_actor(env: Env) -> None
         os.utime(claim)
         seen = job.updated
         job = wait_for(
-            lambda: (j := actor.service.journal.by_path(str(run))).state == JobState.PENDING and j.updated > seen and j,
+            lambda seen=seen: (j := actor.service.journal.by_path(str(run))).state == JobState.PENDING
+            and j.updated > seen
+            and j,
             "another deferral",
         )
         assert job.attempts == 0 and "claimed by" in job.error

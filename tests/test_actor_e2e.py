@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import sqlite3
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pyarrow as pa
 import pytest
 
 from herocollector.launcher import BossProcess, load_config, wait_until
-
 from herocollector.testing.runs import journal_rows
 
 pytestmark = pytest.mark.e2e
@@ -46,7 +46,7 @@ class Stack:
         )
         self.logger = BossProcess(logger_config, self.realm, self.work)
 
-    def start(self) -> "Stack":
+    def start(self) -> Stack:
         self.collector.start()
         self.logger.start()
         self.actor = self.collector.remote()

@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from herocollector.testing.actors import wait_for
 from herocollector.claims import ACQUIRED, CLAIM_FILE, COLLECTED, COLLECTED_FILE, HELD, ClaimResult, RunClaim
+from herocollector.testing.actors import wait_for
 
 TIMEOUT = 10.0
 

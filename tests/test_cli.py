@@ -417,7 +417,7 @@ def check_demo_output(result: subprocess.CompletedProcess[str], runs: int) -> tu
         assert match.group(1).startswith(str(workdir))
         assert text.count(f"/{Path(match.group(1)).name}/") >= 3  # its output files are listed
     assert text.count("read back with pyarrow") == runs and "MISMATCH" not in text
-    assert re.search(r"collector\.status\(\): counts \{.*\"done\": %d" % runs, text)
+    assert re.search(r"collector\.status\(\): counts \{.*\"done\": " + str(runs), text)
     assert "collector.cleanup(): True" in text
     assert f"ok: {runs}/{runs} runs collected" in text
     assert "stopped 2 BOSS process(es)\n" in text
@@ -458,3 +458,64 @@ def test_demo_in_a_work_directory(tmp_path: Path) -> None:
         assert not list(run.glob("*.seg.zst")) and (run / "streams").is_dir() and (run / "_DONE").exists()
     assert (workdir / "state" / "journal.sqlite3").exists()
     assert (workdir / "boss" / "collector.log").exists()
+
+
+# ----------------------------------------------------------------------------------------
+# Many runs, open files, progress
+# ----------------------------------------------------------------------------------------
+
+
+def test_many_runs_need_only_a_few_open_files(tmp_path: Path) -> None:
+    import resource
+
+    folder = tmp_path / "many"
+    paths = [write_simulated_run(folder / f"run-{i:03d}", records=6, entities=1, seed=i)["path"] for i in range(150)]
+    out = tmp_path / "out"
+
+    def few_files() -> None:  # runs in the child: 64 descriptors for 150 runs x 3 outputs
+        resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+
+    result = subprocess.run(
+        [sys.executable, "-m", "herocollector", "collect", *paths, "-o", str(out), "-q",
+         "--template", "{{ logger_name }}/{{ measure }}.arrow", "--jobs", "2"],
+        capture_output=True, text=True, timeout=120, preexec_fn=few_files,
+    )
+    assert result.returncode == 0, result.stderr
+    files = sorted(out.rglob("*.arrow"))
+    assert len(files) == 450
+    assert sum(pa.ipc.open_file(f).read_all().num_rows for f in files) == 900
+
+
+def test_rows_keep_the_order_of_the_paths_when_runs_decode_in_parallel(runs: list[Path], tmp_path: Path) -> None:
+    for jobs in ("1", "3"):
+        target = tmp_path / f"jobs-{jobs}.arrow"
+        assert cli("collect", runs[1], runs[0], runs[1], "-o", target, "-q", "--jobs", jobs).returncode == 0
+    assert pa.ipc.open_file(tmp_path / "jobs-1.arrow").read_all().equals(
+        pa.ipc.open_file(tmp_path / "jobs-3.arrow").read_all()
+    )
+    expected = collect_table([runs[1], runs[0]])
+    assert pa.ipc.open_file(tmp_path / "jobs-3.arrow").read_all().replace_schema_metadata(None).equals(expected)
+
+
+def test_progress_moves_within_a_run(tmp_path: Path) -> None:
+    from herocollector.output import provenance_metadata
+    from herocollector.pipeline import OutputPipeline
+
+    run = Path(write_simulated_run(tmp_path / "big", records=120_000, entities=2, seed=3)["path"])
+    [segment] = run.glob("*.seg.zst")
+    pipeline = OutputPipeline(chunk_bytes=1 << 16)
+    plan = pipeline.plan([pipeline.plan_run(run)], lambda index, planned, stream: tmp_path / "out.arrow")
+    seen: list[tuple[int, int]] = []  # (bytes so far, rows so far) at each progress report
+    rows = 0
+
+    def on_rows(n: int) -> None:
+        nonlocal rows
+        rows += n
+
+    def on_bytes(n: int) -> None:
+        seen.append((n + (seen[-1][0] if seen else 0), rows))
+
+    pipeline.write(plan, provenance=lambda t: provenance_metadata("", "", "", 0, []), on_bytes=on_bytes, on_rows=on_rows)
+    assert seen[-1][0] == segment.stat().st_size
+    assert len(seen) > 3
+    assert any(0 < done < segment.stat().st_size for done, _ in seen)  # reported before the run ended

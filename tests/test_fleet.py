@@ -21,7 +21,6 @@ from herocollector import Collector
 from herocollector.claims import COLLECTED_FILE
 from herocollector.demo import write_simulated_run
 from herocollector.launcher import BossProcess, load_config, wait_until
-
 from herocollector.testing.runs import journal_rows
 
 pytestmark = pytest.mark.e2e

@@ -11,16 +11,16 @@ import json
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
 from herocollector.journal import (
     Job,
+    JobState,
     Journal,
     OutputTakenError,
-    JobState,
 )
 
 RUN_A = "/data/runs/run-a"

@@ -13,9 +13,8 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
-from herocollector.errors import CollectorError, ConfigError, LabelPathError, OutputError
+from herocollector.errors import ConfigError, OutputError
 from herocollector.output import OutputFile, provenance_metadata, read_provenance, temporary_name
-from herocollector.paths import PathTemplate, is_within
 
 # ----------------------------------------------------------------------------------------
 # OutputFile

@@ -10,7 +10,6 @@ import pytest
 from herocollector.errors import CollectorError, ConfigError, LabelPathError, OutputError
 from herocollector.paths import PathTemplate, is_within
 
-
 # ----------------------------------------------------------------------------------------
 # PathTemplate
 # ----------------------------------------------------------------------------------------

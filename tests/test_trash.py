@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from herocollector.testing.runs import MemoryWriter
 from herocollector import Collector
 from herocollector.demo import write_simulated_run
 from herocollector.logdir import segment_files
+from herocollector.testing.runs import MemoryWriter
 from herocollector.trash import purge, restore, soft_delete, trashed
 
 NOW = 1_700_000_000.0

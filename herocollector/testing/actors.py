@@ -1,14 +1,16 @@
-"""Test support for the actor: in-process actors on real Zenoh sessions without multicast
-scouting (so a test's actors and HEROs talk only to each other), a realm per actor, and
-waiting on conditions with deadlines.
+"""Test support for the actor: in-process actors on real Zenoh sessions.
+
+Multicast scouting is off (so a test's actors and HEROs talk only to each other), every actor
+has its own realm, and waiting is on conditions with deadlines.
 """
 
 from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 from uuid import uuid4
 
 import pyarrow as pa
@@ -32,7 +34,8 @@ class Announcer(LocalHERO):
     """A stand-in logger HERO that announces finished runs."""
 
     @event
-    def finished(self, payload):
+    def finished(self, payload: Any) -> Any:
+        """Announce a run."""
         return payload
 
 
@@ -70,6 +73,7 @@ def wait_idle(actor: CollectorArchiver) -> None:
 
 
 def segments(path: Path) -> list[Path]:
+    """The segment files of a run, in name order."""
     return sorted(path.glob("*.seg.zst"))
 
 
@@ -88,6 +92,7 @@ def snapshot(folder: Path) -> dict[str, tuple[bytes, int] | str]:
 
 
 def read_arrow(path: Path) -> pa.Table:
+    """An Arrow IPC file, read whole."""
     with pa.ipc.open_file(str(path)) as reader:
         return reader.read_all()
 
@@ -128,6 +133,7 @@ class Env:
         self.sessions = ZenohSessionManager({"scouting/multicast/enabled": False})
 
     def actor(self, **overrides: Any) -> CollectorArchiver:
+        """An in-process actor on this test's folders (no catch-up scan unless asked for)."""
         kwargs: dict[str, Any] = dict(
             object_selector="*",
             save_template=TEMPLATE,
@@ -147,11 +153,13 @@ class Env:
         return actor
 
     def announcer(self, actor: CollectorArchiver, name: str = "announcer") -> Announcer:
+        """A HERO in the actor's realm that fires ``finished``."""
         hero = Announcer(name, realm=actor._realm, session_manager=actor._session_manager)
         self._heroes.append(hero)
         return hero
 
     def run(self, name: str, folder: Path | None = None, **kwargs: Any) -> Path:
+        """Write a finished simulated run (a new seed each time)."""
         self._seed += 1
         path = (folder or self.runs) / name
         kwargs = {"records": RECORDS, "entities": ENTITIES, "seed": self._seed, **kwargs}
@@ -159,6 +167,7 @@ class Env:
         return path
 
     def stop(self, actor: CollectorArchiver) -> None:
+        """Tear an actor down as BOSS does, and check that its threads ended."""
         if actor not in self._actors:
             return
         self._actors.remove(actor)

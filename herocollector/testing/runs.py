@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -121,8 +122,9 @@ class RecordedRun:
 
 
 def default_labels(n_streams: int, seed: int) -> list[dict[str, Any]]:
-    """Labels for ``n_streams`` streams: organisation, model, experiment, run, replication,
-    entity, measure.
+    """Labels for ``n_streams`` streams.
+
+    The labels are organisation, model, experiment, run, replication, entity and measure.
 
     Args:
         n_streams: How many streams.
@@ -266,7 +268,9 @@ def batches_to_table(batches: Sequence[pa.RecordBatch], schema: pa.Schema | None
     return pa.Table.from_batches(list(batches)).combine_chunks()
 
 
-def collect_table(paths: Sequence[str | Path], collector_cls: Callable[..., Any] | None = None, **kwargs: Any) -> pa.Table:
+def collect_table(
+    paths: Sequence[str | Path], collector_cls: Callable[..., Any] | None = None, **kwargs: Any
+) -> pa.Table:
     """Collect ``paths`` into memory and return the table.
 
     Args:
@@ -281,7 +285,9 @@ def collect_table(paths: Sequence[str | Path], collector_cls: Callable[..., Any]
         AssertionError: ``collect`` returned False.
     """
     if collector_cls is None:
-        from herocollector import Collector as collector_cls
+        from ..collector import Collector
+
+        collector_cls = Collector
     writer = MemoryWriter()
     assert collector_cls(list(paths)).collect(writer, **kwargs) is True
     return writer.table()
