@@ -1,0 +1,143 @@
+#!/usr/bin/env python
+"""Benchmark the collection service: a burst of runs with 1 and with N workers, and the scan.
+
+One run of this script:
+
+1. writes ``--runs`` runs of ``--records`` records each (reused from ``--workdir`` when the
+   parameters match);
+2. for each worker count in ``--workers``, starts a fresh ``CollectionService`` (new journal,
+   new output folder), submits every run at once (a burst) and times until all are collected;
+   prints runs/s, records/s and the ratio to the first worker count, side by side;
+3. builds ``--scan-dirs`` finished run directories (``streams/`` and ``_DONE``, two levels
+   deep) and times one catch-up scan that journals all of them, then a second scan that
+   finds nothing new.
+
+Examples::
+
+    python benchmarks/service_bench.py                       # 200 runs x 20k records, workers 1 and 2
+    python benchmarks/service_bench.py --runs 50 --records 5000 --scan-dirs 1000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def build_runs(folder: Path, runs: int, records: int) -> list[Path]:
+    """The runs, written once per parameter set."""
+    from herocollector.demo import write_simulated_run
+
+    stamp = folder / "bench_runs.json"
+    wanted = {"runs": runs, "records": records, "version": 1}
+    paths = [folder / "runs" / f"run-{i:04d}" for i in range(runs)]
+    if stamp.exists() and json.loads(stamp.read_text()) == wanted and all((p / "_DONE").exists() for p in paths):
+        return paths
+    shutil.rmtree(folder / "runs", ignore_errors=True)
+    for i, path in enumerate(paths):
+        write_simulated_run(path, records=records, entities=4, seed=i)
+    stamp.write_text(json.dumps(wanted))
+    return paths
+
+
+def burst(paths: list[Path], workers: int, scratch: Path) -> float:
+    """Seconds to collect every run, announced at once, with ``workers`` workers."""
+    from herocollector import CollectionService, ServiceConfig
+    from herocollector.journal import JobState
+
+    state, out = scratch / f"state-{workers}", scratch / f"out-{workers}"
+    config = ServiceConfig.from_arguments(
+        save_template="{{ output_root }}/{{ logger_name }}/{{ measure }}.arrow",
+        output_root=str(out),
+        allowed_roots=[str(paths[0].parent)],
+        state_dir=str(state),
+        workers=workers,
+        scan_interval=None,
+    )
+    with CollectionService(config) as service:
+        started = time.perf_counter()
+        for path in paths:
+            service.submit("bench", str(path))
+        if not service.wait_idle(timeout=3600, interval=0.005):
+            raise SystemExit("the burst did not finish")
+        seconds = time.perf_counter() - started
+        counts = service.journal.counts()
+    if counts[JobState.DONE.value] != len(paths):
+        raise SystemExit(f"not every run was collected: {counts}")
+    shutil.rmtree(state)
+    shutil.rmtree(out)
+    return seconds
+
+
+def scan(count: int, scratch: Path) -> tuple[float, float, int]:
+    """Seconds of a first scan over ``count`` finished runs (journals all) and of a second one."""
+    import threading
+
+    from herocollector.journal import Journal
+    from herocollector.scan import Scanner
+
+    root = scratch / "scan-root"
+    for i in range(count):
+        run = root / f"campaign-{i // 1000:02d}" / f"run-{i:05d}"
+        (run / "streams").mkdir(parents=True)
+        (run / "_DONE").touch()
+    journal = Journal(scratch / "scan.sqlite3")
+    try:
+        scanner = Scanner(journal, [root], 3, threading.Event())
+        first = scanner.scan()
+        second = scanner.scan()
+    finally:
+        journal.close()
+    shutil.rmtree(root)
+    return first.seconds, second.seconds, first.journalled
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=200)
+    parser.add_argument("--records", type=int, default=20_000)
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--repeat", type=int, default=2, help="bursts per worker count; the best is reported")
+    parser.add_argument("--scan-dirs", type=int, default=10_000)
+    parser.add_argument("--workdir", type=Path, default=HERE / "_data" / "service")
+    args = parser.parse_args(argv)
+    logging.getLogger("heros").setLevel(logging.WARNING)
+
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    print(f"writing/reusing {args.runs} runs x {args.records} records in {args.workdir} ...", flush=True)
+    paths = build_runs(args.workdir, args.runs, args.records)
+    total = args.runs * args.records
+    with tempfile.TemporaryDirectory(prefix="hc-service-bench-") as tmp:
+        scratch = Path(tmp)
+        best: dict[int, float] = {}
+        for _ in range(args.repeat):
+            for workers in args.workers:  # interleaved, so both see the same machine state
+                seconds = burst(paths, workers, scratch)
+                best[workers] = min(best.get(workers, seconds), seconds)
+        base = best[args.workers[0]]
+        print(f"\nburst of {args.runs} runs x {args.records:,} records (best of {args.repeat}):")
+        for workers in args.workers:
+            seconds = best[workers]
+            print(
+                f"  workers={workers}: {seconds:7.2f} s  {args.runs / seconds:7.1f} runs/s  "
+                f"{total / seconds / 1e6:6.2f} M records/s  ratio {base / seconds:4.2f}x"
+            )
+        if args.scan_dirs:
+            first, second, journalled = scan(args.scan_dirs, scratch)
+            print(
+                f"\ncatch-up scan of {args.scan_dirs:,} finished run directories: first {first:.3f} s "
+                f"({journalled:,} journalled), second {second:.3f} s (nothing new)"
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
