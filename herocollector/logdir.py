@@ -1,4 +1,4 @@
-"""The logger directory on disk (SPEC §2): its files, the ``_DONE`` marker, and a writer.
+"""The logger directory on disk: its files, the ``_DONE`` marker, and a writer.
 
 A logger directory (a *run*) holds ``NNNNN.seg.zst`` segments, a ``streams/`` folder with one
 JSON file per stream, and ``_DONE`` once the logger has finished.

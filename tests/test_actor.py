@@ -1,4 +1,4 @@
-"""The ``CollectorArchiver`` actor in process (SPEC §4), on real Zenoh.
+"""The ``CollectorArchiver`` actor in process, on real Zenoh.
 
 Every actor gets its own realm, so tests never see each other's events. Most tests drive the
 actor by calling ``feed`` (exactly what the Zenoh event callback calls); some fire a real

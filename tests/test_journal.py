@@ -1,4 +1,4 @@
-"""The job journal (SPEC §4): a durable SQLite state machine under the actor's ``state_dir``.
+"""The job journal: a durable SQLite state machine under the actor's ``state_dir``.
 
 States: pending -> running -> done -> cleaned, with failed (and retries) on the side. Every
 test uses a real database file in ``tmp_path``; "restart" means closing the journal and

@@ -242,3 +242,28 @@ def test_remote_cleanup_answers_before_the_query_times_out(site: Site) -> None:
     wait_until(lambda: state_of(site, run) == "done", 30, "the run")
     assert remote.cleanup(str(run)) is True
     assert not list(run.glob("*.seg.zst"))
+
+
+def test_metrics_are_published_through_the_boss_datasource(site: Site) -> None:
+    config = load_config(
+        "collector.json",
+        {"default_metadata": {"output_root": str(site.out)}, "allowed_roots": [str(site.runs)], "state_dir": str(site.state)},
+    )
+    config["datasource"] = {"async": False, "interval": 0.2}
+    remote = site._start(config).remote()
+    site.run("r")
+    received: list[Any] = []
+    remote.observable_data.connect(received.append)
+    remote.collect(str(site.runs / "r"))
+
+    def collected_metric() -> dict[str, Any] | None:
+        for sample in reversed(received):
+            values = {item["id"]: item for item in sample}
+            if values.get("runs_collected", {}).get("raw_value") == 1:
+                return values
+        return None
+
+    values = wait_until(collected_metric, 30, "a datasource sample after the run")
+    assert values["rows_collected"]["raw_value"] == 600
+    assert values["jobs_done"]["raw_value"] == 1 and values["queue_depth"]["raw_value"] == 0
+    assert values["bytes_collected"]["raw_unit"] == "B"
