@@ -74,6 +74,8 @@ class CollectorArchiver(HERODataArchiver):
         workers: Runs collected at the same time.
         scan_interval: Seconds between catch-up scans of ``allowed_roots`` (None: no scan).
         scan_depth: Folder levels below each of ``allowed_roots`` the scan looks at.
+        lease_timeout: Seconds a worker's lease on a job lasts on a shared journal unless
+            renewed; an actor silent for longer is fenced out and another takes the job.
 
     Example:
         BOSS json configuration::
@@ -132,6 +134,7 @@ class CollectorArchiver(HERODataArchiver):
         workers: int = 2,
         scan_interval: float | None = 300.0,
         scan_depth: int = 3,
+        lease_timeout: float = 30.0,
         *args: Any,
         **kwargs: Any,
     ) -> None:
@@ -162,6 +165,7 @@ class CollectorArchiver(HERODataArchiver):
             workers=workers,
             scan_interval=scan_interval,
             scan_depth=scan_depth,
+            lease_timeout=lease_timeout,
         )
         self.service = CollectionService(config, on_collected=self._relay_collected, on_failed=self._relay_failed)
         try:

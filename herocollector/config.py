@@ -116,6 +116,7 @@ class ServiceConfig:
     workers: int = 2
     scan_interval: float | None = 300.0
     scan_depth: int = 3
+    lease_timeout: float = 30.0
 
     @property
     def journal_file(self) -> Path:
@@ -160,6 +161,7 @@ class ServiceConfig:
         workers: int = 2,
         scan_interval: float | None = 300.0,
         scan_depth: int = 3,
+        lease_timeout: float = 30.0,
     ) -> ServiceConfig:
         """Validate the actor's keyword arguments.
 
@@ -212,4 +214,5 @@ class ServiceConfig:
             workers=_number("workers", workers, minimum=1, integer=True),
             scan_interval=_number("scan_interval", scan_interval, minimum=0.001, allow_none=True),
             scan_depth=_number("scan_depth", scan_depth, integer=True),
+            lease_timeout=_number("lease_timeout", lease_timeout, minimum=0.1),
         )

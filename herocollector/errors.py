@@ -11,6 +11,7 @@
     ├── DoneTimeout                     ``_DONE`` did not appear within ``timeout``
     ├── RunRefused                      the configuration forbids the run (never retried)
     ├── JournalError                    the job journal failed (retried; never kills a worker)
+    │   └── LeaseLost                   another actor holds the job now: this one is fenced out
     ├── Cancelled                       the service is closing; the job goes back to pending
     └── ConfigError (also ValueError)   invalid configuration or arguments
         └── StateDirLocked              another actor holds the state_dir
@@ -97,6 +98,15 @@ class RunRefused(CollectorError):
 
 class JournalError(CollectorError):
     """The job journal could not be read or written."""
+
+
+class LeaseLost(JournalError):
+    """The job's lease expired and another actor took it: this actor is fenced out.
+
+    Its fencing token is stale, so it publishes nothing more for the job and records nothing.
+    """
+
+    retryable = False
 
 
 class Cancelled(CollectorError):

@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import JournalError
+from .errors import JournalError, LeaseLost
 
 
 class JobState(enum.StrEnum):
@@ -62,7 +62,10 @@ CREATE TABLE IF NOT EXISTS jobs (
     updated      REAL NOT NULL,
     next_attempt REAL,
     trash_until  REAL,
-    deadline     REAL
+    deadline     REAL,
+    token        INTEGER NOT NULL DEFAULT 0,
+    lease_owner  TEXT,
+    lease_until  REAL
 );
 CREATE TABLE IF NOT EXISTS outputs (
     path   TEXT PRIMARY KEY,
@@ -73,7 +76,13 @@ CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, next_attempt);
 """
 
 # Columns added after the first release, with their SQL type: an older journal gains them on open.
-_ADDED_COLUMNS = {"trash_until": "REAL", "deadline": "REAL"}
+_ADDED_COLUMNS = {
+    "trash_until": "REAL",
+    "deadline": "REAL",
+    "token": "INTEGER NOT NULL DEFAULT 0",
+    "lease_owner": "TEXT",
+    "lease_until": "REAL",
+}
 
 
 @dataclass
@@ -96,6 +105,10 @@ class Job:
             deleted for good (Unix time); None once purged or when never trashed.
         deadline: Until when its ``_DONE`` is waited for (None: no limit).
         outputs: Output files and their row counts, once done.
+        token: Fencing token: raised every time a worker takes the job. A state change that
+            names an older token is refused (:class:`~herocollector.errors.LeaseLost`).
+        lease_owner: The actor that holds the job while it runs.
+        lease_until: When that lease runs out unless renewed (Unix time).
     """
 
     id: int
@@ -112,6 +125,9 @@ class Job:
     trash_until: float | None = None
     deadline: float | None = None
     outputs: dict[str, int] = field(default_factory=dict)
+    token: int = 0
+    lease_owner: str | None = None
+    lease_until: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The job as a JSON-friendly dict (what remote methods return)."""
@@ -193,6 +209,9 @@ class Journal:
             trash_until=row["trash_until"],
             deadline=row["deadline"],
             outputs=outputs,
+            token=row["token"],
+            lease_owner=row["lease_owner"],
+            lease_until=row["lease_until"],
         )
 
     def _jobs(self, rows: Iterable[sqlite3.Row]) -> list[Job]:
@@ -332,8 +351,13 @@ class Journal:
             )
             return self._fetch(db, int(cur.lastrowid or 0))
 
-    def take_due(self, now: float | None = None) -> Job | None:
-        """Take the next due pending job: mark it running and count the attempt.
+    def take_due(self, now: float | None = None, owner: str = "", lease: float = 3600.0) -> Job | None:
+        """Take the next due pending job: running, attempt counted, a new fencing token and a lease.
+
+        Args:
+            now: The time (default: now).
+            owner: Who takes it.
+            lease: Seconds the lease lasts unless renewed.
 
         Returns:
             The job, or None if none is due.
@@ -348,10 +372,32 @@ class Journal:
             if row is None:
                 return None
             db.execute(
-                "UPDATE jobs SET state = ?, attempts = attempts + 1, next_attempt = NULL, updated = ? WHERE id = ?",
-                (JobState.RUNNING.value, now, row["id"]),
+                "UPDATE jobs SET state = ?, attempts = attempts + 1, next_attempt = NULL, updated = ?, "
+                "token = token + 1, lease_owner = ?, lease_until = ? WHERE id = ?",
+                (JobState.RUNNING.value, now, owner, now + lease, row["id"]),
             )
             return self._fetch(db, row["id"])
+
+    def renew(self, job_id: int, token: int, lease: float) -> bool:
+        """Extend the lease of a running job held under ``token``.
+
+        Returns:
+            False if the lease is lost (the token is stale, or the job is no longer running).
+        """
+        now = time.time()
+        with self._transaction() as db:
+            cur = db.execute(
+                "UPDATE jobs SET lease_until = ? WHERE id = ? AND token = ? AND state = ?",
+                (now + lease, job_id, token, JobState.RUNNING.value),
+            )
+            return bool(cur.rowcount)
+
+    def _fenced(self, db: sqlite3.Connection, cur: sqlite3.Cursor, job_id: int, token: int | None) -> None:
+        """Raise LeaseLost if an update guarded by ``token`` changed nothing."""
+        if token is not None and not cur.rowcount:
+            current = db.execute("SELECT token, lease_owner FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            holder = f"token {current['token']} of {current['lease_owner']}" if current else "no job"
+            raise LeaseLost(f"job {job_id}: token {token} is stale ({holder})", self.file)
 
     def start(self, job_id: int) -> Job | None:
         """Take one particular pending job (running, attempt counted); None if it is not pending."""
@@ -363,14 +409,16 @@ class Journal:
             )
             return self._fetch(db, job_id) if cur.rowcount else None
 
-    def park(self, job_id: int, check_at: float, deadline: float | None) -> Job:
+    def park(self, job_id: int, check_at: float, deadline: float | None, token: int | None = None) -> Job:
         """A running job whose run has no ``_DONE``: waiting, its attempt not counted."""
         with self._transaction() as db:
-            db.execute(
+            cur = db.execute(
                 "UPDATE jobs SET state = ?, attempts = MAX(attempts - 1, 0), next_attempt = ?, deadline = ?, "
-                "updated = ? WHERE id = ? AND state = ?",
-                (JobState.WAITING.value, check_at, deadline, time.time(), job_id, JobState.RUNNING.value),
+                "updated = ?, lease_owner = NULL, lease_until = NULL WHERE id = ? AND state = ? "
+                "AND token = COALESCE(?, token)",
+                (JobState.WAITING.value, check_at, deadline, time.time(), job_id, JobState.RUNNING.value, token),
             )
+            self._fenced(db, cur, job_id, token)
             return self._fetch(db, job_id)
 
     def wake(self, job_id: int) -> None:
@@ -398,9 +446,18 @@ class Journal:
         with self._transaction() as db:
             db.execute("DELETE FROM outputs WHERE job_id = ?", (job_id,))
 
-    def finish(self, job_id: int, outputs: dict[str, int]) -> Job:
-        """Mark a job done with its outputs and their row counts."""
+    def finish(self, job_id: int, outputs: dict[str, int], token: int | None = None) -> Job:
+        """Mark a job done with its outputs and their row counts.
+
+        Raises:
+            LeaseLost: ``token`` is stale.
+        """
         with self._transaction() as db:
+            cur = db.execute(
+                "UPDATE jobs SET lease_owner = NULL, lease_until = NULL WHERE id = ? AND token = COALESCE(?, token)",
+                (job_id, token),
+            )
+            self._fenced(db, cur, job_id, token)
             db.execute("DELETE FROM outputs WHERE job_id = ?", (job_id,))
             db.executemany(
                 "INSERT INTO outputs (path, job_id, rows) VALUES (?, ?, ?)",
@@ -413,8 +470,12 @@ class Journal:
             )
             return self._fetch(db, job_id)
 
-    def fail(self, job_id: int, error: str, retry_at: float | None, keep_deadline: bool = True) -> Job:
+    def fail(
+        self, job_id: int, error: str, retry_at: float | None, keep_deadline: bool = True, token: int | None = None
+    ) -> Job:
         """Record a failed attempt: pending again with a retry time, or failed for good.
+
+        The job's output reservations are released, so a failed run blocks no other run's paths.
 
         Args:
             job_id: The job.
@@ -422,15 +483,21 @@ class Journal:
             retry_at: When to try again; None fails the job for good.
             keep_deadline: Keep the ``_DONE`` deadline (False after a ``_DONE`` timeout, so
                 the next attempt waits afresh).
+            token: The fencing token the attempt ran under (None: unfenced).
+
+        Raises:
+            LeaseLost: ``token`` is stale.
         """
         state = JobState.PENDING if retry_at is not None else JobState.FAILED
         deadline = "deadline" if keep_deadline else "NULL"
         with self._transaction() as db:
-            db.execute(
-                f"UPDATE jobs SET state = ?, error = ?, next_attempt = ?, deadline = {deadline}, updated = ? "
-                "WHERE id = ?",
-                (state.value, error, retry_at, time.time(), job_id),
+            cur = db.execute(
+                f"UPDATE jobs SET state = ?, error = ?, next_attempt = ?, deadline = {deadline}, updated = ?, "
+                "lease_owner = NULL, lease_until = NULL WHERE id = ? AND token = COALESCE(?, token)",
+                (state.value, error, retry_at, time.time(), job_id, token),
             )
+            self._fenced(db, cur, job_id, token)
+            db.execute("DELETE FROM outputs WHERE job_id = ?", (job_id,))  # a failed job blocks no paths
             return self._fetch(db, job_id)
 
     def expire(self, job_id: int, error: str, retry_at: float | None) -> Job:
@@ -445,6 +512,7 @@ class Journal:
                 "updated = ? WHERE id = ? AND state = ?",
                 (state.value, error, retry_at, time.time(), job_id, JobState.WAITING.value),
             )
+            db.execute("DELETE FROM outputs WHERE job_id = ?", (job_id,))
             return self._fetch(db, job_id)
 
     def retry(self, path: str | None = None) -> list[Job]:
@@ -481,17 +549,19 @@ class Journal:
             ).fetchall()
             return [job for job in (self._job(r) for r in rows) if job is not None]
 
-    def defer(self, job_id: int, retry_at: float | None, reason: str | None) -> Job:
+    def defer(self, job_id: int, retry_at: float | None, reason: str | None, token: int | None = None) -> Job:
         """Put a running job back to pending without counting the attempt.
 
         For a run whose claim another actor holds, or a collection the closing service stopped.
         """
         with self._transaction() as db:
-            db.execute(
+            cur = db.execute(
                 "UPDATE jobs SET state = ?, attempts = MAX(attempts - 1, 0), error = COALESCE(?, error), "
-                "next_attempt = ?, updated = ? WHERE id = ? AND state = ?",
-                (JobState.PENDING.value, reason, retry_at, time.time(), job_id, JobState.RUNNING.value),
+                "next_attempt = ?, updated = ?, lease_owner = NULL, lease_until = NULL "
+                "WHERE id = ? AND state = ? AND token = COALESCE(?, token)",
+                (JobState.PENDING.value, reason, retry_at, time.time(), job_id, JobState.RUNNING.value, token),
             )
+            self._fenced(db, cur, job_id, token)
             return self._fetch(db, job_id)
 
     def mark_cleaned(self, job_id: int, trash_until: float | None = None) -> None:

@@ -172,6 +172,7 @@ class OutputPipeline:
         on_bytes: Callable[[int], None] | None = None,
         on_rows: Callable[[int], None] | None = None,
         check_cancel: Callable[[], None] | None = None,
+        before_publish: Callable[[], None] | None = None,
     ) -> list[WrittenOutput]:
         """Decode the runs and write every target; publish all, or none.
 
@@ -183,6 +184,8 @@ class OutputPipeline:
             on_bytes: Progress: segment bytes read.
             on_rows: Progress: rows written.
             check_cancel: Called between batches; raises to stop.
+            before_publish: Called right before each file is published; raises to stop
+                (the lease check of a fenced job).
 
         Returns:
             The committed outputs, in plan order.
@@ -218,6 +221,8 @@ class OutputPipeline:
                 for t in closes.get(index, []):
                     files[t].finish()
             for t in sorted(files):
+                if before_publish is not None:
+                    before_publish()
                 files[t].publish(replace[t])
         except BaseException:
             for file in files.values():

@@ -31,7 +31,7 @@ from heros.helper import log
 from . import logdir
 from .claims import COLLECTED, HELD, RunClaim
 from .config import ServiceConfig
-from .errors import Cancelled, CollectorError, DoneTimeout, OutputError, RunRefused
+from .errors import Cancelled, CollectorError, DoneTimeout, LeaseLost, OutputError, RunRefused
 from .events import RunCollected, RunFailed
 from .journal import Job, JobState, Journal, OutputTakenError
 from .output import provenance_metadata, read_provenance
@@ -114,10 +114,12 @@ class JobRunner:
             reason = str(deferred)
             log.info(f"herocollector: job {job.id} for {job.path} deferred: {reason}")
             later = time.time() + self.config.claim_heartbeat
-            self._record(job.id, lambda: self.journal.defer(job.id, later, reason))
+            self._record(job.id, lambda: self.journal.defer(job.id, later, reason, token=job.token))
         except Cancelled:
             log.info(f"herocollector: job {job.id} for {job.path} interrupted by shutdown; it stays pending")
-            self._record(job.id, lambda: self.journal.defer(job.id, None, None))
+            self._record(job.id, lambda: self.journal.defer(job.id, None, None, token=job.token))
+        except LeaseLost as lost:
+            log.warning(f"herocollector: job {job.id} for {job.path}: lease lost, fenced out; nothing recorded ({lost})")
         except BaseException as exc:  # noqa: BLE001 - whatever happens, the worker lives on
             self._failed(job, exc, job.attempts)
         else:
@@ -139,8 +141,10 @@ class JobRunner:
         if not logdir.is_done(path):
             self._park(job)
             return None
-        outputs, nbytes, collected_by = self._claimed_write(job, path)
-        self._record(job.id, lambda: self.journal.finish(job.id, outputs))
+        with LeaseKeeper(self.journal, job, self.config.lease_timeout, self.stopping) as lease:
+            outputs, nbytes, collected_by = self._claimed_write(job, path, lease)
+            lease.check()
+            self._record(job.id, lambda: self.journal.finish(job.id, outputs, token=job.token))
         seconds = time.monotonic() - started
         rows = sum(outputs.values())
         if collected_by is None:
@@ -160,10 +164,10 @@ class JobRunner:
             deadline = now + self.config.timeout / 1000
         if deadline is not None and now >= deadline:
             raise DoneTimeout(f"no _DONE within {self.config.timeout} ms of the announcement", job.path)
-        self.journal.park(job.id, now + self.config.backoff / 1000, deadline)
+        self.journal.park(job.id, now + self.config.backoff / 1000, deadline, token=job.token)
         log.info(f"herocollector: job {job.id}: {job.path} has no _DONE yet; waiting")
 
-    def _claimed_write(self, job: Job, path: Path) -> tuple[dict[str, int], int, str | None]:
+    def _claimed_write(self, job: Job, path: Path, lease: "LeaseKeeper") -> tuple[dict[str, int], int, str | None]:
         """Write the outputs, under a fleet claim if configured.
 
         Returns:
@@ -171,7 +175,7 @@ class JobRunner:
             another one.
         """
         if not self.config.claim_runs:
-            return (*self._write_outputs(job, path), None)
+            return (*self._write_outputs(job, path, lease), None)
         claim = RunClaim(path, self.owner, self.config.claim_timeout, self.config.claim_heartbeat)
         result = claim.acquire()
         if result.outcome == COLLECTED:
@@ -182,12 +186,12 @@ class JobRunner:
             raise _Deferred(f"claimed by {result.info.get('owner')} (pid {result.info.get('pid')})")
         written: dict[str, int] | None = None
         try:
-            written, nbytes = self._write_outputs(job, path)
+            written, nbytes = self._write_outputs(job, path, lease)
         finally:
             claim.release(written)
         return written, nbytes, None
 
-    def _write_outputs(self, job: Job, path: Path) -> tuple[dict[str, int], int]:
+    def _write_outputs(self, job: Job, path: Path, lease: "LeaseKeeper") -> tuple[dict[str, int], int]:
         """Decode the run once and write its output files; rows per output, and bytes decoded."""
         run = self.pipeline.plan_run(path)
         plan = self.pipeline.plan([run], lambda index, planned, stream: self._route(job, planned, stream.metadata))
@@ -202,12 +206,14 @@ class JobRunner:
         def check_cancel() -> None:
             if self.stopping.is_set():
                 raise Cancelled("the service is closing")
+            lease.raise_if_lost()
 
         written = self.pipeline.write(
             plan,
             provenance=provenance,
             reserve=lambda target: self._reserve(job, target.path),
             check_cancel=check_cancel,
+            before_publish=lease.check,
         )
         return {str(w.path): w.rows for w in written}, run.segment_bytes
 
@@ -254,10 +260,9 @@ class JobRunner:
         keep_deadline = not isinstance(exc, DoneTimeout)  # after a _DONE timeout the next try waits afresh
 
         def record() -> object:
-            self.journal.release_outputs(job.id)  # a failed job must not block other runs' paths
             if waited:
                 return self.journal.expire(job.id, message, retry_at)
-            return self.journal.fail(job.id, message, retry_at, keep_deadline=keep_deadline)
+            return self.journal.fail(job.id, message, retry_at, keep_deadline=keep_deadline, token=job.token)
 
         self._record(job.id, record)
         if retry_at is None:
@@ -293,6 +298,8 @@ class JobRunner:
         """Record an outcome in the journal; if the journal fails, keep it for later."""
         try:
             action()
+        except LeaseLost as lost:
+            log.warning(f"herocollector: job {job_id}: fenced out, its outcome is not recorded ({lost})")
         except Exception as exc:  # noqa: BLE001 - keep the outcome, record it again later
             log.error(f"herocollector: recording the outcome of job {job_id} failed ({exc}); will retry")
             with self._unrecorded_lock:
@@ -309,6 +316,8 @@ class JobRunner:
         for job_id, action in pending:
             try:
                 action()
+            except LeaseLost:
+                pass  # fenced out: another actor owns the job now
             except Exception:  # noqa: BLE001 - try again next round
                 continue
             with self._unrecorded_lock:
@@ -322,3 +331,59 @@ class JobRunner:
             callback(report)
         except Exception as exc:  # noqa: BLE001 - a listener must not fail the job
             log.error(f"herocollector: reporting {type(report).__name__} failed: {exc}")
+
+
+class LeaseKeeper:
+    """Holds a job's lease while it is collected: renews it, and tells when it was lost.
+
+    On a shared journal a lease that is not renewed in time is taken over by another actor,
+    with a new fencing token. The keeper renews it every third of ``lease`` seconds on a
+    thread; :meth:`check` renews it synchronously, right before anything is published.
+
+    Args:
+        journal: The job journal.
+        job: The job, with the token it was taken under.
+        lease: Seconds a lease lasts.
+        stopping: Ends the renewals when the service closes.
+    """
+
+    def __init__(self, journal: Journal, job: Job, lease: float, stopping: threading.Event) -> None:
+        self._journal = journal
+        self._job = job
+        self._lease = lease
+        self._lost = threading.Event()
+        self._done = threading.Event()
+        self._stopping = stopping
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> "LeaseKeeper":
+        if getattr(self._journal, "shared", False):
+            self._thread = threading.Thread(target=self._renew_loop, name="herocollector-lease", daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _renew_loop(self) -> None:
+        while not self._done.wait(self._lease / 3):
+            try:
+                if not self._journal.renew(self._job.id, self._job.token, self._lease):
+                    self._lost.set()
+                    return
+            except Exception as exc:  # noqa: BLE001 - a failed renewal is retried; check() decides
+                log.warning(f"herocollector: renewing the lease of job {self._job.id} failed: {exc}")
+
+    def raise_if_lost(self) -> None:
+        """Raise LeaseLost if a renewal found the lease gone."""
+        if self._lost.is_set():
+            raise LeaseLost(f"job {self._job.id}: the lease under token {self._job.token} was taken over")
+
+    def check(self) -> None:
+        """Renew now; raise LeaseLost if the lease is gone (call right before publishing)."""
+        self.raise_if_lost()
+        if not self._journal.renew(self._job.id, self._job.token, self._lease):
+            self._lost.set()
+            self.raise_if_lost()

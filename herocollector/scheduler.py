@@ -39,10 +39,16 @@ class Scheduler:
         journal: Where due jobs come from.
         run_job: Runs one job taken from the journal; must not raise (it is the job runner).
         workers: Worker threads, each collecting one run at a time.
+        owner: Who takes the jobs (recorded with each lease).
+        lease: Seconds a job's lease lasts unless renewed.
     """
 
-    def __init__(self, journal: Journal, run_job: Callable[[Job], None], workers: int = 2) -> None:
+    def __init__(
+        self, journal: Journal, run_job: Callable[[Job], None], workers: int = 2, owner: str = "", lease: float = 30.0
+    ) -> None:
         self._journal = journal
+        self._owner = owner
+        self._lease = lease
         self._run_job = run_job
         self._workers = workers
         self._stop = threading.Event()
@@ -90,7 +96,7 @@ class Scheduler:
             with self._signal:
                 seen = self._generation
             try:
-                job = self._journal.take_due()
+                job = self._journal.take_due(owner=self._owner, lease=self._lease)
             except Exception as exc:  # noqa: BLE001 - a journal hiccup must not end the worker
                 log.error(f"herocollector: taking the next job from the journal failed: {exc}")
                 self._stop.wait(_IDLE_POLL)

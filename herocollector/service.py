@@ -21,6 +21,7 @@ Data flows one way: announcement → journal → scheduler → worker (job runne
 from __future__ import annotations
 
 import os
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -37,6 +38,11 @@ from .runner import JobRunner
 from .scan import Scanner, ScanResult
 from .scheduler import Scheduler
 from .statedir import StateDirLock
+
+def owner_name(config: ServiceConfig) -> str:
+    """This service among a fleet: host, pid and ``state_dir``."""
+    return f"{socket.gethostname()}:{os.getpid()}:{config.state_dir}"
+
 
 LOCK_WAIT = 3.0
 """Seconds a new service waits for the ``state_dir`` lock (a predecessor may be shutting down)."""
@@ -92,7 +98,9 @@ class CollectionService:
         self._metrics_lock = threading.Lock()
         try:
             self.journal = Journal(config.journal_file)
-            self.scheduler = Scheduler(self.journal, self._run_job, config.workers)
+            self.scheduler = Scheduler(
+                self.journal, self._run_job, config.workers, owner_name(config), config.lease_timeout
+            )
             self.runner = JobRunner(
                 config,
                 self.journal,

@@ -227,7 +227,7 @@ def test_journal_migrates_an_old_journal(tmp_path: Path) -> None:
     journal = Journal(file)
     try:
         columns = [row["name"] for row in journal._db.execute("PRAGMA table_info(jobs)")]
-        assert columns[-2:] == ["trash_until", "deadline"]
+        assert columns[-5:] == ["trash_until", "deadline", "token", "lease_owner", "lease_until"]
         old = journal.by_path("/runs/old")
         assert (old.id, old.state, old.attempts, old.rows, old.created, old.updated) == (1, JobState.DONE, 1, 42, 1.0, 2.0)
         assert old.metadata == {"path": "/runs/old"} and old.outputs == {"/out/old.arrow": 42}
@@ -291,9 +291,9 @@ def count_writes(actor: CollectorArchiver) -> list[str]:
     runner = actor.service.runner
     original = runner._write_outputs
 
-    def wrapped(job: Job, path: Path) -> tuple[dict[str, int], int]:
+    def wrapped(job: Job, *args: Any) -> tuple[dict[str, int], int]:
         calls.append(job.path)
-        return original(job, path)
+        return original(job, *args)
 
     runner._write_outputs = wrapped  # type: ignore[method-assign]
     return calls

@@ -196,9 +196,9 @@ def test_two_workers_collect_two_runs_at_once(site: Site) -> None:
     both_inside = threading.Barrier(2, timeout=20)
     original = service.runner._write_outputs
 
-    def meet(job: Job, path: Path) -> Any:
+    def meet(job: Job, *args: Any) -> Any:
         both_inside.wait()  # only two workers at the same time get past this
-        return original(job, path)
+        return original(job, *args)
 
     service.runner._write_outputs = meet  # type: ignore[method-assign]
     runs = [site.run(f"run-{i}") for i in range(2)]
@@ -214,11 +214,11 @@ def test_one_worker_collects_one_run_at_a_time(site: Site) -> None:
     peak = []
     original = service.runner._write_outputs
 
-    def count(job: Job, path: Path) -> Any:
+    def count(job: Job, *args: Any) -> Any:
         inside.append(job.id)
         peak.append(len(service.scheduler.running()))
         try:
-            return original(job, path)
+            return original(job, *args)
         finally:
             inside.remove(job.id)
 
@@ -390,11 +390,11 @@ def test_a_failing_journal_inside_the_runner_is_recorded_later_and_the_worker_li
     original = service.journal.finish
     calls = []
 
-    def broken_once(job_id: int, outputs: dict[str, int]) -> Job:
+    def broken_once(job_id: int, outputs: dict[str, int], token: int | None = None) -> Job:
         calls.append(job_id)
         if len(calls) == 1:
             raise sqlite3.OperationalError("disk I/O error")
-        return original(job_id, outputs)
+        return original(job_id, outputs, token)
 
     service.journal.finish = broken_once  # type: ignore[method-assign]
     first = site.run("first")
@@ -412,10 +412,10 @@ def test_a_journal_error_taking_jobs_does_not_kill_the_worker(site: Site) -> Non
     original = service.journal.take_due
     failures = [sqlite3.OperationalError("database is locked")] * 2
 
-    def flaky(now: float | None = None) -> Job | None:
+    def flaky(now: float | None = None, **lease: Any) -> Job | None:
         if failures:
             raise failures.pop()
-        return original(now)
+        return original(now, **lease)
 
     service.journal.take_due = flaky  # type: ignore[method-assign]
     run = site.run("r")
@@ -458,6 +458,7 @@ def test_events_and_metrics(site: Site) -> None:
     service.submit("logger", 42)
     wait_state(service, good, JobState.DONE)
     wait_state(service, bad, JobState.FAILED)
+    wait_for(lambda: site.collected, "the run_collected report")
     [collected] = site.collected
     assert collected.path == str(good) and collected.rows == 300 and collected.rows == sum(collected.outputs.values())
     assert collected.job == job_of(service, good).id and collected.seconds > 0 and collected.bytes > 0
