@@ -76,6 +76,8 @@ class CollectorArchiver(HERODataArchiver):
         scan_depth: Folder levels below each of ``allowed_roots`` the scan looks at.
         lease_timeout: Seconds a worker's lease on a job lasts on a shared journal unless
             renewed; an actor silent for longer is fenced out and another takes the job.
+        journal: The job journal: a SQLite file (default ``<state_dir>/journal.sqlite3``) or
+            a ``postgresql://`` URL of a journal that a fleet of actors shares.
 
     Example:
         BOSS json configuration::
@@ -135,6 +137,7 @@ class CollectorArchiver(HERODataArchiver):
         scan_interval: float | None = 300.0,
         scan_depth: int = 3,
         lease_timeout: float = 30.0,
+        journal: str | None = None,
         *args: Any,
         **kwargs: Any,
     ) -> None:
@@ -166,6 +169,7 @@ class CollectorArchiver(HERODataArchiver):
             scan_interval=scan_interval,
             scan_depth=scan_depth,
             lease_timeout=lease_timeout,
+            journal=journal,
         )
         self.service = CollectionService(config, on_collected=self._relay_collected, on_failed=self._relay_failed)
         try:

@@ -17,7 +17,7 @@ from heros.helper import log
 
 from . import logdir, trash
 from .config import ServiceConfig
-from .journal import Job, JobState, Journal
+from .journal import Job, JobState, JobStore
 
 
 class RunCleaner:
@@ -29,7 +29,7 @@ class RunCleaner:
         stopping: Ends any wait for ``_DONE`` when the service closes.
     """
 
-    def __init__(self, config: ServiceConfig, journal: Journal, stopping: threading.Event) -> None:
+    def __init__(self, config: ServiceConfig, journal: JobStore, stopping: threading.Event) -> None:
         self.config = config
         self.journal = journal
         self.stopping = stopping

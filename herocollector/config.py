@@ -81,6 +81,16 @@ def _number(name: str, value: Any, *, minimum: float = 0.0, allow_none: bool = F
     return int(value) if integer else float(value)
 
 
+def _journal(value: str | None) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise ConfigError(f"journal must be a SQLite file path or a postgresql:// URL, got {value!r}")
+    if "://" in value and not value.startswith(("postgresql://", "postgres://")):
+        raise ConfigError(f"journal: only postgresql:// URLs are supported, got {value.split('://')[0]}://")
+    return value if "://" in value else os.path.abspath(value)
+
+
 @dataclass(frozen=True)
 class ServiceConfig:
     """Everything the collection service is told, validated.
@@ -117,11 +127,17 @@ class ServiceConfig:
     scan_interval: float | None = 300.0
     scan_depth: int = 3
     lease_timeout: float = 30.0
+    journal: str | None = None
 
     @property
-    def journal_file(self) -> Path:
-        """The SQLite job journal."""
-        return self.state_dir / "journal.sqlite3"
+    def journal_location(self) -> str:
+        """The ``journal`` setting, or the default SQLite file under ``state_dir``."""
+        return self.journal if self.journal else str(self.state_dir / "journal.sqlite3")
+
+    @property
+    def shared_journal(self) -> bool:
+        """Whether the journal is a PostgreSQL one that a fleet shares."""
+        return self.journal_location.startswith(("postgresql://", "postgres://"))
 
     @property
     def template(self) -> PathTemplate:
@@ -162,6 +178,7 @@ class ServiceConfig:
         scan_interval: float | None = 300.0,
         scan_depth: int = 3,
         lease_timeout: float = 30.0,
+        journal: str | None = None,
     ) -> ServiceConfig:
         """Validate the actor's keyword arguments.
 
@@ -215,4 +232,5 @@ class ServiceConfig:
             scan_interval=_number("scan_interval", scan_interval, minimum=0.001, allow_none=True),
             scan_depth=_number("scan_depth", scan_depth, integer=True),
             lease_timeout=_number("lease_timeout", lease_timeout, minimum=0.1),
+            journal=_journal(journal),
         )

@@ -23,12 +23,15 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Union
 
 from .errors import JournalError, LeaseLost
+
+if TYPE_CHECKING:
+    from .pgjournal import PgJournal
 
 
 class JobState(enum.StrEnum):
@@ -146,7 +149,10 @@ class OutputTakenError(Exception):
 
 
 class Journal:
-    """The service's durable job store (thread-safe).
+    """The service's durable job store in SQLite (thread-safe), for one actor.
+
+    A fleet of actors shares :class:`herocollector.pgjournal.PgJournal` instead; both have the
+    same methods (:func:`open_journal` picks one).
 
     Args:
         file: The SQLite database file; created with its parent folders.
@@ -155,8 +161,12 @@ class Journal:
         JournalError: The database cannot be opened.
     """
 
+    shared = False
+    """Only one actor uses it (the state_dir lock makes sure): leases are never taken over."""
+
     def __init__(self, file: str | Path) -> None:
         self.file = Path(file)
+        self.location = str(self.file)
         self._lock = threading.RLock()
         try:
             self.file.parent.mkdir(parents=True, exist_ok=True)
@@ -176,6 +186,9 @@ class Journal:
         """Close the database."""
         with self._lock:
             self._db.close()
+
+    def subscribe(self, wake: Callable[[], None]) -> None:
+        """Nothing to listen for: only this actor writes the journal."""
 
     def _transaction(self) -> _Tx:
         return _Tx(self)
@@ -530,7 +543,7 @@ class Journal:
             )
             return [self._fetch(db, i) for i in ids]
 
-    def resume(self) -> list[Job]:
+    def resume(self, owner: str | None = None) -> list[Job]:
         """After a restart: jobs that were running go back to pending.
 
         The interrupted attempt still counts, so a run that crashes the process every time
@@ -625,3 +638,27 @@ class _Tx:
         if isinstance(exc, sqlite3.Error):
             raise JournalError(f"journal update failed: {exc}", self._journal.file) from exc
 
+
+JobStore = Union[Journal, "PgJournal"]
+"""Either journal: the service uses only the methods both have."""
+
+
+def open_journal(spec: str | Path) -> JobStore:
+    """The journal a ``journal`` setting names.
+
+    Args:
+        spec: A ``postgresql://`` (or ``postgres://``) URL for a journal a fleet shares, or
+            the path of a SQLite file.
+
+    Returns:
+        The opened journal.
+
+    Raises:
+        JournalError: It cannot be opened.
+    """
+    text = str(spec)
+    if text.startswith(("postgresql://", "postgres://")):
+        from .pgjournal import PgJournal
+
+        return PgJournal(text)
+    return Journal(text)

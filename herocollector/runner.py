@@ -33,7 +33,7 @@ from .claims import COLLECTED, HELD, RunClaim
 from .config import ServiceConfig
 from .errors import Cancelled, CollectorError, DoneTimeout, LeaseLost, OutputError, RunRefused
 from .events import RunCollected, RunFailed
-from .journal import Job, JobState, Journal, OutputTakenError
+from .journal import Job, JobState, JobStore, OutputTakenError
 from .output import provenance_metadata, read_provenance
 from .paths import PathTemplate, Trusted
 from .pipeline import OutputPipeline, OutputTarget, PlannedRun
@@ -77,7 +77,7 @@ class JobRunner:
     def __init__(
         self,
         config: ServiceConfig,
-        journal: Journal,
+        journal: JobStore,
         stopping: threading.Event,
         on_collected: Callable[[RunCollected], None],
         on_failed: Callable[[RunFailed], None],
@@ -347,7 +347,7 @@ class LeaseKeeper:
         stopping: Ends the renewals when the service closes.
     """
 
-    def __init__(self, journal: Journal, job: Job, lease: float, stopping: threading.Event) -> None:
+    def __init__(self, journal: JobStore, job: Job, lease: float, stopping: threading.Event) -> None:
         self._journal = journal
         self._job = job
         self._lease = lease

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from heros.helper import log
 
-from .journal import Journal
+from .journal import JobStore
 from .logdir import DONE_MARKER, STREAMS_DIR
 
 SCAN_SOURCE = "scan"
@@ -86,7 +86,7 @@ class Scanner:
         stop: Set when the service closes; a scan then stops early.
     """
 
-    def __init__(self, journal: Journal, roots: Sequence[Path], depth: int, stop: threading.Event) -> None:
+    def __init__(self, journal: JobStore, roots: Sequence[Path], depth: int, stop: threading.Event) -> None:
         self.journal = journal
         self.roots = list(roots)
         self.depth = depth

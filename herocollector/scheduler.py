@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from heros.helper import log
 
-from .journal import Job, Journal
+from .journal import Job, JobStore
 
 _IDLE_POLL = 1.0  # seconds an idle worker sleeps at most before asking the journal again
 
@@ -44,7 +44,7 @@ class Scheduler:
     """
 
     def __init__(
-        self, journal: Journal, run_job: Callable[[Job], None], workers: int = 2, owner: str = "", lease: float = 30.0
+        self, journal: JobStore, run_job: Callable[[Job], None], workers: int = 2, owner: str = "", lease: float = 30.0
     ) -> None:
         self._journal = journal
         self._owner = owner

@@ -33,15 +33,16 @@ from heros.helper import log
 from .cleanup import RunCleaner
 from .config import ServiceConfig
 from .events import RunCollected, RunFailed, parse_event
-from .journal import Job, JobState, Journal
+from .journal import Job, JobState, JobStore, open_journal
 from .runner import JobRunner
 from .scan import Scanner, ScanResult
 from .scheduler import Scheduler
 from .statedir import StateDirLock
 
 def owner_name(config: ServiceConfig) -> str:
-    """This service among a fleet: host, pid and ``state_dir``."""
-    return f"{socket.gethostname()}:{os.getpid()}:{config.state_dir}"
+    """This service among a fleet: host and ``state_dir`` (stable across restarts; the
+    ``state_dir`` lock makes it unique among live services)."""
+    return f"{socket.gethostname()}:{config.state_dir}"
 
 
 LOCK_WAIT = 3.0
@@ -97,7 +98,7 @@ class CollectionService:
         self._metrics = ServiceMetrics()
         self._metrics_lock = threading.Lock()
         try:
-            self.journal = Journal(config.journal_file)
+            self.journal: JobStore = open_journal(config.journal_location)
             self.scheduler = Scheduler(
                 self.journal, self._run_job, config.workers, owner_name(config), config.lease_timeout
             )
@@ -111,7 +112,7 @@ class CollectionService:
             )
             self.cleaner = RunCleaner(config, self.journal, self.scheduler.stopping)
             self.scanner = Scanner(self.journal, config.allowed_roots, config.scan_depth, self.scheduler.stopping)
-            resumed = self.journal.resume()
+            resumed = self.journal.resume(owner_name(config))
         except BaseException:
             self._lock.release()
             raise
@@ -119,9 +120,10 @@ class CollectionService:
         self.scheduler.every("purge", min(max(config.cleanup_grace / 4, 0.05), 60.0), self.cleaner.purge_due, False)
         if config.scan_interval is not None and config.allowed_roots:
             self.scheduler.every("scan", config.scan_interval, self._scan)
+        self.journal.subscribe(self.scheduler.wake)
         self.scheduler.start()
         log.info(
-            f"herocollector: service started with {config.workers} worker(s), journal {config.journal_file}, "
+            f"herocollector: service started with {config.workers} worker(s), journal {self.journal.location}, "
             f"{len(resumed)} unfinished job(s) resumed"
         )
 
@@ -180,7 +182,7 @@ class CollectionService:
             "waiting": counts[JobState.WAITING.value],
             "running": [job.path for job in self.scheduler.running()],
             "workers": self.config.workers,
-            "journal": str(self.config.journal_file),
+            "journal": self.journal.location,
             "output_root": str(self.config.output_root),
             "pending_deletion": [
                 {"path": job.path, "delete_after": job.trash_until} for job in self.journal.in_trash()

@@ -9,9 +9,24 @@ from typing import TYPE_CHECKING
 import pytest
 
 from herocollector.testing.runs import RecordedRun, build_run
+from herocollector.testing.servers import PostgresTestServer, S3TestServer
 
 if TYPE_CHECKING:
     from herocollector.testing.actors import Env
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresTestServer]:
+    """A real PostgreSQL server for the whole session (Unix socket only); fails if it cannot start."""
+    with PostgresTestServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def s3() -> Iterator[S3TestServer]:
+    """A real S3-compatible server (moto_server) on 127.0.0.1 for the whole session."""
+    with S3TestServer() as server:
+        yield server
 
 
 @pytest.fixture

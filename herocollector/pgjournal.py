@@ -1,0 +1,633 @@
+"""The shared job journal on PostgreSQL: one journal for a fleet of actors on several hosts.
+
+It keeps the jobs of :mod:`herocollector.journal` (same states, same methods) in PostgreSQL,
+through psycopg 3, so that every actor of a fleet sees and changes the same jobs:
+
+* every actor hears every event; the run is journalled once (``INSERT … ON CONFLICT DO
+  NOTHING`` on the unique path);
+* a worker takes a due job with ``FOR UPDATE SKIP LOCKED``, under a lease and a new fencing
+  token. A job whose lease ran out (its actor paused, partitioned or dead) is due again and is
+  taken over with the next token. Every state change names the token and is refused when it
+  is stale, so a fenced-out actor can neither mark the job done nor fail it;
+* ``NOTIFY herocollector_jobs`` on every new or requeued job wakes the idle actors, which
+  ``LISTEN`` on a connection of their own;
+* lease times are the database server's clock, so the hosts' clocks do not have to agree.
+
+The schema is created and migrated by :meth:`PgJournal.migrate`, under an advisory lock, and
+``herocollector_schema`` records its version: a journal newer than this code is refused.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from .errors import JournalError, LeaseLost
+from .journal import Job, JobState, OutputTakenError
+
+SCHEMA_VERSION = 1
+CHANNEL = "herocollector_jobs"
+_LOCK_KEY = 0x6865726F636F6C  # pg_advisory_xact_lock key of the schema migration ("herocol")
+_NOW = "extract(epoch from clock_timestamp())::float8"
+
+_MIGRATIONS: dict[int, str] = {
+    1: """
+    CREATE TABLE herocollector_jobs (
+        id           bigserial PRIMARY KEY,
+        path         text UNIQUE,
+        source       text NOT NULL,
+        metadata     jsonb NOT NULL,
+        state        text NOT NULL,
+        attempts     integer NOT NULL DEFAULT 0,
+        error        text,
+        rows         bigint,
+        created      double precision NOT NULL,
+        updated      double precision NOT NULL,
+        next_attempt double precision,
+        trash_until  double precision,
+        deadline     double precision,
+        token        bigint NOT NULL DEFAULT 0,
+        lease_owner  text,
+        lease_until  double precision
+    );
+    CREATE INDEX herocollector_jobs_due ON herocollector_jobs (state, next_attempt);
+    CREATE INDEX herocollector_jobs_lease ON herocollector_jobs (state, lease_until);
+    CREATE TABLE herocollector_outputs (
+        path   text PRIMARY KEY,
+        job_id bigint NOT NULL REFERENCES herocollector_jobs (id),
+        rows   bigint NOT NULL
+    );
+    CREATE INDEX herocollector_outputs_job ON herocollector_outputs (job_id);
+    """,
+}
+
+
+def _dumps(value: Any) -> str:
+    # jsonb cannot hold NUL characters: keep them visible as the text \u0000 instead.
+    return json.dumps(value, default=str).replace("\\u0000", "\\\\u0000")
+
+
+def _jsonb(value: Any) -> Jsonb:
+    """JSON for a ``jsonb`` column; what JSON cannot hold is stored as its ``str``."""
+    return Jsonb(value, dumps=_dumps)
+
+
+def redact(url: str) -> str:
+    """A connection URL without its password, for logs and ``status()``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+class PgJournal:
+    """The job journal on PostgreSQL (thread-safe); see the module documentation.
+
+    Args:
+        url: A ``postgresql://`` connection URL (libpq: host, port, dbname, user, password,
+            ``sslmode``, a Unix socket folder as ``host=…``).
+        connect_timeout: Seconds to wait for the server.
+
+    Raises:
+        JournalError: The server cannot be reached, or its schema is newer than this code.
+    """
+
+    shared = True
+    """A fleet shares this journal: leases are renewed and checked."""
+
+    def __init__(self, url: str, connect_timeout: float = 10.0) -> None:
+        self.url = url
+        self.location = redact(url)
+        self._timeout = connect_timeout
+        self._lock = threading.RLock()
+        self._conn: psycopg.Connection[dict[str, Any]] | None = None
+        self._listener: threading.Thread | None = None
+        self._stop = threading.Event()
+        self.migrate()
+
+    # -- connections -----------------------------------------------------------------------
+
+    def _connect(self) -> psycopg.Connection[dict[str, Any]]:
+        try:
+            return psycopg.connect(self.url, autocommit=True, row_factory=dict_row, connect_timeout=int(self._timeout))
+        except psycopg.Error as exc:
+            raise JournalError(f"cannot connect to the journal at {self.location}: {exc}") from None
+
+    def _run(self, action: Callable[[psycopg.Connection[dict[str, Any]]], Any]) -> Any:
+        """Run ``action`` in one transaction; reconnect once if the connection broke."""
+        with self._lock:
+            for attempt in (1, 2):
+                if self._conn is None or self._conn.closed or self._conn.broken:
+                    self._conn = self._connect()
+                try:
+                    with self._conn.transaction():
+                        return action(self._conn)
+                except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+                    if attempt == 2 or not (self._conn.closed or self._conn.broken):
+                        raise JournalError(f"journal query failed at {self.location}: {exc}") from None
+                except psycopg.Error as exc:
+                    raise JournalError(f"journal query failed at {self.location}: {exc}") from None
+        raise AssertionError("unreachable")
+
+    def migrate(self) -> int:
+        """Create or upgrade the schema; returns its version.
+
+        Raises:
+            JournalError: The schema is newer than this code.
+        """
+
+        def step(db: psycopg.Connection[dict[str, Any]]) -> int:
+            db.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
+            db.execute("CREATE TABLE IF NOT EXISTS herocollector_schema (version integer NOT NULL)")
+            row = db.execute("SELECT version FROM herocollector_schema").fetchone()
+            version = 0 if row is None else int(row["version"])
+            if version > SCHEMA_VERSION:
+                raise JournalError(
+                    f"the journal at {self.location} has schema version {version}, newer than this "
+                    f"herocollector understands ({SCHEMA_VERSION}); upgrade herocollector"
+                )
+            for number in range(version + 1, SCHEMA_VERSION + 1):
+                db.execute(_MIGRATIONS[number].encode())
+            if row is None:
+                db.execute("INSERT INTO herocollector_schema (version) VALUES (%s)", (SCHEMA_VERSION,))
+            elif version < SCHEMA_VERSION:
+                db.execute("UPDATE herocollector_schema SET version = %s", (SCHEMA_VERSION,))
+            return SCHEMA_VERSION
+
+        return int(self._run(step))
+
+    def subscribe(self, wake: Callable[[], None]) -> None:
+        """Call ``wake`` whenever another actor journals or requeues a job (``LISTEN``)."""
+        if self._listener is not None:
+            return
+
+        def listen() -> None:
+            while not self._stop.is_set():
+                try:
+                    with psycopg.connect(self.url, autocommit=True, connect_timeout=int(self._timeout)) as conn:
+                        conn.execute(f"LISTEN {CHANNEL}")
+                        while not self._stop.is_set():
+                            for _ in conn.notifies(timeout=0.5, stop_after=64):
+                                wake()
+                except psycopg.Error:
+                    self._stop.wait(1.0)  # the server went away: listen again soon
+
+        self._listener = threading.Thread(target=listen, name="herocollector-listen", daemon=True)
+        self._listener.start()
+
+    def close(self) -> None:
+        """Stop listening and close the connection."""
+        self._stop.set()
+        if self._listener is not None:
+            self._listener.join(timeout=5)
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    # -- reading -----------------------------------------------------------------------------
+
+    @staticmethod
+    def _outputs(db: psycopg.Connection[dict[str, Any]], ids: list[int]) -> dict[int, dict[str, int]]:
+        found: dict[int, dict[str, int]] = {i: {} for i in ids}
+        if ids:
+            for row in db.execute(
+                "SELECT job_id, path, rows FROM herocollector_outputs WHERE job_id = ANY(%s) ORDER BY path", (ids,)
+            ):
+                found[int(row["job_id"])][row["path"]] = int(row["rows"])
+        return found
+
+    def _jobs(self, db: psycopg.Connection[dict[str, Any]], rows: Iterable[dict[str, Any]]) -> list[Job]:
+        rows = list(rows)
+        outputs = self._outputs(db, [int(r["id"]) for r in rows])
+        return [
+            Job(
+                id=int(r["id"]),
+                path=r["path"],
+                source=r["source"],
+                metadata=r["metadata"],
+                state=JobState(r["state"]),
+                attempts=int(r["attempts"]),
+                error=r["error"],
+                rows=None if r["rows"] is None else int(r["rows"]),
+                created=r["created"],
+                updated=r["updated"],
+                next_attempt=r["next_attempt"],
+                trash_until=r["trash_until"],
+                deadline=r["deadline"],
+                outputs=outputs[int(r["id"])],
+                token=int(r["token"]),
+                lease_owner=r["lease_owner"],
+                lease_until=r["lease_until"],
+            )
+            for r in rows
+        ]
+
+    def _one(self, db: psycopg.Connection[dict[str, Any]], job_id: int) -> Job:
+        jobs = self._jobs(db, db.execute("SELECT * FROM herocollector_jobs WHERE id = %s", (job_id,)).fetchall())
+        if not jobs:
+            raise JournalError(f"job {job_id} does not exist")
+        return jobs[0]
+
+    def _select(self, sql: str, params: Iterable[Any] = ()) -> list[Job]:
+        return list(self._run(lambda db: self._jobs(db, db.execute(sql.encode(), tuple(params)).fetchall())))
+
+    def get(self, job_id: int) -> Job | None:
+        """The job with this id, or None."""
+        jobs = self._select("SELECT * FROM herocollector_jobs WHERE id = %s", (job_id,))
+        return jobs[0] if jobs else None
+
+    def by_path(self, path: str) -> Job | None:
+        """The job of a logger directory, or None."""
+        jobs = self._select("SELECT * FROM herocollector_jobs WHERE path = %s", (path,))
+        return jobs[0] if jobs else None
+
+    def jobs(self, *states: JobState) -> list[Job]:
+        """Jobs in any of ``states`` (all jobs if none given), oldest first."""
+        if states:
+            return self._select(
+                "SELECT * FROM herocollector_jobs WHERE state = ANY(%s) ORDER BY id", ([str(s) for s in states],)
+            )
+        return self._select("SELECT * FROM herocollector_jobs ORDER BY id")
+
+    def recent(self, limit: int) -> list[Job]:
+        """The ``limit`` newest jobs, oldest of them first."""
+        return list(reversed(self._select("SELECT * FROM herocollector_jobs ORDER BY id DESC LIMIT %s", (limit,))))
+
+    def counts(self) -> dict[str, int]:
+        """Number of jobs per state (every state listed)."""
+        rows = self._run(lambda db: db.execute("SELECT state, COUNT(*) AS n FROM herocollector_jobs GROUP BY state").fetchall())
+        found = {r["state"]: int(r["n"]) for r in rows}
+        return {state.value: found.get(state.value, 0) for state in JobState}
+
+    def owner_of(self, output: str) -> Job | None:
+        """The job that wrote an output file, or None."""
+        jobs = self._select(
+            "SELECT j.* FROM herocollector_jobs j JOIN herocollector_outputs o ON o.job_id = j.id WHERE o.path = %s",
+            (output,),
+        )
+        return jobs[0] if jobs else None
+
+    def next_due(self) -> float | None:
+        """The earliest ``next_attempt`` of a pending job, or the earliest lease that runs out."""
+        row = self._run(
+            lambda db: db.execute(
+                f"SELECT LEAST((SELECT MIN(COALESCE(next_attempt, 0)) FROM herocollector_jobs WHERE state = 'pending'),"
+                f" (SELECT MIN(lease_until) FROM herocollector_jobs WHERE state = 'running')) AS due, {_NOW} AS now"
+            ).fetchone()
+        )
+        if row["due"] is None:
+            return None
+        return time.time() + (float(row["due"]) - float(row["now"]))  # in this host's clock
+
+    # -- transitions -----------------------------------------------------------------------
+
+    def _notify(self, db: psycopg.Connection[dict[str, Any]]) -> None:
+        db.execute(f"NOTIFY {CHANNEL}")
+
+    def submit(
+        self, path: str, source: str, metadata: dict[str, Any], deadline: float | None = None
+    ) -> tuple[Job, bool]:
+        """Journal an announced run (see :meth:`herocollector.journal.Journal.submit`)."""
+
+        def step(db: psycopg.Connection[dict[str, Any]]) -> tuple[Job, bool]:
+            now = time.time()
+            row = db.execute(
+                "INSERT INTO herocollector_jobs (path, source, metadata, state, created, updated, deadline) "
+                "VALUES (%s, %s, %s, 'pending', %s, %s, %s) ON CONFLICT (path) DO NOTHING RETURNING id",
+                (path, source, _jsonb(metadata), now, now, deadline),
+            ).fetchone()
+            if row is not None:
+                self._notify(db)
+                return self._one(db, int(row["id"])), True
+            current = db.execute(
+                "SELECT id, state FROM herocollector_jobs WHERE path = %s FOR UPDATE", (path,)
+            ).fetchone()
+            if current is None:  # deleted between the two statements: journal it anew next time
+                raise JournalError(f"the job of {path} vanished while it was submitted")
+            job_id, state = int(current["id"]), current["state"]
+            if state == JobState.FAILED.value:
+                db.execute(
+                    "UPDATE herocollector_jobs SET state = 'pending', source = %s, metadata = %s, attempts = 0, "
+                    "next_attempt = NULL, deadline = %s, updated = %s WHERE id = %s",
+                    (source, _jsonb(metadata), deadline, now, job_id),
+                )
+                self._notify(db)
+                return self._one(db, job_id), True
+            if state == JobState.PENDING.value:
+                db.execute(
+                    "UPDATE herocollector_jobs SET source = %s, metadata = %s, next_attempt = NULL, updated = %s "
+                    "WHERE id = %s",
+                    (source, _jsonb(metadata), now, job_id),
+                )
+                self._notify(db)
+                return self._one(db, job_id), True
+            return self._one(db, job_id), False
+
+        return tuple(self._run(step))
+
+    def submit_new(self, paths: Iterable[str], source: str, deadline: float | None = None) -> int:
+        """Journal runs that have no job yet (the catch-up scan); returns how many were new."""
+        wanted = list(dict.fromkeys(paths))
+        if not wanted:
+            return 0
+
+        def step(db: psycopg.Connection[dict[str, Any]]) -> int:
+            now = time.time()
+            rows = db.execute(
+                "INSERT INTO herocollector_jobs (path, source, metadata, state, created, updated, deadline) "
+                "SELECT p, %s, '{}'::jsonb, 'pending', %s, %s, %s FROM unnest(%s::text[]) AS p "
+                "ON CONFLICT (path) DO NOTHING RETURNING id",
+                (source, now, now, deadline, wanted),
+            ).fetchall()
+            if rows:
+                self._notify(db)
+            return len(rows)
+
+        return int(self._run(step))
+
+    def record_malformed(self, source: str, event: Any, error: str) -> Job:
+        """Journal an event that could not be understood, as a failed job without a path."""
+
+        def step(db: psycopg.Connection[dict[str, Any]]) -> Job:
+            now = time.time()
+            row = db.execute(
+                "INSERT INTO herocollector_jobs (path, source, metadata, state, attempts, error, created, updated) "
+                "VALUES (NULL, %s, %s, 'failed', 1, %s, %s, %s) RETURNING id",
+                (source, _jsonb({"event": repr(event)[:2000]}), error, now, now),
+            ).fetchone()
+            assert row is not None  # INSERT … RETURNING returns the row
+            return self._one(db, int(row["id"]))
+
+        return self._run(step)
+
+    def take_due(self, now: float | None = None, owner: str = "", lease: float = 30.0) -> Job | None:
+        """Take the next due job under a new token and a lease: a pending one whose time has
+        come, or a running one whose lease ran out (its actor is presumed gone).
+
+        Returns:
+            The job, or None if none is due.
+        """
+        clock = _NOW if now is None else "%(now)s::float8"
+
+        def step(db: psycopg.Connection[dict[str, Any]]) -> Job | None:
+            row = db.execute(
+                f"WITH clock AS (SELECT {clock} AS now), "
+                "next AS (SELECT j.id FROM herocollector_jobs j, clock "
+                "  WHERE (j.state = 'pending' AND COALESCE(j.next_attempt, 0) <= clock.now) "
+                "     OR (j.state = 'running' AND COALESCE(j.lease_until, 0) < clock.now) "
+                "  ORDER BY COALESCE(j.next_attempt, 0), j.id LIMIT 1 FOR UPDATE OF j SKIP LOCKED) "
+                "UPDATE herocollector_jobs j SET state = 'running', attempts = j.attempts + 1, next_attempt = NULL, "
+                "  updated = clock.now, token = j.token + 1, lease_owner = %(owner)s, "
+                "  lease_until = clock.now + %(lease)s "
+                "FROM next, clock WHERE j.id = next.id RETURNING j.id",
+                {"now": now, "owner": owner, "lease": lease},
+            ).fetchone()
+            return None if row is None else self._one(db, int(row["id"]))
+
+        return self._run(step)
+
+    def start(self, job_id: int) -> Job | None:
+        """Take one particular pending job (running, attempt counted, new token); None if not pending."""
+
+        def step(db: psycopg.Connection[dict[str, Any]]) -> Job | None:
+            cur = db.execute(
+                f"UPDATE herocollector_jobs SET state = 'running', attempts = attempts + 1, next_attempt = NULL, "
+                f"updated = {_NOW}, token = token + 1 WHERE id = %s AND state = 'pending'",
+                (job_id,),
+            )
+            return self._one(db, job_id) if cur.rowcount else None
+
+        return self._run(step)
+
+    def renew(self, job_id: int, token: int, lease: float) -> bool:
+        """Extend the lease of a running job held under ``token``; False if it was lost."""
+
+        def step(db: psycopg.Connection[dict[str, Any]]) -> bool:
+            cur = db.execute(
+                f"UPDATE herocollector_jobs SET lease_until = {_NOW} + %s "
+                "WHERE id = %s AND token = %s AND state = 'running'",
+                (lease, job_id, token),
+            )
+            return bool(cur.rowcount)
+
+        return bool(self._run(step))
+
+    def _fenced_update(
+        self, sql: str, params: tuple[Any, ...], job_id: int, token: int | None, notify: bool = False
+    ) -> Job:
+        """Run an update that names the job's token; raise LeaseLost if it is stale."""
+
+        def step(db: psycopg.Connection[dict[str, Any]]) -> Job:
+            cur = db.execute(sql.encode(), (*params, job_id, token))
+            if token is not None and not cur.rowcount:
+                current = db.execute(
+                    "SELECT token, lease_owner FROM herocollector_jobs WHERE id = %s", (job_id,)
+                ).fetchone()
+                holder = f"token {current['token']} of {current['lease_owner']}" if current else "no job"
+                raise LeaseLost(f"job {job_id}: token {token} is stale ({holder})")
+            if notify:
+                self._notify(db)
+            return self._one(db, job_id)
+
+        return self._run(step)
+
+    def park(self, job_id: int, check_at: float, deadline: float | None, token: int | None = None) -> Job:
+        """A running job whose run has no ``_DONE``: waiting, its attempt not counted."""
+        return self._fenced_update(
+            "UPDATE herocollector_jobs SET state = 'waiting', attempts = GREATEST(attempts - 1, 0), "
+            "next_attempt = %s, deadline = %s, updated = %s, lease_owner = NULL, lease_until = NULL "
+            "WHERE state = 'running' AND id = %s AND token = COALESCE(%s, token)",
+            (check_at, deadline, time.time()),
+            job_id,
+            token,
+        )
+
+    def wake(self, job_id: int) -> None:
+        """A waiting job whose ``_DONE`` appeared: pending, due now."""
+
+        def step(db: psycopg.Connection[dict[str, Any]]) -> None:
+            cur = db.execute(
+                "UPDATE herocollector_jobs SET state = 'pending', next_attempt = NULL, updated = %s "
+                "WHERE id = %s AND state = 'waiting'",
+                (time.time(), job_id),
+            )
+            if cur.rowcount:
+                self._notify(db)
+
+        self._run(step)
+
+    def claim_output(self, job_id: int, output: str) -> None:
+        """Reserve an output path for a job before it is written.
+
+        Raises:
+            OutputTakenError: Another job owns the path.
+        """
+
+        def step(db: psycopg.Connection[dict[str, Any]]) -> None:
+            db.execute(
+                "INSERT INTO herocollector_outputs (path, job_id, rows) VALUES (%s, %s, 0) ON CONFLICT (path) DO NOTHING",
+                (output, job_id),
+            )
+            row = db.execute("SELECT job_id FROM herocollector_outputs WHERE path = %s", (output,)).fetchone()
+            if row is not None and int(row["job_id"]) != job_id:
+                raise OutputTakenError(output, self._one(db, int(row["job_id"])))
+
+        self._run(step)
+
+    def release_outputs(self, job_id: int) -> None:
+        """Forget the output reservations of a job that failed."""
+        self._run(lambda db: db.execute("DELETE FROM herocollector_outputs WHERE job_id = %s", (job_id,)))
+
+    def finish(self, job_id: int, outputs: dict[str, int], token: int | None = None) -> Job:
+        """Mark a job done with its outputs and their row counts.
+
+        Raises:
+            LeaseLost: ``token`` is stale.
+        """
+
+        def step(db: psycopg.Connection[dict[str, Any]]) -> Job:
+            cur = db.execute(
+                "UPDATE herocollector_jobs SET state = 'done', error = NULL, rows = %s, next_attempt = NULL, "
+                "deadline = NULL, updated = %s, lease_owner = NULL, lease_until = NULL "
+                "WHERE id = %s AND token = COALESCE(%s, token)",
+                (sum(outputs.values()), time.time(), job_id, token),
+            )
+            if token is not None and not cur.rowcount:
+                raise LeaseLost(f"job {job_id}: token {token} is stale")
+            db.execute("DELETE FROM herocollector_outputs WHERE job_id = %s", (job_id,))
+            for path, rows in outputs.items():
+                db.execute(
+                    "INSERT INTO herocollector_outputs (path, job_id, rows) VALUES (%s, %s, %s)", (path, job_id, rows)
+                )
+            return self._one(db, job_id)
+
+        return self._run(step)
+
+    def fail(
+        self, job_id: int, error: str, retry_at: float | None, keep_deadline: bool = True, token: int | None = None
+    ) -> Job:
+        """Record a failed attempt (see :meth:`herocollector.journal.Journal.fail`)."""
+        state = "pending" if retry_at is not None else "failed"
+        deadline = "deadline" if keep_deadline else "NULL"
+
+        def step(db: psycopg.Connection[dict[str, Any]]) -> Job:
+            cur = db.execute(
+                f"UPDATE herocollector_jobs SET state = %s, error = %s, next_attempt = %s, deadline = {deadline}, "
+                "updated = %s, lease_owner = NULL, lease_until = NULL WHERE id = %s AND token = COALESCE(%s, token)",
+                (state, error, retry_at, time.time(), job_id, token),
+            )
+            if token is not None and not cur.rowcount:
+                raise LeaseLost(f"job {job_id}: token {token} is stale")
+            db.execute("DELETE FROM herocollector_outputs WHERE job_id = %s", (job_id,))
+            if retry_at is not None:
+                self._notify(db)
+            return self._one(db, job_id)
+
+        return self._run(step)
+
+    def expire(self, job_id: int, error: str, retry_at: float | None) -> Job:
+        """A waiting job whose ``_DONE`` deadline passed: the attempt counts."""
+        state = "pending" if retry_at is not None else "failed"
+
+        def step(db: psycopg.Connection[dict[str, Any]]) -> Job:
+            db.execute(
+                "UPDATE herocollector_jobs SET state = %s, attempts = attempts + 1, error = %s, next_attempt = %s, "
+                "deadline = NULL, updated = %s WHERE id = %s AND state = 'waiting'",
+                (state, error, retry_at, time.time(), job_id),
+            )
+            db.execute("DELETE FROM herocollector_outputs WHERE job_id = %s", (job_id,))
+            return self._one(db, job_id)
+
+        return self._run(step)
+
+    def retry(self, path: str | None = None) -> list[Job]:
+        """Put failed jobs (all, or the one of ``path``) back to pending with no attempts."""
+
+        def step(db: psycopg.Connection[dict[str, Any]]) -> list[Job]:
+            rows = db.execute(
+                "UPDATE herocollector_jobs SET state = 'pending', attempts = 0, next_attempt = NULL, deadline = NULL, "
+                "updated = %s WHERE state = 'failed' AND path IS NOT NULL AND path = COALESCE(%s, path) RETURNING id",
+                (time.time(), path),
+            ).fetchall()
+            if rows:
+                self._notify(db)
+            return [self._one(db, int(r["id"])) for r in sorted(rows, key=lambda r: r["id"])]
+
+        return list(self._run(step))
+
+    def resume(self, owner: str | None = None) -> list[Job]:
+        """After a restart: the running jobs this owner held, or whose lease ran out, are pending.
+
+        The interrupted attempt still counts. Other actors' live leases are left alone.
+
+        Returns:
+            Every job that is pending or waiting now.
+        """
+
+        def step(db: psycopg.Connection[dict[str, Any]]) -> list[Job]:
+            db.execute(
+                "UPDATE herocollector_jobs SET state = 'pending', lease_owner = NULL, lease_until = NULL, "
+                f"updated = %s WHERE state = 'running' AND (lease_owner = %s OR COALESCE(lease_until, 0) < {_NOW})",
+                (time.time(), owner),
+            )
+            rows = db.execute(
+                "SELECT * FROM herocollector_jobs WHERE state IN ('pending', 'waiting') ORDER BY id"
+            ).fetchall()
+            return self._jobs(db, rows)
+
+        return list(self._run(step))
+
+    def defer(self, job_id: int, retry_at: float | None, reason: str | None, token: int | None = None) -> Job:
+        """Put a running job back to pending without counting the attempt."""
+        return self._fenced_update(
+            "UPDATE herocollector_jobs SET state = 'pending', attempts = GREATEST(attempts - 1, 0), "
+            "error = COALESCE(%s, error), next_attempt = %s, updated = %s, lease_owner = NULL, lease_until = NULL "
+            "WHERE state = 'running' AND id = %s AND token = COALESCE(%s, token)",
+            (reason, retry_at, time.time()),
+            job_id,
+            token,
+            notify=True,
+        )
+
+    def mark_cleaned(self, job_id: int, trash_until: float | None = None) -> None:
+        """Record a cleanup: a done job becomes cleaned (other states stay as they are)."""
+        self._run(
+            lambda db: db.execute(
+                "UPDATE herocollector_jobs SET state = CASE WHEN state = 'done' THEN 'cleaned' ELSE state END, "
+                "trash_until = %s, updated = %s WHERE id = %s",
+                (trash_until, time.time(), job_id),
+            )
+        )
+
+    def in_trash(self) -> list[Job]:
+        """Jobs whose segments are in the trash, soonest purge first."""
+        return self._select("SELECT * FROM herocollector_jobs WHERE trash_until IS NOT NULL ORDER BY trash_until")
+
+    def purged(self, job_id: int) -> None:
+        """Record that a job's trash was deleted for good."""
+        self._run(
+            lambda db: db.execute(
+                "UPDATE herocollector_jobs SET trash_until = NULL, updated = %s WHERE id = %s", (time.time(), job_id)
+            )
+        )
+
+    def restored(self, job_id: int) -> None:
+        """A job whose trash was put back: a cleaned one is done again."""
+        self._run(
+            lambda db: db.execute(
+                "UPDATE herocollector_jobs SET state = CASE WHEN state = 'cleaned' THEN 'done' ELSE state END, "
+                "trash_until = NULL, updated = %s WHERE id = %s",
+                (time.time(), job_id),
+            )
+        )
