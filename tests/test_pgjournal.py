@@ -1,0 +1,174 @@
+"""The shared PostgreSQL journal: what a fleet needs beyond the single-actor behaviour
+(which ``test_journal.py`` checks on both journals): leases, fencing, wake-ups, the schema guard.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+
+from herocollector.errors import JournalError, LeaseLost
+from herocollector.journal import JobState, open_journal
+from herocollector.pgjournal import SCHEMA_VERSION, PgJournal, redact
+from herocollector.testing.actors import wait_for
+from herocollector.testing.servers import PostgresTestServer
+
+
+@pytest.fixture
+def url(postgres: PostgresTestServer) -> str:
+    return postgres.database()
+
+
+@pytest.fixture
+def two(url: str) -> Iterator[tuple[PgJournal, PgJournal]]:
+    """Two actors' connections to one journal."""
+    a, b = PgJournal(url), PgJournal(url)
+    try:
+        yield a, b
+    finally:
+        a.close()
+        b.close()
+
+
+def test_open_journal_picks_the_backend(url: str, tmp_path: object) -> None:
+    journal = open_journal(url)
+    try:
+        assert isinstance(journal, PgJournal) and journal.shared
+    finally:
+        journal.close()
+
+
+def test_an_event_heard_by_every_actor_is_journalled_once(two: tuple[PgJournal, PgJournal]) -> None:
+    a, b = two
+    barrier = threading.Barrier(8)
+    results = []
+
+    def announce(journal: PgJournal) -> None:
+        barrier.wait()
+        results.append(journal.submit("/runs/r1", "logger", {"path": "/runs/r1"}))
+
+    threads = [threading.Thread(target=announce, args=(j,)) for j in (a, b) * 4]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len({job.id for job, _ in results}) == 1
+    assert len(a.jobs()) == 1
+    assert b.submit_new(["/runs/r1", "/runs/r2"], "scan") == 1
+    assert a.submit_new(["/runs/r2", "/runs/r3"], "scan") == 1
+    assert [j.path for j in b.jobs()] == ["/runs/r1", "/runs/r2", "/runs/r3"]
+
+
+def test_skip_locked_gives_each_job_to_one_worker(two: tuple[PgJournal, PgJournal]) -> None:
+    a, b = two
+    a.submit_new([f"/runs/r{i}" for i in range(40)], "scan")
+    taken: list[int] = []
+    lock = threading.Lock()
+
+    def worker(journal: PgJournal, name: str) -> None:
+        while (job := journal.take_due(owner=name, lease=60)) is not None:
+            with lock:
+                taken.append(job.id)
+
+    threads = [threading.Thread(target=worker, args=(j, f"w{i}")) for i, j in enumerate((a, b, a, b))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(taken) == sorted(j.id for j in a.jobs())
+    assert a.counts()["running"] == 40
+
+
+def test_an_expired_lease_is_taken_over_and_the_old_holder_is_fenced(two: tuple[PgJournal, PgJournal]) -> None:
+    a, b = two
+    a.submit("/runs/r1", "logger", {})
+    first = a.take_due(owner="actor-a", lease=0.3)
+    assert first is not None and first.token == 1 and first.lease_owner == "actor-a"
+    assert b.take_due(owner="actor-b", lease=30) is None  # the lease is live
+    assert a.renew(first.id, first.token, 0.3)
+
+    second = wait_for(lambda: b.take_due(owner="actor-b", lease=30), "the lease to run out", timeout=10)
+    assert second.id == first.id and second.token == 2 and second.lease_owner == "actor-b"
+    assert second.attempts == 2  # the presumed-dead attempt counts
+
+    assert not a.renew(first.id, first.token, 30)
+    for stale in (
+        lambda: a.finish(first.id, {"/out/x.arrow": 1}, token=first.token),
+        lambda: a.fail(first.id, "boom", None, token=first.token),
+        lambda: a.defer(first.id, None, "x", token=first.token),
+        lambda: a.park(first.id, 0.0, None, token=first.token),
+    ):
+        with pytest.raises(LeaseLost, match="token 1 is stale"):
+            stale()
+    assert b.get(first.id).state == JobState.RUNNING and b.get(first.id).token == 2
+    done = b.finish(second.id, {"/out/x.arrow": 5}, token=second.token)
+    assert done.state == JobState.DONE and done.outputs == {"/out/x.arrow": 5} and done.lease_owner is None
+
+
+def test_notify_wakes_the_other_actors(two: tuple[PgJournal, PgJournal]) -> None:
+    a, b = two
+    woken = threading.Event()
+    b.subscribe(woken.set)
+    wait_for(lambda: _listening(a), "the listener to LISTEN")
+    a.submit("/runs/r1", "logger", {})
+    assert woken.wait(10)
+
+
+def _listening(journal: PgJournal) -> bool:
+    with psycopg.connect(journal.url) as conn:
+        row = conn.execute("SELECT COUNT(*) FROM pg_stat_activity WHERE query LIKE 'LISTEN %%'").fetchone()
+    return bool(row and row[0])
+
+
+def test_resume_frees_the_restarted_owners_jobs_only(two: tuple[PgJournal, PgJournal]) -> None:
+    a, b = two
+    a.submit_new(["/runs/r1", "/runs/r2"], "scan")
+    mine = a.take_due(owner="host:/state-a", lease=60)
+    theirs = b.take_due(owner="host:/state-b", lease=60)
+    assert mine is not None and theirs is not None
+    resumed = a.resume("host:/state-a")
+    assert [j.id for j in resumed] == [mine.id]
+    assert a.get(theirs.id).state == JobState.RUNNING
+
+
+def test_a_newer_schema_is_refused(url: str) -> None:
+    PgJournal(url).close()
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("UPDATE herocollector_schema SET version = %s", (SCHEMA_VERSION + 1,))
+    with pytest.raises(JournalError, match="newer than this herocollector"):
+        PgJournal(url)
+
+
+def test_the_schema_is_created_once_by_racing_actors(url: str) -> None:
+    journals: list[PgJournal] = []
+    errors: list[BaseException] = []
+
+    def open_one() -> None:
+        try:
+            journals.append(PgJournal(url))
+        except BaseException as exc:  # noqa: BLE001 - collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_one) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for journal in journals:
+        journal.close()
+    assert not errors and len(journals) == 4
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT version FROM herocollector_schema").fetchall() == [(SCHEMA_VERSION,)]
+
+
+def test_an_unreachable_server_is_a_clear_journal_error(tmp_path: object) -> None:
+    with pytest.raises(JournalError, match="cannot connect to the journal"):
+        PgJournal("postgresql://nobody:secret@/db?host=/nonexistent-socket-dir", connect_timeout=2)
+
+
+def test_passwords_are_redacted() -> None:
+    assert redact("postgresql://u:secret@db.lab:5432/hc") == "postgresql://u:***@db.lab:5432/hc"
+    assert redact("postgresql:///hc?host=/run/postgresql") == "postgresql:///hc?host=/run/postgresql"
