@@ -59,7 +59,8 @@ class CollectorArchiver(HERODataArchiver):
         state_dir: Folder of the job journal and its lock (one actor per folder).
         allowed_roots: Logger directories must lie inside one of these; also what the
             catch-up scan walks. ``cleanup`` is refused for everything when this is not set.
-        output_root: Rendered paths must lie inside this folder.
+        output_root: Rendered paths must lie inside this folder (a path or ``file://`` URI), or
+            under this object store prefix (``s3://bucket/prefix``).
         retry_delay: Seconds before the first retry; doubles for each further one.
         retry_delay_max: Upper bound of the retry delay, in seconds.
         chunk_bytes: Decompressed bytes decoded per step (bounds memory).
@@ -78,6 +79,9 @@ class CollectorArchiver(HERODataArchiver):
             renewed; an actor silent for longer is fenced out and another takes the job.
         journal: The job journal: a SQLite file (default ``<state_dir>/journal.sqlite3``) or
             a ``postgresql://`` URL of a journal that a fleet of actors shares.
+        storage_options: For an ``s3://bucket/prefix`` ``output_root``: ``endpoint_url``,
+            ``region``, ``access_key_id``, ``secret_access_key``, ``session_token``,
+            ``addressing_style`` (credentials default to the usual ``AWS_*`` environment).
 
     Example:
         BOSS json configuration::
@@ -138,6 +142,7 @@ class CollectorArchiver(HERODataArchiver):
         scan_depth: int = 3,
         lease_timeout: float = 30.0,
         journal: str | None = None,
+        storage_options: dict[str, Any] | None = None,
         *args: Any,
         **kwargs: Any,
     ) -> None:
@@ -170,6 +175,7 @@ class CollectorArchiver(HERODataArchiver):
             scan_depth=scan_depth,
             lease_timeout=lease_timeout,
             journal=journal,
+            storage_options=storage_options,
         )
         self.service = CollectionService(config, on_collected=self._relay_collected, on_failed=self._relay_failed)
         try:

@@ -21,7 +21,7 @@ from .codec import DEFAULT_CHUNK_BYTES
 from .collector import BASE_COLUMNS
 from .errors import CollectorError, ConfigError
 from .output import Compression, OutputFormat
-from .paths import PathTemplate
+from .paths import PathTemplate, local_root, object_root
 
 
 def default_state_dir() -> Path:
@@ -100,7 +100,7 @@ class ServiceConfig:
     """
 
     save_template: str
-    output_root: Path
+    output_root: Path | str
     object_selector: str = "*"
     event_name: str = "finished"
     rule: RuleLike = None
@@ -128,6 +128,12 @@ class ServiceConfig:
     scan_depth: int = 3
     lease_timeout: float = 30.0
     journal: str | None = None
+    storage_options: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def staging_dir(self) -> Path:
+        """Where outputs bound for an object store are staged before upload."""
+        return self.state_dir / "staging"
 
     @property
     def journal_location(self) -> str:
@@ -179,6 +185,7 @@ class ServiceConfig:
         scan_depth: int = 3,
         lease_timeout: float = 30.0,
         journal: str | None = None,
+        storage_options: Mapping[str, Any] | None = None,
     ) -> ServiceConfig:
         """Validate the actor's keyword arguments.
 
@@ -189,8 +196,13 @@ class ServiceConfig:
         root = output_root if output_root is not None else metadata.get("output_root")
         if not root:
             raise ConfigError("output_root is required (as an argument or default_metadata['output_root'])")
-        root_path = Path(os.path.abspath(str(root)))
+        bucket_root = object_root(str(root))
+        root_path: Path | str = bucket_root if bucket_root else Path(os.path.abspath(local_root(str(root))))
         metadata.setdefault("output_root", str(root_path))
+        if storage_options is not None and not isinstance(storage_options, Mapping):
+            raise ConfigError(f"storage_options must be a mapping, got {type(storage_options).__name__}")
+        if storage_options and bucket_root is None:
+            raise ConfigError("storage_options are for an s3:// output_root")
         if not isinstance(save_template, str) or not save_template.strip():
             raise ConfigError("save_template must be a non-empty Jinja2 template")
         PathTemplate(save_template, root_path)
@@ -233,4 +245,5 @@ class ServiceConfig:
             scan_depth=_number("scan_depth", scan_depth, integer=True),
             lease_timeout=_number("lease_timeout", lease_timeout, minimum=0.1),
             journal=_journal(journal),
+            storage_options=dict(storage_options or {}),
         )

@@ -138,6 +138,15 @@ def read_provenance(path: str | Path) -> dict[str, str]:
     }
 
 
+def sha256_of(path: Path) -> str:
+    """The SHA-256 of a file, hex."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def temporary_name(final: Path) -> Path:
     """A hidden temporary name beside ``final``: short whatever ``final`` is, unique per process."""
     digest = hashlib.sha1(os.fsencode(final.name)).hexdigest()[:16]
@@ -206,6 +215,7 @@ class OutputFile:
         codec = Compression.parse(compression)
         self.rows = 0
         self.bytes = 0
+        self.sha256 = ""
         final.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(final)
         self.temporary = temporary_name(final)
@@ -237,6 +247,7 @@ class OutputFile:
         os.fsync(self._fh.fileno())
         self.bytes = self._fh.tell()
         self._fh.close()
+        self.sha256 = sha256_of(self.temporary)
 
     def publish(self, replace: bool) -> None:
         """Move the finished temporary file to its final name.

@@ -18,6 +18,7 @@ Finally the rendered path must lie inside ``output_root`` once ``..`` and symlin
 from __future__ import annotations
 
 import os
+import posixpath
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -71,6 +72,30 @@ def _finalize(value: Any) -> Any:
     return value
 
 
+def object_root(output_root: str | Path) -> str | None:
+    """The object store root ``s3://bucket/prefix`` (no trailing ``/``), or None for a folder."""
+    text = str(output_root)
+    if text.startswith("s3://"):
+        bucket = text[5:].split("/", 1)[0]
+        if not bucket:
+            raise ConfigError(f"output_root {text!r} names no bucket")
+        return text.rstrip("/")
+    return None
+
+
+def local_root(output_root: str | Path) -> str:
+    """The folder of a local ``output_root`` (a path, or a ``file://`` URI).
+
+    For an object store root this is its URI, which is never used as a folder.
+    """
+    text = str(output_root)
+    if text.startswith("file://"):
+        return text[len("file://") :] or "/"
+    if "://" in text and not text.startswith("s3://"):
+        raise ConfigError(f"output_root: only local folders, file:// and s3:// are supported, got {text!r}")
+    return text
+
+
 def is_within(path: Path, root: Path) -> bool:
     """Whether ``path`` lies inside ``root`` once both are fully resolved (symlinks included)."""
     try:
@@ -93,13 +118,48 @@ class PathTemplate:
 
     def __init__(self, template: str, output_root: str | Path) -> None:
         self.source = template
-        self.output_root = Path(os.path.abspath(output_root))
+        self.object_root = object_root(output_root)
+        self.output_root: Path = Path(os.path.abspath(local_root(output_root)))
         env = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False, finalize=_finalize)
         env.filters["subpath"] = _subpath
         try:
             self._template = env.from_string(template)
         except TemplateError as exc:
             raise ConfigError(f"invalid save_template {template!r}: {exc}") from None
+
+    def render_location(self, context: Mapping[str, Any], trusted: Mapping[str, Any] | None = None) -> Path | str:
+        """Render the output location for one stream: a local path, or an object URI.
+
+        For an object store root (``s3://bucket/prefix``) the rendered path must stay under the
+        prefix; the result is ``s3://bucket/prefix/<key>``. Otherwise see :meth:`render`.
+        """
+        if self.object_root is None:
+            return self.render(context, trusted)
+        rendered = self._render(context, trusted, self.object_root)
+        root = self.object_root
+        relative = rendered[len(root) + 1 :] if rendered.startswith(root + "/") else rendered
+        key = posixpath.normpath(relative)
+        if "://" in relative or relative.startswith("/") or key in (".", "..") or key.startswith("../"):
+            raise OutputError(f"rendered path {rendered!r} lies outside output_root {root!r}")
+        name_bytes = len(key.rsplit("/", 1)[-1].encode())
+        if name_bytes > 255:
+            raise OutputError(f"rendered file name is {name_bytes} bytes long (at most 255): {key!r}")
+        return f"{root}/{key}"
+
+    def _render(self, context: Mapping[str, Any], trusted: Mapping[str, Any] | None, root: str) -> str:
+        variables: dict[str, Any] = {"output_root": Trusted(root)}
+        for key, value in (trusted or {}).items():
+            variables[key] = Trusted(value) if isinstance(value, str) else value
+        variables.update(context)
+        try:
+            rendered = self._template.render(variables).strip()
+        except LabelPathError:
+            raise
+        except TemplateError as exc:
+            raise OutputError(f"save_template {self.source!r} failed: {exc}") from None
+        if not rendered or "\x00" in rendered:
+            raise OutputError(f"save_template {self.source!r} rendered an empty or invalid path {rendered!r}")
+        return rendered
 
     def render(self, context: Mapping[str, Any], trusted: Mapping[str, Any] | None = None) -> Path:
         """Render the path for one stream.
@@ -117,18 +177,7 @@ class PathTemplate:
             OutputError: Undefined variable or other template error, an empty result, or a
                 path that escapes ``output_root``.
         """
-        variables: dict[str, Any] = {"output_root": Trusted(self.output_root)}
-        for key, value in (trusted or {}).items():
-            variables[key] = Trusted(value) if isinstance(value, str) else value
-        variables.update(context)
-        try:
-            rendered = self._template.render(variables).strip()
-        except LabelPathError:
-            raise
-        except TemplateError as exc:
-            raise OutputError(f"save_template {self.source!r} failed: {exc}") from None
-        if not rendered or "\x00" in rendered:
-            raise OutputError(f"save_template {self.source!r} rendered an empty or invalid path {rendered!r}")
+        rendered = self._render(context, trusted, str(self.output_root))
         path = Path(os.path.normpath(self.output_root / rendered))
         inside = path.is_relative_to(self.output_root) and is_within(path, self.output_root)
         if path == self.output_root or not inside:

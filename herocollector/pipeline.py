@@ -29,6 +29,7 @@ from .codec import DEFAULT_CHUNK_BYTES
 from .collector import output_schema, run_batches
 from .errors import CollectorError
 from .output import Compression, OutputFile, OutputFormat, route_batch
+from .storage import LocalStore, OutputStore, Provenance
 
 
 @dataclass(frozen=True)
@@ -53,11 +54,11 @@ class OutputTarget:
     """One output file and the streams that go into it.
 
     Attributes:
-        path: The final path.
+        path: The final location: a local path, or an object URI (``s3://bucket/key``).
         members: ``(run index, stream)`` of every stream written to it.
     """
 
-    path: Path
+    path: Path | str
     members: list[tuple[int, Stream]] = field(default_factory=list)
 
     @property
@@ -88,16 +89,18 @@ class WrittenOutput:
         path: Where it is.
         rows: Rows it holds.
         bytes: Its size.
+        sha256: The checksum of its bytes.
         target: What was planned for it.
     """
 
-    path: Path
+    path: Path | str
     rows: int
     bytes: int
+    sha256: str
     target: OutputTarget
 
 
-Router = Callable[[int, PlannedRun, Stream], Path]
+Router = Callable[[int, PlannedRun, Stream], Path | str]
 """Gives the output path of a stream of the run at an index."""
 
 
@@ -155,7 +158,7 @@ class OutputPipeline:
         Returns:
             The plan; targets in the order their first stream appears.
         """
-        targets: dict[Path, OutputTarget] = {}
+        targets: dict[Path | str, OutputTarget] = {}
         for index, run in enumerate(runs):
             for stream in run.selected:
                 path = route(index, run, stream)
@@ -168,6 +171,8 @@ class OutputPipeline:
         plan: CollectionPlan,
         *,
         provenance: Callable[[OutputTarget], dict[str, str]],
+        store: OutputStore | None = None,
+        stamp: Provenance | None = None,
         reserve: Callable[[OutputTarget], bool] = lambda target: True,
         on_bytes: Callable[[int], None] | None = None,
         on_rows: Callable[[int], None] | None = None,
@@ -179,6 +184,8 @@ class OutputPipeline:
         Args:
             plan: What to write.
             provenance: Schema metadata of a target.
+            store: Where the files are published (default: local folders, the targets' paths).
+            stamp: The provenance the store records with each published object.
             reserve: Called before a target is opened; returns whether an existing file
                 at its path may be replaced (it is this job's own), or raises.
             on_bytes: Progress: segment bytes read.
@@ -203,13 +210,16 @@ class OutputPipeline:
             closes.setdefault(runs[-1] if target.runs else last, []).append(t)
         files: dict[int, OutputFile] = {}
         replace: dict[int, bool] = {}
+        digests: dict[int, str] = {}
+        store = store if store is not None else LocalStore(Path("/"))
+        stamp = stamp if stamp is not None else Provenance("")
         try:
             for index, batches in self._runs_in_order(plan, on_bytes):
                 for t in opens.get(index, []):
                     target = plan.targets[t]
                     replace[t] = reserve(target)
                     schema = plan.schema.with_metadata(provenance(target))
-                    files[t] = OutputFile(target.path, schema, self.format, self.compression)
+                    files[t] = OutputFile(store.staging_path(target.path), schema, self.format, self.compression)
                 ids, group_of, slots = _routing(plan, index)
                 outputs = [files[t] for t in slots]
                 for batch in batches:
@@ -223,13 +233,14 @@ class OutputPipeline:
             for t in sorted(files):
                 if before_publish is not None:
                     before_publish()
-                files[t].publish(replace[t])
+                digests[t] = store.publish(files[t], plan.targets[t].path, stamp, replace[t])
         except BaseException:
             for file in files.values():
                 file.abort()
             raise
         return [
-            WrittenOutput(files[t].final, files[t].rows, files[t].bytes, plan.targets[t]) for t in sorted(files)
+            WrittenOutput(plan.targets[t].path, files[t].rows, files[t].bytes, digests[t], plan.targets[t])
+            for t in sorted(files)
         ]
 
     def _runs_in_order(

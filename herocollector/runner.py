@@ -34,9 +34,11 @@ from .config import ServiceConfig
 from .errors import Cancelled, CollectorError, DoneTimeout, LeaseLost, OutputError, RunRefused
 from .events import RunCollected, RunFailed
 from .journal import Job, JobState, JobStore, OutputTakenError
-from .output import provenance_metadata, read_provenance
+from .manifest import ManifestEntry, new_manifest, write_manifest
+from .output import provenance_metadata
 from .paths import PathTemplate, Trusted
 from .pipeline import OutputPipeline, OutputTarget, PlannedRun
+from .storage import Provenance, open_store
 
 
 class _Deferred(Exception):
@@ -90,6 +92,7 @@ class JobRunner:
         self.on_failed = on_failed
         self.after_collect = after_collect
         self.template = PathTemplate(config.save_template, config.output_root)
+        self.store = open_store(config.output_root, config.storage_options, config.staging_dir)
         self.pipeline = OutputPipeline(
             rule=config.rule,
             columns=config.columns,
@@ -192,7 +195,11 @@ class JobRunner:
         return written, nbytes, None
 
     def _write_outputs(self, job: Job, path: Path, lease: "LeaseKeeper") -> tuple[dict[str, int], int]:
-        """Decode the run once and write its output files; rows per output, and bytes decoded."""
+        """Decode the run once, publish its output files, then its manifest.
+
+        Returns:
+            Rows per output, and the segment bytes decoded.
+        """
         run = self.pipeline.plan_run(path)
         plan = self.pipeline.plan([run], lambda index, planned, stream: self._route(job, planned, stream.metadata))
         if not plan.targets:
@@ -208,16 +215,22 @@ class JobRunner:
                 raise Cancelled("the service is closing")
             lease.raise_if_lost()
 
+        stamp = Provenance(job.path or "", job.id, job.token)
         written = self.pipeline.write(
             plan,
             provenance=provenance,
+            store=self.store,
+            stamp=stamp,
             reserve=lambda target: self._reserve(job, target.path),
             check_cancel=check_cancel,
             before_publish=lease.check,
         )
+        entries = [ManifestEntry(str(w.path), w.rows, w.bytes, w.sha256) for w in written]
+        lease.check()
+        write_manifest(self.store, new_manifest(job.path or "", job.id, job.token, entries), stamp)
         return {str(w.path): w.rows for w in written}, run.segment_bytes
 
-    def _route(self, job: Job, run: PlannedRun, labels: dict[str, object]) -> Path:
+    def _route(self, job: Job, run: PlannedRun, labels: dict[str, object]) -> Path | str:
         """Render a stream's output path: default_metadata, event metadata, labels, then the run."""
         context = {
             **job.metadata,
@@ -226,9 +239,9 @@ class JobRunner:
             "logger_path": Trusted(job.path or ""),
             "logger_name": Path(job.path or "").name,
         }
-        return self.template.render(context, trusted=self.config.default_metadata)
+        return self.template.render_location(context, trusted=self.config.default_metadata)
 
-    def _reserve(self, job: Job, target: Path) -> bool:
+    def _reserve(self, job: Job, target: Path | str) -> bool:
         """Reserve an output path for the job; True if an existing file there is the job's own."""
         try:
             self.journal.claim_output(job.id, str(target))
@@ -237,9 +250,10 @@ class JobRunner:
                 f"output collision: {target} already holds the run {exc.owner.path} (job {exc.owner.id}); "
                 f"refusing to overwrite it with the run {job.path} (job {job.id})"
             ) from None
-        if not target.exists() and not target.is_symlink():
+        existing = self.store.provenance(target)
+        if existing is None:
             return False
-        previous = read_provenance(target).get("logger_path")
+        previous = existing.logger_path
         if previous != job.path:
             raise OutputError(
                 f"output collision: {target} already holds "

@@ -14,6 +14,7 @@ the end-to-end tests' job.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -38,6 +39,7 @@ from herocollector.demo import MEASURES
 from herocollector.errors import CollectorError, JournalError
 from herocollector.events import parse_event
 from herocollector.journal import JobState, Journal
+from herocollector.manifest import Manifest
 from herocollector.output import read_provenance, temporary_name
 from herocollector.testing.actors import (
     COLUMNS,
@@ -158,7 +160,16 @@ def test_good_run_is_collected(env: Env, actor: CollectorArchiver) -> None:
     targets = outputs_of(env, run)
     assert job.outputs == {str(targets[m]): RECORDS // len(MEASURES) for m in MEASURES}
     assert job.rows == RECORDS
-    assert sorted(p.name for p in (env.out / run.name).iterdir()) == sorted(f"{m}.arrow" for m in MEASURES)
+    [manifest_file] = (env.out / run.name).glob("_manifest-run-0001-*.json")  # written last, beside them
+    assert sorted(p.name for p in (env.out / run.name).iterdir()) == sorted(
+        [manifest_file.name, *(f"{m}.arrow" for m in MEASURES)]
+    )
+    manifest = Manifest.from_json(manifest_file.read_bytes())
+    assert (manifest.run, manifest.job, manifest.token) == (str(run), job.id, 1)
+    assert {e.path: e.rows for e in manifest.outputs} == job.outputs
+    for entry in manifest.outputs:
+        assert entry.bytes == Path(entry.path).stat().st_size
+        assert entry.sha256 == hashlib.sha256(Path(entry.path).read_bytes()).hexdigest()
 
     expected = expected_by_measure(run)
     for measure, target in targets.items():

@@ -1,0 +1,360 @@
+"""Where outputs are published: a local folder, or an S3-compatible object store.
+
+Every output is first written and fsynced as a local file (:class:`~herocollector.output.OutputFile`),
+then published under its final name, atomically and without overwriting another run's data:
+
+* **local folder** (``/data/collected``, ``file:///data/collected``): ``os.link`` of the
+  temporary file to the final name, which fails if the name is taken; a file that is the
+  job's own from an earlier attempt is replaced with ``os.replace``;
+* **object store** (``s3://bucket/prefix``): the staged file is uploaded with a conditional
+  create (``If-None-Match: *``), as one ``PutObject`` or, for large files, a multipart upload
+  whose completion is conditional. Nothing is ever written through a stream that publishes
+  on close. An object that exists already is kept: if it holds the same bytes for the same
+  run (an earlier attempt of the job), it is adopted; otherwise the job fails with an
+  output collision.
+
+Each published object carries its provenance as metadata (logger path, job, fencing token,
+SHA-256), so collisions and adoptions are decided without reading the data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, unquote
+
+from .errors import ConfigError, OutputError
+from .output import OutputFile, read_provenance, remove_stale_temporaries, temporary_name
+from .paths import object_root
+
+MULTIPART_THRESHOLD = 64 << 20
+"""Files larger than this are uploaded in parts (the completion is the conditional create)."""
+PART_SIZE = 16 << 20
+_META = "herocollector-"
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Who published an output.
+
+    Attributes:
+        logger_path: The run.
+        job: The journal job.
+        token: The fencing token the job held.
+        sha256: The bytes' checksum (empty where it is not recorded).
+    """
+
+    logger_path: str
+    job: int = 0
+    token: int = 0
+    sha256: str = ""
+
+
+class OutputStore(ABC):
+    """Publishes staged output files at their final locations."""
+
+    root: str
+    """What ``{{ output_root }}`` renders."""
+
+    @abstractmethod
+    def staging_path(self, location: Path | str) -> Path:
+        """The local path whose temporary file :class:`OutputFile` writes for ``location``."""
+
+    @abstractmethod
+    def provenance(self, location: Path | str) -> Provenance | None:
+        """Who published ``location``, None if nothing is there (a foreign file: empty logger path)."""
+
+    @abstractmethod
+    def publish(self, file: OutputFile, location: Path | str, provenance: Provenance, replace_own: bool) -> str:
+        """Publish a finished file; the temporary file is gone afterwards, whatever happens.
+
+        Args:
+            file: The finished output.
+            location: Its final location.
+            provenance: What to record with it.
+            replace_own: An existing output there is this job's own from an earlier attempt
+                (its provenance names the same run and job): replace it (local folder) or
+                adopt it (object store, where nothing is overwritten).
+
+        Returns:
+            The SHA-256 of what is published at ``location`` now.
+
+        Raises:
+            OutputError: The location holds another run's (or a foreign) output.
+        """
+
+    @abstractmethod
+    def put_bytes(self, location: Path | str, data: bytes, provenance: Provenance) -> bool:
+        """Create a small object (a manifest) atomically, unless one exists.
+
+        Returns:
+            True if created; False if something was there already (left untouched).
+        """
+
+    @abstractmethod
+    def read_bytes(self, location: Path | str) -> bytes | None:
+        """The contents of a small object, or None if it does not exist."""
+
+
+class LocalStore(OutputStore):
+    """Outputs in a local (or network-mounted) folder."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = str(root)
+
+    def staging_path(self, location: Path | str) -> Path:
+        return Path(location)
+
+    def provenance(self, location: Path | str) -> Provenance | None:
+        path = Path(location)
+        if not path.exists() and not path.is_symlink():
+            return None
+        found = read_provenance(path)
+        return Provenance(found.get("logger_path", ""), int(found.get("job", 0) or 0))
+
+    def publish(self, file: OutputFile, location: Path | str, provenance: Provenance, replace_own: bool) -> str:
+        file.publish(replace_own)
+        return file.sha256
+
+    def put_bytes(self, location: Path | str, data: bytes, provenance: Provenance) -> bool:
+        final = Path(location)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(final)
+        staged = temporary_name(final)
+        try:
+            with open(staged, "xb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            try:
+                os.link(staged, final)
+            except FileExistsError:
+                return False
+            _fsync_dir(final.parent)
+            return True
+        finally:
+            staged.unlink(missing_ok=True)
+
+    def read_bytes(self, location: Path | str) -> bytes | None:
+        try:
+            return Path(location).read_bytes()
+        except FileNotFoundError:
+            return None
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def s3_client(options: Mapping[str, Any]) -> Any:
+    """A boto3 S3 client from ``storage_options``.
+
+    Recognised options: ``endpoint_url`` (or ``endpoint_override`` with ``scheme``),
+    ``region``, ``access_key_id``, ``secret_access_key``, ``session_token``, ``addressing_style``
+    (``path`` or ``virtual``). Credentials that are not given come from the usual ``AWS_*``
+    environment, config files or instance roles, as boto3 finds them.
+
+    Raises:
+        ConfigError: An unknown option.
+    """
+    import boto3
+    from botocore.config import Config
+
+    known = {
+        "endpoint_url",
+        "endpoint_override",
+        "scheme",
+        "region",
+        "access_key_id",
+        "secret_access_key",
+        "session_token",
+        "addressing_style",
+    }
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ConfigError(f"storage_options: unknown option(s) {unknown}; known: {sorted(known)}")
+    endpoint = options.get("endpoint_url")
+    if endpoint is None and options.get("endpoint_override"):
+        endpoint = f"{options.get('scheme', 'https')}://{options['endpoint_override']}"
+    style = options.get("addressing_style", "path" if endpoint else "auto")
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name=options.get("region"),
+        aws_access_key_id=options.get("access_key_id"),
+        aws_secret_access_key=options.get("secret_access_key"),
+        aws_session_token=options.get("session_token"),
+        config=Config(s3={"addressing_style": style}, retries={"max_attempts": 5, "mode": "standard"}),
+    )
+
+
+class S3Store(OutputStore):
+    """Outputs in an S3-compatible bucket, under a prefix.
+
+    Args:
+        root: ``s3://bucket/prefix``.
+        options: ``storage_options`` (see :func:`s3_client`).
+        staging: Local folder for staged files.
+    """
+
+    def __init__(self, root: str, options: Mapping[str, Any], staging: Path) -> None:
+        self.root = root
+        self.bucket = root[5:].split("/", 1)[0]
+        self.staging = staging
+        self._options = dict(options)
+        self._local = threading.local()  # boto3 clients are not shared between threads
+
+    @property
+    def client(self) -> Any:
+        """This thread's S3 client."""
+        client = getattr(self._local, "client", None)
+        if client is None:
+            client = self._local.client = s3_client(self._options)
+        return client
+
+    def key(self, location: Path | str) -> str:
+        """The object key of a location ``s3://bucket/key``."""
+        text = str(location)
+        prefix = f"s3://{self.bucket}/"
+        if not text.startswith(prefix):
+            raise OutputError(f"{text!r} is not in the bucket {self.bucket!r}")
+        return text[len(prefix) :]
+
+    def staging_path(self, location: Path | str) -> Path:
+        return self.staging / self.bucket / self.key(location)
+
+    def _metadata(self, provenance: Provenance) -> dict[str, str]:
+        # Object metadata travels as HTTP headers: ASCII only, so the path is percent-encoded.
+        return {
+            f"{_META}logger-path": quote(provenance.logger_path, safe="/"),
+            f"{_META}job": str(provenance.job),
+            f"{_META}token": str(provenance.token),
+            f"{_META}sha256": provenance.sha256,
+        }
+
+    def provenance(self, location: Path | str) -> Provenance | None:
+        from botocore.exceptions import ClientError
+
+        try:
+            head = self.client.head_object(Bucket=self.bucket, Key=self.key(location))
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise OutputError(f"cannot read {location}: {exc}") from None
+        meta = head.get("Metadata", {})
+        return Provenance(
+            unquote(meta.get(f"{_META}logger-path", "")),
+            int(meta.get(f"{_META}job", 0) or 0),
+            int(meta.get(f"{_META}token", 0) or 0),
+            meta.get(f"{_META}sha256", ""),
+        )
+
+    def publish(self, file: OutputFile, location: Path | str, provenance: Provenance, replace_own: bool) -> str:
+        try:
+            stamped = Provenance(provenance.logger_path, provenance.job, provenance.token, file.sha256)
+            if self._create(file.temporary, location, stamped):
+                return file.sha256
+            existing = self.provenance(location)
+            if replace_own and existing is not None and (existing.logger_path, existing.job) == (
+                provenance.logger_path,
+                provenance.job,
+            ):
+                return existing.sha256  # an earlier attempt of this job published it: adopt, never overwrite
+            owner = existing.logger_path if existing and existing.logger_path else "an object not written by herocollector"
+            raise OutputError(
+                f"output collision: {location} already holds {owner}; refusing to overwrite it with "
+                f"the run {provenance.logger_path} (job {provenance.job})"
+            )
+        finally:
+            file.temporary.unlink(missing_ok=True)
+
+    def _create(self, staged: Path, location: Path | str, provenance: Provenance) -> bool:
+        """Upload ``staged`` unless the key exists; False if it existed."""
+        from botocore.exceptions import ClientError
+
+        key = self.key(location)
+        meta = self._metadata(provenance)
+        size = staged.stat().st_size
+        try:
+            if size <= MULTIPART_THRESHOLD:
+                with open(staged, "rb") as body:
+                    self.client.put_object(Bucket=self.bucket, Key=key, Body=body, Metadata=meta, IfNoneMatch="*")
+            else:
+                self._multipart(staged, key, meta)
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if code in ("PreconditionFailed", "ConditionalRequestConflict") or status in (409, 412):
+                return False
+            raise OutputError(f"uploading {location} failed: {exc}") from None
+        return True
+
+    def _multipart(self, staged: Path, key: str, meta: dict[str, str]) -> None:
+        upload = self.client.create_multipart_upload(Bucket=self.bucket, Key=key, Metadata=meta)
+        upload_id = upload["UploadId"]
+        try:
+            parts = []
+            with open(staged, "rb") as fh:
+                number = 1
+                while chunk := fh.read(PART_SIZE):
+                    part = self.client.upload_part(
+                        Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=chunk
+                    )
+                    parts.append({"PartNumber": number, "ETag": part["ETag"]})
+                    number += 1
+            self.client.complete_multipart_upload(
+                Bucket=self.bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}, IfNoneMatch="*"
+            )
+        except BaseException:
+            try:
+                self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+            except Exception:  # noqa: BLE001 - the original error matters; the bucket's lifecycle rule cleans up
+                pass
+            raise
+
+    def put_bytes(self, location: Path | str, data: bytes, provenance: Provenance) -> bool:
+        from botocore.exceptions import ClientError
+
+        digest = hashlib.sha256(data).hexdigest()
+        meta = self._metadata(Provenance(provenance.logger_path, provenance.job, provenance.token, digest))
+        try:
+            self.client.put_object(
+                Bucket=self.bucket, Key=self.key(location), Body=data, Metadata=meta, IfNoneMatch="*",
+                ContentType="application/json",
+            )
+        except ClientError as exc:
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if status in (409, 412):
+                return False
+            raise OutputError(f"uploading {location} failed: {exc}") from None
+        return True
+
+    def read_bytes(self, location: Path | str) -> bytes | None:
+        from botocore.exceptions import ClientError
+
+        try:
+            return bytes(self.client.get_object(Bucket=self.bucket, Key=self.key(location))["Body"].read())
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise OutputError(f"cannot read {location}: {exc}") from None
+
+
+def open_store(output_root: str | Path, storage_options: Mapping[str, Any] | None, staging: Path) -> OutputStore:
+    """The store of an ``output_root``: a local folder, or ``s3://bucket/prefix``."""
+    root = object_root(output_root)
+    if root is not None:
+        return S3Store(root, storage_options or {}, staging)
+    if storage_options:
+        raise ConfigError("storage_options are for an s3:// output_root")
+    return LocalStore(Path(output_root))
