@@ -203,6 +203,12 @@ class ServiceConfig:
             raise ConfigError(f"storage_options must be a mapping, got {type(storage_options).__name__}")
         if storage_options and bucket_root is None:
             raise ConfigError("storage_options are for an s3:// output_root")
+        journal_setting = _journal(journal)
+        if claim_runs and journal_setting and "://" in journal_setting:
+            raise ConfigError(
+                "claim_runs is for fleets that share only a filesystem; a PostgreSQL journal already gives "
+                "each run to one actor, with fencing: drop claim_runs"
+            )
         if not isinstance(save_template, str) or not save_template.strip():
             raise ConfigError("save_template must be a non-empty Jinja2 template")
         PathTemplate(save_template, root_path)
@@ -244,6 +250,6 @@ class ServiceConfig:
             scan_interval=_number("scan_interval", scan_interval, minimum=0.001, allow_none=True),
             scan_depth=_number("scan_depth", scan_depth, integer=True),
             lease_timeout=_number("lease_timeout", lease_timeout, minimum=0.1),
-            journal=_journal(journal),
+            journal=journal_setting,
             storage_options=dict(storage_options or {}),
         )
