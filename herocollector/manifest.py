@@ -60,7 +60,7 @@ class Manifest:
         return json.dumps(data, indent=2, sort_keys=True).encode()
 
     @classmethod
-    def from_json(cls, data: bytes | str) -> "Manifest":
+    def from_json(cls, data: bytes | str) -> Manifest:
         """Read a manifest.
 
         Raises:

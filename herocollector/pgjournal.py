@@ -19,7 +19,6 @@ The schema is created and migrated by :meth:`PgJournal.migrate`, under an adviso
 
 from __future__ import annotations
 
-import functools
 import json
 import threading
 import time
@@ -266,7 +265,8 @@ class PgJournal:
 
     def counts(self) -> dict[str, int]:
         """Number of jobs per state (every state listed)."""
-        rows = self._run(lambda db: db.execute("SELECT state, COUNT(*) AS n FROM herocollector_jobs GROUP BY state").fetchall())
+        sql = "SELECT state, COUNT(*) AS n FROM herocollector_jobs GROUP BY state"
+        rows = self._run(lambda db: db.execute(sql).fetchall())
         found = {r["state"]: int(r["n"]) for r in rows}
         return {state.value: found.get(state.value, 0) for state in JobState}
 
@@ -372,8 +372,10 @@ class PgJournal:
         return self._run(step)
 
     def take_due(self, now: float | None = None, owner: str = "", lease: float = 30.0) -> Job | None:
-        """Take the next due job under a new token and a lease: a pending one whose time has
-        come, or a running one whose lease ran out (its actor is presumed gone).
+        """Take the next due job under a new token and a lease.
+
+        Due is a pending job whose time has come, or a running one whose lease ran out (its
+        actor is presumed gone).
 
         Returns:
             The job, or None if none is due.
@@ -476,7 +478,8 @@ class PgJournal:
 
         def step(db: psycopg.Connection[dict[str, Any]]) -> None:
             db.execute(
-                "INSERT INTO herocollector_outputs (path, job_id, rows) VALUES (%s, %s, 0) ON CONFLICT (path) DO NOTHING",
+                "INSERT INTO herocollector_outputs (path, job_id, rows) VALUES (%s, %s, 0) "
+                "ON CONFLICT (path) DO NOTHING",
                 (output, job_id),
             )
             row = db.execute("SELECT job_id FROM herocollector_outputs WHERE path = %s", (output,)).fetchone()

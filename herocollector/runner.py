@@ -122,7 +122,9 @@ class JobRunner:
             log.info(f"herocollector: job {job.id} for {job.path} interrupted by shutdown; it stays pending")
             self._record(job.id, lambda: self.journal.defer(job.id, None, None, token=job.token))
         except LeaseLost as lost:
-            log.warning(f"herocollector: job {job.id} for {job.path}: lease lost, fenced out; nothing recorded ({lost})")
+            log.warning(
+                f"herocollector: job {job.id} for {job.path}: lease lost, fenced out; nothing recorded ({lost})"
+            )
         except BaseException as exc:  # noqa: BLE001 - whatever happens, the worker lives on
             self._failed(job, exc, job.attempts)
         else:
@@ -170,7 +172,7 @@ class JobRunner:
         self.journal.park(job.id, now + self.config.backoff / 1000, deadline, token=job.token)
         log.info(f"herocollector: job {job.id}: {job.path} has no _DONE yet; waiting")
 
-    def _claimed_write(self, job: Job, path: Path, lease: "LeaseKeeper") -> tuple[dict[str, int], int, str | None]:
+    def _claimed_write(self, job: Job, path: Path, lease: LeaseKeeper) -> tuple[dict[str, int], int, str | None]:
         """Write the outputs, under a fleet claim if configured.
 
         Returns:
@@ -194,7 +196,7 @@ class JobRunner:
             claim.release(written)
         return written, nbytes, None
 
-    def _write_outputs(self, job: Job, path: Path, lease: "LeaseKeeper") -> tuple[dict[str, int], int]:
+    def _write_outputs(self, job: Job, path: Path, lease: LeaseKeeper) -> tuple[dict[str, int], int]:
         """Decode the run once, publish its output files, then its manifest.
 
         Returns:
@@ -370,7 +372,7 @@ class LeaseKeeper:
         self._stopping = stopping
         self._thread: threading.Thread | None = None
 
-    def __enter__(self) -> "LeaseKeeper":
+    def __enter__(self) -> LeaseKeeper:
         if getattr(self._journal, "shared", False):
             self._thread = threading.Thread(target=self._renew_loop, name="herocollector-lease", daemon=True)
             self._thread.start()

@@ -39,9 +39,12 @@ from .scan import Scanner, ScanResult
 from .scheduler import Scheduler
 from .statedir import StateDirLock
 
+
 def owner_name(config: ServiceConfig) -> str:
-    """This service among a fleet: host and ``state_dir`` (stable across restarts; the
-    ``state_dir`` lock makes it unique among live services)."""
+    """This service among a fleet: host and ``state_dir``.
+
+    Stable across restarts, and unique among live services thanks to the ``state_dir`` lock.
+    """
     return f"{socket.gethostname()}:{config.state_dir}"
 
 

@@ -109,9 +109,11 @@ class LocalStore(OutputStore):
         self.root = str(root)
 
     def staging_path(self, location: Path | str) -> Path:
+        """See :meth:`OutputStore.staging_path`."""
         return Path(location)
 
     def provenance(self, location: Path | str) -> Provenance | None:
+        """See :meth:`OutputStore.provenance`."""
         path = Path(location)
         if not path.exists() and not path.is_symlink():
             return None
@@ -119,10 +121,12 @@ class LocalStore(OutputStore):
         return Provenance(found.get("logger_path", ""), int(found.get("job", 0) or 0))
 
     def publish(self, file: OutputFile, location: Path | str, provenance: Provenance, replace_own: bool) -> str:
+        """See :meth:`OutputStore.publish`."""
         file.publish(replace_own)
         return file.sha256
 
     def put_bytes(self, location: Path | str, data: bytes, provenance: Provenance) -> bool:
+        """See :meth:`OutputStore.put_bytes`."""
         final = Path(location)
         final.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(final)
@@ -142,6 +146,7 @@ class LocalStore(OutputStore):
             staged.unlink(missing_ok=True)
 
     def read_bytes(self, location: Path | str) -> bytes | None:
+        """See :meth:`OutputStore.read_bytes`."""
         try:
             return Path(location).read_bytes()
         except FileNotFoundError:
@@ -231,6 +236,7 @@ class S3Store(OutputStore):
         return text[len(prefix) :]
 
     def staging_path(self, location: Path | str) -> Path:
+        """See :meth:`OutputStore.staging_path`."""
         return self.staging / self.bucket / self.key(location)
 
     def _metadata(self, provenance: Provenance) -> dict[str, str]:
@@ -243,6 +249,7 @@ class S3Store(OutputStore):
         }
 
     def provenance(self, location: Path | str) -> Provenance | None:
+        """See :meth:`OutputStore.provenance`."""
         from botocore.exceptions import ClientError
 
         try:
@@ -260,6 +267,7 @@ class S3Store(OutputStore):
         )
 
     def publish(self, file: OutputFile, location: Path | str, provenance: Provenance, replace_own: bool) -> str:
+        """See :meth:`OutputStore.publish`."""
         try:
             stamped = Provenance(provenance.logger_path, provenance.job, provenance.token, file.sha256)
             if self._create(file.temporary, location, stamped):
@@ -270,7 +278,9 @@ class S3Store(OutputStore):
                 provenance.job,
             ):
                 return existing.sha256  # an earlier attempt of this job published it: adopt, never overwrite
-            owner = existing.logger_path if existing and existing.logger_path else "an object not written by herocollector"
+            owner = (
+                existing.logger_path if existing and existing.logger_path else "an object not written by herocollector"
+            )
             raise OutputError(
                 f"output collision: {location} already holds {owner}; refusing to overwrite it with "
                 f"the run {provenance.logger_path} (job {provenance.job})"
@@ -323,6 +333,7 @@ class S3Store(OutputStore):
             raise
 
     def put_bytes(self, location: Path | str, data: bytes, provenance: Provenance) -> bool:
+        """See :meth:`OutputStore.put_bytes`."""
         from botocore.exceptions import ClientError
 
         digest = hashlib.sha256(data).hexdigest()
@@ -340,6 +351,7 @@ class S3Store(OutputStore):
         return True
 
     def read_bytes(self, location: Path | str) -> bytes | None:
+        """See :meth:`OutputStore.read_bytes`."""
         from botocore.exceptions import ClientError
 
         try:

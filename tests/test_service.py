@@ -120,6 +120,7 @@ def test_a_run_without_done_waits_while_others_are_collected(site: Site) -> None
     (a / "_DONE").touch()
     done = wait_state(service, a, JobState.DONE, JobState.FAILED)
     assert done.state == JobState.DONE and done.attempts == 1
+    wait_for(lambda: len(site.collected) == 3, "three run_collected reports")
     assert sorted(r.path for r in site.collected) == sorted(str(p) for p in (a, b, c))
 
 

@@ -1,4 +1,4 @@
-"""A fleet of collector actors under BOSS that share one PostgreSQL journal and one bucket.
+r"""A fleet of collector actors under BOSS that share one PostgreSQL journal and one bucket.
 
 Used by the fleet tests and ``benchmarks/fleet_bench.py``: :class:`Fleet` starts a demo logger
 HERO and ``n`` collector actors (separate BOSS processes, separate ``state_dir``\\ s) in one

@@ -41,7 +41,7 @@ class PostgresTestServer:
         self._server: Any = None
         self.url = ""
 
-    def start(self) -> "PostgresTestServer":
+    def start(self) -> PostgresTestServer:
         """Start the server (about a second).
 
         Raises:
@@ -77,7 +77,7 @@ class PostgresTestServer:
         if self._own:
             shutil.rmtree(self.folder, ignore_errors=True)
 
-    def __enter__(self) -> "PostgresTestServer":
+    def __enter__(self) -> PostgresTestServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -111,7 +111,7 @@ class S3TestServer:
         self._process: subprocess.Popen[bytes] | None = None
         self._log = tempfile.TemporaryFile()
 
-    def start(self, timeout: float = 30.0) -> "S3TestServer":
+    def start(self, timeout: float = 30.0) -> S3TestServer:
         """Start ``moto_server`` and wait until it answers.
 
         Raises:
@@ -134,7 +134,8 @@ class S3TestServer:
             except OSError:
                 if time.monotonic() > deadline:
                     self.stop()
-                    raise ServerUnavailable(f"moto_server did not answer on {self.endpoint} within {timeout} s") from None
+                    reason = f"moto_server did not answer on {self.endpoint} within {timeout} s"
+                    raise ServerUnavailable(reason) from None
                 time.sleep(0.05)
 
     def client(self) -> Any:
@@ -167,7 +168,7 @@ class S3TestServer:
             self._process = None
         self._log.close()
 
-    def __enter__(self) -> "S3TestServer":
+    def __enter__(self) -> S3TestServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
