@@ -146,37 +146,9 @@ class CollectorArchiver(HERODataArchiver):
         *args: Any,
         **kwargs: Any,
     ) -> None:
-        config = ServiceConfig.from_arguments(
-            save_template=save_template,
-            object_selector=object_selector,
-            event_name=event_name,
-            rule=rule,
-            columns=columns,
-            default_metadata=default_metadata,
-            max_retries=max_retries,
-            path_key=path_key,
-            format=format,
-            compression=compression,
-            backoff=backoff,
-            timeout=timeout,
-            state_dir=state_dir,
-            allowed_roots=allowed_roots,
-            output_root=output_root,
-            retry_delay=retry_delay,
-            retry_delay_max=retry_delay_max,
-            chunk_bytes=chunk_bytes,
-            claim_runs=claim_runs,
-            claim_timeout=claim_timeout,
-            claim_heartbeat=claim_heartbeat,
-            cleanup_grace=cleanup_grace,
-            cleanup_after_collect=cleanup_after_collect,
-            workers=workers,
-            scan_interval=scan_interval,
-            scan_depth=scan_depth,
-            lease_timeout=lease_timeout,
-            journal=journal,
-            storage_options=storage_options,
-        )
+        # Exactly the service's arguments: everything else goes to HERODataArchiver.
+        given = locals()
+        config = ServiceConfig.from_arguments(**{name: given[name] for name in ServiceConfig.argument_names()})
         self.service = CollectionService(config, on_collected=self._relay_collected, on_failed=self._relay_failed)
         try:
             HERODataArchiver.__init__(

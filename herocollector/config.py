@@ -7,6 +7,7 @@ a :class:`~herocollector.errors.ConfigError` that names the argument.
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -153,6 +154,11 @@ class ServiceConfig:
     def retry_delay_for(self, attempts: int) -> float:
         """Seconds before the next try of a job that failed its ``attempts``-th attempt."""
         return min(self.retry_delay * 2 ** max(attempts - 1, 0), self.retry_delay_max)
+
+    @classmethod
+    def argument_names(cls) -> tuple[str, ...]:
+        """The names of the actor arguments that configure the service."""
+        return tuple(inspect.signature(cls.from_arguments).parameters)
 
     @classmethod
     def from_arguments(

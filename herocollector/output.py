@@ -268,7 +268,7 @@ class OutputFile:
         except FileExistsError:
             self.abort()
             raise OutputError("refusing to overwrite a file this job did not write", self.final) from None
-        _fsync_dir(self.final.parent)
+        fsync_dir(self.final.parent)
 
     def commit(self, replace: bool) -> None:
         """:meth:`finish`, then :meth:`publish`."""
@@ -308,8 +308,8 @@ def route_batch(batch: pa.RecordBatch, ids: np.ndarray, group_of: np.ndarray, ou
         outputs[index].write(batch.filter(pa.array(row_group == index)))
 
 
-def _fsync_dir(folder: Path) -> None:
-    """Make a rename durable."""
+def fsync_dir(folder: Path) -> None:
+    """Make a rename (or link) in ``folder`` durable."""
     fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(fd)

@@ -30,7 +30,7 @@ from typing import Any
 from urllib.parse import quote, unquote
 
 from .errors import ConfigError, OutputError
-from .output import OutputFile, read_provenance, remove_stale_temporaries, temporary_name
+from .output import OutputFile, fsync_dir, read_provenance, remove_stale_temporaries, temporary_name
 from .paths import object_root
 
 MULTIPART_THRESHOLD = 64 << 20
@@ -140,7 +140,7 @@ class LocalStore(OutputStore):
                 os.link(staged, final)
             except FileExistsError:
                 return False
-            _fsync_dir(final.parent)
+            fsync_dir(final.parent)
             return True
         finally:
             staged.unlink(missing_ok=True)
@@ -151,14 +151,6 @@ class LocalStore(OutputStore):
             return Path(location).read_bytes()
         except FileNotFoundError:
             return None
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def s3_client(options: Mapping[str, Any]) -> Any:

@@ -101,3 +101,16 @@ def test_ruff_passes() -> None:
 def test_mypy_passes() -> None:
     result = subprocess.run([sys.executable, "-m", "mypy"], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-4000:]
+
+
+def test_the_actor_takes_exactly_the_service_arguments() -> None:
+    import inspect
+
+    from herocollector import CollectorArchiver, ServiceConfig
+
+    parameters = inspect.signature(CollectorArchiver.__init__).parameters
+    named = [n for n, p in parameters.items() if n != "self" and p.kind is p.POSITIONAL_OR_KEYWORD]
+    assert sorted(named) == sorted(ServiceConfig.argument_names())
+    defaults = inspect.signature(ServiceConfig.from_arguments).parameters
+    for name in named:
+        assert parameters[name].default == defaults[name].default, name
