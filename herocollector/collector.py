@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 
 from .catalogue import RuleLike, load_streams, select_streams
-from .codec import DEFAULT_CHUNK_BYTES, Records, SegmentDecoder
+from .codec import DEFAULT_CHUNK_BYTES, Columns, SegmentDecoder
 from .errors import CollectorError
 from . import logdir
 from .logdir import STREAMS_DIR, segment_files
@@ -147,10 +147,19 @@ class Collector:
             return
         plans, labels = self._plan(rule, _dedupe_columns(columns), schema)
         for plan in plans:
-            decoder = SegmentDecoder(plan.all_ids, plan.ids.tolist(), chunk_bytes=self._chunk_bytes)
-            for segment in segment_files(plan.path):
-                for records in decoder.decode_file(segment):
-                    yield self._to_batch(records, plan, labels, schema)
+            decoder = SegmentDecoder(
+                plan.all_ids,
+                plan.ids.tolist(),
+                chunk_bytes=self._chunk_bytes,
+                epoch_scales=plan.epoch_scales,
+                value_scales=plan.value_scales,
+            )
+            # The kernel reports each record's slot among all declared streams; map that
+            # to the stream's row in the label arrays.
+            rows = np.full(len(decoder.streams), -1, dtype=np.int64)
+            rows[np.searchsorted(decoder.streams.ids, plan.ids.astype(np.uint64))] = plan.label_rows
+            for columns in decoder.columns(segment_files(plan.path)):
+                yield self._to_batch(columns, rows, labels, schema)
 
     def cleanup(
         self,
@@ -223,23 +232,18 @@ class Collector:
         return plans, labels
 
     def _to_batch(
-        self, records: Records, plan: _Plan, labels: dict[str, pa.Array], schema: pa.Schema | None
+        self, decoded: Columns, label_rows: np.ndarray, labels: dict[str, pa.Array], schema: pa.Schema | None
     ) -> pa.RecordBatch:
-        slot = np.searchsorted(plan.ids, records.stream_ids)
-        lengths = np.diff(records.offsets)
-        epoch = records.ticks.astype(np.float64)
-        epoch *= plan.epoch_scales[slot]
-        values = records.quantised.astype(np.float64)
-        values *= np.repeat(plan.value_scales[slot], lengths)
-        offsets = pa.array(records.offsets.astype(np.int32))
+        """One record batch from decoded columns (no copies: Arrow wraps the NumPy arrays)."""
+        offsets = pa.array(decoded.offsets)
         columns: dict[str, pa.Array] = {
-            "stream_id": pa.array(records.stream_ids, type=pa.uint32()),
-            "epoch": pa.array(epoch, type=pa.float64()),
-            "indices": pa.ListArray.from_arrays(offsets, pa.array(records.indices, type=pa.int64())),
-            "values": pa.ListArray.from_arrays(offsets, pa.array(values, type=pa.float64())),
+            "stream_id": pa.array(decoded.stream_ids, type=pa.uint32()),
+            "epoch": pa.array(decoded.epochs, type=pa.float64()),
+            "indices": pa.ListArray.from_arrays(offsets, pa.array(decoded.indices, type=pa.int64())),
+            "values": pa.ListArray.from_arrays(offsets, pa.array(decoded.values, type=pa.float64())),
         }
         if labels:
-            rows = pa.array(plan.label_rows[slot])
+            rows = pa.array(label_rows[decoded.slots])
             for name, array in labels.items():
                 columns[name] = array.take(rows)
         if schema is None:
@@ -248,7 +252,7 @@ class Collector:
         for field in schema:
             array = columns.get(field.name)
             if array is None:
-                array = pa.nulls(len(records), type=field.type)
+                array = pa.nulls(len(decoded), type=field.type)
             elif array.type != field.type:
                 try:
                     array = array.cast(field.type)

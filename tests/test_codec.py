@@ -27,7 +27,6 @@ from herocollector.codec import (
     Records,
     SegmentDecoder,
     TickState,
-    decode_varints,
     encode_records,
     encode_segment,
     encode_varints,
@@ -35,6 +34,7 @@ from herocollector.codec import (
     zigzag_encode,
 )
 from herocollector.errors import CollectorError, SegmentError, UnknownStreamError
+from herocollector.testing.numpy_decoder import decode_varints
 
 # ----------------------------------------------------------------------------------------
 # Constants and helpers
