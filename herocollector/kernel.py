@@ -123,8 +123,8 @@ class _TempCacheLocator(_UserCacheLocator):
     root = staticmethod(lambda: Path(tempfile.gettempdir()) / f"herocollector-numba-{os.getuid() if hasattr(os, 'getuid') else 'user'}")
 
 
-class _KernelCache(caching.FunctionCache):  # type: ignore[misc]
-    """numba's function cache with herocollector's order of cache directories."""
+class _KernelCacheImpl(caching.CompileResultCacheImpl):  # type: ignore[misc]
+    """numba's cache implementation with herocollector's order of cache directories."""
 
     _locator_classes = [
         _numba_class("UserProvidedCacheLocator", "_UserProvidedCacheLocator"),  # $NUMBA_CACHE_DIR
@@ -132,6 +132,12 @@ class _KernelCache(caching.FunctionCache):  # type: ignore[misc]
         _UserCacheLocator,
         _TempCacheLocator,
     ]
+
+
+class _KernelCache(caching.FunctionCache):  # type: ignore[misc]
+    """numba's function cache, storing where :class:`_KernelCacheImpl` says."""
+
+    _impl_class = _KernelCacheImpl
 
 
 def _kernel(fn: Callable[..., Any]) -> Any:
@@ -272,9 +278,13 @@ def _load_u64(typingctx, array, index):  # type: ignore[no-untyped-def]
         return None
 
     def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
-        array_type, _ = signature.args
+        array_type, index_type = signature.args
         view = context.make_array(array_type)(context, builder, args[0])
-        address = cgutils.get_item_pointer(context, builder, array_type, view, [args[1]])
+        # With NUMBA_BOUNDSCHECK=1 numba checks the first and the last byte of the word
+        # (raising IndexError); otherwise these are plain address computations.
+        last = builder.add(args[1], context.get_constant(index_type, 7))
+        cgutils.get_item_pointer(context, builder, array_type, view, [last], boundscheck=context.enable_boundscheck)
+        address = cgutils.get_item_pointer(context, builder, array_type, view, [args[1]], boundscheck=context.enable_boundscheck)
         word = builder.load(builder.bitcast(address, ir.IntType(64).as_pointer()), align=1)
         if not LITTLE_ENDIAN:
             word = builder.bswap(word)
@@ -345,6 +355,35 @@ def _varint(data, pos, end):  # type: ignore[no-untyped-def]
         if b < 0x80:
             return value, i, 0
         shift += np.uint64(7)
+
+
+_GATHER = np.uint64(0x0102040810204080)
+_ALL = np.uint64(0xFFFFFFFFFFFFFFFF)
+WINDOW = 64
+"""Bytes whose varint ends are found at once by :func:`_terminators`."""
+
+
+@numba.njit(inline="always")
+def _terminators(data, pos):  # type: ignore[no-untyped-def]
+    """Bit ``i`` set when ``data[pos + i]`` ends a varint (is below 0x80), for ``i < 64``.
+
+    Eight 64-bit loads; in each, the inverted top bits are gathered into one byte by a
+    multiplication. The caller guarantees ``pos + 64 <= len(data)``.
+    """
+    mask = np.uint64(0)
+    for i in range(8):
+        stops = ~_load_u64(data, pos + 8 * i) & _STOP_BITS
+        mask |= ((stops >> np.uint64(7)) * _GATHER >> np.uint64(56)) << np.uint64(8 * i)
+    return mask
+
+
+@numba.njit(inline="always")
+def _pack(word, length):  # type: ignore[no-untyped-def]
+    """The value of a varint of ``length`` (1..8) bytes read as the word ``word``."""
+    word &= (_ALL >> np.uint64(64 - 8 * length)) & _LOW_7
+    word = ((word & np.uint64(0x7F007F007F007F00)) >> np.uint64(1)) | (word & np.uint64(0x007F007F007F007F))
+    word = ((word & np.uint64(0x3FFF00003FFF0000)) >> np.uint64(2)) | (word & np.uint64(0x00003FFF00003FFF))
+    return ((word & np.uint64(0x0FFFFFFF00000000)) >> np.uint64(4)) | (word & np.uint64(0x000000000FFFFFFF))
 
 
 @numba.njit(inline="always")
@@ -494,33 +533,53 @@ def decode_records(  # type: ignore[no-untyped-def]
                 if count > max_values:
                     return TOO_MANY_VALUES, rec, unit, nrec, nval, zero
                 return BAD_CAPACITY, rec, unit, nrec, nval, zero
-            if take and count > 0:
-                first, pos, err = _varint(data, pos, end)
-                index = first
-                out_idx[nval] = np.int64(index)
-                k = 1
-                while err == 0 and k < count:
-                    gap, pos, err = _varint(data, pos, end)
-                    index = index + gap + np.uint64(1)  # wraps, as the C++ decoder's uint64 does
-                    out_idx[nval + k] = np.int64(index)
-                    k += 1
-                k = 0
-                if scaled:
-                    scale = value_scales[slot]
-                    while err == 0 and k < count:
-                        u, pos, err = _varint(data, pos, end)
-                        out_val[nval + k] = np.float64(_unzigzag(u)) * scale
+            # The body: ``count`` index varints, then ``count`` value varints. Where 64 bytes
+            # (and one more load) fit in the array, the varint ends of a 64-byte window are
+            # found at once and the varints decoded from them: the next varint's start then
+            # no longer waits for the previous varint's value, only for one bit operation,
+            # so consecutive varints decode in parallel in the CPU. Anything unusual (a
+            # varint longer than eight bytes, one that crosses ``end``, the last bytes of
+            # the array) takes the one-varint path, which also finds every error.
+            k = 0
+            total = 2 * count
+            index = np.uint64(0)
+            scale = value_scales[slot] if take else 1.0
+            while k < total:
+                start = 0
+                if pos + WINDOW + 8 <= data.shape[0] and pos < end:
+                    mask = _terminators(data, pos)
+                    if end - pos < WINDOW:
+                        mask &= (np.uint64(1) << np.uint64(end - pos)) - np.uint64(1)
+                    while mask != 0 and k < total:
+                        stop = np.int64(_trailing_zeros(mask))
+                        length = stop + 1 - start
+                        if length > 8:
+                            break
+                        if take:
+                            value = _pack(_load_u64(data, pos + start), length)
+                            if k < count:
+                                index = value if k == 0 else index + value + np.uint64(1)  # wraps like the C++ uint64
+                                out_idx[nval + k] = np.int64(index)
+                            elif scaled:
+                                out_val[nval + k - count] = np.float64(_unzigzag(value)) * scale
+                            else:
+                                out_q[nval + k - count] = _unzigzag(value)
                         k += 1
-                else:
-                    while err == 0 and k < count:
-                        u, pos, err = _varint(data, pos, end)
-                        out_q[nval + k] = _unzigzag(u)
-                        k += 1
-            elif count > 0:
-                # Not written out, but still validated: the next record starts after it.
-                k = 0
-                while err == 0 and k < 2 * count:
-                    _, pos, err = _varint(data, pos, end)
+                        start = stop + 1
+                        mask &= mask - np.uint64(1)
+                    pos += start
+                if start == 0 and k < total:
+                    value, pos, err = _varint(data, pos, end)
+                    if err != 0:
+                        break
+                    if take:
+                        if k < count:
+                            index = value if k == 0 else index + value + np.uint64(1)
+                            out_idx[nval + k] = np.int64(index)
+                        elif scaled:
+                            out_val[nval + k - count] = np.float64(_unzigzag(value)) * scale
+                        else:
+                            out_q[nval + k - count] = _unzigzag(value)
                     k += 1
             if err != 0:
                 if err == 2:

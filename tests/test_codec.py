@@ -1300,3 +1300,246 @@ def test_matches_reference_decoder(tmp_path: Path, records_per_frame: int) -> No
         assert np.array_equal(np.asarray(idx, dtype=np.int64), ours.indices[lo:hi])
         expected_values = [float(q) * pair.value_scale for q in ours.quantised[lo:hi].tolist()]
         assert np.asarray(vals, dtype=np.float64).tolist() == expected_values
+
+
+# ----------------------------------------------------------------------------------------
+# The compiled kernel and the pipeline around it
+# ----------------------------------------------------------------------------------------
+
+
+def kernel_decode(
+    payload: bytes, *, ids: Sequence[int] = KNOWN_IDS, records: int, values: int, max_values: int = 2**31 - 1
+) -> list[tuple[int, int, int, int, int, int]]:
+    """Run ``decode_records`` over one frame's content with outputs of the given capacity,
+    resuming after every ``OUT_FULL``; returns each call's result tuple.
+
+    Args:
+        payload: Raw records (one unit).
+        ids: Declared stream ids.
+        records: Output records per call.
+        values: Output elements per call.
+        max_values: The kernel's element limit per call.
+
+    Returns:
+        The ``(status, pos, unit, records, values, detail)`` of every call.
+    """
+    from herocollector import kernel
+    from herocollector.codec import StreamTable
+
+    streams = StreamTable(ids)
+    data = np.frombuffer(payload, dtype=np.uint8).copy()
+    ends = np.array([data.size], dtype=np.int64)
+    ticks = np.zeros(len(streams), dtype=np.int64)
+    calls, pos, unit = [], 0, 0
+    while True:
+        sid, slot = np.zeros(records, np.uint32), np.zeros(records, np.int32)
+        epoch, offsets = np.zeros(records), np.zeros(records + 1, np.int32)
+        idx, val = np.zeros(values, np.int64), np.zeros(values)
+        result = kernel.decode_records(
+            data, pos, ends, unit, False, streams.table, streams.big_ids, streams.big_slots, streams.selected,
+            streams.epoch_scales, streams.value_scales, ticks, False, max_values,
+            sid, slot, epoch, epoch.view(np.int64), offsets, idx, val, val.view(np.int64),
+        )  # fmt: skip
+        calls.append(tuple(int(x) for x in result))
+        if result[0] != kernel.OUT_FULL:
+            return calls
+        pos, unit = int(result[1]), int(result[2])
+
+
+def test_kernel_output_full_resumes_at_a_record_boundary() -> None:
+    from herocollector import kernel
+
+    records = bulk_records(seed=41, count=60, max_n=9)
+    payload = encode_records(records, TickState())
+    calls = kernel_decode(payload, records=4, values=20)
+    assert len(calls) > 5
+    assert [c[0] for c in calls[:-1]] == [kernel.OUT_FULL] * (len(calls) - 1) and calls[-1][0] == kernel.OK
+    assert sum(c[3] for c in calls) == len(records)
+    assert sum(c[4] for c in calls) == records.indices.size
+    # Resuming gives the same records as one big call, in any chunking of the decoder.
+    for chunk_bytes in (MIN_CHUNK, DEFAULT_CHUNK_BYTES):
+        assert_records_equal(decode(zstandard.ZstdCompressor().compress(payload), chunk_bytes=chunk_bytes), records)
+
+
+def test_kernel_record_larger_than_the_outputs() -> None:
+    from herocollector import kernel
+
+    payload = encode_records(Records.from_lists([1], [0], [list(range(50))], [[1] * 50]), TickState())
+    assert kernel_decode(payload, records=4, values=20)[0][0] == kernel.BAD_CAPACITY
+    assert kernel_decode(payload, records=4, values=100, max_values=49)[0][0] == kernel.TOO_MANY_VALUES
+    assert kernel_decode(payload, records=4, values=100, max_values=50)[0][0] == kernel.OK
+
+
+def test_many_small_records_grow_the_output_estimate() -> None:
+    """Three-byte records: far denser than the first output estimate, still exact."""
+    records = Records.from_lists([1, 2] * 3000, list(range(6000)), [[]] * 6000, [[]] * 6000)
+    for records_per_frame in (1, 6000):
+        data = encode_segment(records, records_per_frame=records_per_frame)
+        assert_records_equal(decode(data, chunk_bytes=DEFAULT_CHUNK_BYTES), records)
+
+
+def test_columns_are_the_records_scaled_bit_for_bit(tmp_path: Path) -> None:
+    from herocollector.codec import Columns
+
+    records = bulk_records(seed=42, count=300, max_n=30, increasing=False)
+    path = tmp_path / "segment-000000.seg.zst"
+    path.write_bytes(encode_segment(records, records_per_frame=7))
+    epoch_scales = [1e-6, 1e-9, 0.25, 1.0, 3.0e-3, 1e-3, 7.5]
+    value_scales = [1e-3, 0.5, 1.0, 1e-9, 2.0, 3.3, 1e-6]
+    selected = [0, 2, 300, 2**32 - 1]
+    decoder = SegmentDecoder(
+        KNOWN_IDS,
+        selected,
+        chunk_bytes=MIN_CHUNK,
+        epoch_scales=[epoch_scales[KNOWN_IDS.index(s)] for s in selected],
+        value_scales=[value_scales[KNOWN_IDS.index(s)] for s in selected],
+    )
+    parts = list(decoder.columns([path]))
+    assert len(parts) > 1 and all(isinstance(p, Columns) for p in parts)
+    expected = take(records, np.isin(records.stream_ids, selected))
+    slot = np.searchsorted(np.array(KNOWN_IDS, dtype=np.uint64), expected.stream_ids.astype(np.uint64))
+    n = np.diff(expected.offsets)
+    assert np.concatenate([p.stream_ids for p in parts]).tolist() == expected.stream_ids.tolist()
+    assert np.concatenate([p.slots for p in parts]).tolist() == slot.tolist()
+    epochs = np.concatenate([p.epochs for p in parts])
+    assert epochs.tobytes() == (expected.ticks.astype(np.float64) * np.array(epoch_scales)[slot]).tobytes()
+    values = np.concatenate([p.values for p in parts])
+    want = expected.quantised.astype(np.float64) * np.repeat(np.array(value_scales)[slot], n)
+    assert values.tobytes() == want.tobytes()
+    assert np.concatenate([p.indices for p in parts]).tolist() == expected.indices.tolist()
+    lengths = np.concatenate([np.diff(p.offsets) for p in parts])
+    assert all(p.offsets.dtype == np.int32 and p.offsets[0] == 0 for p in parts)
+    assert lengths.tolist() == n.tolist()
+
+
+def test_decode_files_carries_ticks_and_reads_ahead_across_files(tmp_path: Path) -> None:
+    records = bulk_records(seed=43, count=900, max_n=6)
+    writer_ticks = TickState()
+    paths = []
+    for i, (lo, hi) in enumerate(((0, 300), (300, 300), (300, 700), (700, 900))):
+        path = tmp_path / f"segment-{i:06d}.seg.zst"
+        path.write_bytes(encode_segment(slice_records(records, lo, hi), writer_ticks, records_per_frame=3))
+        paths.append(path)
+    for threads in (True, False):
+        decoder = SegmentDecoder(KNOWN_IDS, chunk_bytes=MIN_CHUNK, threads=threads)
+        assert_records_equal(Records.concat(decoder.decode_files(paths)), records)
+
+
+def reader_threads() -> list[threading.Thread]:
+    """The decoders' reader threads still alive."""
+    return [t for t in threading.enumerate() if t.name == "herocollector-reader" and t.is_alive()]
+
+
+def test_reader_thread_ends_when_decoding_stops_early(tmp_path: Path) -> None:
+    path = tmp_path / "segment-000000.seg.zst"
+    path.write_bytes(encode_segment(bulk_records(seed=44, count=3000, max_n=8)))
+    assert path.stat().st_size > 8 * MIN_CHUNK
+    chunks = SegmentDecoder(KNOWN_IDS, chunk_bytes=MIN_CHUNK).decode_file(path)
+    assert len(next(chunks)) > 0
+    assert reader_threads()  # reading ahead
+    chunks.close()
+    assert not reader_threads()
+
+
+def test_errors_from_the_reader_thread_come_in_order(tmp_path: Path) -> None:
+    good = bulk_records(seed=45, count=2000, max_n=5)
+    first = tmp_path / "segment-000000.seg.zst"
+    first.write_bytes(encode_segment(good))
+    second = tmp_path / "segment-000001.seg.zst"
+    second.write_bytes(b"\x28\xb5\x2f\xfd" + b"\x00" * 40)
+    decoder = SegmentDecoder(KNOWN_IDS, chunk_bytes=MIN_CHUNK)
+    got = []
+    with pytest.raises(SegmentError) as info:
+        for chunk in decoder.decode_files([first, second]):
+            got.append(chunk)
+    assert info.value.path == str(second) and info.value.offset == 0
+    assert_records_equal(Records.concat(got), good)
+    assert not reader_threads()
+    with pytest.raises(FileNotFoundError):
+        list(SegmentDecoder(KNOWN_IDS).decode_files([first, tmp_path / "missing.seg.zst"]))
+    assert not reader_threads()
+
+
+def test_huge_skippable_frame_is_skipped_without_holding_it(tmp_path: Path) -> None:
+    records = bulk_records(seed=46, count=20, max_n=5)
+    data = encode_segment(records)
+    big = skippable_frame(bytes(40 * MIN_CHUNK))
+    assert_records_equal(decode(data + big + data[:0], chunk_bytes=MIN_CHUNK), records)
+    assert_records_equal(decode(big + data, chunk_bytes=MIN_CHUNK), records)
+    # Cut short: the skippable frame is the damaged one.
+    expect_segment_error(data + big[: 30 * MIN_CHUNK], len(data), match="truncated", chunk_bytes=MIN_CHUNK)
+
+
+def test_unknown_stream_in_a_frame_with_a_bad_varint_later_is_a_segment_error() -> None:
+    """The first damage in a frame is judged as a frame-by-frame decoder does: varints first."""
+    good = leb128(1) + b"\x00\x01\x05\x02"
+    unknown = leb128(99) + b"\x00\x00"
+    for tail, error in ((b"", UnknownStreamError), (b"\x80" * 11 + b"\x01", SegmentError), (b"\x01\x80", SegmentError)):
+        frame = zstandard.ZstdCompressor().compress(good + unknown + tail)
+        expect_segment_error(frame, 0, error=error, ids=[1])
+    # The same in a frame larger than a chunk, decoded in pieces: the rest of the frame is
+    # read before the error is decided.
+    filler = encode_records(bulk_records(seed=47, count=600, max_n=5, increasing=True), TickState())
+    ids = list(KNOWN_IDS)
+    for tail, error in ((b"", UnknownStreamError), (filler + b"\x80" * 11 + b"\x01", SegmentError)):
+        frame = zstandard.ZstdCompressor().compress(unknown + tail)
+        expect_segment_error(frame, 0, error=error, ids=ids, chunk_bytes=MIN_CHUNK)
+
+
+def test_damage_in_an_earlier_frame_wins_over_a_bad_header_later_in_the_read() -> None:
+    records = Records.from_lists([1, 2, 1], [1, 2, 3], [[1], [2], [3]], [[1], [2], [3]])
+    data = bytearray(encode_segment(records))
+    spans = frame_spans(bytes(data))
+    cut = zstandard.ZstdCompressor().compress(b"\x01\x00\x05\x01")  # a record cut short
+    damaged = bytes(data[: spans[1][0]]) + cut + bytes(data[spans[1][0] :])
+    header = bytearray(damaged)
+    header[len(damaged) - (spans[2][1] - spans[2][0]) + 4] |= 0x08  # reserved bit of the last frame
+    expect_segment_error(bytes(header), spans[1][0], match="cut short")
+
+
+def test_kernels_are_cached_in_herocollectors_order_of_places(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from herocollector import kernel
+
+    order = kernel._KernelCacheImpl._locator_classes
+    assert order[0].__name__.endswith("UserProvidedCacheLocator")  # $NUMBA_CACHE_DIR first
+    assert order[1].__name__.endswith("InTreeCacheLocator")  # then __pycache__ next to kernel.py
+    assert order[2] is kernel._UserCacheLocator
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    locator = kernel._UserCacheLocator.from_function(kernel.decode_records.py_func, kernel.__file__)
+    assert locator is not None
+    assert Path(locator.get_cache_path()).is_relative_to(tmp_path / "xdg" / "herocollector" / "numba")
+    if kernel.numba.config.BOUNDSCHECK is None:
+        assert isinstance(kernel.decode_records._cache, kernel._KernelCache)
+        assert isinstance(kernel.decode_records._cache._impl.locator, order[0] if kernel.numba.config.CACHE_DIR else order[1])
+
+
+@pytest.mark.slow
+def test_read_only_install_caches_kernels_in_the_user_cache(tmp_path: Path) -> None:
+    """A package whose ``__pycache__`` cannot be created compiles once into $XDG_CACHE_HOME."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    import herocollector
+
+    package = tmp_path / "site" / "herocollector"
+    shutil.copytree(Path(herocollector.__file__).parent, package, ignore=shutil.ignore_patterns("__pycache__"))
+    (package / "__pycache__").write_text("not a directory")  # even root cannot write in there
+    data = tmp_path / "segment-000000.seg.zst"
+    data.write_bytes(encode_segment(bulk_records(seed=48, count=50, max_n=5)))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NUMBA_")}
+    env.update(XDG_CACHE_HOME=str(tmp_path / "xdg"), PYTHONPATH=str(tmp_path / "site"), PYTHONDONTWRITEBYTECODE="1")
+    script = (
+        "import sys, herocollector.codec as c; assert c.__file__.startswith(sys.argv[2]), c.__file__;"
+        f"n = len(c.SegmentDecoder({list(KNOWN_IDS)}).decode_bytes(open(sys.argv[1], 'rb').read()));"
+        "print(n, sum(c.kernel.decode_records.stats.cache_hits.values()))"
+    )
+    for hits in ("0", "1"):  # compiled and stored, then loaded
+        out = subprocess.run(
+            [sys.executable, "-c", script, str(data), str(tmp_path / "site")], env=env, cwd=tmp_path, capture_output=True, text=True
+        )
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.split() == ["50", hits]
+    cached = list((tmp_path / "xdg" / "herocollector" / "numba").rglob("*.nbi"))
+    assert {p.name.split(".")[1].split("-")[0] for p in cached} >= {"scan_frames", "decode_records"}
