@@ -18,7 +18,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from herocollector.testing.fuzz import main
+HERE = Path(__file__).resolve().parent
+if str(HERE.parent) not in sys.path:
+    sys.path.insert(0, str(HERE.parent))  # fuzz this checkout's herocollector, not an installed one
+
+from herocollector.testing.fuzz import main  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(main(failures_dir=Path(__file__).resolve().parent / "results" / "fuzz_failures"))
+    sys.exit(main(failures_dir=HERE / "results" / "fuzz_failures"))
