@@ -41,7 +41,7 @@ import numpy as np
 import pyarrow as pa
 import zstandard
 
-from . import kernel
+from . import native as kernel  # the compiled kernels, loaded as fast as possible
 from .errors import SegmentError, UnknownStreamError
 
 DEFAULT_CHUNK_BYTES = 1 << 20
@@ -382,8 +382,6 @@ def encode_segment(
         out.write(compressor.compress(payload[start:end].tobytes()))
         start = end
     return out.getvalue()
-
-
 
 
 # ----------------------------------------------------------------------------------------

@@ -1,22 +1,25 @@
 """Compiled kernels of the segment decoder: the zstd frame walk and the record decoder.
 
-Both are ``numba`` functions compiled in nopython mode with ``nogil=True``: they never touch a
-Python object, so they run while other threads (the zstd reader, other runs' decoders) hold
-or use the GIL. They never raise either; they return a status code and a position, and
+This module is their numba source. Decoding code calls them through
+:mod:`herocollector.native`, which loads their machine code from its own object-code cache
+without importing numba (the ``object`` backend), or uses the numba dispatchers defined here
+(the ``numba`` backend).
+
+The kernels are compiled in nopython mode with ``nogil=True``: they never touch a Python
+object, so they run while other threads (the zstd reader, other runs' decoders) hold or use
+the GIL. They never raise either; they return a status code and a position, and
 :mod:`herocollector.codec` turns that into the precise ``SegmentError``.
 
 Every array access is checked against the array's length or a caller-given end that the
 caller keeps within the array, so damaged input can stop a kernel but never make it read or
 write out of bounds. (Run the fuzzer with ``NUMBA_BOUNDSCHECK=1`` to have numba check that
-too: the kernels are then compiled afresh, with bounds checks, instead of loaded from the
-cache.)
+too: the numba backend is then used, compiled afresh with bounds checks instead of loaded
+from a cache.)
 
-Compiled code is cached on disk, so a process pays the compile (a few seconds) only once per
-installation and kernel source; later processes load the machine code (well under a second,
-most of it numba's own start-up). The cache goes, in this order, to ``$NUMBA_CACHE_DIR``
-when set, to ``__pycache__`` next to this file when writable, else to
-``$XDG_CACHE_HOME/herocollector/numba`` (``~/.cache/herocollector/numba``), else to a temporary
-directory; if nothing is writable the kernels are compiled in every process.
+For the numba backend, numba's cache goes, in this order, to ``$NUMBA_CACHE_DIR`` when set,
+to ``__pycache__`` next to this file when writable, else to
+``$XDG_CACHE_HOME/herocollector/numba`` (``~/.cache/herocollector/numba``), else to a
+temporary directory; if nothing is writable the kernels are compiled in every process.
 """
 
 from __future__ import annotations
@@ -33,45 +36,28 @@ from llvmlite import ir
 from numba.core import caching, cgutils, config, types
 from numba.extending import intrinsic
 
-# ----------------------------------------------------------------------------------------
-# Status codes (shared with codec.py)
-# ----------------------------------------------------------------------------------------
+from .native import (  # noqa: F401 - the kernels read these as compile-time constants; re-exported
+    BAD_CAPACITY,
+    CUT_SHORT,
+    ENTRY_ARGS,
+    FRAME_BAD_MAGIC,
+    FRAME_INVALID,
+    FRAME_OK,
+    FRAME_TRUNCATED,
+    KIND_SKIPPABLE,
+    KIND_ZSTD,
+    MAX_BLOCK_SIZE,
+    MAX_VARINT_BYTES,
+    MIN_FRAME_BYTES,
+    NEED_MORE,
+    OK,
+    OUT_FULL,
+    TOO_MANY_VALUES,
+    UNKNOWN_STREAM,
+    VARINT_TOO_LONG,
+)
 
-OK = 0
-"""Everything given was decoded (or walked)."""
-NEED_MORE = 1
-"""The last, still open unit ends inside a record; ``pos`` is the record's start."""
-OUT_FULL = 2
-"""The output arrays are full; ``pos`` is the next record's start, call again from there."""
-CUT_SHORT = 3
-"""A record (or its last varint) runs past the end of its frame; ``pos`` is the record's start."""
-VARINT_TOO_LONG = 4
-"""A varint of more than ten bytes; ``pos`` is its first byte."""
-UNKNOWN_STREAM = 5
-"""A complete record of a stream id without metadata; ``pos`` is the record, ``detail`` the id."""
-TOO_MANY_VALUES = 6
-"""A single record holds more elements than one Arrow list (int32 offsets) can."""
-BAD_CAPACITY = 7
-"""The caller's output arrays were too small for even one record (a bug, never damage)."""
-
-FRAME_OK = 0
-"""The walk reached the end of the data, or stopped before an incomplete frame."""
-FRAME_BAD_MAGIC = 1
-"""``pos`` is not the start of a zstd or skippable frame."""
-FRAME_INVALID = 2
-"""The frame at ``pos`` has a reserved header bit set or an invalid block header."""
-FRAME_TRUNCATED = 3
-"""The frame at ``pos`` runs past the end of the data, and no more data follows."""
-
-KIND_ZSTD = 0
-KIND_SKIPPABLE = 1
-
-MAX_BLOCK_SIZE = 128 * 1024
-"""The largest zstd block (``ZSTD_BLOCKSIZE_MAX``)."""
-MAX_VARINT_BYTES = 10
 LITTLE_ENDIAN = sys.byteorder == "little"
-MIN_FRAME_BYTES = 8
-"""Bytes of the smallest frame: a skippable frame's header (zstd frames take at least 9)."""
 
 
 # ----------------------------------------------------------------------------------------
@@ -631,3 +617,69 @@ def varint_damage(data, start, end, run):  # type: ignore[no-untyped-def]
         else:
             run = 0
     return run, False
+
+
+# ----------------------------------------------------------------------------------------
+# C entry points, for herocollector.native's object-code cache
+# ----------------------------------------------------------------------------------------
+
+
+def entry_points() -> dict[str, Any]:
+    """The kernels as numba ``cfunc``s with C signatures (compiled here, a few seconds).
+
+    Each takes every array as its address and length (``ENTRY_ARGS``) and writes its result
+    tuple into a last, ``int64`` array. They are built without bounds checks: the kernels
+    check every access themselves.
+
+    Returns:
+        The compiled cfuncs by kernel name.
+    """
+    from numba import carray, cfunc
+
+    def signature(name: str) -> Any:
+        return types.void(*[types.voidptr if c == "p" else types.int64 for c in ENTRY_ARGS[name]])
+
+    scan, decode, damage = scan_frames, decode_records, varint_damage
+    u8, i32, u32, i64, u64, f64 = np.uint8, np.int32, np.uint32, np.int64, np.uint64, np.float64
+
+    @cfunc(signature("scan_frames"), boundscheck=False)
+    def scan_frames_c(buf, nbuf, start, length, final, s, ns, e, ne, z, nz, k, nk, result):  # type: ignore[no-untyped-def]
+        out = carray(result, 3, i64)
+        count, stop, status = scan(
+            carray(buf, nbuf, u8), start, length, final != 0,
+            carray(s, ns, i64), carray(e, ne, i64), carray(z, nz, i64), carray(k, nk, u8),
+        )  # fmt: skip
+        out[0] = count
+        out[1] = stop
+        out[2] = status
+
+    @cfunc(signature("decode_records"), boundscheck=False)
+    def decode_records_c(  # type: ignore[no-untyped-def]
+        data, ndata, pos, ends, nends, unit, open_last, table, ntable, big_ids, nbig, big_slots, nslots, selected,
+        nselected, epoch_scales, nepoch, value_scales, nvalue, ticks, nticks, scaled, max_values, sid, nsid, slot,
+        nslot, epoch, nepoch_out, offsets, noffsets, idx, nidx, val, nval, result,
+    ):  # fmt: skip
+        out = carray(result, 6, i64)
+        status, stop, stop_unit, records, values, detail = decode(
+            carray(data, ndata, u8), pos, carray(ends, nends, i64), unit, open_last != 0,
+            carray(table, ntable, i32), carray(big_ids, nbig, u64), carray(big_slots, nslots, i32),
+            carray(selected, nselected, u8), carray(epoch_scales, nepoch, f64), carray(value_scales, nvalue, f64),
+            carray(ticks, nticks, i64), scaled != 0, max_values, carray(sid, nsid, u32), carray(slot, nslot, i32),
+            carray(epoch, nepoch_out, f64), carray(epoch, nepoch_out, i64), carray(offsets, noffsets, i32),
+            carray(idx, nidx, i64), carray(val, nval, f64), carray(val, nval, i64),
+        )  # fmt: skip
+        out[0] = status
+        out[1] = stop
+        out[2] = stop_unit
+        out[3] = records
+        out[4] = values
+        out[5] = np.int64(detail)
+
+    @cfunc(signature("varint_damage"), boundscheck=False)
+    def varint_damage_c(data, ndata, start, end, run, result):  # type: ignore[no-untyped-def]
+        out = carray(result, 2, i64)
+        left, bad = damage(carray(data, ndata, u8), start, end, run)
+        out[0] = left
+        out[1] = 1 if bad else 0
+
+    return {"scan_frames": scan_frames_c, "decode_records": decode_records_c, "varint_damage": varint_damage_c}

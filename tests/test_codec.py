@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import signal
 import struct
 import threading
@@ -1498,8 +1499,9 @@ def test_damage_in_an_earlier_frame_wins_over_a_bad_header_later_in_the_read() -
 
 
 def test_kernels_are_cached_in_herocollectors_order_of_places(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from herocollector import kernel
+    from herocollector import kernel, native
 
+    # numba's own cache (used by the numba backend): same order of places.
     order = kernel._KernelCacheImpl._locator_classes
     assert order[0].__name__.endswith("UserProvidedCacheLocator")  # $NUMBA_CACHE_DIR first
     assert order[1].__name__.endswith("InTreeCacheLocator")  # then __pycache__ next to kernel.py
@@ -1510,12 +1512,110 @@ def test_kernels_are_cached_in_herocollectors_order_of_places(tmp_path: Path, mo
     assert Path(locator.get_cache_path()).is_relative_to(tmp_path / "xdg" / "herocollector" / "numba")
     if kernel.numba.config.BOUNDSCHECK is None:
         assert isinstance(kernel.decode_records._cache, kernel._KernelCache)
-        assert isinstance(kernel.decode_records._cache._impl.locator, order[0] if kernel.numba.config.CACHE_DIR else order[1])
+    # The object-code cache.
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path / "numba"))
+    dirs = native._cache_dirs()
+    assert dirs[0] == tmp_path / "numba" / "herocollector"
+    assert dirs[1] == Path(native.__file__).parent / "__pycache__"
+    assert dirs[2] == tmp_path / "xdg" / "herocollector" / "numba"
+    monkeypatch.delenv("NUMBA_CACHE_DIR")
+    assert native._cache_dirs()[0] == Path(native.__file__).parent / "__pycache__"
+
+
+def test_object_cache_entries_are_checked_before_loading(tmp_path: Path) -> None:
+    from herocollector import native
+
+    if native.backend().name != "object":
+        pytest.skip("the object backend is not in use")
+    import llvmlite.binding as llvm
+
+    key = native._cache_key(llvm)
+    source = next(d for d in native._cache_dirs() if native._read_entry(d, key) is not None)
+    meta, objects = native._read_entry(source, key)  # type: ignore[misc]
+    copy = tmp_path / "cache"
+    copy.mkdir(mode=0o700)
+    for name, info in meta["kernels"].items():
+        (copy / info["file"]).write_bytes(objects[name])
+    meta_path = copy / f"herocollector-kernels-{key}.json"
+    meta_path.write_text(json.dumps(meta))
+    assert native._read_entry(copy, key) is not None
+    assert native._read_entry(copy, "0" * 32) is None  # another machine, kernel or version
+    victim = copy / meta["kernels"]["decode_records"]["file"]
+    blob = objects["decode_records"]
+    victim.write_bytes(blob[:-1] + bytes([blob[-1] ^ 1]))  # damaged: the SHA-256 differs
+    assert native._read_entry(copy, key) is None
+    victim.write_bytes(objects["decode_records"])
+    victim.chmod(0o666)  # writable by anyone: not trusted
+    assert native._read_entry(copy, key) is None
+
+
+@pytest.mark.parametrize("backend", ["object", "numba"])
+def test_both_kernel_backends_decode_alike(backend: str) -> None:
+    from herocollector import native
+
+    kernels = native.NumbaKernels() if backend == "numba" else native.backend()
+    if kernels.name != backend:
+        pytest.skip(f"the {backend} backend is not in use")
+    records = bulk_records(seed=49, count=400, max_n=20, increasing=False)
+    payload = np.frombuffer(encode_records(records, TickState()), dtype=np.uint8).copy()
+    ends = np.array([payload.size], dtype=np.int64)
+    from herocollector.codec import StreamTable
+
+    streams = StreamTable(KNOWN_IDS)
+    size = payload.size
+    outputs = []
+    for scaled in (False, True):
+        ticks = np.zeros(len(streams), dtype=np.int64)
+        sid, slot = np.zeros(size, np.uint32), np.zeros(size, np.int32)
+        epoch, offsets = np.zeros(size), np.zeros(size + 1, np.int32)
+        idx, val = np.zeros(size, np.int64), np.zeros(size)
+        result = kernels.decode_records(
+            payload, 0, ends, 0, False, streams.table, streams.big_ids, streams.big_slots, streams.selected,
+            streams.epoch_scales, streams.value_scales, ticks, scaled, 2**31 - 1,
+            sid, slot, epoch, epoch.view(np.int64), offsets, idx, val, val.view(np.int64),
+        )  # fmt: skip
+        outputs.append((result, sid.copy(), epoch.copy(), offsets.copy(), idx.copy(), val.copy()))
+    raw = outputs[0]
+    n, m = len(records), records.indices.size
+    assert raw[0] == (0, payload.size, 1, n, m, 0)
+    assert raw[1][:n].tolist() == records.stream_ids.tolist()
+    assert raw[2].view(np.int64)[:n].tolist() == records.ticks.tolist()
+    assert raw[4][:m].tolist() == records.indices.tolist()
+    assert raw[5].view(np.int64)[:m].tolist() == records.quantised.tolist()
+    assert outputs[1][2][:n].tobytes() == records.ticks.astype(np.float64).tobytes()  # scales of 1.0
+    # An unknown stream id beyond 2**63 comes back whole (the detail is a uint64).
+    rogue = np.frombuffer(encode_varints(np.array([2**64 - 1, 0, 0], dtype=np.uint64)).tobytes(), dtype=np.uint8).copy()
+    result = kernels.decode_records(
+        rogue, 0, np.array([rogue.size], dtype=np.int64), 0, False, streams.table, streams.big_ids, streams.big_slots,
+        streams.selected, streams.epoch_scales, streams.value_scales, np.zeros(len(streams), np.int64), True, 2**31 - 1,
+        sid, slot, epoch, epoch.view(np.int64), offsets, idx, val, val.view(np.int64),
+    )  # fmt: skip
+    assert result[0] == native.UNKNOWN_STREAM and result[5] == 2**64 - 1
+    assert kernels.varint_damage(np.frombuffer(b"\x80" * 11, dtype=np.uint8).copy(), 0, 11, 0) == (10, True)
+    assert kernels.varint_damage(np.frombuffer(b"\x01\x80\x80", dtype=np.uint8).copy(), 0, 3, 0) == (2, False)
+
+
+def test_object_backend_rejects_arrays_of_the_wrong_kind() -> None:
+    from herocollector import native
+
+    kernels = native.backend()
+    if kernels.name != "object":
+        pytest.skip("the object backend is not in use")
+    frames = [np.zeros(4, dtype=np.int64) for _ in range(3)]
+    with pytest.raises(TypeError):
+        kernels.scan_frames(np.zeros(8, dtype=np.int8), 0, 8, True, *frames, np.zeros(4, dtype=np.uint8))
+    with pytest.raises(TypeError):
+        kernels.scan_frames(np.zeros(16, dtype=np.uint8)[::2], 0, 8, True, *frames, np.zeros(4, dtype=np.uint8))
+    with pytest.raises(TypeError):
+        read_only = np.zeros(4, dtype=np.int64)
+        read_only.flags.writeable = False
+        kernels.scan_frames(np.zeros(8, dtype=np.uint8), 0, 8, True, read_only, *frames[1:], np.zeros(4, dtype=np.uint8))
 
 
 @pytest.mark.slow
 def test_read_only_install_caches_kernels_in_the_user_cache(tmp_path: Path) -> None:
-    """A package whose ``__pycache__`` cannot be created compiles once into $XDG_CACHE_HOME."""
+    """A package whose ``__pycache__`` cannot be created builds its kernels once, into
+    $XDG_CACHE_HOME; later processes load them from there without importing numba."""
     import os
     import shutil
     import subprocess
@@ -1528,18 +1628,18 @@ def test_read_only_install_caches_kernels_in_the_user_cache(tmp_path: Path) -> N
     (package / "__pycache__").write_text("not a directory")  # even root cannot write in there
     data = tmp_path / "segment-000000.seg.zst"
     data.write_bytes(encode_segment(bulk_records(seed=48, count=50, max_n=5)))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NUMBA_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("NUMBA_", "HEROCOLLECTOR_"))}
     env.update(XDG_CACHE_HOME=str(tmp_path / "xdg"), PYTHONPATH=str(tmp_path / "site"), PYTHONDONTWRITEBYTECODE="1")
     script = (
         "import sys, herocollector.codec as c; assert c.__file__.startswith(sys.argv[2]), c.__file__;"
         f"n = len(c.SegmentDecoder({list(KNOWN_IDS)}).decode_bytes(open(sys.argv[1], 'rb').read()));"
-        "print(n, sum(c.kernel.decode_records.stats.cache_hits.values()))"
+        "print(n, c.kernel.backend().name, 'numba' in sys.modules)"
     )
-    for hits in ("0", "1"):  # compiled and stored, then loaded
+    for numba_imported in ("True", "False"):  # built and stored, then loaded
         out = subprocess.run(
             [sys.executable, "-c", script, str(data), str(tmp_path / "site")], env=env, cwd=tmp_path, capture_output=True, text=True
         )
         assert out.returncode == 0, out.stderr
-        assert out.stdout.split() == ["50", hits]
-    cached = list((tmp_path / "xdg" / "herocollector" / "numba").rglob("*.nbi"))
-    assert {p.name.split(".")[1].split("-")[0] for p in cached} >= {"scan_frames", "decode_records"}
+        assert out.stdout.split() == ["50", "object", numba_imported], out.stderr
+    cached = {p.name.rsplit("-", 1)[-1] for p in (tmp_path / "xdg" / "herocollector" / "numba").glob("herocollector-kernels-*")}
+    assert cached == {"scan_frames.o", "decode_records.o", "varint_damage.o"} | {p for p in cached if p.endswith(".json")}
