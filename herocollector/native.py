@@ -18,11 +18,13 @@ without importing numba (about 40 ms, most of it loading LLVM's library):
 
 Both backends run the same kernel code, with the same signature, arrays in, tuple out.
 
-Cache directories, in order: ``$NUMBA_CACHE_DIR``, ``__pycache__`` next to this file,
+Cache directories, in order: ``__pycache__`` next to this file,
 ``$XDG_CACHE_HOME/herocollector/numba`` (``~/.cache/herocollector/numba``), a per-user
-directory in the temporary directory. Object files are only loaded when they belong to the
-current user (or root), are not writable by others, and match the SHA-256 recorded next to
-them.
+directory in the temporary directory; or only ``$NUMBA_CACHE_DIR/herocollector`` when that
+variable is set. Kernels are loaded from the first directory that has them (so a read-only
+install can ship them in ``__pycache__``) and stored in the first writable one. Object files
+are only loaded when they belong to the current user (or root), are not writable by others,
+and match the SHA-256 recorded next to them.
 
 This module must not import numba (nor :mod:`herocollector.kernel`) at import time.
 """
@@ -345,11 +347,13 @@ def _cache_key(llvm: Any) -> str:
 
 
 def _cache_dirs() -> list[Path]:
-    """Candidate cache directories, in order (see the module docstring)."""
-    dirs = []
+    """Candidate cache directories, in order (see the module docstring).
+
+    ``$NUMBA_CACHE_DIR``, when set, is the only one, as it is for numba's own cache.
+    """
     if os.environ.get("NUMBA_CACHE_DIR"):
-        dirs.append(Path(os.environ["NUMBA_CACHE_DIR"]) / "herocollector")
-    dirs.append(Path(__file__).parent / "__pycache__")
+        return [Path(os.environ["NUMBA_CACHE_DIR"]) / "herocollector"]
+    dirs = [Path(__file__).parent / "__pycache__"]
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     dirs.append(Path(base) / "herocollector" / "numba")
     user = os.getuid() if hasattr(os, "getuid") else "user"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import tempfile
 import signal
 import struct
 import threading
@@ -1513,13 +1514,13 @@ def test_kernels_are_cached_in_herocollectors_order_of_places(tmp_path: Path, mo
     if kernel.numba.config.BOUNDSCHECK is None:
         assert isinstance(kernel.decode_records._cache, kernel._KernelCache)
     # The object-code cache.
-    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path / "numba"))
+    monkeypatch.delenv("NUMBA_CACHE_DIR", raising=False)
     dirs = native._cache_dirs()
-    assert dirs[0] == tmp_path / "numba" / "herocollector"
-    assert dirs[1] == Path(native.__file__).parent / "__pycache__"
-    assert dirs[2] == tmp_path / "xdg" / "herocollector" / "numba"
-    monkeypatch.delenv("NUMBA_CACHE_DIR")
-    assert native._cache_dirs()[0] == Path(native.__file__).parent / "__pycache__"
+    assert dirs[0] == Path(native.__file__).parent / "__pycache__"
+    assert dirs[1] == tmp_path / "xdg" / "herocollector" / "numba"
+    assert dirs[2].parent == Path(tempfile.gettempdir())
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path / "numba"))
+    assert native._cache_dirs() == [tmp_path / "numba" / "herocollector"]  # as numba: only there
 
 
 def test_object_cache_entries_are_checked_before_loading(tmp_path: Path) -> None:
