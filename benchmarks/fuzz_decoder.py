@@ -22,7 +22,7 @@ HERE = Path(__file__).resolve().parent
 if str(HERE.parent) not in sys.path:
     sys.path.insert(0, str(HERE.parent))  # fuzz this checkout's herocollector, not an installed one
 
-from herocollector.testing.fuzz import main  # noqa: E402
+from herocollector.testing.fuzz import main
 
 if __name__ == "__main__":
     sys.exit(main(failures_dir=HERE / "results" / "fuzz_failures"))

@@ -35,7 +35,7 @@ import queue
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterable, Iterator, Sequence, TypeVar
+from typing import BinaryIO, Callable, Iterable, Iterator, Protocol, Sequence, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -59,6 +59,13 @@ _TABLE_IDS = 1 << 16  # stream ids below this are looked up in a dense table
 _U64 = np.uint64
 
 T = TypeVar("T")
+
+
+class _Readable(Protocol):
+    """A binary file object, as the reader uses it."""
+
+    def readinto(self, buffer: memoryview, /) -> int | None:
+        """Read into ``buffer``; the bytes read (0 or None at the end)."""
 
 
 def _pool_empty(count: int, dtype: type | np.dtype) -> np.ndarray:
@@ -514,7 +521,7 @@ def _frame_damage(status: int, offset: int) -> str:
     return _FRAME_DAMAGE[status]
 
 
-def _read_segment(fh: BinaryIO, name: str | Path, chunk_bytes: int, dctx: zstandard.ZstdDecompressor) -> Iterator[_Chunk]:
+def _read_segment(fh: _Readable, name: str | Path, chunk_bytes: int, dctx: zstandard.ZstdDecompressor) -> Iterator[_Chunk]:
     """Read, walk and decompress one segment into chunks of at most ``chunk_bytes``.
 
     Everything before the first damage is yielded; then ``SegmentError`` is raised.
@@ -539,7 +546,7 @@ def _read_segment(fh: BinaryIO, name: str | Path, chunk_bytes: int, dctx: zstand
     kinds = np.empty(slots, dtype=np.uint8)
     while True:
         while not eof and filled < capacity:
-            got = fh.readinto(memoryview(buf)[filled:capacity])
+            got = fh.readinto(buf.data[filled:capacity])
             eof = not got
             filled += got or 0
         if filled // kernel.MIN_FRAME_BYTES + 1 > slots:
@@ -585,9 +592,9 @@ def _skippable_size(buf: np.ndarray, filled: int) -> int | None:
     return 8 + int.from_bytes(bytes(buf[4:8]), "little")
 
 
-def _discard(fh: BinaryIO, buf: np.ndarray, count: int) -> bool:
+def _discard(fh: _Readable, buf: np.ndarray, count: int) -> bool:
     """Read and drop ``count`` bytes; False when the data ends first."""
-    view = memoryview(buf)
+    view = buf.data
     while count > 0:
         got = fh.readinto(view[: min(count, buf.size)])
         if not got:
@@ -647,10 +654,10 @@ def _decompress_group(
     lo, hi = int(starts[0]), int(ends[-1])
     out = _pool_empty(total, np.uint8)
     try:
-        reader = dctx.stream_reader(memoryview(buf)[lo:hi], read_across_frames=True)
+        reader = dctx.stream_reader(buf.data[lo:hi], read_across_frames=True)
         got = 0
         while got < total:
-            n = reader.readinto(memoryview(out)[got:])
+            n = reader.readinto(out.data[got:])
             if not n:
                 break
             got += n
@@ -686,7 +693,7 @@ def _group_damage(
         if kinds[i] == kernel.KIND_SKIPPABLE:
             continue
         lo, hi = int(starts[i]), int(ends[i])
-        content, problem = _decompress_one(memoryview(buf)[lo:hi], int(sizes[i]), dctx)
+        content, problem = _decompress_one(buf.data[lo:hi], int(sizes[i]), dctx)
         if problem:
             if any(contents):
                 sizes_ok = np.array([len(c) for c in contents], dtype=np.int64)
@@ -733,12 +740,12 @@ def _frame_in_pieces(
     produced = 0
     first = True
     try:
-        reader = dctx.stream_reader(memoryview(buf)[lo:hi], read_across_frames=False)
+        reader = dctx.stream_reader(buf.data[lo:hi], read_across_frames=False)
         while True:
             piece = _pool_empty(chunk_bytes, np.uint8)
             got = 0
             while got < chunk_bytes:
-                n = reader.readinto(memoryview(piece)[got:])
+                n = reader.readinto(piece.data[got:])
                 if not n:
                     break
                 got += n
@@ -1010,7 +1017,8 @@ class _Source:
     name: str | Path
     fh: BinaryIO | None = None
 
-    def open(self) -> BinaryIO:
+    def open(self) -> io.BufferedReader | _NotClosing:
+        """The segment, opened for reading (a caller's file object is not closed after)."""
         if self.fh is not None:
             return _NotClosing(self.fh)
         return open(self.name, "rb")
@@ -1019,8 +1027,8 @@ class _Source:
 class _NotClosing(io.RawIOBase):
     """A caller's file object, read through without being closed when decoding ends."""
 
-    def __init__(self, fh: BinaryIO) -> None:
-        self._fh = fh
+    def __init__(self, fh: BinaryIO | _Readable) -> None:
+        self._fh: _Readable = fh  # type: ignore[assignment]
 
     def readable(self) -> bool:
         return True

@@ -158,8 +158,8 @@ class Collector:
             # to the stream's row in the label arrays.
             rows = np.full(len(decoder.streams), -1, dtype=np.int64)
             rows[np.searchsorted(decoder.streams.ids, plan.ids.astype(np.uint64))] = plan.label_rows
-            for columns in decoder.columns(segment_files(plan.path)):
-                yield self._to_batch(columns, rows, labels, schema)
+            for decoded in decoder.columns(segment_files(plan.path)):
+                yield self._to_batch(decoded, rows, labels, schema)
 
     def cleanup(
         self,

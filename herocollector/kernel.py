@@ -27,8 +27,9 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numba
 import numpy as np
@@ -112,7 +113,7 @@ class _TempCacheLocator(_UserCacheLocator):
 class _KernelCacheImpl(caching.CompileResultCacheImpl):  # type: ignore[misc]
     """numba's cache implementation with herocollector's order of cache directories."""
 
-    _locator_classes = [
+    _locator_classes = [  # noqa: RUF012 - numba's own attribute, a list
         _numba_class("UserProvidedCacheLocator", "_UserProvidedCacheLocator"),  # $NUMBA_CACHE_DIR
         _numba_class("InTreeCacheLocator", "_InTreeCacheLocator"),  # __pycache__ next to this file
         _UserCacheLocator,
@@ -134,11 +135,12 @@ def _kernel(fn: Callable[..., Any]) -> Any:
     one (or the other way round).
     """
     dispatcher = numba.njit(nogil=True, cache=False)(fn)
-    if config.BOUNDSCHECK is None and not config.DISABLE_JIT:
+    if config.BOUNDSCHECK is None and not config.DISABLE_JIT:  # type: ignore[attr-defined]
         try:
-            dispatcher._cache = _KernelCache(dispatcher.py_func)
+            dispatcher._cache = _KernelCache(dispatcher.py_func)  # type: ignore[attr-defined]
         except RuntimeError as exc:  # no writable directory at all
-            from heros.helper import log  # only here: importing heros costs more than a decode
+            # Imported only here: importing heros costs more than a decode.
+            from heros.helper import log
 
             log.warning(f"herocollector: compiled kernels cannot be cached ({exc}); compiling in every process")
     return dispatcher
@@ -642,7 +644,7 @@ def entry_points() -> dict[str, Any]:
     scan, decode, damage = scan_frames, decode_records, varint_damage
     u8, i32, u32, i64, u64, f64 = np.uint8, np.int32, np.uint32, np.int64, np.uint64, np.float64
 
-    @cfunc(signature("scan_frames"), boundscheck=False)
+    @cfunc(signature("scan_frames"), boundscheck=False)  # type: ignore[call-arg]
     def scan_frames_c(buf, nbuf, start, length, final, s, ns, e, ne, z, nz, k, nk, result):  # type: ignore[no-untyped-def]
         out = carray(result, 3, i64)
         count, stop, status = scan(
@@ -653,7 +655,7 @@ def entry_points() -> dict[str, Any]:
         out[1] = stop
         out[2] = status
 
-    @cfunc(signature("decode_records"), boundscheck=False)
+    @cfunc(signature("decode_records"), boundscheck=False)  # type: ignore[call-arg]
     def decode_records_c(  # type: ignore[no-untyped-def]
         data, ndata, pos, ends, nends, unit, open_last, table, ntable, big_ids, nbig, big_slots, nslots, selected,
         nselected, epoch_scales, nepoch, value_scales, nvalue, ticks, nticks, scaled, max_values, sid, nsid, slot,
@@ -675,7 +677,7 @@ def entry_points() -> dict[str, Any]:
         out[4] = values
         out[5] = np.int64(detail)
 
-    @cfunc(signature("varint_damage"), boundscheck=False)
+    @cfunc(signature("varint_damage"), boundscheck=False)  # type: ignore[call-arg]
     def varint_damage_c(data, ndata, start, end, run, result):  # type: ignore[no-untyped-def]
         out = carray(result, 2, i64)
         left, bad = damage(carray(data, ndata, u8), start, end, run)

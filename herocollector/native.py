@@ -40,8 +40,9 @@ import stat
 import sys
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -149,7 +150,7 @@ def _boundscheck_requested() -> bool:
     if "numba" in sys.modules:
         from numba.core import config
 
-        return bool(config.BOUNDSCHECK)
+        return bool(config.BOUNDSCHECK)  # type: ignore[attr-defined]
     return bool(os.environ.get("NUMBA_BOUNDSCHECK", "").strip() not in ("", "0"))
 
 
@@ -229,7 +230,7 @@ class ObjectKernels:
         self._engines = engines  # the loaded code lives as long as its engine
 
     @classmethod
-    def load_or_build(cls) -> "ObjectKernels":
+    def load_or_build(cls) -> ObjectKernels:
         """Load the kernels for this machine from the cache, building them on a miss.
 
         Raises:
@@ -253,7 +254,7 @@ class ObjectKernels:
         return kernels
 
     @classmethod
-    def _load(cls, llvm: Any, meta: dict[str, Any], objects: dict[str, bytes]) -> "ObjectKernels":
+    def _load(cls, llvm: Any, meta: dict[str, Any], objects: dict[str, bytes]) -> ObjectKernels:
         target = llvm.Target.from_default_triple()
         machine = target.create_target_machine(
             cpu=llvm.get_host_cpu_name(), features=llvm.get_host_cpu_features().flatten(), opt=3, reloc="default", codemodel="jitdefault"

@@ -21,7 +21,7 @@ from typing import BinaryIO
 
 import pytest
 
-import herocollector.testing.fuzz as fuzz
+from herocollector.testing import fuzz
 from herocollector.codec import Records, SegmentDecoder
 from herocollector.errors import SegmentError
 

@@ -116,6 +116,7 @@ from typing import Any, Callable
 import numpy as np
 import zstandard
 
+from .. import native
 from ..codec import DEFAULT_CHUNK_BYTES, Records, SegmentDecoder, encode_segment
 from ..errors import CollectorError, SegmentError, UnknownStreamError
 from .numpy_decoder import NumpySegmentDecoder
@@ -1226,6 +1227,8 @@ class FuzzReport:
     cases: int = 0
     seconds: float = 0.0
     pool_seconds: float = 0.0
+    warm_up_seconds: float = 0.0
+    kernel_backend: str = ""
     counts: Counter = field(default_factory=Counter)
     by_kind: dict[str, Counter] = field(default_factory=dict)
     bytes_fed: int = 0
@@ -1246,6 +1249,9 @@ class FuzzReport:
             "chunk_bytes": self.chunk_bytes,
             "seconds": round(self.seconds, 3),
             "pool_seconds": round(self.pool_seconds, 3),
+            "warm_up_seconds": round(self.warm_up_seconds, 3),
+            "kernel_backend": self.kernel_backend,
+            "numba_boundscheck": os.environ.get("NUMBA_BOUNDSCHECK", ""),
             "cases_per_second": round(self.cases_per_second, 1),
             "bytes_fed": self.bytes_fed,
             "outcomes": {k: self.counts.get(k, 0) for k in OK_OUTCOMES + FAILURE_KINDS},
@@ -1359,6 +1365,11 @@ def run_fuzz(
     t0 = time.perf_counter()
     pool = build_pool(seed, pool_size, dctx)
     report.pool_seconds = time.perf_counter() - t0
+    # Load the kernels (or compile them: with NUMBA_BOUNDSCHECK=1 that takes seconds) before
+    # any case runs under the watchdog.
+    t0 = time.perf_counter()
+    report.kernel_backend = native.warm_up()
+    report.warm_up_seconds = time.perf_counter() - t0
     use_alarm = threading.current_thread() is threading.main_thread() and hasattr(signal, "setitimer")
     ctx = Context(pool, dctx, chunk_bytes, decoder_factory, timeout, use_alarm, reference, NumpySegmentDecoder if oracle else None)
     directory = Path(failures_dir) if failures_dir is not None else None
@@ -1422,7 +1433,9 @@ def format_report(report: FuzzReport) -> str:
     lines = [
         f"seed {report.seed}, cases {report.start}..{report.start + report.cases - 1} "
         f"({report.cases} of {report.requested_cases} requested), chunk_bytes {report.chunk_bytes or 'mixed (mostly 1 MiB, 25% small)'}",
-        f"time {report.seconds:.1f} s (+ {report.pool_seconds:.1f} s pool), {report.cases_per_second:,.0f} cases/s, {report.bytes_fed:,} bytes fed",
+        f"time {report.seconds:.1f} s (+ {report.pool_seconds:.1f} s pool, {report.warm_up_seconds:.1f} s loading the {report.kernel_backend} kernels"
+        f"{', NUMBA_BOUNDSCHECK=' + os.environ['NUMBA_BOUNDSCHECK'] if os.environ.get('NUMBA_BOUNDSCHECK') else ''}), "
+        f"{report.cases_per_second:,.0f} cases/s, {report.bytes_fed:,} bytes fed",
         "outcomes:",
     ]
     for k in OK_OUTCOMES + FAILURE_KINDS:
