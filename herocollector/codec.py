@@ -504,6 +504,54 @@ class _Chunk:
     last: bool = True
     declared: int = -1  # pieces: the frame's content size from its header, -1 when unknown
     doomed: bool = False  # damage follows in the same read: decode only to find earlier damage
+    names: tuple[tuple[int, str | Path], ...] = ()  # merged chunks: (first unit, file name) per file
+
+    def name_of(self, unit: int) -> str | Path:
+        """The name of the file unit ``unit`` comes from."""
+        for first, name in reversed(self.names):
+            if unit >= first:
+                return name
+        return self.name
+
+
+def _merged(chunks: list[_Chunk]) -> _Chunk:
+    """One chunk holding the units of several chunks of whole frames, in order.
+
+    Small chunks (the last frames of a segment file, and whole small files of a rotated run)
+    are decoded together: one kernel call and one output batch instead of one per file.
+    """
+    if len(chunks) == 1:
+        return chunks[0]
+    data = _pool_empty(sum(c.data.size for c in chunks), np.uint8)
+    ends, names, at, units = [], [], 0, 0
+    for c in chunks:
+        data[at : at + c.data.size] = c.data
+        ends.append(c.ends + at)
+        names.extend((units + first, name) for first, name in (c.names or ((0, c.name),)))
+        at += c.data.size
+        units += c.ends.size
+    return _Chunk(chunks[0].name, data, np.concatenate(ends), np.concatenate([c.frames for c in chunks]), names=tuple(names))
+
+
+class _ReadBuffers:
+    """The reader's compressed-data buffer and frame-walk arrays, reused from file to file."""
+
+    def __init__(self, capacity: int) -> None:
+        self.buf = np.empty(0, dtype=np.uint8)
+        self.slots = 0
+        self.grow(capacity)
+
+    def grow(self, capacity: int) -> None:
+        """Make room for ``capacity`` bytes (keeping the bytes held) and their frames."""
+        if capacity > self.buf.size:
+            bigger = np.empty(capacity, dtype=np.uint8)
+            bigger[: self.buf.size] = self.buf
+            self.buf = bigger
+        slots = capacity // kernel.MIN_FRAME_BYTES + 1
+        if slots > self.slots:
+            self.slots = slots
+            self.starts, self.ends, self.sizes = (np.empty(slots, dtype=np.int64) for _ in range(3))
+            self.kinds = np.empty(slots, dtype=np.uint8)
 
 
 _FRAME_DAMAGE = {
@@ -521,7 +569,9 @@ def _frame_damage(status: int, offset: int) -> str:
     return _FRAME_DAMAGE[status]
 
 
-def _read_segment(fh: _Readable, name: str | Path, chunk_bytes: int, dctx: zstandard.ZstdDecompressor) -> Iterator[_Chunk]:
+def _read_segment(
+    fh: _Readable, name: str | Path, chunk_bytes: int, dctx: zstandard.ZstdDecompressor, space: _ReadBuffers | None = None
+) -> Iterator[_Chunk]:
     """Read, walk and decompress one segment into chunks of at most ``chunk_bytes``.
 
     Everything before the first damage is yielded; then ``SegmentError`` is raised.
@@ -531,6 +581,7 @@ def _read_segment(fh: _Readable, name: str | Path, chunk_bytes: int, dctx: zstan
         name: Name used in errors.
         chunk_bytes: Compressed bytes read at a time, and decompressed bytes per chunk.
         dctx: The reader thread's decompressor.
+        space: Buffers to reuse (the reader thread's, for all files of a run).
 
     Yields:
         Chunks, in file order.
@@ -539,20 +590,15 @@ def _read_segment(fh: _Readable, name: str | Path, chunk_bytes: int, dctx: zstan
         SegmentError: Damage; names ``name`` and the offset of the damaged frame.
     """
     capacity = chunk_bytes
-    buf = np.empty(capacity, dtype=np.uint8)
+    space = space or _ReadBuffers(capacity)
     filled, base, eof = 0, 0, False
-    slots = capacity // kernel.MIN_FRAME_BYTES + 1
-    starts, ends, sizes = (np.empty(slots, dtype=np.int64) for _ in range(3))
-    kinds = np.empty(slots, dtype=np.uint8)
     while True:
+        buf = space.buf
         while not eof and filled < capacity:
             got = fh.readinto(buf.data[filled:capacity])
             eof = not got
             filled += got or 0
-        if filled // kernel.MIN_FRAME_BYTES + 1 > slots:
-            slots = capacity // kernel.MIN_FRAME_BYTES + 1
-            starts, ends, sizes = (np.empty(slots, dtype=np.int64) for _ in range(3))
-            kinds = np.empty(slots, dtype=np.uint8)
+        starts, ends, sizes, kinds = space.starts, space.ends, space.sizes, space.kinds
         count, stop, status = kernel.scan_frames(buf, 0, filled, eof, starts, ends, sizes, kinds)
         if count:
             # When the walk found damage, the frames before it are still decoded, since the
@@ -576,9 +622,7 @@ def _read_segment(fh: _Readable, name: str | Path, chunk_bytes: int, dctx: zstan
                 continue
             # A zstd frame larger than the buffer: grow until it fits.
             capacity *= 2
-            bigger = np.empty(capacity, dtype=np.uint8)
-            bigger[:filled] = buf[:filled]
-            buf = bigger
+            space.grow(capacity)
         else:
             buf[: filled - stop] = buf[stop:filled]
             base += stop
@@ -899,7 +943,7 @@ class _RecordDecoder:
                 run, bad = kernel.varint_damage(chunk.data, pos, int(chunk.ends[unit]), 0)
                 if bad or run:
                     status = kernel.VARINT_TOO_LONG if bad else kernel.CUT_SHORT
-            raise _error(status, chunk.name, frame, pos - unit_start, detail)
+            raise _error(status, chunk.name_of(unit), frame, pos - unit_start, detail)
 
     def _piece(self, chunk: _Chunk, chunks: Iterator[_Chunk]) -> Iterator[Records | Columns]:
         if chunk.first:
@@ -1151,11 +1195,41 @@ class SegmentDecoder:
     def _decode(self, sources: list[_Source], scaled: bool, threads: bool | None = None) -> Iterator[Records | Columns]:
         chunk_bytes = self._chunk_bytes
 
-        def produce() -> Iterator[_Chunk]:
+        def read() -> Iterator[_Chunk]:
             dctx = zstandard.ZstdDecompressor()
+            space = _ReadBuffers(chunk_bytes)
             for source in sources:
                 with source.open() as fh:
-                    yield from _read_segment(fh, source.name, chunk_bytes, dctx)
+                    yield from _read_segment(fh, source.name, chunk_bytes, dctx, space)
+
+        def produce() -> Iterator[_Chunk]:
+            # Chunks of whole frames smaller than half a chunk (a file's last frames, or the
+            # small files of a rotated run) go together, in order, up to chunk_bytes; damage
+            # still comes in order, after everything before it.
+            pending: list[_Chunk] = []
+            held = 0
+            try:
+                for chunk in read():
+                    if chunk.piece or chunk.doomed or held + chunk.data.size > chunk_bytes:
+                        if pending:
+                            yield _merged(pending)
+                        pending, held = [], 0
+                    if chunk.piece or chunk.doomed:
+                        yield chunk
+                        continue
+                    pending.append(chunk)
+                    held += chunk.data.size
+                    if held >= chunk_bytes // 2:  # big enough: do not keep the decoder waiting
+                        yield _merged(pending)
+                        pending, held = [], 0
+            except GeneratorExit:
+                raise
+            except BaseException:
+                if pending:
+                    yield _merged(pending)
+                raise
+            if pending:
+                yield _merged(pending)
 
         threaded = self._threads if threads is None else threads and self._threads
         chunks = _prefetched(produce, PIPELINE_DEPTH) if threaded else produce()

@@ -1648,3 +1648,36 @@ def test_read_only_install_caches_kernels_in_the_user_cache(tmp_path: Path) -> N
         assert out.stdout.split() == ["50", "object", numba_imported], out.stderr
     cached = {p.name.rsplit("-", 1)[-1] for p in (tmp_path / "xdg" / "herocollector" / "numba").glob("herocollector-kernels-*")}
     assert cached == {"scan_frames.o", "decode_records.o", "varint_damage.o"} | {p for p in cached if p.endswith(".json")}
+
+
+def test_small_files_are_decoded_together_and_damage_names_its_file(tmp_path: Path) -> None:
+    records = bulk_records(seed=50, count=400, max_n=4)
+    writer_ticks = TickState()
+    paths = []
+    for i in range(20):
+        path = tmp_path / f"segment-{i:06d}.seg.zst"
+        path.write_bytes(encode_segment(slice_records(records, 20 * i, 20 * i + 20), writer_ticks))
+        paths.append(path)
+    for threads in (True, False):
+        chunks = list(SegmentDecoder(KNOWN_IDS, threads=threads).decode_files(paths))
+        # Twenty small files decode as one chunk (its output may be split once, when the
+        # first guess of the output size is too small), not as twenty.
+        assert len(chunks) <= 2
+        assert_records_equal(Records.concat(chunks), records)
+    # A frame of file 13 names a stream without metadata: the error names that file and frame.
+    data = paths[13].read_bytes()
+    third = frame_spans(data)[2][0]
+    rogue = encode_segment(Records.from_lists([4242], [0], [[1]], [[1]]))
+    paths[13].write_bytes(data[:third] + rogue + data[third:])
+    for threads in (True, False):
+        with pytest.raises(UnknownStreamError) as info:
+            list(SegmentDecoder(KNOWN_IDS, threads=threads).decode_files(paths))
+        assert info.value.path == str(paths[13]) and info.value.offset == third and info.value.stream_id == 4242
+    # Damage found by the frame walk in file 15 comes after the records of the files before.
+    paths[13].write_bytes(data)
+    paths[15].write_bytes(paths[15].read_bytes() + b"garbage!")
+    got: list[Records] = []
+    with pytest.raises(SegmentError) as info:
+        got.extend(SegmentDecoder(KNOWN_IDS).decode_files(paths))
+    assert info.value.path == str(paths[15]) and "do not start a zstd frame" in str(info.value)
+    assert_records_equal(Records.concat(got), slice_records(records, 0, 300))
