@@ -11,13 +11,16 @@ Decoding is one pipeline per logger run:
   compiled kernel (:func:`herocollector.kernel.scan_frames`) and decompresses consecutive
   frames together with ``zstandard``, streaming across frames, into chunks of at most
   ``chunk_bytes`` decompressed bytes (a frame larger than that is streamed on its own, in
-  pieces);
+  pieces; the small last chunks of segment files are put together);
 * the calling thread decodes each chunk with one call of the compiled record kernel
   (:func:`herocollector.kernel.decode_records`): varints, zigzag, index gaps, per-stream
   epoch ticks (carried across chunks and segment files), scales and the stream selection in
   one pass that writes the output columns directly, with no Python step per record;
 * while chunk k is decoded, the reader decompresses chunk k+1 (a queue of two chunks): both
   the kernel and zstd run without the GIL.
+
+The kernels are called through :mod:`herocollector.native`, which loads their machine code
+from a cache (numba compiles them once per installation and CPU).
 
 Memory is bounded by a few chunks (plus the compressed size of the largest frame, and the
 largest record), not by the size of a segment or a run. Independent runs can be decoded in

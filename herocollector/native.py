@@ -182,22 +182,40 @@ class NumbaKernels:
 
 
 def _exercise(kernels: Any) -> None:
-    """Call every kernel once (with the argument types the decoder uses) so it is ready."""
-    buf = np.zeros(16, dtype=np.uint8)
-    frames = [np.zeros(2, dtype=np.int64) for _ in range(3)]
-    kernels.scan_frames(buf, 0, 0, True, *frames, np.zeros(2, dtype=np.uint8))
-    data = np.frombuffer(b"\x01\x00\x00", dtype=np.uint8).copy()
-    ends = np.array([3], dtype=np.int64)
+    """Call every kernel once (with the argument types the decoder uses) so it is ready,
+    and check the answers: code that does not decode right is not used.
+
+    Raises:
+        RuntimeError: A kernel gave a wrong answer.
+    """
+    empty = np.zeros(0, dtype=np.uint8)
+    frame = np.frombuffer(b"\x28\xb5\x2f\xfd\x20\x03\x19\x00\x00\x01\x02\x00", dtype=np.uint8).copy()
+    frames = [np.zeros(4, dtype=np.int64) for _ in range(3)]
+    kinds = np.zeros(4, dtype=np.uint8)
+    got = [kernels.scan_frames(empty, 0, 0, True, *frames, kinds), kernels.scan_frames(frame, 0, frame.size, True, *frames, kinds)]
+    # A record of stream 1, tick delta +1, two elements: indices 3, 5 and values -1, 2.
+    data = np.frombuffer(b"\x01\x02\x02\x03\x01\x01\x04", dtype=np.uint8).copy()
+    ends = np.array([data.size], dtype=np.int64)
     table = np.array([-1, 0], dtype=np.int32)
-    one = np.ones(1, dtype=np.float64)
+    scales = np.array([0.5], dtype=np.float64)
     for scaled in (True, False):
-        epoch, val = np.zeros(2), np.zeros(2)
-        kernels.decode_records(
+        epoch, val, idx = np.zeros(2), np.zeros(2), np.zeros(2, np.int64)
+        got.append(kernels.decode_records(
             data, 0, ends, 0, False, table, np.zeros(0, np.uint64), np.zeros(0, np.int32), np.ones(1, np.uint8),
-            one, one, np.zeros(1, np.int64), scaled, 2**31 - 1, np.zeros(2, np.uint32), np.zeros(2, np.int32),
-            epoch, epoch.view(np.int64), np.zeros(3, np.int32), np.zeros(2, np.int64), val, val.view(np.int64),
-        )  # fmt: skip
-    kernels.varint_damage(data, 0, 3, 0)
+            scales, scales, np.zeros(1, np.int64), scaled, 2**31 - 1, np.zeros(2, np.uint32), np.zeros(2, np.int32),
+            epoch, epoch.view(np.int64), np.zeros(3, np.int32), idx, val, val.view(np.int64),
+        ))  # fmt: skip
+        got.append((epoch[0], epoch.view(np.int64)[0]) if scaled else epoch.view(np.int64)[0])
+        got.append((idx[:2].tolist(), val[:2].tolist() if scaled else val.view(np.int64)[:2].tolist()))
+    got.append(kernels.varint_damage(data, 0, data.size, 0))
+    expected = [
+        (0, 0, FRAME_OK), (1, frame.size, FRAME_OK),
+        (OK, 7, 1, 1, 2, 0), (0.5, np.float64(0.5).view(np.int64)), ([3, 5], [-0.5, 1.0]),
+        (OK, 7, 1, 1, 2, 0), 1, ([3, 5], [-1, 2]),
+        (0, False),
+    ]  # fmt: skip
+    if got != expected:
+        raise RuntimeError(f"the {kernels.name} kernels decode a known record wrongly: {got} != {expected}")
 
 
 # ----------------------------------------------------------------------------------------
