@@ -55,6 +55,13 @@ MAX_CHUNK_BYTES = 1 << 30
 """Larger ``chunk_bytes`` values are lowered to this (list offsets are ``int32``)."""
 PIPELINE_DEPTH = 2
 """Decompressed chunks the reader thread may be ahead of the decoder."""
+SINGLE_PASS_BYTES = 128 * 1024
+"""zstd decodes a frame of known content size at once (checking less than when streaming it:
+not the window size, not raw blocks against the window) when its output buffer can take the
+whole content. The reference decodes frame by frame with ``zstandard``'s decompression
+object, whose output buffer holds 128 KiB: frames of at most that size are decoded at once,
+larger ones (or of unknown size) streamed. This decoder does the same, so that both accept
+and refuse exactly the same frames."""
 
 MAX_VARINT_BYTES = kernel.MAX_VARINT_BYTES
 _MAX_LIST_VALUES = 2**31 - 1  # Arrow list offsets are int32
@@ -665,7 +672,7 @@ def _decompress_frames(
     """Decompress complete frames: consecutive ones of known size together, up to a chunk
     at a time; one larger than a chunk, or of unknown size, on its own in pieces."""
     zstd = kinds == kernel.KIND_ZSTD
-    big = zstd & ((sizes < 0) | (sizes > chunk_bytes))
+    big = zstd & ((sizes < 0) | (sizes > min(chunk_bytes, SINGLE_PASS_BYTES)))
     known = np.where(zstd & ~big, sizes, 0)
     running = np.cumsum(known)
     bigs = np.flatnonzero(big)
@@ -696,9 +703,41 @@ def _decompress_group(
     dctx: zstandard.ZstdDecompressor,
     doomed: bool,
 ) -> Iterator[_Chunk]:
-    """Decompress frames of known size in one streaming call across frames."""
+    """Decompress frames of known size (at most ``SINGLE_PASS_BYTES`` each) together.
+
+    zstd's ``multi_decompress_to_buffer`` decompresses them one after the other into one
+    buffer without taking the GIL between frames; a streaming reader takes it at every frame
+    end, and with the data logger's one frame per record the reader threads of runs decoded
+    in parallel would queue for it. Its output is checked to be one buffer and wrapped, not
+    copied. Groups holding an empty zstd frame are streamed instead (given only empty frames,
+    that call frees memory twice). Any failure is worked out frame by frame.
+    """
     total = int(sizes.sum())
-    lo, hi = int(starts[0]), int(ends[-1])
+    zstd = kinds == kernel.KIND_ZSTD
+    if not zstd.any():
+        return  # skippable frames only
+    if (sizes[zstd] == 0).any():
+        out = _stream_group(buf, int(starts[0]), int(ends[-1]), total, dctx)
+    else:
+        spans = np.empty((int(zstd.sum()), 2), dtype=np.uint64)
+        spans[:, 0] = starts[zstd]
+        spans[:, 1] = (ends - starts)[zstd]
+        try:
+            frames = zstandard.BufferWithSegments(buf, spans.tobytes())
+            decompressed = dctx.multi_decompress_to_buffer(frames, decompressed_sizes=sizes[zstd].astype(np.uint64).tobytes(), threads=1)
+            out = _contiguous(decompressed, total)
+        except zstandard.ZstdError:
+            out = None
+    if out is None:
+        yield from _group_damage(buf, starts, ends, sizes, kinds, base, name, dctx)
+        return
+    units = sizes > 0
+    if units.any():  # empty and skippable frames hold no records
+        yield _Chunk(name, out, np.cumsum(sizes)[units], starts[units] + base, doomed=doomed)
+
+
+def _stream_group(buf: np.ndarray, lo: int, hi: int, total: int, dctx: zstandard.ZstdDecompressor) -> np.ndarray | None:
+    """``buf[lo:hi]`` decompressed by streaming across frames; None unless exactly ``total`` bytes."""
     out = _pool_empty(total, np.uint8)
     try:
         reader = dctx.stream_reader(buf.data[lo:hi], read_across_frames=True)
@@ -708,15 +747,43 @@ def _decompress_group(
             if not n:
                 break
             got += n
-        intact = got == total and not reader.read(1)  # reading on checks the frames after the last byte too
+        if got == total and not reader.read(1):  # reading on checks the frames after the last byte too
+            return out
     except zstandard.ZstdError:
-        intact = False
-    if not intact:
-        yield from _group_damage(buf, starts, ends, sizes, kinds, base, name, dctx)
-        return
-    units = sizes > 0
-    if units.any():  # empty and skippable frames hold no records
-        yield _Chunk(name, out, np.cumsum(sizes)[units], starts[units] + base, doomed=doomed)
+        pass
+    return None
+
+
+class _Decompressed:
+    """Keeps zstd's output buffer alive under the NumPy array that views it."""
+
+    def __init__(self, owner: object, address: int, size: int) -> None:
+        self.owner = owner
+        self.__array_interface__ = {"data": (address, False), "shape": (size,), "typestr": "|u1", "version": 3}
+
+
+def _contiguous(out: zstandard.BufferWithSegmentsCollection, total: int) -> np.ndarray:
+    """``multi_decompress_to_buffer``'s output as one ``uint8`` array of ``total`` bytes.
+
+    With one thread and every size given, zstandard writes all frames into one buffer, back
+    to back; that is checked here (first and last segment), and the buffer then wrapped as
+    it is. Otherwise the segments are copied together.
+    """
+    segments = len(out)
+    first = np.frombuffer(out[0], dtype=np.uint8)
+    last = np.frombuffer(out[segments - 1], dtype=np.uint8)
+    address = first.__array_interface__["data"][0]
+    if out.size() == total and last.__array_interface__["data"][0] + last.size == address + total:
+        return np.asarray(_Decompressed(out, address, total))
+    data = _pool_empty(total, np.uint8)
+    at = 0
+    for i in range(segments):
+        piece = np.frombuffer(out[i], dtype=np.uint8)
+        data[at : at + piece.size] = piece
+        at += piece.size
+    if at != total:
+        raise zstandard.ZstdError(f"decompressed {at} bytes, the frame headers say {total}")
+    return data
 
 
 def _group_damage(
@@ -782,22 +849,41 @@ def _frame_in_pieces(
     dctx: zstandard.ZstdDecompressor,
     doomed: bool,
 ) -> Iterator[_Chunk]:
-    """Stream-decompress one frame larger than a chunk (or of unknown size) in pieces."""
+    """Decompress one frame on its own, handed on in pieces of at most ``chunk_bytes``.
+
+    A frame of at most ``SINGLE_PASS_BYTES`` is decompressed at once, a larger one (or one
+    of unknown size) streamed at most that many bytes at a time (see ``SINGLE_PASS_BYTES``).
+    """
     frame = np.array([base + lo], dtype=np.int64)
+    step = declared if 0 <= declared <= SINGLE_PASS_BYTES else min(chunk_bytes, SINGLE_PASS_BYTES)
     produced = 0
     first = True
     try:
         reader = dctx.stream_reader(buf.data[lo:hi], read_across_frames=False)
-        while True:
-            piece = _pool_empty(chunk_bytes, np.uint8)
+        whole = _pool_empty(declared, np.uint8) if step == declared else None
+        if whole is not None:
             got = 0
-            while got < chunk_bytes:
-                n = reader.readinto(piece.data[got:])
+            while got < declared:
+                n = reader.readinto(whole.data[got:])
                 if not n:
                     break
                 got += n
+            if got != declared or reader.read(1):
+                raise SegmentError(f"corrupt zstd frame: header says {declared} bytes, it decompresses to another size", name, base + lo)
+        while True:
+            if whole is not None:
+                piece = whole[produced : produced + chunk_bytes]
+                got = piece.size
+            else:
+                piece = _pool_empty(chunk_bytes, np.uint8)
+                got = 0
+                while got < chunk_bytes:
+                    n = reader.readinto(piece.data[got : got + step])
+                    if not n:
+                        break
+                    got += n
             produced += got
-            last = got < chunk_bytes
+            last = produced == declared if whole is not None else got < chunk_bytes
             if last and declared >= 0 and produced != declared:
                 raise SegmentError(f"corrupt zstd frame: {produced} bytes decompressed, header says {declared}", name, base + lo)
             yield _Chunk(name, piece[:got], np.array([got], dtype=np.int64), frame, True, first, last, declared, doomed)

@@ -1681,3 +1681,57 @@ def test_small_files_are_decoded_together_and_damage_names_its_file(tmp_path: Pa
         got.extend(SegmentDecoder(KNOWN_IDS).decode_files(paths))
     assert info.value.path == str(paths[15]) and "do not start a zstd frame" in str(info.value)
     assert_records_equal(Records.concat(got), slice_records(records, 0, 300))
+
+
+def window_frame(content: bytes, descriptor: int) -> bytes:
+    """A zstd frame with a 4-byte content size and a window descriptor (not single-segment),
+    holding ``content`` in one raw block.
+
+    Args:
+        content: The decompressed bytes (at most 128 KiB).
+        descriptor: The window descriptor byte (exponent << 3 | mantissa).
+
+    Returns:
+        The frame.
+    """
+    header = bytes([0x80, descriptor]) + len(content).to_bytes(4, "little")
+    return ZSTD_MAGIC + header + ((len(content) << 3) | 1).to_bytes(3, "little") + content
+
+
+def test_frames_are_accepted_and_refused_as_the_frame_by_frame_reference_does() -> None:
+    """zstd checks more when it streams a frame than when it decodes it at once (a window
+    above 2**27 + 1 bytes, raw blocks larger than the window); the frame-by-frame reference
+    decodes frames of a known size up to 128 KiB at once. The decoder agrees with it on
+    every frame, whichever way it decompresses it and whatever the chunk size."""
+    records = Records.from_lists([1, 2], [5, 6], [[1, 2], [3]], [[-1, 1], [7]])
+    payload = encode_records(records, TickState())
+    big = encode_records(bulk_records(seed=51, count=3000, max_n=20, increasing=True), TickState())
+    assert 128 * 1024 < len(big) < 1 << 20
+    good = encode_segment(records)
+
+    def frame(content: bytes, descriptor: int, size: bool = True) -> bytes:
+        # Raw blocks of at most 128 KiB, a 4-byte content size (or none) and a window descriptor.
+        header = ZSTD_MAGIC + (bytes([0x80, descriptor]) + len(content).to_bytes(4, "little") if size else bytes([0x00, descriptor]))
+        blocks = [content[i : i + (1 << 17)] for i in range(0, len(content), 1 << 17)]
+        return header + b"".join(
+            ((len(b) << 3) | (i == len(blocks) - 1)).to_bytes(3, "little") + b for i, b in enumerate(blocks)
+        )
+
+    outcomes = set()
+    for content in (payload, big):
+        for size in (True, False):
+            for descriptor in (0x00, 0x50, 0x88, 0x89, 0xA8, 0xF8):  # 1 KiB .. 2**41 bytes
+                one = frame(content, descriptor, size)
+                try:
+                    zstandard.ZstdDecompressor().decompressobj().decompress(one)
+                    accepted = True
+                except zstandard.ZstdError:
+                    accepted = False
+                outcomes.add(accepted)
+                for chunk_bytes in (MIN_CHUNK, DEFAULT_CHUNK_BYTES):
+                    data = good + one + good
+                    if accepted:
+                        assert len(decode(data, chunk_bytes=chunk_bytes)) > 2 * len(records)
+                    else:
+                        expect_segment_error(data, len(good), match="corrupt zstd frame", chunk_bytes=chunk_bytes)
+    assert outcomes == {True, False}
