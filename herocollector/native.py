@@ -33,12 +33,11 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
-import importlib.metadata
+import importlib.util
 import json
 import os
 import stat
 import sys
-import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -347,13 +346,20 @@ class ObjectKernels:
 
 def _cache_key(llvm: Any) -> str:
     """What the machine code depends on: kernel source, tool versions, CPU, platform."""
+    import llvmlite
+
+    # numba's version without importing numba (or importlib.metadata, slower than a decode).
+    numba_spec = importlib.util.find_spec("numba")
+    numba_version = b""
+    if numba_spec is not None and numba_spec.origin:
+        numba_version = (Path(numba_spec.origin).parent / "_version.py").read_bytes()
     digest = hashlib.sha256()
     for part in (
         str(_FORMAT),
         (Path(__file__).parent / "kernel.py").read_bytes().hex(),
         Path(__file__).read_bytes().hex(),
-        importlib.metadata.version("numba"),
-        importlib.metadata.version("llvmlite"),
+        numba_version.hex(),
+        llvmlite.__version__,
         llvm.get_process_triple(),
         llvm.get_host_cpu_name(),
         llvm.get_host_cpu_features().flatten(),
@@ -375,6 +381,8 @@ def _cache_dirs() -> list[Path]:
     dirs = [Path(__file__).parent / "__pycache__"]
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     dirs.append(Path(base) / "herocollector" / "numba")
+    import tempfile
+
     user = os.getuid() if hasattr(os, "getuid") else "user"
     dirs.append(Path(tempfile.gettempdir()) / f"herocollector-numba-{user}")
     return dirs
@@ -430,6 +438,8 @@ def _store(key: str, meta: dict[str, Any], objects: dict[str, bytes]) -> None:
 
 
 def _write_atomically(path: Path, blob: bytes) -> None:
+    import tempfile
+
     fd, temp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
