@@ -5,28 +5,33 @@ One run of this script:
 
 1. builds a logger directory with the real ``data_logger.DataLogger`` (about 20 labelled
    streams of sparse vectors, seeded, reused from ``--workdir`` when the parameters match);
-2. times ``data_logger.Collector([run]).collect(writer)`` and
-   ``herocollector.Collector([run]).collect(writer)``, both into a real
-   ``pyarrow.ipc.new_file`` writer with the same schema, ``--repeat`` times each, and a bare
-   zstd decompression of every segment (the floor: the data logger writes one zstd frame
-   per record, nothing can decode the run faster than zstd can inflate it);
-3. checks the outputs: on a single-segment run both IPC files must hold identical tables; on
+2. times, warm and in this one process, ``data_logger.Collector([run]).collect(writer)``,
+   ``herocollector.Collector([run]).collect(writer)`` (both into a real
+   ``pyarrow.ipc.new_file`` writer with the same schema, on a file removed before each
+   repetition) and a bare zstd decompression of every segment (the floor: streaming with
+   ``read_across_frames=True``; the data logger writes one zstd frame per record, nothing
+   can decode the run faster than zstd can inflate it); herocollector and the floor
+   alternate, so both see the same machine load;
+3. times both collectors cold, each in a fresh process: imports, (for herocollector) loading
+   the compiled kernels from numba's cache, and the first collect; and once more with an
+   empty kernel cache, which gives numba's first-compile cost;
+4. checks the outputs: on a single-segment run both IPC files must hold identical tables; on
    a rotated run they may differ only in ``epoch`` (the reference restarts epoch ticks in
    every segment file, SPEC §2.1). herocollector's output is also checked against the
    generated data itself (exact on rotated runs too);
-4. measures the peak RSS increase of collecting a large single-segment run
+5. measures the peak RSS increase of collecting a large single-segment run
    (``--memory-records``) with herocollector in a fresh child process;
-5. prints a summary and optionally writes JSON (``--json``).
+6. prints a summary (times, records/s, MB/s, ratios, memory) and optionally writes JSON.
 
 Exit status: 0; 1 if ``--min-speedup`` is given and the reference/herocollector ratio is
 below it; 2 if an output check failed.
 
 Examples::
 
-    python benchmarks/collect_bench.py --records 200000
-    python benchmarks/collect_bench.py --records 200000 --rotate-bytes 4000000
+    python benchmarks/collect_bench.py --records 200000 --workdir
+    python benchmarks/collect_bench.py --records 200000 --rotate-bytes 312500
     python benchmarks/collect_bench.py --workdir --json benchmarks/results/bench.json
-    python benchmarks/collect_bench.py --memory-records 0 --min-speedup 5
+    python benchmarks/collect_bench.py --memory-records 0 --cold-repeat 0 --min-speedup 5
 """
 
 from __future__ import annotations
@@ -54,6 +59,8 @@ import pyarrow.ipc
 # are used, so the memory-measuring child imports only what the measured mode needs.
 
 HERE = Path(__file__).resolve().parent
+if str(HERE.parent) not in sys.path:
+    sys.path.insert(0, str(HERE.parent))  # benchmark this checkout's herocollector, not an installed one
 DEFAULT_PERSISTENT_WORKDIR = HERE / "_data"
 DEFAULT_ROTATE_BYTES = 256 << 20
 GENERATOR_VERSION = 1  # bump when the generated data changes, so stale runs are rebuilt
@@ -205,10 +212,24 @@ def segments_of(path: Path) -> list[Path]:
 # ----------------------------------------------------------------------------------------
 
 
+BASE_SCHEMA = pa.schema(
+    [
+        pa.field("stream_id", pa.uint32()),
+        pa.field("epoch", pa.float64()),
+        pa.field("indices", pa.list_(pa.int64())),
+        pa.field("values", pa.list_(pa.float64())),
+    ]
+)
+"""The output schema without labels (herocollector's ``Collector.schema_for([])``), built
+here so that timing the reference does not import herocollector."""
+
+
 def hero_schema() -> pa.Schema:
     from herocollector import Collector
 
-    return Collector.schema_for([])
+    schema = Collector.schema_for([])
+    assert schema == BASE_SCHEMA, schema
+    return schema
 
 
 def collect_reference(run: Path, out: Path, schema: pa.Schema) -> bool:
@@ -241,16 +262,6 @@ def zstd_floor(segments: list[Path]) -> int:
                     break
                 total += got
     return total
-
-
-def time_it(fn: Callable[[], Any], repeat: int) -> tuple[list[float], Any]:
-    times = []
-    result = None
-    for _ in range(repeat):
-        t = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - t)
-    return times, result
 
 
 # ----------------------------------------------------------------------------------------
@@ -336,7 +347,7 @@ def expected_table(params: RunParams, schema: pa.Schema) -> pa.Table:
 
 
 # ----------------------------------------------------------------------------------------
-# Peak memory (child process)
+# Fresh child processes: peak memory, cold start
 # ----------------------------------------------------------------------------------------
 
 
@@ -363,8 +374,24 @@ def vm_hwm_kib() -> int | None:
 _LAUNCHER = "import subprocess, sys; sys.exit(subprocess.call(sys.argv[1:]))"
 
 
+def warm_up_kernels() -> float:
+    """Load (or compile) herocollector's kernels by decoding a tiny segment; seconds taken."""
+    from herocollector.codec import Records, SegmentDecoder, encode_segment
+
+    t = time.perf_counter()
+    data = encode_segment(Records.from_lists([1], [0], [[1]], [[1]]))
+    assert len(SegmentDecoder([1]).decode_bytes(data)) == 1
+    return time.perf_counter() - t
+
+
 def measure_memory_child(mode: str, run: Path, out: Path, chunk_bytes: int | None) -> dict[str, Any]:
-    """Runs in a fresh process: peak RSS after imports, and after collecting ``run``."""
+    """Runs in a fresh process: peak RSS after imports, and after collecting ``run``.
+
+    For herocollector the kernels are loaded first, and the increase is reported both from
+    before that load (numba's code generator and the machine code included) and from after
+    it (what collecting itself takes).
+    """
+    kernels_mib: float | None = None
     if mode == "hero":
         import herocollector  # noqa: F401
 
@@ -372,12 +399,15 @@ def measure_memory_child(mode: str, run: Path, out: Path, chunk_bytes: int | Non
         fn = lambda: collect_hero(run, out, schema, chunk_bytes)  # noqa: E731
     elif mode == "reference":
         import data_logger  # noqa: F401
-        import herocollector  # noqa: F401  (only for the schema; both modes import it)
 
-        schema = hero_schema()
+        schema = BASE_SCHEMA
         fn = lambda: collect_reference(run, out, schema)  # noqa: E731
     else:
         raise SystemExit(f"unknown memory mode {mode!r}")
+    imports, hwm_imports = maxrss_kib(), vm_hwm_kib()
+    if mode == "hero":
+        warm_up_kernels()
+        kernels_mib = (maxrss_kib() - imports) / 1024.0
     before, hwm_before = maxrss_kib(), vm_hwm_kib()
     t = time.perf_counter()
     ok = fn()
@@ -389,10 +419,13 @@ def measure_memory_child(mode: str, run: Path, out: Path, chunk_bytes: int | Non
         "ok": bool(ok),
         "seconds": seconds,
         "rows": rows,
-        "maxrss_after_imports_kib": before,
+        "maxrss_after_imports_kib": imports,
+        "maxrss_before_collect_kib": before,
         "maxrss_after_collect_kib": after,
+        "kernel_load_mib": kernels_mib,
         "increase_mib": (after - before) / 1024.0,
-        "vm_hwm_after_imports_kib": hwm_before,
+        "increase_from_imports_mib": (after - imports) / 1024.0,
+        "vm_hwm_after_imports_kib": hwm_imports,
         "vm_hwm_after_collect_kib": hwm_after,
         "vm_hwm_increase_mib": None if hwm_before is None else (hwm_after - hwm_before) / 1024.0,
     }
@@ -404,15 +437,84 @@ def read_rows(path: Path) -> int:
         return sum(reader.get_batch(i).num_rows for i in range(reader.num_record_batches))
 
 
-def measure_memory(mode: str, run: Path, out: Path, chunk_bytes: int | None) -> dict[str, Any]:
-    cmd = [sys.executable, "-S", "-c", _LAUNCHER, sys.executable, str(Path(__file__).resolve()), "--measure-memory", mode, "--memory-run", str(run),
-           "--memory-out", str(out)]
-    if chunk_bytes is not None:
-        cmd += ["--chunk-bytes", str(chunk_bytes)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+def _child(args: list[str], env: dict[str, str] | None = None) -> tuple[dict[str, Any], float]:
+    """Run this script in a fresh process (through the launcher); its JSON and wall time."""
+    cmd = [sys.executable, "-S", "-c", _LAUNCHER, sys.executable, str(Path(__file__).resolve()), *args]
+    t = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    wall = time.perf_counter() - t
     if proc.returncode != 0:
-        raise RuntimeError(f"memory child ({mode}) failed with status {proc.returncode}:\n{proc.stderr}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+        raise RuntimeError(f"child {args} failed with status {proc.returncode}:\n{proc.stderr}")
+    return json.loads(proc.stdout.strip().splitlines()[-1]), wall
+
+
+def measure_memory(mode: str, run: Path, out: Path, chunk_bytes: int | None) -> dict[str, Any]:
+    args = ["--measure-memory", mode, "--memory-run", str(run), "--memory-out", str(out)]
+    if chunk_bytes is not None:
+        args += ["--chunk-bytes", str(chunk_bytes)]
+    return _child(args)[0]
+
+
+def measure_cold_child(mode: str, run: Path, out: Path, chunk_bytes: int | None) -> dict[str, Any]:
+    """Runs in a fresh process: import, then collect twice (cold, then warm).
+
+    The first herocollector collect includes loading the compiled kernels from numba's cache
+    (or compiling them, with an empty cache); the second shows what is left warm.
+    """
+    t0 = time.perf_counter()
+    if mode == "hero":
+        import herocollector  # noqa: F401
+
+        def fn() -> bool:
+            return collect_hero(run, out, BASE_SCHEMA, chunk_bytes)
+    elif mode == "reference":
+        import data_logger  # noqa: F401
+
+        def fn() -> bool:
+            return collect_reference(run, out, BASE_SCHEMA)
+    else:
+        raise SystemExit(f"unknown cold mode {mode!r}")
+    t1 = time.perf_counter()
+    ok = fn()
+    t2 = time.perf_counter()
+    numba_imported = "numba" in sys.modules  # only to build the kernels (an empty cache)
+    out.unlink(missing_ok=True)
+    ok = fn() and ok
+    t3 = time.perf_counter()
+    backend = None
+    if mode == "hero":
+        from herocollector import native
+
+        backend = native.backend().name
+    return {
+        "mode": mode,
+        "ok": bool(ok),
+        "imports": t1 - t0,
+        "kernel_backend": backend,
+        "numba_imported": numba_imported,
+        "first_collect": t2 - t1,
+        "second_collect": t3 - t2,
+        "cold": t2 - t0,
+        "maxrss_mib": maxrss_kib() / 1024.0,
+    }
+
+
+def measure_cold(mode: str, run: Path, out: Path, chunk_bytes: int | None, kernel_cache: str | None = None) -> dict[str, Any]:
+    """A cold collect in a fresh process; ``kernel_cache`` overrides numba's cache directory.
+
+    Python may write bytecode caches, as in an installed package (pip compiles them), even
+    when this process runs with ``PYTHONDONTWRITEBYTECODE``: the first cold run writes them.
+    """
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    if kernel_cache is not None:
+        env["NUMBA_CACHE_DIR"] = kernel_cache
+    args = ["--measure-cold", mode, "--memory-run", str(run), "--memory-out", str(out)]
+    if chunk_bytes is not None:
+        args += ["--chunk-bytes", str(chunk_bytes)]
+    figures, wall = _child(args, env)
+    figures["process_wall"] = wall  # interpreter start-up and exit included
+    out.unlink(missing_ok=True)
+    return figures
 
 
 # ----------------------------------------------------------------------------------------
@@ -420,7 +522,7 @@ def measure_memory(mode: str, run: Path, out: Path, chunk_bytes: int | None) -> 
 # ----------------------------------------------------------------------------------------
 
 
-def summarise(times: list[float]) -> dict[str, float]:
+def summarise(times: list[float]) -> dict[str, Any]:
     return {"best": min(times), "median": statistics.median(times), "all": times}
 
 
@@ -435,31 +537,60 @@ def print_report(res: dict[str, Any]) -> None:
             f"{run['compressed_bytes'] / 1e6:.2f} MB compressed, {run['decompressed_bytes'] / 1e6:.2f} MB raw",
         )
     )
-    rows.append(("repeat", f"{res['repeat']} (best / median, warm page cache)"))
+    rows.append(("repeat", f"{res['repeat']} (best / median, warm page cache, one process)"))
     t = res["timings"]
-    mb = run["compressed_bytes"] / 1e6
-    for key, label in (("reference", "data_logger.Collector"), ("hero", "herocollector.Collector"),
+    mb, raw = run["compressed_bytes"] / 1e6, run["decompressed_bytes"] / 1e6
+    for key, label in (("reference", "data_logger.Collector (warm)"), ("hero", "herocollector.Collector (warm)"),
                        ("zstd_floor", "bare zstd decompress (floor)")):
         best, med = t[key]["best"], t[key]["median"]
         rows.append(
             (
                 label,
                 f"best {best * 1e3:9.1f} ms   median {med * 1e3:9.1f} ms   "
-                f"{run['records'] / best / 1e6:7.3f} M records/s   {mb / best:8.1f} MB/s",
+                f"{run['records'] / best / 1e6:7.3f} M records/s   {mb / best:7.1f} MB/s ({raw / best:7.1f} MB/s raw)",
             )
         )
     r = res["ratios"]
-    rows.append(("speed-up reference/hero", f"{r['speedup_best']:.2f}x (best)   {r['speedup_median']:.2f}x (median)"))
-    rows.append(("hero / zstd floor", f"{r['hero_over_floor_best']:.2f}x (best)   {r['hero_over_floor_median']:.2f}x (median)"))
+    rows.append(("hero / zstd floor (warm)", f"{r['hero_over_floor_best']:.2f}x (best)   {r['hero_over_floor_median']:.2f}x (median)"))
+    rows.append(("speed-up reference/hero (warm)", f"{r['speedup_best']:.1f}x (best)   {r['speedup_median']:.1f}x (median)"))
+    cold = res.get("cold") or {}
+    for mode, label in (("hero", "herocollector cold"), ("reference", "data_logger cold"), ("hero_compile", "herocollector, empty kernel cache")):
+        c = cold.get(mode)
+        if not c:
+            continue
+        kernels = "" if c.get("kernel_backend") is None else (
+            f" ({c['kernel_backend']} kernels{', numba imported' if c['numba_imported'] else ''})")
+        rows.append(
+            (
+                label,
+                f"{c['cold'] * 1e3:8.0f} ms = imports {c['imports'] * 1e3:.0f} ms + first collect{kernels} "
+                f"{c['first_collect'] * 1e3:.0f} ms (then warm {c['second_collect'] * 1e3:.0f} ms); "
+                f"process {c['process_wall'] * 1e3:.0f} ms with interpreter start-up; peak RSS {c['maxrss_mib']:.0f} MiB",
+            )
+        )
+    if "hero" in cold:
+        c = cold["hero"]
+        rows.append(("herocollector first-call cost", f"{(c['first_collect'] - c['second_collect']) * 1e3:.0f} ms "
+                     "(loading the kernels and first touches: first collect - second collect, same process)"))
+    if "hero_compile" in cold:
+        c = cold["hero_compile"]
+        rows.append(("numba first compile", f"{(c['first_collect'] - c['second_collect']) * 1e3:.0f} ms "
+                     "(building the kernels into an empty cache: once per installation, CPU and version)"))
+    if "cold_speedup" in r:
+        rows.append(("speed-up reference warm / hero cold", f"{r['cold_speedup']:.1f}x (hero: imports + cache load + first collect)"))
+        rows.append(("speed-up, both cold", f"{r['cold_speedup_both_cold']:.1f}x (each: imports + first collect, fresh process)"))
+        rows.append(("speed-up, both cold, whole process", f"{r['cold_speedup_process']:.1f}x (interpreter start-up included)"))
     for name, check in res["checks"].items():
         rows.append((f"check: {name}", check["result"]))
     for m in res.get("memory", []):
         hwm = "" if m["vm_hwm_increase_mib"] is None else f"; VmHWM +{m['vm_hwm_increase_mib']:.1f} MiB"
+        load = "" if m.get("kernel_load_mib") is None else (
+            f"; +{m['increase_from_imports_mib']:.1f} MiB counting the kernel load ({m['kernel_load_mib']:.1f} MiB)")
         rows.append(
             (
                 f"peak memory: {m['mode']}",
-                f"+{m['increase_mib']:.1f} MiB (maxrss {m['maxrss_after_imports_kib'] / 1024:.1f} -> "
-                f"{m['maxrss_after_collect_kib'] / 1024:.1f} MiB{hwm}) collecting {m['records']:,} records / "
+                f"+{m['increase_mib']:.1f} MiB (maxrss {m['maxrss_before_collect_kib'] / 1024:.1f} -> "
+                f"{m['maxrss_after_collect_kib'] / 1024:.1f} MiB{hwm}){load} collecting {m['records']:,} records / "
                 f"{m['compressed_bytes'] / 1e6:.1f} MB in {m['segments']} segment(s), {m['seconds']:.2f} s",
             )
         )
@@ -474,7 +605,7 @@ def print_report(res: dict[str, Any]) -> None:
         table.add_column()
         for k, v in rows:
             table.add_row(k, v)
-        Console(width=200).print(table)
+        Console(width=220).print(table)
     except ImportError:  # pragma: no cover
         width = max(len(k) for k, _ in rows)
         for k, v in rows:
@@ -493,7 +624,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=20240601, help="seed of the data generator")
     p.add_argument("--rotate-bytes", type=int, default=DEFAULT_ROTATE_BYTES,
                    help="DataLogger rotate_bytes for the timed run (default 256 MiB = one segment)")
-    p.add_argument("--repeat", type=int, default=3, help="timed repetitions of each collector (default 3)")
+    p.add_argument("--repeat", type=int, default=7, help="timed repetitions of herocollector and the floor (default 7)")
+    p.add_argument("--reference-repeat", type=int, default=3, help="timed repetitions of the reference (default 3)")
+    p.add_argument("--cold-repeat", type=int, default=3,
+                   help="fresh processes timed for herocollector's cold start (best kept; 0 skips all cold runs; default 3)")
     p.add_argument("--workdir", nargs="?", const=str(DEFAULT_PERSISTENT_WORKDIR), default=None,
                    help="keep and reuse runs here (without a value: benchmarks/_data); default: a temp dir removed at exit")
     p.add_argument("--memory-records", type=int, default=2_000_000,
@@ -505,13 +639,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--min-speedup", type=float, default=None,
                    help="exit 1 if the best-time ratio reference/herocollector is below this")
     p.add_argument("--quiet", action="store_true", help="no progress messages")
-    # hidden: the memory-measuring child
+    # hidden: the measuring children
     p.add_argument("--measure-memory", choices=["hero", "reference"], help=argparse.SUPPRESS)
+    p.add_argument("--measure-cold", choices=["hero", "reference"], help=argparse.SUPPRESS)
     p.add_argument("--memory-run", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--memory-out", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.records <= 0 or args.repeat <= 0 or args.streams <= 0 or args.memory_records < 0:
         p.error("--records, --repeat and --streams must be positive, --memory-records >= 0")
+    if args.reference_repeat <= 0 or args.cold_repeat < 0:
+        p.error("--reference-repeat must be positive, --cold-repeat >= 0")
     return args
 
 
@@ -519,6 +656,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.measure_memory:
         print(json.dumps(measure_memory_child(args.measure_memory, args.memory_run, args.memory_out, args.chunk_bytes)))
+        return 0
+    if args.measure_cold:
+        print(json.dumps(measure_cold_child(args.measure_cold, args.memory_run, args.memory_out, args.chunk_bytes)))
         return 0
 
     def log(msg: str) -> None:
@@ -536,6 +676,15 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
 
 
+def timed(fn: Callable[[], Any], out: Path | None = None) -> tuple[float, Any]:
+    """Seconds ``fn`` takes (``out`` removed first: truncating a big old file is no part of it)."""
+    if out is not None:
+        out.unlink(missing_ok=True)
+    t = time.perf_counter()
+    result = fn()
+    return time.perf_counter() - t, result
+
+
 def run_benchmark(args: argparse.Namespace, workdir: Path, log: Callable[[str], None]) -> int:
     params = RunParams(args.records, args.streams, args.seed, args.rotate_bytes)
     run = build_run(workdir, params, log)
@@ -549,12 +698,26 @@ def run_benchmark(args: argparse.Namespace, workdir: Path, log: Callable[[str], 
     import data_logger  # noqa: F401  (import cost outside the timings)
     import zstandard  # noqa: F401
 
-    log("timing zstd floor ...")
-    floor_times, decompressed = time_it(lambda: zstd_floor(segments), args.repeat)
+    log("warming up (kernels, page cache) ...")
+    timed(lambda: collect_hero(run, out_hero, schema, args.chunk_bytes), out_hero)
+    decompressed = zstd_floor(segments)
+    log("timing herocollector.Collector and the zstd floor, alternately ...")
+    hero_times: list[float] = []
+    floor_times: list[float] = []
+    hero_ok = True
+    for _ in range(args.repeat):
+        seconds, _ = timed(lambda: zstd_floor(segments))
+        floor_times.append(seconds)
+        seconds, ok = timed(lambda: collect_hero(run, out_hero, schema, args.chunk_bytes), out_hero)
+        hero_times.append(seconds)
+        hero_ok = hero_ok and bool(ok)
     log("timing data_logger.Collector ...")
-    ref_times, ref_ok = time_it(lambda: collect_reference(run, out_ref, schema), args.repeat)
-    log("timing herocollector.Collector ...")
-    hero_times, hero_ok = time_it(lambda: collect_hero(run, out_hero, schema, args.chunk_bytes), args.repeat)
+    ref_times: list[float] = []
+    ref_ok = True
+    for _ in range(args.reference_repeat):
+        seconds, ok = timed(lambda: collect_reference(run, out_ref, schema), out_ref)
+        ref_times.append(seconds)
+        ref_ok = ref_ok and bool(ok)
 
     timings = {"reference": summarise(ref_times), "hero": summarise(hero_times), "zstd_floor": summarise(floor_times)}
     ratios = {
@@ -563,6 +726,24 @@ def run_benchmark(args: argparse.Namespace, workdir: Path, log: Callable[[str], 
         "hero_over_floor_best": timings["hero"]["best"] / timings["zstd_floor"]["best"],
         "hero_over_floor_median": timings["hero"]["median"] / timings["zstd_floor"]["median"],
     }
+
+    cold: dict[str, Any] = {}
+    if args.cold_repeat:
+        out_cold = workdir / "out-cold.arrow"
+        log(f"timing cold starts in {args.cold_repeat} fresh processes ...")
+        runs = [measure_cold("hero", run, out_cold, args.chunk_bytes) for _ in range(args.cold_repeat)]
+        cold["hero"] = min(runs, key=lambda c: c["cold"])
+        cold["hero"]["all_cold"] = [c["cold"] for c in runs]
+        log("timing a cold start with an empty kernel cache (numba compiles) ...")
+        with tempfile.TemporaryDirectory(prefix="collect_bench-numba-") as empty:
+            cold["hero_compile"] = measure_cold("hero", run, out_cold, args.chunk_bytes, kernel_cache=empty)
+        log("timing the reference's cold start in fresh processes ...")
+        runs = [measure_cold("reference", run, out_cold, None) for _ in range(min(args.cold_repeat, 2))]
+        cold["reference"] = min(runs, key=lambda c: c["cold"])
+        hero_cold = cold["hero"]
+        ratios["cold_speedup"] = timings["reference"]["best"] / hero_cold["cold"]
+        ratios["cold_speedup_both_cold"] = cold["reference"]["cold"] / hero_cold["cold"]
+        ratios["cold_speedup_process"] = cold["reference"]["process_wall"] / hero_cold["process_wall"]
 
     log("checking outputs ...")
     checks: dict[str, dict[str, Any]] = {}
@@ -594,9 +775,14 @@ def run_benchmark(args: argparse.Namespace, workdir: Path, log: Callable[[str], 
     checks["herocollector == generated data"] = {
         "ok": not tdiff,
         "diff": tdiff,
-        "result": "IDENTICAL" if not tdiff else f"DIFFERENT: {tdiff}",
+        "result": (f"IDENTICAL ({hero_table.num_rows:,} rows, {len(nonempty)} segment(s))" if not tdiff
+                   else f"DIFFERENT: {tdiff}"),
     }
     failed |= bool(tdiff)
+    for mode, c in cold.items():
+        if not c["ok"]:
+            failed = True
+            checks[f"cold run ({mode})"] = {"ok": False, "result": "collect returned False"}
     del ref_table, hero_table, truth
 
     memory = []
@@ -605,6 +791,10 @@ def run_benchmark(args: argparse.Namespace, workdir: Path, log: Callable[[str], 
         mrun = build_run(workdir, mparams, log)
         msegs = segments_of(mrun)
         modes = ["hero"] + (["reference"] if args.memory_reference else [])
+        for seg in msegs:  # into the page cache: measure decoding, not the disk
+            with open(seg, "rb") as fh:
+                while fh.read(1 << 24):
+                    pass
         for mode in modes:
             log(f"measuring peak memory ({mode}, {args.memory_records:,} records) in a child process ...")
             m = measure_memory(mode, mrun, workdir / f"out-memory-{mode}.arrow", args.chunk_bytes)
@@ -617,6 +807,14 @@ def run_benchmark(args: argparse.Namespace, workdir: Path, log: Callable[[str], 
                 checks[f"memory run rows ({mode})"] = {
                     "ok": False, "result": f"DIFFERENT: {m['rows']:,} rows != {args.memory_records:,}"}
 
+    throughput = {
+        k: {
+            "records_per_s": args.records / v["best"],
+            "compressed_mb_per_s": compressed / 1e6 / v["best"],
+            "decompressed_mb_per_s": decompressed / 1e6 / v["best"],
+        }
+        for k, v in timings.items()
+    }
     res: dict[str, Any] = {
         "run": {
             "path": str(run),
@@ -630,22 +828,29 @@ def run_benchmark(args: argparse.Namespace, workdir: Path, log: Callable[[str], 
         },
         "repeat": args.repeat,
         "timings": timings,
-        "throughput": {
-            k: {"records_per_s": args.records / v["best"], "compressed_mb_per_s": compressed / 1e6 / v["best"]}
-            for k, v in timings.items()
-        },
+        "throughput": throughput,
         "ratios": ratios,
+        "cold": cold,
         "checks": checks,
         "memory": memory,
         "min_speedup": args.min_speedup,
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "environment": {
             "python": sys.version.split()[0],
             "platform": platform.platform(),
             "cpus": os.cpu_count(),
+            "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
             "numpy": np.__version__,
             "pyarrow": pa.__version__,
         },
     }
+    try:
+        import numba
+        import zstandard as zstd
+
+        res["environment"].update(numba=numba.__version__, zstandard=zstd.__version__)
+    except ImportError:  # pragma: no cover
+        pass
     status = 2 if failed else 0
     if args.min_speedup is not None:
         res["speedup_ok"] = ratios["speedup_best"] >= args.min_speedup

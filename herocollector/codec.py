@@ -1,56 +1,92 @@
 """Segment codec for the disco data logger's ``.seg.zst`` format (SPEC §2.1).
 
-A segment is a concatenation of zstd frames; a frame decompresses to whole records; a record
-is a run of LEB128 varints::
+A segment is a concatenation of zstd frames (and possibly skippable frames); a zstd frame
+decompresses to whole records; a record is a run of LEB128 varints::
 
     stream_id, zigzag(epoch_delta_ticks), n, first_index, gap_1..gap_{n-1}, zigzag(q_0..q_{n-1})
 
-Everything here works on NumPy arrays. There is no Python loop per record, per varint or per
-frame on the decoding path:
+Decoding is one pipeline per logger run:
 
-* frame boundaries are found by a vectorised walk over the zstd frame and block headers, which
-  also yields every frame's decompressed size, so the decompressed start of every frame (and
-  therefore of a record) is known without decoding;
-* zstd frames are decompressed in bulk by ``zstandard`` (C, GIL released);
-* varints are split at their terminating bytes and assembled 7 bits at a time over the whole
-  chunk; record boundaries inside a frame are found by pointer doubling, which costs one
-  step for the data logger's one-record-per-frame layout;
-* index gaps and per-stream epoch ticks are segmented cumulative sums.
+* a reader thread reads the segment files in order, walks the zstd frame headers with a
+  compiled kernel (:func:`herocollector.kernel.scan_frames`) and decompresses consecutive
+  frames together with ``zstandard``, streaming across frames, into chunks of at most
+  ``chunk_bytes`` decompressed bytes (a frame larger than that is streamed on its own, in
+  pieces; the small last chunks of segment files are put together);
+* the calling thread decodes each chunk with one call of the compiled record kernel
+  (:func:`herocollector.kernel.decode_records`): varints, zigzag, index gaps, per-stream
+  epoch ticks (carried across chunks and segment files), scales and the stream selection in
+  one pass that writes the output columns directly, with no Python step per record;
+* while chunk k is decoded, the reader decompresses chunk k+1 (a queue of two chunks): both
+  the kernel and zstd run without the GIL.
 
-Memory is bounded by ``chunk_bytes`` of decompressed data (plus the compressed size of the
-largest frame), not by the size of a segment or a run.
+The kernels are called through :mod:`herocollector.native`, which loads their machine code
+from a cache (numba compiles them once per installation and CPU).
+
+Memory is bounded by a few chunks (plus the compressed size of the largest frame, and the
+largest record), not by the size of a segment or a run. Independent runs can be decoded in
+parallel threads: a decoder shares no mutable state with any other.
+
+Damage stops the kernel at once; the exact error (which file, which frame, which byte of the
+frame's content) is then worked out on that frame only, so that it is the error of the first
+damaged frame, exactly as a frame-by-frame reference decoder reports it.
 """
 
 from __future__ import annotations
 
 import io
+import queue
+import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterable, Iterator, Sequence
+from typing import BinaryIO, Callable, Iterable, Iterator, Protocol, Sequence, TypeVar
 
 import numpy as np
+import pyarrow as pa
 import zstandard
 
+from . import native as kernel  # the compiled kernels, loaded as fast as possible
 from .errors import SegmentError, UnknownStreamError
 
 DEFAULT_CHUNK_BYTES = 1 << 20
 """Decompressed bytes decoded per step; bounds the decoder's working memory."""
+MIN_CHUNK_BYTES = 1 << 12
+"""Smaller ``chunk_bytes`` values are raised to this."""
+MAX_CHUNK_BYTES = 1 << 30
+"""Larger ``chunk_bytes`` values are lowered to this (list offsets are ``int32``)."""
+PIPELINE_DEPTH = 2
+"""Decompressed chunks the reader thread may be ahead of the decoder."""
+SINGLE_PASS_BYTES = 128 * 1024
+"""zstd decodes a frame of known content size at once (checking less than when streaming it:
+not the window size, not raw blocks against the window) when its output buffer can take the
+whole content. The reference decodes frame by frame with ``zstandard``'s decompression
+object, whose output buffer holds 128 KiB: frames of at most that size are decoded at once,
+larger ones (or of unknown size) streamed. This decoder does the same, so that both accept
+and refuse exactly the same frames."""
 
-MAX_VARINT_BYTES = 10
-_MAX_BLOCK_SIZE = 128 * 1024
-_WALK_STEPS = 64  # records per frame followed one by one before switching to pointer doubling
-_PAD = 32  # zero bytes kept after valid data so header gathers never index out of bounds
+MAX_VARINT_BYTES = kernel.MAX_VARINT_BYTES
+_MAX_LIST_VALUES = 2**31 - 1  # Arrow list offsets are int32
+_TABLE_IDS = 1 << 16  # stream ids below this are looked up in a dense table
 _U64 = np.uint64
 
+T = TypeVar("T")
 
-class _Damage(Exception):
-    """Damage found at a byte offset of a buffer; turned into a SegmentError by the caller."""
 
-    def __init__(self, offset: int, message: str, stream_id: int | None = None) -> None:
-        super().__init__(message)
-        self.offset = int(offset)
-        self.message = message
-        self.stream_id = stream_id
+class _Readable(Protocol):
+    """A binary file object, as the reader uses it."""
+
+    def readinto(self, buffer: memoryview, /) -> int | None:
+        """Read into ``buffer``; the bytes read (0 or None at the end)."""
+
+
+def _pool_empty(count: int, dtype: type | np.dtype) -> np.ndarray:
+    """An uninitialised array allocated from pyarrow's memory pool.
+
+    The pool keeps freed memory for reuse, where NumPy's allocator would hand large blocks
+    back to the operating system: every chunk would then pay page faults on fresh memory
+    (about a third of the decode time on a virtual machine).
+    """
+    kind = np.dtype(dtype)
+    return np.frombuffer(pa.allocate_buffer(count * kind.itemsize), dtype=kind)
 
 
 # ----------------------------------------------------------------------------------------
@@ -109,62 +145,6 @@ def encode_varints(values: np.ndarray) -> np.ndarray:
             break
     return out
 
-
-def decode_varints(buf: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Decode every complete LEB128 varint in ``buf[:length]``.
-
-    Bytes after the last terminating byte (an unfinished varint) are ignored; the caller
-    decides whether that is damage or the start of the next chunk.
-
-    Args:
-        buf: Contiguous ``uint8`` array of at least ``length + 8`` bytes (each varint is
-            read as one unaligned 64-bit word, which may reach past ``length``).
-        length: Bytes of data in ``buf``.
-
-    Returns:
-        ``(values, starts, ends)``: the values as ``uint64`` (bits past 64 dropped, as the
-        C++ decoder does), and the offsets of each varint's first and last byte.
-
-    Raises:
-        _Damage: A varint is longer than ten bytes.
-    """
-    if buf.size < length + 8 or not buf.flags.c_contiguous:
-        raise ValueError("decode_varints needs a contiguous buffer with 8 bytes of padding")
-    data = buf[:length]
-    ends = np.flatnonzero(data < 0x80)
-    starts = np.empty_like(ends)
-    starts[:1] = 0
-    starts[1:] = ends[:-1] + 1
-    nbytes = ends - starts
-    nbytes += 1
-    # One unaligned little-endian word per varint, then the 7-bit groups are packed
-    # together two, four and eight at a time (SWAR), all in place.
-    words = np.ndarray(shape=(length,), dtype="<u8", buffer=buf, strides=(1,))
-    values = words[starts]
-    values &= _GROUP_MASK[np.minimum(nbytes, 8)]
-    low = values & _U64(0x007F007F007F007F)
-    values &= _U64(0x7F007F007F007F00)
-    values >>= _U64(1)
-    values |= low
-    np.bitwise_and(values, _U64(0x00003FFF00003FFF), out=low)
-    values &= _U64(0x3FFF00003FFF0000)
-    values >>= _U64(2)
-    values |= low
-    np.bitwise_and(values, _U64(0x000000000FFFFFFF), out=low)
-    values &= _U64(0x0FFFFFFF00000000)
-    values >>= _U64(4)
-    values |= low
-    long = np.flatnonzero(nbytes > 8)
-    if long.size:
-        if (nbytes[long] > MAX_VARINT_BYTES).any():
-            raise _Damage(int(starts[long[np.argmax(nbytes[long] > MAX_VARINT_BYTES)]]), "varint longer than 10 bytes")
-        values[long] |= (data[starts[long] + 8] & 0x7F).astype(np.uint64) << _U64(56)
-        tenth = long[nbytes[long] == MAX_VARINT_BYTES]
-        values[tenth] |= (data[starts[tenth] + 9] & 0x7F).astype(np.uint64) << _U64(63)
-    return values, starts, ends
-
-
-_GROUP_MASK = np.array([(1 << (8 * k)) - 1 for k in range(9)], dtype=np.uint64) & _U64(0x7F7F7F7F7F7F7F7F)
 
 
 # ----------------------------------------------------------------------------------------
@@ -422,237 +402,740 @@ def encode_segment(
 
 
 # ----------------------------------------------------------------------------------------
-# zstd frame walking
+# Streams as the kernel sees them
 # ----------------------------------------------------------------------------------------
 
 
-@dataclass
-class _Frames:
-    """Complete frames found at the start of a buffer."""
+class StreamTable:
+    """The streams of one run as plain per-slot arrays, for the record kernel.
 
-    starts: np.ndarray  # offsets in the buffer
-    ends: np.ndarray
-    content_sizes: np.ndarray  # decompressed sizes; -1 when the header does not say
-    consumed: int  # bytes covered by the complete frames
-
-
-def _le(buf: np.ndarray, pos: np.ndarray, nbytes: np.ndarray | int, max_bytes: int) -> np.ndarray:
-    """Little-endian unsigned integers of ``nbytes`` bytes at ``pos`` (vectorised)."""
-    out = np.zeros(pos.shape, dtype=np.int64)
-    for k in range(max_bytes):
-        take = k < nbytes
-        out |= np.where(take, buf[pos + k].astype(np.int64), 0) << (8 * k)
-    return out
-
-
-def _walk_blocks(buf: np.ndarray, length: int, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Follow the block headers of frames whose first block header is at ``q``.
-
-    Returns:
-        ``(end, state)`` per frame: end offset after the last block, and state 0 = complete,
-        1 = runs past the buffer, 2 = invalid block header.
-    """
-    q = q.copy()
-    state = np.full(q.shape, -1, dtype=np.int8)
-    active = np.arange(q.size)
-    while active.size:
-        qa = q[active]
-        short = qa + 3 > length
-        state[active[short]] = 1
-        active, qa = active[~short], qa[~short]
-        bh = buf[qa].astype(np.int64) | (buf[qa + 1].astype(np.int64) << 8) | (buf[qa + 2].astype(np.int64) << 16)
-        last = (bh & 1).astype(bool)
-        btype = (bh >> 1) & 3
-        bsize = bh >> 3
-        bad = (btype == 3) | (bsize > _MAX_BLOCK_SIZE)
-        state[active[bad]] = 2
-        q[active] = qa + 3 + np.where(btype == 1, 1, bsize)
-        finished = last & ~bad
-        state[active[finished]] = 0
-        active = active[~(finished | bad)]
-    return q, state
-
-
-def _scan_frames(buf: np.ndarray, length: int, final: bool) -> _Frames:
-    """Find the complete zstd frames at the start of ``buf[:length]``.
+    A slot is the position of a declared stream id in ascending order. Small ids (below
+    65536, the usual case) find their slot in a dense table; larger ones by binary search.
 
     Args:
-        buf: Buffer with at least ``_PAD`` zero bytes after ``length``.
-        length: Bytes of valid data.
-        final: No more data follows (the end of the file).
+        stream_ids: Every stream id the run declares (``streams/``); a record of any other
+            id is an error.
+        selected: The stream ids to write out; None for all. Undeclared ids are ignored.
+        epoch_scales: Seconds per epoch tick of each stream of ``selected`` (of
+            ``stream_ids`` when ``selected`` is None), in that order; default 1.0.
+        value_scales: Value per quantum, aligned like ``epoch_scales``; default 1.0.
 
-    Returns:
-        The complete frames, in order.
-
-    Raises:
-        _Damage: Bytes that are not a zstd frame, an invalid header, or (when ``final``)
-            a truncated frame.
+    Attributes:
+        ids: The declared stream ids, sorted (``uint64``); slot ``i`` is ``ids[i]``.
+        selected: Per slot, 1 when written out (``uint8``).
+        epoch_scales: Per slot (``float64``).
+        value_scales: Per slot (``float64``).
+        table: Slot of each id below ``len(table)``, -1 when undeclared (``int32``).
+        big_ids: The declared ids not covered by ``table``, sorted (``uint64``).
+        big_slots: Their slots (``int32``).
     """
-    empty = _Frames(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64), 0)
-    if length == 0:
-        return empty
-    second = buf[1:length]
-    cand = np.flatnonzero((second == 0xB5) | (second == 0x2A))
-    b0, b1, b2, b3 = buf[cand], buf[cand + 1], buf[cand + 2], buf[cand + 3]
-    is_zstd = (b0 == 0x28) & (b1 == 0xB5) & (b2 == 0x2F) & (b3 == 0xFD)
-    is_skip = ((b0 & 0xF0) == 0x50) & (b1 == 0x2A) & (b2 == 0x4D) & (b3 == 0x18)
-    keep = is_zstd | is_skip
-    pos, is_zstd = cand[keep], is_zstd[keep]
-    if not pos.size or pos[0] != 0:
-        if not final and length < 4:
-            return empty
-        raise _Damage(0, "not a zstd frame (bad magic number)")
 
-    nodes = pos.size
-    end = np.empty(nodes, dtype=np.int64)
-    state = np.zeros(nodes, dtype=np.int8)  # 0 complete, 1 incomplete, 2 invalid
-    size = np.zeros(nodes, dtype=np.int64)
+    def __init__(
+        self,
+        stream_ids: Iterable[int],
+        selected: Iterable[int] | None = None,
+        epoch_scales: Sequence[float] | np.ndarray | None = None,
+        value_scales: Sequence[float] | np.ndarray | None = None,
+    ) -> None:
+        declared = np.asarray(list(stream_ids), dtype=np.uint64)
+        self.ids = np.unique(declared)
+        chosen = declared if selected is None else np.asarray(list(selected), dtype=np.uint64)
+        self.selected = np.isin(self.ids, chosen).astype(np.uint8)
+        self.epoch_scales = self._per_slot(chosen, epoch_scales, "epoch_scales")
+        self.value_scales = self._per_slot(chosen, value_scales, "value_scales")
+        small = self.ids < _U64(_TABLE_IDS)
+        size = int(self.ids[small][-1]) + 1 if small.any() else 0
+        self.table = np.full(size, -1, dtype=np.int32)
+        self.table[self.ids[small].astype(np.int64)] = np.flatnonzero(small).astype(np.int32)
+        self.big_ids = np.ascontiguousarray(self.ids[~small])
+        self.big_slots = np.flatnonzero(~small).astype(np.int32)
 
-    skip = np.flatnonzero(~is_zstd)
-    end[skip] = pos[skip] + 8 + _le(buf, pos[skip] + 4, 4, 4)
-    state[skip] = np.where(end[skip] > length, 1, 0)
+    def _per_slot(self, chosen: np.ndarray, scales: Sequence[float] | np.ndarray | None, what: str) -> np.ndarray:
+        out = np.ones(self.ids.size, dtype=np.float64)
+        if scales is None:
+            return out
+        values = np.asarray(scales, dtype=np.float64)
+        if values.shape != chosen.shape:
+            raise ValueError(f"{what} must give one scale per selected stream ({chosen.size}), got {values.size}")
+        slots = np.searchsorted(self.ids, chosen)
+        declared = slots < self.ids.size
+        declared[declared] &= self.ids[slots[declared]] == chosen[declared]
+        out[slots[declared]] = values[declared]
+        return out
 
-    z = np.flatnonzero(is_zstd)
-    p = pos[z]
-    fhd = buf[p + 4].astype(np.int64)
-    fcs_flag, single = fhd >> 6, (fhd >> 5) & 1
-    reserved, checksum, dict_flag = (fhd >> 3) & 1, (fhd >> 2) & 1, fhd & 3
-    dict_size = np.array([0, 1, 2, 4])[dict_flag]
-    fcs_size = np.where(fcs_flag == 0, single, 1 << fcs_flag)
-    fcs_pos = p + 5 + (1 - single) + dict_size
-    fcs = _le(buf, fcs_pos, fcs_size, 8) + np.where(fcs_size == 2, 256, 0)
-    size[z] = np.where(fcs_size == 0, -1, fcs)
-    block_end, block_state = _walk_blocks(buf, length, fcs_pos + fcs_size)
-    end[z] = block_end + 4 * checksum
-    state[z] = np.where(reserved == 1, 2, block_state)
-    state[z[(state[z] == 0) & (end[z] > length)]] = 1
-
-    # Follow the chain of frames from offset 0: each frame must end where the next begins.
-    link = np.searchsorted(pos, end)
-    link_ok = (state == 0) & (end < length) & (link < nodes)
-    link_ok[link_ok] &= pos[link[link_ok]] == end[link_ok]
-    nxt = np.where(link_ok, link, nodes)
-    if nodes > 1 and np.array_equal(nxt[:-1], np.arange(1, nodes)):
-        chain = np.arange(nodes)
-    else:
-        chain = _chain_from(np.zeros(1, dtype=np.int64), np.append(nxt, nodes), nodes)
-    last = int(chain[-1])
-    last_pos, last_end = int(pos[last]), int(end[last])
-    if state[last] == 2:
-        raise _Damage(last_pos, "corrupt zstd frame: invalid frame or block header")
-    if state[last] == 1:
-        if final:
-            raise _Damage(last_pos, "truncated zstd frame at the end of the segment")
-        chain, consumed = chain[:-1], last_pos
-    elif last_end == length:
-        consumed = length
-    elif not final and length - last_end < 4:
-        consumed = last_end  # the next magic number is only partly read
-    else:
-        raise _Damage(last_end, "bytes after a zstd frame that do not start a zstd frame")
-    return _Frames(pos[chain], end[chain], size[chain], consumed)
+    def __len__(self) -> int:
+        return int(self.ids.size)
 
 
-def _chain_from(roots: np.ndarray, nxt: np.ndarray, sink: int) -> np.ndarray:
-    """All nodes reachable from ``roots`` by following ``nxt`` until ``sink``, sorted.
+@dataclass(frozen=True)
+class Columns:
+    """Decoded records of the selected streams, scaled, as the output columns hold them.
 
-    Pointer doubling: after step k every chain is known up to distance 2**(k+1) - 1, so the
-    cost is one gather over ``nxt`` per doubling of the longest chain. ``nxt`` must point
-    strictly forward, and chains from different roots must not meet.
+    Attributes:
+        stream_ids: Stream id of each record (``uint32``).
+        slots: Slot of each record's stream in the decoder's :class:`StreamTable` (``int32``).
+        epochs: ``float64(tick) * epoch_scale`` of each record (``float64``).
+        offsets: ``len(records) + 1`` list offsets into ``indices``/``values``, from 0 (``int32``).
+        indices: Flat indices of all records (``int64``).
+        values: Flat ``float64(q) * value_scale`` of all records (``float64``).
     """
-    jump = nxt
-    found = [roots[roots != sink]]
-    frontier = found[0]
-    while frontier.size:
-        reached = np.concatenate(found)
-        frontier = jump[reached]
-        frontier = frontier[frontier != sink]
-        if frontier.size:
-            found.append(frontier)
-            jump = jump[jump]
-    return np.sort(np.concatenate(found))
+
+    stream_ids: np.ndarray
+    slots: np.ndarray
+    epochs: np.ndarray
+    offsets: np.ndarray
+    indices: np.ndarray
+    values: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.stream_ids.size)
 
 
 # ----------------------------------------------------------------------------------------
-# Record splitting
+# Reading: frame walk and zstd (the reader thread)
 # ----------------------------------------------------------------------------------------
 
 
 @dataclass
-class _Split:
-    """Records found in a decompressed buffer."""
+class _Chunk:
+    """Decompressed frame contents, handed from the reader to the record decoder.
 
-    values: np.ndarray  # every varint's value
-    starts: np.ndarray  # byte offset of every varint
-    records: np.ndarray  # varint index of each record's first word
-    consumed: int  # bytes holding complete records
-    missing: int = 0  # at least this many more bytes are needed to finish the cut record
+    A chunk holds either whole frames, or one piece of a frame too large for a chunk (then
+    ``ends`` and ``frames`` have one entry, and the frame continues in the next chunk
+    unless ``last``).
+    """
+
+    name: str | Path
+    data: np.ndarray  # uint8
+    ends: np.ndarray  # int64: end in ``data`` of each unit (the content of a non-empty zstd frame)
+    frames: np.ndarray  # int64: offset in the file of each unit's frame
+    piece: bool = False
+    first: bool = True
+    last: bool = True
+    declared: int = -1  # pieces: the frame's content size from its header, -1 when unknown
+    doomed: bool = False  # damage follows in the same read: decode only to find earlier damage
+    names: tuple[tuple[int, str | Path], ...] = ()  # merged chunks: (first unit, file name) per file
+
+    def name_of(self, unit: int) -> str | Path:
+        """The name of the file unit ``unit`` comes from."""
+        for first, name in reversed(self.names):
+            if unit >= first:
+                return name
+        return self.name
 
 
-def _split_records(data: np.ndarray, unit_starts: np.ndarray, unit_ends: np.ndarray, final: bool) -> _Split:
-    """Find the records in ``data``, which is cut into units that each begin with a record.
+def _merged(chunks: list[_Chunk]) -> _Chunk:
+    """One chunk holding the units of several chunks of whole frames, in order.
 
-    Every unit holds whole records (a zstd frame does), except that when ``final`` is False
-    there is a single unit whose last record may continue in the next buffer.
+    Small chunks (the last frames of a segment file, and whole small files of a rotated run)
+    are decoded together: one kernel call and one output batch instead of one per file.
+    """
+    if len(chunks) == 1:
+        return chunks[0]
+    data = _pool_empty(sum(c.data.size for c in chunks), np.uint8)
+    ends, names, at, units = [], [], 0, 0
+    for c in chunks:
+        data[at : at + c.data.size] = c.data
+        ends.append(c.ends + at)
+        names.extend((units + first, name) for first, name in (c.names or ((0, c.name),)))
+        at += c.data.size
+        units += c.ends.size
+    return _Chunk(chunks[0].name, data, np.concatenate(ends), np.concatenate([c.frames for c in chunks]), names=tuple(names))
+
+
+class _ReadBuffers:
+    """The reader's compressed-data buffer and frame-walk arrays, reused from file to file."""
+
+    def __init__(self, capacity: int) -> None:
+        self.buf = np.empty(0, dtype=np.uint8)
+        self.slots = 0
+        self.grow(capacity)
+
+    def grow(self, capacity: int) -> None:
+        """Make room for ``capacity`` bytes (keeping the bytes held) and their frames."""
+        if capacity > self.buf.size:
+            bigger = np.empty(capacity, dtype=np.uint8)
+            bigger[: self.buf.size] = self.buf
+            self.buf = bigger
+        slots = capacity // kernel.MIN_FRAME_BYTES + 1
+        if slots > self.slots:
+            self.slots = slots
+            self.starts, self.ends, self.sizes = (np.empty(slots, dtype=np.int64) for _ in range(3))
+            self.kinds = np.empty(slots, dtype=np.uint8)
+
+
+_FRAME_DAMAGE = {
+    kernel.FRAME_INVALID: "corrupt zstd frame: invalid frame or block header",
+    kernel.FRAME_TRUNCATED: "truncated zstd frame at the end of the segment",
+}
+
+
+def _frame_damage(status: int, offset: int) -> str:
+    """The message for damage found by the frame walk at file offset ``offset``."""
+    if status == kernel.FRAME_BAD_MAGIC:
+        if offset == 0:
+            return "not a zstd frame (bad magic number)"
+        return "bytes after a zstd frame that do not start a zstd frame"
+    return _FRAME_DAMAGE[status]
+
+
+def _read_segment(
+    fh: _Readable, name: str | Path, chunk_bytes: int, dctx: zstandard.ZstdDecompressor, space: _ReadBuffers | None = None
+) -> Iterator[_Chunk]:
+    """Read, walk and decompress one segment into chunks of at most ``chunk_bytes``.
+
+    Everything before the first damage is yielded; then ``SegmentError`` is raised.
+
+    Args:
+        fh: The segment, opened for binary reading, at its start.
+        name: Name used in errors.
+        chunk_bytes: Compressed bytes read at a time, and decompressed bytes per chunk.
+        dctx: The reader thread's decompressor.
+        space: Buffers to reuse (the reader thread's, for all files of a run).
+
+    Yields:
+        Chunks, in file order.
 
     Raises:
-        _Damage: A varint or record is cut short, or a varint is too long.
+        SegmentError: Damage; names ``name`` and the offset of the damaged frame.
     """
-    length = int(unit_ends[-1]) if unit_ends.size else 0
-    view = data[:length]
-    if final:
-        closing = unit_ends[unit_ends > unit_starts] - 1
-        open_units = view[closing] >= 0x80
-        if open_units.any():
-            raise _Damage(int(closing[open_units.argmax()]), "record cut short (unfinished varint)")
-    values, starts, ends = decode_varints(data, length)
-    count = values.size
-    v_start = np.searchsorted(ends, unit_starts)
-    v_end = np.searchsorted(ends, unit_ends)
-    nonempty = v_start < v_end
-    roots, root_end = v_start[nonempty], v_end[nonempty]
+    capacity = chunk_bytes
+    space = space or _ReadBuffers(capacity)
+    filled, base, eof = 0, 0, False
+    while True:
+        buf = space.buf
+        while not eof and filled < capacity:
+            got = fh.readinto(buf.data[filled:capacity])
+            eof = not got
+            filled += got or 0
+        starts, ends, sizes, kinds = space.starts, space.ends, space.sizes, space.kinds
+        count, stop, status = kernel.scan_frames(buf, 0, filled, eof, starts, ends, sizes, kinds)
+        if count:
+            # When the walk found damage, the frames before it are still decoded, since the
+            # first damage in the file is the one to report, but none of their records is
+            # output: a damaged read buffer gives no records at all.
+            doomed = status != kernel.FRAME_OK
+            frames = (starts[:count], ends[:count], sizes[:count], kinds[:count])
+            yield from _decompress_frames(buf, *frames, base, name, chunk_bytes, dctx, doomed)
+        if status != kernel.FRAME_OK:
+            raise SegmentError(_frame_damage(status, base + stop), name, base + stop)
+        if eof:
+            return
+        if stop == 0:
+            skip = _skippable_size(buf, filled)
+            if skip is not None:
+                # A skippable frame larger than the buffer: drop it without holding it.
+                if not _discard(fh, buf, skip - filled):
+                    raise SegmentError(_frame_damage(kernel.FRAME_TRUNCATED, base), name, base)
+                base += skip
+                filled = 0
+                continue
+            # A zstd frame larger than the buffer: grow until it fits.
+            capacity *= 2
+            space.grow(capacity)
+        else:
+            buf[: filled - stop] = buf[stop:filled]
+            base += stop
+            filled -= stop
 
-    def following(at: np.ndarray) -> np.ndarray:
-        """Varint index after the record that starts at each of ``at``."""
-        n_pos = np.minimum(at + 2, max(count - 1, 0))
-        n = np.minimum(values[n_pos], count).astype(np.int64) if count else np.zeros(at.shape, np.int64)
-        return np.where(at + 2 < count, at + 3 + 2 * n, count + 1)
 
-    # Walk all chains a record at a time, vectorised over units: one step for the data
-    # logger's one-record frames, a few for small multi-record frames or huge records.
-    found, cuts = [], []
-    at, end = roots, root_end
-    for _ in range(_WALK_STEPS):
-        if not at.size:
-            break
-        after = following(at)
-        found.append(at)
-        cuts.append(after > end)
-        going = after < end
-        at, end = after[going], end[going]
-    if not at.size:
-        records = np.concatenate(found) if found else roots
-        cut = np.concatenate(cuts) if cuts else np.zeros(0, dtype=bool)
-        order = np.argsort(records, kind="stable")
-        records, cut = records[order], cut[order]
-    else:  # long chains (many records per frame): pointer doubling over every varint
-        unit_end = np.repeat(v_end, v_end - v_start)  # per varint: end of its unit
-        nxt = following(np.arange(count, dtype=np.int64))
-        jump = np.append(np.where(nxt < unit_end, nxt, count), count)
-        records = _chain_from(roots, jump, count)
-        cut = nxt[records] > unit_end[records]
-    consumed = length
-    missing = 0
-    if cut.any():
-        first_cut = int(cut.argmax())
-        if final:
-            raise _Damage(int(starts[records[first_cut]]), "record cut short")
-        consumed = int(starts[records[first_cut]])
-        missing = int(following(records[first_cut : first_cut + 1])[0]) - count  # a varint is a byte or more
-        records = records[:first_cut]
-    elif not final:
-        consumed = int(ends[-1]) + 1 if count else 0
-    return _Split(values, starts, records, consumed, max(missing, 1) if consumed < length else 0)
+def _skippable_size(buf: np.ndarray, filled: int) -> int | None:
+    """Size of the skippable frame at the start of ``buf`` (header included), if it is one."""
+    if filled < 8 or buf[0] & 0xF0 != 0x50 or bytes(buf[1:4]) != b"\x2a\x4d\x18":
+        return None
+    return 8 + int.from_bytes(bytes(buf[4:8]), "little")
+
+
+def _discard(fh: _Readable, buf: np.ndarray, count: int) -> bool:
+    """Read and drop ``count`` bytes; False when the data ends first."""
+    view = buf.data
+    while count > 0:
+        got = fh.readinto(view[: min(count, buf.size)])
+        if not got:
+            return False
+        count -= got
+    return True
+
+
+def _decompress_frames(
+    buf: np.ndarray,
+    starts: np.ndarray,
+    ends: np.ndarray,
+    sizes: np.ndarray,
+    kinds: np.ndarray,
+    base: int,
+    name: str | Path,
+    chunk_bytes: int,
+    dctx: zstandard.ZstdDecompressor,
+    doomed: bool,
+) -> Iterator[_Chunk]:
+    """Decompress complete frames: consecutive ones of known size together, up to a chunk
+    at a time; one larger than a chunk, or of unknown size, on its own in pieces."""
+    zstd = kinds == kernel.KIND_ZSTD
+    big = zstd & ((sizes < 0) | (sizes > min(chunk_bytes, SINGLE_PASS_BYTES)))
+    known = np.where(zstd & ~big, sizes, 0)
+    running = np.cumsum(known)
+    bigs = np.flatnonzero(big)
+    count = starts.size
+    first = 0
+    while first < count:
+        if big[first]:
+            yield from _frame_in_pieces(buf, int(starts[first]), int(ends[first]), int(sizes[first]), base, name, chunk_bytes, dctx, doomed)
+            first += 1
+            continue
+        before = running[first] - known[first]
+        stop = int(np.searchsorted(running, before + chunk_bytes, side="right"))
+        later = int(np.searchsorted(bigs, first))
+        stop = max(first + 1, min(stop, int(bigs[later]) if later < bigs.size else count))
+        group = (starts[first:stop], ends[first:stop], known[first:stop], kinds[first:stop])
+        yield from _decompress_group(buf, *group, base, name, dctx, doomed)
+        first = stop
+
+
+def _decompress_group(
+    buf: np.ndarray,
+    starts: np.ndarray,
+    ends: np.ndarray,
+    sizes: np.ndarray,
+    kinds: np.ndarray,
+    base: int,
+    name: str | Path,
+    dctx: zstandard.ZstdDecompressor,
+    doomed: bool,
+) -> Iterator[_Chunk]:
+    """Decompress frames of known size (at most ``SINGLE_PASS_BYTES`` each) together.
+
+    zstd's ``multi_decompress_to_buffer`` decompresses them one after the other into one
+    buffer without taking the GIL between frames; a streaming reader takes it at every frame
+    end, and with the data logger's one frame per record the reader threads of runs decoded
+    in parallel would queue for it. Its output is checked to be one buffer and wrapped, not
+    copied. Groups holding an empty zstd frame are streamed instead (given only empty frames,
+    that call frees memory twice). Any failure is worked out frame by frame.
+    """
+    total = int(sizes.sum())
+    zstd = kinds == kernel.KIND_ZSTD
+    if not zstd.any():
+        return  # skippable frames only
+    if (sizes[zstd] == 0).any():
+        out = _stream_group(buf, int(starts[0]), int(ends[-1]), total, dctx)
+    else:
+        spans = np.empty((int(zstd.sum()), 2), dtype=np.uint64)
+        spans[:, 0] = starts[zstd]
+        spans[:, 1] = (ends - starts)[zstd]
+        try:
+            frames = zstandard.BufferWithSegments(buf, spans.tobytes())
+            decompressed = dctx.multi_decompress_to_buffer(frames, decompressed_sizes=sizes[zstd].astype(np.uint64).tobytes(), threads=1)
+            out = _contiguous(decompressed, total)
+        except zstandard.ZstdError:
+            out = None
+    if out is None:
+        yield from _group_damage(buf, starts, ends, sizes, kinds, base, name, dctx)
+        return
+    units = sizes > 0
+    if units.any():  # empty and skippable frames hold no records
+        yield _Chunk(name, out, np.cumsum(sizes)[units], starts[units] + base, doomed=doomed)
+
+
+def _stream_group(buf: np.ndarray, lo: int, hi: int, total: int, dctx: zstandard.ZstdDecompressor) -> np.ndarray | None:
+    """``buf[lo:hi]`` decompressed by streaming across frames; None unless exactly ``total`` bytes."""
+    out = _pool_empty(total, np.uint8)
+    try:
+        reader = dctx.stream_reader(buf.data[lo:hi], read_across_frames=True)
+        got = 0
+        while got < total:
+            n = reader.readinto(out.data[got:])
+            if not n:
+                break
+            got += n
+        if got == total and not reader.read(1):  # reading on checks the frames after the last byte too
+            return out
+    except zstandard.ZstdError:
+        pass
+    return None
+
+
+class _Decompressed:
+    """Keeps zstd's output buffer alive under the NumPy array that views it."""
+
+    def __init__(self, owner: object, address: int, size: int) -> None:
+        self.owner = owner
+        self.__array_interface__ = {"data": (address, False), "shape": (size,), "typestr": "|u1", "version": 3}
+
+
+def _contiguous(out: zstandard.BufferWithSegmentsCollection, total: int) -> np.ndarray:
+    """``multi_decompress_to_buffer``'s output as one ``uint8`` array of ``total`` bytes.
+
+    With one thread and every size given, zstandard writes all frames into one buffer, back
+    to back; that is checked here (first and last segment), and the buffer then wrapped as
+    it is. Otherwise the segments are copied together.
+    """
+    segments = len(out)
+    first = np.frombuffer(out[0], dtype=np.uint8)
+    last = np.frombuffer(out[segments - 1], dtype=np.uint8)
+    address = first.__array_interface__["data"][0]
+    if out.size() == total and last.__array_interface__["data"][0] + last.size == address + total:
+        return np.asarray(_Decompressed(out, address, total))
+    data = _pool_empty(total, np.uint8)
+    at = 0
+    for i in range(segments):
+        piece = np.frombuffer(out[i], dtype=np.uint8)
+        data[at : at + piece.size] = piece
+        at += piece.size
+    if at != total:
+        raise zstandard.ZstdError(f"decompressed {at} bytes, the frame headers say {total}")
+    return data
+
+
+def _group_damage(
+    buf: np.ndarray,
+    starts: np.ndarray,
+    ends: np.ndarray,
+    sizes: np.ndarray,
+    kinds: np.ndarray,
+    base: int,
+    name: str | Path,
+    dctx: zstandard.ZstdDecompressor,
+) -> Iterator[_Chunk]:
+    """Find the first corrupt frame of a group that failed (slow path, errors only).
+
+    Yields the content of the intact frames before it, to be checked for earlier damage
+    but not output, then raises its ``SegmentError``.
+    """
+    contents: list[bytes] = []
+    offsets: list[int] = []
+    for i in range(starts.size):
+        if kinds[i] == kernel.KIND_SKIPPABLE:
+            continue
+        lo, hi = int(starts[i]), int(ends[i])
+        content, problem = _decompress_one(buf.data[lo:hi], int(sizes[i]), dctx)
+        if problem:
+            if any(contents):
+                sizes_ok = np.array([len(c) for c in contents], dtype=np.int64)
+                units = sizes_ok > 0
+                data = np.frombuffer(b"".join(contents), dtype=np.uint8).copy()
+                yield _Chunk(name, data, np.cumsum(sizes_ok)[units], np.array(offsets, dtype=np.int64)[units] + base, doomed=True)
+            raise SegmentError(problem, name, base + lo)
+        contents.append(content)
+        offsets.append(lo)
+    raise SegmentError("corrupt zstd data", name, base + int(starts[0]))
+
+
+def _decompress_one(frame: memoryview, expected: int, dctx: zstandard.ZstdDecompressor) -> tuple[bytes, str]:
+    """Decompress one frame on its own; ``(content, "")`` or ``(b"", what is wrong)``.
+
+    A streaming decompressor decodes every block; the one-shot API trusts a header that
+    says "0 bytes" and would not look at the blocks at all.
+    """
+    decoder = dctx.decompressobj()
+    try:
+        content = decoder.decompress(frame)
+    except zstandard.ZstdError as exc:
+        return b"", f"corrupt zstd frame: {exc}"
+    if not decoder.eof:
+        return b"", "corrupt zstd frame: it ends before its last block"
+    if expected >= 0 and len(content) != expected:
+        return b"", f"corrupt zstd frame: {len(content)} bytes decompressed, header says {expected}"
+    return content, ""
+
+
+def _frame_in_pieces(
+    buf: np.ndarray,
+    lo: int,
+    hi: int,
+    declared: int,
+    base: int,
+    name: str | Path,
+    chunk_bytes: int,
+    dctx: zstandard.ZstdDecompressor,
+    doomed: bool,
+) -> Iterator[_Chunk]:
+    """Decompress one frame on its own, handed on in pieces of at most ``chunk_bytes``.
+
+    A frame of at most ``SINGLE_PASS_BYTES`` is decompressed at once, a larger one (or one
+    of unknown size) streamed at most that many bytes at a time (see ``SINGLE_PASS_BYTES``).
+    """
+    frame = np.array([base + lo], dtype=np.int64)
+    step = declared if 0 <= declared <= SINGLE_PASS_BYTES else min(chunk_bytes, SINGLE_PASS_BYTES)
+    produced = 0
+    first = True
+    try:
+        reader = dctx.stream_reader(buf.data[lo:hi], read_across_frames=False)
+        whole = _pool_empty(declared, np.uint8) if step == declared else None
+        if whole is not None:
+            got = 0
+            while got < declared:
+                n = reader.readinto(whole.data[got:])
+                if not n:
+                    break
+                got += n
+            if got != declared or reader.read(1):
+                raise SegmentError(f"corrupt zstd frame: header says {declared} bytes, it decompresses to another size", name, base + lo)
+        while True:
+            if whole is not None:
+                piece = whole[produced : produced + chunk_bytes]
+                got = piece.size
+            else:
+                piece = _pool_empty(chunk_bytes, np.uint8)
+                got = 0
+                while got < chunk_bytes:
+                    n = reader.readinto(piece.data[got : got + step])
+                    if not n:
+                        break
+                    got += n
+            produced += got
+            last = produced == declared if whole is not None else got < chunk_bytes
+            if last and declared >= 0 and produced != declared:
+                raise SegmentError(f"corrupt zstd frame: {produced} bytes decompressed, header says {declared}", name, base + lo)
+            yield _Chunk(name, piece[:got], np.array([got], dtype=np.int64), frame, True, first, last, declared, doomed)
+            if last:
+                return
+            first = False
+    except zstandard.ZstdError as exc:
+        raise SegmentError(f"corrupt zstd frame: {exc}", name, base + lo) from None
+
+
+# ----------------------------------------------------------------------------------------
+# The reader thread
+# ----------------------------------------------------------------------------------------
+
+
+class _Failure:
+    """An exception raised in the reader thread, delivered in order through the queue."""
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
+_END = object()
+
+
+def _prefetched(produce: Callable[[], Iterator[T]], depth: int) -> Iterator[T]:
+    """Run ``produce()`` in a thread, ``depth`` items ahead of the consumer.
+
+    Items (and finally the producer's exception, if any) arrive in order. Closing this
+    generator (or an exception in the consumer) stops the thread and waits for it, so no
+    thread outlives its decode.
+    """
+    handoff: queue.Queue[object] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item: object) -> bool:
+        while not stop.is_set():
+            try:
+                handoff.put(item, timeout=0.05)  # wakes to notice ``stop`` when the consumer is gone
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def run() -> None:
+        try:
+            for item in produce():
+                if not put(item):
+                    return
+        except BaseException as exc:  # noqa: BLE001 - every failure is handed to the consumer
+            put(_Failure(exc))
+            return
+        put(_END)
+
+    thread = threading.Thread(target=run, name="herocollector-reader", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = handoff.get()
+            if item is _END:
+                return
+            if isinstance(item, _Failure):
+                raise item.exc
+            yield item  # type: ignore[misc]
+    finally:
+        stop.set()
+        while thread.is_alive():
+            try:
+                handoff.get(timeout=0.05)  # unblock a producer waiting on a full queue
+            except queue.Empty:
+                pass
+        thread.join()
+
+
+# ----------------------------------------------------------------------------------------
+# Decoding records (the calling thread)
+# ----------------------------------------------------------------------------------------
+
+
+class _OpenFrame:
+    """The content of a frame decoded in pieces that is not complete yet."""
+
+    def __init__(self, name: str | Path, frame: int, declared: int) -> None:
+        self.name = name
+        self.frame = frame
+        self.declared = declared
+        self.buf = np.empty(0, dtype=np.uint8)
+        self.length = 0
+        self.seen = 0  # bytes of the frame's content before buf[0]
+        self.need = 0  # the record at buf[0] is at least this long
+        self.tried = 0  # bytes held when the kernel last stopped for more
+
+    def append(self, data: np.ndarray) -> None:
+        size = self.length + data.size
+        if size > self.buf.size:
+            bigger = np.empty(max(size, 2 * self.buf.size), dtype=np.uint8)
+            bigger[: self.length] = self.buf[: self.length]
+            self.buf = bigger
+        self.buf[self.length : size] = data
+        self.length = size
+
+    def consume(self, count: int) -> None:
+        rest = self.length - count
+        self.buf[:rest] = self.buf[count : self.length]
+        self.length = rest
+        self.seen += count
+
+
+class _RecordDecoder:
+    """Runs the record kernel over chunks; turns its stops into errors or output."""
+
+    def __init__(self, streams: StreamTable, ticks: np.ndarray, scaled: bool) -> None:
+        self.streams = streams
+        self.ticks = ticks
+        self.scaled = scaled
+        self.open: _OpenFrame | None = None
+        self.density = (1 / 64, 1 / 8)  # output records and elements per input byte, so far
+
+    def decode(self, chunks: Iterator[_Chunk]) -> Iterator[Records | Columns]:
+        for chunk in chunks:
+            if chunk.piece:
+                yield from self._piece(chunk, chunks)
+            else:
+                yield from self._whole_frames(chunk)
+
+    def _whole_frames(self, chunk: _Chunk) -> Iterator[Records | Columns]:
+        pos, unit = 0, 0
+        if not chunk.ends.size:
+            return
+        done: list[Records | Columns] = []
+        while True:
+            status, pos, unit, out, detail = self._kernel(chunk.data, pos, chunk.ends, unit, False)
+            if out is not None:
+                done.append(out)
+            if status == kernel.OUT_FULL:
+                continue
+            if status == kernel.OK:
+                # Output only once the whole chunk decoded: records before damage in the
+                # same chunk are not output (nor those of a doomed chunk).
+                if not chunk.doomed:
+                    yield from done
+                return
+            unit_start = int(chunk.ends[unit - 1]) if unit else 0
+            frame = int(chunk.frames[unit])
+            if status == kernel.UNKNOWN_STREAM:
+                run, bad = kernel.varint_damage(chunk.data, pos, int(chunk.ends[unit]), 0)
+                if bad or run:
+                    status = kernel.VARINT_TOO_LONG if bad else kernel.CUT_SHORT
+            raise _error(status, chunk.name_of(unit), frame, pos - unit_start, detail)
+
+    def _piece(self, chunk: _Chunk, chunks: Iterator[_Chunk]) -> Iterator[Records | Columns]:
+        if chunk.first:
+            self.open = _OpenFrame(chunk.name, int(chunk.frames[0]), chunk.declared)
+        frame = self.open
+        if frame is None:
+            raise RuntimeError("herocollector: a frame piece arrived without its first piece")
+        frame.append(chunk.data)
+        if not chunk.last and frame.length < max(frame.need, 2 * frame.tried):
+            return  # the cut record cannot be complete yet: do not decode it again
+        pos = 0
+        ends = np.array([frame.length], dtype=np.int64)
+        while True:
+            status, pos, _, out, detail = self._kernel(frame.buf, pos, ends, 0, not chunk.last)
+            if out is not None and not chunk.doomed and status in (kernel.OK, kernel.OUT_FULL, kernel.NEED_MORE):
+                yield out
+            if status != kernel.OUT_FULL:
+                break
+        if chunk.last:
+            self.open = None
+        if status == kernel.OK:
+            frame.consume(pos)
+            frame.need = frame.tried = 0
+            return
+        if status == kernel.NEED_MORE:
+            frame.consume(pos)
+            frame.need, frame.tried = detail, frame.length
+            if frame.declared >= 0 and frame.seen + frame.need > frame.declared:
+                raise SegmentError("record cut short: it needs more bytes than its frame holds", frame.name, frame.frame)
+            return
+        if status == kernel.UNKNOWN_STREAM:
+            # The reference reports a varint error anywhere in the frame before an unknown
+            # stream: read (and so also zstd-check) the rest of the frame first.
+            run, bad = kernel.varint_damage(frame.buf, pos, frame.length, 0)
+            last = chunk.last
+            while not bad and not last:
+                more = next(chunks, None)
+                if more is None or not more.piece or more.first:
+                    raise RuntimeError("herocollector: a frame's pieces ended early")
+                run, bad = kernel.varint_damage(more.data, 0, more.data.size, run)
+                last = more.last
+            self.open = None
+            if bad or run:
+                status = kernel.VARINT_TOO_LONG if bad else kernel.CUT_SHORT
+        raise _error(status, frame.name, frame.frame, frame.seen + pos, detail)
+
+    def _kernel(
+        self, data: np.ndarray, pos: int, ends: np.ndarray, unit: int, open_last: bool
+    ) -> tuple[int, int, int, Records | Columns | None, int]:
+        """One kernel call into freshly allocated output columns.
+
+        The columns are sized from the records and elements per byte seen so far, with a
+        margin; when they fill up the kernel stops at a record boundary (``OUT_FULL``) and
+        the caller goes on with new ones. A record takes at least three bytes and an element
+        two, which bounds what any data can need (used when one record needs more).
+        """
+        left = int(ends[-1]) - pos
+        bound = (left // 3 + 1, left // 2 + 1)
+        wanted = (int(left * self.density[0]) + 64, int(left * self.density[1]) + 256)
+        records, values = min(bound[0], wanted[0]), min(bound[1], wanted[1])
+        while True:
+            sid = _pool_empty(records, np.uint32)
+            slot = _pool_empty(records, np.int32)
+            epoch = _pool_empty(records, np.float64)
+            offsets = _pool_empty(records + 1, np.int32)
+            idx = _pool_empty(values, np.int64)
+            val = _pool_empty(values, np.float64)
+            s = self.streams
+            status, stop, unit, nrec, nval, detail = kernel.decode_records(
+                data, pos, ends, unit, open_last, s.table, s.big_ids, s.big_slots, s.selected,
+                s.epoch_scales, s.value_scales, self.ticks, self.scaled, _MAX_LIST_VALUES,
+                sid, slot, epoch, epoch.view(np.int64), offsets, idx, val, val.view(np.int64),
+            )  # fmt: skip
+            if status != kernel.BAD_CAPACITY:
+                break
+            if (records, values) == bound:
+                raise RuntimeError("herocollector: decoder output arrays too small (a bug)")
+            records, values = bound  # one record needs more than the estimate: make room for anything
+        done = int(stop) - pos
+        if done > 0 and status in (kernel.OK, kernel.OUT_FULL, kernel.NEED_MORE):
+            # 1.25 times the densest chunk so far: rarely too small, never much too large.
+            self.density = (max(self.density[0], 1.25 * nrec / done), max(self.density[1], 1.25 * nval / done))
+        out: Records | Columns | None = None
+        if nrec:
+            if self.scaled:
+                out = Columns(sid[:nrec], slot[:nrec], epoch[:nrec], offsets[: nrec + 1], idx[:nval], val[:nval])
+            else:
+                out = Records(sid[:nrec], epoch.view(np.int64)[:nrec], offsets[: nrec + 1].astype(np.int64), idx[:nval], val.view(np.int64)[:nval])
+        return int(status), int(stop), int(unit), out, int(detail)
+
+
+def _error(status: int, name: str | Path, frame: int, within: int, detail: int) -> SegmentError:
+    """The error for a kernel stop in the frame at file offset ``frame``."""
+    if status == kernel.UNKNOWN_STREAM:
+        return UnknownStreamError(name, frame, detail)
+    where = f"at byte {within} of the frame's decompressed data"
+    if status == kernel.CUT_SHORT:
+        return SegmentError(f"record cut short {where}", name, frame)
+    if status == kernel.VARINT_TOO_LONG:
+        return SegmentError(f"varint longer than 10 bytes {where}", name, frame)
+    if status == kernel.TOO_MANY_VALUES:
+        return SegmentError(f"record with more than {_MAX_LIST_VALUES} elements (an Arrow list's limit) {where}", name, frame)
+    raise RuntimeError(f"herocollector: unexpected decoder status {status}")
 
 
 # ----------------------------------------------------------------------------------------
@@ -660,18 +1143,79 @@ def _split_records(data: np.ndarray, unit_starts: np.ndarray, unit_ends: np.ndar
 # ----------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class _Source:
+    """A segment to decode: a path, or an open file object and its name."""
+
+    name: str | Path
+    fh: BinaryIO | None = None
+
+    def open(self) -> io.BufferedReader | _NotClosing:
+        """The segment, opened for reading (a caller's file object is not closed after)."""
+        if self.fh is not None:
+            return _NotClosing(self.fh)
+        return open(self.name, "rb")
+
+
+class _Counting(io.RawIOBase):
+    """A segment file, opened on first read and closed at its end, that reports bytes read."""
+
+    def __init__(self, path: str | Path, on_bytes: Callable[[int], None]) -> None:
+        self._path = path
+        self._on_bytes = on_bytes
+        self._fh: BinaryIO | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        if self._fh is None:
+            self._fh = open(self._path, "rb", buffering=0)  # noqa: SIM115 - closed when the file ends
+        got = self._fh.readinto(buffer) or 0
+        if got:
+            self._on_bytes(got)
+        else:
+            self._fh.close()
+        return got
+
+    def close(self) -> None:
+        if self._fh is not None and not self._fh.closed:
+            self._fh.close()
+        super().close()
+
+
+class _NotClosing(io.RawIOBase):
+    """A caller's file object, read through without being closed when decoding ends."""
+
+    def __init__(self, fh: BinaryIO | _Readable) -> None:
+        self._fh: _Readable = fh  # type: ignore[assignment]
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        return self._fh.readinto(buffer) or 0
+
+
 class SegmentDecoder:
-    """Decodes the segments of one logger run into :class:`Records` chunks.
+    """Decodes the segments of one logger run.
 
     Feed it the run's segment files in name order: the per-stream epoch tick carries from
-    one file to the next (SPEC §2.1).
+    one file to the next (SPEC §2.1). One decoder serves one run in one thread at a time;
+    decoders of different runs share nothing and can run in parallel threads.
 
     Args:
         stream_ids: Every stream id the run's ``streams/`` declares; any other id in a
             segment is an error.
         selected: The stream ids to return; None for all. Records of other streams are
             validated but not extracted.
-        chunk_bytes: Decompressed bytes per step: bounds memory and the size of each chunk.
+        chunk_bytes: Decompressed bytes per step: bounds memory and the size of each chunk
+            (raised to 4 KiB, lowered to 1 GiB).
+        epoch_scales: Seconds per tick of each selected stream (in the order of
+            ``selected``, or of ``stream_ids`` when None), for :meth:`columns`.
+        value_scales: Value per quantum, aligned like ``epoch_scales``.
+        threads: Decompress in a reader thread, ahead of the decoding (False: in the
+            calling thread, one chunk at a time).
     """
 
     def __init__(
@@ -679,13 +1223,16 @@ class SegmentDecoder:
         stream_ids: Iterable[int],
         selected: Iterable[int] | None = None,
         chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+        *,
+        epoch_scales: Sequence[float] | np.ndarray | None = None,
+        value_scales: Sequence[float] | np.ndarray | None = None,
+        threads: bool = True,
     ) -> None:
-        self._known = np.unique(np.asarray(list(stream_ids), dtype=np.uint64))
-        chosen = self._known if selected is None else np.asarray(list(selected), dtype=np.uint64)
-        self._selected = np.isin(self._known, chosen)
-        self._chunk_bytes = max(int(chunk_bytes), 1 << 12)
-        self._dctx = zstandard.ZstdDecompressor()
-        self.ticks = TickState()
+        self.streams = StreamTable(stream_ids, selected, epoch_scales, value_scales)
+        self._chunk_bytes = min(max(int(chunk_bytes), MIN_CHUNK_BYTES), MAX_CHUNK_BYTES)
+        self._threads = threads
+        self.ticks = np.zeros(len(self.streams), dtype=np.int64)
+        """Last epoch tick of each stream slot, carried across segment files."""
 
     def decode_file(self, path: str | Path) -> Iterator[Records]:
         """Decode one segment file.
@@ -699,8 +1246,21 @@ class SegmentDecoder:
         Raises:
             SegmentError: The file is damaged; names the file and the byte offset.
         """
-        with open(path, "rb") as fh:
-            yield from self.decode_stream(fh, path)
+        return self._decode([_Source(path)], scaled=False)  # type: ignore[return-value]
+
+    def decode_files(self, paths: Iterable[str | Path]) -> Iterator[Records]:
+        """Decode segment files in order, reading ahead across file boundaries.
+
+        Args:
+            paths: The run's ``.seg.zst`` files, in name order.
+
+        Yields:
+            Records of the selected streams, in chunks.
+
+        Raises:
+            SegmentError: A file is damaged; names it and the byte offset.
+        """
+        return self._decode([_Source(p) for p in paths], scaled=False)  # type: ignore[return-value]
 
     def decode_bytes(self, data: bytes, name: str | Path = "<bytes>") -> Records:
         """Decode a whole segment held in memory into one set of columns.
@@ -718,7 +1278,7 @@ class SegmentDecoder:
         """Decode a segment from a binary file object.
 
         Args:
-            fh: Open binary file positioned at the start of the segment.
+            fh: Open binary file positioned at the start of the segment (not closed here).
             name: Name used in error messages.
 
         Yields:
@@ -727,188 +1287,77 @@ class SegmentDecoder:
         Raises:
             SegmentError: The data is damaged; names ``name`` and the byte offset.
         """
-        capacity = self._chunk_bytes
-        buf = np.zeros(capacity + _PAD, dtype=np.uint8)
-        filled, base, eof = 0, 0, False
-        while True:
-            while not eof and filled < capacity:
-                got = fh.readinto(memoryview(buf)[filled:capacity])
-                eof = not got
-                filled += got or 0
-            buf[filled : filled + _PAD] = 0
+        threads = None
+        if isinstance(fh, io.BytesIO):
+            with fh.getbuffer() as view:
+                # A reader thread pays off only when there is more than one chunk to overlap.
+                threads = view.nbytes - fh.tell() > self._chunk_bytes
+        return self._decode([_Source(name, fh)], scaled=False, threads=threads)  # type: ignore[return-value]
+
+    def columns(
+        self, paths: Iterable[str | Path], on_bytes: Callable[[int], None] | None = None
+    ) -> Iterator[Columns]:
+        """Decode segment files into scaled output columns (what the Collector writes).
+
+        Args:
+            paths: The run's ``.seg.zst`` files, in name order.
+            on_bytes: Called with the number of segment bytes read since its last call (on
+                the reader thread): progress within a segment.
+
+        Yields:
+            Columns of the selected streams, in chunks.
+
+        Raises:
+            SegmentError: A file is damaged; names it and the byte offset.
+        """
+        if on_bytes is None:
+            sources = [_Source(p) for p in paths]
+        else:
+            sources = [_Source(p, _Counting(p, on_bytes)) for p in paths]
+        return self._decode(sources, scaled=True)  # type: ignore[return-value]
+
+    def _decode(self, sources: list[_Source], scaled: bool, threads: bool | None = None) -> Iterator[Records | Columns]:
+        chunk_bytes = self._chunk_bytes
+
+        def read() -> Iterator[_Chunk]:
+            dctx = zstandard.ZstdDecompressor()
+            space = _ReadBuffers(chunk_bytes)
+            for source in sources:
+                with source.open() as fh:
+                    yield from _read_segment(fh, source.name, chunk_bytes, dctx, space)
+
+        def produce() -> Iterator[_Chunk]:
+            # Chunks of whole frames smaller than half a chunk (a file's last frames, or the
+            # small files of a rotated run) go together, in order, up to chunk_bytes; damage
+            # still comes in order, after everything before it.
+            pending: list[_Chunk] = []
+            held = 0
             try:
-                frames = _scan_frames(buf, filled, final=eof)
-            except _Damage as damage:
-                raise SegmentError(damage.message, name, base + damage.offset) from None
-            yield from self._decode_frames(buf, frames, base, name)
-            if eof and frames.consumed == filled:
-                return
-            rest = filled - frames.consumed
-            if frames.consumed == 0:
-                # A frame larger than the buffer: grow until it fits.
-                capacity *= 2
-                bigger = np.zeros(capacity + _PAD, dtype=np.uint8)
-                bigger[:filled] = buf[:filled]
-                buf = bigger
-            else:
-                buf[:rest] = buf[frames.consumed : filled]
-            base += frames.consumed
-            filled = rest
+                for chunk in read():
+                    if chunk.piece or chunk.doomed or held + chunk.data.size > chunk_bytes:
+                        if pending:
+                            yield _merged(pending)
+                        pending, held = [], 0
+                    if chunk.piece or chunk.doomed:
+                        yield chunk
+                        continue
+                    pending.append(chunk)
+                    held += chunk.data.size
+                    if held >= chunk_bytes // 2:  # big enough: do not keep the decoder waiting
+                        yield _merged(pending)
+                        pending, held = [], 0
+            except GeneratorExit:
+                raise
+            except BaseException:
+                if pending:
+                    yield _merged(pending)
+                raise
+            if pending:
+                yield _merged(pending)
 
-    def _decode_frames(self, buf: np.ndarray, frames: _Frames, base: int, name: str | Path) -> Iterator[Records]:
-        """Decode complete frames, grouped so each group decompresses to at most a chunk."""
-        sizes = frames.content_sizes
-        big = (sizes < 0) | (sizes > self._chunk_bytes)
-        start = 0
-        count = sizes.size
-        running = np.cumsum(np.where(big, 0, sizes))
-        while start < count:
-            if big[start]:
-                yield from self._decode_large_frame(buf, frames, start, base, name)
-                start += 1
-                continue
-            already = running[start] - sizes[start]
-            stop = int(np.searchsorted(running, already + self._chunk_bytes, side="right"))
-            next_big = start + int(np.argmax(big[start:])) if big[start:].any() else count
-            stop = max(start + 1, min(stop, next_big))
-            yield from self._decode_group(buf, frames, start, stop, base, name)
-            start = stop
-
-    def _decode_group(
-        self, buf: np.ndarray, frames: _Frames, first: int, stop: int, base: int, name: str | Path
-    ) -> Iterator[Records]:
-        """Decompress frames ``first..stop-1`` (sizes known) in one call and decode them."""
-        sizes = frames.content_sizes[first:stop]
-        total = int(sizes.sum())
-        lo, hi = int(frames.starts[first]), int(frames.ends[stop - 1])
-        out = np.empty(total + _PAD, dtype=np.uint8)
+        threaded = self._threads if threads is None else threads and self._threads
+        chunks = _prefetched(produce, PIPELINE_DEPTH) if threaded else produce()
         try:
-            reader = self._dctx.stream_reader(memoryview(buf)[lo:hi], read_across_frames=True)
-            got = 0
-            while got < total:
-                n = reader.readinto(memoryview(out)[got:total])
-                if not n:
-                    break
-                got += n
-            if got != total or reader.read(1):
-                raise zstandard.ZstdError("decompressed size differs from the frame headers")
-        except zstandard.ZstdError:
-            self._raise_frame_error(buf, frames, first, stop, base, name)
-        unit_ends = np.cumsum(sizes)
-        unit_starts = unit_ends - sizes
-        frame_offsets = frames.starts[first:stop] + base
-        yield from self._records(out, unit_starts, unit_ends, True, frame_offsets, name)
-
-    def _decode_large_frame(
-        self, buf: np.ndarray, frames: _Frames, index: int, base: int, name: str | Path
-    ) -> Iterator[Records]:
-        """Stream-decode one frame that is larger than a chunk (or of unknown size)."""
-        lo, hi = int(frames.starts[index]), int(frames.ends[index])
-        offsets = np.array([base + lo])
-        declared = int(frames.content_sizes[index])  # -1: the header does not say
-        carry = np.zeros(0, dtype=np.uint8)
-        produced, wanted = 0, self._chunk_bytes
-        try:
-            reader = self._dctx.stream_reader(memoryview(buf)[lo:hi], read_across_frames=False)
-            while True:
-                # A record longer than a chunk: read until it can be complete instead of
-                # splitting the growing carry again for every chunk (quadratic).
-                piece = reader.read(max(wanted, self._chunk_bytes))
-                if not piece:
-                    break
-                produced += len(piece)
-                data = np.empty(carry.size + len(piece) + _PAD, dtype=np.uint8)
-                data[: carry.size] = carry
-                data[carry.size : carry.size + len(piece)] = np.frombuffer(piece, dtype=np.uint8)
-                size = carry.size + len(piece)
-                bounds = (np.zeros(1, np.int64), np.array([size], np.int64))
-                split = yield from self._records(data, *bounds, False, offsets, name)
-                carry = data[split.consumed : size].copy()
-                if declared >= 0 and split.missing > declared - produced:
-                    raise SegmentError(
-                        "record cut short: it needs more bytes than its frame holds", name, base + lo
-                    )
-                wanted = max(split.missing, carry.size)
-        except zstandard.ZstdError as exc:
-            raise SegmentError(f"corrupt zstd frame: {exc}", name, base + lo) from None
-        if carry.size:
-            data = np.concatenate([carry, np.zeros(_PAD, np.uint8)])
-            bounds = (np.zeros(1, np.int64), np.array([carry.size], np.int64))
-            yield from self._records(data, *bounds, True, offsets, name)
-
-    def _raise_frame_error(
-        self, buf: np.ndarray, frames: _Frames, first: int, stop: int, base: int, name: str | Path
-    ) -> None:
-        """Find which frame of a failed group is corrupt (slow path, errors only)."""
-        for i in range(first, stop):
-            lo, hi = int(frames.starts[i]), int(frames.ends[i])
-            if buf[lo + 1] == 0x2A:  # a skippable frame (magic 0x184D2A5?): nothing to decompress
-                continue
-            expected = int(frames.content_sizes[i])
-            # A streaming decompressor decodes every block; the one-shot API trusts a header
-            # that says "0 bytes" and would not look at the blocks at all.
-            decoder = self._dctx.decompressobj()
-            try:
-                out = decoder.decompress(buf[lo:hi].tobytes())
-            except zstandard.ZstdError as exc:
-                raise SegmentError(f"corrupt zstd frame: {exc}", name, base + lo) from None
-            if not decoder.eof:
-                raise SegmentError("corrupt zstd frame: it ends before its last block", name, base + lo)
-            if len(out) != expected:
-                raise SegmentError(
-                    f"corrupt zstd frame: {len(out)} bytes decompressed, header says {expected}", name, base + lo
-                )
-        raise SegmentError("corrupt zstd data", name, base + int(frames.starts[first]))
-
-    def _records(
-        self,
-        data: np.ndarray,
-        unit_starts: np.ndarray,
-        unit_ends: np.ndarray,
-        final: bool,
-        frame_offsets: np.ndarray,
-        name: str | Path,
-    ) -> Iterator[Records]:
-        """Split, validate and extract the selected records of decompressed units."""
-        try:
-            split = _split_records(data, unit_starts, unit_ends, final)
-            records = self._extract(split)
-        except _Damage as damage:
-            unit = max(int(np.searchsorted(unit_ends, damage.offset, side="right")), 0)
-            unit = min(unit, unit_starts.size - 1)
-            frame = int(frame_offsets[min(unit, frame_offsets.size - 1)])
-            within = damage.offset - int(unit_starts[unit])
-            if damage.stream_id is not None:
-                raise UnknownStreamError(name, frame, damage.stream_id) from None
-            raise SegmentError(f"{damage.message} at byte {within} of the frame's decompressed data", name, frame) from None
-        if len(records):
-            yield records
-        return split
-
-    def _extract(self, split: _Split) -> Records:
-        """Columns of the selected records, with absolute ticks."""
-        v, rec = split.values, split.records
-        sid = v[rec]
-        slot = np.searchsorted(self._known, sid)
-        slot_clipped = np.minimum(slot, max(self._known.size - 1, 0))
-        known = (slot < self._known.size) & (self._known[slot_clipped] == sid) if self._known.size else slot < 0
-        if not known.all():
-            bad = int(np.argmin(known))
-            raise _Damage(int(split.starts[rec[bad]]), "unknown stream id", stream_id=int(sid[bad]))
-        chosen = self._selected[slot_clipped]
-        rec, sid = rec[chosen], sid[chosen].astype(np.uint32)
-        n = v[rec + 2].astype(np.int64)
-        offsets = np.zeros(rec.size + 1, dtype=np.int64)
-        np.cumsum(n, out=offsets[1:])
-        total = int(offsets[-1])
-        idx_pos = np.repeat(rec + 3 - offsets[:-1], n) + np.arange(total)
-        raw = v[idx_pos]
-        steps = raw + _U64(1)
-        nonempty = n > 0
-        firsts = offsets[:-1][nonempty]
-        steps[firsts] = raw[firsts]
-        running = np.cumsum(steps, dtype=np.uint64)
-        indices = (running - np.repeat(running[firsts] - steps[firsts], n[nonempty])).view(np.int64)
-        quantised = zigzag_decode(v[idx_pos + np.repeat(n, n)])
-        ticks = self.ticks.accumulate(sid, zigzag_decode(v[rec + 1]))
-        return Records(sid, ticks, offsets, indices, quantised)
+            yield from _RecordDecoder(self.streams, self.ticks, scaled).decode(chunks)
+        finally:
+            chunks.close()  # type: ignore[attr-defined]

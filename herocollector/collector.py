@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 
 from .catalogue import RuleLike, Stream, load_streams, select_streams
-from .codec import DEFAULT_CHUNK_BYTES, Records, SegmentDecoder
+from .codec import DEFAULT_CHUNK_BYTES, Columns, SegmentDecoder
 from .errors import CollectorError
 from . import logdir
 from .logdir import STREAMS_DIR, segment_files
@@ -222,29 +222,19 @@ def run_batches(
         return
     plan = _plan_run(path, streams, selected)
     labels = _label_arrays(plan.chosen, schema)
-    decoder = SegmentDecoder(plan.all_ids, plan.ids.tolist(), chunk_bytes=chunk_bytes)
-    for segment in segment_files(path):
-        with open(segment, "rb", buffering=0) as raw:
-            source = raw if on_bytes is None else _CountingReader(raw, on_bytes)
-            for records in decoder.decode_stream(source, segment):  # type: ignore[arg-type]
-                yield _to_batch(records, plan, labels, schema)
-
-
-class _CountingReader(io.RawIOBase):
-    """A file that reports how many bytes were read (progress within a segment)."""
-
-    def __init__(self, raw: Any, on_bytes: Callable[[int], None]) -> None:
-        self._raw = raw
-        self._on_bytes = on_bytes
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        got = self._raw.readinto(buffer) or 0
-        if got:
-            self._on_bytes(got)
-        return got
+    decoder = SegmentDecoder(
+        plan.all_ids,
+        plan.ids.tolist(),
+        chunk_bytes=chunk_bytes,
+        epoch_scales=plan.epoch_scales,
+        value_scales=plan.value_scales,
+    )
+    # The kernel reports each record's slot among all declared streams; map that to the
+    # stream's row in the label arrays.
+    rows = np.full(len(decoder.streams), -1, dtype=np.int64)
+    rows[np.searchsorted(decoder.streams.ids, plan.ids.astype(np.uint64))] = plan.label_rows
+    for decoded in decoder.columns(segment_files(path), on_bytes=on_bytes):
+        yield _to_batch(decoded, rows, labels, schema)
 
 
 def _plan_run(path: Path, streams: Sequence[Stream], selected: Sequence[Stream]) -> _Plan:
@@ -285,29 +275,26 @@ def label_array(name: str, values: Sequence[Any], type: pa.DataType | None = Non
         raise CollectorError(f"label column '{name}' cannot be converted {what} from the stream labels: {exc}") from None
 
 
-def _to_batch(records: Records, plan: _Plan, labels: dict[str, pa.Array], schema: pa.Schema) -> pa.RecordBatch:
-    slot = np.searchsorted(plan.ids, records.stream_ids)
-    lengths = np.diff(records.offsets)
-    epoch = records.ticks.astype(np.float64)
-    epoch *= plan.epoch_scales[slot]
-    values = records.quantised.astype(np.float64)
-    values *= np.repeat(plan.value_scales[slot], lengths)
-    offsets = pa.array(records.offsets.astype(np.int32))
+def _to_batch(
+    decoded: Columns, label_rows: np.ndarray, labels: dict[str, pa.Array], schema: pa.Schema
+) -> pa.RecordBatch:
+    """One record batch from decoded columns (no copies: Arrow wraps the NumPy arrays)."""
+    offsets = pa.array(decoded.offsets)
     columns: dict[str, pa.Array] = {
-        "stream_id": pa.array(records.stream_ids, type=pa.uint32()),
-        "epoch": pa.array(epoch, type=pa.float64()),
-        "indices": pa.ListArray.from_arrays(offsets, pa.array(records.indices, type=pa.int64())),
-        "values": pa.ListArray.from_arrays(offsets, pa.array(values, type=pa.float64())),
+        "stream_id": pa.array(decoded.stream_ids, type=pa.uint32()),
+        "epoch": pa.array(decoded.epochs, type=pa.float64()),
+        "indices": pa.ListArray.from_arrays(offsets, pa.array(decoded.indices, type=pa.int64())),
+        "values": pa.ListArray.from_arrays(offsets, pa.array(decoded.values, type=pa.float64())),
     }
     if labels:
-        rows = pa.array(plan.label_rows[slot])
+        rows = pa.array(label_rows[decoded.slots])
         for name, array in labels.items():
             columns[name] = array.take(rows)
     arrays = []
     for field in schema:
         array = columns.get(field.name)
         if array is None:
-            array = pa.nulls(len(records), type=field.type)
+            array = pa.nulls(len(decoded), type=field.type)
         elif array.type != field.type:
             try:
                 array = array.cast(field.type)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
+import tempfile
 import signal
 import struct
 import threading
@@ -27,7 +29,6 @@ from herocollector.codec import (
     Records,
     SegmentDecoder,
     TickState,
-    decode_varints,
     encode_records,
     encode_segment,
     encode_varints,
@@ -35,6 +36,7 @@ from herocollector.codec import (
     zigzag_encode,
 )
 from herocollector.errors import CollectorError, SegmentError, UnknownStreamError
+from herocollector.testing.numpy_decoder import decode_varints
 
 # ----------------------------------------------------------------------------------------
 # Constants and helpers
@@ -1300,3 +1302,436 @@ def test_matches_reference_decoder(tmp_path: Path, records_per_frame: int) -> No
         assert np.array_equal(np.asarray(idx, dtype=np.int64), ours.indices[lo:hi])
         expected_values = [float(q) * pair.value_scale for q in ours.quantised[lo:hi].tolist()]
         assert np.asarray(vals, dtype=np.float64).tolist() == expected_values
+
+
+# ----------------------------------------------------------------------------------------
+# The compiled kernel and the pipeline around it
+# ----------------------------------------------------------------------------------------
+
+
+def kernel_decode(
+    payload: bytes, *, ids: Sequence[int] = KNOWN_IDS, records: int, values: int, max_values: int = 2**31 - 1
+) -> list[tuple[int, int, int, int, int, int]]:
+    """Run ``decode_records`` over one frame's content with outputs of the given capacity,
+    resuming after every ``OUT_FULL``; returns each call's result tuple.
+
+    Args:
+        payload: Raw records (one unit).
+        ids: Declared stream ids.
+        records: Output records per call.
+        values: Output elements per call.
+        max_values: The kernel's element limit per call.
+
+    Returns:
+        The ``(status, pos, unit, records, values, detail)`` of every call.
+    """
+    from herocollector import kernel
+    from herocollector.codec import StreamTable
+
+    streams = StreamTable(ids)
+    data = np.frombuffer(payload, dtype=np.uint8).copy()
+    ends = np.array([data.size], dtype=np.int64)
+    ticks = np.zeros(len(streams), dtype=np.int64)
+    calls, pos, unit = [], 0, 0
+    while True:
+        sid, slot = np.zeros(records, np.uint32), np.zeros(records, np.int32)
+        epoch, offsets = np.zeros(records), np.zeros(records + 1, np.int32)
+        idx, val = np.zeros(values, np.int64), np.zeros(values)
+        result = kernel.decode_records(
+            data, pos, ends, unit, False, streams.table, streams.big_ids, streams.big_slots, streams.selected,
+            streams.epoch_scales, streams.value_scales, ticks, False, max_values,
+            sid, slot, epoch, epoch.view(np.int64), offsets, idx, val, val.view(np.int64),
+        )  # fmt: skip
+        calls.append(tuple(int(x) for x in result))
+        if result[0] != kernel.OUT_FULL:
+            return calls
+        pos, unit = int(result[1]), int(result[2])
+
+
+def test_kernel_output_full_resumes_at_a_record_boundary() -> None:
+    from herocollector import kernel
+
+    records = bulk_records(seed=41, count=60, max_n=9)
+    payload = encode_records(records, TickState())
+    calls = kernel_decode(payload, records=4, values=20)
+    assert len(calls) > 5
+    assert [c[0] for c in calls[:-1]] == [kernel.OUT_FULL] * (len(calls) - 1) and calls[-1][0] == kernel.OK
+    assert sum(c[3] for c in calls) == len(records)
+    assert sum(c[4] for c in calls) == records.indices.size
+    # Resuming gives the same records as one big call, in any chunking of the decoder.
+    for chunk_bytes in (MIN_CHUNK, DEFAULT_CHUNK_BYTES):
+        assert_records_equal(decode(zstandard.ZstdCompressor().compress(payload), chunk_bytes=chunk_bytes), records)
+
+
+def test_kernel_record_larger_than_the_outputs() -> None:
+    from herocollector import kernel
+
+    payload = encode_records(Records.from_lists([1], [0], [list(range(50))], [[1] * 50]), TickState())
+    assert kernel_decode(payload, records=4, values=20)[0][0] == kernel.BAD_CAPACITY
+    assert kernel_decode(payload, records=4, values=100, max_values=49)[0][0] == kernel.TOO_MANY_VALUES
+    assert kernel_decode(payload, records=4, values=100, max_values=50)[0][0] == kernel.OK
+
+
+def test_many_small_records_grow_the_output_estimate() -> None:
+    """Three-byte records: far denser than the first output estimate, still exact."""
+    records = Records.from_lists([1, 2] * 3000, list(range(6000)), [[]] * 6000, [[]] * 6000)
+    for records_per_frame in (1, 6000):
+        data = encode_segment(records, records_per_frame=records_per_frame)
+        assert_records_equal(decode(data, chunk_bytes=DEFAULT_CHUNK_BYTES), records)
+
+
+def test_columns_are_the_records_scaled_bit_for_bit(tmp_path: Path) -> None:
+    from herocollector.codec import Columns
+
+    records = bulk_records(seed=42, count=300, max_n=30, increasing=False)
+    path = tmp_path / "segment-000000.seg.zst"
+    path.write_bytes(encode_segment(records, records_per_frame=7))
+    epoch_scales = [1e-6, 1e-9, 0.25, 1.0, 3.0e-3, 1e-3, 7.5]
+    value_scales = [1e-3, 0.5, 1.0, 1e-9, 2.0, 3.3, 1e-6]
+    selected = [0, 2, 300, 2**32 - 1]
+    decoder = SegmentDecoder(
+        KNOWN_IDS,
+        selected,
+        chunk_bytes=MIN_CHUNK,
+        epoch_scales=[epoch_scales[KNOWN_IDS.index(s)] for s in selected],
+        value_scales=[value_scales[KNOWN_IDS.index(s)] for s in selected],
+    )
+    parts = list(decoder.columns([path]))
+    assert len(parts) > 1 and all(isinstance(p, Columns) for p in parts)
+    expected = take(records, np.isin(records.stream_ids, selected))
+    slot = np.searchsorted(np.array(KNOWN_IDS, dtype=np.uint64), expected.stream_ids.astype(np.uint64))
+    n = np.diff(expected.offsets)
+    assert np.concatenate([p.stream_ids for p in parts]).tolist() == expected.stream_ids.tolist()
+    assert np.concatenate([p.slots for p in parts]).tolist() == slot.tolist()
+    epochs = np.concatenate([p.epochs for p in parts])
+    assert epochs.tobytes() == (expected.ticks.astype(np.float64) * np.array(epoch_scales)[slot]).tobytes()
+    values = np.concatenate([p.values for p in parts])
+    want = expected.quantised.astype(np.float64) * np.repeat(np.array(value_scales)[slot], n)
+    assert values.tobytes() == want.tobytes()
+    assert np.concatenate([p.indices for p in parts]).tolist() == expected.indices.tolist()
+    lengths = np.concatenate([np.diff(p.offsets) for p in parts])
+    assert all(p.offsets.dtype == np.int32 and p.offsets[0] == 0 for p in parts)
+    assert lengths.tolist() == n.tolist()
+
+
+def test_decode_files_carries_ticks_and_reads_ahead_across_files(tmp_path: Path) -> None:
+    records = bulk_records(seed=43, count=900, max_n=6)
+    writer_ticks = TickState()
+    paths = []
+    for i, (lo, hi) in enumerate(((0, 300), (300, 300), (300, 700), (700, 900))):
+        path = tmp_path / f"segment-{i:06d}.seg.zst"
+        path.write_bytes(encode_segment(slice_records(records, lo, hi), writer_ticks, records_per_frame=3))
+        paths.append(path)
+    for threads in (True, False):
+        decoder = SegmentDecoder(KNOWN_IDS, chunk_bytes=MIN_CHUNK, threads=threads)
+        assert_records_equal(Records.concat(decoder.decode_files(paths)), records)
+
+
+def reader_threads() -> list[threading.Thread]:
+    """The decoders' reader threads still alive."""
+    return [t for t in threading.enumerate() if t.name == "herocollector-reader" and t.is_alive()]
+
+
+def test_reader_thread_ends_when_decoding_stops_early(tmp_path: Path) -> None:
+    path = tmp_path / "segment-000000.seg.zst"
+    path.write_bytes(encode_segment(bulk_records(seed=44, count=3000, max_n=8)))
+    assert path.stat().st_size > 8 * MIN_CHUNK
+    chunks = SegmentDecoder(KNOWN_IDS, chunk_bytes=MIN_CHUNK).decode_file(path)
+    assert len(next(chunks)) > 0
+    assert reader_threads()  # reading ahead
+    chunks.close()
+    assert not reader_threads()
+
+
+def test_errors_from_the_reader_thread_come_in_order(tmp_path: Path) -> None:
+    good = bulk_records(seed=45, count=2000, max_n=5)
+    first = tmp_path / "segment-000000.seg.zst"
+    first.write_bytes(encode_segment(good))
+    second = tmp_path / "segment-000001.seg.zst"
+    second.write_bytes(b"\x28\xb5\x2f\xfd" + b"\x00" * 40)
+    decoder = SegmentDecoder(KNOWN_IDS, chunk_bytes=MIN_CHUNK)
+    got: list[Records] = []
+    with pytest.raises(SegmentError) as info:
+        got.extend(decoder.decode_files([first, second]))
+    assert info.value.path == str(second) and info.value.offset == 0
+    assert_records_equal(Records.concat(got), good)
+    assert not reader_threads()
+    with pytest.raises(FileNotFoundError):
+        list(SegmentDecoder(KNOWN_IDS).decode_files([first, tmp_path / "missing.seg.zst"]))
+    assert not reader_threads()
+
+
+def test_huge_skippable_frame_is_skipped_without_holding_it(tmp_path: Path) -> None:
+    records = bulk_records(seed=46, count=20, max_n=5)
+    data = encode_segment(records)
+    big = skippable_frame(bytes(40 * MIN_CHUNK))
+    assert_records_equal(decode(data + big + data[:0], chunk_bytes=MIN_CHUNK), records)
+    assert_records_equal(decode(big + data, chunk_bytes=MIN_CHUNK), records)
+    # Cut short: the skippable frame is the damaged one.
+    expect_segment_error(data + big[: 30 * MIN_CHUNK], len(data), match="truncated", chunk_bytes=MIN_CHUNK)
+
+
+def test_unknown_stream_in_a_frame_with_a_bad_varint_later_is_a_segment_error() -> None:
+    """The first damage in a frame is judged as a frame-by-frame decoder does: varints first."""
+    good = leb128(1) + b"\x00\x01\x05\x02"
+    unknown = leb128(99) + b"\x00\x00"
+    for tail, error in ((b"", UnknownStreamError), (b"\x80" * 11 + b"\x01", SegmentError), (b"\x01\x80", SegmentError)):
+        frame = zstandard.ZstdCompressor().compress(good + unknown + tail)
+        expect_segment_error(frame, 0, error=error, ids=[1])
+    # The same in a frame larger than a chunk, decoded in pieces: the rest of the frame is
+    # read before the error is decided.
+    filler = encode_records(bulk_records(seed=47, count=600, max_n=5, increasing=True), TickState())
+    ids = list(KNOWN_IDS)
+    for tail, error in ((b"", UnknownStreamError), (filler + b"\x80" * 11 + b"\x01", SegmentError)):
+        frame = zstandard.ZstdCompressor().compress(unknown + tail)
+        expect_segment_error(frame, 0, error=error, ids=ids, chunk_bytes=MIN_CHUNK)
+
+
+def test_damage_in_an_earlier_frame_wins_over_a_bad_header_later_in_the_read() -> None:
+    records = Records.from_lists([1, 2, 1], [1, 2, 3], [[1], [2], [3]], [[1], [2], [3]])
+    data = bytearray(encode_segment(records))
+    spans = frame_spans(bytes(data))
+    cut = zstandard.ZstdCompressor().compress(b"\x01\x00\x05\x01")  # a record cut short
+    damaged = bytes(data[: spans[1][0]]) + cut + bytes(data[spans[1][0] :])
+    header = bytearray(damaged)
+    header[len(damaged) - (spans[2][1] - spans[2][0]) + 4] |= 0x08  # reserved bit of the last frame
+    expect_segment_error(bytes(header), spans[1][0], match="cut short")
+
+
+def test_kernels_are_cached_in_herocollectors_order_of_places(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from herocollector import kernel, native
+
+    # numba's own cache (used by the numba backend): same order of places.
+    order = kernel._KernelCacheImpl._locator_classes
+    assert order[0].__name__.endswith("UserProvidedCacheLocator")  # $NUMBA_CACHE_DIR first
+    assert order[1].__name__.endswith("InTreeCacheLocator")  # then __pycache__ next to kernel.py
+    assert order[2] is kernel._UserCacheLocator
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    locator = kernel._UserCacheLocator.from_function(kernel.decode_records.py_func, kernel.__file__)
+    assert locator is not None
+    assert Path(locator.get_cache_path()).is_relative_to(tmp_path / "xdg" / "herocollector" / "numba")
+    if kernel.numba.config.BOUNDSCHECK is None:
+        assert isinstance(kernel.decode_records._cache, kernel._KernelCache)
+    # The object-code cache.
+    monkeypatch.delenv("NUMBA_CACHE_DIR", raising=False)
+    dirs = native._cache_dirs()
+    assert dirs[0] == Path(native.__file__).parent / "__pycache__"
+    assert dirs[1] == tmp_path / "xdg" / "herocollector" / "numba"
+    assert dirs[2].parent == Path(tempfile.gettempdir())
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path / "numba"))
+    assert native._cache_dirs() == [tmp_path / "numba" / "herocollector"]  # as numba: only there
+
+
+def test_object_cache_entries_are_checked_before_loading(tmp_path: Path) -> None:
+    from herocollector import native
+
+    if native.backend().name != "object":
+        pytest.skip("the object backend is not in use")
+    import llvmlite.binding as llvm
+
+    key = native._cache_key(llvm)
+    source = next(d for d in native._cache_dirs() if native._read_entry(d, key) is not None)
+    meta, objects = native._read_entry(source, key)  # type: ignore[misc]
+    copy = tmp_path / "cache"
+    copy.mkdir(mode=0o700)
+    for name, info in meta["kernels"].items():
+        (copy / info["file"]).write_bytes(objects[name])
+    meta_path = copy / f"herocollector-kernels-{key}.json"
+    meta_path.write_text(json.dumps(meta))
+    assert native._read_entry(copy, key) is not None
+    assert native._read_entry(copy, "0" * 32) is None  # another machine, kernel or version
+    victim = copy / meta["kernels"]["decode_records"]["file"]
+    blob = objects["decode_records"]
+    victim.write_bytes(blob[:-1] + bytes([blob[-1] ^ 1]))  # damaged: the SHA-256 differs
+    assert native._read_entry(copy, key) is None
+    victim.write_bytes(objects["decode_records"])
+    victim.chmod(0o666)  # writable by anyone: not trusted
+    assert native._read_entry(copy, key) is None
+
+
+@pytest.mark.parametrize("backend", ["object", "numba"])
+def test_both_kernel_backends_decode_alike(backend: str) -> None:
+    from herocollector import native
+
+    kernels = native.NumbaKernels() if backend == "numba" else native.backend()
+    if kernels.name != backend:
+        pytest.skip(f"the {backend} backend is not in use")
+    records = bulk_records(seed=49, count=400, max_n=20, increasing=False)
+    payload = np.frombuffer(encode_records(records, TickState()), dtype=np.uint8).copy()
+    ends = np.array([payload.size], dtype=np.int64)
+    from herocollector.codec import StreamTable
+
+    streams = StreamTable(KNOWN_IDS)
+    size = payload.size
+    outputs = []
+    for scaled in (False, True):
+        ticks = np.zeros(len(streams), dtype=np.int64)
+        sid, slot = np.zeros(size, np.uint32), np.zeros(size, np.int32)
+        epoch, offsets = np.zeros(size), np.zeros(size + 1, np.int32)
+        idx, val = np.zeros(size, np.int64), np.zeros(size)
+        result = kernels.decode_records(
+            payload, 0, ends, 0, False, streams.table, streams.big_ids, streams.big_slots, streams.selected,
+            streams.epoch_scales, streams.value_scales, ticks, scaled, 2**31 - 1,
+            sid, slot, epoch, epoch.view(np.int64), offsets, idx, val, val.view(np.int64),
+        )  # fmt: skip
+        outputs.append((result, sid.copy(), epoch.copy(), offsets.copy(), idx.copy(), val.copy()))
+    raw = outputs[0]
+    n, m = len(records), records.indices.size
+    assert raw[0] == (0, payload.size, 1, n, m, 0)
+    assert raw[1][:n].tolist() == records.stream_ids.tolist()
+    assert raw[2].view(np.int64)[:n].tolist() == records.ticks.tolist()
+    assert raw[4][:m].tolist() == records.indices.tolist()
+    assert raw[5].view(np.int64)[:m].tolist() == records.quantised.tolist()
+    assert outputs[1][2][:n].tobytes() == records.ticks.astype(np.float64).tobytes()  # scales of 1.0
+    # An unknown stream id beyond 2**63 comes back whole (the detail is a uint64).
+    rogue = np.frombuffer(encode_varints(np.array([2**64 - 1, 0, 0], dtype=np.uint64)).tobytes(), dtype=np.uint8).copy()
+    result = kernels.decode_records(
+        rogue, 0, np.array([rogue.size], dtype=np.int64), 0, False, streams.table, streams.big_ids, streams.big_slots,
+        streams.selected, streams.epoch_scales, streams.value_scales, np.zeros(len(streams), np.int64), True, 2**31 - 1,
+        sid, slot, epoch, epoch.view(np.int64), offsets, idx, val, val.view(np.int64),
+    )  # fmt: skip
+    assert result[0] == native.UNKNOWN_STREAM and result[5] == 2**64 - 1
+    assert kernels.varint_damage(np.frombuffer(b"\x80" * 11, dtype=np.uint8).copy(), 0, 11, 0) == (10, True)
+    assert kernels.varint_damage(np.frombuffer(b"\x01\x80\x80", dtype=np.uint8).copy(), 0, 3, 0) == (2, False)
+
+
+def test_object_backend_rejects_arrays_of_the_wrong_kind() -> None:
+    from herocollector import native
+
+    kernels = native.backend()
+    if kernels.name != "object":
+        pytest.skip("the object backend is not in use")
+    frames = [np.zeros(4, dtype=np.int64) for _ in range(3)]
+    with pytest.raises(TypeError):
+        kernels.scan_frames(np.zeros(8, dtype=np.int8), 0, 8, True, *frames, np.zeros(4, dtype=np.uint8))
+    with pytest.raises(TypeError):
+        kernels.scan_frames(np.zeros(16, dtype=np.uint8)[::2], 0, 8, True, *frames, np.zeros(4, dtype=np.uint8))
+    with pytest.raises(TypeError):
+        read_only = np.zeros(4, dtype=np.int64)
+        read_only.flags.writeable = False
+        kernels.scan_frames(np.zeros(8, dtype=np.uint8), 0, 8, True, read_only, *frames[1:], np.zeros(4, dtype=np.uint8))
+
+
+@pytest.mark.slow
+def test_read_only_install_caches_kernels_in_the_user_cache(tmp_path: Path) -> None:
+    """A package whose ``__pycache__`` cannot be created builds its kernels once, into
+    $XDG_CACHE_HOME; later processes load them from there without importing numba."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    import herocollector
+
+    package = tmp_path / "site" / "herocollector"
+    shutil.copytree(Path(herocollector.__file__).parent, package, ignore=shutil.ignore_patterns("__pycache__"))
+    (package / "__pycache__").write_text("not a directory")  # even root cannot write in there
+    data = tmp_path / "segment-000000.seg.zst"
+    data.write_bytes(encode_segment(bulk_records(seed=48, count=50, max_n=5)))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("NUMBA_", "HEROCOLLECTOR_"))}
+    env.update(XDG_CACHE_HOME=str(tmp_path / "xdg"), PYTHONPATH=str(tmp_path / "site"), PYTHONDONTWRITEBYTECODE="1")
+    script = (
+        "import sys, herocollector.codec as c; assert c.__file__.startswith(sys.argv[2]), c.__file__;"
+        f"n = len(c.SegmentDecoder({list(KNOWN_IDS)}).decode_bytes(open(sys.argv[1], 'rb').read()));"
+        "print(n, c.kernel.backend().name, 'numba' in sys.modules)"
+    )
+    for numba_imported in ("True", "False"):  # built and stored, then loaded
+        out = subprocess.run(
+            [sys.executable, "-c", script, str(data), str(tmp_path / "site")],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.split() == ["50", "object", numba_imported], out.stderr
+    cached = {p.name.rsplit("-", 1)[-1] for p in (tmp_path / "xdg" / "herocollector" / "numba").glob("herocollector-kernels-*")}
+    assert cached == {"scan_frames.o", "decode_records.o", "varint_damage.o"} | {p for p in cached if p.endswith(".json")}
+
+
+def test_small_files_are_decoded_together_and_damage_names_its_file(tmp_path: Path) -> None:
+    records = bulk_records(seed=50, count=400, max_n=4)
+    writer_ticks = TickState()
+    paths = []
+    for i in range(20):
+        path = tmp_path / f"segment-{i:06d}.seg.zst"
+        path.write_bytes(encode_segment(slice_records(records, 20 * i, 20 * i + 20), writer_ticks))
+        paths.append(path)
+    for threads in (True, False):
+        chunks = list(SegmentDecoder(KNOWN_IDS, threads=threads).decode_files(paths))
+        # Twenty small files decode as one chunk (its output may be split once, when the
+        # first guess of the output size is too small), not as twenty.
+        assert len(chunks) <= 2
+        assert_records_equal(Records.concat(chunks), records)
+    # A frame of file 13 names a stream without metadata: the error names that file and frame.
+    data = paths[13].read_bytes()
+    third = frame_spans(data)[2][0]
+    rogue = encode_segment(Records.from_lists([4242], [0], [[1]], [[1]]))
+    paths[13].write_bytes(data[:third] + rogue + data[third:])
+    for threads in (True, False):
+        with pytest.raises(UnknownStreamError) as info:
+            list(SegmentDecoder(KNOWN_IDS, threads=threads).decode_files(paths))
+        assert info.value.path == str(paths[13]) and info.value.offset == third and info.value.stream_id == 4242
+    # Damage found by the frame walk in file 15 comes after the records of the files before.
+    paths[13].write_bytes(data)
+    paths[15].write_bytes(paths[15].read_bytes() + b"garbage!")
+    got: list[Records] = []
+    with pytest.raises(SegmentError) as info:
+        got.extend(SegmentDecoder(KNOWN_IDS).decode_files(paths))
+    assert info.value.path == str(paths[15]) and "do not start a zstd frame" in str(info.value)
+    assert_records_equal(Records.concat(got), slice_records(records, 0, 300))
+
+
+def window_frame(content: bytes, descriptor: int) -> bytes:
+    """A zstd frame with a 4-byte content size and a window descriptor (not single-segment),
+    holding ``content`` in one raw block.
+
+    Args:
+        content: The decompressed bytes (at most 128 KiB).
+        descriptor: The window descriptor byte (exponent << 3 | mantissa).
+
+    Returns:
+        The frame.
+    """
+    header = bytes([0x80, descriptor]) + len(content).to_bytes(4, "little")
+    return ZSTD_MAGIC + header + ((len(content) << 3) | 1).to_bytes(3, "little") + content
+
+
+def test_frames_are_accepted_and_refused_as_the_frame_by_frame_reference_does() -> None:
+    """zstd checks more when it streams a frame than when it decodes it at once (a window
+    above 2**27 + 1 bytes, raw blocks larger than the window); the frame-by-frame reference
+    decodes frames of a known size up to 128 KiB at once. The decoder agrees with it on
+    every frame, whichever way it decompresses it and whatever the chunk size."""
+    records = Records.from_lists([1, 2], [5, 6], [[1, 2], [3]], [[-1, 1], [7]])
+    payload = encode_records(records, TickState())
+    big = encode_records(bulk_records(seed=51, count=3000, max_n=20, increasing=True), TickState())
+    assert 128 * 1024 < len(big) < 1 << 20
+    good = encode_segment(records)
+
+    def frame(content: bytes, descriptor: int, size: bool = True) -> bytes:
+        # Raw blocks of at most 128 KiB, a 4-byte content size (or none) and a window descriptor.
+        header = ZSTD_MAGIC + (bytes([0x80, descriptor]) + len(content).to_bytes(4, "little") if size else bytes([0x00, descriptor]))
+        blocks = [content[i : i + (1 << 17)] for i in range(0, len(content), 1 << 17)]
+        return header + b"".join(
+            ((len(b) << 3) | (i == len(blocks) - 1)).to_bytes(3, "little") + b for i, b in enumerate(blocks)
+        )
+
+    outcomes = set()
+    for content in (payload, big):
+        for size in (True, False):
+            for descriptor in (0x00, 0x50, 0x88, 0x89, 0xA8, 0xF8):  # 1 KiB .. 2**41 bytes
+                one = frame(content, descriptor, size)
+                try:
+                    zstandard.ZstdDecompressor().decompressobj().decompress(one)
+                    accepted = True
+                except zstandard.ZstdError:
+                    accepted = False
+                outcomes.add(accepted)
+                for chunk_bytes in (MIN_CHUNK, DEFAULT_CHUNK_BYTES):
+                    data = good + one + good
+                    if accepted:
+                        assert len(decode(data, chunk_bytes=chunk_bytes)) > 2 * len(records)
+                    else:
+                        expect_segment_error(data, len(good), match="corrupt zstd frame", chunk_bytes=chunk_bytes)
+    assert outcomes == {True, False}

@@ -1,9 +1,9 @@
-"""Decoder fuzzing with the seeded fuzzer of ``benchmarks/fuzz_decoder.py``.
+"""Decoder fuzzing with the seeded fuzzer of ``herocollector.testing.fuzz``.
 
 The fuzzer generates valid, mutated, random and header-damaged segments (see its docstring)
-and checks that ``SegmentDecoder`` either returns records (exactly the encoded ones for
-valid segments, the reference decoder's for the others) or raises a ``CollectorError`` with
-a sane offset, never another exception, never hanging.
+and checks that ``SegmentDecoder`` either returns records or raises a ``CollectorError`` with
+a sane offset, never another exception, never hanging, and always with the same outcome as
+its oracles (the encoded records, the pure-Python reference decoder, the NumPy decoder).
 
 * ``test_fuzz_smoke`` runs about 2,000 cases on every test run (a few seconds);
 * ``test_fuzz_100k`` is the issue's acceptance run of 100,000 cases (``-m slow``);
@@ -12,10 +12,8 @@ a sane offset, never another exception, never hanging.
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,26 +21,9 @@ from typing import BinaryIO
 
 import pytest
 
+from herocollector.testing import fuzz
 from herocollector.codec import Records, SegmentDecoder
 from herocollector.errors import SegmentError
-
-FUZZER_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "fuzz_decoder.py"
-
-
-def _load_fuzzer():
-    """Import ``benchmarks/fuzz_decoder.py`` (the benchmarks folder is not a package)."""
-    name = "herocollector_fuzz_decoder"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, FUZZER_PATH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(module)
-    return module
-
-
-fuzz = _load_fuzzer()
 
 
 def assert_no_failures(report) -> None:

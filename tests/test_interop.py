@@ -16,7 +16,14 @@ import pytest
 from tools.label_selector import Label, Rule, all_, any_
 
 from herocollector import Collector
-from herocollector.testing.runs import RecordedRun, build_run, collect_table, reference_table, zstd_frame_starts
+from herocollector.testing.runs import (
+    MemoryWriter,
+    RecordedRun,
+    build_run,
+    collect_table,
+    reference_table,
+    zstd_frame_starts,
+)
 
 MODEL_SPEC = {"all": [{"match": {"key": "model", "op": "eq", "value": "supply_chain"}}]}
 
@@ -265,3 +272,17 @@ def test_rotated_run_reference_gets_epochs_wrong(rotated_run: RecordedRun) -> No
 def _records_in_first_segment(recorded: RecordedRun) -> int:
     """Records in segment 00000 (the data logger writes one record per zstd frame)."""
     return len(zstd_frame_starts(recorded.segments[0].read_bytes()))
+
+
+@pytest.mark.parametrize(("rotate_bytes", "segments"), [(1579, 34), (415, 126)])
+def test_runs_rotated_into_many_segments_decode_exactly(tmp_path: Path, rotate_bytes: int, segments: int) -> None:
+    """Epoch ticks carry across 34 and 126 segment files, whatever the chunking."""
+    recorded = build_run(tmp_path / "many", seed=7, n_records=2000, rotate_bytes=rotate_bytes)
+    assert len(recorded.segments) == segments
+    expected = recorded.expected_table(columns=["measure"])
+    for chunk_bytes in (4096, 1 << 20):
+        writer = MemoryWriter()
+        assert Collector([recorded.path], chunk_bytes=chunk_bytes).collect(writer, columns=["measure"]) is True
+        ours = writer.table()
+        _assert_matches_recorded(ours, recorded, recorded.rows())
+        assert ours.equals(expected)

@@ -1,0 +1,527 @@
+"""The compiled decode kernels as the decoder calls them, loaded as fast as possible.
+
+The kernels are written with numba (:mod:`herocollector.kernel`). numba caches their machine
+code on disk, but loading it back costs a fresh process about 0.3 s: importing numba and
+setting up its type system before the first call. That is most of a cold ``collect``. So
+this module keeps its own cache of the kernels' machine code, as one object file per kernel
+with C entry points (numba ``cfunc`` builds), and loads it with llvmlite's JIT linker alone,
+without importing numba (about 40 ms, most of it loading LLVM's library):
+
+* ``object`` backend (default): load the object files for this CPU, kernel source, numba and
+  llvmlite version from the cache; on a miss (the first run, an upgrade, another CPU), build
+  them with numba (a few seconds, once) and store them. Calls go through ``ctypes``, which
+  releases the GIL for the duration of each call.
+* ``numba`` backend: numba's dispatchers (numba's own cache, ``nogil=True``). Used when the
+  object backend cannot be used (e.g. no writable cache directory), when
+  ``NUMBA_BOUNDSCHECK`` is set (then nothing is cached: a bounds-checked build must not be
+  stored or loaded in place of a normal one), or when ``HEROCOLLECTOR_KERNELS=numba``.
+
+Both backends run the same kernel code, with the same signature, arrays in, tuple out.
+
+Cache directories, in order: ``__pycache__`` next to this file,
+``$XDG_CACHE_HOME/herocollector/numba`` (``~/.cache/herocollector/numba``), a per-user
+directory in the temporary directory; or only ``$NUMBA_CACHE_DIR/herocollector`` when that
+variable is set. Kernels are loaded from the first directory that has them (so a read-only
+install can ship them in ``__pycache__``) and stored in the first writable one. Object files
+are only loaded when they belong to the current user (or root), are not writable by others,
+and match the SHA-256 recorded next to them.
+
+This module must not import numba (nor :mod:`herocollector.kernel`) at import time.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import importlib.util
+import json
+import os
+import stat
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# ----------------------------------------------------------------------------------------
+# Status codes and limits (the kernels read these as compile-time constants)
+# ----------------------------------------------------------------------------------------
+
+OK = 0
+"""Everything given was decoded (or walked)."""
+NEED_MORE = 1
+"""The last, still open unit ends inside a record; ``pos`` is the record's start."""
+OUT_FULL = 2
+"""The output arrays are full; ``pos`` is the next record's start, call again from there."""
+CUT_SHORT = 3
+"""A record (or its last varint) runs past the end of its frame; ``pos`` is the record's start."""
+VARINT_TOO_LONG = 4
+"""A varint of more than ten bytes; ``pos`` is its first byte."""
+UNKNOWN_STREAM = 5
+"""A complete record of a stream id without metadata; ``pos`` is the record, ``detail`` the id."""
+TOO_MANY_VALUES = 6
+"""A single record holds more elements than one Arrow list (int32 offsets) can."""
+BAD_CAPACITY = 7
+"""The caller's output arrays were too small for even one record (a bug, never damage)."""
+
+FRAME_OK = 0
+"""The walk reached the end of the data, or stopped before an incomplete frame."""
+FRAME_BAD_MAGIC = 1
+"""``pos`` is not the start of a zstd or skippable frame."""
+FRAME_INVALID = 2
+"""The frame at ``pos`` has a reserved header bit set or an invalid block header."""
+FRAME_TRUNCATED = 3
+"""The frame at ``pos`` runs past the end of the data, and no more data follows."""
+
+KIND_ZSTD = 0
+KIND_SKIPPABLE = 1
+
+MAX_BLOCK_SIZE = 128 * 1024
+"""The largest zstd block (``ZSTD_BLOCKSIZE_MAX``)."""
+MAX_VARINT_BYTES = 10
+MIN_FRAME_BYTES = 8
+"""Bytes of the smallest frame: a skippable frame's header (zstd frames take at least 9)."""
+
+BACKEND_ENV = "HEROCOLLECTOR_KERNELS"
+"""Set to ``numba`` to use numba's dispatchers instead of the object-code cache."""
+_FORMAT = 1  # bump when the entry points or the cache layout change
+
+
+# ----------------------------------------------------------------------------------------
+# The public kernels (resolved to a backend on first use)
+# ----------------------------------------------------------------------------------------
+
+
+def scan_frames(buf: np.ndarray, start: int, length: int, final: bool, out_start: np.ndarray, out_end: np.ndarray,
+                out_size: np.ndarray, out_kind: np.ndarray) -> tuple[int, int, int]:
+    """Walk zstd frame headers; see :func:`herocollector.kernel.scan_frames`."""
+    return backend().scan_frames(buf, start, length, final, out_start, out_end, out_size, out_kind)
+
+
+def decode_records(*args: Any) -> tuple[int, int, int, int, int, int]:
+    """Decode records in one pass; see :func:`herocollector.kernel.decode_records`."""
+    return backend().decode_records(*args)
+
+
+def varint_damage(data: np.ndarray, start: int, end: int, run: int) -> tuple[int, bool]:
+    """Check varint lengths (diagnosis); see :func:`herocollector.kernel.varint_damage`."""
+    return backend().varint_damage(data, start, end, run)
+
+
+_lock = threading.Lock()
+_backend: Any = None
+
+
+def backend() -> Any:
+    """The kernels of this process: loaded (or built) once, on first use, by any thread."""
+    global _backend
+    if _backend is None:
+        with _lock:
+            if _backend is None:
+                _backend = _choose()
+    return _backend
+
+
+def warm_up() -> str:
+    """Load (or build) the kernels now, e.g. in a background thread at start-up.
+
+    Returns:
+        The backend's name: ``"object"`` or ``"numba"``.
+    """
+    kernels = backend()
+    kernels.warm_up()
+    return kernels.name
+
+
+def _choose() -> Any:
+    if os.environ.get(BACKEND_ENV, "").strip().lower() == "numba" or _boundscheck_requested():
+        return NumbaKernels()
+    try:
+        return ObjectKernels.load_or_build()
+    except Exception as exc:  # noqa: BLE001 - any failure here only costs speed
+        _warn(f"herocollector: compiled kernels are loaded through numba ({type(exc).__name__}: {exc})")
+        return NumbaKernels()
+
+
+def _boundscheck_requested() -> bool:
+    if "numba" in sys.modules:
+        from numba.core import config
+
+        return bool(config.BOUNDSCHECK)  # type: ignore[attr-defined]
+    return bool(os.environ.get("NUMBA_BOUNDSCHECK", "").strip() not in ("", "0"))
+
+
+def _warn(message: str) -> None:
+    from heros.helper import log  # only here: importing heros costs more than a decode
+
+    log.warning(message)
+
+
+# ----------------------------------------------------------------------------------------
+# numba backend
+# ----------------------------------------------------------------------------------------
+
+
+class NumbaKernels:
+    """The kernels through numba's dispatchers (``nogil=True``, numba's own cache)."""
+
+    name = "numba"
+
+    def __init__(self) -> None:
+        from . import kernel
+
+        self.scan_frames = kernel.scan_frames
+        self.decode_records = kernel.decode_records
+        self.varint_damage = kernel.varint_damage
+
+    def warm_up(self) -> None:
+        _exercise(self)
+
+
+def _exercise(kernels: Any) -> None:
+    """Call every kernel once (with the argument types the decoder uses) so it is ready,
+    and check the answers: code that does not decode right is not used.
+
+    Raises:
+        RuntimeError: A kernel gave a wrong answer.
+    """
+    empty = np.zeros(0, dtype=np.uint8)
+    frame = np.frombuffer(b"\x28\xb5\x2f\xfd\x20\x03\x19\x00\x00\x01\x02\x00", dtype=np.uint8).copy()
+    frames = [np.zeros(4, dtype=np.int64) for _ in range(3)]
+    kinds = np.zeros(4, dtype=np.uint8)
+    got = [kernels.scan_frames(empty, 0, 0, True, *frames, kinds), kernels.scan_frames(frame, 0, frame.size, True, *frames, kinds)]
+    # A record of stream 1, tick delta +1, two elements: indices 3, 5 and values -1, 2.
+    data = np.frombuffer(b"\x01\x02\x02\x03\x01\x01\x04", dtype=np.uint8).copy()
+    ends = np.array([data.size], dtype=np.int64)
+    table = np.array([-1, 0], dtype=np.int32)
+    scales = np.array([0.5], dtype=np.float64)
+    for scaled in (True, False):
+        epoch, val, idx = np.zeros(2), np.zeros(2), np.zeros(2, np.int64)
+        got.append(kernels.decode_records(
+            data, 0, ends, 0, False, table, np.zeros(0, np.uint64), np.zeros(0, np.int32), np.ones(1, np.uint8),
+            scales, scales, np.zeros(1, np.int64), scaled, 2**31 - 1, np.zeros(2, np.uint32), np.zeros(2, np.int32),
+            epoch, epoch.view(np.int64), np.zeros(3, np.int32), idx, val, val.view(np.int64),
+        ))  # fmt: skip
+        got.append((epoch[0], epoch.view(np.int64)[0]) if scaled else epoch.view(np.int64)[0])
+        got.append((idx[:2].tolist(), val[:2].tolist() if scaled else val.view(np.int64)[:2].tolist()))
+    got.append(kernels.varint_damage(data, 0, data.size, 0))
+    expected = [
+        (0, 0, FRAME_OK), (1, frame.size, FRAME_OK),
+        (OK, 7, 1, 1, 2, 0), (0.5, np.float64(0.5).view(np.int64)), ([3, 5], [-0.5, 1.0]),
+        (OK, 7, 1, 1, 2, 0), 1, ([3, 5], [-1, 2]),
+        (0, False),
+    ]  # fmt: skip
+    if got != expected:
+        raise RuntimeError(f"the {kernels.name} kernels decode a known record wrongly: {got} != {expected}")
+
+
+# ----------------------------------------------------------------------------------------
+# object backend
+# ----------------------------------------------------------------------------------------
+
+ENTRY_ARGS = {
+    # The C entry points' arguments ("p" a pointer, "i" an int64), as ObjectKernels passes
+    # them: each array as its address and length, flags as 0/1, a result array last.
+    "scan_frames": "pi" + "iii" + "pi" * 4 + "p",
+    "decode_records": "pii" + "pi" + "ii" + "pi" * 7 + "ii" + "pi" * 6 + "p",
+    "varint_damage": "pi" + "iii" + "p",
+}
+
+
+def _pointer(array: np.ndarray, dtype: type, writable: bool = False) -> int:
+    """The address of a contiguous array of ``dtype`` (checked: the kernel trusts lengths)."""
+    if array.dtype != dtype or array.ndim != 1 or not array.flags.c_contiguous or (writable and not array.flags.writeable):
+        raise TypeError(f"kernel argument must be a contiguous{' writable' if writable else ''} 1-d {np.dtype(dtype)} array")
+    return array.__array_interface__["data"][0]
+
+
+class ObjectKernels:
+    """The kernels as machine code loaded by llvmlite's JIT linker, called through ctypes."""
+
+    name = "object"
+
+    def __init__(self, functions: dict[str, Callable[..., None]], engines: list[Any]) -> None:
+        self._functions = functions
+        self._engines = engines  # the loaded code lives as long as its engine
+
+    @classmethod
+    def load_or_build(cls) -> ObjectKernels:
+        """Load the kernels for this machine from the cache, building them on a miss.
+
+        Raises:
+            Exception: The kernels can be neither loaded nor built and stored.
+        """
+        import llvmlite.binding as llvm
+
+        llvm.initialize_native_target()
+        llvm.initialize_native_asmprinter()
+        key = _cache_key(llvm)
+        for directory in _cache_dirs():
+            entry = _read_entry(directory, key)
+            if entry is not None:
+                try:
+                    return cls._load(llvm, *entry)
+                except Exception as exc:  # noqa: BLE001 - a bad entry is rebuilt
+                    _warn(f"herocollector: ignoring cached kernels in {directory}: {exc}")
+        meta, objects = _build(llvm)
+        kernels = cls._load(llvm, meta, objects)  # check before storing
+        _store(key, meta, objects)
+        return kernels
+
+    @classmethod
+    def _load(cls, llvm: Any, meta: dict[str, Any], objects: dict[str, bytes]) -> ObjectKernels:
+        target = llvm.Target.from_default_triple()
+        machine = target.create_target_machine(
+            cpu=llvm.get_host_cpu_name(), features=llvm.get_host_cpu_features().flatten(), opt=3, reloc="default", codemodel="jitdefault"
+        )
+        _provide_symbols(llvm, meta["externals"])
+        functions: dict[str, Callable[..., None]] = {}
+        engines = []
+        for name, info in meta["kernels"].items():
+            engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), machine)
+            engine.add_object_file(llvm.ObjectFileRef.from_data(objects[name]))
+            engine.finalize_object()
+            address = engine.get_function_address(info["symbol"])
+            if not address:
+                raise RuntimeError(f"kernel {name}: symbol not found in its object code")
+            argtypes = [ctypes.c_void_p if c == "p" else ctypes.c_int64 for c in ENTRY_ARGS[name]]
+            functions[name] = ctypes.CFUNCTYPE(None, *argtypes)(address)
+            engines.append(engine)
+        kernels = cls(functions, engines)
+        kernels.warm_up()
+        return kernels
+
+    def warm_up(self) -> None:
+        _exercise(self)
+
+    def scan_frames(self, buf: np.ndarray, start: int, length: int, final: bool, out_start: np.ndarray, out_end: np.ndarray,
+                    out_size: np.ndarray, out_kind: np.ndarray) -> tuple[int, int, int]:
+        result = np.zeros(3, dtype=np.int64)
+        self._functions["scan_frames"](
+            _pointer(buf, np.uint8), buf.size, int(start), int(length), 1 if final else 0,
+            _pointer(out_start, np.int64, True), out_start.size, _pointer(out_end, np.int64, True), out_end.size,
+            _pointer(out_size, np.int64, True), out_size.size, _pointer(out_kind, np.uint8, True), out_kind.size,
+            result.ctypes.data,
+        )  # fmt: skip
+        return int(result[0]), int(result[1]), int(result[2])
+
+    def decode_records(self, data: np.ndarray, pos: int, unit_ends: np.ndarray, unit: int, open_last: bool,
+                       table: np.ndarray, big_ids: np.ndarray, big_slots: np.ndarray, selected: np.ndarray,
+                       epoch_scales: np.ndarray, value_scales: np.ndarray, last_ticks: np.ndarray, scaled: bool,
+                       max_values: int, out_sid: np.ndarray, out_slot: np.ndarray, out_epoch: np.ndarray,
+                       out_tick: np.ndarray, out_offsets: np.ndarray, out_idx: np.ndarray, out_val: np.ndarray,
+                       out_q: np.ndarray) -> tuple[int, int, int, int, int, int]:
+        # The int64 views must be the float64 arrays themselves: the entry point takes one of each.
+        if out_tick.__array_interface__["data"][0] != out_epoch.__array_interface__["data"][0] or out_tick.size != out_epoch.size:
+            raise TypeError("out_tick must be out_epoch viewed as int64")
+        if out_q.__array_interface__["data"][0] != out_val.__array_interface__["data"][0] or out_q.size != out_val.size:
+            raise TypeError("out_q must be out_val viewed as int64")
+        result = np.zeros(6, dtype=np.int64)
+        self._functions["decode_records"](
+            _pointer(data, np.uint8), data.size, int(pos), _pointer(unit_ends, np.int64), unit_ends.size, int(unit),
+            1 if open_last else 0, _pointer(table, np.int32), table.size, _pointer(big_ids, np.uint64), big_ids.size,
+            _pointer(big_slots, np.int32), big_slots.size, _pointer(selected, np.uint8), selected.size,
+            _pointer(epoch_scales, np.float64), epoch_scales.size, _pointer(value_scales, np.float64), value_scales.size,
+            _pointer(last_ticks, np.int64, True), last_ticks.size, 1 if scaled else 0, int(max_values),
+            _pointer(out_sid, np.uint32, True), out_sid.size, _pointer(out_slot, np.int32, True), out_slot.size,
+            _pointer(out_epoch, np.float64, True), out_epoch.size, _pointer(out_offsets, np.int32, True), out_offsets.size,
+            _pointer(out_idx, np.int64, True), out_idx.size, _pointer(out_val, np.float64, True), out_val.size,
+            result.ctypes.data,
+        )  # fmt: skip
+        status, stop, unit, nrec, nval, detail = (int(x) for x in result)
+        return status, stop, unit, nrec, nval, detail & 0xFFFFFFFFFFFFFFFF  # the detail is a uint64
+
+    def varint_damage(self, data: np.ndarray, start: int, end: int, run: int) -> tuple[int, bool]:
+        result = np.zeros(2, dtype=np.int64)
+        self._functions["varint_damage"](_pointer(data, np.uint8), data.size, int(start), int(end), int(run), result.ctypes.data)
+        return int(result[0]), bool(result[1])
+
+
+# ----------------------------------------------------------------------------------------
+# The object cache
+# ----------------------------------------------------------------------------------------
+
+
+def _cache_key(llvm: Any) -> str:
+    """What the machine code depends on: kernel source, tool versions, CPU, platform."""
+    import llvmlite
+
+    # numba's version without importing numba (or importlib.metadata, slower than a decode).
+    numba_spec = importlib.util.find_spec("numba")
+    numba_version = b""
+    if numba_spec is not None and numba_spec.origin:
+        numba_version = (Path(numba_spec.origin).parent / "_version.py").read_bytes()
+    digest = hashlib.sha256()
+    for part in (
+        str(_FORMAT),
+        (Path(__file__).parent / "kernel.py").read_bytes().hex(),
+        Path(__file__).read_bytes().hex(),
+        numba_version.hex(),
+        llvmlite.__version__,
+        llvm.get_process_triple(),
+        llvm.get_host_cpu_name(),
+        llvm.get_host_cpu_features().flatten(),
+        sys.platform,
+        f"{sys.version_info[0]}.{sys.version_info[1]}",
+    ):
+        digest.update(part.encode())
+        digest.update(b"\0")
+    return digest.hexdigest()[:32]
+
+
+def _cache_dirs() -> list[Path]:
+    """Candidate cache directories, in order (see the module docstring).
+
+    ``$NUMBA_CACHE_DIR``, when set, is the only one, as it is for numba's own cache.
+    """
+    if os.environ.get("NUMBA_CACHE_DIR"):
+        return [Path(os.environ["NUMBA_CACHE_DIR"]) / "herocollector"]
+    dirs = [Path(__file__).parent / "__pycache__"]
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    dirs.append(Path(base) / "herocollector" / "numba")
+    import tempfile
+
+    user = os.getuid() if hasattr(os, "getuid") else "user"
+    dirs.append(Path(tempfile.gettempdir()) / f"herocollector-numba-{user}")
+    return dirs
+
+
+def _trusted(path: Path) -> bool:
+    """A file (or directory) we may load code from: ours or root's, not writable by others."""
+    try:
+        info = path.stat()
+    except OSError:
+        return False
+    owner_ok = not hasattr(os, "getuid") or info.st_uid in (os.getuid(), 0)
+    return owner_ok and not info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+
+
+def _read_entry(directory: Path, key: str) -> tuple[dict[str, Any], dict[str, bytes]] | None:
+    """The cached kernels for ``key`` in ``directory``, if present, trusted and intact."""
+    meta_path = directory / f"herocollector-kernels-{key}.json"
+    if not meta_path.is_file() or not _trusted(directory) or not _trusted(meta_path):
+        return None
+    try:
+        meta = json.loads(meta_path.read_text())
+        objects = {}
+        for name, info in meta["kernels"].items():
+            path = directory / info["file"]
+            if not _trusted(path):
+                return None
+            blob = path.read_bytes()
+            if hashlib.sha256(blob).hexdigest() != info["sha256"]:
+                return None
+            objects[name] = blob
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if meta.get("key") != key or set(objects) != set(ENTRY_ARGS):
+        return None
+    return meta, objects
+
+
+def _store(key: str, meta: dict[str, Any], objects: dict[str, bytes]) -> None:
+    """Write the kernels to the first cache directory that takes them (atomically per file)."""
+    for directory in _cache_dirs():
+        try:
+            directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+            if not _trusted(directory):
+                continue
+            for name, blob in objects.items():
+                _write_atomically(directory / meta["kernels"][name]["file"], blob)
+            _write_atomically(directory / f"herocollector-kernels-{key}.json", json.dumps(meta, indent=1).encode())
+            return
+        except OSError:
+            continue
+    _warn("herocollector: no writable cache directory for the compiled kernels; they are built in every process")
+
+
+def _write_atomically(path: Path, blob: bytes) -> None:
+    import tempfile
+
+    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(blob)
+        os.chmod(temp, 0o644)
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def _build(llvm: Any) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """Compile the kernels' C entry points with numba and emit their object code."""
+    from . import kernel
+
+    target = llvm.Target.from_default_triple()
+    machine = target.create_target_machine(
+        cpu=llvm.get_host_cpu_name(), features=llvm.get_host_cpu_features().flatten(), opt=3, reloc="default", codemodel="jitdefault"
+    )
+    meta: dict[str, Any] = {"format": _FORMAT, "key": _cache_key(llvm), "kernels": {}, "externals": {}}
+    objects: dict[str, bytes] = {}
+    for name, entry in kernel.entry_points().items():
+        module = llvm.parse_assembly(entry.inspect_llvm())
+        module.verify()
+        for function in module.functions:
+            if function.is_declaration and not function.name.startswith("llvm."):
+                meta["externals"][function.name] = "function"
+        for variable in module.global_variables:
+            if variable.is_declaration:
+                meta["externals"][variable.name] = "data"
+        blob = machine.emit_object(module)
+        objects[name] = blob
+        meta["kernels"][name] = {
+            "symbol": entry.native_name,
+            "file": f"herocollector-kernels-{meta['key']}-{name}.o",
+            "sha256": hashlib.sha256(blob).hexdigest(),
+        }
+    unknown = [n for n in meta["externals"] if not _known_external(n)]
+    if unknown:
+        raise RuntimeError(f"the kernels' object code needs unexpected symbols {unknown}")
+    return meta, objects
+
+
+# Symbols numba's generic error handling refers to. The kernels raise no exception (no
+# raise, no bounds check, no division), so these are never called; they still need an
+# address to link. Python's own come from the interpreter; numba's internal ones (not
+# exported by its extension modules) get a stub that stops the process loudly, as calling
+# one would mean the code is not what it was checked to be.
+_NUMBA_INTERNAL = ("numba_", "NRT_")
+_PYTHON = ("Py", "_Py")
+
+
+def _known_external(name: str) -> bool:
+    return name.startswith(_NUMBA_INTERNAL + _PYTHON) or name in _LIBC
+
+
+_LIBC = frozenset({"memset", "memcpy", "memmove", "memcmp"})
+
+
+@ctypes.CFUNCTYPE(None)
+def _never_called() -> None:  # pragma: no cover - by construction
+    os.write(2, b"herocollector: a compiled kernel reached numba's exception path; aborting\n")
+    os.abort()
+
+
+def _provide_symbols(llvm: Any, externals: dict[str, str]) -> None:
+    """Give the JIT linker an address for every external symbol not already known to it.
+
+    Symbols already registered (e.g. by numba, when it is loaded) are left alone: llvmlite's
+    symbol table is process-wide.
+    """
+    stub = ctypes.cast(_never_called, ctypes.c_void_p).value
+    for name, kind in externals.items():
+        if llvm.address_of_symbol(name):
+            continue
+        address = None
+        if name.startswith(_PYTHON):
+            if kind == "data":
+                address = ctypes.addressof(ctypes.c_void_p.in_dll(ctypes.pythonapi, name))
+            else:
+                address = ctypes.cast(getattr(ctypes.pythonapi, name), ctypes.c_void_p).value
+        elif name.startswith(_NUMBA_INTERNAL):
+            address = stub
+        if address:
+            llvm.add_symbol(name, address)
