@@ -13,15 +13,15 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
-
-from tools import label_selector
-from tools.label_selector import Rule
+from typing import TYPE_CHECKING, Any, Union
 
 from .errors import CollectorError, MetadataError
 from .logdir import STREAMS_DIR
 
-RuleLike = Union[Rule, Mapping[str, Any], None]
+if TYPE_CHECKING:
+    from tools.label_selector import Rule
+
+RuleLike = Union["Rule", Mapping[str, Any], None]
 """A disco-tools ``Rule``, its raw JSON spec as a dict, or None for every stream."""
 
 LOGGER_PATH_KEY = "_logger_path"
@@ -144,6 +144,11 @@ def select_streams(streams: Iterable[Stream], rule: RuleLike) -> list[Stream]:
     streams = list(streams)
     if rule is None:
         return streams
+    # disco-tools (and yaml behind it) is imported only when a rule is given: a cold collect
+    # of every stream does not pay for it.
+    from tools import label_selector
+    from tools.label_selector import Rule
+
     if not isinstance(rule, (Rule, Mapping)):
         raise CollectorError(f"rule must be a disco-tools Rule or a rule spec dict, got {type(rule).__name__}")
     try:
