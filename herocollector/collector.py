@@ -1,4 +1,4 @@
-"""``Collector``: finished logger directories in, Arrow record batches out (SPEC §3).
+"""``Collector``: finished logger directories in, Arrow record batches out.
 
 API-compatible with ``data_logger.Collector``, but vectorised end to end, exact on rotated
 runs (epoch ticks carry across segment files), strict about bad input, and bounded in memory.
@@ -6,19 +6,19 @@ runs (epoch ticks carry across segment files), strict about bad input, and bound
 
 from __future__ import annotations
 
-import io
 import shutil
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 import pyarrow as pa
 
+from . import logdir
 from .catalogue import RuleLike, Stream, load_streams, select_streams
 from .codec import DEFAULT_CHUNK_BYTES, Columns, SegmentDecoder
 from .errors import CollectorError
-from . import logdir
 from .logdir import STREAMS_DIR, segment_files
 
 BASE_FIELDS = (
@@ -82,7 +82,9 @@ class Collector:
         return list(self._paths)
 
     @staticmethod
-    def schema_for(columns: Sequence[str] | None = None, label_types: dict[str, pa.DataType] | None = None) -> pa.Schema:
+    def schema_for(
+        columns: Sequence[str] | None = None, label_types: dict[str, pa.DataType] | None = None
+    ) -> pa.Schema:
         """The output schema for label ``columns`` (strings unless ``label_types`` says otherwise).
 
         Args:
@@ -272,7 +274,8 @@ def label_array(name: str, values: Sequence[Any], type: pa.DataType | None = Non
         return inferred.cast(type)
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
         what = f"to {type}" if type is not None else "into one column"
-        raise CollectorError(f"label column '{name}' cannot be converted {what} from the stream labels: {exc}") from None
+        message = f"label column '{name}' cannot be converted {what} from the stream labels: {exc}"
+        raise CollectorError(message) from None
 
 
 def _to_batch(
