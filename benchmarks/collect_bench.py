@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Benchmark herocollector against the reference ``data_logger.Collector`` (SPEC §5).
+"""Benchmark herocollector against the reference ``data_logger.Collector``.
 
 One run of this script:
 
@@ -17,8 +17,9 @@ One run of this script:
    empty kernel cache, which gives numba's first-compile cost;
 4. checks the outputs: on a single-segment run both IPC files must hold identical tables; on
    a rotated run they may differ only in ``epoch`` (the reference restarts epoch ticks in
-   every segment file, SPEC §2.1). herocollector's output is also checked against the
-   generated data itself (exact on rotated runs too);
+   every segment file, where the logger carries them over from the previous file).
+   herocollector's output is also checked against the generated data itself (exact on
+   rotated runs too);
 5. measures the peak RSS increase of collecting a large single-segment run
    (``--memory-records``) with herocollector in a fresh child process;
 6. prints a summary (times, records/s, MB/s, ratios, memory) and optionally writes JSON.
@@ -47,9 +48,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -760,7 +762,8 @@ def run_benchmark(args: argparse.Namespace, workdir: Path, log: Callable[[str], 
                        else f"DIFFERENT: {diff or 'collect returned False'}"),
         }
     else:
-        # SPEC §3: a rotated run may differ from the reference only in epoch.
+        # A rotated run may differ from the reference only in epoch (the reference restarts
+        # epoch ticks in every segment file).
         ok = set(diff) <= {"epoch"} and ref_ok and hero_ok
         checks["reference vs herocollector (rotated)"] = {
             "ok": ok,

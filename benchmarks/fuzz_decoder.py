@@ -22,7 +22,7 @@ HERE = Path(__file__).resolve().parent
 if str(HERE.parent) not in sys.path:
     sys.path.insert(0, str(HERE.parent))  # fuzz this checkout's herocollector, not an installed one
 
-from herocollector.testing.fuzz import main
+from herocollector.testing.fuzz import main  # noqa: E402 - only once this checkout is on sys.path
 
 if __name__ == "__main__":
     sys.exit(main(failures_dir=HERE / "results" / "fuzz_failures"))

@@ -1,4 +1,4 @@
-"""Segment codec for the disco data logger's ``.seg.zst`` format (SPEC §2.1).
+"""Segment codec for the disco data logger's ``.seg.zst`` format.
 
 A segment is a concatenation of zstd frames (and possibly skippable frames); a zstd frame
 decompresses to whole records; a record is a run of LEB128 varints::
@@ -36,9 +36,10 @@ from __future__ import annotations
 import io
 import queue
 import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterable, Iterator, Protocol, Sequence, TypeVar
+from typing import BinaryIO, Protocol, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -183,7 +184,7 @@ class Records:
     def __len__(self) -> int:
         return int(self.stream_ids.size)
 
-    def equals(self, other: "Records") -> bool:
+    def equals(self, other: Records) -> bool:
         """Whether both hold identical columns, values and dtypes."""
         for column, dtype in self.DTYPES:
             mine, theirs = getattr(self, column), getattr(other, column)
@@ -198,7 +199,7 @@ class Records:
         ticks: Sequence[int],
         indices: Sequence[Sequence[int]],
         quantised: Sequence[Sequence[int]],
-    ) -> "Records":
+    ) -> Records:
         """Build records from per-record Python lists (for tests and small writers).
 
         Args:
@@ -211,7 +212,7 @@ class Records:
             The records as columns.
         """
         lengths = np.array([len(i) for i in indices], dtype=np.int64)
-        if any(len(i) != len(q) for i, q in zip(indices, quantised)) or len(indices) != len(quantised):
+        if any(len(i) != len(q) for i, q in zip(indices, quantised, strict=False)) or len(indices) != len(quantised):
             raise ValueError("indices and quantised values differ in length")
         offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
@@ -228,7 +229,7 @@ class Records:
         )
 
     @classmethod
-    def concat(cls, parts: Iterable["Records"]) -> "Records":
+    def concat(cls, parts: Iterable[Records]) -> Records:
         """Concatenate record columns in order.
 
         Args:
@@ -320,7 +321,7 @@ class TickState:
 
     def _remember(self, stream_ids: np.ndarray, last_ticks: np.ndarray) -> None:
         """Keep each stream's last tick (one Python step per stream, not per record)."""
-        self._last.update(zip(stream_ids.tolist(), last_ticks.tolist()))
+        self._last.update(zip(stream_ids.tolist(), last_ticks.tolist(), strict=True))
 
 
 def encode_records(records: Records, ticks: TickState) -> bytes:
@@ -533,14 +534,17 @@ def _merged(chunks: list[_Chunk]) -> _Chunk:
     if len(chunks) == 1:
         return chunks[0]
     data = _pool_empty(sum(c.data.size for c in chunks), np.uint8)
-    ends, names, at, units = [], [], 0, 0
+    ends: list[np.ndarray] = []
+    names: list[tuple[int, str | Path]] = []
+    at, units = 0, 0
     for c in chunks:
         data[at : at + c.data.size] = c.data
         ends.append(c.ends + at)
         names.extend((units + first, name) for first, name in (c.names or ((0, c.name),)))
         at += c.data.size
         units += c.ends.size
-    return _Chunk(chunks[0].name, data, np.concatenate(ends), np.concatenate([c.frames for c in chunks]), names=tuple(names))
+    frames = np.concatenate([c.frames for c in chunks])
+    return _Chunk(chunks[0].name, data, np.concatenate(ends), frames, names=tuple(names))
 
 
 class _ReadBuffers:
@@ -580,7 +584,11 @@ def _frame_damage(status: int, offset: int) -> str:
 
 
 def _read_segment(
-    fh: _Readable, name: str | Path, chunk_bytes: int, dctx: zstandard.ZstdDecompressor, space: _ReadBuffers | None = None
+    fh: _Readable,
+    name: str | Path,
+    chunk_bytes: int,
+    dctx: zstandard.ZstdDecompressor,
+    space: _ReadBuffers | None = None,
 ) -> Iterator[_Chunk]:
     """Read, walk and decompress one segment into chunks of at most ``chunk_bytes``.
 
@@ -669,8 +677,11 @@ def _decompress_frames(
     dctx: zstandard.ZstdDecompressor,
     doomed: bool,
 ) -> Iterator[_Chunk]:
-    """Decompress complete frames: consecutive ones of known size together, up to a chunk
-    at a time; one larger than a chunk, or of unknown size, on its own in pieces."""
+    """Decompress complete frames, in groups or in pieces.
+
+    Consecutive frames of known size are decompressed together, up to a chunk at a time; a
+    frame larger than a chunk, or of unknown size, on its own in pieces.
+    """
     zstd = kinds == kernel.KIND_ZSTD
     big = zstd & ((sizes < 0) | (sizes > min(chunk_bytes, SINGLE_PASS_BYTES)))
     known = np.where(zstd & ~big, sizes, 0)
@@ -680,7 +691,8 @@ def _decompress_frames(
     first = 0
     while first < count:
         if big[first]:
-            yield from _frame_in_pieces(buf, int(starts[first]), int(ends[first]), int(sizes[first]), base, name, chunk_bytes, dctx, doomed)
+            lo, hi, declared = int(starts[first]), int(ends[first]), int(sizes[first])
+            yield from _frame_in_pieces(buf, lo, hi, declared, base, name, chunk_bytes, dctx, doomed)
             first += 1
             continue
         before = running[first] - known[first]
@@ -723,8 +735,9 @@ def _decompress_group(
         spans[:, 0] = starts[zstd]
         spans[:, 1] = (ends - starts)[zstd]
         try:
-            frames = zstandard.BufferWithSegments(buf, spans.tobytes())
-            decompressed = dctx.multi_decompress_to_buffer(frames, decompressed_sizes=sizes[zstd].astype(np.uint64).tobytes(), threads=1)
+            frames = zstandard.BufferWithSegments(buf.data, spans.tobytes())
+            expected = sizes[zstd].astype(np.uint64).tobytes()
+            decompressed = dctx.multi_decompress_to_buffer(frames, decompressed_sizes=expected, threads=1)
             out = _contiguous(decompressed, total)
         except zstandard.ZstdError:
             out = None
@@ -762,6 +775,12 @@ class _Decompressed:
         self.__array_interface__ = {"data": (address, False), "shape": (size,), "typestr": "|u1", "version": 3}
 
 
+def _segment_array(segment: zstandard.BufferSegment) -> np.ndarray:
+    """One segment of zstandard's output viewed (not copied) as a ``uint8`` array."""
+    # BufferSegment implements the buffer protocol; zstandard's stubs do not declare it.
+    return np.frombuffer(segment, dtype=np.uint8)  # type: ignore[call-overload]
+
+
 def _contiguous(out: zstandard.BufferWithSegmentsCollection, total: int) -> np.ndarray:
     """``multi_decompress_to_buffer``'s output as one ``uint8`` array of ``total`` bytes.
 
@@ -770,15 +789,15 @@ def _contiguous(out: zstandard.BufferWithSegmentsCollection, total: int) -> np.n
     it is. Otherwise the segments are copied together.
     """
     segments = len(out)
-    first = np.frombuffer(out[0], dtype=np.uint8)
-    last = np.frombuffer(out[segments - 1], dtype=np.uint8)
+    first = _segment_array(out[0])
+    last = _segment_array(out[segments - 1])
     address = first.__array_interface__["data"][0]
     if out.size() == total and last.__array_interface__["data"][0] + last.size == address + total:
         return np.asarray(_Decompressed(out, address, total))
     data = _pool_empty(total, np.uint8)
     at = 0
     for i in range(segments):
-        piece = np.frombuffer(out[i], dtype=np.uint8)
+        piece = _segment_array(out[i])
         data[at : at + piece.size] = piece
         at += piece.size
     if at != total:
@@ -813,7 +832,8 @@ def _group_damage(
                 sizes_ok = np.array([len(c) for c in contents], dtype=np.int64)
                 units = sizes_ok > 0
                 data = np.frombuffer(b"".join(contents), dtype=np.uint8).copy()
-                yield _Chunk(name, data, np.cumsum(sizes_ok)[units], np.array(offsets, dtype=np.int64)[units] + base, doomed=True)
+                frames = np.array(offsets, dtype=np.int64)[units] + base
+                yield _Chunk(name, data, np.cumsum(sizes_ok)[units], frames, doomed=True)
             raise SegmentError(problem, name, base + lo)
         contents.append(content)
         offsets.append(lo)
@@ -869,7 +889,8 @@ def _frame_in_pieces(
                     break
                 got += n
             if got != declared or reader.read(1):
-                raise SegmentError(f"corrupt zstd frame: header says {declared} bytes, it decompresses to another size", name, base + lo)
+                message = f"corrupt zstd frame: header says {declared} bytes, it decompresses to another size"
+                raise SegmentError(message, name, base + lo)
         while True:
             if whole is not None:
                 piece = whole[produced : produced + chunk_bytes]
@@ -885,7 +906,8 @@ def _frame_in_pieces(
             produced += got
             last = produced == declared if whole is not None else got < chunk_bytes
             if last and declared >= 0 and produced != declared:
-                raise SegmentError(f"corrupt zstd frame: {produced} bytes decompressed, header says {declared}", name, base + lo)
+                message = f"corrupt zstd frame: {produced} bytes decompressed, header says {declared}"
+                raise SegmentError(message, name, base + lo)
             yield _Chunk(name, piece[:got], np.array([got], dtype=np.int64), frame, True, first, last, declared, doomed)
             if last:
                 return
@@ -1061,7 +1083,8 @@ class _RecordDecoder:
             frame.consume(pos)
             frame.need, frame.tried = detail, frame.length
             if frame.declared >= 0 and frame.seen + frame.need > frame.declared:
-                raise SegmentError("record cut short: it needs more bytes than its frame holds", frame.name, frame.frame)
+                message = "record cut short: it needs more bytes than its frame holds"
+                raise SegmentError(message, frame.name, frame.frame)
             return
         if status == kernel.UNKNOWN_STREAM:
             # The reference reports a varint error anywhere in the frame before an unknown
@@ -1120,7 +1143,9 @@ class _RecordDecoder:
             if self.scaled:
                 out = Columns(sid[:nrec], slot[:nrec], epoch[:nrec], offsets[: nrec + 1], idx[:nval], val[:nval])
             else:
-                out = Records(sid[:nrec], epoch.view(np.int64)[:nrec], offsets[: nrec + 1].astype(np.int64), idx[:nval], val.view(np.int64)[:nval])
+                ticks = epoch.view(np.int64)[:nrec]
+                quantised = val.view(np.int64)[:nval]
+                out = Records(sid[:nrec], ticks, offsets[: nrec + 1].astype(np.int64), idx[:nval], quantised)
         return int(status), int(stop), int(unit), out, int(detail)
 
 
@@ -1134,7 +1159,8 @@ def _error(status: int, name: str | Path, frame: int, within: int, detail: int) 
     if status == kernel.VARINT_TOO_LONG:
         return SegmentError(f"varint longer than 10 bytes {where}", name, frame)
     if status == kernel.TOO_MANY_VALUES:
-        return SegmentError(f"record with more than {_MAX_LIST_VALUES} elements (an Arrow list's limit) {where}", name, frame)
+        message = f"record with more than {_MAX_LIST_VALUES} elements (an Arrow list's limit) {where}"
+        return SegmentError(message, name, frame)
     raise RuntimeError(f"herocollector: unexpected decoder status {status}")
 
 
@@ -1148,7 +1174,7 @@ class _Source:
     """A segment to decode: a path, or an open file object and its name."""
 
     name: str | Path
-    fh: BinaryIO | None = None
+    fh: BinaryIO | _Readable | None = None
 
     def open(self) -> io.BufferedReader | _NotClosing:
         """The segment, opened for reading (a caller's file object is not closed after)."""
@@ -1163,14 +1189,14 @@ class _Counting(io.RawIOBase):
     def __init__(self, path: str | Path, on_bytes: Callable[[int], None]) -> None:
         self._path = path
         self._on_bytes = on_bytes
-        self._fh: BinaryIO | None = None
+        self._fh: io.FileIO | None = None
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
         if self._fh is None:
-            self._fh = open(self._path, "rb", buffering=0)  # noqa: SIM115 - closed when the file ends
+            self._fh = open(self._path, "rb", buffering=0)  # closed when the file ends, or by close()
         got = self._fh.readinto(buffer) or 0
         if got:
             self._on_bytes(got)
@@ -1201,7 +1227,7 @@ class SegmentDecoder:
     """Decodes the segments of one logger run.
 
     Feed it the run's segment files in name order: the per-stream epoch tick carries from
-    one file to the next (SPEC §2.1). One decoder serves one run in one thread at a time;
+    one file to the next. One decoder serves one run in one thread at a time;
     decoders of different runs share nothing and can run in parallel threads.
 
     Args:
@@ -1274,7 +1300,7 @@ class SegmentDecoder:
         """
         return Records.concat(self.decode_stream(io.BytesIO(data), name))
 
-    def decode_stream(self, fh: BinaryIO, name: str | Path) -> Iterator[Records]:
+    def decode_stream(self, fh: BinaryIO | _Readable, name: str | Path) -> Iterator[Records]:
         """Decode a segment from a binary file object.
 
         Args:

@@ -33,7 +33,7 @@ from typing import Any
 
 import numba
 import numpy as np
-from llvmlite import ir
+from llvmlite import ir  # type: ignore[import-untyped]  # llvmlite ships no type information
 from numba.core import caching, cgutils, config, types
 from numba.extending import intrinsic
 
@@ -107,10 +107,12 @@ class _UserCacheLocator(_SourceLocator, _LocatorBase):  # type: ignore[misc, val
 class _TempCacheLocator(_UserCacheLocator):
     """Last resort: a per-user directory under the system's temporary directory."""
 
-    root = staticmethod(lambda: Path(tempfile.gettempdir()) / f"herocollector-numba-{os.getuid() if hasattr(os, 'getuid') else 'user'}")
+    root = staticmethod(
+        lambda: Path(tempfile.gettempdir()) / f"herocollector-numba-{os.getuid() if hasattr(os, 'getuid') else 'user'}"
+    )
 
 
-class _KernelCacheImpl(caching.CompileResultCacheImpl):  # type: ignore[misc]
+class _KernelCacheImpl(caching.CompileResultCacheImpl):
     """numba's cache implementation with herocollector's order of cache directories."""
 
     _locator_classes = [  # noqa: RUF012 - numba's own attribute, a list
@@ -121,7 +123,7 @@ class _KernelCacheImpl(caching.CompileResultCacheImpl):  # type: ignore[misc]
     ]
 
 
-class _KernelCache(caching.FunctionCache):  # type: ignore[misc]
+class _KernelCache(caching.FunctionCache):
     """numba's function cache, storing where :class:`_KernelCacheImpl` says."""
 
     _impl_class = _KernelCacheImpl
@@ -201,9 +203,10 @@ def scan_frames(buf, start, length, final, out_start, out_end, out_size, out_kin
                 else:
                     size = np.int64(-1)
                     if fcs_size > 0:
-                        size = 0
+                        size = np.int64(0)
                         for k in range(fcs_size):
-                            size |= np.int64(buf[fcs_pos + k]) << (8 * k)  # an 8-byte size > 2**63 turns negative: "unknown"
+                            # An 8-byte size > 2**63 turns negative: "unknown".
+                            size |= np.int64(buf[fcs_pos + k]) << (8 * k)
                         if fcs_size == 2:
                             size += 256
                     q = fcs_pos + fcs_size
@@ -231,7 +234,12 @@ def scan_frames(buf, start, length, final, out_start, out_end, out_size, out_kin
             if p + 8 > n:
                 truncated = True
             else:
-                skip = np.int64(buf[p + 4]) | (np.int64(buf[p + 5]) << 8) | (np.int64(buf[p + 6]) << 16) | (np.int64(buf[p + 7]) << 24)
+                skip = (
+                    np.int64(buf[p + 4])
+                    | (np.int64(buf[p + 5]) << 8)
+                    | (np.int64(buf[p + 6]) << 16)
+                    | (np.int64(buf[p + 7]) << 24)
+                )
                 end = p + 8 + skip
                 if end > n:
                     truncated = True
@@ -259,6 +267,10 @@ def _load_u64(typingctx, array, index):  # type: ignore[no-untyped-def]
     """``array[index:index + 8]`` as one unaligned little-endian ``uint64`` load.
 
     The caller guarantees ``0 <= index`` and ``index + 8 <= len(array)``.
+
+    Kernels call an intrinsic without ``typingctx`` (``_load_u64(array, index)``), but
+    numba's type stubs give the call the signature of this definition, ``typingctx``
+    included: those calls carry a ``type: ignore[call-arg]``.
     """
     if not (isinstance(array, types.Array) and array.dtype == types.uint8 and array.ndim == 1):
         return None
@@ -271,8 +283,9 @@ def _load_u64(typingctx, array, index):  # type: ignore[no-untyped-def]
         # With NUMBA_BOUNDSCHECK=1 numba checks the first and the last byte of the word
         # (raising IndexError); otherwise these are plain address computations.
         last = builder.add(args[1], context.get_constant(index_type, 7))
-        cgutils.get_item_pointer(context, builder, array_type, view, [last], boundscheck=context.enable_boundscheck)
-        address = cgutils.get_item_pointer(context, builder, array_type, view, [args[1]], boundscheck=context.enable_boundscheck)
+        check = context.enable_boundscheck
+        cgutils.get_item_pointer(context, builder, array_type, view, [last], boundscheck=check)
+        address = cgutils.get_item_pointer(context, builder, array_type, view, [args[1]], boundscheck=check)
         word = builder.load(builder.bitcast(address, ir.IntType(64).as_pointer()), align=1)
         if not LITTLE_ENDIAN:
             word = builder.bswap(word)
@@ -318,7 +331,7 @@ def _varint(data, pos, end):  # type: ignore[no-untyped-def]
     if b < 0x80:
         return np.uint64(b), pos + 1, 0
     if pos + 8 <= data.shape[0]:
-        word = _load_u64(data, pos)
+        word: np.uint64 = _load_u64(data, pos)  # type: ignore[call-arg]  # see _load_u64
         stops = ~word & _STOP_BITS
         if stops != 0:
             length = np.int64((_trailing_zeros(stops) + np.uint64(1)) >> np.uint64(3))
@@ -360,7 +373,7 @@ def _terminators(data, pos):  # type: ignore[no-untyped-def]
     """
     mask = np.uint64(0)
     for i in range(8):
-        stops = ~_load_u64(data, pos + 8 * i) & _STOP_BITS
+        stops = ~_load_u64(data, pos + 8 * i) & _STOP_BITS  # type: ignore[call-arg]  # see _load_u64
         mask |= ((stops >> np.uint64(7)) * _GATHER >> np.uint64(56)) << np.uint64(8 * i)
     return mask
 
@@ -484,7 +497,7 @@ def decode_records(  # type: ignore[no-untyped-def]
     n_slots = min(selected.shape[0], epoch_scales.shape[0], value_scales.shape[0], last_ticks.shape[0])
     zero = np.uint64(0)
     nrec = 0
-    nval = 0
+    nval = np.int64(0)
     if cap_rec < 0:
         return BAD_CAPACITY, pos, unit, 0, 0, zero
     out_offsets[0] = 0
@@ -539,7 +552,7 @@ def decode_records(  # type: ignore[no-untyped-def]
                     if end - pos < WINDOW:
                         mask &= (np.uint64(1) << np.uint64(end - pos)) - np.uint64(1)
                     while mask != 0 and k < total:
-                        stop = np.int64(_trailing_zeros(mask))
+                        stop = np.int64(_trailing_zeros(mask))  # type: ignore[call-arg]  # see _load_u64
                         length = stop + 1 - start
                         if length > 8:
                             break

@@ -177,12 +177,18 @@ class NumbaKernels:
         self.varint_damage = kernel.varint_damage
 
     def warm_up(self) -> None:
+        """Compile (or load from numba's cache) every kernel and check its answers.
+
+        Raises:
+            RuntimeError: A kernel gave a wrong answer.
+        """
         _exercise(self)
 
 
 def _exercise(kernels: Any) -> None:
-    """Call every kernel once (with the argument types the decoder uses) so it is ready,
-    and check the answers: code that does not decode right is not used.
+    """Call every kernel once (with the argument types the decoder uses) so it is ready.
+
+    The answers are checked too: code that does not decode right is not used.
 
     Raises:
         RuntimeError: A kernel gave a wrong answer.
@@ -191,7 +197,10 @@ def _exercise(kernels: Any) -> None:
     frame = np.frombuffer(b"\x28\xb5\x2f\xfd\x20\x03\x19\x00\x00\x01\x02\x00", dtype=np.uint8).copy()
     frames = [np.zeros(4, dtype=np.int64) for _ in range(3)]
     kinds = np.zeros(4, dtype=np.uint8)
-    got = [kernels.scan_frames(empty, 0, 0, True, *frames, kinds), kernels.scan_frames(frame, 0, frame.size, True, *frames, kinds)]
+    got = [
+        kernels.scan_frames(empty, 0, 0, True, *frames, kinds),
+        kernels.scan_frames(frame, 0, frame.size, True, *frames, kinds),
+    ]
     # A record of stream 1, tick delta +1, two elements: indices 3, 5 and values -1, 2.
     data = np.frombuffer(b"\x01\x02\x02\x03\x01\x01\x04", dtype=np.uint8).copy()
     ends = np.array([data.size], dtype=np.int64)
@@ -232,9 +241,20 @@ ENTRY_ARGS = {
 
 def _pointer(array: np.ndarray, dtype: type, writable: bool = False) -> int:
     """The address of a contiguous array of ``dtype`` (checked: the kernel trusts lengths)."""
-    if array.dtype != dtype or array.ndim != 1 or not array.flags.c_contiguous or (writable and not array.flags.writeable):
-        raise TypeError(f"kernel argument must be a contiguous{' writable' if writable else ''} 1-d {np.dtype(dtype)} array")
+    if (
+        array.dtype != dtype
+        or array.ndim != 1
+        or not array.flags.c_contiguous
+        or (writable and not array.flags.writeable)
+    ):
+        what = f"contiguous{' writable' if writable else ''} 1-d {np.dtype(dtype)}"
+        raise TypeError(f"kernel argument must be a {what} array")
     return array.__array_interface__["data"][0]
+
+
+def _address(array: np.ndarray) -> int:
+    """The address of an array's first element."""
+    return int(array.__array_interface__["data"][0])
 
 
 class ObjectKernels:
@@ -253,7 +273,7 @@ class ObjectKernels:
         Raises:
             Exception: The kernels can be neither loaded nor built and stored.
         """
-        import llvmlite.binding as llvm
+        import llvmlite.binding as llvm  # type: ignore[import-untyped]  # llvmlite ships no type information
 
         llvm.initialize_native_target()
         llvm.initialize_native_asmprinter()
@@ -274,7 +294,11 @@ class ObjectKernels:
     def _load(cls, llvm: Any, meta: dict[str, Any], objects: dict[str, bytes]) -> ObjectKernels:
         target = llvm.Target.from_default_triple()
         machine = target.create_target_machine(
-            cpu=llvm.get_host_cpu_name(), features=llvm.get_host_cpu_features().flatten(), opt=3, reloc="default", codemodel="jitdefault"
+            cpu=llvm.get_host_cpu_name(),
+            features=llvm.get_host_cpu_features().flatten(),
+            opt=3,
+            reloc="default",
+            codemodel="jitdefault",
         )
         _provide_symbols(llvm, meta["externals"])
         functions: dict[str, Callable[..., None]] = {}
@@ -294,10 +318,30 @@ class ObjectKernels:
         return kernels
 
     def warm_up(self) -> None:
+        """Call every kernel once and check its answers.
+
+        Raises:
+            RuntimeError: A kernel gave a wrong answer.
+        """
         _exercise(self)
 
-    def scan_frames(self, buf: np.ndarray, start: int, length: int, final: bool, out_start: np.ndarray, out_end: np.ndarray,
-                    out_size: np.ndarray, out_kind: np.ndarray) -> tuple[int, int, int]:
+    def scan_frames(
+        self,
+        buf: np.ndarray,
+        start: int,
+        length: int,
+        final: bool,
+        out_start: np.ndarray,
+        out_end: np.ndarray,
+        out_size: np.ndarray,
+        out_kind: np.ndarray,
+    ) -> tuple[int, int, int]:
+        """Walk zstd frame headers; see :func:`herocollector.kernel.scan_frames`.
+
+        Raises:
+            TypeError: An array is not contiguous, 1-d, of the kernel's dtype (or writable
+                where the kernel writes).
+        """
         result = np.zeros(3, dtype=np.int64)
         self._functions["scan_frames"](
             _pointer(buf, np.uint8), buf.size, int(start), int(length), 1 if final else 0,
@@ -313,20 +357,29 @@ class ObjectKernels:
                        max_values: int, out_sid: np.ndarray, out_slot: np.ndarray, out_epoch: np.ndarray,
                        out_tick: np.ndarray, out_offsets: np.ndarray, out_idx: np.ndarray, out_val: np.ndarray,
                        out_q: np.ndarray) -> tuple[int, int, int, int, int, int]:
+        """Decode records in one pass; see :func:`herocollector.kernel.decode_records`.
+
+        Raises:
+            TypeError: An array is not contiguous, 1-d, of the kernel's dtype (or writable
+                where the kernel writes), or ``out_tick``/``out_q`` are not ``out_epoch``/``out_val``
+                viewed as ``int64``.
+        """
         # The int64 views must be the float64 arrays themselves: the entry point takes one of each.
-        if out_tick.__array_interface__["data"][0] != out_epoch.__array_interface__["data"][0] or out_tick.size != out_epoch.size:
+        if _address(out_tick) != _address(out_epoch) or out_tick.size != out_epoch.size:
             raise TypeError("out_tick must be out_epoch viewed as int64")
-        if out_q.__array_interface__["data"][0] != out_val.__array_interface__["data"][0] or out_q.size != out_val.size:
+        if _address(out_q) != _address(out_val) or out_q.size != out_val.size:
             raise TypeError("out_q must be out_val viewed as int64")
         result = np.zeros(6, dtype=np.int64)
         self._functions["decode_records"](
             _pointer(data, np.uint8), data.size, int(pos), _pointer(unit_ends, np.int64), unit_ends.size, int(unit),
             1 if open_last else 0, _pointer(table, np.int32), table.size, _pointer(big_ids, np.uint64), big_ids.size,
             _pointer(big_slots, np.int32), big_slots.size, _pointer(selected, np.uint8), selected.size,
-            _pointer(epoch_scales, np.float64), epoch_scales.size, _pointer(value_scales, np.float64), value_scales.size,
+            _pointer(epoch_scales, np.float64), epoch_scales.size,
+            _pointer(value_scales, np.float64), value_scales.size,
             _pointer(last_ticks, np.int64, True), last_ticks.size, 1 if scaled else 0, int(max_values),
             _pointer(out_sid, np.uint32, True), out_sid.size, _pointer(out_slot, np.int32, True), out_slot.size,
-            _pointer(out_epoch, np.float64, True), out_epoch.size, _pointer(out_offsets, np.int32, True), out_offsets.size,
+            _pointer(out_epoch, np.float64, True), out_epoch.size,
+            _pointer(out_offsets, np.int32, True), out_offsets.size,
             _pointer(out_idx, np.int64, True), out_idx.size, _pointer(out_val, np.float64, True), out_val.size,
             result.ctypes.data,
         )  # fmt: skip
@@ -334,8 +387,15 @@ class ObjectKernels:
         return status, stop, unit, nrec, nval, detail & 0xFFFFFFFFFFFFFFFF  # the detail is a uint64
 
     def varint_damage(self, data: np.ndarray, start: int, end: int, run: int) -> tuple[int, bool]:
+        """Check varint lengths (diagnosis); see :func:`herocollector.kernel.varint_damage`.
+
+        Raises:
+            TypeError: ``data`` is not a contiguous 1-d ``uint8`` array.
+        """
         result = np.zeros(2, dtype=np.int64)
-        self._functions["varint_damage"](_pointer(data, np.uint8), data.size, int(start), int(end), int(run), result.ctypes.data)
+        self._functions["varint_damage"](
+            _pointer(data, np.uint8), data.size, int(start), int(end), int(run), result.ctypes.data
+        )
         return int(result[0]), bool(result[1])
 
 
@@ -457,7 +517,11 @@ def _build(llvm: Any) -> tuple[dict[str, Any], dict[str, bytes]]:
 
     target = llvm.Target.from_default_triple()
     machine = target.create_target_machine(
-        cpu=llvm.get_host_cpu_name(), features=llvm.get_host_cpu_features().flatten(), opt=3, reloc="default", codemodel="jitdefault"
+        cpu=llvm.get_host_cpu_name(),
+        features=llvm.get_host_cpu_features().flatten(),
+        opt=3,
+        reloc="default",
+        codemodel="jitdefault",
     )
     meta: dict[str, Any] = {"format": _FORMAT, "key": _cache_key(llvm), "kernels": {}, "externals": {}}
     objects: dict[str, bytes] = {}

@@ -11,9 +11,9 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import tempfile
 import signal
 import struct
+import tempfile
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path

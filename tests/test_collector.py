@@ -1,4 +1,4 @@
-"""Collector semantics on real logger directories (SPEC §3): selection, columns, ``_DONE``
+"""Collector semantics on real logger directories: selection, columns, ``_DONE``
 waiting, cleanup, bad input and chunked decoding.
 """
 

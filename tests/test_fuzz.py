@@ -6,7 +6,7 @@ a sane offset, never another exception, never hanging, and always with the same 
 its oracles (the encoded records, the pure-Python reference decoder, the NumPy decoder).
 
 * ``test_fuzz_smoke`` runs about 2,000 cases on every test run (a few seconds);
-* ``test_fuzz_100k`` is the issue's acceptance run of 100,000 cases (``-m slow``);
+* ``test_fuzz_100k`` is the full acceptance run of 100,000 cases (``-m slow``);
 * the other tests check the harness itself: a decoder that misbehaves must be caught.
 """
 
@@ -21,9 +21,9 @@ from typing import BinaryIO
 
 import pytest
 
-from herocollector.testing import fuzz
 from herocollector.codec import Records, SegmentDecoder
 from herocollector.errors import SegmentError
+from herocollector.testing import fuzz
 
 
 def assert_no_failures(report) -> None:

@@ -1,4 +1,4 @@
-"""Interop with the real disco data logger (SPEC §2, §3, §6).
+"""Interop with the real disco data logger: its segment format, its collector and its runs.
 
 Runs are written by ``data_logger.DataLogger``. Single-segment runs must give a table
 identical to ``data_logger.Collector``'s; rotated runs must give exactly what was recorded

@@ -109,9 +109,10 @@ import threading
 import time
 import traceback
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import zstandard
@@ -364,7 +365,9 @@ def compressor(level: int, checksum: bool = False, content_size: bool = True) ->
     """A cached ``ZstdCompressor``."""
     key = (level, checksum, content_size)
     if key not in _COMPRESSORS:
-        _COMPRESSORS[key] = zstandard.ZstdCompressor(level=level, write_checksum=checksum, write_content_size=content_size)
+        _COMPRESSORS[key] = zstandard.ZstdCompressor(
+            level=level, write_checksum=checksum, write_content_size=content_size
+        )
     return _COMPRESSORS[key]
 
 
@@ -401,11 +404,22 @@ def random_int64(rng: np.random.Generator, size: int, mode: str) -> np.ndarray:
         return rng.integers(-1000, 1000, size=size, dtype=np.int64)
     if mode == "full":
         return rng.integers(INT64_MIN, INT64_MAX, size=size, dtype=np.int64, endpoint=True)
-    extremes = np.array([0, 1, -1, INT64_MIN, INT64_MAX, INT64_MIN + 1, INT64_MAX - 1, 2**62, -(2**62), 127, 128, -64, -65], dtype=np.int64)
+    extremes = np.array(
+        [0, 1, -1, INT64_MIN, INT64_MAX, INT64_MIN + 1, INT64_MAX - 1, 2**62, -(2**62), 127, 128, -64, -65],
+        dtype=np.int64,
+    )
     if mode == "extreme":
         return rng.choice(extremes, size=size)
     pick = rng.integers(0, 3, size=size)
-    return np.where(pick == 0, rng.choice(extremes, size=size), np.where(pick == 1, rng.integers(-300, 300, size=size), rng.integers(INT64_MIN, INT64_MAX, size=size, dtype=np.int64, endpoint=True)))
+    return np.where(
+        pick == 0,
+        rng.choice(extremes, size=size),
+        np.where(
+            pick == 1,
+            rng.integers(-300, 300, size=size),
+            rng.integers(INT64_MIN, INT64_MAX, size=size, dtype=np.int64, endpoint=True),
+        ),
+    )
 
 
 def random_records(rng: np.random.Generator, *, bulk: bool = False) -> Records:
@@ -458,7 +472,13 @@ def random_records(rng: np.random.Generator, *, bulk: bool = False) -> Records:
         ticks = np.full(r, int(random_int64(rng, 1, "extreme")[0]), dtype=np.int64)
     else:
         ticks = random_int64(rng, r, str(rng.choice(["full", "extreme", "mixed"])))
-    return Records(stream_ids.astype(np.uint32), ticks.astype(np.int64), offsets, indices.astype(np.int64), quantised.astype(np.int64))
+    return Records(
+        stream_ids.astype(np.uint32),
+        ticks.astype(np.int64),
+        offsets,
+        indices.astype(np.int64),
+        quantised.astype(np.int64),
+    )
 
 
 def raw_records(rng: np.random.Generator, count: int, id_pool: tuple[int, ...]) -> list[bytes]:
@@ -522,7 +542,7 @@ def reframe(contents: list[bytes], rng: np.random.Generator, *, extras: bool = T
 def build_pool(seed: int, size: int, dctx: zstandard.ZstdDecompressor) -> list[PoolSegment]:
     """``size`` valid segments (non-empty), some large enough to span several 4 KiB chunks."""
     rng = np.random.default_rng([seed, 0x9001])
-    pool = []
+    pool: list[PoolSegment] = []
     while len(pool) < size:
         records = random_records(rng, bulk=rng.random() < 0.05)
         if not len(records):
@@ -553,7 +573,7 @@ class Case:
     known: tuple[int, ...] = KNOWN_IDS
     selected: tuple[int, ...] | None = None
     expected: Records | None = None  # must decode to exactly this
-    expect_error: tuple[type, int, int | None] | None = None  # required (error class, offset, stream id)
+    expect_error: tuple[type[SegmentError], int, int | None] | None = None  # required (error class, offset, stream id)
     read_size: int | None = None  # feed decode_stream short reads of this size
     note: str = ""
 
@@ -565,7 +585,8 @@ def pick_chunk(rng: np.random.Generator, forced: int | None) -> int:
     return int(rng.choice(SMALL_CHUNKS)) if rng.random() < 0.25 else DEFAULT_CHUNK_BYTES
 
 
-def gen_valid(rng: np.random.Generator, ctx: "Context", case: Case) -> None:
+def gen_valid(rng: np.random.Generator, ctx: Context, case: Case) -> None:
+    """A valid segment of random records, sometimes re-framed, selected or read in short reads."""
     records = random_records(rng, bulk=rng.random() < 0.02)
     rpf = int(rng.integers(1, 51))
     level = int(rng.choice([1, 1, 3, -5]))
@@ -588,7 +609,7 @@ def gen_valid(rng: np.random.Generator, ctx: "Context", case: Case) -> None:
     case.data, case.expected, case.note = data, expected, " ".join(notes)
 
 
-def mutate_bytes(data: bytes, rng: np.random.Generator, ctx: "Context") -> tuple[bytes, list[str]]:
+def mutate_bytes(data: bytes, rng: np.random.Generator, ctx: Context) -> tuple[bytes, list[str]]:
     """1..4 byte-level mutations."""
     out = bytearray(data)
     ops = []
@@ -624,7 +645,7 @@ def mutate_bytes(data: bytes, rng: np.random.Generator, ctx: "Context") -> tuple
     return bytes(out), ops
 
 
-def frame_op(seg: PoolSegment, rng: np.random.Generator, ctx: "Context") -> tuple[bytes, str]:
+def frame_op(seg: PoolSegment, rng: np.random.Generator, ctx: Context) -> tuple[bytes, str]:
     """Drop, duplicate, swap or insert whole frames (the result often still decodes)."""
     spans = [(f.start, f.end) for f in seg.frames]
     pieces = [seg.data[s:e] for s, e in spans]
@@ -642,13 +663,15 @@ def frame_op(seg: PoolSegment, rng: np.random.Generator, ctx: "Context") -> tupl
         f = other.frames[int(rng.integers(len(other.frames)))]
         pieces.insert(i, other.data[f.start : f.end])
     elif op == "empty":
-        pieces.insert(i, random_frame(b"", rng) if rng.random() < 0.5 else skippable_frame(rng.bytes(int(rng.integers(0, 9)))))
+        empty = random_frame(b"", rng) if rng.random() < 0.5 else skippable_frame(rng.bytes(int(rng.integers(0, 9))))
+        pieces.insert(i, empty)
     else:
         pieces.reverse()
     return b"".join(pieces), f"frame-{op}@{i}"
 
 
-def gen_mutated(rng: np.random.Generator, ctx: "Context", case: Case) -> None:
+def gen_mutated(rng: np.random.Generator, ctx: Context, case: Case) -> None:
+    """A pool segment with byte-level mutations, whole frames moved, or both."""
     seg = ctx.pool[int(rng.integers(len(ctx.pool)))]
     data, notes = seg.data, []
     if rng.random() < 0.3:
@@ -663,7 +686,14 @@ def gen_mutated(rng: np.random.Generator, ctx: "Context", case: Case) -> None:
 def mutate_content(content: bytes, rng: np.random.Generator) -> tuple[bytes, str]:
     """Damage decompressed record bytes (the record splitter's input)."""
     out = bytearray(content)
-    op = str(rng.choice(["flip", "set", "truncate", "append", "insert", "delete", "long-varint", "huge-n", "unknown-id", "random", "terminate"]))
+    op = str(
+        rng.choice(
+            [
+                "flip", "set", "truncate", "append", "insert", "delete",
+                "long-varint", "huge-n", "unknown-id", "random", "terminate",
+            ]
+        )
+    )  # fmt: skip
     p = int(rng.integers(0, len(out) + 1))
     if op == "flip" and out:
         out[min(p, len(out) - 1)] ^= 1 << int(rng.integers(8))
@@ -692,9 +722,10 @@ def mutate_content(content: bytes, rng: np.random.Generator) -> tuple[bytes, str
     return bytes(out), op
 
 
-def gen_payload(rng: np.random.Generator, ctx: "Context", case: Case) -> None:
+def gen_payload(rng: np.random.Generator, ctx: Context, case: Case) -> None:
+    """A pool segment whose decompressed record bytes are damaged, compressed again."""
     seg = ctx.pool[int(rng.integers(len(ctx.pool)))]
-    contents = [c for c, f in zip(seg.contents, seg.frames) if not f.skippable]
+    contents = [c for c, f in zip(seg.contents, seg.frames, strict=True) if not f.skippable]
     notes = []
     for _ in range(int(rng.integers(1, 4))):
         i = int(rng.integers(len(contents)))
@@ -705,7 +736,8 @@ def gen_payload(rng: np.random.Generator, ctx: "Context", case: Case) -> None:
     case.data, case.note = data, " ".join(notes) + (" hand-built" if hand else "")
 
 
-def gen_header(rng: np.random.Generator, ctx: "Context", case: Case) -> None:
+def gen_header(rng: np.random.Generator, ctx: Context, case: Case) -> None:
+    """A pool segment with damaged frame headers: magic, descriptor, sizes, blocks, checksum."""
     seg = ctx.pool[int(rng.integers(len(ctx.pool)))]
     out = bytearray(seg.data)
     notes = []
@@ -717,7 +749,8 @@ def gen_header(rng: np.random.Generator, ctx: "Context", case: Case) -> None:
             sk = [g for g in seg.frames if g.skippable]
             if sk:
                 g = sk[int(rng.integers(len(sk)))]
-                out[g.start + 4 : g.start + 8] = int(rng.choice([0, 1, 0xFFFFFFFF, int(rng.integers(0, 1 << 32))])).to_bytes(4, "little")
+                new_size = int(rng.choice([0, 1, 0xFFFFFFFF, int(rng.integers(0, 1 << 32))]))
+                out[g.start + 4 : g.start + 8] = new_size.to_bytes(4, "little")
                 notes.append(f"skippable-size@{g.start}")
                 continue
             target = "magic"
@@ -771,38 +804,54 @@ def gen_header(rng: np.random.Generator, ctx: "Context", case: Case) -> None:
 
 
 def random_blob(rng: np.random.Generator) -> bytes:
+    """Random bytes: uniform, biased towards small and continuation bytes, or one byte repeated."""
     roll = rng.random()
-    length = int(rng.integers(0, 17)) if roll < 0.2 else int(rng.integers(0, 601)) if roll < 0.85 else int(rng.integers(0, 5001))
+    if roll < 0.2:
+        length = int(rng.integers(0, 17))
+    elif roll < 0.85:
+        length = int(rng.integers(0, 601))
+    else:
+        length = int(rng.integers(0, 5001))
     style = rng.random()
     if style < 0.6:
         return rng.bytes(length)
     if style < 0.8:
-        return (rng.integers(0, 8, size=length, dtype=np.uint8) | np.where(rng.random(length) < 0.3, 0x80, 0).astype(np.uint8)).tobytes()
+        low = rng.integers(0, 8, size=length, dtype=np.uint8)
+        return (low | np.where(rng.random(length) < 0.3, 0x80, 0).astype(np.uint8)).tobytes()
     return bytes([int(rng.integers(256))]) * length
 
 
-def gen_random(rng: np.random.Generator, ctx: "Context", case: Case) -> None:
+def gen_random(rng: np.random.Generator, ctx: Context, case: Case) -> None:
+    """Purely random bytes."""
     case.data = random_blob(rng)
 
 
-def gen_magic_random(rng: np.random.Generator, ctx: "Context", case: Case) -> None:
+def gen_magic_random(rng: np.random.Generator, ctx: Context, case: Case) -> None:
+    """Random bytes after the zstd magic or a plausible frame header, or hand-built frames."""
     roll = rng.random()
     if roll < 0.4:
         case.data, case.note = ZSTD_MAGIC + random_blob(rng), "magic+random"
     elif roll < 0.7:
-        fhd = int(rng.integers(256)) if rng.random() < 0.5 else int(rng.choice([0x20, 0x60, 0xA0, 0xE0, 0x00, 0x24, 0x04]))
+        if rng.random() < 0.5:
+            fhd = int(rng.integers(256))
+        else:
+            fhd = int(rng.choice([0x20, 0x60, 0xA0, 0xE0, 0x00, 0x24, 0x04]))
         header = ZSTD_MAGIC + bytes([fhd]) + rng.bytes(int(rng.integers(0, 10)))
-        blocks = b"".join(
-            ((int(rng.integers(0, 300)) << 3) | (int(rng.integers(4)) << 1) | int(rng.random() < 0.5)).to_bytes(3, "little") + rng.bytes(int(rng.integers(0, 300)))
-            for _ in range(int(rng.integers(1, 4)))
-        )
+
+        def random_block() -> bytes:
+            """A random block header (size, type, last flag) and a random body of another size."""
+            size, block_type, last = int(rng.integers(0, 300)), int(rng.integers(4)), int(rng.random() < 0.5)
+            return ((size << 3) | (block_type << 1) | last).to_bytes(3, "little") + rng.bytes(int(rng.integers(0, 300)))
+
+        blocks = b"".join(random_block() for _ in range(int(rng.integers(1, 4))))
         case.data, case.note = header + blocks, "magic+header+random blocks"
     else:
         frames = []
         for _ in range(int(rng.integers(1, 4))):
             content = random_blob(rng)
             if rng.random() < 0.5:
-                content = b"".join(raw_records(rng, int(rng.integers(0, 5)), KNOWN_IDS)) + content[: int(rng.integers(0, 8))]
+                records = b"".join(raw_records(rng, int(rng.integers(0, 5)), KNOWN_IDS))
+                content = records + content[: int(rng.integers(0, 8))]
             frames.append(hand_frame(content, rng))
         case.data, case.note = b"".join(frames), "hand-built raw/RLE frames"
     if rng.random() < 0.2:
@@ -810,14 +859,21 @@ def gen_magic_random(rng: np.random.Generator, ctx: "Context", case: Case) -> No
         case.note += " no streams declared"
 
 
-def gen_skippable(rng: np.random.Generator, ctx: "Context", case: Case) -> None:
+def gen_skippable(rng: np.random.Generator, ctx: Context, case: Case) -> None:
+    """Skippable frames of exact, short, long, huge or cut sizes, around a pool segment."""
     parts, notes = [], []
     seg = ctx.pool[int(rng.integers(len(ctx.pool)))]
     where = str(rng.choice(["before", "after", "between", "alone"]))
     for _ in range(int(rng.integers(1, 4))):
         payload = rng.bytes(int(rng.choice([0, 1, 7, int(rng.integers(0, 300))])))
         size_mode = str(rng.choice(["exact", "exact", "exact", "short", "long", "huge", "random", "cut-header"]))
-        size = {"exact": len(payload), "short": max(len(payload) - int(rng.integers(1, 10)), 0), "long": len(payload) + int(rng.integers(1, 10)), "huge": 0xFFFFFFFF, "random": int(rng.integers(0, 1 << 32))}.get(size_mode)
+        size = {
+            "exact": len(payload),
+            "short": max(len(payload) - int(rng.integers(1, 10)), 0),
+            "long": len(payload) + int(rng.integers(1, 10)),
+            "huge": 0xFFFFFFFF,
+            "random": int(rng.integers(0, 1 << 32)),
+        }.get(size_mode)
         frame = skippable_frame(payload, int(rng.integers(16)), size)
         if size_mode == "cut-header":
             frame = frame[: int(rng.integers(1, 8))]
@@ -836,14 +892,16 @@ def gen_skippable(rng: np.random.Generator, ctx: "Context", case: Case) -> None:
     case.data, case.note = data, f"{where} " + " ".join(notes)
 
 
-def gen_unknown(rng: np.random.Generator, ctx: "Context", case: Case) -> None:
+def gen_unknown(rng: np.random.Generator, ctx: Context, case: Case) -> None:
+    """Records of undeclared stream ids among known ones: the first must be named."""
     if rng.random() < 0.15:
         # A run that declares no streams at all: the first record is unknown.
         seg = ctx.pool[int(rng.integers(len(ctx.pool)))]
         case.known = ()
-        first_frame = next(f for f, c in zip(seg.frames, seg.contents) if c)
+        first_frame = next(f for f, c in zip(seg.frames, seg.contents, strict=True) if c)
         first_sid = seg.records.stream_ids[0]
-        case.data, case.expect_error, case.note = seg.data, (UnknownStreamError, first_frame.start, int(first_sid)), "no streams declared"
+        case.data, case.note = seg.data, "no streams declared"
+        case.expect_error = (UnknownStreamError, first_frame.start, int(first_sid))
         return
     count = int(rng.integers(1, 40))
     records = raw_records(rng, count, KNOWN_IDS)
@@ -863,12 +921,17 @@ def gen_unknown(rng: np.random.Generator, ctx: "Context", case: Case) -> None:
         out += random_frame(b"".join(records[lo : lo + rpf]), rng)
     if rng.random() < 0.3:
         case.selected = tuple(int(s) for s in KNOWN_IDS if rng.random() < 0.5)  # unselected ids are validated too
-    case.data, case.expect_error, case.note = bytes(out), (UnknownStreamError, frame_start, sid), f"records={count} bad={bad} rpf={rpf}"
+    assert frame_start is not None  # the frames cover every record, the bad one too
+    case.data, case.note = bytes(out), f"records={count} bad={bad} rpf={rpf}"
+    case.expect_error = (UnknownStreamError, frame_start, sid)
 
 
 def block_frame(parts: list[tuple[bytes, int]], with_fcs: bool) -> bytes:
-    """A valid zstd frame from ``(bytes, repeat)`` parts: raw blocks for ``repeat == 0``,
-    RLE blocks (of the single byte, ``repeat`` times) otherwise; all blocks <= 128 KiB."""
+    """A valid zstd frame from ``(bytes, repeat)`` parts.
+
+    A part with ``repeat == 0`` becomes raw blocks, any other RLE blocks (of its single byte,
+    ``repeat`` times); all blocks hold at most 128 KiB.
+    """
     blocks: list[tuple[int, int, bytes]] = []  # (type, regenerated size, payload)
     size = 0
     for blob, repeat in parts:
@@ -893,11 +956,11 @@ def block_frame(parts: list[tuple[bytes, int]], with_fcs: bool) -> bytes:
     return bytes(out)
 
 
-def gen_bomb(rng: np.random.Generator, ctx: "Context", case: Case) -> None:
-    """A few hundred bytes that decompress to 64 KiB .. 4 MiB: one huge valid record, a
-    record declaring more elements than the frame holds, or very many empty records.
+def gen_bomb(rng: np.random.Generator, ctx: Context, case: Case) -> None:
+    """A few hundred bytes that decompress to 64 KiB .. 4 MiB.
 
-    The answer is known in closed form, so no reference decoding of megabytes is needed.
+    They hold one huge valid record, a record declaring more elements than the frame holds,
+    or very many empty records. The answer is known in closed form, so no reference decoding of megabytes is needed.
     A correct decoder handles these in linear time and with memory bounded by chunk_bytes.
     """
     size = int(2 ** rng.uniform(16, 22))
@@ -914,7 +977,8 @@ def gen_bomb(rng: np.random.Generator, ctx: "Context", case: Case) -> None:
     if variant == "big-record":
         n = max(size // 2, 1)
         sid, delta = pick(rng, KNOWN_IDS), int(rng.integers(-(2**40), 2**40))
-        first, gap, qbyte = int(rng.integers(0, 2**63, dtype=np.int64)) * int(rng.choice([1, 2])), int(rng.integers(0, 128)), int(rng.integers(0, 128))
+        first = int(rng.integers(0, 2**63, dtype=np.int64)) * int(rng.choice([1, 2]))
+        gap, qbyte = int(rng.integers(0, 128)), int(rng.integers(0, 128))
         head = leb128(sid) + leb128(zigzag(delta)) + leb128(n) + leb128(first & M64)
         frame = block_frame([(head, 0), (bytes([gap]), n - 1), (bytes([qbyte]), n)], with_fcs)
         steps = np.arange(n, dtype=np.uint64) * np.uint64(gap + 1)
@@ -935,13 +999,22 @@ def gen_bomb(rng: np.random.Generator, ctx: "Context", case: Case) -> None:
         count = max(size // 3, 1)
         frame = block_frame([(b"\x00", 3 * count)], with_fcs)  # sid 0, delta 0, n 0, again and again
         tick = last_tick(0)
-        empty = Records(np.zeros(count, np.uint32), np.full(count, tick, np.int64), np.zeros(count + 1, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64))
+        empty = Records(
+            np.zeros(count, np.uint32),
+            np.full(count, tick, np.int64),
+            np.zeros(count + 1, np.int64),
+            np.zeros(0, np.int64),
+            np.zeros(0, np.int64),
+        )
         case.expected = Records.concat([before, empty])
     case.data = (prefix.data if prefix is not None else b"") + frame
-    case.note = f"{variant} {size} bytes decompressed{' with content size' if with_fcs else ''}{' after a pool segment' if prefix else ''}"
+    case.note = (
+        f"{variant} {size} bytes decompressed"
+        f"{' with content size' if with_fcs else ''}{' after a pool segment' if prefix else ''}"
+    )
 
 
-GENERATORS: dict[str, Callable[[np.random.Generator, "Context", Case], None]] = {
+GENERATORS: dict[str, Callable[[np.random.Generator, Context, Case], None]] = {
     "bomb": gen_bomb,
     "valid": gen_valid,
     "mutated": gen_mutated,
@@ -959,7 +1032,7 @@ def kind_of(index: int) -> str:
     return "bomb" if index % BOMB_EVERY == BOMB_EVERY - 1 else ROTATION[index % len(ROTATION)]
 
 
-def make_case(index: int, seed: int, ctx: "Context") -> Case:
+def make_case(index: int, seed: int, ctx: Context) -> Case:
     """Case ``index`` of the run seeded with ``seed`` (deterministic)."""
     rng = np.random.default_rng([seed, index])
     kind = kind_of(index)
@@ -985,8 +1058,14 @@ class Reference:
     unknown_sid: int | None = None
 
 
-def reference_decode(data: bytes, known: tuple[int, ...], selected: tuple[int, ...] | None, dctx: zstandard.ZstdDecompressor) -> Reference:
-    """Decode a segment frame by frame with ``zstandard``, then records by hand (SPEC §2.1)."""
+def reference_decode(
+    data: bytes, known: tuple[int, ...], selected: tuple[int, ...] | None, dctx: zstandard.ZstdDecompressor
+) -> Reference:
+    """Decode a segment frame by frame with ``zstandard``, then its records by hand.
+
+    Each record's epoch tick is the delta added to the previous tick of the same stream
+    (starting from 0), as the data logger writes it.
+    """
     known_set = set(known)
     chosen = known_set if selected is None else known_set & set(selected)
     last: dict[int, int] = {}
@@ -1110,6 +1189,7 @@ class Result:
 
 
 def decode_case(case: Case, ctx: Context) -> Records:
+    """Decode a case's bytes with the decoder under test (in one call, or in short reads)."""
     decoder = ctx.decoder_factory(case.known, case.selected, chunk_bytes=case.chunk_bytes)
     if case.read_size is None:
         return decoder.decode_bytes(case.data, SEGMENT_NAME)
@@ -1119,7 +1199,7 @@ def decode_case(case: Case, ctx: Context) -> Records:
 def run_case(case: Case, ctx: Context) -> Result:
     """Decode one case under the watchdog and classify the outcome."""
     got: Records | None = None
-    error: Exception | None = None
+    error: CollectorError | None = None
     start = time.perf_counter()
     try:
         if ctx.use_alarm:
@@ -1132,16 +1212,16 @@ def run_case(case: Case, ctx: Context) -> Result:
     except _Hang:
         return Result("hang", time.perf_counter() - start, f"decode still running after {ctx.timeout} s")
     except Exception as exc:  # noqa: BLE001 - classifying every exception is the point
-        error = exc
         if not isinstance(exc, CollectorError):
             return Result("wrong-exception", time.perf_counter() - start, "".join(traceback.format_exception(exc)))
+        error = exc
     seconds = time.perf_counter() - start
     if seconds > ctx.timeout:
         return Result("hang", seconds, f"decode took {seconds:.2f} s (watchdog limit {ctx.timeout} s)")
     return classify(case, ctx, got, error, seconds)
 
 
-def classify(case: Case, ctx: Context, got: Records | None, error: Exception | None, seconds: float) -> Result:
+def classify(case: Case, ctx: Context, got: Records | None, error: CollectorError | None, seconds: float) -> Result:
     """Check one decode against what is required and against the oracles."""
     size = len(case.data)
     if error is not None:
@@ -1149,9 +1229,14 @@ def classify(case: Case, ctx: Context, got: Records | None, error: Exception | N
             return Result("wrong-exception", seconds, f"error names {error.path!r}, not the segment: {error!r}")
         if isinstance(error, SegmentError) and not 0 <= error.offset <= size:
             return Result("bad-offset", seconds, f"offset {error.offset} outside 0..{size}: {error}")
-        outcome = "unknown-stream-error" if isinstance(error, UnknownStreamError) else "segment-error" if isinstance(error, SegmentError) else "other-collector-error"
+        if isinstance(error, UnknownStreamError):
+            outcome = "unknown-stream-error"
+        elif isinstance(error, SegmentError):
+            outcome = "segment-error"
+        else:
+            outcome = "other-collector-error"
     else:
-        assert got is not None
+        assert got is not None  # no error: the decode returned
         problem = columns_problem(got)
         if problem:
             return Result("bad-columns", seconds, problem)
@@ -1160,6 +1245,7 @@ def classify(case: Case, ctx: Context, got: Records | None, error: Exception | N
     if case.expected is not None:
         if error is not None:
             return Result("not-round-tripping", seconds, f"valid segment raised {error!r}")
+        assert got is not None  # no error: the decode returned
         if not got.equals(case.expected):
             return Result("not-round-tripping", seconds, "decoded records differ from the encoded ones")
 
@@ -1167,21 +1253,30 @@ def classify(case: Case, ctx: Context, got: Records | None, error: Exception | N
         cls, offset, sid = case.expect_error
         wanted = f"{cls.__name__}(offset {offset}" + (f", stream {sid})" if sid is not None else ")")
         if type(error) is not cls:
-            return Result("wrong-error", seconds, f"expected {wanted}, got {error!r}" + (f" / {len(got)} records" if got is not None else ""))
-        if error.offset != offset or (sid is not None and error.stream_id != sid):
+            records = f" / {len(got)} records" if got is not None else ""
+            return Result("wrong-error", seconds, f"expected {wanted}, got {error!r}{records}")
+        assert isinstance(error, SegmentError)  # of class ``cls``, a SegmentError class
+        stream_id = error.stream_id if isinstance(error, UnknownStreamError) else None
+        if error.offset != offset or (sid is not None and stream_id != sid):
             return Result("wrong-error", seconds, f"expected {wanted}, got {error!r}")
 
     if ctx.oracle is not None:
         try:
-            theirs: Records | None = ctx.oracle(case.known, case.selected, chunk_bytes=case.chunk_bytes).decode_bytes(case.data, SEGMENT_NAME)
+            oracle = ctx.oracle(case.known, case.selected, chunk_bytes=case.chunk_bytes)
+            theirs: Records | None = oracle.decode_bytes(case.data, SEGMENT_NAME)
         except CollectorError:
             theirs = None
         except Exception:  # noqa: BLE001
             return Result("harness-error", seconds, "NumPy oracle crashed:\n" + traceback.format_exc())
         if (theirs is None) != (error is not None):
-            return Result("oracle-mismatch", seconds, f"NumPy decoder {'fails' if theirs is None else 'succeeds'}, decoder: {repr(error) if error is not None else 'succeeds'}")
-        if theirs is not None and not got.equals(theirs):
-            return Result("oracle-mismatch", seconds, f"decoder and NumPy decoder records differ ({len(got)} vs {len(theirs)} records)")
+            ours = repr(error) if error is not None else "succeeds"
+            reason = f"NumPy decoder {'fails' if theirs is None else 'succeeds'}, decoder: {ours}"
+            return Result("oracle-mismatch", seconds, reason)
+        if theirs is not None:
+            assert got is not None  # both decoders succeeded
+            if not got.equals(theirs):
+                reason = f"decoder and NumPy decoder records differ ({len(got)} vs {len(theirs)} records)"
+                return Result("oracle-mismatch", seconds, reason)
 
     if not ctx.reference or case.kind == "bomb":  # bombs: megabytes; their answer is known in closed form
         return Result(outcome, seconds)
@@ -1191,24 +1286,32 @@ def classify(case: Case, ctx: Context, got: Records | None, error: Exception | N
         return Result("harness-error", seconds, "reference decoder crashed:\n" + traceback.format_exc())
     if case.expected is not None and (ref.records is None or not ref.records.equals(case.expected)):
         # Keep the reference decoder honest: on valid segments it must agree with the encoder.
-        return Result("harness-error", seconds, f"reference decoder disagrees with the encoder: {ref.reason} at {ref.fail_pos}")
+        reason = f"reference decoder disagrees with the encoder: {ref.reason} at {ref.fail_pos}"
+        return Result("harness-error", seconds, reason)
+    damage = f"{ref.reason} at {ref.fail_pos}"
     if ref.records is not None:
         if error is not None:
-            return Result("reference-mismatch", seconds, f"reference decodes {len(ref.records)} records, decoder raised {error!r}")
+            reason = f"reference decodes {len(ref.records)} records, decoder raised {error!r}"
+            return Result("reference-mismatch", seconds, reason)
+        assert got is not None  # no error: the decode returned
         if not got.equals(ref.records):
-            return Result("reference-mismatch", seconds, f"decoder and reference records differ ({len(got)} vs {len(ref.records)} records)")
+            reason = f"decoder and reference records differ ({len(got)} vs {len(ref.records)} records)"
+            return Result("reference-mismatch", seconds, reason)
         return Result(outcome, seconds)
     if error is None:
-        return Result("reference-mismatch", seconds, f"decoder returned {len(got)} records; reference: {ref.reason} at {ref.fail_pos}")
+        assert got is not None  # no error: the decode returned
+        return Result("reference-mismatch", seconds, f"decoder returned {len(got)} records; reference: {damage}")
     if not isinstance(error, SegmentError):
-        return Result("reference-mismatch", seconds, f"reference: {ref.reason} at {ref.fail_pos}; decoder raised {error!r}")
+        return Result("reference-mismatch", seconds, f"reference: {damage}; decoder raised {error!r}")
     if error.offset != ref.fail_pos:
         where = "before" if error.offset < ref.fail_pos else "after"
-        return Result("misplaced-offset", seconds, f"error at {error.offset}, {where} the first damage ({ref.reason} at {ref.fail_pos}): {error}")
+        reason = f"error at {error.offset}, {where} the first damage ({damage}): {error}"
+        return Result("misplaced-offset", seconds, reason)
     if isinstance(error, UnknownStreamError) != (ref.unknown_sid is not None):
-        return Result("reference-mismatch", seconds, f"reference: {ref.reason} at {ref.fail_pos}; decoder raised {error!r}")
+        return Result("reference-mismatch", seconds, f"reference: {damage}; decoder raised {error!r}")
     if isinstance(error, UnknownStreamError) and error.stream_id != ref.unknown_sid:
-        return Result("wrong-error", seconds, f"names stream {error.stream_id}, reference finds {ref.unknown_sid} first")
+        reason = f"names stream {error.stream_id}, reference finds {ref.unknown_sid} first"
+        return Result("wrong-error", seconds, reason)
     return Result(outcome, seconds)
 
 
@@ -1238,9 +1341,11 @@ class FuzzReport:
 
     @property
     def cases_per_second(self) -> float:
+        """Cases run per second of run time (0 before any time has passed)."""
         return self.cases / self.seconds if self.seconds else 0.0
 
     def to_json(self) -> dict[str, Any]:
+        """The figures, and the environment they were measured in, as a JSON-ready dict."""
         return {
             "seed": self.seed,
             "start": self.start,
@@ -1312,7 +1417,8 @@ class _HardWatchdog:
         while not self._stop.wait(0.5):
             case = self.case
             if case is not None and time.monotonic() - self.started > self.limit:
-                info = write_failure(self.directory, case, Result("hang", self.limit, "uninterruptible hang (hard watchdog)"), self.seed, self.replay_options)
+                result = Result("hang", self.limit, "uninterruptible hang (hard watchdog)")
+                info = write_failure(self.directory, case, result, self.seed, self.replay_options)
                 sys.stderr.write(f"\nHARD HANG in case {case.index} ({case.kind}); reproducer: {info['file']}\n")
                 sys.stderr.flush()
                 os._exit(3)
@@ -1371,10 +1477,13 @@ def run_fuzz(
     report.kernel_backend = native.warm_up()
     report.warm_up_seconds = time.perf_counter() - t0
     use_alarm = threading.current_thread() is threading.main_thread() and hasattr(signal, "setitimer")
-    ctx = Context(pool, dctx, chunk_bytes, decoder_factory, timeout, use_alarm, reference, NumpySegmentDecoder if oracle else None)
+    numpy_oracle = NumpySegmentDecoder if oracle else None
+    ctx = Context(pool, dctx, chunk_bytes, decoder_factory, timeout, use_alarm, reference, numpy_oracle)
     directory = Path(failures_dir) if failures_dir is not None else None
     # The pool and --chunk-bytes change what case i is: a replay needs them too.
-    replay_options = (f" --chunk-bytes {chunk_bytes}" if chunk_bytes is not None else "") + (f" --pool {pool_size}" if pool_size != 300 else "")
+    replay_options = (f" --chunk-bytes {chunk_bytes}" if chunk_bytes is not None else "") + (
+        f" --pool {pool_size}" if pool_size != 300 else ""
+    )
     hard = _HardWatchdog(max(4 * timeout, timeout + 30), directory or Path(DEFAULT_FAILURES_DIR), seed, replay_options)
     previous = None
     if use_alarm:
@@ -1402,9 +1511,23 @@ def run_fuzz(
             report.counts[result.outcome] += 1
             report.by_kind.setdefault(case.kind, Counter())[result.outcome] += 1
             if result.seconds > report.slowest.get("seconds", -1.0):
-                report.slowest = {"seconds": round(result.seconds, 6), "case": index, "kind": case.kind, "bytes": len(case.data), "chunk_bytes": case.chunk_bytes, "note": case.note}
+                report.slowest = {
+                    "seconds": round(result.seconds, 6),
+                    "case": index,
+                    "kind": case.kind,
+                    "bytes": len(case.data),
+                    "chunk_bytes": case.chunk_bytes,
+                    "note": case.note,
+                }
             if result.outcome in FAILURE_KINDS:
-                info: dict[str, Any] = {"case": index, "kind": case.kind, "failure": result.outcome, "reason": result.reason, "note": case.note, "bytes": len(case.data)}
+                info: dict[str, Any] = {
+                    "case": index,
+                    "kind": case.kind,
+                    "failure": result.outcome,
+                    "reason": result.reason,
+                    "note": case.note,
+                    "bytes": len(case.data),
+                }
                 if directory is not None and len(report.failures) < max_failures_written:
                     info = write_failure(directory, case, result, seed, replay_options)
                 else:
@@ -1430,10 +1553,13 @@ def run_fuzz(
 
 
 def format_report(report: FuzzReport) -> str:
+    """A fuzz run's figures and failures as text for the terminal."""
     lines = [
         f"seed {report.seed}, cases {report.start}..{report.start + report.cases - 1} "
-        f"({report.cases} of {report.requested_cases} requested), chunk_bytes {report.chunk_bytes or 'mixed (mostly 1 MiB, 25% small)'}",
-        f"time {report.seconds:.1f} s (+ {report.pool_seconds:.1f} s pool, {report.warm_up_seconds:.1f} s loading the {report.kernel_backend} kernels"
+        f"({report.cases} of {report.requested_cases} requested), "
+        f"chunk_bytes {report.chunk_bytes or 'mixed (mostly 1 MiB, 25% small)'}",
+        f"time {report.seconds:.1f} s (+ {report.pool_seconds:.1f} s pool, "
+        f"{report.warm_up_seconds:.1f} s loading the {report.kernel_backend} kernels"
         f"{', NUMBA_BOUNDSCHECK=' + os.environ['NUMBA_BOUNDSCHECK'] if os.environ.get('NUMBA_BOUNDSCHECK') else ''}), "
         f"{report.cases_per_second:,.0f} cases/s, {report.bytes_fed:,} bytes fed",
         "outcomes:",
@@ -1449,10 +1575,14 @@ def format_report(report: FuzzReport) -> str:
         lines.append(f"  {kind:15} " + ", ".join(f"{k} {v}" for k, v in sorted(c.items())))
     s = report.slowest
     if s:
-        lines.append(f"slowest case: {s['seconds'] * 1000:.1f} ms (case {s['case']}, {s['kind']}, {s['bytes']} bytes, chunk_bytes {s['chunk_bytes']})")
+        lines.append(
+            f"slowest case: {s['seconds'] * 1000:.1f} ms "
+            f"(case {s['case']}, {s['kind']}, {s['bytes']} bytes, chunk_bytes {s['chunk_bytes']})"
+        )
     lines.append(f"failures: {len(report.failures)}")
     for f in report.failures[:20]:
-        lines.append(f"  case {f['case']} {f['kind']}: {f['failure']}: {f['reason'].strip().splitlines()[-1] if f['reason'] else ''}")
+        last_line = f["reason"].strip().splitlines()[-1] if f["reason"] else ""
+        lines.append(f"  case {f['case']} {f['kind']}: {f['failure']}: {last_line}")
         lines.append(f"    {f.get('file', '')} {f['bytes']} bytes: {f.get('hex', '')[:160]}")
     return "\n".join(lines)
 
@@ -1464,17 +1594,31 @@ def main(argv: list[str] | None = None, failures_dir: Path = DEFAULT_FAILURES_DI
         argv: Arguments (default ``sys.argv[1:]``).
         failures_dir: Default of ``--failures-dir``.
     """
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--cases", type=int, default=100_000, help="number of cases (default 100000)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the run (default 0)")
-    parser.add_argument("--start", type=int, default=0, help="index of the first case (replay: --start I --cases 1)")
+    parser.add_argument(
+        "--start", type=int, default=0, help="index of the first case (replay: --start I --cases 1)"
+    )
     parser.add_argument("--seconds", type=float, default=None, help="optional time budget; stop early when used up")
-    parser.add_argument("--chunk-bytes", type=int, default=None, help="chunk_bytes for every case (e.g. 4096); default mixed")
+    parser.add_argument(
+        "--chunk-bytes", type=int, default=None, help="chunk_bytes for every case (e.g. 4096); default mixed"
+    )
     parser.add_argument("--timeout", type=float, default=5.0, help="per-case watchdog in seconds (default 5)")
-    parser.add_argument("--pool", type=int, default=300, help="valid segments precomputed for mutation (default 300)")
-    parser.add_argument("--no-reference", action="store_true", help="skip the differential check against the reference decoder")
-    parser.add_argument("--no-oracle", action="store_true", help="skip the differential check against the NumPy decoder")
-    parser.add_argument("--failures-dir", type=Path, default=failures_dir, help=f"where failing inputs go (default {failures_dir})")
+    parser.add_argument(
+        "--pool", type=int, default=300, help="valid segments precomputed for mutation (default 300)"
+    )
+    parser.add_argument(
+        "--no-reference", action="store_true", help="skip the differential check against the reference decoder"
+    )
+    parser.add_argument(
+        "--no-oracle", action="store_true", help="skip the differential check against the NumPy decoder"
+    )
+    parser.add_argument(
+        "--failures-dir", type=Path, default=failures_dir, help=f"where failing inputs go (default {failures_dir})"
+    )
     parser.add_argument("--json", type=Path, default=None, help="write the figures as JSON")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
     args = parser.parse_args(argv)

@@ -15,9 +15,10 @@ and the same error contract.
 from __future__ import annotations
 
 import io
+from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterable, Iterator
+from typing import Protocol
 
 import numpy as np
 import zstandard
@@ -30,6 +31,13 @@ _MAX_BLOCK_SIZE = 128 * 1024
 _WALK_STEPS = 64  # records per frame followed one by one before switching to pointer doubling
 _PAD = 32  # zero bytes kept after valid data so header gathers never index out of bounds
 _U64 = np.uint64
+
+
+class _Readable(Protocol):
+    """A binary file object, as :meth:`NumpySegmentDecoder.decode_stream` reads it."""
+
+    def readinto(self, buffer: memoryview, /) -> int | None:
+        """Read into ``buffer``; the bytes read (0 or None at the end)."""
 
 
 class _Damage(Exception):
@@ -345,7 +353,7 @@ class NumpySegmentDecoder:
     """Decodes the segments of one logger run into :class:`Records` chunks.
 
     Feed it the run's segment files in name order: the per-stream epoch tick carries from
-    one file to the next (SPEC §2.1).
+    one file to the next.
 
     Args:
         stream_ids: Every stream id the run's ``streams/`` declares; any other id in a
@@ -395,7 +403,7 @@ class NumpySegmentDecoder:
         """
         return Records.concat(self.decode_stream(io.BytesIO(data), name))
 
-    def decode_stream(self, fh: BinaryIO, name: str | Path) -> Iterator[Records]:
+    def decode_stream(self, fh: _Readable, name: str | Path) -> Iterator[Records]:
         """Decode a segment from a binary file object.
 
         Args:
@@ -413,7 +421,7 @@ class NumpySegmentDecoder:
         filled, base, eof = 0, 0, False
         while True:
             while not eof and filled < capacity:
-                got = fh.readinto(memoryview(buf)[filled:capacity])
+                got = fh.readinto(buf.data[filled:capacity])
                 eof = not got
                 filled += got or 0
             buf[filled : filled + _PAD] = 0
@@ -464,10 +472,10 @@ class NumpySegmentDecoder:
         lo, hi = int(frames.starts[first]), int(frames.ends[stop - 1])
         out = np.empty(total + _PAD, dtype=np.uint8)
         try:
-            reader = self._dctx.stream_reader(memoryview(buf)[lo:hi], read_across_frames=True)
+            reader = self._dctx.stream_reader(buf.data[lo:hi], read_across_frames=True)
             got = 0
             while got < total:
-                n = reader.readinto(memoryview(out)[got:total])
+                n = reader.readinto(out.data[got:total])
                 if not n:
                     break
                 got += n
@@ -490,7 +498,7 @@ class NumpySegmentDecoder:
         carry = np.zeros(0, dtype=np.uint8)
         produced, wanted = 0, self._chunk_bytes
         try:
-            reader = self._dctx.stream_reader(memoryview(buf)[lo:hi], read_across_frames=False)
+            reader = self._dctx.stream_reader(buf.data[lo:hi], read_across_frames=False)
             while True:
                 # A record longer than a chunk: read until it can be complete instead of
                 # splitting the growing carry again for every chunk (quadratic).
@@ -549,8 +557,15 @@ class NumpySegmentDecoder:
         final: bool,
         frame_offsets: np.ndarray,
         name: str | Path,
-    ) -> Iterator[Records]:
-        """Split, validate and extract the selected records of decompressed units."""
+    ) -> Generator[Records, None, _Split]:
+        """Split, validate and extract the selected records of decompressed units.
+
+        Yields:
+            The selected records, if any.
+
+        Returns:
+            Where the records were found, for the caller to carry a cut record over.
+        """
         try:
             split = _split_records(data, unit_starts, unit_ends, final)
             records = self._extract(split)
@@ -561,7 +576,8 @@ class NumpySegmentDecoder:
             within = damage.offset - int(unit_starts[unit])
             if damage.stream_id is not None:
                 raise UnknownStreamError(name, frame, damage.stream_id) from None
-            raise SegmentError(f"{damage.message} at byte {within} of the frame's decompressed data", name, frame) from None
+            message = f"{damage.message} at byte {within} of the frame's decompressed data"
+            raise SegmentError(message, name, frame) from None
         if len(records):
             yield records
         return split
