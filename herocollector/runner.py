@@ -149,7 +149,12 @@ class JobRunner:
         with LeaseKeeper(self.journal, job, self.config.lease_timeout, self.stopping) as lease:
             outputs, nbytes, collected_by = self._claimed_write(job, path, lease)
             lease.check()
-            self._record(job.id, lambda: self.journal.finish(job.id, outputs, token=job.token))
+            try:
+                self.journal.finish(job.id, outputs, token=job.token)
+            except LeaseLost:
+                raise  # fenced out at the last moment: not collected by this actor
+            except Exception:  # noqa: BLE001 - the outputs are published; record the outcome later
+                self._record(job.id, lambda: self.journal.finish(job.id, outputs, token=job.token))
         seconds = time.monotonic() - started
         rows = sum(outputs.values())
         if collected_by is None:
