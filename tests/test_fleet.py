@@ -104,7 +104,7 @@ def test_fleet_collects_each_run_exactly_once_even_when_an_actor_dies(tmp_path: 
         for process in [*actors, source]:
             process.start()
         for process in actors:
-            process.remote()
+            process.remote(90)
         source.remote().announce_all(runs)
         states = [tmp_path / f"state-collector-{i}" for i in range(3)]
         wait_until(lambda: len(done_paths(states[0])) >= 10, 120, "the first runs")
@@ -146,7 +146,7 @@ def test_kill_9_at_random_moments_loses_nothing(tmp_path: Path) -> None:
             process.kill()
             kills += 1
             process = collector(tmp_path, realm, "collector", chunk_bytes=4096).start()
-            process.remote()
+            process.remote(90)
         wait_until(lambda: done_paths(state) == set(runs), 180, "every run collected")
         rows = journal_rows(state)
         assert len(rows) == len(runs) and all(row["state"] == "done" and row["attempts"] >= 1 for row in rows)
@@ -173,8 +173,8 @@ def test_burst_of_500_events_from_five_loggers(tmp_path: Path) -> None:
     try:
         for process in [actor, *loggers]:
             process.start()
-        actor.remote()
-        heroes = [p.remote() for p in loggers]
+        actor.remote(90)  # six BOSS processes start at once on two cores
+        heroes = [p.remote(90) for p in loggers]
         heroes[0].announce_all(runs[:50])  # warm-up, then the memory baseline
         wait_until(lambda: len(done_paths(state)) == 50, 120, "the warm-up runs")
         baseline = rss_kib(actor.process.pid)

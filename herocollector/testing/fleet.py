@@ -86,7 +86,7 @@ class Fleet:
             config["_id"] = f"collector-{index}"
             self.collectors.append(BossProcess(config, self.realm, self.tmp / "boss").start())
         for process in [self.logger, *self.collectors]:
-            process.remote()
+            process.remote(90)  # several BOSS processes start at once on a small machine
 
     def announce(self, paths: list[str]) -> None:
         """Fire ``finished`` for every path (every actor hears every event)."""
