@@ -34,6 +34,8 @@ from .errors import JournalError, LeaseLost
 from .journal import Job, JobState, OutputTakenError
 
 SCHEMA_VERSION = 1
+IDLE_IN_TRANSACTION_TIMEOUT = 2.0
+"""Seconds a session may sit in an open transaction: a paused actor's row locks are freed then."""
 CHANNEL = "herocollector_jobs"
 _LOCK_KEY = 0x6865726F636F6C  # pg_advisory_xact_lock key of the schema migration ("herocol")
 _NOW = "extract(epoch from clock_timestamp())::float8"
@@ -118,7 +120,14 @@ class PgJournal:
 
     def _connect(self) -> psycopg.Connection[dict[str, Any]]:
         try:
-            return psycopg.connect(self.url, autocommit=True, row_factory=dict_row, connect_timeout=int(self._timeout))
+            conn = psycopg.connect(self.url, autocommit=True, row_factory=dict_row, connect_timeout=int(self._timeout))
+            # A paused actor (SIGSTOP, a VM freeze) must not keep row locks: the server ends a
+            # session that sits in an open transaction for longer than this.
+            conn.execute(
+                "SELECT set_config('idle_in_transaction_session_timeout', %s, false)",
+                (str(int(IDLE_IN_TRANSACTION_TIMEOUT * 1000)),),
+            )
+            return conn
         except psycopg.Error as exc:
             raise JournalError(f"cannot connect to the journal at {self.location}: {exc}") from None
 
