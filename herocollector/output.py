@@ -147,10 +147,14 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _name_digest(final: Path) -> str:
+    """What the temporary names of ``final`` start with: a short hash of its name."""
+    return hashlib.sha1(os.fsencode(final.name)).hexdigest()[:16]
+
+
 def temporary_name(final: Path) -> Path:
     """A hidden temporary name beside ``final``: short whatever ``final`` is, unique per process."""
-    digest = hashlib.sha1(os.fsencode(final.name)).hexdigest()[:16]
-    return final.parent / f".{digest}.{_HOST}.{os.getpid()}.{next(_sequence)}{TEMP_SUFFIX}"
+    return final.parent / f".{_name_digest(final)}.{_HOST}.{os.getpid()}.{next(_sequence)}{TEMP_SUFFIX}"
 
 
 def remove_stale_temporaries(final: Path) -> list[Path]:
@@ -159,9 +163,8 @@ def remove_stale_temporaries(final: Path) -> list[Path]:
     Returns:
         The files removed.
     """
-    digest = hashlib.sha1(os.fsencode(final.name)).hexdigest()[:16]
     removed = []
-    for leftover in final.parent.glob(f".{digest}.{_HOST}.*{TEMP_SUFFIX}"):
+    for leftover in final.parent.glob(f".{_name_digest(final)}.{_HOST}.*{TEMP_SUFFIX}"):
         try:
             pid = int(leftover.name.split(".")[3])
         except (IndexError, ValueError):
