@@ -27,8 +27,8 @@ import time
 import uuid
 from pathlib import Path
 
-from herocollector.demo import write_simulated_run
-from herocollector.launcher import BossProcess, load_config, wait_until
+from herocollector.actor.demo import write_simulated_run
+from herocollector.actor.launcher import BossProcess, load_config, wait_until
 
 
 def journal_done(state: Path) -> dict[str, float]:
@@ -79,11 +79,14 @@ def main() -> int:
         ]
         realm = f"hc-bench-{uuid.uuid4().hex[:8]}"
         collector = BossProcess(
-            load_config("collector.json", {
-                "default_metadata": {"output_root": str(out)},
-                "allowed_roots": [str(runs)],
-                "state_dir": str(state),
-            }),
+            load_config(
+                "collector.json",
+                {
+                    "default_metadata": {"output_root": str(out)},
+                    "allowed_roots": [str(runs)],
+                    "state_dir": str(state),
+                },
+            ),
             realm,
             work / "boss",
         )
@@ -124,13 +127,18 @@ def main() -> int:
             for process in [*loggers, collector]:
                 process.stop()
 
-        print(f"latency event -> committed files, {args.latency_runs} runs of {args.records} records: "
-              f"median {statistics.median(latencies) * 1000:.1f} ms, "
-              f"min {min(latencies) * 1000:.1f} ms, max {max(latencies) * 1000:.1f} ms")
-        print(f"burst of {len(burst)} events from {len(heroes)} logger(s): all collected in {elapsed:.2f} s "
-              f"({len(burst) / elapsed:.1f} runs/s, {len(burst) * args.records / elapsed:,.0f} records/s)")
-        print(f"actor memory (BOSS + worker RSS): {memory_before:.1f} MiB before the burst, "
-              f"{memory_after:.1f} MiB after")
+        print(
+            f"latency event -> committed files, {args.latency_runs} runs of {args.records} records: "
+            f"median {statistics.median(latencies) * 1000:.1f} ms, "
+            f"min {min(latencies) * 1000:.1f} ms, max {max(latencies) * 1000:.1f} ms"
+        )
+        print(
+            f"burst of {len(burst)} events from {len(heroes)} logger(s): all collected in {elapsed:.2f} s "
+            f"({len(burst) / elapsed:.1f} runs/s, {len(burst) * args.records / elapsed:,.0f} records/s)"
+        )
+        print(
+            f"actor memory (BOSS + worker RSS): {memory_before:.1f} MiB before the burst, {memory_after:.1f} MiB after"
+        )
     return 0
 
 

@@ -327,7 +327,7 @@ def diff_tables(a: pa.Table, b: pa.Table, names: tuple[str, str] = ("a", "b")) -
 
 def expected_table(params: RunParams, schema: pa.Schema) -> pa.Table:
     """What a correct collector must produce: the generated data, quantised as the logger does."""
-    from herocollector.logdir import llround
+    from herocollector.run.logdir import llround
 
     batches = []
     for c in generate(params):
@@ -378,7 +378,7 @@ _LAUNCHER = "import subprocess, sys; sys.exit(subprocess.call(sys.argv[1:]))"
 
 def warm_up_kernels() -> float:
     """Load (or compile) herocollector's kernels by decoding a tiny segment; seconds taken."""
-    from herocollector.codec import Records, SegmentDecoder, encode_segment
+    from herocollector.decode.codec import Records, SegmentDecoder, encode_segment
 
     t = time.perf_counter()
     data = encode_segment(Records.from_lists([1], [0], [[1]], [[1]]))
@@ -485,7 +485,7 @@ def measure_cold_child(mode: str, run: Path, out: Path, chunk_bytes: int | None)
     t3 = time.perf_counter()
     backend = None
     if mode == "hero":
-        from herocollector import native
+        from herocollector.decode import native
 
         backend = native.backend().name
     return {
@@ -501,7 +501,9 @@ def measure_cold_child(mode: str, run: Path, out: Path, chunk_bytes: int | None)
     }
 
 
-def measure_cold(mode: str, run: Path, out: Path, chunk_bytes: int | None, kernel_cache: str | None = None) -> dict[str, Any]:
+def measure_cold(
+    mode: str, run: Path, out: Path, chunk_bytes: int | None, kernel_cache: str | None = None
+) -> dict[str, Any]:
     """A cold collect in a fresh process; ``kernel_cache`` overrides numba's cache directory.
 
     Python may write bytecode caches, as in an installed package (pip compiles them), even
@@ -542,8 +544,11 @@ def print_report(res: dict[str, Any]) -> None:
     rows.append(("repeat", f"{res['repeat']} (best / median, warm page cache, one process)"))
     t = res["timings"]
     mb, raw = run["compressed_bytes"] / 1e6, run["decompressed_bytes"] / 1e6
-    for key, label in (("reference", "data_logger.Collector (warm)"), ("hero", "herocollector.Collector (warm)"),
-                       ("zstd_floor", "bare zstd decompress (floor)")):
+    for key, label in (
+        ("reference", "data_logger.Collector (warm)"),
+        ("hero", "herocollector.Collector (warm)"),
+        ("zstd_floor", "bare zstd decompress (floor)"),
+    ):
         best, med = t[key]["best"], t[key]["median"]
         rows.append(
             (
@@ -553,15 +558,29 @@ def print_report(res: dict[str, Any]) -> None:
             )
         )
     r = res["ratios"]
-    rows.append(("hero / zstd floor (warm)", f"{r['hero_over_floor_best']:.2f}x (best)   {r['hero_over_floor_median']:.2f}x (median)"))
-    rows.append(("speed-up reference/hero (warm)", f"{r['speedup_best']:.1f}x (best)   {r['speedup_median']:.1f}x (median)"))
+    rows.append(
+        (
+            "hero / zstd floor (warm)",
+            f"{r['hero_over_floor_best']:.2f}x (best)   {r['hero_over_floor_median']:.2f}x (median)",
+        )
+    )
+    rows.append(
+        ("speed-up reference/hero (warm)", f"{r['speedup_best']:.1f}x (best)   {r['speedup_median']:.1f}x (median)")
+    )
     cold = res.get("cold") or {}
-    for mode, label in (("hero", "herocollector cold"), ("reference", "data_logger cold"), ("hero_compile", "herocollector, empty kernel cache")):
+    for mode, label in (
+        ("hero", "herocollector cold"),
+        ("reference", "data_logger cold"),
+        ("hero_compile", "herocollector, empty kernel cache"),
+    ):
         c = cold.get(mode)
         if not c:
             continue
-        kernels = "" if c.get("kernel_backend") is None else (
-            f" ({c['kernel_backend']} kernels{', numba imported' if c['numba_imported'] else ''})")
+        kernels = (
+            ""
+            if c.get("kernel_backend") is None
+            else (f" ({c['kernel_backend']} kernels{', numba imported' if c['numba_imported'] else ''})")
+        )
         rows.append(
             (
                 label,
@@ -572,22 +591,49 @@ def print_report(res: dict[str, Any]) -> None:
         )
     if "hero" in cold:
         c = cold["hero"]
-        rows.append(("herocollector first-call cost", f"{(c['first_collect'] - c['second_collect']) * 1e3:.0f} ms "
-                     "(loading the kernels and first touches: first collect - second collect, same process)"))
+        rows.append(
+            (
+                "herocollector first-call cost",
+                f"{(c['first_collect'] - c['second_collect']) * 1e3:.0f} ms "
+                "(loading the kernels and first touches: first collect - second collect, same process)",
+            )
+        )
     if "hero_compile" in cold:
         c = cold["hero_compile"]
-        rows.append(("numba first compile", f"{(c['first_collect'] - c['second_collect']) * 1e3:.0f} ms "
-                     "(building the kernels into an empty cache: once per installation, CPU and version)"))
+        rows.append(
+            (
+                "numba first compile",
+                f"{(c['first_collect'] - c['second_collect']) * 1e3:.0f} ms "
+                "(building the kernels into an empty cache: once per installation, CPU and version)",
+            )
+        )
     if "cold_speedup" in r:
-        rows.append(("speed-up reference warm / hero cold", f"{r['cold_speedup']:.1f}x (hero: imports + cache load + first collect)"))
-        rows.append(("speed-up, both cold", f"{r['cold_speedup_both_cold']:.1f}x (each: imports + first collect, fresh process)"))
-        rows.append(("speed-up, both cold, whole process", f"{r['cold_speedup_process']:.1f}x (interpreter start-up included)"))
+        rows.append(
+            (
+                "speed-up reference warm / hero cold",
+                f"{r['cold_speedup']:.1f}x (hero: imports + cache load + first collect)",
+            )
+        )
+        rows.append(
+            (
+                "speed-up, both cold",
+                f"{r['cold_speedup_both_cold']:.1f}x (each: imports + first collect, fresh process)",
+            )
+        )
+        rows.append(
+            ("speed-up, both cold, whole process", f"{r['cold_speedup_process']:.1f}x (interpreter start-up included)")
+        )
     for name, check in res["checks"].items():
         rows.append((f"check: {name}", check["result"]))
     for m in res.get("memory", []):
         hwm = "" if m["vm_hwm_increase_mib"] is None else f"; VmHWM +{m['vm_hwm_increase_mib']:.1f} MiB"
-        load = "" if m.get("kernel_load_mib") is None else (
-            f"; +{m['increase_from_imports_mib']:.1f} MiB counting the kernel load ({m['kernel_load_mib']:.1f} MiB)")
+        load = (
+            ""
+            if m.get("kernel_load_mib") is None
+            else (
+                f"; +{m['increase_from_imports_mib']:.1f} MiB counting the kernel load ({m['kernel_load_mib']:.1f} MiB)"
+            )
+        )
         rows.append(
             (
                 f"peak memory: {m['mode']}",
@@ -620,26 +666,52 @@ def print_report(res: dict[str, Any]) -> None:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--records", type=int, default=200_000, help="records in the timed run (default 200000)")
     p.add_argument("--streams", type=int, default=20, help="streams per run (default 20)")
     p.add_argument("--seed", type=int, default=20240601, help="seed of the data generator")
-    p.add_argument("--rotate-bytes", type=int, default=DEFAULT_ROTATE_BYTES,
-                   help="DataLogger rotate_bytes for the timed run (default 256 MiB = one segment)")
+    p.add_argument(
+        "--rotate-bytes",
+        type=int,
+        default=DEFAULT_ROTATE_BYTES,
+        help="DataLogger rotate_bytes for the timed run (default 256 MiB = one segment)",
+    )
     p.add_argument("--repeat", type=int, default=7, help="timed repetitions of herocollector and the floor (default 7)")
     p.add_argument("--reference-repeat", type=int, default=3, help="timed repetitions of the reference (default 3)")
-    p.add_argument("--cold-repeat", type=int, default=3,
-                   help="fresh processes timed for herocollector's cold start (best kept; 0 skips all cold runs; default 3)")
-    p.add_argument("--workdir", nargs="?", const=str(DEFAULT_PERSISTENT_WORKDIR), default=None,
-                   help="keep and reuse runs here (without a value: benchmarks/_data); default: a temp dir removed at exit")
-    p.add_argument("--memory-records", type=int, default=2_000_000,
-                   help="records of the single-segment run for the peak-memory measurement (0 skips; default 2000000)")
-    p.add_argument("--memory-reference", action="store_true",
-                   help="also measure the reference collector's peak memory (slow, large)")
+    p.add_argument(
+        "--cold-repeat",
+        type=int,
+        default=3,
+        help="fresh processes timed for herocollector's cold start (best kept; 0 skips all cold runs; default 3)",
+    )
+    p.add_argument(
+        "--workdir",
+        nargs="?",
+        const=str(DEFAULT_PERSISTENT_WORKDIR),
+        default=None,
+        help="keep and reuse runs here (without a value: benchmarks/_data); default: a temp dir removed at exit",
+    )
+    p.add_argument(
+        "--memory-records",
+        type=int,
+        default=2_000_000,
+        help="records of the single-segment run for the peak-memory measurement (0 skips; default 2000000)",
+    )
+    p.add_argument(
+        "--memory-reference",
+        action="store_true",
+        help="also measure the reference collector's peak memory (slow, large)",
+    )
     p.add_argument("--chunk-bytes", type=int, default=None, help="herocollector chunk_bytes (default: library default)")
     p.add_argument("--json", type=Path, default=None, help="write results as JSON here")
-    p.add_argument("--min-speedup", type=float, default=None,
-                   help="exit 1 if the best-time ratio reference/herocollector is below this")
+    p.add_argument(
+        "--min-speedup",
+        type=float,
+        default=None,
+        help="exit 1 if the best-time ratio reference/herocollector is below this",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress messages")
     # hidden: the measuring children
     p.add_argument("--measure-memory", choices=["hero", "reference"], help=argparse.SUPPRESS)
@@ -758,8 +830,11 @@ def run_benchmark(args: argparse.Namespace, workdir: Path, log: Callable[[str], 
         checks["reference == herocollector"] = {
             "ok": ok,
             "diff": diff,
-            "result": (f"IDENTICAL ({hero_table.num_rows:,} rows, single segment)" if ok
-                       else f"DIFFERENT: {diff or 'collect returned False'}"),
+            "result": (
+                f"IDENTICAL ({hero_table.num_rows:,} rows, single segment)"
+                if ok
+                else f"DIFFERENT: {diff or 'collect returned False'}"
+            ),
         }
     else:
         # A rotated run may differ from the reference only in epoch (the reference restarts
@@ -768,9 +843,11 @@ def run_benchmark(args: argparse.Namespace, workdir: Path, log: Callable[[str], 
         checks["reference vs herocollector (rotated)"] = {
             "ok": ok,
             "diff": diff,
-            "result": (f"{'OK' if ok else 'UNEXPECTED'}: {len(nonempty)} segments; "
-                       + ("identical" if not diff else "; ".join(f"{k}: {v}" for k, v in diff.items()))
-                       + (" (expected: the reference restarts epoch ticks per segment)" if ok and diff else "")),
+            "result": (
+                f"{'OK' if ok else 'UNEXPECTED'}: {len(nonempty)} segments; "
+                + ("identical" if not diff else "; ".join(f"{k}: {v}" for k, v in diff.items()))
+                + (" (expected: the reference restarts epoch ticks per segment)" if ok and diff else "")
+            ),
         }
     failed |= not ok
     truth = expected_table(params, schema)
@@ -778,8 +855,11 @@ def run_benchmark(args: argparse.Namespace, workdir: Path, log: Callable[[str], 
     checks["herocollector == generated data"] = {
         "ok": not tdiff,
         "diff": tdiff,
-        "result": (f"IDENTICAL ({hero_table.num_rows:,} rows, {len(nonempty)} segment(s))" if not tdiff
-                   else f"DIFFERENT: {tdiff}"),
+        "result": (
+            f"IDENTICAL ({hero_table.num_rows:,} rows, {len(nonempty)} segment(s))"
+            if not tdiff
+            else f"DIFFERENT: {tdiff}"
+        ),
     }
     failed |= bool(tdiff)
     for mode, c in cold.items():
@@ -801,14 +881,17 @@ def run_benchmark(args: argparse.Namespace, workdir: Path, log: Callable[[str], 
         for mode in modes:
             log(f"measuring peak memory ({mode}, {args.memory_records:,} records) in a child process ...")
             m = measure_memory(mode, mrun, workdir / f"out-memory-{mode}.arrow", args.chunk_bytes)
-            m.update(records=args.memory_records, segments=len(msegs),
-                     compressed_bytes=sum(s.stat().st_size for s in msegs))
+            m.update(
+                records=args.memory_records, segments=len(msegs), compressed_bytes=sum(s.stat().st_size for s in msegs)
+            )
             memory.append(m)
             (workdir / f"out-memory-{mode}.arrow").unlink(missing_ok=True)
             if m["rows"] != args.memory_records or not m["ok"]:
                 failed = True
                 checks[f"memory run rows ({mode})"] = {
-                    "ok": False, "result": f"DIFFERENT: {m['rows']:,} rows != {args.memory_records:,}"}
+                    "ok": False,
+                    "result": f"DIFFERENT: {m['rows']:,} rows != {args.memory_records:,}",
+                }
 
     throughput = {
         k: {

@@ -28,12 +28,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from herocollector.launcher import wait_until
+from herocollector.actor.launcher import wait_until
 from herocollector.testing.fleet import Fleet
 from herocollector.testing.servers import PostgresTestServer, S3TestServer
 
 
-def burst(tmp: Path, pg: PostgresTestServer, s3: S3TestServer, actors: int, runs: int, records: int, lease: float) -> float:
+def burst(
+    tmp: Path, pg: PostgresTestServer, s3: S3TestServer, actors: int, runs: int, records: int, lease: float
+) -> float:
     """Seconds for ``actors`` actors to collect ``runs`` runs announced at once."""
     fleet = Fleet(tmp, pg.database(), s3.bucket(), s3.options, lease_timeout=lease)
     try:
@@ -61,13 +63,17 @@ def fencing(tmp: Path, pg: PostgresTestServer, s3: S3TestServer, lease: float) -
         owner = fleet.owner(1)
         held = wait_until(
             lambda: next((j for j in fleet.jobs() if j["state"] == "running" and j["lease_owner"] == owner), None),
-            120, "actor 1 to hold a job", interval=0.01,
+            120,
+            "actor 1 to hold a job",
+            interval=0.01,
         )
         fleet.signal(1, signal.SIGSTOP)
         stopped = time.perf_counter()
         wait_until(
             lambda: next(j for j in fleet.jobs() if j["id"] == held["id"])["token"] > held["token"],
-            120, "the takeover", interval=0.01,
+            120,
+            "the takeover",
+            interval=0.01,
         )
         seconds = time.perf_counter() - stopped
         fleet.signal(1, signal.SIGCONT)
@@ -95,11 +101,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nfleet on PostgreSQL + S3: {args.runs} runs x {args.records:,} records, announced at once")
         base = results[args.actors[0]]
         for actors, seconds in results.items():
-            print(f"  {actors} actor(s): {seconds:7.2f} s  {args.runs / seconds:6.1f} runs/s  ratio {base / seconds:4.2f}x")
+            print(
+                f"  {actors} actor(s): {seconds:7.2f} s  {args.runs / seconds:6.1f} runs/s  ratio {base / seconds:4.2f}x"
+            )
         folder = Path(tmp) / "fencing"
         folder.mkdir()
         fenced = fencing(folder, pg, s3, args.lease)
-        print(f"\nan actor SIGSTOPped while holding a job (lease_timeout {args.lease:g} s) was fenced after {fenced:.2f} s")
+        print(
+            f"\nan actor SIGSTOPped while holding a job (lease_timeout {args.lease:g} s) was fenced after {fenced:.2f} s"
+        )
     return 0
 
 

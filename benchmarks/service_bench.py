@@ -34,7 +34,7 @@ HERE = Path(__file__).resolve().parent
 
 def build_runs(folder: Path, runs: int, records: int) -> list[Path]:
     """The runs, written once per parameter set."""
-    from herocollector.demo import write_simulated_run
+    from herocollector.actor.demo import write_simulated_run
 
     stamp = folder / "bench_runs.json"
     wanted = {"runs": runs, "records": records, "version": 1}
@@ -51,7 +51,7 @@ def build_runs(folder: Path, runs: int, records: int) -> list[Path]:
 def burst(paths: list[Path], workers: int, scratch: Path) -> float:
     """Seconds to collect every run, announced at once, with ``workers`` workers."""
     from herocollector import CollectionService, ServiceConfig
-    from herocollector.journal import JobState
+    from herocollector.journal.sqlite import JobState
 
     state, out = scratch / f"state-{workers}", scratch / f"out-{workers}"
     config = ServiceConfig.from_arguments(
@@ -81,8 +81,8 @@ def scan(count: int, scratch: Path) -> tuple[float, float, int]:
     """Seconds of a first scan over ``count`` finished runs (journals all) and of a second one."""
     import threading
 
-    from herocollector.journal import Journal
-    from herocollector.scan import Scanner
+    from herocollector.journal.sqlite import Journal
+    from herocollector.service.scan import Scanner
 
     root = scratch / "scan-root"
     for i in range(count):

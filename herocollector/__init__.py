@@ -10,8 +10,8 @@ The public API:
 * the errors, all under :class:`CollectorError` (see :mod:`herocollector.errors`).
 """
 
-from .collector import Collector
-from .errors import (
+from herocollector.collector import Collector
+from herocollector.errors import (
     CollectorError,
     ConfigError,
     DoneTimeout,
@@ -20,7 +20,7 @@ from .errors import (
     SegmentError,
     UnknownStreamError,
 )
-from .logdir import RunWriter
+from herocollector.run.logdir import RunWriter
 
 __all__ = [
     "CollectionService",
@@ -41,15 +41,15 @@ __all__ = [
 def __getattr__(name: str) -> object:
     # The service and the actor pull in HEROS and Zenoh; import them only when asked for.
     if name == "CollectorArchiver":
-        from .actor import CollectorArchiver
+        from herocollector.actor.archiver import CollectorArchiver
 
         return CollectorArchiver
     if name == "CollectionService":
-        from .service import CollectionService
+        from herocollector.service.core import CollectionService
 
         return CollectionService
     if name == "ServiceConfig":
-        from .config import ServiceConfig
+        from herocollector.config import ServiceConfig
 
         return ServiceConfig
     raise AttributeError(f"module 'herocollector' has no attribute {name!r}")

@@ -1,7 +1,7 @@
-"""``python -m herocollector``: the command line (see :mod:`herocollector.cli`)."""
+"""``python -m herocollector``: the command line (see :mod:`herocollector.cli.main`)."""
 
 import sys
 
-from .cli import main
+from herocollector.cli.main import main
 
 sys.exit(main())

@@ -15,11 +15,11 @@ from typing import Any, Protocol
 import numpy as np
 import pyarrow as pa
 
-from . import logdir
-from .catalogue import RuleLike, Stream, load_streams, select_streams
-from .codec import DEFAULT_CHUNK_BYTES, Columns, SegmentDecoder
-from .errors import CollectorError
-from .logdir import STREAMS_DIR, segment_files
+from herocollector.decode.codec import DEFAULT_CHUNK_BYTES, Columns, SegmentDecoder
+from herocollector.errors import CollectorError
+from herocollector.run import logdir
+from herocollector.run.catalogue import RuleLike, Stream, load_streams, select_streams
+from herocollector.run.logdir import STREAMS_DIR, segment_files
 
 BASE_FIELDS = (
     pa.field("stream_id", pa.uint32()),
@@ -193,6 +193,7 @@ class Collector:
             if not path.is_dir():
                 raise CollectorError("logger path is not a directory", path)
 
+
 def run_batches(
     path: Path,
     streams: Sequence[Stream],
@@ -204,7 +205,7 @@ def run_batches(
 ) -> Iterator[pa.RecordBatch]:
     """Decode the selected streams of one logger directory into batches of ``schema``.
 
-    The streams are loaded and selected by the caller, once (see :mod:`herocollector.pipeline`).
+    The streams are loaded and selected by the caller, once (see :mod:`herocollector.output.pipeline`).
 
     Args:
         path: The logger directory.
@@ -346,4 +347,3 @@ def _dedupe_columns(columns: Sequence[str] | None) -> tuple[str, ...]:
     if clash:
         raise CollectorError(f"label column(s) {clash} clash with the built-in columns {list(BASE_COLUMNS)}")
     return names
-

@@ -17,12 +17,12 @@ from typing import Any
 
 import pyarrow as pa
 
-from .catalogue import RuleLike, select_streams
-from .codec import DEFAULT_CHUNK_BYTES
-from .collector import BASE_COLUMNS
-from .errors import CollectorError, ConfigError
-from .output import Compression, OutputFormat
-from .paths import PathTemplate, local_root, object_root
+from herocollector.collector import BASE_COLUMNS
+from herocollector.decode.codec import DEFAULT_CHUNK_BYTES
+from herocollector.errors import CollectorError, ConfigError
+from herocollector.output.files import Compression, OutputFormat
+from herocollector.output.paths import PathTemplate, local_root, object_root
+from herocollector.run.catalogue import RuleLike, select_streams
 
 
 def default_state_dir() -> Path:

@@ -32,15 +32,15 @@ import pytest
 from heros.zenoh import ZenohSessionManager
 
 from herocollector import Collector
-from herocollector.actor import CollectorArchiver
-from herocollector.catalogue import Stream
+from herocollector.actor.archiver import CollectorArchiver
+from herocollector.actor.demo import MEASURES
 from herocollector.collector import output_schema as label_schema
-from herocollector.demo import MEASURES
 from herocollector.errors import CollectorError, JournalError
 from herocollector.events import parse_event
-from herocollector.journal import JobState, Journal
-from herocollector.manifest import Manifest
-from herocollector.output import read_provenance, temporary_name
+from herocollector.journal.sqlite import JobState, Journal
+from herocollector.output.files import read_provenance, temporary_name
+from herocollector.output.manifest import Manifest
+from herocollector.run.catalogue import Stream
 from herocollector.testing.actors import (
     COLUMNS,
     ENTITIES,
@@ -399,7 +399,9 @@ def test_template_context_precedence_and_variables(env: Env) -> None:
 
 
 def test_event_metadata_overrides_default_metadata(env: Env) -> None:
-    actor = env.actor(save_template="{{ output_root }}/{{ site }}/{{ logger_name }}.arrow", default_metadata={"site": "home"})
+    actor = env.actor(
+        save_template="{{ output_root }}/{{ site }}/{{ logger_name }}.arrow", default_metadata={"site": "home"}
+    )
     first, second = env.run("run-1"), env.run("run-2")
     assert set(collected(actor, first).outputs) == {str(env.out / "home" / "run-1.arrow")}
     assert set(collected(actor, second, {"path": str(second), "site": "away"}).outputs) == {
@@ -534,7 +536,11 @@ def test_fault_fails_only_its_own_job(env: Env, actor: CollectorArchiver, fault:
     collected(actor, good_after)
     assert all(thread.is_alive() for thread in actor.service.scheduler._threads)
     counts = actor.status()["counts"]
-    assert counts[JobState.DONE] == 2 and counts[JobState.FAILED] == 1 and counts[JobState.PENDING] == counts[JobState.RUNNING] == 0
+    assert (
+        counts[JobState.DONE] == 2
+        and counts[JobState.FAILED] == 1
+        and counts[JobState.PENDING] == counts[JobState.RUNNING] == 0
+    )
     assert not any(env.out.rglob(".*.tmp"))
     assert not any(env.outside.rglob("*.arrow"))
 
@@ -609,7 +615,10 @@ def test_transient_failure_is_retried_automatically(env: Env) -> None:
     actor = env.actor(max_retries=5, retry_delay=0.2)
     run = env.runs / "late"
     actor.feed("logger-x", {"path": str(run)})  # does not exist yet
-    wait_for(lambda: (j := actor.service.journal.by_path(str(run))) and j.attempts >= 1 and j.state == JobState.PENDING, "first failure")
+    wait_for(
+        lambda: (j := actor.service.journal.by_path(str(run))) and j.attempts >= 1 and j.state == JobState.PENDING,
+        "first failure",
+    )
     env.run("late")
     job = wait_job(actor, run, JobState.DONE, JobState.FAILED)
     assert job.state == JobState.DONE and job.attempts >= 2 and job.error is None

@@ -18,14 +18,14 @@ from typing import Any
 
 import pytest
 
-from herocollector.actor import CollectorArchiver
-from herocollector.claims import CLAIM_FILE, COLLECTED_FILE
-from herocollector.demo import MEASURES
-from herocollector.journal import Job, JobState, Journal
-from herocollector.logdir import segment_files
-from herocollector.output import read_provenance
+from herocollector.actor.archiver import CollectorArchiver
+from herocollector.actor.demo import MEASURES
+from herocollector.journal.sqlite import Job, JobState, Journal
+from herocollector.output.files import read_provenance
+from herocollector.run.claims import CLAIM_FILE, COLLECTED_FILE
+from herocollector.run.logdir import segment_files
+from herocollector.run.trash import trashed
 from herocollector.testing.actors import RECORDS, TIMEOUT, Env, collected, wait_for, wait_job
-from herocollector.trash import trashed
 
 
 def names(folder: Path) -> list[str]:
@@ -229,7 +229,14 @@ def test_journal_migrates_an_old_journal(tmp_path: Path) -> None:
         columns = [row["name"] for row in journal._db.execute("PRAGMA table_info(jobs)")]
         assert columns[-5:] == ["trash_until", "deadline", "token", "lease_owner", "lease_until"]
         old = journal.by_path("/runs/old")
-        assert (old.id, old.state, old.attempts, old.rows, old.created, old.updated) == (1, JobState.DONE, 1, 42, 1.0, 2.0)
+        assert (old.id, old.state, old.attempts, old.rows, old.created, old.updated) == (
+            1,
+            JobState.DONE,
+            1,
+            42,
+            1.0,
+            2.0,
+        )
         assert old.metadata == {"path": "/runs/old"} and old.outputs == {"/out/old.arrow": 42}
         assert old.trash_until is None
         assert journal.by_path("/runs/retry").next_attempt == 3.0
@@ -359,9 +366,9 @@ def test_an_actor_defers_a_run_claimed_by_a_live_foreign_actor(env: Env) -> None
         os.utime(claim)
         seen = job.updated
         job = wait_for(
-            lambda seen=seen: (j := actor.service.journal.by_path(str(run))).state == JobState.PENDING
-            and j.updated > seen
-            and j,
+            lambda seen=seen: (
+                (j := actor.service.journal.by_path(str(run))).state == JobState.PENDING and j.updated > seen and j
+            ),
             "another deferral",
         )
         assert job.attempts == 0 and "claimed by" in job.error
@@ -384,8 +391,13 @@ def test_an_actor_takes_over_the_run_from_a_foreign_actor_that_collected_it(env:
     wait_for(lambda: "claimed by" in (actor.service.journal.by_path(str(run)).error or ""), "the job to be deferred")
     # the foreign actor finishes: it writes the marker, then drops its claim
     outputs = {str(env.out / run.name / f"{m}.arrow"): 1 for m in MEASURES}
-    marker = {"owner": "elsewhere:/x", "host": "elsewhere", "pid": 4242, "collected_at": time.time(),
-              "outputs": outputs}
+    marker = {
+        "owner": "elsewhere:/x",
+        "host": "elsewhere",
+        "pid": 4242,
+        "collected_at": time.time(),
+        "outputs": outputs,
+    }
     (run / COLLECTED_FILE).write_text(json.dumps(marker))
     (run / CLAIM_FILE).unlink()
     done = wait_job(actor, run, JobState.DONE, JobState.FAILED)

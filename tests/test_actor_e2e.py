@@ -15,7 +15,7 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
-from herocollector.launcher import BossProcess, load_config, wait_until
+from herocollector.actor.launcher import BossProcess, load_config, wait_until
 from herocollector.testing.runs import journal_rows
 
 pytestmark = pytest.mark.e2e
@@ -54,9 +54,7 @@ class Stack:
         return self
 
     def restart_collector(self) -> None:
-        self.collector = BossProcess(
-            load_config("collector.json", self.collector_args), self.realm, self.work
-        ).start()
+        self.collector = BossProcess(load_config("collector.json", self.collector_args), self.realm, self.work).start()
         self.actor = self.collector.remote()
 
     def stop(self) -> None:
@@ -100,8 +98,14 @@ def expected_rows(run: str, measure: str) -> pa.Table:
             self.batches.append(batch)
 
     sink = Sink()
-    rule = Rule({"all": [{"match": {"key": "model", "op": "eq", "value": "supply_chain"}},
-                         {"match": {"key": "measure", "op": "eq", "value": measure}}]})
+    rule = Rule(
+        {
+            "all": [
+                {"match": {"key": "model", "op": "eq", "value": "supply_chain"}},
+                {"match": {"key": "measure", "op": "eq", "value": measure}},
+            ]
+        }
+    )
     data_logger.Collector([run]).collect(sink, rule=rule, columns=["organisation", "experiment", "entity"])
     return pa.Table.from_batches(sink.batches)
 
@@ -137,7 +141,14 @@ def test_runs_are_collected_and_controlled_remotely(stack: Stack) -> None:
     # cleanup through RemoteHERO: segments go, streams/ stays, the journal says cleaned.
     assert stack.actor.cleanup(first) is True
     assert not list(Path(first).glob("*.seg.zst")) and (Path(first) / "streams").is_dir()
-    assert stack.actor.status()["counts"] == {"pending": 0, "waiting": 0, "running": 0, "done": 2, "failed": 0, "cleaned": 1}
+    assert stack.actor.status()["counts"] == {
+        "pending": 0,
+        "waiting": 0,
+        "running": 0,
+        "done": 2,
+        "failed": 0,
+        "cleaned": 1,
+    }
     assert stack.actor.cleanup() is True  # every collected, not yet cleaned run
     assert all(not list(Path(r["path"]).glob("*.seg.zst")) for r in runs)
     assert [row["state"] for row in stack.journal_rows()] == ["cleaned"] * 3
@@ -155,19 +166,28 @@ def test_failures_are_kept_and_retried_remotely(stack: Stack) -> None:
 
     # A good run announced after the failures is still collected.
     good = stack.logger_hero.simulate(1)[0]["path"]
-    wait_until(lambda: any(j["path"] == good and j["state"] == "done" for j in stack.actor.status()["recent"]),
-               60, "the good run")
+    wait_until(
+        lambda: any(j["path"] == good and j["state"] == "done" for j in stack.actor.status()["recent"]),
+        60,
+        "the good run",
+    )
 
     # The cause goes away; retry() collects the failed run, and the refusal of a cleanup
     # of a run that was never collected deletes nothing.
-    from herocollector.demo import write_simulated_run
+    from herocollector.actor.demo import write_simulated_run
 
     write_simulated_run(missing, records=300, labels={"experiment": "late"}, backend="data_logger")
     assert stack.actor.cleanup(str(missing)) is False
     assert list(missing.glob("*.seg.zst"))
     assert stack.actor.retry(str(missing)) == 1
-    wait_until(lambda: not any(j["path"] == str(missing) for j in stack.actor.failed())
-               and stack.actor.status()["counts"]["done"] == 2, 60, "the retried run")
+    wait_until(
+        lambda: (
+            not any(j["path"] == str(missing) for j in stack.actor.failed())
+            and stack.actor.status()["counts"]["done"] == 2
+        ),
+        60,
+        "the retried run",
+    )
     assert (stack.out / "late" / "announced-too-early" / "stock.arrow").exists()
 
 

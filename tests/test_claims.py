@@ -1,4 +1,4 @@
-"""Run claims (``herocollector.claims``): one claim per run, heartbeats, stale take-over, marker.
+"""Run claims (``herocollector.run.claims``): one claim per run, heartbeats, stale take-over, marker.
 
 Races are run for real: threads released by a barrier, and processes started with ``spawn``
 and released by a multiprocessing barrier. Waiting is done on conditions with deadlines.
@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from herocollector.claims import ACQUIRED, CLAIM_FILE, COLLECTED, COLLECTED_FILE, HELD, ClaimResult, RunClaim
+from herocollector.run.claims import ACQUIRED, CLAIM_FILE, COLLECTED, COLLECTED_FILE, HELD, ClaimResult, RunClaim
 from herocollector.testing.actors import wait_for
 
 TIMEOUT = 10.0

@@ -20,9 +20,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from herocollector.demo import write_simulated_run
-from herocollector.launcher import wait_until
-from herocollector.output import read_provenance
+from herocollector.actor.demo import write_simulated_run
+from herocollector.actor.launcher import wait_until
+from herocollector.output.files import read_provenance
 from herocollector.testing.runs import collect_table
 
 COLUMNS = ["run", "entity", "measure"]
@@ -476,9 +476,24 @@ def test_many_runs_need_only_a_few_open_files(tmp_path: Path) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
 
     result = subprocess.run(
-        [sys.executable, "-m", "herocollector", "collect", *paths, "-o", str(out), "-q",
-         "--template", "{{ logger_name }}/{{ measure }}.arrow", "--jobs", "2"],
-        capture_output=True, text=True, timeout=120, preexec_fn=few_files,
+        [
+            sys.executable,
+            "-m",
+            "herocollector",
+            "collect",
+            *paths,
+            "-o",
+            str(out),
+            "-q",
+            "--template",
+            "{{ logger_name }}/{{ measure }}.arrow",
+            "--jobs",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=few_files,
     )
     assert result.returncode == 0, result.stderr
     files = sorted(out.rglob("*.arrow"))
@@ -490,16 +505,18 @@ def test_rows_keep_the_order_of_the_paths_when_runs_decode_in_parallel(runs: lis
     for jobs in ("1", "3"):
         target = tmp_path / f"jobs-{jobs}.arrow"
         assert cli("collect", runs[1], runs[0], runs[1], "-o", target, "-q", "--jobs", jobs).returncode == 0
-    assert pa.ipc.open_file(tmp_path / "jobs-1.arrow").read_all().equals(
-        pa.ipc.open_file(tmp_path / "jobs-3.arrow").read_all()
+    assert (
+        pa.ipc.open_file(tmp_path / "jobs-1.arrow")
+        .read_all()
+        .equals(pa.ipc.open_file(tmp_path / "jobs-3.arrow").read_all())
     )
     expected = collect_table([runs[1], runs[0]])
     assert pa.ipc.open_file(tmp_path / "jobs-3.arrow").read_all().replace_schema_metadata(None).equals(expected)
 
 
 def test_progress_moves_within_a_run(tmp_path: Path) -> None:
-    from herocollector.output import provenance_metadata
-    from herocollector.pipeline import OutputPipeline
+    from herocollector.output.files import provenance_metadata
+    from herocollector.output.pipeline import OutputPipeline
 
     run = Path(write_simulated_run(tmp_path / "big", records=120_000, entities=2, seed=3)["path"])
     [segment] = run.glob("*.seg.zst")
@@ -515,7 +532,9 @@ def test_progress_moves_within_a_run(tmp_path: Path) -> None:
     def on_bytes(n: int) -> None:
         seen.append((n + (seen[-1][0] if seen else 0), rows))
 
-    pipeline.write(plan, provenance=lambda t: provenance_metadata("", "", "", 0, []), on_bytes=on_bytes, on_rows=on_rows)
+    pipeline.write(
+        plan, provenance=lambda t: provenance_metadata("", "", "", 0, []), on_bytes=on_bytes, on_rows=on_rows
+    )
     assert seen[-1][0] == segment.stat().st_size
     assert len(seen) > 3
     assert any(0 < done < segment.stat().st_size for done, _ in seen)  # reported before the run ended

@@ -1,4 +1,4 @@
-"""Unit, property and fuzz tests of the ``.seg.zst`` segment codec (``herocollector.codec``).
+"""Unit, property and fuzz tests of the ``.seg.zst`` segment codec (``herocollector.decode.codec``).
 
 The tests round-trip records through the project's own encoder, check the varint and zigzag
 primitives against hand-computed bytes, feed the decoder damaged segments (asserting the
@@ -24,7 +24,7 @@ import zstandard
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from herocollector.codec import (
+from herocollector.decode.codec import (
     DEFAULT_CHUNK_BYTES,
     Records,
     SegmentDecoder,
@@ -328,7 +328,24 @@ class TrickleReader(io.RawIOBase):
 
 INT64 = st.integers(INT64_MIN, INT64_MAX)
 EDGE_INT64 = st.sampled_from(
-    [0, 1, -1, 63, 64, -64, -65, 2**31, 2**32 - 1, 2**32, 2**32 + 1, 2**53 + 1, 2**62, INT64_MAX, INT64_MIN, INT64_MIN + 1]
+    [
+        0,
+        1,
+        -1,
+        63,
+        64,
+        -64,
+        -65,
+        2**31,
+        2**32 - 1,
+        2**32,
+        2**32 + 1,
+        2**53 + 1,
+        2**62,
+        INT64_MAX,
+        INT64_MIN,
+        INT64_MIN + 1,
+    ]
 )
 ANY_INT64 = st.one_of(st.integers(-300, 300), EDGE_INT64, INT64)
 INDEX = st.one_of(st.integers(0, 5000), st.integers(2**32 - 8, 2**32 + 8), EDGE_INT64, INT64)
@@ -353,9 +370,7 @@ def absolute_ticks(stream_ids: Sequence[int], deltas: Sequence[int]) -> list[int
 
 
 @st.composite
-def records_st(
-    draw: st.DrawFn, max_records: int = 30, max_n: int = 10, increasing: bool | None = None
-) -> Records:
+def records_st(draw: st.DrawFn, max_records: int = 30, max_n: int = 10, increasing: bool | None = None) -> Records:
     """Records of several interleaved streams with extreme indices, values and ticks.
 
     Args:
@@ -551,7 +566,7 @@ def test_large_frame_streaming_path_and_chunking() -> None:
     """One frame far bigger than a chunk, holding many records that straddle chunk ends."""
     records = bulk_records(seed=7, count=300, max_n=40, increasing=True)
     data = encode_segment(records, records_per_frame=len(records))
-    (start, end), = frame_spans(data)
+    ((start, end),) = frame_spans(data)
     assert zstandard.get_frame_parameters(data).content_size > 8 * MIN_CHUNK
     decoder = SegmentDecoder(KNOWN_IDS, chunk_bytes=MIN_CHUNK)
     chunks = list(decoder.decode_stream(io.BytesIO(data), SEGMENT_NAME))
@@ -714,9 +729,7 @@ def test_selection_hand_written() -> None:
     )
     data = encode_segment(records, records_per_frame=2)
     got = decode(data, ids=[1, 2, 3], selected=[2, 3])
-    expected = Records.from_lists(
-        [2, 3, 2, 3], [20, 30, 15, 31], [[3], [], [4, 9], [8]], [[3], [], [4, 9], [-8]]
-    )
+    expected = Records.from_lists([2, 3, 2, 3], [20, 30, 15, 31], [[3], [], [4, 9], [8]], [[3], [], [4, 9], [-8]])
     assert_records_equal(got, expected)
     assert len(decode(data, ids=[1, 2, 3], selected=[])) == 0
 
@@ -820,7 +833,17 @@ def test_varint_round_trip(values: list[int], fill: int) -> None:
     assert (ends - starts + 1).tolist() == [len(leb128(v)) for v in values]
 
 
-ZIGZAG_TABLE = [(0, 0), (-1, 1), (1, 2), (-2, 3), (2, 4), (-64, 127), (64, 128), (INT64_MAX, 2**64 - 2), (INT64_MIN, 2**64 - 1)]
+ZIGZAG_TABLE = [
+    (0, 0),
+    (-1, 1),
+    (1, 2),
+    (-2, 3),
+    (2, 4),
+    (-64, 127),
+    (64, 128),
+    (INT64_MAX, 2**64 - 2),
+    (INT64_MIN, 2**64 - 1),
+]
 
 
 def test_zigzag_hand_computed() -> None:
@@ -923,7 +946,13 @@ def test_random_garbage_after_valid_frames(garbage: bytes, big: bool) -> None:
 
 @pytest.mark.parametrize(
     "data",
-    [b"x", b"not a zstd segment at all", bytes(range(256)) * 40, b"\x00\x00\x00\x00", b"\x28\xb5\x2f\xfc" + b"\x00" * 20],
+    [
+        b"x",
+        b"not a zstd segment at all",
+        bytes(range(256)) * 40,
+        b"\x00\x00\x00\x00",
+        b"\x28\xb5\x2f\xfc" + b"\x00" * 20,
+    ],
 )
 def test_file_of_garbage(data: bytes) -> None:
     expect_segment_error(data, 0, match="not a zstd frame")
@@ -1062,7 +1091,9 @@ def test_corrupt_frame(checksum: bool, layout: str) -> None:
     frame, records, (lo, hi) = compressible_frame(checksum)
     before = encode_segment(bulk_records(seed=16, count=600 if layout == "large" else 5, max_n=4), records_per_frame=2)
     after = encode_segment(Records.from_lists([1], [0], [[1]], [[1]]))
-    prefix = {"alone": b"", "middle": before, "after_skippable": before + skippable_frame(b"note"), "large": before}[layout]
+    prefix = {"alone": b"", "middle": before, "after_skippable": before + skippable_frame(b"note"), "large": before}[
+        layout
+    ]
     suffix = b"" if layout == "alone" else after
     chunk_bytes = MIN_CHUNK if layout == "large" else DEFAULT_CHUNK_BYTES
     if layout == "large":
@@ -1194,7 +1225,11 @@ def test_fuzz_random_payloads_in_valid_frames(payloads: list[bytes], big: bytes)
     decode_or_collector_error(data)
 
 
-MUTATION = st.tuples(st.sampled_from(["flip", "set", "truncate", "insert", "delete", "duplicate"]), st.floats(0, 1), st.binary(min_size=1, max_size=12))
+MUTATION = st.tuples(
+    st.sampled_from(["flip", "set", "truncate", "insert", "delete", "duplicate"]),
+    st.floats(0, 1),
+    st.binary(min_size=1, max_size=12),
+)
 
 
 def mutate(data: bytes, mutations: list[tuple[str, float, bytes]]) -> bytes:
@@ -1325,8 +1360,8 @@ def kernel_decode(
     Returns:
         The ``(status, pos, unit, records, values, detail)`` of every call.
     """
-    from herocollector import kernel
-    from herocollector.codec import StreamTable
+    from herocollector.decode import kernel
+    from herocollector.decode.codec import StreamTable
 
     streams = StreamTable(ids)
     data = np.frombuffer(payload, dtype=np.uint8).copy()
@@ -1349,7 +1384,7 @@ def kernel_decode(
 
 
 def test_kernel_output_full_resumes_at_a_record_boundary() -> None:
-    from herocollector import kernel
+    from herocollector.decode import kernel
 
     records = bulk_records(seed=41, count=60, max_n=9)
     payload = encode_records(records, TickState())
@@ -1364,7 +1399,7 @@ def test_kernel_output_full_resumes_at_a_record_boundary() -> None:
 
 
 def test_kernel_record_larger_than_the_outputs() -> None:
-    from herocollector import kernel
+    from herocollector.decode import kernel
 
     payload = encode_records(Records.from_lists([1], [0], [list(range(50))], [[1] * 50]), TickState())
     assert kernel_decode(payload, records=4, values=20)[0][0] == kernel.BAD_CAPACITY
@@ -1381,7 +1416,7 @@ def test_many_small_records_grow_the_output_estimate() -> None:
 
 
 def test_columns_are_the_records_scaled_bit_for_bit(tmp_path: Path) -> None:
-    from herocollector.codec import Columns
+    from herocollector.decode.codec import Columns
 
     records = bulk_records(seed=42, count=300, max_n=30, increasing=False)
     path = tmp_path / "segment-000000.seg.zst"
@@ -1499,7 +1534,7 @@ def test_damage_in_an_earlier_frame_wins_over_a_bad_header_later_in_the_read() -
 
 
 def test_kernels_are_cached_in_herocollectors_order_of_places(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from herocollector import kernel, native
+    from herocollector.decode import kernel, native
 
     # numba's own cache (used by the numba backend): same order of places.
     order = kernel._KernelCacheImpl._locator_classes
@@ -1523,7 +1558,7 @@ def test_kernels_are_cached_in_herocollectors_order_of_places(tmp_path: Path, mo
 
 
 def test_object_cache_entries_are_checked_before_loading(tmp_path: Path) -> None:
-    from herocollector import native
+    from herocollector.decode import native
 
     if native.backend().name != "object":
         pytest.skip("the object backend is not in use")
@@ -1551,7 +1586,7 @@ def test_object_cache_entries_are_checked_before_loading(tmp_path: Path) -> None
 
 @pytest.mark.parametrize("backend", ["object", "numba"])
 def test_both_kernel_backends_decode_alike(backend: str) -> None:
-    from herocollector import native
+    from herocollector.decode import native
 
     kernels = native.NumbaKernels() if backend == "numba" else native.backend()
     if kernels.name != backend:
@@ -1559,7 +1594,7 @@ def test_both_kernel_backends_decode_alike(backend: str) -> None:
     records = bulk_records(seed=49, count=400, max_n=20, increasing=False)
     payload = np.frombuffer(encode_records(records, TickState()), dtype=np.uint8).copy()
     ends = np.array([payload.size], dtype=np.int64)
-    from herocollector.codec import StreamTable
+    from herocollector.decode.codec import StreamTable
 
     streams = StreamTable(KNOWN_IDS)
     size = payload.size
@@ -1596,7 +1631,7 @@ def test_both_kernel_backends_decode_alike(backend: str) -> None:
 
 
 def test_object_backend_rejects_arrays_of_the_wrong_kind() -> None:
-    from herocollector import native
+    from herocollector.decode import native
 
     kernels = native.backend()
     if kernels.name != "object":
@@ -1609,7 +1644,9 @@ def test_object_backend_rejects_arrays_of_the_wrong_kind() -> None:
     with pytest.raises(TypeError):
         read_only = np.zeros(4, dtype=np.int64)
         read_only.flags.writeable = False
-        kernels.scan_frames(np.zeros(8, dtype=np.uint8), 0, 8, True, read_only, *frames[1:], np.zeros(4, dtype=np.uint8))
+        kernels.scan_frames(
+            np.zeros(8, dtype=np.uint8), 0, 8, True, read_only, *frames[1:], np.zeros(4, dtype=np.uint8)
+        )
 
 
 @pytest.mark.slow
@@ -1631,7 +1668,7 @@ def test_read_only_install_caches_kernels_in_the_user_cache(tmp_path: Path) -> N
     env = {k: v for k, v in os.environ.items() if not k.startswith(("NUMBA_", "HEROCOLLECTOR_"))}
     env.update(XDG_CACHE_HOME=str(tmp_path / "xdg"), PYTHONPATH=str(tmp_path / "site"), PYTHONDONTWRITEBYTECODE="1")
     script = (
-        "import sys, herocollector.codec as c; assert c.__file__.startswith(sys.argv[2]), c.__file__;"
+        "import sys, herocollector.decode.codec as c; assert c.__file__.startswith(sys.argv[2]), c.__file__;"
         f"n = len(c.SegmentDecoder({list(KNOWN_IDS)}).decode_bytes(open(sys.argv[1], 'rb').read()));"
         "print(n, c.kernel.backend().name, 'numba' in sys.modules)"
     )
@@ -1646,8 +1683,13 @@ def test_read_only_install_caches_kernels_in_the_user_cache(tmp_path: Path) -> N
         )
         assert out.returncode == 0, out.stderr
         assert out.stdout.split() == ["50", "object", numba_imported], out.stderr
-    cached = {p.name.rsplit("-", 1)[-1] for p in (tmp_path / "xdg" / "herocollector" / "numba").glob("herocollector-kernels-*")}
-    assert cached == {"scan_frames.o", "decode_records.o", "varint_damage.o"} | {p for p in cached if p.endswith(".json")}
+    cached = {
+        p.name.rsplit("-", 1)[-1]
+        for p in (tmp_path / "xdg" / "herocollector" / "numba").glob("herocollector-kernels-*")
+    }
+    assert cached == {"scan_frames.o", "decode_records.o", "varint_damage.o"} | {
+        p for p in cached if p.endswith(".json")
+    }
 
 
 def test_small_files_are_decoded_together_and_damage_names_its_file(tmp_path: Path) -> None:
@@ -1711,7 +1753,9 @@ def test_frames_are_accepted_and_refused_as_the_frame_by_frame_reference_does() 
 
     def frame(content: bytes, descriptor: int, size: bool = True) -> bytes:
         # Raw blocks of at most 128 KiB, a 4-byte content size (or none) and a window descriptor.
-        header = ZSTD_MAGIC + (bytes([0x80, descriptor]) + len(content).to_bytes(4, "little") if size else bytes([0x00, descriptor]))
+        header = ZSTD_MAGIC + (
+            bytes([0x80, descriptor]) + len(content).to_bytes(4, "little") if size else bytes([0x00, descriptor])
+        )
         blocks = [content[i : i + (1 << 17)] for i in range(0, len(content), 1 << 17)]
         return header + b"".join(
             ((len(b) << 3) | (i == len(blocks) - 1)).to_bytes(3, "little") + b for i, b in enumerate(blocks)

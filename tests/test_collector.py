@@ -15,7 +15,7 @@ import pytest
 import zstandard
 from tools.label_selector import Label
 
-import herocollector.logdir
+import herocollector.run.logdir
 from herocollector import Collector, CollectorError, MetadataError, SegmentError, UnknownStreamError
 from herocollector.testing.runs import (
     MemoryWriter,
@@ -169,7 +169,7 @@ def _done_appears_while_polling(monkeypatch: pytest.MonkeyPatch, path: Path) -> 
     polled it at least once and found it missing (no sleeps, no timing assumptions).
 
     Args:
-        monkeypatch: Used to observe ``herocollector.logdir.is_done``.
+        monkeypatch: Used to observe ``herocollector.run.logdir.is_done``.
         path: The unfinished logger directory.
 
     Returns:
@@ -177,7 +177,7 @@ def _done_appears_while_polling(monkeypatch: pytest.MonkeyPatch, path: Path) -> 
     """
     polled_missing = threading.Event()
     seen: list[bool] = []
-    original = herocollector.logdir.is_done
+    original = herocollector.run.logdir.is_done
 
     def observed(p: str | Path) -> bool:
         result = original(p)
@@ -190,7 +190,7 @@ def _done_appears_while_polling(monkeypatch: pytest.MonkeyPatch, path: Path) -> 
         polled_missing.wait()
         (path / "_DONE").touch()
 
-    monkeypatch.setattr(herocollector.logdir, "is_done", observed)
+    monkeypatch.setattr(herocollector.run.logdir, "is_done", observed)
     thread = threading.Thread(target=finish, daemon=True)
     thread.start()
     return thread, seen
@@ -281,7 +281,9 @@ def test_collect_after_cleanup_is_empty(run: RecordedRun) -> None:
 # ----------------------------------------------------------------------------------------
 
 
-def _collect_error(paths: list[Path], error: type[CollectorError], writer: MemoryWriter | None = None, **kwargs: Any) -> CollectorError:
+def _collect_error(
+    paths: list[Path], error: type[CollectorError], writer: MemoryWriter | None = None, **kwargs: Any
+) -> CollectorError:
     """Collect and return the error raised, asserting its type.
 
     Args:
@@ -620,7 +622,7 @@ def test_one_collector_over_runs_decoded_in_threads_keeps_each_runs_ticks(tmp_pa
 
 
 def test_decode_kernels_release_the_gil() -> None:
-    from herocollector import kernel
+    from herocollector.decode import kernel
 
     for dispatcher in (kernel.scan_frames, kernel.decode_records, kernel.varint_damage):
         assert dispatcher.targetoptions["nogil"] is True

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from herocollector.actor import CollectorArchiver
+from herocollector.actor.archiver import CollectorArchiver
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -92,8 +92,10 @@ def test_boss_config_arguments_are_real_parameters(config: Path) -> None:
     unknown = set(document["arguments"]) - set(parameters)
     assert not unknown, f"{config.name} passes arguments {cls.__name__} does not take: {sorted(unknown)}"
     required = {
-        n for n, p in parameters.items()
-        if n != "self" and p.default is inspect.Parameter.empty
+        n
+        for n, p in parameters.items()
+        if n != "self"
+        and p.default is inspect.Parameter.empty
         and p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
     }
     missing = sorted(required - set(document["arguments"]))
@@ -116,7 +118,7 @@ def test_docs_exist_and_readme_links_resolve() -> None:
 
 
 def test_documented_cli_options_exist() -> None:
-    from herocollector.cli import build_parser
+    from herocollector.cli.main import build_parser
 
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command").choices

@@ -19,9 +19,9 @@ import pyarrow as pa
 import pytest
 
 from herocollector import Collector
-from herocollector.claims import COLLECTED_FILE
-from herocollector.demo import write_simulated_run
-from herocollector.launcher import BossProcess, load_config, wait_until
+from herocollector.actor.demo import write_simulated_run
+from herocollector.actor.launcher import BossProcess, load_config, wait_until
+from herocollector.run.claims import COLLECTED_FILE
 from herocollector.testing.runs import journal_rows
 
 pytestmark = pytest.mark.e2e
@@ -36,13 +36,16 @@ def write_runs(root: Path, count: int, records: int) -> list[str]:
 
 
 def collector(tmp: Path, realm: str, name: str, **arguments: Any) -> BossProcess:
-    config = load_config("collector.json", {
-        "default_metadata": {"output_root": str(tmp / "out")},
-        "allowed_roots": [str(tmp / "runs")],
-        "state_dir": str(tmp / f"state-{name}"),
-        "retry_delay": 0.1,
-        **arguments,
-    })
+    config = load_config(
+        "collector.json",
+        {
+            "default_metadata": {"output_root": str(tmp / "out")},
+            "allowed_roots": [str(tmp / "runs")],
+            "state_dir": str(tmp / f"state-{name}"),
+            "retry_delay": 0.1,
+            **arguments,
+        },
+    )
     config["_id"] = name
     return BossProcess(config, realm, tmp / "boss")
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from herocollector.launcher import wait_until
-from herocollector.manifest import Manifest
+from herocollector.actor.launcher import wait_until
+from herocollector.output.manifest import Manifest
 from herocollector.testing.fleet import Fleet
 from herocollector.testing.servers import PostgresTestServer, S3TestServer
 
@@ -34,8 +34,11 @@ def check_exactly_once(fleet: Fleet, s3: S3TestServer, runs: list[str]) -> None:
     assert sorted(job["path"] for job in jobs) == sorted(runs)
     assert {job["state"] for job in jobs} == {"done"}
     client = s3.client()
-    keys = [o["Key"] for page in client.get_paginator("list_objects_v2").paginate(Bucket=fleet.bucket)
-            for o in page.get("Contents", [])]
+    keys = [
+        o["Key"]
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=fleet.bucket)
+        for o in page.get("Contents", [])
+    ]
     manifests = [k for k in keys if k.rsplit("/", 1)[-1].startswith("_manifest-")]
     data = sorted(k for k in keys if k not in manifests)
     assert data == sorted(f"c/{Path(run).name}/{m}.arrow" for run in runs for m in MEASURES)
@@ -96,8 +99,11 @@ def test_an_actor_paused_past_its_lease_is_fenced_and_publishes_nothing(fleet: F
     fenced_after = time.monotonic() - stopped_at
     wait_until(lambda: fleet.done() == set(runs) - _held_elsewhere(fleet, owner), 240, "the other runs")
     fleet.signal(1, signal.SIGCONT)
-    wait_until(lambda: re.search(rf"job {held['id']} .*fenced out", fleet.collectors[1].log_text()), 60,
-               "the resumed actor to notice it was fenced out")
+    wait_until(
+        lambda: re.search(rf"job {held['id']} .*fenced out", fleet.collectors[1].log_text()),
+        60,
+        "the resumed actor to notice it was fenced out",
+    )
     wait_until(lambda: fleet.done() == set(runs), 240, "all runs")
     check_exactly_once(fleet, s3, runs)
     job = next(j for j in fleet.jobs() if j["id"] == held["id"])

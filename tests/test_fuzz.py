@@ -21,7 +21,7 @@ from typing import BinaryIO
 
 import pytest
 
-from herocollector.codec import Records, SegmentDecoder
+from herocollector.decode.codec import Records, SegmentDecoder
 from herocollector.errors import SegmentError
 from herocollector.testing import fuzz
 
@@ -61,7 +61,13 @@ def test_cases_are_reproducible() -> None:
     ctx_b = fuzz.Context(fuzz.build_pool(5, 40, dctx), dctx, None, SegmentDecoder, 5.0, False, True)
     for index in (0, 1, 2, 3, 7, 10, 11, 12345):
         a, b = fuzz.make_case(index, 5, ctx_a), fuzz.make_case(index, 5, ctx_b)
-        assert (a.kind, a.data, a.chunk_bytes, a.selected, a.read_size) == (b.kind, b.data, b.chunk_bytes, b.selected, b.read_size)
+        assert (a.kind, a.data, a.chunk_bytes, a.selected, a.read_size) == (
+            b.kind,
+            b.data,
+            b.chunk_bytes,
+            b.selected,
+            b.read_size,
+        )
 
 
 def test_reference_decoder_agrees_with_encoder_on_valid_cases() -> None:
@@ -117,7 +123,19 @@ def test_fuzzer_catches_a_misbehaving_decoder(tmp_path: Path) -> None:
 def test_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "fuzz.json"
     status = fuzz.main(
-        ["--cases", "60", "--seed", "3", "--chunk-bytes", "4096", "--json", str(out), "--quiet", "--failures-dir", str(tmp_path / "f")]
+        [
+            "--cases",
+            "60",
+            "--seed",
+            "3",
+            "--chunk-bytes",
+            "4096",
+            "--json",
+            str(out),
+            "--quiet",
+            "--failures-dir",
+            str(tmp_path / "f"),
+        ]
     )
     figures = json.loads(out.read_text())
     assert status == (1 if figures["failures"] else 0)

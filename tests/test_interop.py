@@ -177,7 +177,9 @@ class IpcFileWriter:
         self._writer.close()
 
 
-def _collect_to_ipc(collector_cls: Any, path: Path, schema: pa.Schema, *, expose_schema: bool, **kwargs: Any) -> pa.Table:
+def _collect_to_ipc(
+    collector_cls: Any, path: Path, schema: pa.Schema, *, expose_schema: bool, **kwargs: Any
+) -> pa.Table:
     """Collect into an Arrow IPC file writer held in memory.
 
     Args:

@@ -16,14 +16,14 @@ from pathlib import Path
 
 import pytest
 
-from herocollector.journal import (
+from herocollector.journal.postgres import PgJournal
+from herocollector.journal.sqlite import (
     Job,
     JobState,
     JobStore,
     Journal,
     OutputTakenError,
 )
-from herocollector.pgjournal import PgJournal
 
 RUN_A = "/data/runs/run-a"
 RUN_B = "/data/runs/run-b"

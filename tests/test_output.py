@@ -14,20 +14,24 @@ import pyarrow as pa
 import pytest
 
 from herocollector.errors import ConfigError, OutputError
-from herocollector.output import OutputFile, provenance_metadata, read_provenance, temporary_name
+from herocollector.output.files import OutputFile, provenance_metadata, read_provenance, temporary_name
 
 # ----------------------------------------------------------------------------------------
 # OutputFile
 # ----------------------------------------------------------------------------------------
 
-SCHEMA = pa.schema([pa.field("stream_id", pa.uint32()), pa.field("values", pa.list_(pa.float64())), pa.field("label", pa.string())])
+SCHEMA = pa.schema(
+    [pa.field("stream_id", pa.uint32()), pa.field("values", pa.list_(pa.float64())), pa.field("label", pa.string())]
+)
 
 
 def _batch(n: int = 100, offset: int = 0) -> pa.RecordBatch:
     return pa.RecordBatch.from_pydict(
         {
             "stream_id": pa.array([(offset + i) % 5 for i in range(n)], type=pa.uint32()),
-            "values": pa.array([[float(i), float(i) / 2] for i in range(offset, offset + n)], type=pa.list_(pa.float64())),
+            "values": pa.array(
+                [[float(i), float(i) / 2] for i in range(offset, offset + n)], type=pa.list_(pa.float64())
+            ),
             "label": pa.array(["entity-" + str(i % 3) for i in range(n)]),
         },
         schema=SCHEMA,
@@ -215,9 +219,7 @@ def test_a_long_valid_final_name_works(tmp_path: Path) -> None:
     assert _read(final, "file").num_rows == 3 and _names(tmp_path) == [final.name]
 
 
-@pytest.mark.parametrize(
-    "format, compression", [("feather", None), ("file", "gzip"), ("stream", "snappy")]
-)
+@pytest.mark.parametrize("format, compression", [("feather", None), ("file", "gzip"), ("stream", "snappy")])
 def test_unsupported_format_or_compression(tmp_path: Path, format: str, compression: str | None) -> None:
     with pytest.raises(ConfigError):
         OutputFile(tmp_path / "x.arrow", SCHEMA, format, compression)
@@ -230,7 +232,10 @@ def test_unsupported_format_or_compression(tmp_path: Path, format: str, compress
 
 
 def _provenance() -> tuple[dict[str, str], list[dict[str, Any]]]:
-    labels = [{"entity": "e-0", "measure": "stock", "stream_id": 1, "run": 3}, {"entity": "e-1", "measure": "stock", "stream_id": 4}]
+    labels = [
+        {"entity": "e-0", "measure": "stock", "stream_id": 1, "run": 3},
+        {"entity": "e-1", "measure": "stock", "stream_id": 4},
+    ]
     meta = provenance_metadata("/data/runs/run-0001", "logger-x", "2026-01-02T03:04:05+00:00", 17, labels)
     return meta, labels
 

@@ -52,9 +52,22 @@ def test_one_exception_tree() -> None:
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("wheel")
     source = folder / "source"  # a copy: an in-tree build would leave build/ in the checkout
-    shutil.copytree(ROOT, source, symlinks=True, ignore=shutil.ignore_patterns(".venv", ".git", "build", "_data", "*.egg-info"))
+    shutil.copytree(
+        ROOT, source, symlinks=True, ignore=shutil.ignore_patterns(".venv", ".git", "build", "_data", "*.egg-info")
+    )
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(folder), str(source)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(folder),
+            str(source),
+        ],
         check=True,
         capture_output=True,
         timeout=300,
@@ -80,12 +93,20 @@ def test_the_demo_runs_from_a_regular_install_in_any_directory(wheel: Path, tmp_
     env = {**os.environ, "PYTHONPATH": str(site)}
     probe = subprocess.run(
         [sys.executable, "-c", "import herocollector; print(herocollector.__file__)"],
-        cwd=elsewhere, env=env, capture_output=True, text=True, check=True,
+        cwd=elsewhere,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert probe.stdout.strip().startswith(str(site))
     result = subprocess.run(
         [sys.executable, "-m", "herocollector", "demo", "--runs", "1", "--records", "300"],
-        cwd=elsewhere, env=env, capture_output=True, text=True, timeout=180,
+        cwd=elsewhere,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "ok: 1/1 runs collected" in result.stdout
@@ -94,7 +115,9 @@ def test_the_demo_runs_from_a_regular_install_in_any_directory(wheel: Path, tmp_
 def test_ruff_passes() -> None:
     ruff = shutil.which("ruff", path=str(Path(sys.executable).parent)) or shutil.which("ruff")
     assert ruff, "ruff is part of the test extra"
-    result = subprocess.run([ruff, "check", "herocollector", "tests", "benchmarks"], cwd=ROOT, capture_output=True, text=True)
+    result = subprocess.run(
+        [ruff, "check", "herocollector", "tests", "benchmarks"], cwd=ROOT, capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stdout[-4000:]
 
 

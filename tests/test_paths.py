@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from herocollector.errors import CollectorError, ConfigError, LabelPathError, OutputError
-from herocollector.paths import PathTemplate, is_within
+from herocollector.output.paths import PathTemplate, is_within
 
 # ----------------------------------------------------------------------------------------
 # PathTemplate
@@ -195,7 +195,12 @@ def test_undefined_variable_is_an_error_not_an_empty_segment(root: Path) -> None
 
 @pytest.mark.parametrize(
     "source",
-    ["{{ missing.attribute }}/x.arrow", "{{ m.nope }}/x.arrow", "{{ m['nope'] }}/x.arrow", "{{ missing | upper }}.arrow"],
+    [
+        "{{ missing.attribute }}/x.arrow",
+        "{{ m.nope }}/x.arrow",
+        "{{ m['nope'] }}/x.arrow",
+        "{{ missing | upper }}.arrow",
+    ],
 )
 def test_undefined_lookups_are_errors(root: Path, source: str) -> None:
     with pytest.raises(OutputError):
@@ -228,7 +233,10 @@ def test_sandbox_error_surfaces_as_output_error_naming_the_template(root: Path) 
 
 def test_filters_and_expressions_still_work(root: Path) -> None:
     template = PathTemplate("{{ experiment | lower }}/run-{{ '%04d' % run }}/{{ measure ~ '.arrow' }}", root)
-    assert template.render({"experiment": "EXP", "run": 7, "measure": "stock"}) == root / "exp" / "run-0007" / "stock.arrow"
+    assert (
+        template.render({"experiment": "EXP", "run": 7, "measure": "stock"})
+        == root / "exp" / "run-0007" / "stock.arrow"
+    )
 
 
 @pytest.mark.parametrize("source", ["{{ a", "{% if %}", "{{ a }}{% endfor %}"])
@@ -242,5 +250,3 @@ def test_is_within(tmp_path: Path, root: Path) -> None:
     assert is_within(root, root)
     assert not is_within(tmp_path / "other", root)
     assert not is_within(root / ".." / "x", root)
-
-

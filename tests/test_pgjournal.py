@@ -11,8 +11,8 @@ import psycopg
 import pytest
 
 from herocollector.errors import JournalError, LeaseLost
-from herocollector.journal import JobState, open_journal
-from herocollector.pgjournal import SCHEMA_VERSION, PgJournal, redact
+from herocollector.journal.postgres import SCHEMA_VERSION, PgJournal, redact
+from herocollector.journal.sqlite import JobState, open_journal
 from herocollector.testing.actors import wait_for
 from herocollector.testing.servers import PostgresTestServer
 

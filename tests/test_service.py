@@ -19,11 +19,11 @@ import pyarrow as pa
 import pytest
 
 from herocollector import CollectionService, ServiceConfig
-from herocollector.demo import MEASURES, write_simulated_run
+from herocollector.actor.demo import MEASURES, write_simulated_run
 from herocollector.errors import ConfigError, StateDirLocked
 from herocollector.events import RunCollected, RunFailed
-from herocollector.journal import Job, JobState
-from herocollector.scan import SCAN_SOURCE, finished_runs
+from herocollector.journal.sqlite import Job, JobState
+from herocollector.service.scan import SCAN_SOURCE, finished_runs
 from herocollector.testing.actors import wait_for
 from herocollector.testing.runs import journal_rows
 
@@ -305,7 +305,7 @@ def test_the_lock_is_released_by_close_and_by_a_killed_process(site: Site) -> No
         [
             sys.executable,
             "-c",
-            "import sys, time; from pathlib import Path; from herocollector.statedir import StateDirLock; "
+            "import sys, time; from pathlib import Path; from herocollector.service.statedir import StateDirLock; "
             "StateDirLock(Path(sys.argv[1])).acquire(); print('held', flush=True); time.sleep(60)",
             str(site.state),
         ],
@@ -332,7 +332,9 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 2 MiB tmpfs (a real full disk, ENOSPC)."""
     mount = tmp_path / "small-disk"
     mount.mkdir()
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True, text=True)
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True, text=True
+    )
     if result.returncode != 0:
         pytest.fail(f"cannot mount a tmpfs for the ENOSPC test (needs root): {result.stderr.strip()}")
     try:

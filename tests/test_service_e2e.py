@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from herocollector.demo import write_simulated_run
-from herocollector.launcher import BossProcess, load_config, wait_until
+from herocollector.actor.demo import write_simulated_run
+from herocollector.actor.launcher import BossProcess, load_config, wait_until
 from herocollector.testing.runs import journal_rows
 
 pytestmark = pytest.mark.e2e
@@ -193,7 +193,9 @@ def test_an_orphaned_boss_worker_stops_and_frees_the_state_dir(site: Site) -> No
     collector = site.collector()
     collector.remote()
     assert collector.process is not None
-    children = [int(p) for p in Path(f"/proc/{collector.process.pid}/task/{collector.process.pid}/children").read_text().split()]
+    children = [
+        int(p) for p in Path(f"/proc/{collector.process.pid}/task/{collector.process.pid}/children").read_text().split()
+    ]
     assert children, "BOSS runs the HERO in a worker process"
     os.kill(collector.process.pid, signal.SIGKILL)  # only the BOSS main process: its worker is orphaned
     collector.process.wait()
@@ -218,7 +220,11 @@ def test_a_second_actor_on_the_same_state_dir_does_not_start(site: Site) -> None
     site.collector().remote()
     second = load_config(
         "collector.json",
-        {"default_metadata": {"output_root": str(site.out)}, "allowed_roots": [str(site.runs)], "state_dir": str(site.state)},
+        {
+            "default_metadata": {"output_root": str(site.out)},
+            "allowed_roots": [str(site.runs)],
+            "state_dir": str(site.state),
+        },
     )
     second["_id"] = "collector-2"
     process = site._start(second)
@@ -247,7 +253,11 @@ def test_remote_cleanup_answers_before_the_query_times_out(site: Site) -> None:
 def test_metrics_are_published_through_the_boss_datasource(site: Site) -> None:
     config = load_config(
         "collector.json",
-        {"default_metadata": {"output_root": str(site.out)}, "allowed_roots": [str(site.runs)], "state_dir": str(site.state)},
+        {
+            "default_metadata": {"output_root": str(site.out)},
+            "allowed_roots": [str(site.runs)],
+            "state_dir": str(site.state),
+        },
     )
     config["datasource"] = {"async": False, "interval": 0.2}
     remote = site._start(config).remote()

@@ -20,10 +20,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from herocollector import CollectionService, Collector, ServiceConfig
-from herocollector.demo import MEASURES, write_simulated_run
+from herocollector.actor.demo import MEASURES, write_simulated_run
 from herocollector.errors import ConfigError
-from herocollector.journal import JobState
-from herocollector.manifest import Manifest
+from herocollector.journal.sqlite import JobState
+from herocollector.output.manifest import Manifest
 from herocollector.testing.actors import wait_for
 from herocollector.testing.runs import MemoryWriter
 from herocollector.testing.servers import S3TestServer
@@ -68,7 +68,10 @@ def expected(run: Path, measure: str) -> pa.Table:
 
 def s3fs(s3: S3TestServer) -> pafs.S3FileSystem:
     return pafs.S3FileSystem(
-        endpoint_override=f"127.0.0.1:{s3.port}", scheme="http", access_key="testing", secret_key="testing",
+        endpoint_override=f"127.0.0.1:{s3.port}",
+        scheme="http",
+        access_key="testing",
+        secret_key="testing",
         region="us-east-1",
     )
 
@@ -105,7 +108,11 @@ def test_parquet_outputs_on_s3_read_as_one_dataset(tmp_path: Path, s3: S3TestSer
         for i in range(3)
     ]
     cfg = config(
-        tmp_path, f"s3://{bucket}/pq", s3, format="parquet", default_metadata={"extension": "parquet"},
+        tmp_path,
+        f"s3://{bucket}/pq",
+        s3,
+        format="parquet",
+        default_metadata={"extension": "parquet"},
         columns={"experiment": "string", "measure": "string"},
     )
     with CollectionService(cfg) as service:
@@ -175,8 +182,8 @@ CRASHING_COLLECTOR = textwrap.dedent(
     """
     import json, os, signal, sys
     from herocollector import CollectionService, ServiceConfig
-    from herocollector.journal import JobState
-    from herocollector import runner as runner_module
+    from herocollector.journal.sqlite import JobState
+    from herocollector.service.core import runner as runner_module
 
     arguments, point = json.loads(sys.argv[1]), sys.argv[2]
     service = CollectionService(ServiceConfig.from_arguments(**arguments))
@@ -211,12 +218,18 @@ def test_kill_9_during_publication_leaves_the_run_complete_exactly_once(
     run = Path(write_simulated_run(tmp_path / "runs" / "run-1", records=900, entities=2, seed=2)["path"])
     cfg = config(tmp_path, f"s3://{bucket}/c", s3)
     arguments = {
-        "save_template": TEMPLATE, "output_root": f"s3://{bucket}/c", "default_metadata": {"extension": "arrow"},
-        "allowed_roots": [str(tmp_path / "runs")], "state_dir": str(tmp_path / "state"), "scan_interval": None,
+        "save_template": TEMPLATE,
+        "output_root": f"s3://{bucket}/c",
+        "default_metadata": {"extension": "arrow"},
+        "allowed_roots": [str(tmp_path / "runs")],
+        "state_dir": str(tmp_path / "state"),
+        "scan_interval": None,
         "storage_options": s3.options,
     }
     crashed = subprocess.run(
-        [sys.executable, "-c", CRASHING_COLLECTOR, json.dumps(arguments), point], capture_output=True, timeout=120,
+        [sys.executable, "-c", CRASHING_COLLECTOR, json.dumps(arguments), point],
+        capture_output=True,
+        timeout=120,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     assert crashed.returncode == -signal.SIGKILL, crashed.stderr.decode()[-3000:]

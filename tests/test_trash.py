@@ -1,4 +1,4 @@
-"""Two-phase cleanup (``herocollector.trash``): soft delete, list, restore, purge."""
+"""Two-phase cleanup (``herocollector.run.trash``): soft delete, list, restore, purge."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from herocollector import Collector
-from herocollector.demo import write_simulated_run
-from herocollector.logdir import segment_files
+from herocollector.actor.demo import write_simulated_run
+from herocollector.run.logdir import segment_files
+from herocollector.run.trash import purge, restore, soft_delete, trashed
 from herocollector.testing.runs import MemoryWriter
-from herocollector.trash import purge, restore, soft_delete, trashed
 
 NOW = 1_700_000_000.0
 

@@ -17,10 +17,11 @@ import pyarrow as pa
 from heros import LocalHERO, event
 from heros.zenoh import ZenohSessionManager
 
-from ..actor import CollectorArchiver
-from ..collector import Collector
-from ..demo import MEASURES, write_simulated_run
-from ..journal import Job, JobState
+from herocollector.actor.archiver import CollectorArchiver
+from herocollector.actor.demo import MEASURES, write_simulated_run
+from herocollector.collector import Collector
+from herocollector.journal.sqlite import Job, JobState
+
 from .runs import MemoryWriter
 
 TEMPLATE = "{{ output_root }}/{{ logger_name }}/{{ measure }}.arrow"

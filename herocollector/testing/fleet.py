@@ -18,8 +18,8 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from ..demo import write_simulated_run
-from ..launcher import BossProcess, load_config
+from herocollector.actor.demo import write_simulated_run
+from herocollector.actor.launcher import BossProcess, load_config
 
 TEMPLATE = "{{ output_root }}/{{ logger_name }}/{{ measure }}.arrow"
 

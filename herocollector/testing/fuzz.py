@@ -1,4 +1,4 @@
-"""Seeded fuzzer of the ``.seg.zst`` segment decoder (``herocollector.codec.SegmentDecoder``).
+"""Seeded fuzzer of the ``.seg.zst`` segment decoder (``herocollector.decode.codec.SegmentDecoder``).
 
 The case generators, the oracles and the run live here, importable by the tests; the
 command line is ``benchmarks/fuzz_decoder.py`` (or ``python -m herocollector.testing.fuzz``).
@@ -117,9 +117,10 @@ from typing import Any
 import numpy as np
 import zstandard
 
-from .. import native
-from ..codec import DEFAULT_CHUNK_BYTES, Records, SegmentDecoder, encode_segment
-from ..errors import CollectorError, SegmentError, UnknownStreamError
+from herocollector.decode import native
+from herocollector.decode.codec import DEFAULT_CHUNK_BYTES, Records, SegmentDecoder, encode_segment
+from herocollector.errors import CollectorError, SegmentError, UnknownStreamError
+
 from .numpy_decoder import NumpySegmentDecoder
 
 DEFAULT_FAILURES_DIR = Path(tempfile.gettempdir()) / "herocollector-fuzz-failures"
@@ -1044,7 +1045,7 @@ def make_case(index: int, seed: int, ctx: Context) -> Case:
 
 
 # ----------------------------------------------------------------------------------------
-# The reference decoder (slow, simple, independent of herocollector.codec)
+# The reference decoder (slow, simple, independent of herocollector.decode.codec)
 # ----------------------------------------------------------------------------------------
 
 
@@ -1487,6 +1488,7 @@ def run_fuzz(
     hard = _HardWatchdog(max(4 * timeout, timeout + 30), directory or Path(DEFAULT_FAILURES_DIR), seed, replay_options)
     previous = None
     if use_alarm:
+
         def on_alarm(signum: int, frame: Any) -> None:
             raise _Hang()
 
@@ -1599,17 +1601,13 @@ def main(argv: list[str] | None = None, failures_dir: Path = DEFAULT_FAILURES_DI
     )
     parser.add_argument("--cases", type=int, default=100_000, help="number of cases (default 100000)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the run (default 0)")
-    parser.add_argument(
-        "--start", type=int, default=0, help="index of the first case (replay: --start I --cases 1)"
-    )
+    parser.add_argument("--start", type=int, default=0, help="index of the first case (replay: --start I --cases 1)")
     parser.add_argument("--seconds", type=float, default=None, help="optional time budget; stop early when used up")
     parser.add_argument(
         "--chunk-bytes", type=int, default=None, help="chunk_bytes for every case (e.g. 4096); default mixed"
     )
     parser.add_argument("--timeout", type=float, default=5.0, help="per-case watchdog in seconds (default 5)")
-    parser.add_argument(
-        "--pool", type=int, default=300, help="valid segments precomputed for mutation (default 300)"
-    )
+    parser.add_argument("--pool", type=int, default=300, help="valid segments precomputed for mutation (default 300)")
     parser.add_argument(
         "--no-reference", action="store_true", help="skip the differential check against the reference decoder"
     )

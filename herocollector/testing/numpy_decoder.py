@@ -5,10 +5,10 @@ It is kept only as an independent oracle for the tests and the fuzzer: it decode
 over the frame headers, bulk zstd decompression, varints split at their terminating bytes and
 assembled seven bits at a time, record boundaries found by pointer doubling, segmented
 cumulative sums for index gaps and epoch ticks), so it shares no code and few ideas with
-:mod:`herocollector.kernel`. Production code must not import it.
+:mod:`herocollector.decode.kernel`. Production code must not import it.
 
 Its API is :class:`NumpySegmentDecoder`, the former ``SegmentDecoder``: same constructor,
-same ``decode_file`` / ``decode_stream`` / ``decode_bytes``, same :class:`~herocollector.codec.Records`
+same ``decode_file`` / ``decode_stream`` / ``decode_bytes``, same :class:`~herocollector.decode.codec.Records`
 and the same error contract.
 """
 
@@ -23,8 +23,8 @@ from typing import Protocol
 import numpy as np
 import zstandard
 
-from ..codec import DEFAULT_CHUNK_BYTES, Records, TickState, zigzag_decode
-from ..errors import SegmentError, UnknownStreamError
+from herocollector.decode.codec import DEFAULT_CHUNK_BYTES, Records, TickState, zigzag_decode
+from herocollector.errors import SegmentError, UnknownStreamError
 
 MAX_VARINT_BYTES = 10
 _MAX_BLOCK_SIZE = 128 * 1024
@@ -48,8 +48,6 @@ class _Damage(Exception):
         self.offset = int(offset)
         self.message = message
         self.stream_id = stream_id
-
-
 
 
 def decode_varints(buf: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -107,7 +105,6 @@ def decode_varints(buf: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray
 
 
 _GROUP_MASK = np.array([(1 << (8 * k)) - 1 for k in range(9)], dtype=np.uint64) & _U64(0x7F7F7F7F7F7F7F7F)
-
 
 
 # ----------------------------------------------------------------------------------------
@@ -514,9 +511,7 @@ class NumpySegmentDecoder:
                 split = yield from self._records(data, *bounds, False, offsets, name)
                 carry = data[split.consumed : size].copy()
                 if declared >= 0 and split.missing > declared - produced:
-                    raise SegmentError(
-                        "record cut short: it needs more bytes than its frame holds", name, base + lo
-                    )
+                    raise SegmentError("record cut short: it needs more bytes than its frame holds", name, base + lo)
                 wanted = max(split.missing, carry.size)
         except zstandard.ZstdError as exc:
             raise SegmentError(f"corrupt zstd frame: {exc}", name, base + lo) from None

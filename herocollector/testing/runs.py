@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 import zstandard
 
-from ..logdir import llround
+from herocollector.run.logdir import llround
 
 LABEL_KEYS = ("organisation", "model", "experiment", "run", "replication", "entity", "measure")
 """The labels every generated stream carries (unless a test drops one)."""
@@ -285,7 +285,7 @@ def collect_table(
         AssertionError: ``collect`` returned False.
     """
     if collector_cls is None:
-        from ..collector import Collector
+        from herocollector.collector import Collector
 
         collector_cls = Collector
     writer = MemoryWriter()

@@ -8,7 +8,7 @@ For a job it:
    deadline has passed;
 3. with ``claim_runs``, claims the run against the other actors of a fleet;
 4. plans the run, reserves its output paths in the journal, writes and commits its outputs
-   through the :class:`~herocollector.pipeline.OutputPipeline`;
+   through the :class:`~herocollector.output.pipeline.OutputPipeline`;
 5. records the outcome: done with its outputs, or failed under the retry policy (the
    error's :attr:`~herocollector.errors.CollectorError.retryable` and ``max_retries``).
 
@@ -18,6 +18,7 @@ A journal error while recording an outcome is kept and recorded again later
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import threading
@@ -26,19 +27,19 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from heros.helper import log
+from herocollector.config import ServiceConfig
+from herocollector.errors import Cancelled, CollectorError, DoneTimeout, LeaseLost, OutputError, RunRefused
+from herocollector.events import RunCollected, RunFailed
+from herocollector.journal.sqlite import Job, JobState, JobStore, OutputTakenError
+from herocollector.output.files import provenance_metadata
+from herocollector.output.manifest import ManifestEntry, new_manifest, write_manifest
+from herocollector.output.paths import PathTemplate, Trusted
+from herocollector.output.pipeline import OutputPipeline, OutputTarget, PlannedRun
+from herocollector.output.stores import Provenance, open_store
+from herocollector.run import logdir
+from herocollector.run.claims import COLLECTED, HELD, RunClaim
 
-from . import logdir
-from .claims import COLLECTED, HELD, RunClaim
-from .config import ServiceConfig
-from .errors import Cancelled, CollectorError, DoneTimeout, LeaseLost, OutputError, RunRefused
-from .events import RunCollected, RunFailed
-from .journal import Job, JobState, JobStore, OutputTakenError
-from .manifest import ManifestEntry, new_manifest, write_manifest
-from .output import provenance_metadata
-from .paths import PathTemplate, Trusted
-from .pipeline import OutputPipeline, OutputTarget, PlannedRun
-from .storage import Provenance, open_store
+log = logging.getLogger(__name__)
 
 
 class _Deferred(Exception):
@@ -115,11 +116,11 @@ class JobRunner:
             report = self._collect(job, started)
         except _Deferred as deferred:
             reason = str(deferred)
-            log.info(f"herocollector: job {job.id} for {job.path} deferred: {reason}")
+            log.info(f"job {job.id} for {job.path} deferred: {reason}")
             later = time.time() + self.config.claim_heartbeat
             self._record(job.id, lambda: self.journal.defer(job.id, later, reason, token=job.token))
         except Cancelled:
-            log.info(f"herocollector: job {job.id} for {job.path} interrupted by shutdown; it stays pending")
+            log.info(f"job {job.id} for {job.path} interrupted by shutdown; it stays pending")
             self._record(job.id, lambda: self.journal.defer(job.id, None, None, token=job.token))
         except LeaseLost as lost:
             log.warning(
@@ -134,7 +135,7 @@ class JobRunner:
                     try:
                         self.after_collect(job.path)
                     except Exception as exc:  # noqa: BLE001 - the run is collected; cleanup can be retried
-                        log.error(f"herocollector: cleanup after collecting {job.path} failed: {exc}")
+                        log.error(f"cleanup after collecting {job.path} failed: {exc}")
 
     def _collect(self, job: Job, started: float) -> RunCollected | None:
         """The work of :meth:`run`; None when the run was parked."""
@@ -163,7 +164,7 @@ class JobRunner:
                 f"file(s) in {seconds:.3f} s"
             )
         else:
-            log.info(f"herocollector: job {job.id}: {job.path} was collected by {collected_by}")
+            log.info(f"job {job.id}: {job.path} was collected by {collected_by}")
         return RunCollected(job.path or "", outputs, rows, seconds, job.id, nbytes, collected_by)
 
     def _park(self, job: Job) -> None:
@@ -175,7 +176,7 @@ class JobRunner:
         if deadline is not None and now >= deadline:
             raise DoneTimeout(f"no _DONE within {self.config.timeout} ms of the announcement", job.path)
         self.journal.park(job.id, now + self.config.backoff / 1000, deadline, token=job.token)
-        log.info(f"herocollector: job {job.id}: {job.path} has no _DONE yet; waiting")
+        log.info(f"job {job.id}: {job.path} has no _DONE yet; waiting")
 
     def _claimed_write(self, job: Job, path: Path, lease: LeaseKeeper) -> tuple[dict[str, int], int, str | None]:
         """Write the outputs, under a fleet claim if configured.
@@ -287,7 +288,7 @@ class JobRunner:
 
         self._record(job.id, record)
         if retry_at is None:
-            log.error(f"herocollector: job {job.id} for {job.path} failed after {attempts} attempt(s): {message}")
+            log.error(f"job {job.id} for {job.path} failed after {attempts} attempt(s): {message}")
         else:
             log.warning(
                 f"herocollector: job {job.id} for {job.path} failed (attempt {attempts}), "
@@ -320,9 +321,9 @@ class JobRunner:
         try:
             action()
         except LeaseLost as lost:
-            log.warning(f"herocollector: job {job_id}: fenced out, its outcome is not recorded ({lost})")
+            log.warning(f"job {job_id}: fenced out, its outcome is not recorded ({lost})")
         except Exception as exc:  # noqa: BLE001 - keep the outcome, record it again later
-            log.error(f"herocollector: recording the outcome of job {job_id} failed ({exc}); will retry")
+            log.error(f"recording the outcome of job {job_id} failed ({exc}); will retry")
             with self._unrecorded_lock:
                 self._unrecorded[job_id] = action
 
@@ -351,7 +352,7 @@ class JobRunner:
         try:
             callback(report)
         except Exception as exc:  # noqa: BLE001 - a listener must not fail the job
-            log.error(f"herocollector: reporting {type(report).__name__} failed: {exc}")
+            log.error(f"reporting {type(report).__name__} failed: {exc}")
 
 
 class LeaseKeeper:
@@ -395,7 +396,7 @@ class LeaseKeeper:
                     self._lost.set()
                     return
             except Exception as exc:  # noqa: BLE001 - a failed renewal is retried; check() decides
-                log.warning(f"herocollector: renewing the lease of job {self._job.id} failed: {exc}")
+                log.warning(f"renewing the lease of job {self._job.id} failed: {exc}")
 
     def raise_if_lost(self) -> None:
         """Raise LeaseLost if a renewal found the lease gone."""

@@ -1,14 +1,14 @@
 """Compiled kernels of the segment decoder: the zstd frame walk and the record decoder.
 
 This module is their numba source. Decoding code calls them through
-:mod:`herocollector.native`, which loads their machine code from its own object-code cache
+:mod:`herocollector.decode.native`, which loads their machine code from its own object-code cache
 without importing numba (the ``object`` backend), or uses the numba dispatchers defined here
 (the ``numba`` backend).
 
 The kernels are compiled in nopython mode with ``nogil=True``: they never touch a Python
 object, so they run while other threads (the zstd reader, other runs' decoders) hold or use
 the GIL. They never raise either; they return a status code and a position, and
-:mod:`herocollector.codec` turns that into the precise ``SegmentError``.
+:mod:`herocollector.decode.codec` turns that into the precise ``SegmentError``.
 
 Every array access is checked against the array's length or a caller-given end that the
 caller keeps within the array, so damaged input can stop a kernel but never make it read or
@@ -24,6 +24,7 @@ temporary directory; if nothing is writable the kernels are compiled in every pr
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import tempfile
@@ -37,7 +38,7 @@ from llvmlite import ir  # type: ignore[import-untyped]  # llvmlite ships no typ
 from numba.core import caching, cgutils, config, types
 from numba.extending import intrinsic
 
-from .native import (  # noqa: F401 - the kernels read these as compile-time constants; re-exported
+from herocollector.decode.status import (  # noqa: F401 - the kernels read these as compile-time constants; re-exported
     BAD_CAPACITY,
     CUT_SHORT,
     ENTRY_ARGS,
@@ -57,6 +58,8 @@ from .native import (  # noqa: F401 - the kernels read these as compile-time con
     UNKNOWN_STREAM,
     VARINT_TOO_LONG,
 )
+
+log = logging.getLogger(__name__)
 
 LITTLE_ENDIAN = sys.byteorder == "little"
 
@@ -141,10 +144,7 @@ def _kernel(fn: Callable[..., Any]) -> Any:
         try:
             dispatcher._cache = _KernelCache(dispatcher.py_func)  # type: ignore[attr-defined]
         except RuntimeError as exc:  # no writable directory at all
-            # Imported only here: importing heros costs more than a decode.
-            from heros.helper import log
-
-            log.warning(f"herocollector: compiled kernels cannot be cached ({exc}); compiling in every process")
+            log.warning(f"compiled kernels cannot be cached ({exc}); compiling in every process")
     return dispatcher
 
 
@@ -635,7 +635,7 @@ def varint_damage(data, start, end, run):  # type: ignore[no-untyped-def]
 
 
 # ----------------------------------------------------------------------------------------
-# C entry points, for herocollector.native's object-code cache
+# C entry points, for herocollector.decode.native's object-code cache
 # ----------------------------------------------------------------------------------------
 
 

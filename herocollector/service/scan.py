@@ -10,6 +10,7 @@ It does not descend into a logger directory, nor follow symlinks to folders.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -17,10 +18,10 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from heros.helper import log
+from herocollector.journal.sqlite import JobStore
+from herocollector.run.logdir import DONE_MARKER, STREAMS_DIR
 
-from .journal import JobStore
-from .logdir import DONE_MARKER, STREAMS_DIR
+log = logging.getLogger(__name__)
 
 SCAN_SOURCE = "scan"
 _BATCH = 500  # runs journalled per transaction: the journal stays free for the workers in between

@@ -15,7 +15,7 @@ import shutil
 import time
 from pathlib import Path
 
-from .logdir import SEGMENT_SUFFIX, STREAMS_DIR, segment_files
+from herocollector.run.logdir import SEGMENT_SUFFIX, STREAMS_DIR, segment_files
 
 _TRASH = re.compile(r"^(?P<name>.+)\.trash-(?P<stamp>\d+)$")
 

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .errors import StateDirLocked
+from herocollector.errors import StateDirLocked
 
 LOCK_FILE = "lock"
 

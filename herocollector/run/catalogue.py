@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
-from .errors import CollectorError, MetadataError
-from .logdir import STREAMS_DIR
+from herocollector.errors import CollectorError, MetadataError
+from herocollector.run.logdir import STREAMS_DIR
 
 if TYPE_CHECKING:
     from tools.label_selector import Rule

@@ -26,7 +26,7 @@ from typing import Any
 from jinja2 import StrictUndefined, TemplateError
 from jinja2.sandbox import SandboxedEnvironment
 
-from .errors import ConfigError, LabelPathError, OutputError
+from herocollector.errors import ConfigError, LabelPathError, OutputError
 
 
 class Trusted(str):

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 from heros import RemoteHERO
 
 T = TypeVar("T")
-CONFIG_DIR = Path(__file__).resolve().parent / "boss_configs"
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "boss_configs"
 
 
 def load_config(name: str, arguments: dict[str, Any] | None = None, config_dir: Path = CONFIG_DIR) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .codec import Records, TickState, encode_segment
+from herocollector.decode.codec import Records, TickState, encode_segment
 
 DONE_MARKER = "_DONE"
 STREAMS_DIR = "streams"

@@ -6,6 +6,7 @@ Run it under BOSS (``boss_configs/demo_logger.json``) next to the collector acto
 
 from __future__ import annotations
 
+import logging
 import threading
 import uuid
 from pathlib import Path
@@ -14,9 +15,10 @@ from typing import Any
 import numpy as np
 from heros import event
 from heros.event import reliable
-from heros.helper import log
 
-from .logdir import RunWriter
+from herocollector.run.logdir import RunWriter
+
+log = logging.getLogger(__name__)
 
 DEFAULT_LABELS = {"organisation": "acme", "model": "supply_chain", "experiment": "demo"}
 MEASURES = ("stock", "orders", "backlog")
@@ -93,7 +95,7 @@ class DemoLogger:
 
             {
               "_id": "demo-logger",
-              "classname": "herocollector.demo.DemoLogger",
+              "classname": "herocollector.actor.demo.DemoLogger",
               "arguments": {"root": "/data/runs", "records": 2000, "experiment": "demo"}
             }
     """

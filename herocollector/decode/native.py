@@ -1,6 +1,6 @@
 """The compiled decode kernels as the decoder calls them, loaded as fast as possible.
 
-The kernels are written with numba (:mod:`herocollector.kernel`). numba caches their machine
+The kernels are written with numba (:mod:`herocollector.decode.kernel`). numba caches their machine
 code on disk, but loading it back costs a fresh process about 0.3 s: importing numba and
 setting up its type system before the first call. That is most of a cold ``collect``. So
 this module keeps its own cache of the kernels' machine code, as one object file per kernel
@@ -26,7 +26,7 @@ install can ship them in ``__pycache__``) and stored in the first writable one. 
 are only loaded when they belong to the current user (or root), are not writable by others,
 and match the SHA-256 recorded next to them.
 
-This module must not import numba (nor :mod:`herocollector.kernel`) at import time.
+This module must not import numba (nor :mod:`herocollector.decode.kernel`) at import time.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ import ctypes
 import hashlib
 import importlib.util
 import json
+import logging
 import os
 import stat
 import sys
@@ -45,44 +46,28 @@ from typing import Any
 
 import numpy as np
 
-# ----------------------------------------------------------------------------------------
-# Status codes and limits (the kernels read these as compile-time constants)
-# ----------------------------------------------------------------------------------------
+from herocollector.decode.status import (  # noqa: F401 - re-exported: the decoder reads the codes here
+    BAD_CAPACITY,
+    CUT_SHORT,
+    ENTRY_ARGS,
+    FRAME_BAD_MAGIC,
+    FRAME_INVALID,
+    FRAME_OK,
+    FRAME_TRUNCATED,
+    KIND_SKIPPABLE,
+    KIND_ZSTD,
+    MAX_BLOCK_SIZE,
+    MAX_VARINT_BYTES,
+    MIN_FRAME_BYTES,
+    NEED_MORE,
+    OK,
+    OUT_FULL,
+    TOO_MANY_VALUES,
+    UNKNOWN_STREAM,
+    VARINT_TOO_LONG,
+)
 
-OK = 0
-"""Everything given was decoded (or walked)."""
-NEED_MORE = 1
-"""The last, still open unit ends inside a record; ``pos`` is the record's start."""
-OUT_FULL = 2
-"""The output arrays are full; ``pos`` is the next record's start, call again from there."""
-CUT_SHORT = 3
-"""A record (or its last varint) runs past the end of its frame; ``pos`` is the record's start."""
-VARINT_TOO_LONG = 4
-"""A varint of more than ten bytes; ``pos`` is its first byte."""
-UNKNOWN_STREAM = 5
-"""A complete record of a stream id without metadata; ``pos`` is the record, ``detail`` the id."""
-TOO_MANY_VALUES = 6
-"""A single record holds more elements than one Arrow list (int32 offsets) can."""
-BAD_CAPACITY = 7
-"""The caller's output arrays were too small for even one record (a bug, never damage)."""
-
-FRAME_OK = 0
-"""The walk reached the end of the data, or stopped before an incomplete frame."""
-FRAME_BAD_MAGIC = 1
-"""``pos`` is not the start of a zstd or skippable frame."""
-FRAME_INVALID = 2
-"""The frame at ``pos`` has a reserved header bit set or an invalid block header."""
-FRAME_TRUNCATED = 3
-"""The frame at ``pos`` runs past the end of the data, and no more data follows."""
-
-KIND_ZSTD = 0
-KIND_SKIPPABLE = 1
-
-MAX_BLOCK_SIZE = 128 * 1024
-"""The largest zstd block (``ZSTD_BLOCKSIZE_MAX``)."""
-MAX_VARINT_BYTES = 10
-MIN_FRAME_BYTES = 8
-"""Bytes of the smallest frame: a skippable frame's header (zstd frames take at least 9)."""
+log = logging.getLogger(__name__)
 
 BACKEND_ENV = "HEROCOLLECTOR_KERNELS"
 """Set to ``numba`` to use numba's dispatchers instead of the object-code cache."""
@@ -94,19 +79,27 @@ _FORMAT = 1  # bump when the entry points or the cache layout change
 # ----------------------------------------------------------------------------------------
 
 
-def scan_frames(buf: np.ndarray, start: int, length: int, final: bool, out_start: np.ndarray, out_end: np.ndarray,
-                out_size: np.ndarray, out_kind: np.ndarray) -> tuple[int, int, int]:
-    """Walk zstd frame headers; see :func:`herocollector.kernel.scan_frames`."""
+def scan_frames(
+    buf: np.ndarray,
+    start: int,
+    length: int,
+    final: bool,
+    out_start: np.ndarray,
+    out_end: np.ndarray,
+    out_size: np.ndarray,
+    out_kind: np.ndarray,
+) -> tuple[int, int, int]:
+    """Walk zstd frame headers; see :func:`herocollector.decode.kernel.scan_frames`."""
     return backend().scan_frames(buf, start, length, final, out_start, out_end, out_size, out_kind)
 
 
 def decode_records(*args: Any) -> tuple[int, int, int, int, int, int]:
-    """Decode records in one pass; see :func:`herocollector.kernel.decode_records`."""
+    """Decode records in one pass; see :func:`herocollector.decode.kernel.decode_records`."""
     return backend().decode_records(*args)
 
 
 def varint_damage(data: np.ndarray, start: int, end: int, run: int) -> tuple[int, bool]:
-    """Check varint lengths (diagnosis); see :func:`herocollector.kernel.varint_damage`."""
+    """Check varint lengths (diagnosis); see :func:`herocollector.decode.kernel.varint_damage`."""
     return backend().varint_damage(data, start, end, run)
 
 
@@ -141,7 +134,7 @@ def _choose() -> Any:
     try:
         return ObjectKernels.load_or_build()
     except Exception as exc:  # noqa: BLE001 - any failure here only costs speed
-        _warn(f"herocollector: compiled kernels are loaded through numba ({type(exc).__name__}: {exc})")
+        log.warning(f"compiled kernels are loaded through numba ({type(exc).__name__}: {exc})")
         return NumbaKernels()
 
 
@@ -151,12 +144,6 @@ def _boundscheck_requested() -> bool:
 
         return bool(config.BOUNDSCHECK)  # type: ignore[attr-defined]
     return bool(os.environ.get("NUMBA_BOUNDSCHECK", "").strip() not in ("", "0"))
-
-
-def _warn(message: str) -> None:
-    from heros.helper import log  # only here: importing heros costs more than a decode
-
-    log.warning(message)
 
 
 # ----------------------------------------------------------------------------------------
@@ -170,7 +157,7 @@ class NumbaKernels:
     name = "numba"
 
     def __init__(self) -> None:
-        from . import kernel
+        from herocollector.decode import kernel
 
         self.scan_frames = kernel.scan_frames
         self.decode_records = kernel.decode_records
@@ -230,14 +217,6 @@ def _exercise(kernels: Any) -> None:
 # object backend
 # ----------------------------------------------------------------------------------------
 
-ENTRY_ARGS = {
-    # The C entry points' arguments ("p" a pointer, "i" an int64), as ObjectKernels passes
-    # them: each array as its address and length, flags as 0/1, a result array last.
-    "scan_frames": "pi" + "iii" + "pi" * 4 + "p",
-    "decode_records": "pii" + "pi" + "ii" + "pi" * 7 + "ii" + "pi" * 6 + "p",
-    "varint_damage": "pi" + "iii" + "p",
-}
-
 
 def _pointer(array: np.ndarray, dtype: type, writable: bool = False) -> int:
     """The address of a contiguous array of ``dtype`` (checked: the kernel trusts lengths)."""
@@ -284,7 +263,7 @@ class ObjectKernels:
                 try:
                     return cls._load(llvm, *entry)
                 except Exception as exc:  # noqa: BLE001 - a bad entry is rebuilt
-                    _warn(f"herocollector: ignoring cached kernels in {directory}: {exc}")
+                    log.warning(f"ignoring cached kernels in {directory}: {exc}")
         meta, objects = _build(llvm)
         kernels = cls._load(llvm, meta, objects)  # check before storing
         _store(key, meta, objects)
@@ -336,7 +315,7 @@ class ObjectKernels:
         out_size: np.ndarray,
         out_kind: np.ndarray,
     ) -> tuple[int, int, int]:
-        """Walk zstd frame headers; see :func:`herocollector.kernel.scan_frames`.
+        """Walk zstd frame headers; see :func:`herocollector.decode.kernel.scan_frames`.
 
         Raises:
             TypeError: An array is not contiguous, 1-d, of the kernel's dtype (or writable
@@ -351,13 +330,32 @@ class ObjectKernels:
         )  # fmt: skip
         return int(result[0]), int(result[1]), int(result[2])
 
-    def decode_records(self, data: np.ndarray, pos: int, unit_ends: np.ndarray, unit: int, open_last: bool,
-                       table: np.ndarray, big_ids: np.ndarray, big_slots: np.ndarray, selected: np.ndarray,
-                       epoch_scales: np.ndarray, value_scales: np.ndarray, last_ticks: np.ndarray, scaled: bool,
-                       max_values: int, out_sid: np.ndarray, out_slot: np.ndarray, out_epoch: np.ndarray,
-                       out_tick: np.ndarray, out_offsets: np.ndarray, out_idx: np.ndarray, out_val: np.ndarray,
-                       out_q: np.ndarray) -> tuple[int, int, int, int, int, int]:
-        """Decode records in one pass; see :func:`herocollector.kernel.decode_records`.
+    def decode_records(
+        self,
+        data: np.ndarray,
+        pos: int,
+        unit_ends: np.ndarray,
+        unit: int,
+        open_last: bool,
+        table: np.ndarray,
+        big_ids: np.ndarray,
+        big_slots: np.ndarray,
+        selected: np.ndarray,
+        epoch_scales: np.ndarray,
+        value_scales: np.ndarray,
+        last_ticks: np.ndarray,
+        scaled: bool,
+        max_values: int,
+        out_sid: np.ndarray,
+        out_slot: np.ndarray,
+        out_epoch: np.ndarray,
+        out_tick: np.ndarray,
+        out_offsets: np.ndarray,
+        out_idx: np.ndarray,
+        out_val: np.ndarray,
+        out_q: np.ndarray,
+    ) -> tuple[int, int, int, int, int, int]:
+        """Decode records in one pass; see :func:`herocollector.decode.kernel.decode_records`.
 
         Raises:
             TypeError: An array is not contiguous, 1-d, of the kernel's dtype (or writable
@@ -387,7 +385,7 @@ class ObjectKernels:
         return status, stop, unit, nrec, nval, detail & 0xFFFFFFFFFFFFFFFF  # the detail is a uint64
 
     def varint_damage(self, data: np.ndarray, start: int, end: int, run: int) -> tuple[int, bool]:
-        """Check varint lengths (diagnosis); see :func:`herocollector.kernel.varint_damage`.
+        """Check varint lengths (diagnosis); see :func:`herocollector.decode.kernel.varint_damage`.
 
         Raises:
             TypeError: ``data`` is not a contiguous 1-d ``uint8`` array.
@@ -417,6 +415,7 @@ def _cache_key(llvm: Any) -> str:
     for part in (
         str(_FORMAT),
         (Path(__file__).parent / "kernel.py").read_bytes().hex(),
+        (Path(__file__).parent / "status.py").read_bytes().hex(),
         Path(__file__).read_bytes().hex(),
         numba_version.hex(),
         llvmlite.__version__,
@@ -494,7 +493,7 @@ def _store(key: str, meta: dict[str, Any], objects: dict[str, bytes]) -> None:
             return
         except OSError:
             continue
-    _warn("herocollector: no writable cache directory for the compiled kernels; they are built in every process")
+    log.warning("no writable cache directory for the compiled kernels; they are built in every process")
 
 
 def _write_atomically(path: Path, blob: bytes) -> None:
@@ -513,7 +512,7 @@ def _write_atomically(path: Path, blob: bytes) -> None:
 
 def _build(llvm: Any) -> tuple[dict[str, Any], dict[str, bytes]]:
     """Compile the kernels' C entry points with numba and emit their object code."""
-    from . import kernel
+    from herocollector.decode import kernel
 
     target = llvm.Target.from_default_triple()
     machine = target.create_target_machine(

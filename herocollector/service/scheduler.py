@@ -1,7 +1,7 @@
 """The scheduler: worker threads that take due jobs from the journal, and periodic tasks.
 
 There is no in-memory queue. A worker asks the journal for the next due job
-(:meth:`~herocollector.journal.Journal.take_due`); when there is none it sleeps until the
+(:meth:`~herocollector.journal.sqlite.Journal.take_due`); when there is none it sleeps until the
 earliest ``next_attempt`` or until :meth:`Scheduler.wake` is called (a new event, a retry). So
 a retry needs no timer, and a restart resumes with the same query. Waiting runs (no ``_DONE``
 yet) are checked by a periodic task, never by a worker.
@@ -12,14 +12,15 @@ own thread, so a long scan cannot delay a ``_DONE`` check or a collection.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from heros.helper import log
+from herocollector.journal.sqlite import Job, JobStore
 
-from .journal import Job, JobStore
+log = logging.getLogger(__name__)
 
 _IDLE_POLL = 1.0  # seconds an idle worker sleeps at most before asking the journal again
 
@@ -98,7 +99,7 @@ class Scheduler:
             try:
                 job = self._journal.take_due(owner=self._owner, lease=self._lease)
             except Exception as exc:  # noqa: BLE001 - a journal hiccup must not end the worker
-                log.error(f"herocollector: taking the next job from the journal failed: {exc}")
+                log.error(f"taking the next job from the journal failed: {exc}")
                 self._stop.wait(_IDLE_POLL)
                 continue
             if job is None:
@@ -109,7 +110,7 @@ class Scheduler:
             try:
                 self._run_job(job)
             except BaseException as exc:  # noqa: BLE001 - the runner should never raise; survive if it does
-                log.error(f"herocollector: job {job.id} escaped its runner: {type(exc).__name__}: {exc}")
+                log.error(f"job {job.id} escaped its runner: {type(exc).__name__}: {exc}")
             finally:
                 with self._running_lock:
                     self._running.pop(job.id, None)
@@ -134,7 +135,7 @@ class Scheduler:
             try:
                 periodic.task()
             except Exception as exc:  # noqa: BLE001 - a periodic task must survive one failed round
-                log.error(f"herocollector: {periodic.name} failed: {type(exc).__name__}: {exc}")
+                log.error(f"{periodic.name} failed: {type(exc).__name__}: {exc}")
             if self._stop.wait(periodic.interval):
                 return
 
@@ -156,5 +157,5 @@ class Scheduler:
             thread.join(max(deadline - time.monotonic(), 0.0))
         alive = [t.name for t in self._threads if t.is_alive()]
         if alive:
-            log.warning(f"herocollector: threads still running after close: {', '.join(alive)}")
+            log.warning(f"threads still running after close: {', '.join(alive)}")
         return not alive

@@ -1,11 +1,12 @@
 """``CollectorArchiver``: the HEROS adapter of the collection service, started by BOSS.
 
-Everything it does is done by :class:`~herocollector.service.CollectionService`; this class
+Everything it does is done by :class:`~herocollector.service.core.CollectionService`; this class
 only connects it to HEROS: arguments in, events in, remote methods, events and metrics out.
 """
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
 import signal
@@ -15,14 +16,15 @@ from typing import Any
 
 from heros import event
 from heros.event import reliable
-from heros.helper import log
 from heros.inspect import local_only
 from herostools.actor.archiver import HERODataArchiver
 
-from .codec import DEFAULT_CHUNK_BYTES
-from .config import ServiceConfig
-from .events import RunCollected, RunFailed
-from .service import CollectionService
+from herocollector.config import ServiceConfig
+from herocollector.decode.codec import DEFAULT_CHUNK_BYTES
+from herocollector.events import RunCollected, RunFailed
+from herocollector.service.core import CollectionService
+
+log = logging.getLogger(__name__)
 
 REMOTE_WAIT_LIMIT_MS = 8_000
 """The longest a remote method waits for ``_DONE``: under the 10 s HEROS query timeout, so a
@@ -32,7 +34,7 @@ remote caller always gets the true answer instead of a timeout while the work go
 class CollectorArchiver(HERODataArchiver):
     """Collects every run a logger HERO announces into Arrow or Parquet files at templated paths.
 
-    A thin HEROS adapter over :class:`~herocollector.service.CollectionService`: each
+    A thin HEROS adapter over :class:`~herocollector.service.core.CollectionService`: each
     ``finished`` event is journalled, collected by one of ``workers`` threads once the run's
     ``_DONE`` exists, and written to the files its stream labels render; runs announced while
     no actor listened are found by the catch-up scan. Remote methods: ``collect``,
@@ -159,7 +161,7 @@ class CollectorArchiver(HERODataArchiver):
             raise
         self._parent_watch = threading.Event()
         self._watch_parent()
-        log.info(f"herocollector: listening for '{event_name}' from '{object_selector}'")
+        log.info(f"listening for '{event_name}' from '{object_selector}'")
 
     # -- HEROS in ------------------------------------------------------------------------------
 
@@ -321,7 +323,7 @@ class CollectorArchiver(HERODataArchiver):
         def watch() -> None:
             while not self._parent_watch.wait(1.0):
                 if not parent.is_alive():
-                    log.error(f"herocollector: the BOSS process (pid {parent.pid}) is gone; stopping this worker")
+                    log.error(f"the BOSS process (pid {parent.pid}) is gone; stopping this worker")
                     self.service.close()
                     # BOSS's worker stops on SIGTERM; should that hang, end the process anyway.
                     threading.Timer(10.0, os._exit, args=(1,)).start()

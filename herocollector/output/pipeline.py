@@ -23,13 +23,13 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from . import logdir
-from .catalogue import RuleLike, Stream, load_streams, select_streams
-from .codec import DEFAULT_CHUNK_BYTES
-from .collector import output_schema, run_batches
-from .errors import CollectorError
-from .output import Compression, OutputFile, OutputFormat, route_batch
-from .storage import LocalStore, OutputStore, Provenance
+from herocollector.collector import output_schema, run_batches
+from herocollector.decode.codec import DEFAULT_CHUNK_BYTES
+from herocollector.errors import CollectorError
+from herocollector.output.files import Compression, OutputFile, OutputFormat, route_batch
+from herocollector.output.stores import LocalStore, OutputStore, Provenance
+from herocollector.run import logdir
+from herocollector.run.catalogue import RuleLike, Stream, load_streams, select_streams
 
 
 @dataclass(frozen=True)
@@ -272,10 +272,7 @@ def _routing(plan: CollectionPlan, index: int) -> tuple[np.ndarray, np.ndarray, 
         Its routed stream ids (sorted), the output slot of each, and the target of each slot.
     """
     pairs = sorted(
-        (stream.stream_id, t)
-        for t, target in enumerate(plan.targets)
-        for run, stream in target.members
-        if run == index
+        (stream.stream_id, t) for t, target in enumerate(plan.targets) for run, stream in target.members if run == index
     )
     slots = sorted({t for _, t in pairs})
     slot_of = {t: i for i, t in enumerate(slots)}

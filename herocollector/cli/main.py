@@ -46,15 +46,15 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from . import logdir
-from .catalogue import Stream, load_streams
-from .codec import SegmentDecoder
-from .collector import Collector
-from .config import parse_columns
-from .errors import CollectorError
-from .output import COMPRESSIONS, FORMATS, OutputFormat, provenance_metadata
-from .paths import PathTemplate, Trusted
-from .pipeline import CollectionPlan, OutputPipeline, OutputTarget, PlannedRun, Router
+from herocollector.collector import Collector
+from herocollector.config import parse_columns
+from herocollector.decode.codec import SegmentDecoder
+from herocollector.errors import CollectorError
+from herocollector.output.files import COMPRESSIONS, FORMATS, OutputFormat, provenance_metadata
+from herocollector.output.paths import PathTemplate, Trusted
+from herocollector.output.pipeline import CollectionPlan, OutputPipeline, OutputTarget, PlannedRun, Router
+from herocollector.run import logdir
+from herocollector.run.catalogue import Stream, load_streams
 
 PROG = "herocollector"
 CLI_SOURCE = "herocollector-cli"
@@ -652,7 +652,7 @@ def _read_rows(files: Sequence[str]) -> int:
 
 def _output_streams(files: Sequence[str]) -> int:
     """Streams recorded in the provenance of output files."""
-    from .output import read_provenance
+    from herocollector.output.files import read_provenance
 
     return sum(len(json.loads(read_provenance(f).get("streams", "[]"))) for f in files)
 
@@ -674,7 +674,7 @@ def _raise_on_sigterm(signum: int, frame: Any) -> NoReturn:
 
 def cmd_demo(args: argparse.Namespace, out: Console, err: Console) -> int:
     """``herocollector demo``: see :func:`build_parser`."""
-    from .launcher import BossProcess, load_config, wait_until
+    from herocollector.actor.launcher import BossProcess, load_config, wait_until
 
     realm = f"herocollector-demo-{uuid.uuid4().hex[:12]}"
     started = time.monotonic()

@@ -28,10 +28,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
-from .errors import JournalError, LeaseLost
+from herocollector.errors import JournalError, LeaseLost
 
 if TYPE_CHECKING:
-    from .pgjournal import PgJournal
+    from herocollector.journal.postgres import PgJournal
 
 
 class JobState(enum.StrEnum):
@@ -151,7 +151,7 @@ class OutputTakenError(Exception):
 class Journal:
     """The service's durable job store in SQLite (thread-safe), for one actor.
 
-    A fleet of actors shares :class:`herocollector.pgjournal.PgJournal` instead; both have the
+    A fleet of actors shares :class:`herocollector.journal.postgres.PgJournal` instead; both have the
     same methods (:func:`open_journal` picks one).
 
     Args:
@@ -272,9 +272,9 @@ class Journal:
 
     def next_due(self) -> float | None:
         """The earliest ``next_attempt`` of a pending job (0 if one is due with none set)."""
-        row = self._read(
-            "SELECT MIN(COALESCE(next_attempt, 0)) FROM jobs WHERE state = ?", (JobState.PENDING.value,)
-        )[0]
+        row = self._read("SELECT MIN(COALESCE(next_attempt, 0)) FROM jobs WHERE state = ?", (JobState.PENDING.value,))[
+            0
+        ]
         return row[0]
 
     # -- transitions -----------------------------------------------------------------------
@@ -343,9 +343,7 @@ class Journal:
                 part = wanted[start : start + 500]
                 marks = ",".join("?" * len(part))
                 known.update(r[0] for r in db.execute(f"SELECT path FROM jobs WHERE path IN ({marks})", part))
-            rows = [
-                (p, source, "{}", JobState.PENDING.value, now, now, deadline) for p in wanted if p not in known
-            ]
+            rows = [(p, source, "{}", JobState.PENDING.value, now, now, deadline) for p in wanted if p not in known]
             db.executemany(
                 "INSERT INTO jobs (path, source, metadata, state, created, updated, deadline) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -658,7 +656,7 @@ def open_journal(spec: str | Path) -> JobStore:
     """
     text = str(spec)
     if text.startswith(("postgresql://", "postgres://")):
-        from .pgjournal import PgJournal
+        from herocollector.journal.postgres import PgJournal
 
         return PgJournal(text)
     return Journal(text)

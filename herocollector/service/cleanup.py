@@ -2,22 +2,23 @@
 
 Only a logger directory inside ``allowed_roots`` (symlinks resolved) is touched, and only its
 ``*.seg.zst`` files and ``streams/``. Without ``allowed_roots`` nothing is ever cleaned. A run
-that was not collected is refused unless ``force`` is given. See :mod:`herocollector.trash`
+that was not collected is refused unless ``force`` is given. See :mod:`herocollector.run.trash`
 for the two-phase deletion itself.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
 from pathlib import Path
 
-from heros.helper import log
+from herocollector.config import ServiceConfig
+from herocollector.journal.sqlite import Job, JobState, JobStore
+from herocollector.run import logdir, trash
 
-from . import logdir, trash
-from .config import ServiceConfig
-from .journal import Job, JobState, JobStore
+log = logging.getLogger(__name__)
 
 
 class RunCleaner:
@@ -69,19 +70,19 @@ class RunCleaner:
         for target, job in targets:
             refusal = self.refusal(target, job, force, keep_meta)
             if refusal:
-                log.warning(f"herocollector: cleanup of {target} refused: {refusal}")
+                log.warning(f"cleanup of {target} refused: {refusal}")
                 ok = False
                 continue
             real = Path(os.path.realpath(target))
             if wait_for_done and not logdir.wait_for_done([real], backoff, timeout, stop=self.stopping):
-                log.warning(f"herocollector: cleanup of {target} not done: no _DONE within {timeout} ms")
+                log.warning(f"cleanup of {target} not done: no _DONE within {timeout} ms")
                 ok = False
                 continue
             trash.soft_delete(real, keep_meta=keep_meta)
             if job is not None:
                 self.journal.mark_cleaned(job.id, time.time() + self.config.cleanup_grace)
             else:
-                log.warning(f"herocollector: {target} has no job; its trash is not purged automatically")
+                log.warning(f"{target} has no job; its trash is not purged automatically")
             if self.config.cleanup_grace == 0:
                 self._purge(real, job)
             log.info(
@@ -106,7 +107,7 @@ class RunCleaner:
         restored = trash.restore(Path(os.path.realpath(path)))
         if job is not None and restored:  # nothing put back (purged already): the run stays cleaned
             self.journal.restored(job.id)
-        log.info(f"herocollector: restored {len(restored)} item(s) of {path}")
+        log.info(f"restored {len(restored)} item(s) of {path}")
         return bool(restored)
 
     def purge_due(self) -> None:
@@ -117,7 +118,7 @@ class RunCleaner:
             try:
                 self._purge(Path(os.path.realpath(job.path)), job)
             except OSError as exc:
-                log.warning(f"herocollector: purging the trash of {job.path} failed: {exc}")
+                log.warning(f"purging the trash of {job.path} failed: {exc}")
 
     def _purge(self, run: Path, job: Job | None) -> None:
         trash.purge(run, self.config.cleanup_grace)

@@ -8,18 +8,18 @@ decompresses to whole records; a record is a run of LEB128 varints::
 Decoding is one pipeline per logger run:
 
 * a reader thread reads the segment files in order, walks the zstd frame headers with a
-  compiled kernel (:func:`herocollector.kernel.scan_frames`) and decompresses consecutive
+  compiled kernel (:func:`herocollector.decode.kernel.scan_frames`) and decompresses consecutive
   frames together with ``zstandard``, streaming across frames, into chunks of at most
   ``chunk_bytes`` decompressed bytes (a frame larger than that is streamed on its own, in
   pieces; the small last chunks of segment files are put together);
 * the calling thread decodes each chunk with one call of the compiled record kernel
-  (:func:`herocollector.kernel.decode_records`): varints, zigzag, index gaps, per-stream
+  (:func:`herocollector.decode.kernel.decode_records`): varints, zigzag, index gaps, per-stream
   epoch ticks (carried across chunks and segment files), scales and the stream selection in
   one pass that writes the output columns directly, with no Python step per record;
 * while chunk k is decoded, the reader decompresses chunk k+1 (a queue of two chunks): both
   the kernel and zstd run without the GIL.
 
-The kernels are called through :mod:`herocollector.native`, which loads their machine code
+The kernels are called through :mod:`herocollector.decode.native`, which loads their machine code
 from a cache (numba compiles them once per installation and CPU).
 
 Memory is bounded by a few chunks (plus the compressed size of the largest frame, and the
@@ -45,8 +45,8 @@ import numpy as np
 import pyarrow as pa
 import zstandard
 
-from . import native as kernel  # the compiled kernels, loaded as fast as possible
-from .errors import SegmentError, UnknownStreamError
+from herocollector.decode import native as kernel  # the compiled kernels, loaded as fast as possible
+from herocollector.errors import SegmentError, UnknownStreamError
 
 DEFAULT_CHUNK_BYTES = 1 << 20
 """Decompressed bytes decoded per step; bounds the decoder's working memory."""
@@ -145,7 +145,6 @@ def encode_varints(values: np.ndarray) -> np.ndarray:
         if not todo.size:
             break
     return out
-
 
 
 # ----------------------------------------------------------------------------------------
@@ -1320,9 +1319,7 @@ class SegmentDecoder:
                 threads = view.nbytes - fh.tell() > self._chunk_bytes
         return self._decode([_Source(name, fh)], scaled=False, threads=threads)  # type: ignore[return-value]
 
-    def columns(
-        self, paths: Iterable[str | Path], on_bytes: Callable[[int], None] | None = None
-    ) -> Iterator[Columns]:
+    def columns(self, paths: Iterable[str | Path], on_bytes: Callable[[int], None] | None = None) -> Iterator[Columns]:
         """Decode segment files into scaled output columns (what the Collector writes).
 
         Args:

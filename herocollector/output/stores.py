@@ -1,6 +1,6 @@
 """Where outputs are published: a local folder, or an S3-compatible object store.
 
-Every output is first written and fsynced as a local file (:class:`~herocollector.output.OutputFile`),
+Every output is first written and fsynced as a local file (:class:`~herocollector.output.files.OutputFile`),
 then published under its final name, atomically and without overwriting another run's data:
 
 * **local folder** (``/data/collected``, ``file:///data/collected``): ``os.link`` of the
@@ -29,9 +29,15 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote
 
-from .errors import ConfigError, OutputError
-from .output import OutputFile, fsync_dir, read_provenance, remove_stale_temporaries, temporary_name
-from .paths import object_root
+from herocollector.errors import ConfigError, OutputError
+from herocollector.output.files import (
+    OutputFile,
+    fsync_dir,
+    read_provenance,
+    remove_stale_temporaries,
+    temporary_name,
+)
+from herocollector.output.paths import object_root
 
 MULTIPART_THRESHOLD = 64 << 20
 """Files larger than this are uploaded in parts (the completion is the conditional create)."""
@@ -265,9 +271,14 @@ class S3Store(OutputStore):
             if self._create(file.temporary, location, stamped):
                 return file.sha256
             existing = self.provenance(location)
-            if replace_own and existing is not None and (existing.logger_path, existing.job) == (
-                provenance.logger_path,
-                provenance.job,
+            if (
+                replace_own
+                and existing is not None
+                and (existing.logger_path, existing.job)
+                == (
+                    provenance.logger_path,
+                    provenance.job,
+                )
             ):
                 return existing.sha256  # an earlier attempt of this job published it: adopt, never overwrite
             owner = (
@@ -332,7 +343,11 @@ class S3Store(OutputStore):
         meta = self._metadata(Provenance(provenance.logger_path, provenance.job, provenance.token, digest))
         try:
             self.client.put_object(
-                Bucket=self.bucket, Key=self.key(location), Body=data, Metadata=meta, IfNoneMatch="*",
+                Bucket=self.bucket,
+                Key=self.key(location),
+                Body=data,
+                Metadata=meta,
+                IfNoneMatch="*",
                 ContentType="application/json",
             )
         except ClientError as exc:

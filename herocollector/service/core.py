@@ -20,6 +20,7 @@ Data flows one way: announcement → journal → scheduler → worker (job runne
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import threading
@@ -28,16 +29,16 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from heros.helper import log
+from herocollector.config import ServiceConfig
+from herocollector.events import RunCollected, RunFailed, parse_event
+from herocollector.journal.sqlite import Job, JobState, JobStore, open_journal
+from herocollector.service.cleanup import RunCleaner
+from herocollector.service.runner import JobRunner
+from herocollector.service.scan import Scanner, ScanResult
+from herocollector.service.scheduler import Scheduler
+from herocollector.service.statedir import StateDirLock
 
-from .cleanup import RunCleaner
-from .config import ServiceConfig
-from .events import RunCollected, RunFailed, parse_event
-from .journal import Job, JobState, JobStore, open_journal
-from .runner import JobRunner
-from .scan import Scanner, ScanResult
-from .scheduler import Scheduler
-from .statedir import StateDirLock
+log = logging.getLogger(__name__)
 
 
 def owner_name(config: ServiceConfig) -> str:
@@ -147,7 +148,7 @@ class CollectionService:
             path, metadata = parse_event(data, self.config.path_key)
         except ValueError as exc:
             job = self.journal.record_malformed(source, data, f"malformed event: {exc}")
-            log.error(f"herocollector: job {job.id} failed: malformed event from {source}: {exc}")
+            log.error(f"job {job.id} failed: malformed event from {source}: {exc}")
             self._failed(RunFailed(None, job.error or "", 1, True, job.id))
             return job
         return self._submit(path, source, metadata)
@@ -156,10 +157,10 @@ class CollectionService:
         deadline = None if self.config.timeout is None else time.time() + self.config.timeout / 1000
         job, due = self.journal.submit(path, source, metadata, deadline)
         if due:
-            log.info(f"herocollector: job {job.id} journalled for {path} (from {source})")
+            log.info(f"job {job.id} journalled for {path} (from {source})")
             self.scheduler.wake()
         else:
-            log.info(f"herocollector: {path} is already {job.state.value} (job {job.id}); event noted")
+            log.info(f"{path} is already {job.state.value} (job {job.id}); event noted")
         return job
 
     def collect(self, path: str) -> dict[str, Any]:
@@ -218,11 +219,11 @@ class CollectionService:
         timeout: int | None = 60_000,
         force: bool = False,
     ) -> bool:
-        """Clean collected runs; see :meth:`herocollector.cleanup.RunCleaner.cleanup`."""
+        """Clean collected runs; see :meth:`herocollector.service.cleanup.RunCleaner.cleanup`."""
         return self.cleaner.cleanup(path, keep_meta, wait_for_done, backoff, timeout, force)
 
     def restore(self, path: str) -> bool:
-        """Put a cleaned run's segments back; see :meth:`herocollector.cleanup.RunCleaner.restore`."""
+        """Put a cleaned run's segments back; see :meth:`herocollector.service.cleanup.RunCleaner.restore`."""
         return self.cleaner.restore(path)
 
     def scan(self) -> ScanResult:
@@ -267,7 +268,7 @@ class CollectionService:
         self.runner.record_pending()
         self.journal.close()
         self._lock.release()
-        log.info("herocollector: service closed")
+        log.info("service closed")
 
     def __enter__(self) -> CollectionService:
         return self

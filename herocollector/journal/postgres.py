@@ -1,6 +1,6 @@
 """The shared job journal on PostgreSQL: one journal for a fleet of actors on several hosts.
 
-It keeps the jobs of :mod:`herocollector.journal` (same states, same methods) in PostgreSQL,
+It keeps the jobs of :mod:`herocollector.journal.sqlite` (same states, same methods) in PostgreSQL,
 through psycopg 3, so that every actor of a fleet sees and changes the same jobs:
 
 * every actor hears every event; the run is journalled once (``INSERT … ON CONFLICT DO
@@ -30,8 +30,8 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from .errors import JournalError, LeaseLost
-from .journal import Job, JobState, OutputTakenError
+from herocollector.errors import JournalError, LeaseLost
+from herocollector.journal.sqlite import Job, JobState, OutputTakenError
 
 SCHEMA_VERSION = 1
 IDLE_IN_TRANSACTION_TIMEOUT = 2.0
@@ -307,7 +307,7 @@ class PgJournal:
     def submit(
         self, path: str, source: str, metadata: dict[str, Any], deadline: float | None = None
     ) -> tuple[Job, bool]:
-        """Journal an announced run (see :meth:`herocollector.journal.Journal.submit`)."""
+        """Journal an announced run (see :meth:`herocollector.journal.sqlite.Journal.submit`)."""
 
         def step(db: psycopg.Connection[dict[str, Any]]) -> tuple[Job, bool]:
             now = time.time()
@@ -529,7 +529,7 @@ class PgJournal:
     def fail(
         self, job_id: int, error: str, retry_at: float | None, keep_deadline: bool = True, token: int | None = None
     ) -> Job:
-        """Record a failed attempt (see :meth:`herocollector.journal.Journal.fail`)."""
+        """Record a failed attempt (see :meth:`herocollector.journal.sqlite.Journal.fail`)."""
         state = "pending" if retry_at is not None else "failed"
         deadline = "deadline" if keep_deadline else "NULL"
 

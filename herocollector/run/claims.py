@@ -165,8 +165,13 @@ class RunClaim:
         if self._beat is not None:
             self._beat.join()
         if outputs is not None:
-            record = {"owner": self.owner, "host": socket.gethostname(), "pid": os.getpid(),
-                      "collected_at": time.time(), "outputs": outputs}
+            record = {
+                "owner": self.owner,
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "collected_at": time.time(),
+                "outputs": outputs,
+            }
             temporary = self.run / f"{COLLECTED_FILE}.{uuid.uuid4().hex[:8]}.tmp"
             with open(temporary, "w", encoding="utf-8") as fh:
                 json.dump(record, fh)

@@ -24,8 +24,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import OutputError
-from .storage import OutputStore, Provenance
+from herocollector.errors import OutputError
+from herocollector.output.stores import OutputStore, Provenance
 
 MANIFEST_PREFIX = "_manifest-"
 FORMAT_VERSION = 1
@@ -69,8 +69,14 @@ class Manifest:
         try:
             raw: dict[str, Any] = json.loads(data)
             entries = tuple(ManifestEntry(**entry) for entry in raw["outputs"])
-            return cls(raw["run"], int(raw["job"]), int(raw["token"]), float(raw["collected_at"]), entries,
-                       int(raw.get("version", 1)))
+            return cls(
+                raw["run"],
+                int(raw["job"]),
+                int(raw["token"]),
+                float(raw["collected_at"]),
+                entries,
+                int(raw.get("version", 1)),
+            )
         except (ValueError, KeyError, TypeError) as exc:
             raise OutputError(f"not a herocollector manifest: {exc}") from None
 

@@ -25,7 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .errors import ConfigError, OutputError
+from herocollector.errors import ConfigError, OutputError
 
 PROVENANCE_PREFIX = "herocollector."
 TEMP_SUFFIX = ".tmp"

@@ -1,0 +1,1 @@
+"""The ``herocollector`` command line."""
