@@ -1779,3 +1779,53 @@ def test_frames_are_accepted_and_refused_as_the_frame_by_frame_reference_does() 
                     else:
                         expect_segment_error(data, len(good), match="corrupt zstd frame", chunk_bytes=chunk_bytes)
     assert outcomes == {True, False}
+
+
+class OpenedSource:
+    """A :class:`~herocollector.decode.codec.SegmentSource` that records how its file is used."""
+
+    def __init__(self, path: Path, *, readinto: bool = True) -> None:
+        self.name: str | Path = f"fd:{path.name}"
+        self.path = path
+        self.readinto = readinto
+        self.opened: list[io.BufferedIOBase] = []
+
+    def open(self) -> io.BufferedIOBase:
+        fh: io.BufferedIOBase = open(self.path, "rb")
+        if not self.readinto:
+            fh = io.BytesIO(fh.read())
+            fh.readinto = None  # type: ignore[method-assign]
+            del fh.readinto
+        self.opened.append(fh)
+        return fh
+
+
+def test_columns_from_segment_sources_close_them_and_report_progress(tmp_path: Path) -> None:
+    records = bulk_records(seed=45, count=900, max_n=6)
+    writer_ticks = TickState()
+    sources, total = [], 0
+    for i, (lo, hi) in enumerate(((0, 400), (400, 900))):
+        path = tmp_path / f"segment-{i:06d}.seg.zst"
+        path.write_bytes(encode_segment(slice_records(records, lo, hi), writer_ticks, records_per_frame=3))
+        total += path.stat().st_size
+        sources.append(OpenedSource(path))
+    progress: list[int] = []
+    decoder = SegmentDecoder(KNOWN_IDS, chunk_bytes=MIN_CHUNK)
+    parts = list(decoder.columns([sources[0], tmp_path / "segment-000001.seg.zst"], on_bytes=progress.append))
+    assert sum(progress) == total
+    assert np.concatenate([p.stream_ids for p in parts]).tolist() == records.stream_ids.tolist()
+    assert len(sources[0].opened) == 1 and sources[0].opened[0].closed
+    plain = list(SegmentDecoder(KNOWN_IDS, chunk_bytes=MIN_CHUNK).columns(sources))
+    assert np.concatenate([p.epochs for p in plain]).tolist() == records.ticks.astype(np.float64).tolist()
+    assert all(len(s.opened) >= 1 and all(f.closed for f in s.opened) for s in sources)
+
+
+def test_segment_source_errors_name_the_source_and_close_it(tmp_path: Path) -> None:
+    path = tmp_path / "segment-000000.seg.zst"
+    data = encode_segment(bulk_records(seed=46, count=50, max_n=4), records_per_frame=5)
+    path.write_bytes(data + b"garbage!")
+    source = OpenedSource(path, readinto=False)
+    with pytest.raises(SegmentError) as info:
+        list(SegmentDecoder(KNOWN_IDS).columns([source], on_bytes=lambda _: None))
+    assert info.value.path == source.name and info.value.offset == len(data)
+    assert source.opened and source.opened[0].closed

@@ -34,6 +34,7 @@ damaged frame, exactly as a frame-by-frame reference decoder reports it.
 from __future__ import annotations
 
 import io
+import os
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -77,6 +78,26 @@ class _Readable(Protocol):
 
     def readinto(self, buffer: memoryview, /) -> int | None:
         """Read into ``buffer``; the bytes read (0 or None at the end)."""
+
+
+class SegmentSource(Protocol):
+    """A segment the caller opens itself (e.g. relative to a directory fd, with ``O_NOFOLLOW``).
+
+    :meth:`SegmentDecoder.columns` takes these as well as paths. ``open()`` is called once, on
+    the reader thread, when the decoder reaches this segment; the decoder closes the file
+    object when the segment ends (or decoding stops). An exception from ``open()`` ends the
+    decode with that exception.
+
+    Attributes:
+        name: The segment's name in errors (``SegmentError.path``).
+    """
+
+    @property
+    def name(self) -> str | Path:
+        """The segment's name in errors."""
+
+    def open(self) -> BinaryIO:
+        """The segment, opened for binary reading at its start; the decoder closes it."""
 
 
 def _pool_empty(count: int, dtype: type | np.dtype) -> np.ndarray:
@@ -1170,33 +1191,75 @@ def _error(status: int, name: str | Path, frame: int, within: int, detail: int) 
 
 @dataclass(frozen=True)
 class _Source:
-    """A segment to decode: a path, or an open file object and its name."""
+    """A segment to decode: a path, a caller's open file object, or an opener."""
 
     name: str | Path
     fh: BinaryIO | _Readable | None = None
+    opener: Callable[[], BinaryIO | io.RawIOBase] | None = None
 
-    def open(self) -> io.BufferedReader | _NotClosing:
+    def open(self) -> BinaryIO | io.RawIOBase:
         """The segment, opened for reading (a caller's file object is not closed after)."""
+        if self.opener is not None:
+            return self.opener()
         if self.fh is not None:
             return _NotClosing(self.fh)
         return open(self.name, "rb")
 
 
-class _Counting(io.RawIOBase):
-    """A segment file, opened on first read and closed at its end, that reports bytes read."""
+class _ReadingInto(io.RawIOBase):
+    """A caller's file object without ``readinto`` (``BinaryIO`` does not promise it); not closed here."""
 
-    def __init__(self, path: str | Path, on_bytes: Callable[[int], None]) -> None:
-        self._path = path
+    def __init__(self, fh: BinaryIO) -> None:
+        self._fh = fh
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        data = self._fh.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+
+def _readable(fh: BinaryIO | io.RawIOBase) -> _Readable:
+    """``fh`` as the reader reads it: through its ``readinto``, or its ``read``."""
+    if isinstance(fh, io.RawIOBase) or hasattr(fh, "readinto"):
+        return fh  # type: ignore[return-value]
+    return _ReadingInto(fh)
+
+
+def _source(item: str | Path | SegmentSource, on_bytes: Callable[[int], None] | None) -> _Source:
+    """A path or a :class:`SegmentSource` as the reader opens it, counting bytes if asked."""
+    if isinstance(item, (str, os.PathLike)):
+        path = item
+
+        def open_path() -> io.FileIO:
+            return open(path, "rb", buffering=0)
+
+        opener: Callable[[], BinaryIO | io.FileIO] = open_path
+        name: str | Path = item
+    else:
+        opener, name = item.open, item.name
+    if on_bytes is None:
+        return _Source(name, opener=opener)
+    return _Source(name, opener=lambda: _Counting(opener, on_bytes))
+
+
+class _Counting(io.RawIOBase):
+    """A segment, opened on first read and closed at its end, that reports bytes read."""
+
+    def __init__(self, opener: Callable[[], BinaryIO | io.FileIO], on_bytes: Callable[[int], None]) -> None:
+        self._opener = opener
         self._on_bytes = on_bytes
-        self._fh: io.FileIO | None = None
+        self._fh: BinaryIO | io.FileIO | None = None
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
         if self._fh is None:
-            self._fh = open(self._path, "rb", buffering=0)  # closed when the file ends, or by close()
-        got = self._fh.readinto(buffer) or 0
+            self._fh = self._opener()  # closed when the file ends, or by close()
+        got = _readable(self._fh).readinto(buffer) or 0
         if got:
             self._on_bytes(got)
         else:
@@ -1319,11 +1382,15 @@ class SegmentDecoder:
                 threads = view.nbytes - fh.tell() > self._chunk_bytes
         return self._decode([_Source(name, fh)], scaled=False, threads=threads)  # type: ignore[return-value]
 
-    def columns(self, paths: Iterable[str | Path], on_bytes: Callable[[int], None] | None = None) -> Iterator[Columns]:
+    def columns(
+        self, paths: Iterable[str | Path | SegmentSource], on_bytes: Callable[[int], None] | None = None
+    ) -> Iterator[Columns]:
         """Decode segment files into scaled output columns (what the Collector writes).
 
         Args:
-            paths: The run's ``.seg.zst`` files, in name order.
+            paths: The run's ``.seg.zst`` files, in name order: paths, or
+                :class:`SegmentSource` objects, which the decoder opens when it reaches them
+                and closes when they end.
             on_bytes: Called with the number of segment bytes read since its last call (on
                 the reader thread): progress within a segment.
 
@@ -1333,10 +1400,7 @@ class SegmentDecoder:
         Raises:
             SegmentError: A file is damaged; names it and the byte offset.
         """
-        if on_bytes is None:
-            sources = [_Source(p) for p in paths]
-        else:
-            sources = [_Source(p, _Counting(p, on_bytes)) for p in paths]
+        sources = [_source(p, on_bytes) for p in paths]
         return self._decode(sources, scaled=True)  # type: ignore[return-value]
 
     def _decode(self, sources: list[_Source], scaled: bool, threads: bool | None = None) -> Iterator[Records | Columns]:
@@ -1346,8 +1410,8 @@ class SegmentDecoder:
             dctx = zstandard.ZstdDecompressor()
             space = _ReadBuffers(chunk_bytes)
             for source in sources:
-                with source.open() as fh:
-                    yield from _read_segment(fh, source.name, chunk_bytes, dctx, space)
+                with source.open() as fh:  # closed when the segment ends, or decoding stops
+                    yield from _read_segment(_readable(fh), source.name, chunk_bytes, dctx, space)
 
         def produce() -> Iterator[_Chunk]:
             # Chunks of whole frames smaller than half a chunk (a file's last frames, or the
