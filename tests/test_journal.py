@@ -560,3 +560,66 @@ def test_recent_returns_the_newest_jobs_oldest_first(tmp_path: Path) -> None:
         assert [job.path for job in journal.recent(10)] == [job.path for job in journal.jobs()]
     finally:
         journal.close()
+
+
+# ----------------------------------------------------------------------------------------
+# Scale: pages, bounded lists, indexes
+# ----------------------------------------------------------------------------------------
+
+
+def test_done_jobs_page_walks_every_done_job_once_in_id_order(journal: Journal) -> None:
+    done = [_done(journal, f"/data/runs/d-{i}", {f"/out/d-{i}.arrow": i}) for i in range(7)]
+    journal.submit("/data/runs/pending", "logger-x", {})
+    _failed(journal, "/data/runs/failed")
+    journal.mark_cleaned(done[2].id)
+    expected = [job.id for job in done if job.id != done[2].id]
+    seen: list[int] = []
+    after = 0
+    while page := journal.done_jobs_page(after, 2):
+        assert len(page) <= 2
+        assert all(job.state == JobState.DONE for job in page)
+        seen.extend(job.id for job in page)
+        after = page[-1].id
+    assert seen == expected
+    assert journal.done_jobs_page(0, 100)[0].outputs == {"/out/d-0.arrow": 0}  # with their outputs
+    assert journal.done_jobs_page(done[-1].id, 100) == []
+
+
+def test_in_trash_with_a_limit_gives_the_soonest_purges(journal: Journal) -> None:
+    jobs = [_done(journal, f"/data/runs/t-{i}") for i in range(5)]
+    for i, job in enumerate(jobs):
+        journal.mark_cleaned(job.id, 1000.0 - i)  # the last one is purged first
+    assert [job.id for job in journal.in_trash(limit=2)] == [jobs[4].id, jobs[3].id]
+    assert [job.id for job in journal.in_trash()] == [job.id for job in reversed(jobs)]
+    assert journal.trash_count() == 5
+    journal.purged(jobs[4].id)
+    assert journal.trash_count() == 4 and journal.in_trash(limit=1)[0].id == jobs[3].id
+
+
+def test_an_old_sqlite_journal_gains_the_indexes(file: Path) -> None:
+    file.parent.mkdir(parents=True)
+    old = sqlite3.connect(file)
+    old.executescript(
+        "CREATE TABLE jobs (id INTEGER PRIMARY KEY AUTOINCREMENT, path TEXT UNIQUE, source TEXT NOT NULL, "
+        "metadata TEXT NOT NULL, state TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, error TEXT, rows INTEGER, "
+        "created REAL NOT NULL, updated REAL NOT NULL, next_attempt REAL);"
+        "CREATE TABLE outputs (path TEXT PRIMARY KEY, job_id INTEGER NOT NULL REFERENCES jobs(id), "
+        "rows INTEGER NOT NULL);"
+        "CREATE INDEX jobs_state ON jobs(state, next_attempt);"
+        "INSERT INTO jobs (path, source, metadata, state, created, updated) VALUES ('/r/a', 'x', '{}', 'done', 1, 1);"
+        "INSERT INTO outputs VALUES ('/out/a.arrow', 1, 3);"
+    )
+    old.close()
+    journal = Journal(file)
+    try:
+        assert journal.done_jobs_page(0, 10)[0].outputs == {"/out/a.arrow": 3}
+    finally:
+        journal.close()
+    db = sqlite3.connect(file)
+    try:
+        indexes = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+        assert {"jobs_due", "jobs_state_id", "jobs_trash", "outputs_job"} <= indexes
+        plan = " ".join(str(r) for r in db.execute("EXPLAIN QUERY PLAN SELECT * FROM outputs WHERE job_id = 1"))
+        assert "outputs_job" in plan
+    finally:
+        db.close()

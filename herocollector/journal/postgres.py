@@ -33,7 +33,7 @@ from psycopg.types.json import Jsonb
 from herocollector.errors import JournalError, LeaseLost
 from herocollector.journal.sqlite import Job, JobState, OutputTakenError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 IDLE_IN_TRANSACTION_TIMEOUT = 2.0
 """Seconds a session may sit in an open transaction: a paused actor's row locks are freed then."""
 CHANNEL = "herocollector_jobs"
@@ -68,6 +68,13 @@ _MIGRATIONS: dict[int, str] = {
         rows   bigint NOT NULL
     );
     CREATE INDEX herocollector_outputs_job ON herocollector_outputs (job_id);
+    """,
+    # Pages of one state in id order (cleanup of every run), and the trash in purge order.
+    2: """
+    CREATE INDEX IF NOT EXISTS herocollector_jobs_state_id ON herocollector_jobs (state, id);
+    CREATE INDEX IF NOT EXISTS herocollector_jobs_trash ON herocollector_jobs (trash_until, id)
+        WHERE trash_until IS NOT NULL;
+    CREATE INDEX IF NOT EXISTS herocollector_outputs_job ON herocollector_outputs (job_id);
     """,
 }
 
@@ -267,6 +274,17 @@ class PgJournal:
                 "SELECT * FROM herocollector_jobs WHERE state = ANY(%s) ORDER BY id", ([str(s) for s in states],)
             )
         return self._select("SELECT * FROM herocollector_jobs ORDER BY id")
+
+    def jobs_page(self, state: JobState, after_id: int, limit: int) -> list[Job]:
+        """Up to ``limit`` jobs in ``state`` whose id is above ``after_id``, in id order (one short read)."""
+        return self._select(
+            "SELECT * FROM herocollector_jobs WHERE state = %s AND id > %s ORDER BY id LIMIT %s",
+            (state.value, after_id, limit),
+        )
+
+    def done_jobs_page(self, after_id: int, limit: int) -> list[Job]:
+        """Up to ``limit`` done jobs whose id is above ``after_id``, in id order, with their outputs."""
+        return self.jobs_page(JobState.DONE, after_id, limit)
 
     def recent(self, limit: int) -> list[Job]:
         """The ``limit`` newest jobs, oldest of them first."""
@@ -622,9 +640,18 @@ class PgJournal:
             )
         )
 
-    def in_trash(self) -> list[Job]:
-        """Jobs whose segments are in the trash, soonest purge first."""
-        return self._select("SELECT * FROM herocollector_jobs WHERE trash_until IS NOT NULL ORDER BY trash_until")
+    def in_trash(self, limit: int | None = None) -> list[Job]:
+        """Jobs whose segments are in the trash, soonest purge first (at most ``limit``; None: all)."""
+        return self._select(
+            "SELECT * FROM herocollector_jobs WHERE trash_until IS NOT NULL ORDER BY trash_until, id LIMIT %s",
+            (limit,),
+        )
+
+    def trash_count(self) -> int:
+        """How many jobs have segments in the trash."""
+        sql = "SELECT COUNT(*) AS n FROM herocollector_jobs WHERE trash_until IS NOT NULL"
+        row = self._run(lambda db: db.execute(sql).fetchone())
+        return int(row["n"])
 
     def purged(self, job_id: int) -> None:
         """Record that a job's trash was deleted for good."""

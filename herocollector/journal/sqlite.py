@@ -75,7 +75,17 @@ CREATE TABLE IF NOT EXISTS outputs (
     job_id INTEGER NOT NULL REFERENCES jobs(id),
     rows   INTEGER NOT NULL
 );
-CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, next_attempt);
+"""
+
+# Indexes, created after the added columns exist (an older journal gains them on open). Every
+# query the service makes is served by one: the due job, a state's jobs in id order (pages), the
+# trash in purge order, and a job's outputs.
+_INDEXES = """
+DROP INDEX IF EXISTS jobs_state;
+CREATE INDEX IF NOT EXISTS jobs_due ON jobs(state, COALESCE(next_attempt, 0), id);
+CREATE INDEX IF NOT EXISTS jobs_state_id ON jobs(state, id);
+CREATE INDEX IF NOT EXISTS jobs_trash ON jobs(trash_until) WHERE trash_until IS NOT NULL;
+CREATE INDEX IF NOT EXISTS outputs_job ON outputs(job_id);
 """
 
 # Columns added after the first release, with their SQL type: an older journal gains them on open.
@@ -179,6 +189,7 @@ class Journal:
             for column, sql_type in _ADDED_COLUMNS.items():
                 if column not in present:
                     self._db.execute(f"ALTER TABLE jobs ADD COLUMN {column} {sql_type}")
+            self._db.executescript(_INDEXES)
         except (sqlite3.Error, OSError) as exc:
             raise JournalError(f"cannot open the job journal: {exc}", self.file) from None
 
@@ -200,65 +211,98 @@ class Journal:
             except sqlite3.Error as exc:
                 raise JournalError(f"journal query failed: {exc}", self.file) from None
 
-    def _job(self, row: sqlite3.Row | None) -> Job | None:
-        if row is None:
-            return None
-        outputs = {
-            r["path"]: r["rows"]
-            for r in self._db.execute("SELECT path, rows FROM outputs WHERE job_id = ? ORDER BY path", (row["id"],))
-        }
-        return Job(
-            id=row["id"],
-            path=row["path"],
-            source=row["source"],
-            metadata=json.loads(row["metadata"]),
-            state=JobState(row["state"]),
-            attempts=row["attempts"],
-            error=row["error"],
-            rows=row["rows"],
-            created=row["created"],
-            updated=row["updated"],
-            next_attempt=row["next_attempt"],
-            trash_until=row["trash_until"],
-            deadline=row["deadline"],
-            outputs=outputs,
-            token=row["token"],
-            lease_owner=row["lease_owner"],
-            lease_until=row["lease_until"],
-        )
+    @staticmethod
+    def _outputs(db: sqlite3.Connection, ids: list[int]) -> dict[int, dict[str, int]]:
+        """The outputs of these jobs, by job id (one query per 500 jobs, through ``outputs_job``)."""
+        found: dict[int, dict[str, int]] = {i: {} for i in ids}
+        for start in range(0, len(ids), 500):
+            part = ids[start : start + 500]
+            marks = ",".join("?" * len(part))
+            for r in db.execute(
+                f"SELECT job_id, path, rows FROM outputs WHERE job_id IN ({marks}) ORDER BY path", part
+            ):
+                found[r["job_id"]][r["path"]] = r["rows"]
+        return found
 
-    def _jobs(self, rows: Iterable[sqlite3.Row]) -> list[Job]:
+    def _build(self, db: sqlite3.Connection, rows: Iterable[sqlite3.Row]) -> list[Job]:
+        rows = list(rows)
+        outputs = self._outputs(db, [r["id"] for r in rows])
+        return [
+            Job(
+                id=row["id"],
+                path=row["path"],
+                source=row["source"],
+                metadata=json.loads(row["metadata"]),
+                state=JobState(row["state"]),
+                attempts=row["attempts"],
+                error=row["error"],
+                rows=row["rows"],
+                created=row["created"],
+                updated=row["updated"],
+                next_attempt=row["next_attempt"],
+                trash_until=row["trash_until"],
+                deadline=row["deadline"],
+                outputs=outputs[row["id"]],
+                token=row["token"],
+                lease_owner=row["lease_owner"],
+                lease_until=row["lease_until"],
+            )
+            for row in rows
+        ]
+
+    def _select(self, sql: str, params: Iterable[Any] = ()) -> list[Job]:
+        """The jobs a query on ``jobs`` selects, with their outputs, read under the lock."""
         with self._lock:
-            return [job for job in (self._job(r) for r in rows) if job is not None]
+            try:
+                return self._build(self._db, self._db.execute(sql, tuple(params)).fetchall())
+            except sqlite3.Error as exc:
+                raise JournalError(f"journal query failed: {exc}", self.file) from None
 
     def _fetch(self, db: sqlite3.Connection, job_id: int) -> Job:
-        job = self._job(db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone())
-        if job is None:
+        jobs = self._build(db, db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchall())
+        if not jobs:
             raise JournalError(f"job {job_id} does not exist", self.file)
-        return job
+        return jobs[0]
 
     # -- queries ---------------------------------------------------------------------------
 
     def get(self, job_id: int) -> Job | None:
         """The job with this id, or None."""
-        rows = self._read("SELECT * FROM jobs WHERE id = ?", (job_id,))
-        return self._jobs(rows)[0] if rows else None
+        jobs = self._select("SELECT * FROM jobs WHERE id = ?", (job_id,))
+        return jobs[0] if jobs else None
 
     def by_path(self, path: str) -> Job | None:
         """The job of a logger directory, or None."""
-        rows = self._read("SELECT * FROM jobs WHERE path = ?", (path,))
-        return self._jobs(rows)[0] if rows else None
+        jobs = self._select("SELECT * FROM jobs WHERE path = ?", (path,))
+        return jobs[0] if jobs else None
 
     def jobs(self, *states: JobState) -> list[Job]:
-        """Jobs in any of ``states`` (all jobs if none given), oldest first."""
+        """Jobs in any of ``states`` (all jobs if none given), oldest first.
+
+        Unbounded: for every job of a large journal page with :meth:`jobs_page`.
+        """
         if states:
             marks = ",".join("?" * len(states))
-            return self._jobs(self._read(f"SELECT * FROM jobs WHERE state IN ({marks}) ORDER BY id", states))
-        return self._jobs(self._read("SELECT * FROM jobs ORDER BY id"))
+            return self._select(f"SELECT * FROM jobs WHERE state IN ({marks}) ORDER BY id", states)
+        return self._select("SELECT * FROM jobs ORDER BY id")
+
+    def jobs_page(self, state: JobState, after_id: int, limit: int) -> list[Job]:
+        """Up to ``limit`` jobs in ``state`` whose id is above ``after_id``, in id order (one short read)."""
+        return self._select(
+            "SELECT * FROM jobs WHERE state = ? AND id > ? ORDER BY id LIMIT ?", (state.value, after_id, limit)
+        )
+
+    def done_jobs_page(self, after_id: int, limit: int) -> list[Job]:
+        """Up to ``limit`` done jobs whose id is above ``after_id``, in id order, with their outputs.
+
+        Page through every done job with ``after_id`` = the last id of the previous page
+        (start at 0) until a page is empty; each page is one short read.
+        """
+        return self.jobs_page(JobState.DONE, after_id, limit)
 
     def recent(self, limit: int) -> list[Job]:
         """The ``limit`` newest jobs, oldest of them first (without reading the whole journal)."""
-        return self._jobs(reversed(self._read("SELECT * FROM jobs ORDER BY id DESC LIMIT ?", (limit,))))
+        return list(reversed(self._select("SELECT * FROM jobs ORDER BY id DESC LIMIT ?", (limit,))))
 
     def counts(self) -> dict[str, int]:
         """Number of jobs per state (every state listed)."""
@@ -267,15 +311,13 @@ class Journal:
 
     def owner_of(self, output: str) -> Job | None:
         """The job that wrote an output file, or None."""
-        rows = self._read("SELECT job_id FROM outputs WHERE path = ?", (output,))
-        return None if not rows else self.get(rows[0]["job_id"])
+        jobs = self._select("SELECT j.* FROM jobs j JOIN outputs o ON o.job_id = j.id WHERE o.path = ?", (output,))
+        return jobs[0] if jobs else None
 
     def next_due(self) -> float | None:
         """The earliest ``next_attempt`` of a pending job (0 if one is due with none set)."""
-        row = self._read("SELECT MIN(COALESCE(next_attempt, 0)) FROM jobs WHERE state = ?", (JobState.PENDING.value,))[
-            0
-        ]
-        return row[0]
+        rows = self._read("SELECT MIN(COALESCE(next_attempt, 0)) FROM jobs WHERE state = ?", (JobState.PENDING.value,))
+        return rows[0][0]
 
     # -- transitions -----------------------------------------------------------------------
 
@@ -558,7 +600,7 @@ class Journal:
             rows = db.execute(
                 "SELECT * FROM jobs WHERE state IN (?, ?) ORDER BY id", (JobState.PENDING.value, JobState.WAITING.value)
             ).fetchall()
-            return [job for job in (self._job(r) for r in rows) if job is not None]
+            return self._build(db, rows)
 
     def defer(self, job_id: int, retry_at: float | None, reason: str | None, token: int | None = None) -> Job:
         """Put a running job back to pending without counting the attempt.
@@ -588,9 +630,16 @@ class Journal:
                 (JobState.DONE.value, JobState.CLEANED.value, trash_until, time.time(), job_id),
             )
 
-    def in_trash(self) -> list[Job]:
-        """Jobs whose segments are in the trash, soonest purge first."""
-        return self._jobs(self._read("SELECT * FROM jobs WHERE trash_until IS NOT NULL ORDER BY trash_until"))
+    def in_trash(self, limit: int | None = None) -> list[Job]:
+        """Jobs whose segments are in the trash, soonest purge first (at most ``limit``; None: all)."""
+        return self._select(
+            "SELECT * FROM jobs WHERE trash_until IS NOT NULL ORDER BY trash_until, id LIMIT ?",
+            (-1 if limit is None else limit,),
+        )
+
+    def trash_count(self) -> int:
+        """How many jobs have segments in the trash."""
+        return int(self._read("SELECT COUNT(*) FROM jobs WHERE trash_until IS NOT NULL")[0][0])
 
     def purged(self, job_id: int) -> None:
         """Record that a job's trash was deleted for good."""
