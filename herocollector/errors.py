@@ -7,7 +7,8 @@
     ├── SegmentError                    a .seg.zst is damaged; ``.offset`` is the byte offset
     │   └── UnknownStreamError          a record's stream id has no streams/ entry
     ├── OutputError                     template, path confinement, refused or failed write
-    │   └── LabelPathError              a label value would leave its own path segment
+    │   ├── LabelPathError              a label value would leave its own path segment
+    │   └── PublishError                writing or publishing an output failed (ENOSPC, EROFS ...)
     ├── DoneTimeout                     ``_DONE`` did not appear within ``timeout``
     ├── RunRefused                      the configuration forbids the run (never retried)
     ├── JournalError                    the job journal failed (retried; never kills a worker)
@@ -84,6 +85,31 @@ class LabelPathError(OutputError):
     """
 
     retryable = False
+
+
+class PublishError(OutputError):
+    """Writing or publishing an output (or a manifest) failed: a full disk, a read-only folder.
+
+    The message is the original cause (``strerror``) with the final output path and its folder,
+    never a temporary name. Retried: space may be freed, the folder made writable again.
+
+    Args:
+        action: What was being done (``publishing``, ``writing`` ...).
+        final: The final output path (or object URI).
+        cause: The original error.
+
+    Attributes:
+        errno: The original ``errno``, if any.
+        folder: The folder of the final path.
+    """
+
+    def __init__(self, action: str, final: str | Path, cause: BaseException) -> None:
+        self.errno: int | None = getattr(cause, "errno", None)
+        text = str(final)
+        self.folder = text.rsplit("/", 1)[0] if "/" in text else "."
+        reason = getattr(cause, "strerror", None) or str(cause) or type(cause).__name__
+        code = f"[Errno {self.errno}] " if self.errno is not None else ""
+        super().__init__(f"{action} failed: {code}{reason} (in the folder {self.folder})", final)
 
 
 class DoneTimeout(CollectorError):
