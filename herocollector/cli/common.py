@@ -1,0 +1,214 @@
+"""What the ``herocollector`` commands share: the command interface, argument types, consoles, progress.
+
+See :mod:`herocollector.cli` for the interface every command module implements.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol, TypeAlias
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
+
+from herocollector.config import parse_columns
+from herocollector.errors import CollectorError
+from herocollector.output.files import COMPRESSIONS
+from herocollector.output.paths import PathTemplate
+from herocollector.run import logdir
+
+PROG = "herocollector"
+CLI_SOURCE = "herocollector-cli"
+"""``source_name`` of files the CLI writes (template variable and provenance)."""
+
+
+Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"  # not subscriptable at run time
+"""The type of ``ArgumentParser.add_subparsers()``' result, which ``register`` receives."""
+
+
+class Command(Protocol):
+    """A command module (see :mod:`herocollector.cli`)."""
+
+    NAME: str
+
+    def register(self, subparsers: Subparsers) -> None:
+        """Add the command's parser to ``subparsers``."""
+
+    def run(self, args: argparse.Namespace, out: Console, err: Console) -> int:
+        """Run the command; return its exit status."""
+
+
+# ----------------------------------------------------------------------------------------
+# Argument types
+# ----------------------------------------------------------------------------------------
+
+
+def rule(text: str) -> dict[str, Any]:
+    """``--rule``: a label-selector rule as JSON text, or ``@file`` holding it."""
+    source = "--rule"
+    if text.startswith("@"):
+        source = text[1:]
+        try:
+            text = Path(source).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            raise argparse.ArgumentTypeError(f"cannot read rule file {source!r}: {reason}") from None
+    try:
+        spec = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"invalid JSON in {source}: {exc}") from None
+    if not isinstance(spec, dict):
+        raise argparse.ArgumentTypeError(f"the rule in {source} must be a JSON object, got {type(spec).__name__}")
+    from tools import label_selector
+
+    try:
+        label_selector.compile(spec)
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise argparse.ArgumentTypeError(f"invalid label-selector rule in {source}: {exc}") from None
+    return spec
+
+
+def columns(text: str) -> dict[str, str | None]:
+    """``--columns a,b:int64``: label names, comma-separated, each optionally with an Arrow type."""
+    result: dict[str, str | None] = {}
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        name, _, type_name = item.partition(":")
+        result[name.strip()] = type_name.strip() or None
+    try:
+        parse_columns(result)
+    except CollectorError as exc:
+        raise argparse.ArgumentTypeError(exc.reason) from None
+    return result
+
+
+def milliseconds(text: str) -> int | None:
+    """A non-negative number of milliseconds, or ``none`` (wait forever)."""
+    if text.strip().lower() in ("none", "forever", "inf"):
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected milliseconds (an integer) or 'none', got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, got {value}")
+    return value
+
+
+def positive(text: str) -> int:
+    """A positive integer."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def seconds(text: str) -> float:
+    """A positive number of seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+def compression(text: str) -> str | None:
+    """``zstd``, ``lz4`` or ``none``."""
+    if text.lower() == "none":
+        return None
+    if text not in COMPRESSIONS:
+        choices = ", ".join(repr(c) for c in COMPRESSIONS if c) + ", 'none'"
+        raise argparse.ArgumentTypeError(f"invalid choice {text!r} (choose from {choices})")
+    return text
+
+
+def template(text: str) -> str:
+    """``--template``: a Jinja2 path template that compiles."""
+    try:
+        PathTemplate(text, ".")
+    except CollectorError as exc:
+        raise argparse.ArgumentTypeError(exc.reason) from None
+    return text
+
+
+def wait_options(parser: argparse.ArgumentParser) -> None:
+    """Add ``--timeout`` and ``--backoff`` (waiting for ``_DONE``) to a command's parser."""
+    parser.add_argument(
+        "--timeout",
+        type=milliseconds,
+        default=60_000,
+        metavar="MS",
+        help="milliseconds to wait for _DONE in all the runs; 0 checks once, 'none' waits forever (default 60000)",
+    )
+    parser.add_argument(
+        "--backoff",
+        type=milliseconds,
+        default=100,
+        metavar="MS",
+        help="milliseconds between _DONE polls (default 100)",
+    )
+
+
+# ----------------------------------------------------------------------------------------
+# Consoles, progress, checks
+# ----------------------------------------------------------------------------------------
+
+
+def consoles() -> tuple[Console, Console]:
+    """Consoles for results (stdout) and progress and messages (stderr)."""
+    return Console(highlight=False, markup=False), Console(stderr=True, highlight=False, markup=False)
+
+
+def progress(console: Console, quiet: bool, *, bytes_bar: bool = True) -> Progress:
+    """A rich progress display on ``console`` (shown on terminals only, and gone when done)."""
+    parts: list[Any] = [SpinnerColumn(), TextColumn("[progress.description]{task.description}"), BarColumn()]
+    if bytes_bar:
+        parts.append(DownloadColumn())
+    parts += [TextColumn("{task.fields[note]}"), TimeElapsedColumn()]
+    return Progress(*parts, console=console, transient=True, disable=quiet or not console.is_terminal)
+
+
+def size(nbytes: int) -> str:
+    """Bytes in human units."""
+    value = float(nbytes)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{int(value)} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def require_dir(path: Path) -> None:
+    """Raise a CollectorError unless ``path`` is an existing directory."""
+    if not path.exists():
+        raise CollectorError("logger directory does not exist", path)
+    if not path.is_dir():
+        raise CollectorError("logger path is not a directory", path)
+
+
+def wait_for_done(paths: Sequence[Path], backoff: int, timeout: int | None, display: Progress) -> None:
+    """Wait for ``_DONE`` in every path (showing a spinner), or raise a CollectorError."""
+    pending = [p for p in paths if not logdir.is_done(p)]
+    if not pending:
+        return
+    task = display.add_task(f"waiting for _DONE in {len(pending)} run(s)", total=None, note="")
+    if not logdir.wait_for_done(pending, backoff, timeout):
+        missing = [str(p) for p in pending if not logdir.is_done(p)]
+        raise CollectorError(f"timed out after {timeout} ms waiting for _DONE in {', '.join(missing)}")
+    display.remove_task(task)
