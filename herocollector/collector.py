@@ -2,6 +2,10 @@
 
 API-compatible with ``data_logger.Collector``, but vectorised end to end, exact on rotated
 runs (epoch ticks carry across segment files), strict about bad input, and bounded in memory.
+
+Every run is read through :class:`~herocollector.run.rundir.RunDirectory`: regular files only,
+opened relative to the directory without following symlinks, and a run that changes while it
+is read fails with :class:`~herocollector.errors.RunChanged`.
 """
 
 from __future__ import annotations
@@ -16,10 +20,11 @@ import numpy as np
 import pyarrow as pa
 
 from herocollector.decode.codec import DEFAULT_CHUNK_BYTES, Columns, SegmentDecoder
-from herocollector.errors import CollectorError
+from herocollector.errors import CollectorError, ConfigError, RunRefused
 from herocollector.run import logdir
-from herocollector.run.catalogue import RuleLike, Stream, load_streams, select_streams
+from herocollector.run.catalogue import RuleLike, Stream, select_streams, streams_of
 from herocollector.run.logdir import STREAMS_DIR, segment_files
+from herocollector.run.rundir import RunDirectory, RunInventory, check_path_argument
 
 BASE_FIELDS = (
     pa.field("stream_id", pa.uint32()),
@@ -61,6 +66,7 @@ class Collector:
 
     Raises:
         ValueError: ``paths`` is empty.
+        ConfigError: A path is not a string path or holds a NUL byte (names its index).
 
     Example:
         >>> import pyarrow as pa
@@ -73,6 +79,11 @@ class Collector:
     def __init__(self, paths: Sequence[str | Path], *, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> None:
         if isinstance(paths, (str, Path)) or not paths:
             raise ValueError("Collector needs a non-empty sequence of logger paths")
+        for index, path in enumerate(paths):
+            try:
+                check_path_argument(path, f"paths[{index}]", absolute=False)
+            except RunRefused as exc:
+                raise ConfigError(exc.reason, exc.path) from None
         self._paths = list(dict.fromkeys(Path(p) for p in paths))
         self._chunk_bytes = chunk_bytes
 
@@ -150,12 +161,12 @@ class Collector:
             yield None
             return
         names = _dedupe_columns(columns)
-        per_path = [(path, load_streams(path)) for path in self._paths]
-        chosen = [(path, streams, select_streams(streams, rule)) for path, streams in per_path]
+        per_path = [(path, *scan_run(path)) for path in self._paths]
+        chosen = [(path, streams, inventory, select_streams(streams, rule)) for path, streams, inventory in per_path]
         if schema is None:
-            schema = output_schema([s for _, _, selected in chosen for s in selected], names)
-        for path, streams, selected in chosen:
-            yield from run_batches(path, streams, selected, schema, chunk_bytes=self._chunk_bytes)
+            schema = output_schema([s for *_, selected in chosen for s in selected], names)
+        for path, streams, inventory, selected in chosen:
+            yield from run_batches(path, streams, selected, schema, chunk_bytes=self._chunk_bytes, inventory=inventory)
 
     def cleanup(
         self,
@@ -194,6 +205,26 @@ class Collector:
                 raise CollectorError("logger path is not a directory", path)
 
 
+def scan_run(path: str | Path, allowed_roots: Sequence[str | Path] = ()) -> tuple[list[Stream], RunInventory]:
+    """Open a run directory once: check ``_DONE``'s type, load its streams, list its segments.
+
+    Args:
+        path: The logger directory (relative paths are taken from the working directory).
+        allowed_roots: It must resolve inside one of these (empty: anywhere).
+
+    Returns:
+        Its streams (whose logger path is ``path`` as given) and its inventory.
+
+    Raises:
+        CollectorError: See :class:`~herocollector.run.rundir.RunDirectory`; an entry that
+            is not a regular file, or invalid stream metadata.
+    """
+    with RunDirectory(path, allowed_roots, absolute=False) as run:
+        run.is_done()  # a _DONE that is not a regular file is an error, whoever waited for it
+        streams = streams_of(run, str(path))
+        return streams, run.inventory()
+
+
 def run_batches(
     path: Path,
     streams: Sequence[Stream],
@@ -202,10 +233,13 @@ def run_batches(
     *,
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     on_bytes: Callable[[int], None] | None = None,
+    inventory: RunInventory | None = None,
 ) -> Iterator[pa.RecordBatch]:
     """Decode the selected streams of one logger directory into batches of ``schema``.
 
     The streams are loaded and selected by the caller, once (see :mod:`herocollector.output.pipeline`).
+    The segments are those of ``inventory``, opened relative to the run directory; after the
+    last batch the run is checked against the inventory.
 
     Args:
         path: The logger directory.
@@ -214,12 +248,14 @@ def run_batches(
         schema: The output schema; label columns are read from the streams' fields.
         chunk_bytes: Decompressed bytes decoded per step.
         on_bytes: Called with the number of segment bytes read since its last call.
+        inventory: The run as it was listed (:func:`scan_run`); None lists it now.
 
     Yields:
         Record batches in file order.
 
     Raises:
         CollectorError: Bad input; the message names the file (and byte offset).
+        RunChanged: The run is not what the inventory recorded any more.
     """
     if not selected:
         return
@@ -236,8 +272,17 @@ def run_batches(
     # stream's row in the label arrays.
     rows = np.full(len(decoder.streams), -1, dtype=np.int64)
     rows[np.searchsorted(decoder.streams.ids, plan.ids.astype(np.uint64))] = plan.label_rows
-    for decoded in decoder.columns(segment_files(path), on_bytes=on_bytes):
-        yield _to_batch(decoded, rows, labels, schema)
+    with RunDirectory(path if inventory is None else inventory.path, absolute=False, expect=inventory) as run:
+        listed = run.inventory() if inventory is None else inventory
+        columns = decoder.columns(run.sources(listed.segments), on_bytes=on_bytes)
+        try:
+            for decoded in columns:
+                yield _to_batch(decoded, rows, labels, schema)
+        finally:
+            close = getattr(columns, "close", None)
+            if close is not None:  # stop the reader before the directory closes
+                close()
+        run.verify(listed)
 
 
 def _plan_run(path: Path, streams: Sequence[Stream], selected: Sequence[Stream]) -> _Plan:

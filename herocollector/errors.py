@@ -8,12 +8,15 @@
     │   └── UnknownStreamError          a record's stream id has no streams/ entry
     ├── OutputError                     template, path confinement, refused or failed write
     │   ├── LabelPathError              a label value would leave its own path segment
+    │   ├── OutputTakenError            the output path already belongs to another job (``.owner``)
     │   └── PublishError                writing or publishing an output failed (ENOSPC, EROFS ...)
     ├── DoneTimeout                     ``_DONE`` did not appear within ``timeout``
+    ├── RunChanged                      the run changed while it was read (retried; nothing published)
     ├── RunRefused                      the configuration forbids the run (never retried)
     ├── JournalError                    the job journal failed (retried; never kills a worker)
     │   └── LeaseLost                   another actor holds the job now: this one is fenced out
     ├── Cancelled                       the service is closing; the job goes back to pending
+    ├── StateDirError                   the state_dir cannot be used (full, read-only); names the file
     └── ConfigError (also ValueError)   invalid configuration or arguments
         └── StateDirLocked              another actor holds the state_dir
 
@@ -26,6 +29,10 @@ such as ENOSPC, say) is retryable too.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from herocollector.journal.base import Job
 
 
 class CollectorError(Exception):
@@ -87,6 +94,23 @@ class LabelPathError(OutputError):
     retryable = False
 
 
+class OutputTakenError(OutputError):
+    """An output path already belongs to (was written or reserved by) another job.
+
+    Args:
+        path: The output path.
+        owner: The job that owns it.
+
+    Attributes:
+        owner: The job that owns the path.
+    """
+
+    def __init__(self, path: str, owner: Job) -> None:
+        super().__init__(f"already written by the job for {owner.path}", path)
+        self.path: str = path
+        self.owner = owner
+
+
 class PublishError(OutputError):
     """Writing or publishing an output (or a manifest) failed: a full disk, a read-only folder.
 
@@ -116,6 +140,13 @@ class DoneTimeout(CollectorError):
     """The run's ``_DONE`` marker did not appear within ``timeout`` of its announcement."""
 
 
+class RunChanged(CollectorError):
+    """The run directory or a file in it changed while it was collected (removed, moved, replaced, resized).
+
+    Nothing is published for such an attempt; it is retried, since a run can still be settling.
+    """
+
+
 class RunRefused(CollectorError):
     """A run the configuration forbids (outside ``allowed_roots``, a relative path ...)."""
 
@@ -137,6 +168,12 @@ class LeaseLost(JournalError):
 
 class Cancelled(CollectorError):
     """The service is closing; the job is put back without counting the attempt."""
+
+
+class StateDirError(CollectorError):
+    """The ``state_dir`` cannot be used: its lock or journal file cannot be created or written."""
+
+    retryable = False
 
 
 class ConfigError(CollectorError, ValueError):

@@ -10,6 +10,12 @@
    the targets of the runs in flight hold a file descriptor, however many runs there are.
 4. **Commit** publishes every finished file under its final name; on any error every
    temporary file is removed instead (:meth:`OutputPipeline.write`).
+
+Runs are read through :class:`~herocollector.run.rundir.RunDirectory` (see there). Each run's
+:class:`~herocollector.run.rundir.RunInventory` is taken when it is planned; decoding opens
+exactly those segments, and after decoding and before anything is published every run is
+checked against its inventory, so a run removed, moved, replaced or resized meanwhile fails
+the write with :class:`~herocollector.errors.RunChanged` and nothing is published.
 """
 
 from __future__ import annotations
@@ -23,13 +29,13 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from herocollector.collector import output_schema, run_batches
+from herocollector.collector import output_schema, run_batches, scan_run
 from herocollector.decode.codec import DEFAULT_CHUNK_BYTES
 from herocollector.errors import CollectorError
 from herocollector.output.files import Compression, OutputFile, OutputFormat, route_batch
 from herocollector.output.stores import LocalStore, OutputStore, Provenance
-from herocollector.run import logdir
-from herocollector.run.catalogue import RuleLike, Stream, load_streams, select_streams
+from herocollector.run.catalogue import RuleLike, Stream, select_streams
+from herocollector.run.rundir import RunInventory, check_unchanged
 
 
 @dataclass(frozen=True)
@@ -41,12 +47,15 @@ class PlannedRun:
         streams: Every stream it declares.
         selected: The streams the rule selects, by stream id.
         segment_bytes: Size of its segment files.
+        inventory: The run as it was read when planned: its resolved path, identity and
+            files (what a cleanup may remove).
     """
 
     path: Path
     streams: tuple[Stream, ...]
     selected: tuple[Stream, ...]
     segment_bytes: int
+    inventory: RunInventory
 
 
 @dataclass
@@ -137,16 +146,21 @@ class OutputPipeline:
         self.chunk_bytes = chunk_bytes
         self.prefetch_runs = max(int(prefetch_runs), 0)
 
-    def plan_run(self, path: Path) -> PlannedRun:
-        """Load and select the streams of one logger directory.
+    def plan_run(self, path: Path, allowed_roots: Sequence[str | Path] = ()) -> PlannedRun:
+        """Open one logger directory once: load and select its streams, take its inventory.
+
+        Args:
+            path: The logger directory.
+            allowed_roots: It must resolve inside one of these (empty: anywhere).
 
         Raises:
-            CollectorError: Missing or invalid ``streams/``, or a rule that cannot be evaluated.
+            CollectorError: Missing or invalid ``streams/``, an entry that is not a regular
+                file, or a rule that cannot be evaluated.
+            RunRefused: Outside ``allowed_roots`` or a NUL byte in ``path``.
         """
-        streams = load_streams(path)
+        streams, inventory = scan_run(path, allowed_roots)
         selected = sorted(select_streams(streams, self.rule), key=lambda s: s.stream_id)
-        size = sum(s.stat().st_size for s in logdir.segment_files(path))
-        return PlannedRun(path, tuple(streams), tuple(selected), size)
+        return PlannedRun(path, tuple(streams), tuple(selected), inventory.segment_bytes, inventory)
 
     def plan(self, runs: Sequence[PlannedRun], route: Router) -> CollectionPlan:
         """Route every selected stream to its target.
@@ -199,6 +213,7 @@ class OutputPipeline:
 
         Raises:
             CollectorError: Bad input or a refused output; nothing was published.
+            RunChanged: A run changed while it was read; nothing was published.
             OSError: Writing failed (e.g. a full disk); nothing was published.
         """
         opens: dict[int, list[int]] = {}
@@ -230,6 +245,8 @@ class OutputPipeline:
                         on_rows(batch.num_rows)
                 for t in closes.get(index, []):
                     files[t].finish()
+            for run in plan.runs:  # what is published was read from runs that are still as read
+                check_unchanged(run.inventory)
             for t in sorted(files):
                 if before_publish is not None:
                     before_publish()
@@ -253,7 +270,13 @@ class OutputPipeline:
 
         def decode(run: PlannedRun) -> Iterator[pa.RecordBatch]:
             return run_batches(
-                run.path, run.streams, run.selected, plan.schema, chunk_bytes=self.chunk_bytes, on_bytes=on_bytes
+                run.path,
+                run.streams,
+                run.selected,
+                plan.schema,
+                chunk_bytes=self.chunk_bytes,
+                on_bytes=on_bytes,
+                inventory=run.inventory,
             )
 
         if self.prefetch_runs == 0 or len(plan.runs) == 1:

@@ -4,6 +4,11 @@ Each stream JSON is a flat object of labels plus ``stream_id``, ``epoch_scale`` 
 ``value_scale``. A loaded stream is a :class:`Stream`; label selectors and label columns see
 its :attr:`Stream.fields`: the labels, the id and scales, and ``_logger_path`` (as the
 reference collector offers them).
+
+The files are read through :class:`~herocollector.run.rundir.RunDirectory` (regular files
+only, at most 1 MiB each). Parsing names the file and the field of every problem: an integer
+literal beyond 64 bits is refused before Python converts it, and a NaN or infinite number is
+refused too.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
 from herocollector.errors import CollectorError, MetadataError
-from herocollector.run.logdir import STREAMS_DIR
+from herocollector.run.rundir import MAX_STREAM_FILE_BYTES, RunDirectory, read_small_file
 
 if TYPE_CHECKING:
     from tools.label_selector import Rule
@@ -63,27 +68,79 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def load_stream(file: Path, logger_path: str) -> Stream:
-    """Load and validate one stream JSON.
+_MAX_INT_DIGITS = 20
+"""Longest integer literal parsed (an int64 has at most 19 digits); a longer one is refused, naming its field."""
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+class _HugeInt:
+    """An integer literal too long to be any label's value; reported with the field that holds it."""
+
+    def __init__(self, text: str) -> None:
+        self.digits = len(text.lstrip("-"))
+
+
+def _parse_int(text: str) -> int | _HugeInt:
+    # Python refuses to parse integers of more than 4300 digits with an error that names
+    # nothing, and takes quadratic time below that: refuse long literals here, by field.
+    if len(text) > _MAX_INT_DIGITS + 1:
+        return _HugeInt(text)
+    return int(text)
+
+
+def _bad_number(value: Any) -> str | None:
+    """Why ``value`` (anywhere inside it) cannot be a label value, or None."""
+    if isinstance(value, _HugeInt):
+        return f"an integer of {value.digits} digits is out of range (at most a 64-bit integer)"
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int) and not _INT64[0] <= value <= _INT64[1]:
+        return f"the integer {value} is out of range (at most a 64-bit integer)"
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{value} is not a finite number"
+    return None
+
+
+def _check_values(meta: Mapping[str, Any], file: Path) -> None:
+    """Refuse out-of-range integers and non-finite numbers, naming the field (and where inside it)."""
+    todo: list[tuple[str, Any]] = [(repr(k), v) for k, v in meta.items()]
+    while todo:
+        where, value = todo.pop()
+        problem = _bad_number(value)
+        if problem:
+            raise MetadataError(f"field {where}: {problem}", file)
+        if isinstance(value, dict):
+            todo.extend((f"{where}[{k!r}]", v) for k, v in value.items())
+        elif isinstance(value, list):
+            todo.extend((f"{where}[{i}]", v) for i, v in enumerate(value))
+
+
+def parse_stream(data: bytes, file: Path, logger_path: str) -> Stream:
+    """Parse and validate one stream JSON.
 
     Args:
-        file: The ``streams/*.json`` file.
+        data: The file's contents.
+        file: The ``streams/*.json`` file (named in errors).
         logger_path: The logger directory.
 
     Returns:
         The stream.
 
     Raises:
-        MetadataError: Unreadable or invalid JSON, or a missing or invalid field.
+        MetadataError: Invalid UTF-8 or JSON, a missing or invalid field, an integer beyond
+            64 bits, or a number that is NaN or infinite; the message names the file and field.
     """
     try:
-        meta = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
+        meta = json.loads(data.decode("utf-8"), parse_int=_parse_int)
+    except UnicodeDecodeError as exc:
         raise MetadataError(f"cannot read stream metadata: {exc}", file) from None
     except json.JSONDecodeError as exc:
         raise MetadataError(f"invalid JSON: {exc}", file) from None
+    except RecursionError:
+        raise MetadataError("invalid JSON: nested too deeply", file) from None
     if not isinstance(meta, dict):
         raise MetadataError("stream metadata must be a JSON object", file)
+    _check_values(meta, file)
     sid = meta.get("stream_id")
     if sid is None:
         raise MetadataError("missing field 'stream_id'", file)
@@ -99,8 +156,54 @@ def load_stream(file: Path, logger_path: str) -> Stream:
     return Stream(sid, float(meta["epoch_scale"]), float(meta["value_scale"]), labels, logger_path)
 
 
+def load_stream(file: Path, logger_path: str) -> Stream:
+    """Load and validate one stream JSON (a regular file of at most 1 MiB; a symlink is refused).
+
+    Args:
+        file: The ``streams/*.json`` file.
+        logger_path: The logger directory.
+
+    Returns:
+        The stream.
+
+    Raises:
+        MetadataError: See :func:`parse_stream`; also an unreadable file, one that is not a
+            regular file, or one over the size limit.
+    """
+    _, data = read_small_file(None, str(file), Path(file), MAX_STREAM_FILE_BYTES)
+    return parse_stream(data, Path(file), logger_path)
+
+
+def streams_of(run: RunDirectory, logger_path: str | None = None) -> list[Stream]:
+    """Load every stream of an opened run directory, in file-name order.
+
+    Args:
+        run: The run directory.
+        logger_path: What the streams record as their logger path (default: the resolved path).
+
+    Returns:
+        The validated streams.
+
+    Raises:
+        MetadataError: No ``streams/`` folder, an entry that is not a regular file, an
+            invalid stream, or a stream id used twice.
+    """
+    base = str(run.path) if logger_path is None else logger_path
+    streams: list[Stream] = []
+    seen: dict[int, Path] = {}
+    for file, data in run.stream_files():
+        stream = parse_stream(data, file, base)
+        if stream.stream_id in seen:
+            raise MetadataError(
+                f"stream id {stream.stream_id} is declared twice (also in {seen[stream.stream_id].name})", file
+            )
+        seen[stream.stream_id] = file
+        streams.append(stream)
+    return streams
+
+
 def load_streams(path: str | Path) -> list[Stream]:
-    """Load every stream of one logger directory, in file-name order.
+    """Load every stream of one logger directory, in file-name order (see :func:`streams_of`).
 
     Args:
         path: The logger directory.
@@ -110,22 +213,10 @@ def load_streams(path: str | Path) -> list[Stream]:
 
     Raises:
         MetadataError: No ``streams/`` folder, an invalid stream, or a stream id used twice.
+        CollectorError: The directory does not exist or cannot be opened.
     """
-    base = Path(path)
-    folder = base / STREAMS_DIR
-    if not folder.is_dir():
-        raise MetadataError(f"not a logger directory: no {STREAMS_DIR}/ folder", base)
-    streams: list[Stream] = []
-    seen: dict[int, Path] = {}
-    for file in sorted(folder.glob("*.json")):
-        stream = load_stream(file, str(base))
-        if stream.stream_id in seen:
-            raise MetadataError(
-                f"stream id {stream.stream_id} is declared twice (also in {seen[stream.stream_id].name})", file
-            )
-        seen[stream.stream_id] = file
-        streams.append(stream)
-    return streams
+    with RunDirectory(path, absolute=False) as run:
+        return streams_of(run, str(path))
 
 
 def select_streams(streams: Iterable[Stream], rule: RuleLike) -> list[Stream]:

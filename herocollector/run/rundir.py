@@ -1,0 +1,538 @@
+"""The trust boundary for reading a run: one resolved, opened directory, and only regular files in it.
+
+A run directory is untrusted input. Everything herocollector reads from a run goes through a
+:class:`RunDirectory`:
+
+* The announced path is checked once (:func:`resolve_run`): a string without NUL bytes,
+  absolute, resolved with ``realpath``, and inside ``allowed_roots`` (:func:`within_roots`, the
+  package's one implementation of that check). A run *is* its resolved path: two spellings of
+  one run (a symlink inside the roots and the real path) are one run.
+* The directory is opened once (``O_DIRECTORY | O_NOFOLLOW``) and its identity recorded
+  (``st_dev``, ``st_ino``). Every entry is opened relative to that descriptor with
+  ``O_NOFOLLOW | O_NONBLOCK`` and checked with ``fstat``: only regular files are read. A
+  symlink, FIFO, device, socket or directory where a segment, ``streams/``, a stream file or
+  ``_DONE`` belongs is a :class:`~herocollector.errors.MetadataError` naming the entry;
+  ``O_NONBLOCK`` makes sure that opening a FIFO can never block a worker.
+* A stream file is read up to :data:`MAX_STREAM_FILE_BYTES` (1 MiB); a larger one is refused.
+* What was read is recorded in a :class:`RunInventory`: the directory's identity, each
+  segment's name, device, inode, size and mtime at listing, and the same for each stream file.
+  Cleanup may trash exactly the recorded segments.
+* A run that changes while it is collected fails with the retryable
+  :class:`~herocollector.errors.RunChanged`: the directory removed, moved away or replaced, a
+  segment replaced, shrunk, grown or removed, a segment added, a stream file changed. Reading a
+  segment checks its size and identity at its end; :func:`check_unchanged` re-checks the whole
+  inventory by path, which the output pipeline does after decoding and before publishing.
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import os
+import stat
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO, cast
+
+from herocollector.errors import CollectorError, MetadataError, RunChanged, RunRefused
+from herocollector.run.logdir import DONE_MARKER, SEGMENT_SUFFIX, STREAMS_DIR
+
+MAX_STREAM_FILE_BYTES = 1 << 20
+"""Largest ``streams/*.json`` file read (1 MiB); a larger one is a ``MetadataError``."""
+
+STREAM_FILE_SUFFIX = ".json"
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    """One regular file of a run as it was seen.
+
+    Attributes:
+        name: Its name inside its folder (the run directory or ``streams/``).
+        dev: ``st_dev``.
+        ino: ``st_ino``.
+        size: ``st_size`` in bytes.
+        mtime_ns: ``st_mtime_ns``.
+    """
+
+    name: str
+    dev: int
+    ino: int
+    size: int
+    mtime_ns: int
+
+    @classmethod
+    def of(cls, name: str, st: os.stat_result) -> FileRecord:
+        """The record of ``name`` from its stat result."""
+        return cls(name, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+@dataclass(frozen=True)
+class RunInventory:
+    """What was read of a run: the directory's identity and every file, as it was listed.
+
+    Attributes:
+        path: The resolved run directory.
+        dev: Its ``st_dev``.
+        ino: Its ``st_ino``.
+        segments: The ``*.seg.zst`` files, in name order (the decoding order).
+        streams: The ``streams/*.json`` files, in name order.
+        streams_dev: ``st_dev`` of ``streams/`` (0 when it was not read).
+        streams_ino: ``st_ino`` of ``streams/`` (0 when it was not read).
+    """
+
+    path: Path
+    dev: int
+    ino: int
+    segments: tuple[FileRecord, ...]
+    streams: tuple[FileRecord, ...] = ()
+    streams_dev: int = 0
+    streams_ino: int = 0
+
+    @property
+    def segment_bytes(self) -> int:
+        """Bytes in the segments."""
+        return sum(s.size for s in self.segments)
+
+    @property
+    def segment_paths(self) -> list[Path]:
+        """The segments' paths, in name order."""
+        return [self.path / s.name for s in self.segments]
+
+
+def check_path_argument(path: object, argument: str = "logger path", *, absolute: bool = True) -> str:
+    """A path argument as a string, refused if it is not one, holds a NUL byte or (if asked) is relative.
+
+    Args:
+        path: The value given.
+        argument: Its name in the error message.
+        absolute: Also require an absolute path.
+
+    Returns:
+        ``os.fspath(path)``.
+
+    Raises:
+        RunRefused: Not a string path, a NUL byte, or relative (never retried).
+    """
+    if not isinstance(path, (str, os.PathLike)):
+        raise RunRefused(f"{argument} must be a string path, got {type(path).__name__}")
+    text = os.fspath(path)
+    if not isinstance(text, str):
+        raise RunRefused(f"{argument} must be a string path, got bytes")
+    if "\x00" in text:
+        where = text.index("\x00")
+        rule = "must be absolute and hold no NUL byte" if absolute else "must hold no NUL byte"
+        raise RunRefused(f"{argument} {rule}: it has a null byte at index {where}", repr(text))
+    if absolute and not os.path.isabs(text):
+        raise RunRefused(f"{argument} must be absolute", text)
+    return text
+
+
+def within_roots(path: str | Path, roots: Sequence[str | Path]) -> bool:
+    """Whether ``path`` (resolved) lies inside one of ``roots`` (resolved), or is one.
+
+    This is the package's one implementation of the ``allowed_roots`` check; ``roots`` from
+    :class:`~herocollector.config.ServiceConfig` are resolved already, resolving them again is
+    harmless.
+    """
+    real = Path(os.path.realpath(path))
+    return any(real.is_relative_to(os.path.realpath(root)) for root in roots)
+
+
+def resolve_run(path: object, allowed_roots: Sequence[str | Path] = (), *, absolute: bool = True) -> Path:
+    """The identity of a run: its resolved path, if the configuration allows it.
+
+    Use the result as the job key: one run announced under two spellings is one job.
+
+    Args:
+        path: The announced logger directory.
+        allowed_roots: The run must resolve inside one of these; empty allows any path.
+        absolute: Require ``path`` to be absolute (the service does; the library and the
+            command line resolve a relative path against the working directory).
+
+    Returns:
+        ``realpath(path)``.
+
+    Raises:
+        RunRefused: Not a string, a NUL byte, relative, or outside ``allowed_roots``.
+    """
+    text = check_path_argument(path, absolute=absolute)
+    real = Path(os.path.realpath(text))
+    if allowed_roots and not within_roots(real, allowed_roots):
+        raise RunRefused("logger path lies outside allowed_roots", text)
+    return real
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISLNK(mode):
+        return "a symlink"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a regular file"
+
+
+def _not_regular(what: str, mode: int, path: Path) -> MetadataError:
+    return MetadataError(f"{what} is {_kind(mode)}, not a regular file; it is not read", path)
+
+
+class RunDirectory:
+    """One run directory, opened once; every file in it is opened relative to it.
+
+    Args:
+        path: The logger directory as announced.
+        allowed_roots: It must resolve inside one of these (empty: anywhere).
+        absolute: Require an absolute ``path``.
+        expect: An inventory taken earlier: the directory must still be that one
+            (``RunChanged`` otherwise).
+
+    Raises:
+        RunRefused: See :func:`resolve_run`.
+        CollectorError: The directory does not exist, is not a directory or cannot be opened.
+        RunChanged: It is not the directory of ``expect`` any more.
+    """
+
+    def __init__(
+        self,
+        path: object,
+        allowed_roots: Sequence[str | Path] = (),
+        *,
+        absolute: bool = True,
+        expect: RunInventory | None = None,
+    ) -> None:
+        self.path = resolve_run(path, allowed_roots, absolute=absolute)
+        self._lock = threading.Lock()
+        self._fd: int | None = None
+        try:
+            fd = os.open(self.path, _DIR_FLAGS)
+        except FileNotFoundError:
+            if expect is not None:
+                raise RunChanged("the run directory is gone (removed or moved away)", self.path) from None
+            raise CollectorError("logger directory does not exist", self.path) from None
+        except NotADirectoryError:
+            raise CollectorError("logger path is not a directory", self.path) from None
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:  # realpath saw no symlink here: it was swapped in since
+                raise RunChanged("the run directory was replaced by a symlink", self.path) from None
+            raise CollectorError(f"cannot open the logger directory: {exc.strerror}", self.path) from None
+        self._fd = fd
+        st = os.fstat(fd)
+        self.dev, self.ino = st.st_dev, st.st_ino
+        if expect is not None and (self.dev, self.ino) != (expect.dev, expect.ino):
+            self.close()
+            raise RunChanged("the run directory was replaced since it was listed", self.path)
+        self._streams: tuple[FileRecord, ...] = ()
+        self._streams_id = (0, 0)
+
+    # -- lifetime -----------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the directory; a segment not opened yet can no longer be opened. Idempotent."""
+        with self._lock:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+
+    def __enter__(self) -> RunDirectory:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _dir_fd(self) -> int:
+        if self._fd is None:
+            raise CollectorError("the run directory was closed while it was read", self.path)
+        return self._fd
+
+    # -- entries ------------------------------------------------------------------------------
+
+    def is_done(self) -> bool:
+        """Whether ``_DONE`` is there.
+
+        Raises:
+            MetadataError: ``_DONE`` is not a regular file (a symlink, FIFO, directory ...).
+        """
+        try:
+            st = os.stat(DONE_MARKER, dir_fd=self._dir_fd(), follow_symlinks=False)
+        except FileNotFoundError:
+            return False
+        if not stat.S_ISREG(st.st_mode):
+            raise _not_regular(DONE_MARKER, st.st_mode, self.path / DONE_MARKER)
+        return True
+
+    def segments(self) -> tuple[FileRecord, ...]:
+        """The ``*.seg.zst`` files, in name order, each checked to be a regular file.
+
+        Raises:
+            MetadataError: A segment is not a regular file.
+            RunChanged: A listed segment vanished before it was looked at.
+        """
+        fd = self._dir_fd()
+        records = []
+        for name in sorted(n for n in os.listdir(fd) if n.endswith(SEGMENT_SUFFIX)):
+            try:
+                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            except FileNotFoundError:
+                raise RunChanged("segment vanished while the run was listed", self.path / name) from None
+            if not stat.S_ISREG(st.st_mode):
+                raise _not_regular("segment", st.st_mode, self.path / name)
+            records.append(FileRecord.of(name, st))
+        return tuple(records)
+
+    def stream_files(self) -> list[tuple[Path, bytes]]:
+        """Read every ``streams/*.json``, in name order, each at most :data:`MAX_STREAM_FILE_BYTES`.
+
+        Returns:
+            ``(path, contents)`` of each stream file.
+
+        Raises:
+            MetadataError: No ``streams/`` folder, ``streams/`` or a stream file that is not
+                what it should be (a symlink, FIFO ...), a file over the size limit, or a
+                read error.
+        """
+        folder = self.path / STREAMS_DIR
+        fd = self._dir_fd()
+        try:
+            sfd = os.open(STREAMS_DIR, _DIR_FLAGS, dir_fd=fd)
+        except FileNotFoundError:
+            raise MetadataError(f"not a logger directory: no {STREAMS_DIR}/ folder", self.path) from None
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                mode = os.stat(STREAMS_DIR, dir_fd=fd, follow_symlinks=False).st_mode
+                raise MetadataError(
+                    f"{STREAMS_DIR}/ is {_kind(mode)}, not a directory; it is not read", folder
+                ) from None
+            raise MetadataError(f"cannot open {STREAMS_DIR}/: {exc.strerror}", folder) from None
+        try:
+            sst = os.fstat(sfd)
+            out: list[tuple[Path, bytes]] = []
+            records: list[FileRecord] = []
+            for name in sorted(n for n in os.listdir(sfd) if n.endswith(STREAM_FILE_SUFFIX)):
+                st, data = read_small_file(sfd, name, folder / name, MAX_STREAM_FILE_BYTES)
+                records.append(FileRecord(name, st.st_dev, st.st_ino, len(data), st.st_mtime_ns))
+                out.append((folder / name, data))
+        finally:
+            os.close(sfd)
+        self._streams = tuple(records)
+        self._streams_id = (sst.st_dev, sst.st_ino)
+        return out
+
+    def inventory(self, segments: tuple[FileRecord, ...] | None = None) -> RunInventory:
+        """The inventory: the directory, ``segments`` (default: listed now) and the stream files read."""
+        if segments is None:
+            segments = self.segments()
+        return RunInventory(self.path, self.dev, self.ino, segments, self._streams, *self._streams_id)
+
+    def sources(self, segments: Sequence[FileRecord]) -> list[RunSegment]:
+        """The segments as :class:`~herocollector.decode.codec.SegmentSource` objects, opened lazily.
+
+        Each is opened relative to this directory, only if it is still the regular file
+        that was listed, and checked again at its end (size and identity).
+        """
+        return [RunSegment(self, record) for record in segments]
+
+    def _open_segment(self, record: FileRecord) -> int:
+        path = self.path / record.name
+        with self._lock:  # the directory cannot be closed (and its number reused) under us
+            fd = self._dir_fd()
+            try:
+                sfd = os.open(record.name, _FILE_FLAGS, dir_fd=fd)
+            except FileNotFoundError:
+                raise RunChanged("segment is gone", path) from None
+            except OSError as exc:
+                if exc.errno == errno.ELOOP:
+                    raise MetadataError("segment is a symlink, not a regular file; it is not read", path) from None
+                raise
+        try:
+            st = os.fstat(sfd)
+            if not stat.S_ISREG(st.st_mode):
+                raise _not_regular("segment", st.st_mode, path)
+            if (st.st_dev, st.st_ino) != (record.dev, record.ino):
+                raise RunChanged("segment was replaced since the run was listed", path)
+            if st.st_size != record.size:
+                raise RunChanged(f"segment changed size since the run was listed: {record.size} -> {st.st_size}", path)
+            os.set_blocking(sfd, True)
+        except BaseException:
+            os.close(sfd)
+            raise
+        return sfd
+
+    def verify(self, inventory: RunInventory) -> None:
+        """Check that the run is still as ``inventory`` recorded it.
+
+        Raises:
+            RunChanged: The directory is gone or replaced, a segment is gone, replaced, of
+                another size or mtime, a segment appeared, or a stream file changed.
+        """
+        where = inventory.path
+        try:
+            st = os.stat(where, follow_symlinks=False)
+        except FileNotFoundError:
+            raise RunChanged("the run directory is gone (removed or moved away)", where) from None
+        if (st.st_dev, st.st_ino) != (inventory.dev, inventory.ino) or not stat.S_ISDIR(st.st_mode):
+            raise RunChanged("the run directory was replaced", where)
+        if (self.dev, self.ino) != (inventory.dev, inventory.ino):
+            raise RunChanged("the run directory was replaced", where)
+        fd = self._dir_fd()
+        names = sorted(n for n in os.listdir(fd) if n.endswith(SEGMENT_SUFFIX))
+        listed = [s.name for s in inventory.segments]
+        if names != listed:
+            added, gone = sorted(set(names) - set(listed)), sorted(set(listed) - set(names))
+            raise RunChanged(f"the segments changed while the run was read: added {added}, gone {gone}", where)
+        for record in inventory.segments:
+            _same_file(fd, record, where / record.name, "segment")
+        if inventory.streams_ino:
+            try:
+                sfd = os.open(STREAMS_DIR, _DIR_FLAGS, dir_fd=fd)
+            except OSError:
+                raise RunChanged(f"{STREAMS_DIR}/ is gone or replaced", where / STREAMS_DIR) from None
+            try:
+                sst = os.fstat(sfd)
+                if (sst.st_dev, sst.st_ino) != (inventory.streams_dev, inventory.streams_ino):
+                    raise RunChanged(f"{STREAMS_DIR}/ was replaced", where / STREAMS_DIR)
+                names = sorted(n for n in os.listdir(sfd) if n.endswith(STREAM_FILE_SUFFIX))
+                if names != [s.name for s in inventory.streams]:
+                    raise RunChanged("the stream files changed while the run was read", where / STREAMS_DIR)
+                for record in inventory.streams:
+                    _same_file(sfd, record, where / STREAMS_DIR / record.name, "stream file")
+            finally:
+                os.close(sfd)
+
+
+def _same_file(dir_fd: int, record: FileRecord, path: Path, what: str) -> None:
+    try:
+        st = os.stat(record.name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        raise RunChanged(f"{what} is gone", path) from None
+    if (st.st_dev, st.st_ino) != (record.dev, record.ino) or not stat.S_ISREG(st.st_mode):
+        raise RunChanged(f"{what} was replaced", path)
+    if st.st_size != record.size:
+        change = "shrank" if st.st_size < record.size else "grew"
+        raise RunChanged(f"{what} {change} from {record.size} to {st.st_size} bytes while the run was read", path)
+    if st.st_mtime_ns != record.mtime_ns:
+        raise RunChanged(f"{what} was modified while the run was read", path)
+
+
+def read_small_file(dir_fd: int | None, name: str, path: Path, limit: int) -> tuple[os.stat_result, bytes]:
+    """A regular file of at most ``limit`` bytes, opened relative to ``dir_fd`` without following symlinks.
+
+    Args:
+        dir_fd: The folder's descriptor (None: ``name`` is relative to the working directory).
+        name: The file's name in the folder.
+        path: The file's path in errors.
+        limit: Largest size read.
+
+    Returns:
+        The ``fstat`` of the open file and its contents.
+
+    Raises:
+        MetadataError: Not a regular file (a symlink is not followed), too large, or unreadable.
+        RunChanged: It vanished after it was listed.
+    """
+    try:
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        raise RunChanged("file vanished while the run was listed", path) from None
+    if not stat.S_ISREG(st.st_mode):
+        raise _not_regular("stream file", st.st_mode, path)
+    if st.st_size > limit:
+        raise MetadataError(f"stream file is {st.st_size} bytes, more than the limit of {limit}", path)
+    try:
+        fd = os.open(name, _FILE_FLAGS, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise MetadataError("stream file is a symlink, not a regular file; it is not read", path) from None
+        raise MetadataError(f"cannot read stream metadata: {exc.strerror}", path) from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise _not_regular("stream file", st.st_mode, path)
+        chunks: list[bytes] = []
+        held = 0
+        while held <= limit:
+            chunk = os.read(fd, limit + 1 - held)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            held += len(chunk)
+        if held > limit:
+            raise MetadataError(f"stream file is more than the limit of {limit} bytes", path)
+        return st, b"".join(chunks)
+    except OSError as exc:
+        raise MetadataError(f"cannot read stream metadata: {exc.strerror}", path) from None
+    finally:
+        os.close(fd)
+
+
+class RunSegment:
+    """A segment of a :class:`RunDirectory`, as the decoder opens it (a ``SegmentSource``).
+
+    Attributes:
+        name: The segment's path (what errors name).
+        record: What was listed.
+    """
+
+    def __init__(self, run: RunDirectory, record: FileRecord) -> None:
+        self._run = run
+        self.record = record
+        self.name = str(run.path / record.name)
+
+    def open(self) -> BinaryIO:
+        """Open the segment relative to the run directory; see :meth:`RunDirectory.sources`."""
+        fd = self._run._open_segment(self.record)
+        return cast(BinaryIO, _CheckedSegment(fd, self.record, Path(self.name)))
+
+
+class _CheckedSegment(io.RawIOBase):
+    """A segment file that, at its end, checks it read exactly the listed bytes of the same file."""
+
+    def __init__(self, fd: int, record: FileRecord, path: Path) -> None:
+        self._file = io.FileIO(fd, "rb", closefd=True)
+        self._record = record
+        self._path = path
+        self._read = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        got = self._file.readinto(buffer) or 0
+        self._read += got
+        if got == 0 or self._read > self._record.size:
+            self._check_end()
+        return got
+
+    def _check_end(self) -> None:
+        st = os.fstat(self._file.fileno())
+        if (st.st_dev, st.st_ino) != (self._record.dev, self._record.ino):
+            raise RunChanged("segment was replaced while it was read", self._path)
+        if self._read != self._record.size or st.st_size != self._record.size:
+            raise RunChanged(
+                f"segment changed while it was read: listed {self._record.size} bytes, read {self._read}, "
+                f"now {st.st_size}",
+                self._path,
+            )
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
+
+
+def check_unchanged(inventory: RunInventory) -> None:
+    """Re-check a run against its inventory by path (the directory opened afresh).
+
+    Raises:
+        RunChanged: See :meth:`RunDirectory.verify`.
+    """
+    with RunDirectory(inventory.path, absolute=False, expect=inventory) as run:
+        run.verify(inventory)
