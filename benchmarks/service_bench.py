@@ -81,7 +81,7 @@ def scan(count: int, scratch: Path) -> tuple[float, float, int]:
     """Seconds of a first scan over ``count`` finished runs (journals all) and of a second one."""
     import threading
 
-    from herocollector.journal.sqlite import Journal
+    from herocollector.journal.sqlite import SqliteJournal
     from herocollector.service.scan import Scanner
 
     root = scratch / "scan-root"
@@ -89,7 +89,7 @@ def scan(count: int, scratch: Path) -> tuple[float, float, int]:
         run = root / f"campaign-{i // 1000:02d}" / f"run-{i:05d}"
         (run / "streams").mkdir(parents=True)
         (run / "_DONE").touch()
-    journal = Journal(scratch / "scan.sqlite3")
+    journal = SqliteJournal(scratch / "scan.sqlite3")
     try:
         scanner = Scanner(journal, [root], 3, threading.Event())
         first = scanner.scan()

@@ -37,7 +37,7 @@ from herocollector.actor.demo import MEASURES
 from herocollector.collector import output_schema as label_schema
 from herocollector.errors import CollectorError, JournalError
 from herocollector.events import parse_event
-from herocollector.journal.sqlite import JobState, Journal
+from herocollector.journal.sqlite import JobState, SqliteJournal
 from herocollector.output.files import read_provenance, temporary_name
 from herocollector.output.manifest import Manifest
 from herocollector.run.catalogue import Stream
@@ -882,7 +882,7 @@ def test_restart_resumes_a_job_that_was_running(env: Env) -> None:
         parts[3] = str(dead_pid.pid)
         leftovers.append(target_dir / ".".join(parts))
         leftovers[-1].write_bytes(b"half-written garbage")
-    journal = Journal(env.state / "journal.sqlite3")
+    journal = SqliteJournal(env.state / "journal.sqlite3")
     job, queued = journal.submit(str(run), "logger-x", {"path": str(run)})
     assert queued and journal.start(job.id).state == JobState.RUNNING
     journal.close()
@@ -942,7 +942,7 @@ def test_restart_keeps_done_and_failed_jobs(env: Env) -> None:
 
 def test_restart_resumes_a_pending_retry_when_due(env: Env) -> None:
     run = env.run("run-1")
-    journal = Journal(env.state / "journal.sqlite3")
+    journal = SqliteJournal(env.state / "journal.sqlite3")
     job, _ = journal.submit(str(run), "logger-x", {"path": str(run)})
     journal.start(job.id)
     due = time.time() + 0.3

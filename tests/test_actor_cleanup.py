@@ -20,7 +20,7 @@ import pytest
 
 from herocollector.actor.archiver import CollectorArchiver
 from herocollector.actor.demo import MEASURES
-from herocollector.journal.sqlite import Job, JobState, Journal
+from herocollector.journal.sqlite import Job, JobState, SqliteJournal
 from herocollector.output.files import read_provenance
 from herocollector.run.claims import CLAIM_FILE, COLLECTED_FILE
 from herocollector.run.logdir import segment_files
@@ -224,7 +224,7 @@ def test_journal_migrates_an_old_journal(tmp_path: Path) -> None:
     db.commit()
     db.close()
 
-    journal = Journal(file)
+    journal = SqliteJournal(file)
     try:
         columns = [row["name"] for row in journal._db.execute("PRAGMA table_info(jobs)")]
         assert columns[-5:] == ["trash_until", "deadline", "token", "lease_owner", "lease_until"]
@@ -249,7 +249,7 @@ def test_journal_migrates_an_old_journal(tmp_path: Path) -> None:
     finally:
         journal.close()
 
-    reopened = Journal(file)  # migrating is done once; opening again is harmless
+    reopened = SqliteJournal(file)  # migrating is done once; opening again is harmless
     try:
         assert reopened.get(1).trash_until == 123.0
         assert [row["name"] for row in reopened._db.execute("PRAGMA table_info(jobs)")].count("trash_until") == 1
@@ -259,7 +259,7 @@ def test_journal_migrates_an_old_journal(tmp_path: Path) -> None:
 
 
 def test_mark_cleaned_only_turns_done_into_cleaned(tmp_path: Path) -> None:
-    journal = Journal(tmp_path / "journal.sqlite3")
+    journal = SqliteJournal(tmp_path / "journal.sqlite3")
     try:
         job, _ = journal.submit("/runs/a", "x", {})
         journal.mark_cleaned(job.id, 10.0)
@@ -275,7 +275,7 @@ def test_mark_cleaned_only_turns_done_into_cleaned(tmp_path: Path) -> None:
 
 
 def test_journal_defer_does_not_count_the_attempt(tmp_path: Path) -> None:
-    journal = Journal(tmp_path / "journal.sqlite3")
+    journal = SqliteJournal(tmp_path / "journal.sqlite3")
     try:
         job, _ = journal.submit("/runs/a", "x", {})
         for _ in range(3):

@@ -16,14 +16,10 @@ from pathlib import Path
 
 import pytest
 
+from herocollector.errors import OutputTakenError
+from herocollector.journal.base import Job, JobState, JobStore
 from herocollector.journal.postgres import PgJournal
-from herocollector.journal.sqlite import (
-    Job,
-    JobState,
-    JobStore,
-    Journal,
-    OutputTakenError,
-)
+from herocollector.journal.sqlite import SqliteJournal
 
 RUN_A = "/data/runs/run-a"
 RUN_B = "/data/runs/run-b"
@@ -38,7 +34,7 @@ def file(tmp_path: Path) -> Path:
 def journal(request: pytest.FixtureRequest, file: Path) -> Iterator[JobStore]:
     """The same behaviour from both journals: SQLite, and PostgreSQL in a fresh database."""
     if request.param == "sqlite":
-        j: JobStore = Journal(file)
+        j: JobStore = SqliteJournal(file)
     else:
         j = PgJournal(request.getfixturevalue("postgres").database())
     yield j
@@ -47,10 +43,10 @@ def journal(request: pytest.FixtureRequest, file: Path) -> Iterator[JobStore]:
 
 def _reopen(journal: JobStore) -> JobStore:
     journal.close()
-    return Journal(journal.file) if isinstance(journal, Journal) else PgJournal(journal.url)
+    return SqliteJournal(journal.file) if isinstance(journal, SqliteJournal) else PgJournal(journal.url)
 
 
-def _done(journal: Journal, path: str = RUN_A, outputs: dict[str, int] | None = None) -> Job:
+def _done(journal: JobStore, path: str = RUN_A, outputs: dict[str, int] | None = None) -> Job:
     job, queued = journal.submit(path, "logger-x", {"path": path})
     assert queued
     assert journal.start(job.id) is not None
@@ -64,7 +60,7 @@ def _done(journal: Journal, path: str = RUN_A, outputs: dict[str, int] | None = 
 
 def test_creates_the_database_and_its_folders(file: Path) -> None:
     assert not file.parent.exists()
-    journal = Journal(file)
+    journal = SqliteJournal(file)
     try:
         assert file.is_file()
         assert journal.file == file
@@ -74,7 +70,7 @@ def test_creates_the_database_and_its_folders(file: Path) -> None:
         journal.close()
 
 
-def test_submit_new_path_is_queued(journal: Journal) -> None:
+def test_submit_new_path_is_queued(journal: JobStore) -> None:
     before = time.time()
     job, queued = journal.submit(RUN_A, "logger-x", {"path": RUN_A, "experiment": "e1"})
     assert queued is True
@@ -92,14 +88,14 @@ def test_submit_new_path_is_queued(journal: Journal) -> None:
     assert journal.get(job.id + 100) is None
 
 
-def test_job_to_dict_is_json_friendly(journal: Journal) -> None:
+def test_job_to_dict_is_json_friendly(journal: JobStore) -> None:
     job, _ = journal.submit(RUN_A, "logger-x", {"path": RUN_A, "n": 1})
     as_dict = job.to_dict()
     assert json.loads(json.dumps(as_dict)) == as_dict
     assert as_dict["path"] == RUN_A and as_dict["state"] == JobState.PENDING and as_dict["outputs"] == {}
 
 
-def test_metadata_that_is_not_json_is_stored_as_strings(journal: Journal) -> None:
+def test_metadata_that_is_not_json_is_stored_as_strings(journal: JobStore) -> None:
     job, _ = journal.submit(RUN_A, "logger-x", {"path": RUN_A, "when": Path("/x")})
     assert journal.get(job.id).metadata == {"path": RUN_A, "when": "/x"}
 
@@ -109,7 +105,7 @@ def test_metadata_that_is_not_json_is_stored_as_strings(journal: Journal) -> Non
 # ----------------------------------------------------------------------------------------
 
 
-def test_submit_again_while_pending_requeues_the_same_job(journal: Journal) -> None:
+def test_submit_again_while_pending_requeues_the_same_job(journal: JobStore) -> None:
     first, _ = journal.submit(RUN_A, "logger-x", {"v": 1})
     again, queued = journal.submit(RUN_A, "logger-y", {"v": 2})
     assert queued is True
@@ -119,7 +115,20 @@ def test_submit_again_while_pending_requeues_the_same_job(journal: Journal) -> N
     assert len(journal.jobs()) == 1
 
 
-def test_submit_again_while_running_is_not_queued(journal: Journal) -> None:
+def test_submit_again_while_waiting_takes_the_newest_event_and_keeps_waiting(journal: JobStore) -> None:
+    job, _ = journal.submit(RUN_A, "logger-1", {"n": 1}, deadline=5000.0)
+    taken = journal.take_due(owner="a")
+    assert taken is not None and taken.id == job.id
+    journal.park(job.id, check_at=4000.0, deadline=5000.0, token=taken.token)
+    again, queued = journal.submit(RUN_A, "logger-2", {"n": 2}, deadline=9000.0)
+    assert queued is False
+    stored = journal.get(job.id)
+    assert stored == again
+    assert (stored.state, stored.source, stored.metadata["n"]) == (JobState.WAITING, "logger-2", 2)
+    assert stored.deadline == 5000.0 and stored.next_attempt == 4000.0 and stored.attempts == 0
+
+
+def test_submit_again_while_running_is_not_queued(journal: JobStore) -> None:
     job, _ = journal.submit(RUN_A, "logger-x", {})
     journal.start(job.id)
     again, queued = journal.submit(RUN_A, "logger-x", {})
@@ -127,7 +136,7 @@ def test_submit_again_while_running_is_not_queued(journal: Journal) -> None:
     assert again.id == job.id and again.state == JobState.RUNNING and again.attempts == 1
 
 
-def test_submit_again_while_done_is_not_queued(journal: Journal) -> None:
+def test_submit_again_while_done_is_not_queued(journal: JobStore) -> None:
     done = _done(journal)
     again, queued = journal.submit(RUN_A, "logger-y", {"changed": True})
     assert queued is False
@@ -137,14 +146,14 @@ def test_submit_again_while_done_is_not_queued(journal: Journal) -> None:
     assert len(journal.jobs()) == 1
 
 
-def test_submit_again_while_cleaned_is_not_queued(journal: Journal) -> None:
+def test_submit_again_while_cleaned_is_not_queued(journal: JobStore) -> None:
     done = _done(journal)
     journal.mark_cleaned(done.id)
     again, queued = journal.submit(RUN_A, "logger-x", {})
     assert queued is False and again.state == JobState.CLEANED
 
 
-def test_submit_after_failure_requeues_with_attempts_reset(journal: Journal) -> None:
+def test_submit_after_failure_requeues_with_attempts_reset(journal: JobStore) -> None:
     job, _ = journal.submit(RUN_A, "logger-x", {"v": 1})
     journal.start(job.id)
     journal.fail(job.id, "boom", time.time())  # retried ...
@@ -160,7 +169,7 @@ def test_submit_after_failure_requeues_with_attempts_reset(journal: Journal) -> 
     assert again.source == "logger-z" and again.metadata == {"v": 2}
 
 
-def test_submit_while_pending_keeps_attempts(journal: Journal) -> None:
+def test_submit_while_pending_keeps_attempts(journal: JobStore) -> None:
     job, _ = journal.submit(RUN_A, "logger-x", {})
     journal.start(job.id)
     journal.fail(job.id, "transient", time.time() + 60)
@@ -175,7 +184,7 @@ def test_submit_while_pending_keeps_attempts(journal: Journal) -> None:
 # ----------------------------------------------------------------------------------------
 
 
-def test_start_only_from_pending(journal: Journal) -> None:
+def test_start_only_from_pending(journal: JobStore) -> None:
     job, _ = journal.submit(RUN_A, "logger-x", {})
     started = journal.start(job.id)
     assert started is not None
@@ -189,14 +198,14 @@ def test_start_only_from_pending(journal: Journal) -> None:
     assert journal.start(9999) is None  # unknown
 
 
-def test_start_of_a_failed_job_is_refused(journal: Journal) -> None:
+def test_start_of_a_failed_job_is_refused(journal: JobStore) -> None:
     job, _ = journal.submit(RUN_A, "logger-x", {})
     journal.start(job.id)
     journal.fail(job.id, "bad", None)
     assert journal.start(job.id) is None
 
 
-def test_finish_records_outputs_and_rows(journal: Journal) -> None:
+def test_finish_records_outputs_and_rows(journal: JobStore) -> None:
     job, _ = journal.submit(RUN_A, "logger-x", {})
     journal.start(job.id)
     journal.claim_output(job.id, "/out/a/stock.arrow")
@@ -213,14 +222,14 @@ def test_finish_records_outputs_and_rows(journal: Journal) -> None:
     assert journal.owner_of("/out/elsewhere.arrow") is None
 
 
-def test_finish_with_no_outputs(journal: Journal) -> None:
+def test_finish_with_no_outputs(journal: JobStore) -> None:
     job, _ = journal.submit(RUN_A, "logger-x", {})
     journal.start(job.id)
     done = journal.finish(job.id, {})
     assert done.state == JobState.DONE and done.rows == 0 and done.outputs == {}
 
 
-def test_finish_clears_the_error_of_earlier_attempts(journal: Journal) -> None:
+def test_finish_clears_the_error_of_earlier_attempts(journal: JobStore) -> None:
     job, _ = journal.submit(RUN_A, "logger-x", {})
     journal.start(job.id)
     journal.fail(job.id, "first attempt failed", time.time())
@@ -229,7 +238,7 @@ def test_finish_clears_the_error_of_earlier_attempts(journal: Journal) -> None:
     assert done.error is None and done.attempts == 2
 
 
-def test_fail_with_retry_at_goes_back_to_pending(journal: Journal) -> None:
+def test_fail_with_retry_at_goes_back_to_pending(journal: JobStore) -> None:
     job, _ = journal.submit(RUN_A, "logger-x", {})
     journal.start(job.id)
     retry_at = time.time() + 30
@@ -244,7 +253,7 @@ def test_fail_with_retry_at_goes_back_to_pending(journal: Journal) -> None:
     assert restarted.error == "SegmentError: corrupt"  # kept until it succeeds
 
 
-def test_fail_without_retry_is_failed(journal: Journal) -> None:
+def test_fail_without_retry_is_failed(journal: JobStore) -> None:
     job, _ = journal.submit(RUN_A, "logger-x", {})
     journal.start(job.id)
     failed = journal.fail(job.id, "gave up", None)
@@ -254,13 +263,13 @@ def test_fail_without_retry_is_failed(journal: Journal) -> None:
     assert [j.id for j in journal.jobs(JobState.FAILED)] == [job.id]
 
 
-def _failed(journal: Journal, path: str) -> Job:
+def _failed(journal: JobStore, path: str) -> Job:
     job, _ = journal.submit(path, "logger-x", {})
     journal.start(job.id)
     return journal.fail(job.id, f"failed {path}", None)
 
 
-def test_retry_all(journal: Journal) -> None:
+def test_retry_all(journal: JobStore) -> None:
     a, b = _failed(journal, RUN_A), _failed(journal, RUN_B)
     done = _done(journal, "/data/runs/run-c")
     retried = journal.retry(None)
@@ -271,7 +280,7 @@ def test_retry_all(journal: Journal) -> None:
     assert journal.retry(None) == []  # nothing failed any more
 
 
-def test_retry_one_path(journal: Journal) -> None:
+def test_retry_one_path(journal: JobStore) -> None:
     a, b = _failed(journal, RUN_A), _failed(journal, RUN_B)
     retried = journal.retry(RUN_B)
     assert [j.id for j in retried] == [b.id]
@@ -281,7 +290,7 @@ def test_retry_one_path(journal: Journal) -> None:
     assert journal.retry(RUN_B) == []  # pending, not failed
 
 
-def test_retry_ignores_done_and_running_jobs(journal: Journal) -> None:
+def test_retry_ignores_done_and_running_jobs(journal: JobStore) -> None:
     done = _done(journal, RUN_A)
     running, _ = journal.submit(RUN_B, "logger-x", {})
     journal.start(running.id)
@@ -291,7 +300,7 @@ def test_retry_ignores_done_and_running_jobs(journal: Journal) -> None:
     assert journal.get(running.id).state == JobState.RUNNING
 
 
-def test_mark_cleaned(journal: Journal) -> None:
+def test_mark_cleaned(journal: JobStore) -> None:
     done = _done(journal)
     journal.mark_cleaned(done.id)
     cleaned = journal.get(done.id)
@@ -306,7 +315,7 @@ def test_mark_cleaned(journal: Journal) -> None:
 # ----------------------------------------------------------------------------------------
 
 
-def test_resume_turns_running_into_pending_after_restart(journal: Journal) -> None:
+def test_resume_turns_running_into_pending_after_restart(journal: JobStore) -> None:
     running, _ = journal.submit(RUN_A, "logger-x", {"path": RUN_A})
     journal.start(running.id)
     waiting, _ = journal.submit(RUN_B, "logger-x", {})
@@ -333,7 +342,7 @@ def test_resume_turns_running_into_pending_after_restart(journal: Journal) -> No
         reopened.close()
 
 
-def test_everything_survives_a_restart(journal: Journal) -> None:
+def test_everything_survives_a_restart(journal: JobStore) -> None:
     done = _done(journal, RUN_A, {"/out/a.arrow": 5, "/out/b.arrow": 7})
     failed = _failed(journal, RUN_B)
     reopened = _reopen(journal)
@@ -350,7 +359,7 @@ def test_everything_survives_a_restart(journal: Journal) -> None:
 
 
 def test_two_journals_on_one_file_see_each_other(file: Path) -> None:
-    first, second = Journal(file), Journal(file)
+    first, second = SqliteJournal(file), SqliteJournal(file)
     try:
         job, _ = first.submit(RUN_A, "logger-x", {})
         assert second.by_path(RUN_A).id == job.id
@@ -366,7 +375,7 @@ def test_two_journals_on_one_file_see_each_other(file: Path) -> None:
 # ----------------------------------------------------------------------------------------
 
 
-def test_claim_output_conflict_names_the_other_run(journal: Journal) -> None:
+def test_claim_output_conflict_names_the_other_run(journal: JobStore) -> None:
     a, _ = journal.submit(RUN_A, "logger-x", {})
     b, _ = journal.submit(RUN_B, "logger-x", {})
     journal.claim_output(a.id, "/out/stock.arrow")
@@ -382,7 +391,7 @@ def test_claim_output_conflict_names_the_other_run(journal: Journal) -> None:
     assert journal.owner_of("/out/orders.arrow").id == b.id
 
 
-def test_claim_conflict_with_a_done_job(journal: Journal) -> None:
+def test_claim_conflict_with_a_done_job(journal: JobStore) -> None:
     done = _done(journal, RUN_A, {"/out/stock.arrow": 10})
     b, _ = journal.submit(RUN_B, "logger-x", {})
     with pytest.raises(OutputTakenError) as info:
@@ -391,7 +400,7 @@ def test_claim_conflict_with_a_done_job(journal: Journal) -> None:
     assert journal.get(done.id).outputs == {"/out/stock.arrow": 10}  # the failed claim changed nothing
 
 
-def test_release_outputs_frees_reservations(journal: Journal) -> None:
+def test_release_outputs_frees_reservations(journal: JobStore) -> None:
     a, _ = journal.submit(RUN_A, "logger-x", {})
     b, _ = journal.submit(RUN_B, "logger-x", {})
     journal.claim_output(a.id, "/out/stock.arrow")
@@ -406,7 +415,7 @@ def test_release_outputs_frees_reservations(journal: Journal) -> None:
 # ----------------------------------------------------------------------------------------
 
 
-def test_counts_and_jobs_by_state(journal: Journal) -> None:
+def test_counts_and_jobs_by_state(journal: JobStore) -> None:
     pending, _ = journal.submit("/r/pending", "x", {})
     running, _ = journal.submit("/r/running", "x", {})
     journal.start(running.id)
@@ -425,7 +434,7 @@ def test_counts_and_jobs_by_state(journal: Journal) -> None:
     assert journal.jobs("no-such-state") == []
 
 
-def test_record_malformed(journal: Journal) -> None:
+def test_record_malformed(journal: JobStore) -> None:
     event = {"nopath": 1, "big": "x" * 5000}
     job = journal.record_malformed("logger-x", event, "malformed event: event has no logger path under 'path'")
     assert job.path is None
@@ -447,14 +456,14 @@ def test_record_malformed(journal: Journal) -> None:
         reopened.close()
 
 
-def test_record_malformed_of_unprintable_event(journal: Journal) -> None:
+def test_record_malformed_of_unprintable_event(journal: JobStore) -> None:
     class Weird:
         def __repr__(self) -> str:
             return "<weird \x00 event>"
 
     job = journal.record_malformed("logger-x", Weird(), "malformed event")
     # PostgreSQL's jsonb cannot hold a NUL character: it is kept visible as the text \u0000
-    kept = "<weird \x00 event>" if isinstance(journal, Journal) else "<weird \\u0000 event>"
+    kept = "<weird \x00 event>" if isinstance(journal, SqliteJournal) else "<weird \\u0000 event>"
     assert journal.get(job.id).metadata == {"event": kept}
 
 
@@ -489,7 +498,7 @@ def _hammer(submit: list, threads: int = 12) -> list[tuple[Job, bool]]:
     return results
 
 
-def test_concurrent_submits_of_one_path_create_one_job(journal: Journal) -> None:
+def test_concurrent_submits_of_one_path_create_one_job(journal: JobStore) -> None:
     results = _hammer([journal.submit])
     assert len({job.id for job, _ in results}) == 1
     assert len(journal.jobs()) == 1
@@ -497,7 +506,7 @@ def test_concurrent_submits_of_one_path_create_one_job(journal: Journal) -> None
 
 
 def test_concurrent_submits_through_separate_connections_create_one_job(file: Path) -> None:
-    journals = [Journal(file) for _ in range(4)]
+    journals = [SqliteJournal(file) for _ in range(4)]
     try:
         results = _hammer([j.submit for j in journals])
         assert len({job.id for job, _ in results}) == 1
@@ -509,7 +518,7 @@ def test_concurrent_submits_through_separate_connections_create_one_job(file: Pa
             j.close()
 
 
-def test_concurrent_starts_run_a_job_once(journal: Journal) -> None:
+def test_concurrent_starts_run_a_job_once(journal: JobStore) -> None:
     job, _ = journal.submit(RUN_A, "logger-x", {})
     barrier = threading.Barrier(8)
     started: list[Job | None] = []
@@ -527,7 +536,7 @@ def test_concurrent_starts_run_a_job_once(journal: Journal) -> None:
     assert journal.get(job.id).attempts == 1
 
 
-def test_concurrent_claims_of_one_output_have_one_winner(journal: Journal) -> None:
+def test_concurrent_claims_of_one_output_have_one_winner(journal: JobStore) -> None:
     jobs = [journal.submit(f"/r/run-{i}", "x", {})[0] for i in range(8)]
     barrier = threading.Barrier(len(jobs))
     winners: list[int] = []
@@ -552,7 +561,7 @@ def test_concurrent_claims_of_one_output_have_one_winner(journal: Journal) -> No
 
 
 def test_recent_returns_the_newest_jobs_oldest_first(tmp_path: Path) -> None:
-    journal = Journal(tmp_path / "journal.sqlite3")
+    journal = SqliteJournal(tmp_path / "journal.sqlite3")
     try:
         for i in range(5):
             journal.submit(f"/runs/run-{i}", "logger", {})
@@ -567,7 +576,7 @@ def test_recent_returns_the_newest_jobs_oldest_first(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------------------
 
 
-def test_done_jobs_page_walks_every_done_job_once_in_id_order(journal: Journal) -> None:
+def test_done_jobs_page_walks_every_done_job_once_in_id_order(journal: JobStore) -> None:
     done = [_done(journal, f"/data/runs/d-{i}", {f"/out/d-{i}.arrow": i}) for i in range(7)]
     journal.submit("/data/runs/pending", "logger-x", {})
     _failed(journal, "/data/runs/failed")
@@ -585,7 +594,7 @@ def test_done_jobs_page_walks_every_done_job_once_in_id_order(journal: Journal) 
     assert journal.done_jobs_page(done[-1].id, 100) == []
 
 
-def test_in_trash_with_a_limit_gives_the_soonest_purges(journal: Journal) -> None:
+def test_in_trash_with_a_limit_gives_the_soonest_purges(journal: JobStore) -> None:
     jobs = [_done(journal, f"/data/runs/t-{i}") for i in range(5)]
     for i, job in enumerate(jobs):
         journal.mark_cleaned(job.id, 1000.0 - i)  # the last one is purged first
@@ -610,7 +619,7 @@ def test_an_old_sqlite_journal_gains_the_indexes(file: Path) -> None:
         "INSERT INTO outputs VALUES ('/out/a.arrow', 1, 3);"
     )
     old.close()
-    journal = Journal(file)
+    journal = SqliteJournal(file)
     try:
         assert journal.done_jobs_page(0, 10)[0].outputs == {"/out/a.arrow": 3}
     finally:

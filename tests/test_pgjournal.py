@@ -11,8 +11,9 @@ import psycopg
 import pytest
 
 from herocollector.errors import JournalError, LeaseLost
+from herocollector.journal.base import JobState
 from herocollector.journal.postgres import SCHEMA_VERSION, PgJournal, redact
-from herocollector.journal.sqlite import JobState, open_journal
+from herocollector.journal.sqlite import open_journal
 from herocollector.testing.actors import wait_for
 from herocollector.testing.servers import PostgresTestServer
 

@@ -1,6 +1,7 @@
 """The shared job journal on PostgreSQL: one journal for a fleet of actors on several hosts.
 
-It keeps the jobs of :mod:`herocollector.journal.sqlite` (same states, same methods) in PostgreSQL,
+:class:`PgJournal` implements :class:`herocollector.journal.base.Journal` (the job model, the
+state machine and what a repeated announcement does are described there) in PostgreSQL,
 through psycopg 3, so that every actor of a fleet sees and changes the same jobs:
 
 * every actor hears every event; the run is journalled once (``INSERT … ON CONFLICT DO
@@ -15,6 +16,8 @@ through psycopg 3, so that every actor of a fleet sees and changes the same jobs
 
 The schema is created and migrated by :meth:`PgJournal.migrate`, under an advisory lock, and
 ``herocollector_schema`` records its version: a journal newer than this code is refused.
+Every query is served by an index; every job of a large journal is read page by page
+(:meth:`PgJournal.done_jobs_page`).
 """
 
 from __future__ import annotations
@@ -23,21 +26,22 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from herocollector.errors import JournalError, LeaseLost
-from herocollector.journal.sqlite import Job, JobState, OutputTakenError
+from herocollector.errors import JournalError, LeaseLost, OutputTakenError
+from herocollector.journal.base import Job, JobState, failure_state, job_from_row, resubmit
 
 SCHEMA_VERSION = 2
 IDLE_IN_TRANSACTION_TIMEOUT = 2.0
 """Seconds a session may sit in an open transaction: a paused actor's row locks are freed then."""
 CHANNEL = "herocollector_jobs"
 _LOCK_KEY = 0x6865726F636F6C  # pg_advisory_xact_lock key of the schema migration ("herocol")
+_T = TypeVar("_T")
 _NOW = "extract(epoch from clock_timestamp())::float8"
 
 _MIGRATIONS: dict[int, str] = {
@@ -77,6 +81,14 @@ _MIGRATIONS: dict[int, str] = {
     CREATE INDEX IF NOT EXISTS herocollector_outputs_job ON herocollector_outputs (job_id);
     """,
 }
+
+
+def _first(cursor: psycopg.Cursor[dict[str, Any]]) -> dict[str, Any]:
+    """The one row of an aggregate query (there always is one)."""
+    row = cursor.fetchone()
+    if row is None:
+        raise JournalError("the journal returned no row for an aggregate query")
+    return row
 
 
 def _dumps(value: Any) -> str:
@@ -138,7 +150,7 @@ class PgJournal:
         except psycopg.Error as exc:
             raise JournalError(f"cannot connect to the journal at {self.location}: {exc}") from None
 
-    def _run(self, action: Callable[[psycopg.Connection[dict[str, Any]]], Any]) -> Any:
+    def _run(self, action: Callable[[psycopg.Connection[dict[str, Any]]], _T]) -> _T:
         """Run ``action`` in one transaction; reconnect once if the connection broke."""
         with self._lock:
             for attempt in (1, 2):
@@ -225,28 +237,7 @@ class PgJournal:
     def _jobs(self, db: psycopg.Connection[dict[str, Any]], rows: Iterable[dict[str, Any]]) -> list[Job]:
         rows = list(rows)
         outputs = self._outputs(db, [int(r["id"]) for r in rows])
-        return [
-            Job(
-                id=int(r["id"]),
-                path=r["path"],
-                source=r["source"],
-                metadata=r["metadata"],
-                state=JobState(r["state"]),
-                attempts=int(r["attempts"]),
-                error=r["error"],
-                rows=None if r["rows"] is None else int(r["rows"]),
-                created=r["created"],
-                updated=r["updated"],
-                next_attempt=r["next_attempt"],
-                trash_until=r["trash_until"],
-                deadline=r["deadline"],
-                outputs=outputs[int(r["id"])],
-                token=int(r["token"]),
-                lease_owner=r["lease_owner"],
-                lease_until=r["lease_until"],
-            )
-            for r in rows
-        ]
+        return [job_from_row(r, r["metadata"], outputs[int(r["id"])]) for r in rows]
 
     def _one(self, db: psycopg.Connection[dict[str, Any]], job_id: int) -> Job:
         jobs = self._jobs(db, db.execute("SELECT * FROM herocollector_jobs WHERE id = %s", (job_id,)).fetchall())
@@ -308,10 +299,13 @@ class PgJournal:
     def next_due(self) -> float | None:
         """The earliest ``next_attempt`` of a pending job, or the earliest lease that runs out."""
         row = self._run(
-            lambda db: db.execute(
-                f"SELECT LEAST((SELECT MIN(COALESCE(next_attempt, 0)) FROM herocollector_jobs WHERE state = 'pending'),"
-                f" (SELECT MIN(lease_until) FROM herocollector_jobs WHERE state = 'running')) AS due, {_NOW} AS now"
-            ).fetchone()
+            lambda db: _first(
+                db.execute(
+                    "SELECT LEAST((SELECT MIN(COALESCE(next_attempt, 0)) FROM herocollector_jobs "
+                    "WHERE state = 'pending'), (SELECT MIN(lease_until) FROM herocollector_jobs "
+                    f"WHERE state = 'running')) AS due, {_NOW} AS now"
+                )
+            )
         )
         if row["due"] is None:
             return None
@@ -325,7 +319,7 @@ class PgJournal:
     def submit(
         self, path: str, source: str, metadata: dict[str, Any], deadline: float | None = None
     ) -> tuple[Job, bool]:
-        """Journal an announced run (see :meth:`herocollector.journal.sqlite.Journal.submit`)."""
+        """Journal an announced run; an existing job changes as :data:`herocollector.journal.base.RESUBMIT` says."""
 
         def step(db: psycopg.Connection[dict[str, Any]]) -> tuple[Job, bool]:
             now = time.time()
@@ -342,26 +336,20 @@ class PgJournal:
             ).fetchone()
             if current is None:  # deleted between the two statements: journal it anew next time
                 raise JournalError(f"the job of {path} vanished while it was submitted")
-            job_id, state = int(current["id"]), current["state"]
-            if state == JobState.FAILED.value:
+            job_id = int(current["id"])
+            changes, queued = resubmit(JobState(current["state"]), source, metadata, deadline, now)
+            if changes:
+                if "metadata" in changes:
+                    changes["metadata"] = _jsonb(changes["metadata"])
+                assignments = ", ".join(f"{column} = %s" for column in changes)
                 db.execute(
-                    "UPDATE herocollector_jobs SET state = 'pending', source = %s, metadata = %s, attempts = 0, "
-                    "next_attempt = NULL, deadline = %s, updated = %s WHERE id = %s",
-                    (source, _jsonb(metadata), deadline, now, job_id),
+                    f"UPDATE herocollector_jobs SET {assignments} WHERE id = %s".encode(), (*changes.values(), job_id)
                 )
+            if queued:
                 self._notify(db)
-                return self._one(db, job_id), True
-            if state == JobState.PENDING.value:
-                db.execute(
-                    "UPDATE herocollector_jobs SET source = %s, metadata = %s, next_attempt = NULL, updated = %s "
-                    "WHERE id = %s",
-                    (source, _jsonb(metadata), now, job_id),
-                )
-                self._notify(db)
-                return self._one(db, job_id), True
-            return self._one(db, job_id), False
+            return self._one(db, job_id), queued
 
-        return tuple(self._run(step))
+        return self._run(step)
 
     def submit_new(self, paths: Iterable[str], source: str, deadline: float | None = None) -> int:
         """Journal runs that have no job yet (the catch-up scan); returns how many were new."""
@@ -547,8 +535,8 @@ class PgJournal:
     def fail(
         self, job_id: int, error: str, retry_at: float | None, keep_deadline: bool = True, token: int | None = None
     ) -> Job:
-        """Record a failed attempt (see :meth:`herocollector.journal.sqlite.Journal.fail`)."""
-        state = "pending" if retry_at is not None else "failed"
+        """Record a failed attempt (see :meth:`herocollector.journal.sqlite.SqliteJournal.fail`)."""
+        state = failure_state(retry_at).value
         deadline = "deadline" if keep_deadline else "NULL"
 
         def step(db: psycopg.Connection[dict[str, Any]]) -> Job:
@@ -568,7 +556,7 @@ class PgJournal:
 
     def expire(self, job_id: int, error: str, retry_at: float | None) -> Job:
         """A waiting job whose ``_DONE`` deadline passed: the attempt counts."""
-        state = "pending" if retry_at is not None else "failed"
+        state = failure_state(retry_at).value
 
         def step(db: psycopg.Connection[dict[str, Any]]) -> Job:
             db.execute(
@@ -650,8 +638,7 @@ class PgJournal:
     def trash_count(self) -> int:
         """How many jobs have segments in the trash."""
         sql = "SELECT COUNT(*) AS n FROM herocollector_jobs WHERE trash_until IS NOT NULL"
-        row = self._run(lambda db: db.execute(sql).fetchone())
-        return int(row["n"])
+        return int(self._run(lambda db: _first(db.execute(sql)))["n"])
 
     def purged(self, job_id: int) -> None:
         """Record that a job's trash was deleted for good."""

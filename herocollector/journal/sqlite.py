@@ -1,54 +1,34 @@
-"""The job journal: every collection job, durably, in SQLite under the actor's ``state_dir``.
+"""The job journal of one actor: every collection job, durably, in SQLite under its ``state_dir``.
 
-A job is one logger directory announced by an event, by a remote ``collect`` or found by the
-catch-up scan. It is written to the journal before anything else happens, so a crash never
-loses an announced run, and the journal is the only queue: workers take due jobs from it
-(:meth:`Journal.take_due`), so resuming after a restart is the same query as any other. ::
+:class:`SqliteJournal` implements :class:`herocollector.journal.base.Journal` (the job model,
+the state machine and what a repeated announcement does are described there) on a SQLite file
+in WAL mode with ``synchronous=FULL``. It is thread-safe: one connection under one lock, each
+call one short transaction. Every query is served by an index (``_INDEXES``), so a call takes
+about the same time with a hundred jobs or a hundred thousand; every job of a large journal is
+read page by page (:meth:`SqliteJournal.done_jobs_page`), never in one call that holds the lock.
 
-    pending --take_due--> running --finish--> done --mark_cleaned--> cleaned
-       ^  ^                 |  |                      <--restored--
-       |  |      no _DONE   |  | fail (retryable, attempts left): pending, next_attempt later
-       |  +---- waiting <---+  | fail (final): failed --retry()--> pending
-       |    (wake: _DONE seen) |
-       +-----------------------+ defer / cancel (another actor, shutdown): attempt not counted
-
-Outputs are recorded with the job that wrote them (an output path belongs to one job only),
-which is how a collision between two runs is detected.
+An older journal file gains the columns and indexes added since on open.
 """
 
 from __future__ import annotations
 
-import enum
 import json
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Union
+from typing import Any
 
-from herocollector.errors import JournalError, LeaseLost
+from herocollector.errors import JournalError, LeaseLost, OutputTakenError
+from herocollector.journal.base import Job, JobState, JobStore, failure_state, job_from_row, resubmit
 
-if TYPE_CHECKING:
-    from herocollector.journal.postgres import PgJournal
+__all__ = ["Job", "JobState", "JobStore", "Journal", "OutputTakenError", "SqliteJournal", "open_journal"]
 
 
-class JobState(enum.StrEnum):
-    """Where a job stands."""
-
-    PENDING = "pending"
-    """Due at ``next_attempt`` (or now)."""
-    WAITING = "waiting"
-    """Its run has no ``_DONE`` yet; checked every ``backoff`` ms, no worker held."""
-    RUNNING = "running"
-    """A worker collects it."""
-    DONE = "done"
-    """Collected; its outputs are recorded."""
-    FAILED = "failed"
-    """Failed for good (or refused); ``retry()`` puts it back."""
-    CLEANED = "cleaned"
-    """Collected, then its segments were cleaned."""
+def _dumps(metadata: dict[str, Any]) -> str:
+    """Metadata as JSON text; what JSON cannot hold is stored as its ``str``."""
+    return json.dumps(metadata, default=str)
 
 
 _SCHEMA = """
@@ -98,71 +78,11 @@ _ADDED_COLUMNS = {
 }
 
 
-@dataclass
-class Job:
-    """One journalled collection job.
-
-    Attributes:
-        id: Journal id.
-        path: The logger directory (None for a malformed event).
-        source: The HERO that announced it (``remote`` for ``collect``, ``scan`` for the scan).
-        metadata: The event metadata used for templating.
-        state: Where it stands.
-        attempts: How many times it has been run.
-        error: The last error, if any.
-        rows: Rows written, once done.
-        created: When it was journalled (Unix time).
-        updated: When it last changed.
-        next_attempt: When it is due (pending) or checked next (waiting), if set.
-        trash_until: For a cleaned run whose segments are in the trash: when they are
-            deleted for good (Unix time); None once purged or when never trashed.
-        deadline: Until when its ``_DONE`` is waited for (None: no limit).
-        outputs: Output files and their row counts, once done.
-        token: Fencing token: raised every time a worker takes the job. A state change that
-            names an older token is refused (:class:`~herocollector.errors.LeaseLost`).
-        lease_owner: The actor that holds the job while it runs.
-        lease_until: When that lease runs out unless renewed (Unix time).
-    """
-
-    id: int
-    path: str | None
-    source: str
-    metadata: dict[str, Any]
-    state: JobState
-    attempts: int
-    error: str | None
-    rows: int | None
-    created: float
-    updated: float
-    next_attempt: float | None
-    trash_until: float | None = None
-    deadline: float | None = None
-    outputs: dict[str, int] = field(default_factory=dict)
-    token: int = 0
-    lease_owner: str | None = None
-    lease_until: float | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        """The job as a JSON-friendly dict (what remote methods return)."""
-        data = asdict(self)
-        data["state"] = self.state.value
-        return data
-
-
-class OutputTakenError(Exception):
-    """An output path already belongs to another job."""
-
-    def __init__(self, path: str, owner: Job) -> None:
-        super().__init__(f"{path} was already written by the job for {owner.path}")
-        self.path = path
-        self.owner = owner
-
-
-class Journal:
+class SqliteJournal:
     """The service's durable job store in SQLite (thread-safe), for one actor.
 
-    A fleet of actors shares :class:`herocollector.journal.postgres.PgJournal` instead; both have the
-    same methods (:func:`open_journal` picks one).
+    A fleet of actors shares :class:`herocollector.journal.postgres.PgJournal` instead; both
+    implement :class:`herocollector.journal.base.Journal` (:func:`open_journal` picks one).
 
     Args:
         file: The SQLite database file; created with its parent folders.
@@ -227,28 +147,7 @@ class Journal:
     def _build(self, db: sqlite3.Connection, rows: Iterable[sqlite3.Row]) -> list[Job]:
         rows = list(rows)
         outputs = self._outputs(db, [r["id"] for r in rows])
-        return [
-            Job(
-                id=row["id"],
-                path=row["path"],
-                source=row["source"],
-                metadata=json.loads(row["metadata"]),
-                state=JobState(row["state"]),
-                attempts=row["attempts"],
-                error=row["error"],
-                rows=row["rows"],
-                created=row["created"],
-                updated=row["updated"],
-                next_attempt=row["next_attempt"],
-                trash_until=row["trash_until"],
-                deadline=row["deadline"],
-                outputs=outputs[row["id"]],
-                token=row["token"],
-                lease_owner=row["lease_owner"],
-                lease_until=row["lease_until"],
-            )
-            for row in rows
-        ]
+        return [job_from_row(row, json.loads(row["metadata"]), outputs[row["id"]]) for row in rows]
 
     def _select(self, sql: str, params: Iterable[Any] = ()) -> list[Job]:
         """The jobs a query on ``jobs`` selects, with their outputs, read under the lock."""
@@ -317,18 +216,15 @@ class Journal:
     def next_due(self) -> float | None:
         """The earliest ``next_attempt`` of a pending job (0 if one is due with none set)."""
         rows = self._read("SELECT MIN(COALESCE(next_attempt, 0)) FROM jobs WHERE state = ?", (JobState.PENDING.value,))
-        return rows[0][0]
+        due = rows[0][0]
+        return None if due is None else float(due)
 
     # -- transitions -----------------------------------------------------------------------
 
     def submit(
         self, path: str, source: str, metadata: dict[str, Any], deadline: float | None = None
     ) -> tuple[Job, bool]:
-        """Journal an announced run.
-
-        A run that is new or failed is (re)queued, a pending one becomes due now; a pending
-        or waiting one takes the new event's source and metadata; a running, done or
-        cleaned one is left alone (a repeated event is not collected twice).
+        """Journal an announced run; an existing job changes as :data:`herocollector.journal.base.RESUBMIT` says.
 
         Args:
             path: The logger directory.
@@ -340,36 +236,22 @@ class Journal:
             The job and whether it is due now (new or requeued).
         """
         now = time.time()
-        meta = json.dumps(metadata, default=str)
         with self._transaction() as db:
-            row = db.execute("SELECT * FROM jobs WHERE path = ?", (path,)).fetchone()
+            row = db.execute("SELECT id, state FROM jobs WHERE path = ?", (path,)).fetchone()
             if row is None:
                 cur = db.execute(
                     "INSERT INTO jobs (path, source, metadata, state, created, updated, deadline) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (path, source, meta, JobState.PENDING.value, now, now, deadline),
+                    (path, source, _dumps(metadata), JobState.PENDING.value, now, now, deadline),
                 )
                 return self._fetch(db, int(cur.lastrowid or 0)), True
-            if row["state"] == JobState.FAILED.value:
-                db.execute(
-                    "UPDATE jobs SET state = ?, source = ?, metadata = ?, attempts = 0, next_attempt = NULL, "
-                    "deadline = ?, updated = ? WHERE id = ?",
-                    (JobState.PENDING.value, source, meta, deadline, now, row["id"]),
-                )
-                return self._fetch(db, row["id"]), True
-            if row["state"] == JobState.PENDING.value:
-                db.execute(
-                    "UPDATE jobs SET source = ?, metadata = ?, next_attempt = NULL, updated = ? WHERE id = ?",
-                    (source, meta, now, row["id"]),
-                )
-                return self._fetch(db, row["id"]), True
-            if row["state"] == JobState.WAITING.value:
-                db.execute(
-                    "UPDATE jobs SET source = ?, metadata = ?, updated = ? WHERE id = ?",
-                    (source, meta, now, row["id"]),
-                )
-                return self._fetch(db, row["id"]), False
-            return self._fetch(db, row["id"]), False
+            changes, queued = resubmit(JobState(row["state"]), source, metadata, deadline, now)
+            if changes:
+                if "metadata" in changes:
+                    changes["metadata"] = _dumps(changes["metadata"])
+                assignments = ", ".join(f"{column} = ?" for column in changes)
+                db.execute(f"UPDATE jobs SET {assignments} WHERE id = ?", (*changes.values(), row["id"]))
+            return self._fetch(db, row["id"]), queued
 
     def submit_new(self, paths: Iterable[str], source: str, deadline: float | None = None) -> int:
         """Journal runs that have no job yet (the catch-up scan); the others are left alone.
@@ -541,7 +423,7 @@ class Journal:
         Raises:
             LeaseLost: ``token`` is stale.
         """
-        state = JobState.PENDING if retry_at is not None else JobState.FAILED
+        state = failure_state(retry_at)
         deadline = "deadline" if keep_deadline else "NULL"
         with self._transaction() as db:
             cur = db.execute(
@@ -558,7 +440,7 @@ class Journal:
 
         It is pending again at ``retry_at`` (and then waits afresh), or failed for good if None.
         """
-        state = JobState.PENDING if retry_at is not None else JobState.FAILED
+        state = failure_state(retry_at)
         with self._transaction() as db:
             db.execute(
                 "UPDATE jobs SET state = ?, attempts = attempts + 1, error = ?, next_attempt = ?, deadline = NULL, "
@@ -662,7 +544,7 @@ class _Tx:
     SQLite errors become :class:`JournalError`; the transaction is rolled back.
     """
 
-    def __init__(self, journal: Journal) -> None:
+    def __init__(self, journal: SqliteJournal) -> None:
         self._journal = journal
 
     def __enter__(self) -> sqlite3.Connection:
@@ -686,8 +568,11 @@ class _Tx:
             raise JournalError(f"journal update failed: {exc}", self._journal.file) from exc
 
 
-JobStore = Union[Journal, "PgJournal"]
-"""Either journal: the service uses only the methods both have."""
+Journal = SqliteJournal
+"""The class's former name, kept while callers move to :class:`SqliteJournal`.
+
+Not :class:`herocollector.journal.base.Journal`, the protocol both backends implement.
+"""
 
 
 def open_journal(spec: str | Path) -> JobStore:
@@ -708,4 +593,4 @@ def open_journal(spec: str | Path) -> JobStore:
         from herocollector.journal.postgres import PgJournal
 
         return PgJournal(text)
-    return Journal(text)
+    return SqliteJournal(text)

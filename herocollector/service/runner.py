@@ -28,9 +28,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from herocollector.config import ServiceConfig
-from herocollector.errors import Cancelled, CollectorError, DoneTimeout, LeaseLost, OutputError, RunRefused
+from herocollector.errors import (
+    Cancelled,
+    CollectorError,
+    DoneTimeout,
+    LeaseLost,
+    OutputError,
+    OutputTakenError,
+    RunRefused,
+)
 from herocollector.events import RunCollected, RunFailed
-from herocollector.journal.sqlite import Job, JobState, JobStore, OutputTakenError
+from herocollector.journal.sqlite import Job, JobState, JobStore
 from herocollector.output.files import provenance_metadata
 from herocollector.output.manifest import ManifestEntry, new_manifest, write_manifest
 from herocollector.output.paths import PathTemplate, Trusted
