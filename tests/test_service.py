@@ -115,7 +115,7 @@ def test_a_run_without_done_waits_while_others_are_collected(site: Site) -> None
     for run in (b, c):
         assert wait_state(service, run, JobState.DONE, JobState.FAILED).state == JobState.DONE
     assert job_of(service, a).state == JobState.WAITING and job_of(service, a).attempts == 0
-    assert service.status()["waiting"] == 1
+    assert service.status().waiting == 1
 
     (a / "_DONE").touch()
     done = wait_state(service, a, JobState.DONE, JobState.FAILED)
@@ -155,7 +155,7 @@ def test_close_is_prompt_whatever_waits(site: Site, timeout: int | None) -> None
     assert not any(t.is_alive() for t in service.scheduler._threads)
 
     reopened = site.service(timeout=timeout)  # the waiting runs are still waiting after a restart
-    assert reopened.status()["waiting"] == 3
+    assert reopened.status().waiting == 3
 
 
 def test_close_interrupts_a_running_collection_which_stays_pending(site: Site) -> None:
@@ -254,7 +254,7 @@ def test_runs_finished_during_downtime_are_collected_at_start(site: Site) -> Non
         assert job.state == JobState.DONE and job.source == SCAN_SOURCE
     assert job_of(second, unfinished) is None  # no _DONE: not journalled by the scan
     assert job_of(second, before).state == JobState.CLEANED  # never collected twice
-    assert second.status()["last_scan"]["finished"] == 5
+    assert second.status().last_scan.finished == 5
     assert second.scan().journalled == 0  # a second scan finds nothing new
 
 

@@ -6,22 +6,31 @@ only connects it to HEROS: arguments in, events in, remote methods, events and m
 
 from __future__ import annotations
 
+import inspect
 import logging
 import multiprocessing
 import os
 import signal
 import threading
-from collections.abc import Mapping, Sequence
 from typing import Any
 
-from heros import event
+from heros import EventObserver, event
 from heros.event import reliable
+from heros.exceptions import RemoteHEROError
 from heros.inspect import local_only
 from herostools.actor.archiver import HERODataArchiver
 
+from herocollector.arguments import SIGNATURE
 from herocollector.config import ServiceConfig
-from herocollector.decode.codec import DEFAULT_CHUNK_BYTES
+from herocollector.errors import RunRefused
 from herocollector.events import RunCollected, RunFailed
+from herocollector.journal.sqlite import JobState
+from herocollector.service.checks import (
+    flag_argument,
+    milliseconds_argument,
+    optional_run_path_argument,
+    run_path_argument,
+)
 from herocollector.service.core import CollectionService
 
 log = logging.getLogger(__name__)
@@ -41,49 +50,10 @@ class CollectorArchiver(HERODataArchiver):
     ``status``, ``failed``, ``retry``, ``cleanup`` and ``restore``. Events: ``run_collected``
     and ``run_failed``. Metrics: the datasource observables (see ``_observable_data``).
 
-    Args:
-        object_selector: Zenoh object selector of the logger HEROs (``"*"`` for all).
-        save_template: Jinja2 output path template; variables are ``default_metadata``, the
-            event metadata, the stream labels (later wins), ``source_name``, ``logger_path``
-            and ``logger_name``. Each printed value must stay one path segment.
-        event_name: The event announcing a finished run.
-        rule: disco-tools rule spec dict selecting the streams (None: all).
-        columns: Stream labels added as columns: a list of names, or a mapping of names to
-            Arrow type names that pins their types (``{"experiment": "string"}``).
-        default_metadata: Template variables; ``output_root`` here serves as the default
-            for the argument of that name.
-        max_retries: Retries of a failed job before it is kept as failed.
-        path_key: Key of the logger directory in the event payload or metadata.
-        format: ``"file"`` (Arrow IPC file), ``"stream"`` (Arrow IPC stream) or ``"parquet"``.
-        compression: Buffer compression: None, ``"zstd"`` or ``"lz4"`` (Parquet: zstd if None).
-        backoff: Milliseconds between checks of a waiting run's ``_DONE``.
-        timeout: Milliseconds from the announcement to wait for ``_DONE`` (None: forever).
-        state_dir: Folder of the job journal and its lock (one actor per folder).
-        allowed_roots: Logger directories must lie inside one of these; also what the
-            catch-up scan walks. ``cleanup`` is refused for everything when this is not set.
-        output_root: Rendered paths must lie inside this folder (a path or ``file://`` URI), or
-            under this object store prefix (``s3://bucket/prefix``).
-        retry_delay: Seconds before the first retry; doubles for each further one.
-        retry_delay_max: Upper bound of the retry delay, in seconds.
-        chunk_bytes: Decompressed bytes decoded per step (bounds memory).
-        claim_runs: Claim each run with a file in its logger directory before collecting
-            it, so that a fleet of actors sharing a filesystem collects each run once.
-        claim_timeout: Seconds without heartbeat after which another actor's claim is
-            taken over (that actor is presumed dead).
-        claim_heartbeat: Seconds between heartbeats of a held claim.
-        cleanup_grace: Seconds that cleaned segments stay in the trash (restorable) before
-            they are deleted for good; 0 deletes at once.
-        cleanup_after_collect: Clean (into the trash) every run right after collecting it.
-        workers: Runs collected at the same time.
-        scan_interval: Seconds between catch-up scans of ``allowed_roots`` (None: no scan).
-        scan_depth: Folder levels below each of ``allowed_roots`` the scan looks at.
-        lease_timeout: Seconds a worker's lease on a job lasts on a shared journal unless
-            renewed; an actor silent for longer is fenced out and another takes the job.
-        journal: The job journal: a SQLite file (default ``<state_dir>/journal.sqlite3``) or
-            a ``postgresql://`` URL of a journal that a fleet of actors shares.
-        storage_options: For an ``s3://bucket/prefix`` ``output_root``: ``endpoint_url``,
-            ``region``, ``access_key_id``, ``secret_access_key``, ``session_token``,
-            ``addressing_style`` (credentials default to the usual ``AWS_*`` environment).
+    Its keyword arguments are exactly those of :class:`~herocollector.config.ServiceConfig`,
+    defined once in :data:`herocollector.arguments.ARGUMENTS` and described in
+    ``docs/configuration.md``; the signature below is generated from them. Further keyword
+    arguments (``realm``, ``session_manager``, …) go to HEROS's ``EventObserver``.
 
     Example:
         BOSS json configuration::
@@ -114,54 +84,28 @@ class CollectorArchiver(HERODataArchiver):
             collector.cleanup()          # every collected, not yet cleaned run
     """
 
-    def __init__(
-        self,
-        object_selector: str,
-        save_template: str,
-        event_name: str = "finished",
-        rule: dict[str, Any] | None = None,
-        columns: Sequence[str] | Mapping[str, str | None] | None = None,
-        default_metadata: dict[str, Any] | None = None,
-        max_retries: int = 5,
-        path_key: str = "path",
-        format: str = "file",
-        compression: str | None = None,
-        backoff: int = 100,
-        timeout: int | None = 60_000,
-        state_dir: str | None = None,
-        allowed_roots: Sequence[str] | None = None,
-        output_root: str | None = None,
-        retry_delay: float = 1.0,
-        retry_delay_max: float = 300.0,
-        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
-        claim_runs: bool = False,
-        claim_timeout: float = 60.0,
-        claim_heartbeat: float = 5.0,
-        cleanup_grace: float = 3600.0,
-        cleanup_after_collect: bool = False,
-        workers: int = 2,
-        scan_interval: float | None = 300.0,
-        scan_depth: int = 3,
-        lease_timeout: float = 30.0,
-        journal: str | None = None,
-        storage_options: dict[str, Any] | None = None,
-        *args: Any,
-        **kwargs: Any,
-    ) -> None:
-        # Exactly the service's arguments: everything else goes to HERODataArchiver.
-        given = locals()
-        config = ServiceConfig.from_arguments(**{name: given[name] for name in ServiceConfig.argument_names()})
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        bound = _SIGNATURE.bind(self, *args, **kwargs)
+        hero_args: tuple[Any, ...] = bound.arguments.pop("args", ())
+        hero_kwargs: dict[str, Any] = bound.arguments.pop("kwargs", {})
+        bound.arguments.pop("self")
+        config = ServiceConfig.from_arguments(**bound.arguments)
         self.service = CollectionService(config, on_collected=self._relay_collected, on_failed=self._relay_failed)
         try:
-            HERODataArchiver.__init__(
-                self, object_selector, event_name, dict(config.default_metadata), max_retries, *args, **kwargs
+            # HERODataArchiver.__init__ would start a payload queue and a worker thread of its
+            # own: the service's journal and scheduler do that work, so only the observer is set up.
+            self.metadata = dict(config.default_metadata)
+            self.max_retries = config.max_retries
+            EventObserver.__init__(
+                self, *hero_args, object_selector=config.object_selector, event_name=config.event_name, **hero_kwargs
             )
+            self.register_callback(self.feed)
         except BaseException:
             self.service.close()
             raise
         self._parent_watch = threading.Event()
         self._watch_parent()
-        log.info(f"listening for '{event_name}' from '{object_selector}'")
+        log.info(f"listening for '{config.event_name}' from '{config.object_selector}'")
 
     # -- HEROS in ------------------------------------------------------------------------------
 
@@ -175,9 +119,6 @@ class CollectorArchiver(HERODataArchiver):
             retry_count: Unused; retries are scheduled from the journal.
         """
         self.service.submit(source_name, data)
-
-    def _process_queue(self) -> None:
-        """The base class's queue worker: the service's scheduler does this work instead."""
 
     def _store(self, source_name: str, payload: Any, metadata: dict) -> None:
         """Unused: announcements go straight to the service's journal."""
@@ -208,12 +149,14 @@ class CollectorArchiver(HERODataArchiver):
 
     def _observable_data(self) -> dict[str, tuple[float, str]]:
         """The service's counters, for BOSS's ``datasource`` option and herostools' Prometheus actor."""
-        counts = self.service.journal.counts()
+        counts = self.service.counts()
         metrics = self.service.metrics()
-        data: dict[str, tuple[float, str]] = {f"jobs_{state}": (float(n), "") for state, n in counts.items()}
-        data["waiting_runs"] = (float(counts["waiting"]), "")
-        data["queue_depth"] = (float(counts["pending"]), "")
-        data["running_runs"] = (float(len(self.service.scheduler.running())), "")
+        data: dict[str, tuple[float, str]] = {
+            f"jobs_{state.value}": (float(n), "") for state, n in counts.by_state.items()
+        }
+        data["waiting_runs"] = (float(counts[JobState.WAITING]), "")
+        data["queue_depth"] = (float(counts[JobState.PENDING]), "")
+        data["running_runs"] = (float(len(self.service.running())), "")
         data["runs_collected"] = (float(metrics.runs_collected), "")
         data["runs_failed"] = (float(metrics.runs_failed), "")
         data["rows_collected"] = (float(metrics.rows_collected), "")
@@ -232,15 +175,15 @@ class CollectorArchiver(HERODataArchiver):
         Returns:
             The job (``state`` pending if new; its state if known before).
         """
-        return self.service.collect(path)
+        return self.service.collect(path).to_dict()
 
     def status(self) -> dict:
         """Jobs per state, runs being collected, waiting runs, trash, last scan and recent jobs."""
-        return self.service.status()
+        return self.service.status().to_dict()
 
     def failed(self) -> list:
         """The jobs kept as failed, with their errors and attempt counts."""
-        return self.service.failed()
+        return [job.to_dict() for job in self.service.failed()]
 
     def retry(self, path: str | None = None) -> int:
         """Queue failed jobs again (all, or the one of ``path``) with a fresh retry budget.
@@ -248,7 +191,7 @@ class CollectorArchiver(HERODataArchiver):
         Returns:
             How many jobs were queued.
         """
-        return self.service.retry(path)
+        return self.service.retry(optional_run_path_argument(path))
 
     def cleanup(
         self,
@@ -278,7 +221,14 @@ class CollectorArchiver(HERODataArchiver):
             True if every requested run was cleaned; False if any was refused or did not
             finish in time, and was left untouched.
         """
-        limit = REMOTE_WAIT_LIMIT_MS if timeout is None else min(int(timeout), REMOTE_WAIT_LIMIT_MS)
+        self._allow_destructive("cleanup")
+        path = optional_run_path_argument(path, absolute=False)  # a relative one is refused with False
+        keep_meta = flag_argument(keep_meta, "keep_meta")
+        wait_for_done = flag_argument(wait_for_done, "wait_for_done")
+        force = flag_argument(force, "force")
+        backoff = milliseconds_argument(backoff, "backoff", allow_none=False) or 1
+        wait = milliseconds_argument(timeout, "timeout")
+        limit = REMOTE_WAIT_LIMIT_MS if wait is None else min(wait, REMOTE_WAIT_LIMIT_MS)
         return self.service.cleanup(path, keep_meta, wait_for_done, backoff, limit, force)
 
     def restore(self, path: str) -> bool:
@@ -287,7 +237,23 @@ class CollectorArchiver(HERODataArchiver):
         Returns:
             True if anything was restored.
         """
-        return self.service.restore(path)
+        self._allow_destructive("restore")
+        return self.service.restore(run_path_argument(path))
+
+    def _allow_destructive(self, method: str) -> None:
+        if not self.service.config.remote_cleanup:
+            raise RunRefused(f"remote {method} is switched off on this actor (remote_cleanup: false)")
+
+    def _serialize(self, obj: Any) -> Any:
+        """HEROS replies; an error goes to the caller as its type and message, without a traceback.
+
+        HEROS would send the traceback, with this installation's file paths, to any caller in
+        the realm; the message is what the caller needs.
+        """
+        if isinstance(obj, BaseException):
+            message = str(obj).replace(str(self.service.config.state_dir), "<state_dir>")
+            obj = RemoteHEROError(message, remote_type=type(obj).__name__, remote_module=type(obj).__module__)
+        return super()._serialize(obj)
 
     # -- inherited helpers: local only ---------------------------------------------------------
 
@@ -309,8 +275,7 @@ class CollectorArchiver(HERODataArchiver):
     @local_only
     def is_queue_drained(self) -> bool:
         """True when no job is pending, waiting or running (local only)."""
-        counts = self.service.journal.counts()
-        return counts["pending"] + counts["waiting"] + counts["running"] == 0 and not self.service.scheduler.running()
+        return self.service.counts().busy == 0 and not self.service.running()
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -336,4 +301,15 @@ class CollectorArchiver(HERODataArchiver):
         """Close the service (called by BOSS at shutdown; prompt whatever is waiting)."""
         self._parent_watch.set()
         self.service.close()
-        super()._teardown()
+
+
+_SIGNATURE = inspect.Signature(
+    [
+        inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+        *SIGNATURE.parameters.values(),
+        inspect.Parameter("args", inspect.Parameter.VAR_POSITIONAL),
+        inspect.Parameter("kwargs", inspect.Parameter.VAR_KEYWORD),
+    ]
+)
+# BOSS, ``inspect.signature`` and the docs see the service's arguments as real parameters.
+CollectorArchiver.__init__.__signature__ = _SIGNATURE  # type: ignore[attr-defined]

@@ -32,11 +32,13 @@ from typing import Any
 from herocollector.config import ServiceConfig
 from herocollector.events import RunCollected, RunFailed, parse_event
 from herocollector.journal.sqlite import Job, JobState, JobStore, open_journal
+from herocollector.service.checks import run_path_argument
 from herocollector.service.cleanup import RunCleaner
 from herocollector.service.runner import JobRunner
 from herocollector.service.scan import Scanner, ScanResult
 from herocollector.service.scheduler import Scheduler
 from herocollector.service.statedir import StateDirLock
+from herocollector.service.status import RECENT_LISTED, TRASH_LISTED, JobCounts, ServiceStatus, TrashEntry
 
 log = logging.getLogger(__name__)
 
@@ -97,37 +99,44 @@ class CollectionService:
         self._on_collected = on_collected
         self._on_failed = on_failed
         self._lock = StateDirLock(config.state_dir, f"{config.event_name} from {config.object_selector}")
-        self._lock.acquire(wait=LOCK_WAIT)
         self._closed = False
         self._metrics = ServiceMetrics()
         self._metrics_lock = threading.Lock()
+        self._lock.acquire(wait=LOCK_WAIT)
+        journal: JobStore | None = None
+        scheduler: Scheduler | None = None
         try:
-            self.journal: JobStore = open_journal(config.journal_location)
-            self.scheduler = Scheduler(
-                self.journal, self._run_job, config.workers, owner_name(config), config.lease_timeout
+            self.journal = journal = open_journal(config.journal_location)
+            self.scheduler = scheduler = Scheduler(
+                journal, self._run_job, config.workers, owner_name(config), config.lease_timeout
             )
             self.runner = JobRunner(
                 config,
-                self.journal,
-                self.scheduler.stopping,
+                journal,
+                scheduler.stopping,
                 self._collected,
                 self._failed,
                 self._cleanup_after if config.cleanup_after_collect else None,
             )
-            self.cleaner = RunCleaner(config, self.journal, self.scheduler.stopping)
-            self.scanner = Scanner(self.journal, config.allowed_roots, config.scan_depth, self.scheduler.stopping)
-            resumed = self.journal.resume(owner_name(config))
+            self.cleaner = RunCleaner(config, journal, scheduler.stopping)
+            self.scanner = Scanner(journal, config.allowed_roots, config.scan_depth, scheduler.stopping)
+            resumed = journal.resume(owner_name(config))
+            scheduler.every("done-check", config.backoff / 1000, self._check_waiting)
+            scheduler.every("purge", min(max(config.cleanup_grace / 4, 0.05), 60.0), self.cleaner.purge_due, False)
+            if config.scan_interval is not None and config.allowed_roots:
+                scheduler.every("scan", config.scan_interval, self._scan)
+            journal.subscribe(scheduler.wake)
+            scheduler.start()
         except BaseException:
+            # A failed start keeps nothing: no thread, no journal connection, no lock.
+            if scheduler is not None:
+                scheduler.close()
+            if journal is not None:
+                journal.close()
             self._lock.release()
             raise
-        self.scheduler.every("done-check", config.backoff / 1000, self._check_waiting)
-        self.scheduler.every("purge", min(max(config.cleanup_grace / 4, 0.05), 60.0), self.cleaner.purge_due, False)
-        if config.scan_interval is not None and config.allowed_roots:
-            self.scheduler.every("scan", config.scan_interval, self._scan)
-        self.journal.subscribe(self.scheduler.wake)
-        self.scheduler.start()
         log.info(
-            f"herocollector: service started with {config.workers} worker(s), journal {self.journal.location}, "
+            f"service started with {config.workers} worker(s), journal {self.journal.location}, "
             f"{len(resumed)} unfinished job(s) resumed"
         )
 
@@ -163,7 +172,7 @@ class CollectionService:
             log.info(f"{path} is already {job.state.value} (job {job.id}); event noted")
         return job
 
-    def collect(self, path: str) -> dict[str, Any]:
+    def collect(self, path: str) -> Job:
         """Journal a logger directory as if a ``finished`` event had announced it.
 
         Args:
@@ -171,33 +180,41 @@ class CollectionService:
 
         Returns:
             The job (pending if new; its state if known before).
+
+        Raises:
+            ConfigError: ``path`` is not a non-empty absolute path of at most 4,096 bytes
+                without NUL; no job is created.
         """
-        path = os.path.normpath(str(path))
-        return self._submit(path, "remote", {self.config.path_key: path}).to_dict()
+        path = os.path.normpath(run_path_argument(path))
+        return self._submit(path, "remote", {self.config.path_key: path})
 
     # -- queries and control ------------------------------------------------------------------
 
-    def status(self) -> dict[str, Any]:
-        """Jobs per state, the runs being collected, the waiting runs, trash and recent jobs."""
-        counts = self.journal.counts()
-        return {
-            "counts": counts,
-            "queued": counts[JobState.PENDING.value],
-            "waiting": counts[JobState.WAITING.value],
-            "running": [job.path for job in self.scheduler.running()],
-            "workers": self.config.workers,
-            "journal": self.journal.location,
-            "output_root": str(self.config.output_root),
-            "pending_deletion": [
-                {"path": job.path, "delete_after": job.trash_until} for job in self.journal.in_trash()
-            ],
-            "last_scan": None if self.scanner.last is None else asdict(self.scanner.last),
-            "recent": [job.to_dict() for job in self.journal.recent(20)],
-        }
+    def counts(self) -> JobCounts:
+        """Jobs per state, in the whole journal (the fleet's, on a shared journal)."""
+        return JobCounts.from_journal(self.journal.counts())
 
-    def failed(self) -> list[dict[str, Any]]:
+    def running(self) -> list[str]:
+        """The runs this service's workers are collecting right now."""
+        return [job.path for job in self.scheduler.running()]
+
+    def status(self) -> ServiceStatus:
+        """Jobs per state, the runs being collected, the trash (counted, and a bounded list) and recent jobs."""
+        return ServiceStatus(
+            counts=self.counts(),
+            running=self.running(),
+            workers=self.config.workers,
+            journal=self.journal.location,
+            output_root=str(self.config.output_root),
+            in_trash=self.journal.trash_count(),
+            pending_deletion=[TrashEntry(job.path, job.trash_until) for job in self.journal.in_trash(TRASH_LISTED)],
+            last_scan=self.scanner.last,
+            recent=self.journal.recent(RECENT_LISTED),
+        )
+
+    def failed(self) -> list[Job]:
         """The jobs kept as failed, with their errors and attempt counts."""
-        return [job.to_dict() for job in self.journal.jobs(JobState.FAILED)]
+        return self.journal.jobs(JobState.FAILED)
 
     def retry(self, path: str | None = None) -> int:
         """Queue failed jobs again (all, or the one of ``path``) with a fresh retry budget.
@@ -205,7 +222,7 @@ class CollectionService:
         Returns:
             How many jobs were queued.
         """
-        jobs = self.journal.retry(None if path is None else os.path.normpath(str(path)))
+        jobs = self.journal.retry(None if path is None else os.path.normpath(run_path_argument(path)))
         if jobs:
             self.scheduler.wake()
         return len(jobs)
@@ -246,9 +263,7 @@ class CollectionService:
         """
         deadline = time.monotonic() + timeout
         while True:
-            counts = self.journal.counts()
-            busy = counts[JobState.PENDING.value] + counts[JobState.WAITING.value] + counts[JobState.RUNNING.value]
-            if busy == 0 and not self.scheduler.running():
+            if self.counts().busy == 0 and not self.scheduler.running():
                 return True
             if time.monotonic() >= deadline:
                 return False

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from herocollector.errors import StateDirLocked
+from herocollector.errors import StateDirError, StateDirLocked
 
 LOCK_FILE = "lock"
 
@@ -45,33 +45,45 @@ class StateDirLock:
 
         Raises:
             StateDirLocked: Another process holds it; the message names it.
+            StateDirError: The lock file cannot be created or written (a full or read-only
+                ``state_dir``); the message names the file. Nothing is kept open.
         """
-        self.file.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.file, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.file.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise StateDirError(f"cannot open the lock file: {exc.strerror}", self.file) from exc
+        try:
+            self._lock(fd, wait)
+            info = {
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "since": time.time(),
+                "description": self.description,
+            }
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(info).encode(), 0)
+        except BaseException as exc:
+            os.close(fd)  # also drops the flock: a failed start keeps nothing
+            if isinstance(exc, OSError):
+                raise StateDirError(f"cannot write the lock file: {exc.strerror}", self.file) from exc
+            raise
+        self._fd = fd
+        return self
+
+    def _lock(self, fd: int, wait: float) -> None:
         deadline = time.monotonic() + wait
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
+                return
             except BlockingIOError:
                 if time.monotonic() >= deadline:
-                    holder = self.holder()
-                    os.close(fd)
                     raise StateDirLocked(
-                        f"another herocollector service already uses this state_dir: {_describe(holder)}",
+                        f"another herocollector service already uses this state_dir: {_describe(self.holder())}",
                         self.file.parent,
                     ) from None
                 time.sleep(0.05)
-        info = {
-            "host": socket.gethostname(),
-            "pid": os.getpid(),
-            "since": time.time(),
-            "description": self.description,
-        }
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(info).encode(), 0)
-        self._fd = fd
-        return self
 
     def holder(self) -> dict[str, Any]:
         """What the lock file says about its holder (empty if unreadable)."""

@@ -174,7 +174,7 @@ class Env:
         self._actors.remove(actor)
         try:
             actor._teardown()
-            assert not actor._worker_thread.is_alive()
+            assert not hasattr(actor, "_worker_thread")  # the base class's queue thread is never started
             assert not any(t.is_alive() for t in actor.service.scheduler._threads)
         finally:
             actor._destroy_hero()
