@@ -1662,7 +1662,7 @@ def test_read_only_install_caches_kernels_in_the_user_cache(tmp_path: Path) -> N
 
     package = tmp_path / "site" / "herocollector"
     shutil.copytree(Path(herocollector.__file__).parent, package, ignore=shutil.ignore_patterns("__pycache__"))
-    (package / "__pycache__").write_text("not a directory")  # even root cannot write in there
+    (package / "decode" / "__pycache__").write_text("not a directory")  # even root cannot write in there
     data = tmp_path / "segment-000000.seg.zst"
     data.write_bytes(encode_segment(bulk_records(seed=48, count=50, max_n=5)))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("NUMBA_", "HEROCOLLECTOR_"))}
