@@ -183,7 +183,7 @@ CRASHING_COLLECTOR = textwrap.dedent(
     import json, os, signal, sys
     from herocollector import CollectionService, ServiceConfig
     from herocollector.journal.sqlite import JobState
-    from herocollector.service.core import runner as runner_module
+    from herocollector.service import runner as runner_module
 
     arguments, point = json.loads(sys.argv[1]), sys.argv[2]
     service = CollectionService(ServiceConfig.from_arguments(**arguments))

@@ -3,8 +3,14 @@
 An output is written to a temporary file in its final directory, fsynced, and only then
 linked (or renamed) into place, so no reader ever sees a half-written file under a final
 name. :meth:`OutputFile.abort` always removes the temporary file, even when closing it fails
-(a full disk). Temporary names are short (the final name is hashed), so any valid final name
-works, and unique per process, so two writers never share one.
+(a full disk), and never raises: the error that made the caller abort is the one reported. A
+temporary file that cannot be removed (a folder turned read-only) is remembered and removed
+by the next attempt of the same process (:func:`remove_abandoned`). Temporary names are short
+(the final name is hashed), so any valid final name works, and unique per process, so two
+writers never share one.
+
+Every ``OSError`` of writing or publishing (ENOSPC, EROFS, EACCES ...) is raised as a
+:class:`~herocollector.errors.PublishError` naming the final path and its folder.
 
 Formats: Arrow IPC file (``file``), Arrow IPC stream (``stream``) and Parquet (``parquet``);
 the provenance goes into the schema (key-value) metadata of each.
@@ -16,8 +22,10 @@ import enum
 import hashlib
 import itertools
 import json
+import logging
 import os
 import socket
+import threading
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -25,12 +33,17 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from herocollector.errors import ConfigError, OutputError
+from herocollector.errors import ConfigError, OutputError, PublishError
+
+log = logging.getLogger(__name__)
 
 PROVENANCE_PREFIX = "herocollector."
 TEMP_SUFFIX = ".tmp"
 _HOST = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
 _sequence = itertools.count()
+_abandoned: set[Path] = set()
+"""Temporary files of this process that could not be removed (a read-only folder): removed later."""
+_abandoned_lock = threading.Lock()
 
 
 class OutputFormat(enum.StrEnum):
@@ -157,22 +170,92 @@ def temporary_name(final: Path) -> Path:
     return final.parent / f".{_name_digest(final)}.{_HOST}.{os.getpid()}.{next(_sequence)}{TEMP_SUFFIX}"
 
 
-def remove_stale_temporaries(final: Path) -> list[Path]:
-    """Remove temporary files for ``final`` left by processes of this host that died.
+def discard(temporary: Path) -> bool:
+    """Remove a temporary file; never raises.
+
+    A file that cannot be removed now (a read-only folder) is remembered, and removed by
+    :func:`remove_abandoned` or the next :func:`remove_stale_temporaries` of its final name.
+
+    Returns:
+        Whether it is gone.
+    """
+    try:
+        temporary.unlink(missing_ok=True)
+    except OSError as exc:
+        log.warning(f"cannot remove the temporary file {temporary} now ({exc}); it is removed by the next attempt")
+        with _abandoned_lock:
+            _abandoned.add(temporary)
+        return False
+    with _abandoned_lock:
+        _abandoned.discard(temporary)
+    return True
+
+
+def remove_abandoned() -> list[Path]:
+    """Remove the temporary files this process could not remove earlier, where it can now.
 
     Returns:
         The files removed.
     """
-    removed = []
-    for leftover in final.parent.glob(f".{_name_digest(final)}.{_HOST}.*{TEMP_SUFFIX}"):
+    with _abandoned_lock:
+        pending = sorted(_abandoned)
+    return [path for path in pending if discard(path)]
+
+
+def remove_stale_temporaries(final: Path) -> list[Path]:
+    """Remove temporary files for ``final`` left by processes of this host that died, or abandoned by this one.
+
+    Returns:
+        The files removed.
+    """
+    removed: list[Path] = []
+    with _abandoned_lock:
+        abandoned = set(_abandoned)
+    try:
+        leftovers = list(final.parent.glob(f".{_name_digest(final)}.{_HOST}.*{TEMP_SUFFIX}"))
+    except OSError:
+        return removed  # an unreadable folder: creating the new temporary file reports it
+    for leftover in leftovers:
         try:
             pid = int(leftover.name.split(".")[3])
         except (IndexError, ValueError):
             continue
-        if pid != os.getpid() and not _alive(pid):
-            leftover.unlink(missing_ok=True)
+        if (leftover in abandoned or (pid != os.getpid() and not _alive(pid))) and discard(leftover):
             removed.append(leftover)
     return removed
+
+
+def link_into_place(temporary: Path, final: Path, replace: bool) -> None:
+    """Publish a finished temporary file under its final name, atomically; the temporary name is gone after.
+
+    Args:
+        temporary: The finished, fsynced temporary file (in the folder of ``final``).
+        final: Its final name.
+        replace: Replace an existing file there (``os.replace``); otherwise ``os.link``, which
+            fails if the name is taken, and the existing file is left untouched.
+
+    Raises:
+        OutputError: ``replace`` is False and the final name exists.
+        PublishError: Any other failure (a read-only folder ...), naming ``final``; the
+            temporary file is removed (or, if even that fails, left to the next attempt).
+    """
+    try:
+        if replace:
+            os.replace(temporary, final)
+        else:
+            os.link(temporary, final)  # fails, atomically, if the name is taken
+    except FileExistsError:
+        discard(temporary)
+        raise OutputError("refusing to overwrite a file this job did not write", final) from None
+    except OSError as exc:
+        discard(temporary)
+        raise PublishError("publishing", final, exc) from exc
+    if not replace:
+        discard(temporary)  # only a second name of the published file now
+    try:
+        fsync_dir(final.parent)
+    except OSError as exc:
+        raise PublishError("syncing the folder of", final, exc) from exc
 
 
 def _alive(pid: int) -> bool:
@@ -203,7 +286,7 @@ class OutputFile:
         compression: Buffer compression (Parquet defaults to zstd).
 
     Raises:
-        OSError: The temporary file cannot be created.
+        PublishError: The temporary file cannot be created (the error names ``final``).
     """
 
     def __init__(
@@ -219,15 +302,20 @@ class OutputFile:
         self.rows = 0
         self.bytes = 0
         self.sha256 = ""
-        final.parent.mkdir(parents=True, exist_ok=True)
-        remove_stale_temporaries(final)
         self.temporary = temporary_name(final)
-        self._fh: BinaryIO = open(self.temporary, "xb")
+        try:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            remove_stale_temporaries(final)
+            self._fh: BinaryIO = open(self.temporary, "xb")
+        except OSError as exc:
+            raise PublishError("creating", final, exc) from exc
         try:
             self._writer = self._open_writer(schema, codec)
-        except BaseException:
+        except BaseException as exc:
             self._fh.close()
-            self.temporary.unlink(missing_ok=True)
+            discard(self.temporary)
+            if isinstance(exc, OSError):
+                raise PublishError("writing", final, exc) from exc
             raise
 
     def _open_writer(self, schema: pa.Schema, compression: Compression | None) -> Any:
@@ -239,21 +327,38 @@ class OutputFile:
         return opener(self._fh, schema, options=options)
 
     def write(self, batch: pa.RecordBatch) -> None:
-        """Append a batch."""
-        self._writer.write_batch(batch)
+        """Append a batch.
+
+        Raises:
+            PublishError: Writing failed (a full disk), naming the final path.
+        """
+        try:
+            self._writer.write_batch(batch)
+        except OSError as exc:
+            raise PublishError("writing", self.final, exc) from exc
         self.rows += batch.num_rows
 
     def finish(self) -> None:
-        """Close the writer and make the temporary file durable (before :meth:`publish`)."""
-        self._writer.close()
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
-        self.bytes = self._fh.tell()
-        self._fh.close()
-        self.sha256 = sha256_of(self.temporary)
+        """Close the writer and make the temporary file durable (before it is published).
+
+        Raises:
+            PublishError: Writing failed (a full disk), naming the final path.
+        """
+        try:
+            self._writer.close()
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+            self.bytes = self._fh.tell()
+            self._fh.close()
+            self.sha256 = sha256_of(self.temporary)
+        except OSError as exc:
+            raise PublishError("writing", self.final, exc) from exc
 
     def publish(self, replace: bool) -> None:
-        """Move the finished temporary file to its final name.
+        """Move the finished temporary file to its final name, in a local folder.
+
+        The service publishes through its store (:meth:`herocollector.output.stores.OutputStore.publish`);
+        this is the same local step for a file written on its own.
 
         Args:
             replace: Replace an existing file (one this job wrote before a crash); otherwise
@@ -261,17 +366,9 @@ class OutputFile:
 
         Raises:
             OutputError: ``replace`` is False and the final name exists.
+            PublishError: Publishing failed (a read-only folder ...), naming the final path.
         """
-        try:
-            if replace:
-                os.replace(self.temporary, self.final)
-            else:
-                os.link(self.temporary, self.final)  # fails, atomically, if the name is taken
-                os.unlink(self.temporary)
-        except FileExistsError:
-            self.abort()
-            raise OutputError("refusing to overwrite a file this job did not write", self.final) from None
-        fsync_dir(self.final.parent)
+        link_into_place(self.temporary, self.final, replace)
 
     def commit(self, replace: bool) -> None:
         """:meth:`finish`, then :meth:`publish`."""
@@ -279,7 +376,11 @@ class OutputFile:
         self.publish(replace)
 
     def abort(self) -> None:
-        """Drop the temporary file; closing errors (ENOSPC) do not keep it."""
+        """Drop the temporary file; never raises, so the error that made the caller abort is the one reported.
+
+        Closing errors (ENOSPC) do not keep the file; one that cannot be removed now (a
+        read-only folder) is removed by the next attempt of this process.
+        """
         try:
             if not self._fh.closed:
                 try:
@@ -290,7 +391,7 @@ class OutputFile:
         except OSError:
             pass
         finally:
-            self.temporary.unlink(missing_ok=True)
+            discard(self.temporary)
 
 
 def route_batch(batch: pa.RecordBatch, ids: np.ndarray, group_of: np.ndarray, outputs: list[OutputFile]) -> None:

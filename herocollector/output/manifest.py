@@ -1,10 +1,19 @@
-"""Run manifests: the last thing written for a run, and the sign that its outputs are complete.
+"""Run manifests: the commit record of a run, the last thing written for it.
 
 After every output of a run is published, the actor writes one JSON manifest beside them, with
 a conditional create. It lists each output with its rows, size and SHA-256, and the run path,
 the job, the fencing token and the time. Readers and tools should trust a run's outputs only
 when its manifest exists: an output without one belongs to a collection that was interrupted
 and will be completed (or was refused) by the journal.
+
+A manifest always tells the truth about the files it lists, whenever the process dies:
+
+* a retry first looks at the manifest (:func:`check_manifest`). If it is the job's, lists
+  exactly the outputs the job plans, and every one of them verifies (size and SHA-256), the
+  run is committed already: the retry adopts it and rewrites nothing;
+* otherwise a manifest that is there is stale: it is removed *before* any output is replaced,
+  and a new one is written after all of them are published. In between there is no manifest,
+  so the outputs read as an interrupted collection, which they are.
 
 The manifest of a run is named ``_manifest-<run name>-<hash>.json`` and lies in the deepest
 folder that holds all the run's outputs. Names starting with ``_`` are skipped by
@@ -93,26 +102,85 @@ def manifest_location(run: str, outputs: Sequence[Path | str]) -> Path | str:
     return f"{scheme}{folder}/{filename}" if scheme else Path(folder) / filename
 
 
+@dataclass(frozen=True)
+class ManifestCheck:
+    """What a retry finds where a run's manifest goes (:func:`check_manifest`).
+
+    Attributes:
+        location: Where the run's manifest goes.
+        found: The manifest of this run there, if any.
+        committed: ``found`` is the job's, lists exactly the planned outputs, and each of
+            them verifies: the run is collected already, and is adopted as it is.
+        mismatched: The listed outputs that are missing or do not verify.
+    """
+
+    location: Path | str
+    found: Manifest | None
+    committed: bool
+    mismatched: tuple[str, ...] = ()
+
+
+def read_manifest(store: OutputStore, location: Path | str) -> Manifest | None:
+    """The manifest at ``location``, None if there is none.
+
+    Raises:
+        OutputError: Something that is not a manifest is there.
+    """
+    data = store.read_bytes(location)
+    if data is None:
+        return None
+    try:
+        return Manifest.from_json(data)
+    except OutputError as exc:
+        raise OutputError(f"manifest collision: {exc}", location) from None
+
+
+def check_manifest(store: OutputStore, run: str, job: int, outputs: Sequence[Path | str]) -> ManifestCheck:
+    """Whether the run is committed already: its manifest is there, the job's, and true.
+
+    Args:
+        store: Where the outputs are.
+        run: The logger path.
+        job: The journal job.
+        outputs: The outputs the job plans.
+
+    Raises:
+        OutputError: A manifest of another run (or a file that is not a manifest) is in the way.
+    """
+    location = manifest_location(run, outputs)
+    found = read_manifest(store, location)
+    if found is None:
+        return ManifestCheck(location, None, False)
+    if found.run != run:
+        raise OutputError(f"manifest collision: it belongs to the run {found.run}, not {run}", location)
+    if found.job != job or sorted(e.path for e in found.outputs) != sorted(str(o) for o in outputs):
+        return ManifestCheck(location, found, False)
+    mismatched = tuple(e.path for e in found.outputs if not store.verify(e.path, e.bytes, e.sha256))
+    return ManifestCheck(location, found, not mismatched, mismatched)
+
+
 def write_manifest(store: OutputStore, manifest: Manifest, stamp: Provenance) -> Path | str | None:
     """Write a run's manifest, last, with a conditional create.
 
-    An existing manifest of the same run and job (an earlier attempt got that far) is kept.
+    An existing manifest that lists exactly the same outputs is kept; any other one is not
+    this attempt's commit record (the caller removed a stale one before publishing).
 
     Returns:
         Where it is, or None when the run has no outputs.
 
     Raises:
-        OutputError: A manifest of another run is in the way.
+        OutputError: Another manifest is in the way (retried: the next attempt replaces it).
+        PublishError: It cannot be written (a full disk), naming its location.
     """
     if not manifest.outputs:
         return None
     location = manifest_location(manifest.run, [entry.path for entry in manifest.outputs])
     if store.put_bytes(location, manifest.to_json(), stamp):
         return location
-    existing = store.read_bytes(location)
-    found = Manifest.from_json(existing) if existing is not None else None
-    if found is None or (found.run, found.job) != (manifest.run, manifest.job):
-        raise OutputError(f"manifest collision: {location} belongs to {found.run if found else 'something else'}")
+    found = read_manifest(store, location)
+    if found is None or (found.run, found.job, found.outputs) != (manifest.run, manifest.job, manifest.outputs):
+        owner = f"the run {found.run} (job {found.job})" if found is not None else "something else"
+        raise OutputError(f"manifest collision: it lists other outputs, of {owner}", location)
     return location
 
 

@@ -15,12 +15,20 @@ then published under its final name, atomically and without overwriting another 
 
 Each published object carries its provenance as metadata (logger path, job, fencing token,
 SHA-256), so collisions and adoptions are decided without reading the data.
+
+Each store publishes by itself, from the finished temporary file: nothing is handed back to
+the :class:`~herocollector.output.files.OutputFile`. A failed publish leaves no temporary file
+(one that cannot be removed yet, in a folder turned read-only, is removed by the next attempt)
+and raises the original cause as a :class:`~herocollector.errors.PublishError` naming the final
+location. :meth:`OutputStore.verify` and :meth:`OutputStore.remove` let the runner adopt a run
+whose manifest is complete and true, or replace a stale one.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
@@ -29,12 +37,15 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote
 
-from herocollector.errors import ConfigError, OutputError
+from herocollector.errors import ConfigError, OutputError, PublishError
 from herocollector.output.files import (
     OutputFile,
+    discard,
     fsync_dir,
+    link_into_place,
     read_provenance,
     remove_stale_temporaries,
+    sha256_of,
     temporary_name,
 )
 from herocollector.output.paths import object_root
@@ -107,6 +118,29 @@ class OutputStore(ABC):
     def read_bytes(self, location: Path | str) -> bytes | None:
         """The contents of a small object, or None if it does not exist."""
 
+    @abstractmethod
+    def remove(self, location: Path | str) -> None:
+        """Remove an object (a stale manifest), durably; nothing there is fine.
+
+        Raises:
+            PublishError: It cannot be removed.
+        """
+
+    @abstractmethod
+    def verify(self, location: Path | str, size: int, sha256: str) -> bool:
+        """Whether ``location`` holds exactly ``size`` bytes with this SHA-256.
+
+        A local file is read and hashed again; an object's size and recorded checksum are compared.
+        """
+
+    @abstractmethod
+    def published(self, location: Path | str, size: int, sha256: str) -> tuple[int, str]:
+        """Size and SHA-256 of what is at ``location`` right after a publish that staged ``size``/``sha256``.
+
+        The same figures for a local file (it is the staged file); an object store may have
+        adopted an earlier attempt's object instead, whose own figures are returned.
+        """
+
 
 class LocalStore(OutputStore):
     """Outputs in a local (or network-mounted) folder."""
@@ -127,29 +161,37 @@ class LocalStore(OutputStore):
         return Provenance(found.get("logger_path", ""), int(found.get("job", 0) or 0))
 
     def publish(self, file: OutputFile, location: Path | str, provenance: Provenance, replace_own: bool) -> str:
-        """See :meth:`OutputStore.publish`."""
-        file.publish(replace_own)
+        """See :meth:`OutputStore.publish`: a link (never overwrites) or, for the job's own file, a rename."""
+        link_into_place(file.temporary, Path(location), replace_own)
         return file.sha256
 
     def put_bytes(self, location: Path | str, data: bytes, provenance: Provenance) -> bool:
-        """See :meth:`OutputStore.put_bytes`."""
+        """See :meth:`OutputStore.put_bytes`.
+
+        Raises:
+            PublishError: It cannot be written (a full disk, a read-only folder), naming ``location``.
+        """
         final = Path(location)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        remove_stale_temporaries(final)
         staged = temporary_name(final)
         try:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            remove_stale_temporaries(final)
             with open(staged, "xb") as fh:
                 fh.write(data)
                 fh.flush()
                 os.fsync(fh.fileno())
-            try:
-                os.link(staged, final)
-            except FileExistsError:
-                return False
-            fsync_dir(final.parent)
-            return True
+            os.link(staged, final)
+        except FileExistsError:
+            return False
+        except OSError as exc:
+            raise PublishError("writing", final, exc) from exc
         finally:
-            staged.unlink(missing_ok=True)
+            discard(staged)
+        try:
+            fsync_dir(final.parent)
+        except OSError as exc:
+            raise PublishError("syncing the folder of", final, exc) from exc
+        return True
 
     def read_bytes(self, location: Path | str) -> bytes | None:
         """See :meth:`OutputStore.read_bytes`."""
@@ -157,6 +199,32 @@ class LocalStore(OutputStore):
             return Path(location).read_bytes()
         except FileNotFoundError:
             return None
+
+    def remove(self, location: Path | str) -> None:
+        """See :meth:`OutputStore.remove`."""
+        path = Path(location)
+        try:
+            path.unlink(missing_ok=True)
+            fsync_dir(path.parent)
+        except FileNotFoundError:
+            pass  # the folder is gone too
+        except OSError as exc:
+            raise PublishError("removing", path, exc) from exc
+
+    def verify(self, location: Path | str, size: int, sha256: str) -> bool:
+        """See :meth:`OutputStore.verify`: a regular file (not a link), its size, then its bytes hashed."""
+        path = Path(location)
+        try:
+            info = path.lstat()
+            if not stat.S_ISREG(info.st_mode) or info.st_size != size:
+                return False
+            return sha256_of(path) == sha256
+        except OSError:
+            return False
+
+    def published(self, location: Path | str, size: int, sha256: str) -> tuple[int, str]:
+        """See :meth:`OutputStore.published`: the staged file is what is published."""
+        return size, sha256
 
 
 def s3_client(options: Mapping[str, Any]) -> Any:
@@ -289,7 +357,7 @@ class S3Store(OutputStore):
                 f"the run {provenance.logger_path} (job {provenance.job})"
             )
         finally:
-            file.temporary.unlink(missing_ok=True)
+            discard(file.temporary)
 
     def _create(self, staged: Path, location: Path | str, provenance: Provenance) -> bool:
         """Upload ``staged`` unless the key exists; False if it existed."""
@@ -367,6 +435,38 @@ class S3Store(OutputStore):
             if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
                 return None
             raise OutputError(f"cannot read {location}: {exc}") from None
+
+    def _head(self, location: Path | str) -> tuple[int, str] | None:
+        """Size and recorded SHA-256 of an object, None if there is none."""
+        from botocore.exceptions import ClientError
+
+        try:
+            head = self.client.head_object(Bucket=self.bucket, Key=self.key(location))
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise OutputError(f"cannot read {location}: {exc}") from None
+        return int(head.get("ContentLength", -1)), str(head.get("Metadata", {}).get(f"{_META}sha256", ""))
+
+    def remove(self, location: Path | str) -> None:
+        """See :meth:`OutputStore.remove`."""
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=self.key(location))
+        except ClientError as exc:
+            raise PublishError("removing", location, exc) from exc
+
+    def verify(self, location: Path | str, size: int, sha256: str) -> bool:
+        """See :meth:`OutputStore.verify`: the object's size and the SHA-256 recorded when it was uploaded."""
+        return self._head(location) == (size, sha256)
+
+    def published(self, location: Path | str, size: int, sha256: str) -> tuple[int, str]:
+        """See :meth:`OutputStore.published`: the object's own size and recorded SHA-256 (it may be adopted)."""
+        found = self._head(location)
+        if found is None:
+            raise OutputError("published, but the object is not there", location)
+        return found
 
 
 def open_store(output_root: str | Path, storage_options: Mapping[str, Any] | None, staging: Path) -> OutputStore:

@@ -7,10 +7,17 @@ For a job it:
    ``backoff`` ms), or fails it with :class:`~herocollector.errors.DoneTimeout` once its
    deadline has passed;
 3. with ``claim_runs``, claims the run against the other actors of a fleet;
-4. plans the run, reserves its output paths in the journal, writes and commits its outputs
-   through the :class:`~herocollector.output.pipeline.OutputPipeline`;
-5. records the outcome: done with its outputs, or failed under the retry policy (the
-   error's :attr:`~herocollector.errors.CollectorError.retryable` and ``max_retries``).
+4. plans the run, reserves its output paths in the journal, and adopts the run as it is if
+   its manifest is complete and true (an earlier attempt died after writing it); otherwise
+   removes a stale manifest, writes and publishes its outputs through the
+   :class:`~herocollector.output.pipeline.OutputPipeline`, then writes the manifest, its commit
+   record (:mod:`herocollector.output.manifest`);
+5. records the outcome, in one place (:meth:`JobRunner.conclude`): done with its outputs,
+   parked, put back, or failed under the retry policy (the error's
+   :attr:`~herocollector.errors.CollectorError.retryable` and ``max_retries``). A failed
+   attempt keeps the journal reservations of the outputs it left published without a manifest
+   (a full disk at the manifest, a publish that failed half-way), so every file under a final
+   name is accounted for, and the retry replaces them.
 
 A journal error while recording an outcome is kept and recorded again later
 (:meth:`JobRunner.record_pending`), so the worker lives on and nothing is forgotten.
@@ -18,12 +25,14 @@ A journal error while recording an outcome is kept and recorded again later
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -39,10 +48,10 @@ from herocollector.errors import (
 )
 from herocollector.events import RunCollected, RunFailed
 from herocollector.journal.sqlite import Job, JobState, JobStore
-from herocollector.output.files import provenance_metadata
-from herocollector.output.manifest import ManifestEntry, new_manifest, write_manifest
+from herocollector.output.files import provenance_metadata, remove_abandoned
+from herocollector.output.manifest import ManifestEntry, check_manifest, new_manifest, write_manifest
 from herocollector.output.paths import PathTemplate, Trusted
-from herocollector.output.pipeline import OutputPipeline, OutputTarget, PlannedRun
+from herocollector.output.pipeline import CollectionPlan, OutputPipeline, OutputTarget, PlannedRun
 from herocollector.output.stores import Provenance, open_store
 from herocollector.run import logdir
 from herocollector.run.claims import COLLECTED, HELD, RunClaim
@@ -52,6 +61,69 @@ log = logging.getLogger(__name__)
 
 class _Deferred(Exception):
     """The run is being collected by another actor of the fleet; look again later."""
+
+
+@dataclass
+class _Attempt:
+    """What one attempt left behind that its outcome must record.
+
+    Attributes:
+        unmanifested: Outputs under a final name with this run's provenance that no manifest
+            commits (the attempt failed after publishing, or an earlier one died there).
+    """
+
+    unmanifested: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Collected:
+    """The run is collected (by this actor, or another one of the fleet): done."""
+
+    report: RunCollected
+
+
+@dataclass(frozen=True)
+class Parked:
+    """The run has no ``_DONE`` yet: waiting, checked again at ``check_at``."""
+
+    check_at: float
+    deadline: float | None
+
+
+@dataclass(frozen=True)
+class PutBack:
+    """Pending again without counting the attempt (another actor's claim, or a shutdown)."""
+
+    retry_at: float | None
+    reason: str | None
+
+
+@dataclass(frozen=True)
+class Fenced:
+    """The lease was taken over: this actor records nothing."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class Failed:
+    """A failed attempt, recorded under the retry policy.
+
+    Attributes:
+        error: The original cause.
+        attempts: Attempts made, this one included.
+        kept: Output reservations kept: files published with no manifest to commit them.
+        waited: The job was waiting for ``_DONE`` (not running) when it failed.
+    """
+
+    error: BaseException
+    attempts: int
+    kept: tuple[str, ...] = ()
+    waited: bool = False
+
+
+Outcome = Collected | Parked | PutBack | Fenced | Failed
+"""Where one job goes next; :meth:`JobRunner.conclude` records it."""
 
 
 def describe(exc: BaseException) -> str:
@@ -120,62 +192,37 @@ class JobRunner:
     def run(self, job: Job) -> None:
         """Collect one job taken from the journal and record the outcome. Never raises."""
         started = time.monotonic()
+        attempt = _Attempt()
+        outcome: Outcome
         try:
-            report = self._collect(job, started)
+            outcome = self._collect(job, started, attempt)
         except _Deferred as deferred:
-            reason = str(deferred)
-            log.info(f"job {job.id} for {job.path} deferred: {reason}")
-            later = time.time() + self.config.claim_heartbeat
-            self._record(job.id, lambda: self.journal.defer(job.id, later, reason, token=job.token))
+            outcome = PutBack(time.time() + self.config.claim_heartbeat, str(deferred))
         except Cancelled:
-            log.info(f"job {job.id} for {job.path} interrupted by shutdown; it stays pending")
-            self._record(job.id, lambda: self.journal.defer(job.id, None, None, token=job.token))
+            outcome = PutBack(None, None)
         except LeaseLost as lost:
-            log.warning(
-                f"herocollector: job {job.id} for {job.path}: lease lost, fenced out; nothing recorded ({lost})"
-            )
+            outcome = Fenced(str(lost))
         except BaseException as exc:  # noqa: BLE001 - whatever happens, the worker lives on
-            self._failed(job, exc, job.attempts)
-        else:
-            if report is not None:
-                self._notify(self.on_collected, report)
-                if self.after_collect is not None and report.collected_by is None and job.path is not None:
-                    try:
-                        self.after_collect(job.path)
-                    except Exception as exc:  # noqa: BLE001 - the run is collected; cleanup can be retried
-                        log.error(f"cleanup after collecting {job.path} failed: {exc}")
+            outcome = Failed(exc, job.attempts, tuple(attempt.unmanifested))
+        self.conclude(job, outcome)
 
-    def _collect(self, job: Job, started: float) -> RunCollected | None:
-        """The work of :meth:`run`; None when the run was parked."""
+    def _collect(self, job: Job, started: float, attempt: _Attempt) -> Collected | Parked:
+        """The work of :meth:`run`, up to its outcome (recorded by :meth:`conclude`)."""
+        remove_abandoned()  # temporary files an earlier attempt could not remove (a read-only folder)
         if job.path is None:
             raise RunRefused("job has no logger path")
         path = check_logger_path(job.path, self.config.allowed_roots)
         if not path.is_dir():
             raise CollectorError("logger directory does not exist", job.path)
         if not logdir.is_done(path):
-            self._park(job)
-            return None
+            return self._park(job)
         with LeaseKeeper(self.journal, job, self.config.lease_timeout, self.stopping) as lease:
-            outputs, nbytes, collected_by = self._claimed_write(job, path, lease)
+            outputs, nbytes, collected_by = self._claimed_write(job, path, lease, attempt)
             lease.check()
-            try:
-                self.journal.finish(job.id, outputs, token=job.token)
-            except LeaseLost:
-                raise  # fenced out at the last moment: not collected by this actor
-            except Exception:  # noqa: BLE001 - the outputs are published; record the outcome later
-                self._record(job.id, lambda: self.journal.finish(job.id, outputs, token=job.token))
         seconds = time.monotonic() - started
-        rows = sum(outputs.values())
-        if collected_by is None:
-            log.info(
-                f"herocollector: job {job.id} collected {job.path}: {rows} rows into {len(outputs)} "
-                f"file(s) in {seconds:.3f} s"
-            )
-        else:
-            log.info(f"job {job.id}: {job.path} was collected by {collected_by}")
-        return RunCollected(job.path or "", outputs, rows, seconds, job.id, nbytes, collected_by)
+        return Collected(RunCollected(job.path, outputs, sum(outputs.values()), seconds, job.id, nbytes, collected_by))
 
-    def _park(self, job: Job) -> None:
+    def _park(self, job: Job) -> Parked:
         """No ``_DONE`` yet: wait in the journal, or fail if the deadline passed."""
         now = time.time()
         deadline = job.deadline
@@ -183,10 +230,11 @@ class JobRunner:
             deadline = now + self.config.timeout / 1000
         if deadline is not None and now >= deadline:
             raise DoneTimeout(f"no _DONE within {self.config.timeout} ms of the announcement", job.path)
-        self.journal.park(job.id, now + self.config.backoff / 1000, deadline, token=job.token)
-        log.info(f"job {job.id}: {job.path} has no _DONE yet; waiting")
+        return Parked(now + self.config.backoff / 1000, deadline)
 
-    def _claimed_write(self, job: Job, path: Path, lease: LeaseKeeper) -> tuple[dict[str, int], int, str | None]:
+    def _claimed_write(
+        self, job: Job, path: Path, lease: LeaseKeeper, attempt: _Attempt
+    ) -> tuple[dict[str, int], int, str | None]:
         """Write the outputs, under a fleet claim if configured.
 
         Returns:
@@ -194,7 +242,7 @@ class JobRunner:
             another one.
         """
         if not self.config.claim_runs:
-            return (*self._write_outputs(job, path, lease), None)
+            return (*self._write_outputs(job, path, lease, attempt), None)
         claim = RunClaim(path, self.owner, self.config.claim_timeout, self.config.claim_heartbeat)
         result = claim.acquire()
         if result.outcome == COLLECTED:
@@ -205,21 +253,42 @@ class JobRunner:
             raise _Deferred(f"claimed by {result.info.get('owner')} (pid {result.info.get('pid')})")
         written: dict[str, int] | None = None
         try:
-            written, nbytes = self._write_outputs(job, path, lease)
+            written, nbytes = self._write_outputs(job, path, lease, attempt)
         finally:
             claim.release(written)
         return written, nbytes, None
 
-    def _write_outputs(self, job: Job, path: Path, lease: LeaseKeeper) -> tuple[dict[str, int], int]:
-        """Decode the run once, publish its output files, then its manifest.
+    def _write_outputs(self, job: Job, path: Path, lease: LeaseKeeper, attempt: _Attempt) -> tuple[dict[str, int], int]:
+        """Adopt the run if its manifest is true; else decode it once, publish its outputs, then its manifest.
 
         Returns:
-            Rows per output, and the segment bytes decoded.
+            Rows per output, and the segment bytes decoded (0 for a run adopted as it was).
         """
         run = self.pipeline.plan_run(path)
         plan = self.pipeline.plan([run], lambda index, planned, stream: self._route(job, planned, stream.metadata))
         if not plan.targets:
             return {}, run.segment_bytes
+        try:
+            return self._commit_run(job, plan, lease, run.segment_bytes)
+        except BaseException:
+            attempt.unmanifested = self._unmanifested(job, [target.path for target in plan.targets])
+            raise
+
+    def _commit_run(
+        self, job: Job, plan: CollectionPlan, lease: LeaseKeeper, segment_bytes: int
+    ) -> tuple[dict[str, int], int]:
+        """The commit protocol of one run: reserve; adopt, or remove a stale manifest, publish, write the manifest."""
+        run_path = job.path or ""
+        own = {str(target.path): self._reserve(job, target.path) for target in plan.targets}
+        check = check_manifest(self.store, run_path, job.id, [target.path for target in plan.targets])
+        if check.committed and check.found is not None:
+            log.info(f"job {job.id}: {run_path} is committed already (manifest {check.location}); adopted as it is")
+            return {entry.path: entry.rows for entry in check.found.outputs}, 0
+        if check.found is not None:
+            why = f"outputs that do not verify: {list(check.mismatched)}" if check.mismatched else "another job"
+            log.warning(f"job {job.id}: the manifest {check.location} is stale ({why}); replacing the run's outputs")
+            lease.check()
+            self.store.remove(check.location)  # before any output is replaced: a manifest never lists wrong files
         collected_at = datetime.now(UTC).isoformat()
 
         def provenance(target: OutputTarget) -> dict[str, str]:
@@ -237,14 +306,33 @@ class JobRunner:
             provenance=provenance,
             store=self.store,
             stamp=stamp,
-            reserve=lambda target: self._reserve(job, target.path),
+            reserve=lambda target: own[str(target.path)],
             check_cancel=check_cancel,
             before_publish=lease.check,
         )
-        entries = [ManifestEntry(str(w.path), w.rows, w.bytes, w.sha256) for w in written]
+        entries = [
+            ManifestEntry(str(w.path), w.rows, *self.store.published(w.path, w.bytes, w.sha256)) for w in written
+        ]
         lease.check()
-        write_manifest(self.store, new_manifest(job.path or "", job.id, job.token, entries), stamp)
-        return {str(w.path): w.rows for w in written}, run.segment_bytes
+        write_manifest(self.store, new_manifest(run_path, job.id, job.token, entries), stamp)
+        return {str(w.path): w.rows for w in written}, segment_bytes
+
+    def _unmanifested(self, job: Job, locations: Sequence[Path | str]) -> list[str]:
+        """The planned outputs under a final name with this run's provenance: what a failed attempt leaves published.
+
+        One whose provenance cannot be read counts too: a reservation too many blocks a path
+        until the retry; one too few would leave a file no record accounts for.
+        """
+        found = []
+        for location in locations:
+            try:
+                existing = self.store.provenance(location)
+            except Exception:  # noqa: BLE001 - unknown: keep the reservation
+                found.append(str(location))
+                continue
+            if existing is not None and existing.logger_path == job.path:
+                found.append(str(location))
+        return found
 
     def _route(self, job: Job, run: PlannedRun, labels: dict[str, object]) -> Path | str:
         """Render a stream's output path: default_metadata, event metadata, labels, then the run."""
@@ -280,8 +368,48 @@ class JobRunner:
 
     # -- failures -----------------------------------------------------------------------------
 
-    def _failed(self, job: Job, exc: BaseException, attempts: int, *, waited: bool = False) -> None:
+    def conclude(self, job: Job, outcome: Outcome) -> None:
+        """Record an outcome in the journal, log it and report it: the one place outcomes go. Never raises."""
+        if isinstance(outcome, Collected):
+            self._collected(job, outcome.report)
+        elif isinstance(outcome, Parked):
+            self._record(job.id, lambda: self.journal.park(job.id, outcome.check_at, outcome.deadline, token=job.token))
+            log.info(f"job {job.id}: {job.path} has no _DONE yet; waiting")
+        elif isinstance(outcome, PutBack):
+            if outcome.reason is None:
+                log.info(f"job {job.id} for {job.path} interrupted by shutdown; it stays pending")
+            else:
+                log.info(f"job {job.id} for {job.path} deferred: {outcome.reason}")
+            self._record(job.id, lambda: self.journal.defer(job.id, outcome.retry_at, outcome.reason, token=job.token))
+        elif isinstance(outcome, Fenced):
+            log.warning(
+                f"herocollector: job {job.id} for {job.path}: lease lost, fenced out; "
+                f"nothing recorded ({outcome.reason})"
+            )
+        else:
+            self._failed(job, outcome)
+
+    def _collected(self, job: Job, report: RunCollected) -> None:
+        outputs = report.outputs
+        if not self._record(job.id, lambda: self.journal.finish(job.id, outputs, token=job.token)):
+            return  # fenced out at the last moment: not collected by this actor
+        if report.collected_by is None:
+            log.info(
+                f"herocollector: job {job.id} collected {job.path}: {report.rows} rows into {len(outputs)} "
+                f"file(s) in {report.seconds:.3f} s"
+            )
+        else:
+            log.info(f"job {job.id}: {job.path} was collected by {report.collected_by}")
+        self._notify(self.on_collected, report)
+        if self.after_collect is not None and report.collected_by is None and job.path is not None:
+            try:
+                self.after_collect(job.path)
+            except Exception as exc:  # noqa: BLE001 - the run is collected; cleanup can be retried
+                log.error(f"cleanup after collecting {job.path} failed: {exc}")
+
+    def _failed(self, job: Job, failure: Failed) -> None:
         """Record a failed attempt under the retry policy and report it."""
+        exc, attempts = failure.error, failure.attempts
         message = describe(exc)
         retryable = getattr(exc, "retryable", True) and not isinstance(exc, RunRefused)
         retry_at = None
@@ -290,11 +418,13 @@ class JobRunner:
         keep_deadline = not isinstance(exc, DoneTimeout)  # after a _DONE timeout the next try waits afresh
 
         def record() -> object:
-            if waited:
+            if failure.waited:
                 return self.journal.expire(job.id, message, retry_at)
-            return self.journal.fail(job.id, message, retry_at, keep_deadline=keep_deadline, token=job.token)
+            return self._fail(job, message, retry_at, keep_deadline, failure.kept)
 
         self._record(job.id, record)
+        if failure.kept:
+            log.warning(f"job {job.id}: outputs published without a manifest stay reserved: {list(failure.kept)}")
         if retry_at is None:
             log.error(f"job {job.id} for {job.path} failed after {attempts} attempt(s): {message}")
         else:
@@ -303,6 +433,24 @@ class JobRunner:
                 f"retrying in {retry_at - time.time():.1f} s: {message}"
             )
         self._notify(self.on_failed, RunFailed(job.path, message, attempts, retry_at is None, job.id))
+
+    def _fail(
+        self, job: Job, message: str, retry_at: float | None, keep_deadline: bool, kept: tuple[str, ...]
+    ) -> object:
+        """``journal.fail``, keeping the reservations of ``kept`` (outputs published without a manifest)."""
+        fail: Callable[..., object] = self.journal.fail
+        if not kept:
+            return fail(job.id, message, retry_at, keep_deadline=keep_deadline, token=job.token)
+        if "keep_outputs" in inspect.signature(fail).parameters:
+            return fail(job.id, message, retry_at, keep_deadline=keep_deadline, token=job.token, keep_outputs=kept)
+        # A journal without keep_outputs: reserve them again right after; fail() checked the token.
+        result = fail(job.id, message, retry_at, keep_deadline=keep_deadline, token=job.token)
+        for output in kept:
+            try:
+                self.journal.claim_output(job.id, output)
+            except OutputTakenError as exc:
+                log.error(f"job {job.id}: the published output {output} could not stay reserved: {exc}")
+        return result
 
     def check_waiting(self) -> bool:
         """Wake waiting jobs whose ``_DONE`` appeared; fail those past their deadline.
@@ -318,22 +466,28 @@ class JobRunner:
                 woke = True
             elif job.deadline is not None and now >= job.deadline:
                 error = DoneTimeout(f"no _DONE within {self.config.timeout} ms of the announcement", job.path)
-                self._failed(job, error, job.attempts + 1, waited=True)
+                self.conclude(job, Failed(error, job.attempts + 1, waited=True))
                 woke = True
         return woke
 
     # -- recording outcomes -------------------------------------------------------------------
 
-    def _record(self, job_id: int, action: Callable[[], object]) -> None:
-        """Record an outcome in the journal; if the journal fails, keep it for later."""
+    def _record(self, job_id: int, action: Callable[[], object]) -> bool:
+        """Record an outcome in the journal; if the journal fails, keep it for later.
+
+        Returns:
+            False if the job was fenced out (nothing is recorded, now or later).
+        """
         try:
             action()
         except LeaseLost as lost:
             log.warning(f"job {job_id}: fenced out, its outcome is not recorded ({lost})")
+            return False
         except Exception as exc:  # noqa: BLE001 - keep the outcome, record it again later
             log.error(f"recording the outcome of job {job_id} failed ({exc}); will retry")
             with self._unrecorded_lock:
                 self._unrecorded[job_id] = action
+        return True
 
     def record_pending(self) -> int:
         """Record again the outcomes the journal refused earlier.
