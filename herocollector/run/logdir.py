@@ -27,6 +27,10 @@ SEGMENT_SUFFIX = ".seg.zst"
 def segment_files(path: str | Path) -> list[Path]:
     """The segment files of a run, in name order (the order they must be decoded in).
 
+    For display and tests: collection reads a run through
+    :class:`herocollector.run.rundir.RunDirectory`, which refuses what this skips or follows
+    (a FIFO, a directory, a symlink).
+
     Args:
         path: The logger directory.
 
@@ -37,8 +41,13 @@ def segment_files(path: str | Path) -> list[Path]:
 
 
 def is_done(path: str | Path) -> bool:
-    """Whether the logger has finished writing ``path``."""
-    return (Path(path) / DONE_MARKER).exists()
+    """Whether the logger has finished writing ``path``: an entry named ``_DONE`` is there.
+
+    Any entry counts, a symlink (even a dangling one), a FIFO or a directory too, so that
+    reading the run (:class:`herocollector.run.rundir.RunDirectory`) reports such a ``_DONE``
+    as an error instead of a wait that can only time out.
+    """
+    return os.path.lexists(Path(path) / DONE_MARKER)
 
 
 def wait_for_done(
@@ -78,7 +87,8 @@ def wait_for_done(
 def llround(values: np.ndarray) -> np.ndarray:
     """Round half away from zero, exactly as C's ``llround`` (NumPy rounds half to even)."""
     whole = np.trunc(values)
-    return (whole + np.sign(values) * (np.abs(values - whole) >= 0.5)).astype(np.int64)
+    rounded: np.ndarray = (whole + np.sign(values) * (np.abs(values - whole) >= 0.5)).astype(np.int64)
+    return rounded
 
 
 class RunWriter:
