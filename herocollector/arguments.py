@@ -1,10 +1,8 @@
 """Every argument of the collection service, defined once: name, type, default, validation, docs.
 
-:data:`ARGUMENTS` is the one definition. :class:`~herocollector.config.ServiceConfig` validates
-with it (:data:`SIGNATURE` is the signature of ``ServiceConfig.from_arguments``), the actor's
-``__init__`` takes exactly :data:`SIGNATURE`, and the argument table of ``docs/configuration.md``
-is :func:`reference_table` (a test checks the two are equal; ``python -m herocollector.arguments``
-prints it).
+:data:`ARGUMENTS` is the one definition. :class:`~herocollector.config.ServiceConfig` validates with it,
+``ServiceConfig.from_arguments`` and the actor's ``__init__`` have the signature :data:`SIGNATURE`, and
+the table of ``docs/configuration.md`` is :func:`reference_table` (``python -m herocollector.arguments``).
 """
 
 from __future__ import annotations
@@ -210,20 +208,17 @@ ARGUMENTS: tuple[Argument, ...] = (
         REQUIRED,
         _template,
         doc=(
-            "Jinja2 output path template, rendered once per selected stream in a sandbox with "
-            "`StrictUndefined` (an undefined variable fails the job). Variables, later ones winning: "
-            "`default_metadata`, the event metadata, the stream labels (with `stream_id`, "
-            "`epoch_scale`, `value_scale`), then `source_name` (the HERO that sent the event, "
-            "`remote` or `scan`), `logger_path` (the path as announced) and `logger_name` (its base "
-            "name). Every value a `{{ … }}` prints must be one path segment: a value with `/`, or an "
-            "empty, `.` or `..` value, fails the job (`LabelPathError`, not retried), so a label "
-            "cannot aim at another run's files or make a hidden file. Values from `default_metadata`,"
-            " `output_root` and `logger_path` are trusted and may hold `/`; `{{ value \\| subpath }}` "
-            "lets any value span folders on purpose (its parts still may not be empty, `.` or `..`). "
-            "A relative result is taken relative to `output_root`. The result must resolve inside "
-            "`output_root`, symlinks included, and its file name be at most 255 bytes. Streams with "
-            "the same rendered path share one file. A template that does not compile stops the actor "
-            "at start."
+            "Jinja2 output path template, rendered once per selected stream in a sandbox with `StrictUndefined` (an "
+            "undefined variable fails the job). Variables, later ones winning: `default_metadata`, the event "
+            "metadata, the stream labels (with `stream_id`, `epoch_scale`, `value_scale`), then `source_name` (the "
+            "HERO that sent the event, `remote` or `scan`), `logger_path` (the path as announced) and `logger_name` "
+            "(its base name). Every value a `{{ … }}` prints must be one path segment: a value with `/`, or an empty,"
+            " `.` or `..` value, fails the job (`LabelPathError`, not retried), so a label cannot aim at another "
+            "run's files or make a hidden file. Values from `default_metadata`, `output_root` and `logger_path` are "
+            "trusted and may hold `/`; `{{ value \\| subpath }}` lets any value span folders on purpose (its parts "
+            "still may not be empty, `.` or `..`). A relative result is taken relative to `output_root`. The result "
+            "must resolve inside `output_root`, symlinks included, and its file name be at most 255 bytes. Streams "
+            "with the same rendered path share one file. A template that does not compile stops the actor at start."
         ),
         example='`"{{ output_root }}/{{ experiment }}/{{ logger_name }}/{{ measure }}.arrow"`',
     ),
@@ -233,9 +228,8 @@ ARGUMENTS: tuple[Argument, ...] = (
         "*",
         _text,
         doc=(
-            "Zenoh object selector of the logger HEROs whose event is observed. It becomes part of "
-            "the key expression `<objects>/<realm>/<object_selector>/<event_name>`, so `*` means "
-            "every HERO in the realm."
+            "Zenoh object selector of the logger HEROs whose event is observed. It becomes part of the key expression"
+            " `<objects>/<realm>/<object_selector>/<event_name>`, so `*` means every HERO in the realm."
         ),
         example='`"*"`, `"demo-logger"`',
     ),
@@ -253,9 +247,9 @@ ARGUMENTS: tuple[Argument, ...] = (
         None,
         _rule,
         doc=(
-            "disco-tools label-selector rule spec (the JSON form) selecting the streams to collect. "
-            "It sees each stream's labels, `stream_id`, `epoch_scale`, `value_scale` and "
-            "`_logger_path`. A malformed rule stops the actor at start."
+            "disco-tools label-selector rule spec (the JSON form) selecting the streams to collect. It sees each "
+            "stream's labels, `stream_id`, `epoch_scale`, `value_scale` and `_logger_path`. A malformed rule stops "
+            "the actor at start."
         ),
         example='`{"match": {"key": "model", "op": "eq", "value": "supply_chain"}}`',
         default_doc="`null` (every stream)",
@@ -266,13 +260,12 @@ ARGUMENTS: tuple[Argument, ...] = (
         None,
         parse_columns,
         doc=(
-            "Stream labels added as columns after `stream_id`, `epoch`, `indices` and `values`, with "
-            "duplicates removed and order kept. A stream without the label gets null. A list of names"
-            " types each column from the values of the run's selected streams. A mapping of names to "
-            "Arrow type names (`string`, `large_string`, `int64`, `float64`, `bool`, …; `null` to "
-            "infer) pins the types, so every file of a dataset shares one schema even when a label is"
-            ' `7` in one run and `"seven"` in another (values are cast). A name that clashes with a '
-            "built-in column, or an unknown type, stops the actor at start."
+            "Stream labels added as columns after `stream_id`, `epoch`, `indices` and `values`, with duplicates "
+            "removed and order kept. A stream without the label gets null. A list of names types each column from the"
+            " values of the run's selected streams. A mapping of names to Arrow type names (`string`, `large_string`,"
+            " `int64`, `float64`, `bool`, …; `null` to infer) pins the types, so every file of a dataset shares one "
+            'schema even when a label is `7` in one run and `"seven"` in another (values are cast). A name that '
+            "clashes with a built-in column, or an unknown type, stops the actor at start."
         ),
         example='`["organisation", "experiment"]`, `{"experiment": "string", "run": "int64"}`',
         default_doc="`null` (no label columns)",
@@ -283,8 +276,8 @@ ARGUMENTS: tuple[Argument, ...] = (
         None,
         _mapping("default_metadata"),
         doc=(
-            "Template variables available to every job. Its `output_root` is used when the "
-            "`output_root` argument is not given, and `output_root` is added to it when missing."
+            "Template variables available to every job. Its `output_root` is used when the `output_root` argument is "
+            "not given, and `output_root` is added to it when missing."
         ),
         example='`{"output_root": "/data/collected", "site": "lab-2"}`',
         default_doc="`null` (`{}`)",
@@ -295,8 +288,8 @@ ARGUMENTS: tuple[Argument, ...] = (
         5,
         _number("max_retries", integer=True),
         doc=(
-            "Retries of a failed job after its first attempt, so at most `1 + max_retries` attempts. "
-            "After that the job stays `failed` in the journal until `retry()`."
+            "Retries of a failed job after its first attempt, so at most `1 + max_retries` attempts. After that the "
+            "job stays `failed` in the journal until `retry()`."
         ),
         example="`3`",
     ),
@@ -306,8 +299,8 @@ ARGUMENTS: tuple[Argument, ...] = (
         "path",
         _path_key,
         doc=(
-            "Key of the logger directory in the event payload dict, or in the metadata of a "
-            "`(payload, metadata)` event. A bare string event is taken as the path."
+            "Key of the logger directory in the event payload dict, or in the metadata of a `(payload, metadata)` "
+            "event. A bare string event is taken as the path."
         ),
         example='`"run_dir"`',
     ),
@@ -317,10 +310,10 @@ ARGUMENTS: tuple[Argument, ...] = (
         "file",
         OutputFormat.parse,
         doc=(
-            '`"file"` writes Arrow IPC files (random access, `pa.ipc.open_file`). `"stream"` writes '
-            'Arrow IPC streams (`pa.ipc.open_stream`). `"parquet"` writes Parquet files '
-            "(`pyarrow.parquet`, one row group per batch). All have the same columns and carry the "
-            "provenance in their schema metadata. Any other value stops the actor at start."
+            '`"file"` writes Arrow IPC files (random access, `pa.ipc.open_file`). `"stream"` writes Arrow IPC streams'
+            ' (`pa.ipc.open_stream`). `"parquet"` writes Parquet files (`pyarrow.parquet`, one row group per batch). '
+            "All have the same columns and carry the provenance in their schema metadata. Any other value stops the "
+            "actor at start."
         ),
         example='`"parquet"`',
     ),
@@ -330,8 +323,8 @@ ARGUMENTS: tuple[Argument, ...] = (
         None,
         Compression.parse,
         doc=(
-            'Buffer compression: `null`, `"zstd"` or `"lz4"`. For Parquet, `null` means zstd. Any '
-            "other value stops the actor at start."
+            'Buffer compression: `null`, `"zstd"` or `"lz4"`. For Parquet, `null` means zstd. Any other value stops '
+            "the actor at start."
         ),
         example='`"zstd"`',
         default_doc="`null` (none; Parquet: zstd)",
@@ -350,10 +343,9 @@ ARGUMENTS: tuple[Argument, ...] = (
         60_000,
         _number("timeout", allow_none=True, integer=True),
         doc=(
-            "Milliseconds from a run's announcement to wait for its `_DONE`. Meanwhile the job is "
-            "`waiting` and holds no worker; other runs are collected. When the time is up the attempt"
-            " fails with `DoneTimeout` and is retried under the retry policy (the next attempt waits "
-            "afresh). `null` waits forever."
+            "Milliseconds from a run's announcement to wait for its `_DONE`. Meanwhile the job is `waiting` and holds"
+            " no worker; other runs are collected. When the time is up the attempt fails with `DoneTimeout` and is "
+            "retried under the retry policy (the next attempt waits afresh). `null` waits forever."
         ),
         example="`600000`",
     ),
@@ -363,9 +355,8 @@ ARGUMENTS: tuple[Argument, ...] = (
         None,
         _state_dir,
         doc=(
-            "Folder of the job journal `journal.sqlite3` and of the lock file `lock`, created if "
-            "missing. One actor per `state_dir`: a second one fails to start with a message naming "
-            "the holder (host and pid)."
+            "Folder of the job journal `journal.sqlite3` and of the lock file `lock`, created if missing. One actor "
+            "per `state_dir`: a second one fails to start with a message naming the holder (host and pid)."
         ),
         example='`"/var/lib/herocollector"`',
         default_doc="`null` (`$XDG_STATE_HOME/herocollector`, or `~/.local/state/herocollector`)",
@@ -376,9 +367,9 @@ ARGUMENTS: tuple[Argument, ...] = (
         None,
         _allowed_roots,
         doc=(
-            "Folders the logger directories must lie in, after symlinks are resolved. An announced "
-            "run outside them fails its job, without retries. The catch-up scan walks them. `cleanup`"
-            " is refused for every run while this is not set."
+            "Folders the logger directories must lie in, after symlinks are resolved. An announced run outside them "
+            "fails its job, without retries. The catch-up scan walks them. `cleanup` is refused for every run while "
+            "this is not set."
         ),
         example='`["/data/runs"]`',
         default_doc="`null` (collect from anywhere, clean nothing, scan nothing)",
@@ -389,11 +380,10 @@ ARGUMENTS: tuple[Argument, ...] = (
         None,
         _optional_text,
         doc=(
-            "Where outputs go, and what every rendered path must stay inside: a local folder (or a "
-            "`file://` URI), or an object store prefix `s3://bucket/prefix` (with `storage_options`)."
-            " One of the two must be given, or the actor stops at start. If both are given, the "
-            "argument is the confinement root but `{{ output_root }}` in the template renders the "
-            "`default_metadata` value, so keep them equal."
+            "Where outputs go, and what every rendered path must stay inside: a local folder (or a `file://` URI), or"
+            " an object store prefix `s3://bucket/prefix` (with `storage_options`). One of the two must be given, or "
+            "the actor stops at start. If both are given, the argument is the confinement root but `{{ output_root "
+            "}}` in the template renders the `default_metadata` value, so keep them equal."
         ),
         example='`"/data/collected"`, `"s3://lab-data/collected"`',
         default_doc='`null` (`default_metadata["output_root"]`)',
@@ -431,14 +421,13 @@ ARGUMENTS: tuple[Argument, ...] = (
         False,
         _flag("claim_runs"),
         doc=(
-            "Claim each run before collecting it, for a fleet of actors that hear the same events and"
-            " see the same run directories (for example on NFS). The claim is a file "
-            "`.herocollector.claim` created exclusively in the logger directory, with a heartbeat. A "
-            "run claimed by another live actor is deferred and looked at again `claim_heartbeat` s "
-            "later, without counting an attempt. After a success the owner writes "
-            "`.herocollector.collected` (owner, outputs), and the other actors then mark their jobs "
-            "done with those outputs. Needs write access to the run directories. See "
-            "`herocollector/claims.py` for the guarantees on NFS."
+            "Claim each run before collecting it, for a fleet of actors that hear the same events and see the same "
+            "run directories (for example on NFS). The claim is a file `.herocollector.claim` created exclusively in "
+            "the logger directory, with a heartbeat. A run claimed by another live actor is deferred and looked at "
+            "again `claim_heartbeat` s later, without counting an attempt. After a success the owner writes "
+            "`.herocollector.collected` (owner, outputs), and the other actors then mark their jobs done with those "
+            "outputs. Needs write access to the run directories. See `herocollector/claims.py` for the guarantees on "
+            "NFS."
         ),
         example="`true`",
     ),
@@ -448,9 +437,8 @@ ARGUMENTS: tuple[Argument, ...] = (
         60.0,
         _number("claim_timeout", minimum=0.001),
         doc=(
-            "Seconds without a heartbeat after which another actor's claim is taken as stale (that "
-            "actor presumed dead) and taken over. Keep it well above `claim_heartbeat` plus clock "
-            "skew between hosts."
+            "Seconds without a heartbeat after which another actor's claim is taken as stale (that actor presumed "
+            "dead) and taken over. Keep it well above `claim_heartbeat` plus clock skew between hosts."
         ),
         example="`120.0`",
     ),
@@ -460,8 +448,8 @@ ARGUMENTS: tuple[Argument, ...] = (
         5.0,
         _number("claim_heartbeat", minimum=0.001),
         doc=(
-            "Seconds between heartbeats (mtime updates) of a held claim. This is also the delay "
-            "before a deferred job looks again."
+            "Seconds between heartbeats (mtime updates) of a held claim. This is also the delay before a deferred job"
+            " looks again."
         ),
         example="`10.0`",
     ),
@@ -471,10 +459,9 @@ ARGUMENTS: tuple[Argument, ...] = (
         3600.0,
         _number("cleanup_grace"),
         doc=(
-            "Seconds that cleaned files stay in the trash before they are deleted for good. `cleanup`"
-            " renames `NNNNN.seg.zst` to `NNNNN.seg.zst.trash-<unix time>` (and `streams` to "
-            "`streams.trash-<unix time>`) in place. `restore(path)` puts them back until a background"
-            " thread purges them. `0` deletes at once."
+            "Seconds that cleaned files stay in the trash before they are deleted for good. `cleanup` renames "
+            "`NNNNN.seg.zst` to `NNNNN.seg.zst.trash-<unix time>` (and `streams` to `streams.trash-<unix time>`) in "
+            "place. `restore(path)` puts them back until a background thread purges them. `0` deletes at once."
         ),
         example="`86400`",
     ),
@@ -484,8 +471,8 @@ ARGUMENTS: tuple[Argument, ...] = (
         False,
         _flag("cleanup_after_collect"),
         doc=(
-            "Clean every run (into the trash, `keep_meta=True`) right after it is collected. This is "
-            "subject to the same checks as `cleanup`, so it needs `allowed_roots`."
+            "Clean every run (into the trash, `keep_meta=True`) right after it is collected. This is subject to the "
+            "same checks as `cleanup`, so it needs `allowed_roots`."
         ),
         example="`true`",
     ),
@@ -495,11 +482,11 @@ ARGUMENTS: tuple[Argument, ...] = (
         True,
         _flag("remote_cleanup"),
         doc=(
-            "Whether remote callers may call `cleanup` and `restore`. HEROS calls carry no caller identity, so "
-            "while this is `true` any process that can join the realm can trash collected runs' segments (they "
-            "stay restorable for `cleanup_grace`). `false` refuses both remotely (a `RunRefused` error) while "
-            "`cleanup_after_collect`, the purge and in-process calls keep working. Keep it `true` only in a "
-            'realm closed with Zenoh access control (see docs/operations.md, "Securing a realm").'
+            "Whether remote callers may call `cleanup` and `restore`. HEROS calls carry no caller identity, so while "
+            "this is `true` any process that can join the realm can trash collected runs' segments (they stay "
+            "restorable for `cleanup_grace`). `false` refuses both remotely (a `RunRefused` error) while "
+            "`cleanup_after_collect`, the purge and in-process calls keep working. Keep it `true` only in a realm "
+            'closed with Zenoh access control (see docs/operations.md, "Securing a realm").'
         ),
         example="`false`",
     ),
@@ -509,8 +496,8 @@ ARGUMENTS: tuple[Argument, ...] = (
         2,
         _number("workers", minimum=1, integer=True),
         doc=(
-            "Runs collected at the same time, each by one worker thread. Decoding, zstd and Arrow "
-            "release the GIL, so on a machine with N cores up to N workers add throughput."
+            "Runs collected at the same time, each by one worker thread. Decoding, zstd and Arrow release the GIL, so"
+            " on a machine with N cores up to N workers add throughput."
         ),
         example="`4`",
     ),
@@ -520,12 +507,11 @@ ARGUMENTS: tuple[Argument, ...] = (
         300.0,
         _number("scan_interval", minimum=0.001, allow_none=True),
         doc=(
-            "Seconds between catch-up scans: at start and then periodically, `allowed_roots` are "
-            "walked for finished runs (a folder with `streams/` and `_DONE`) that have no job, and "
-            "those are journalled with the source `scan`. Runs announced while no actor listened, or "
-            "whose event was lost, are collected this way; a run that has a job (collected, cleaned, "
-            "failed, …) is never journalled again. `null` turns scanning off. There is no scan "
-            "without `allowed_roots`."
+            "Seconds between catch-up scans: at start and then periodically, `allowed_roots` are walked for finished "
+            "runs (a folder with `streams/` and `_DONE`) that have no job, and those are journalled with the source "
+            "`scan`. Runs announced while no actor listened, or whose event was lost, are collected this way; a run "
+            "that has a job (collected, cleaned, failed, …) is never journalled again. `null` turns scanning off. "
+            "There is no scan without `allowed_roots`."
         ),
         example="`600`, `null`",
     ),
@@ -535,9 +521,9 @@ ARGUMENTS: tuple[Argument, ...] = (
         3,
         _number("scan_depth", integer=True),
         doc=(
-            "Folder levels below each of `allowed_roots` that the scan looks at: `0` is the root "
-            "itself, `1` its sub-folders, and so on. The scan does not descend into a logger "
-            "directory, into hidden folders, or along symlinks."
+            "Folder levels below each of `allowed_roots` that the scan looks at: `0` is the root itself, `1` its "
+            "sub-folders, and so on. The scan does not descend into a logger directory, into hidden folders, or along"
+            " symlinks."
         ),
         example="`1`",
     ),
@@ -547,10 +533,10 @@ ARGUMENTS: tuple[Argument, ...] = (
         30.0,
         _number("lease_timeout", minimum=0.1),
         doc=(
-            "Seconds a worker's lease on a running job lasts unless renewed (every third of it). On a"
-            " shared PostgreSQL journal, an actor that stays silent longer (paused, partitioned, "
-            "dead) is fenced out: another actor takes the job with a new fencing token, and the "
-            "silent one can neither publish nor mark the job done."
+            "Seconds a worker's lease on a running job lasts unless renewed (every third of it). On a shared "
+            "PostgreSQL journal, an actor that stays silent longer (paused, partitioned, dead) is fenced out: another"
+            " actor takes the job with a new fencing token, and the silent one can neither publish nor mark the job "
+            "done."
         ),
         example="`60.0`",
     ),
@@ -560,13 +546,12 @@ ARGUMENTS: tuple[Argument, ...] = (
         None,
         _journal,
         doc=(
-            "The job journal. A file path is a SQLite journal for this actor alone. A `postgresql://`"
-            " URL (libpq syntax: host, port, database, user, password, `sslmode`; a Unix socket "
-            "folder as `?host=/run/postgresql`) is a journal that a fleet of actors shares: each run "
-            "is journalled once however many actors hear its event, a worker takes a job under a "
-            "lease with a fencing token, idle actors are woken by `LISTEN/NOTIFY`, and `status`, "
-            "`failed`, `retry`, `collect`, `cleanup` and `restore` work from any actor. herocollector"
-            " creates and migrates its tables (`herocollector_*`) itself."
+            "The job journal. A file path is a SQLite journal for this actor alone. A `postgresql://` URL (libpq "
+            "syntax: host, port, database, user, password, `sslmode`; a Unix socket folder as "
+            "`?host=/run/postgresql`) is a journal that a fleet of actors shares: each run is journalled once however"
+            " many actors hear its event, a worker takes a job under a lease with a fencing token, idle actors are "
+            "woken by `LISTEN/NOTIFY`, and `status`, `failed`, `retry`, `collect`, `cleanup` and `restore` work from "
+            "any actor. herocollector creates and migrates its tables (`herocollector_*`) itself."
         ),
         example='`"postgresql://collector:secret@db.lab/herocollector"`',
         default_doc="`null` (`<state_dir>/journal.sqlite3`)",
@@ -577,13 +562,11 @@ ARGUMENTS: tuple[Argument, ...] = (
         None,
         _mapping("storage_options"),
         doc=(
-            "For an `s3://` `output_root`: how to reach the store. `endpoint_url` (or "
-            "`endpoint_override` with `scheme`), `region`, `access_key_id`, `secret_access_key`, "
-            "`session_token`, `addressing_style` (`path`, the default with an endpoint, or "
-            "`virtual`). Credentials not given come from the usual `AWS_*` environment, config files "
-            "or instance roles. Outputs are staged under `<state_dir>/staging` and uploaded with a "
-            "conditional create, so nothing is ever overwritten. An unknown option stops the actor at"
-            " start."
+            "For an `s3://` `output_root`: how to reach the store. `endpoint_url` (or `endpoint_override` with "
+            "`scheme`), `region`, `access_key_id`, `secret_access_key`, `session_token`, `addressing_style` (`path`, "
+            "the default with an endpoint, or `virtual`). Credentials not given come from the usual `AWS_*` "
+            "environment, config files or instance roles. Outputs are staged under `<state_dir>/staging` and uploaded"
+            " with a conditional create, so nothing is ever overwritten. An unknown option stops the actor at start."
         ),
         example='`{"endpoint_url": "https://s3.lab:9000", "region": "us-east-1"}`',
     ),

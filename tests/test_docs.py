@@ -127,3 +127,12 @@ def test_documented_cli_options_exist() -> None:
     for command, flags in re.findall(r"herocollector (collect|inspect|cleanup|demo)\b([^\n`]*)", text):
         for flag in re.findall(r"(?<![\w-])(--[a-z][a-z-]*)", flags):
             assert flag in options[command], f"herocollector {command} has no option {flag}"
+
+
+def test_reference_table_is_generated_from_the_argument_definitions() -> None:
+    from herocollector.arguments import reference_table
+
+    text = REFERENCE.read_text(encoding="utf-8")
+    section = text.split("## Arguments", 1)[1].split("\n## ", 1)[0]
+    table = "\n".join(line for line in section.splitlines() if line.startswith("|"))
+    assert table == reference_table(), "regenerate it: python -m herocollector.arguments"
