@@ -1,39 +1,294 @@
 """Cleaning collected runs: segments into the trash, restored on request, purged after a grace period.
 
-Only a logger directory inside ``allowed_roots`` (symlinks resolved) is touched, and only its
-``*.seg.zst`` files and ``streams/``. Without ``allowed_roots`` nothing is ever cleaned. A run
-that was not collected is refused unless ``force`` is given. See :mod:`herocollector.run.trash`
-for the two-phase deletion itself.
+Only a logger directory inside ``allowed_roots`` (symlinks resolved) is touched, and only what
+was collected. Without ``allowed_roots`` nothing is ever cleaned. A run that was not collected
+is refused unless ``force`` is given. See :mod:`herocollector.run.trash` for the mechanics.
+
+A run's path is not trusted to lead to the same directory later, so the cleaner keeps a ledger
+of its own, ``<state_dir>/cleanup.sqlite3``:
+
+* ``inventory``: when a run is collected, the identity of its directory (device, inode) and of
+  each segment file (name, device, inode, size), taken through a directory descriptor opened
+  without following symlinks. It is refused (and so the run is not cleaned without ``force``)
+  when the segment sizes do not add up to the bytes the collection decoded.
+* ``trash``: every entry the cleaner renamed into a run's trash, by name and identity.
+
+``cleanup`` first verifies the run's outputs against its manifest
+(:func:`herocollector.output.verify.verify_job`): a run whose outputs are missing, changed or
+do not add up to the journal's rows is not cleaned. It then opens the run directory, checks it
+is the directory collected and that its segments are the files collected (and that no segment
+appeared since), and renames exactly those, relative to the directory's descriptor. The purge
+and ``restore`` act only on the entries the ledger records, again checked by identity after
+``allowed_roots`` is checked again; a user's file that merely looks like trash is never touched.
+
+Cleaning every run pages through the journal (:meth:`done_jobs_page`), one short read per page,
+so the journal is never held for long; :meth:`RunCleaner.start_sweep` does it on a thread of its
+own and reports progress (:meth:`RunCleaner.progress`).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import sqlite3
 import threading
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from herocollector.config import ServiceConfig
-from herocollector.journal.sqlite import Job, JobState, JobStore
+from herocollector.errors import CollectorError, RunChanged
+from herocollector.journal.base import Job, JobState, JobStore
+from herocollector.output.stores import OutputStore, open_store
+from herocollector.output.verify import RunCheck, verify_job
 from herocollector.run import logdir, trash
+from herocollector.run.rundir import RunInventory
+from herocollector.run.trash import CollectedRun, RunDir, TrashEntry
 
 log = logging.getLogger(__name__)
 
+LEDGER_FILE = "cleanup.sqlite3"
+READ, AFTER = "read", "after"
+"""How an inventory was taken: what the collection read, or a look right after it."""
+PAGE = 200
+"""Jobs read from the journal per page when every run is cleaned or purged."""
+RETRY_PURGE = 3600.0
+"""Seconds until a purge that could not proceed (the run directory was replaced) is tried again."""
 
-class RunCleaner:
-    """Cleans, restores and purges runs for the service.
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS inventory (
+    path     TEXT PRIMARY KEY,
+    job_id   INTEGER,
+    recorded REAL NOT NULL,
+    data     TEXT NOT NULL,
+    source   TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS trash (
+    path    TEXT PRIMARY KEY,
+    job_id  INTEGER,
+    dev     INTEGER NOT NULL,
+    ino     INTEGER NOT NULL,
+    trashed REAL NOT NULL,
+    entries TEXT NOT NULL
+);
+"""
+
+
+class CleanupLedger:
+    """The cleaner's own record of what was collected and what it trashed (SQLite, thread-safe).
 
     Args:
-        config: The service configuration (``allowed_roots``, ``cleanup_grace``).
-        journal: The job journal.
-        stopping: Ends any wait for ``_DONE`` when the service closes.
+        file: The database file; created with its folder.
     """
 
-    def __init__(self, config: ServiceConfig, journal: JobStore, stopping: threading.Event) -> None:
+    def __init__(self, file: Path) -> None:
+        self.file = file
+        file.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(file, check_same_thread=False, isolation_level=None, timeout=30)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        """Close the database."""
+        with self._lock:
+            self._db.close()
+
+    def _one(self, sql: str, *params: Any) -> Any:
+        with self._lock:
+            return self._db.execute(sql, params).fetchone()
+
+    def _write(self, sql: str, *params: Any) -> None:
+        with self._lock:
+            self._db.execute(sql, params)
+
+    def record_inventory(self, job_id: int | None, inventory: CollectedRun, source: str) -> None:
+        """Record what a run was when it was collected (replacing an earlier record).
+
+        Args:
+            job_id: Its job.
+            inventory: What it was.
+            source: ``read`` (what the collection read) or ``after`` (looked at right after it).
+        """
+        self._write(
+            "INSERT OR REPLACE INTO inventory (path, job_id, recorded, data, source) VALUES (?, ?, ?, ?, ?)",
+            inventory.path,
+            job_id,
+            time.time(),
+            json.dumps(inventory.to_json()),
+            source,
+        )
+
+    def inventory_source(self, path: str, job_id: int | None) -> str | None:
+        """How the inventory of ``path`` for ``job_id`` was taken, None if there is none."""
+        row = self._one("SELECT source FROM inventory WHERE path = ? AND job_id IS ?", path, job_id)
+        return None if row is None else str(row[0])
+
+    def inventory(self, path: str) -> CollectedRun | None:
+        """What the run at ``path`` was when it was collected, if recorded."""
+        row = self._one("SELECT data FROM inventory WHERE path = ?", path)
+        return None if row is None else CollectedRun.from_json(json.loads(row[0]))
+
+    def record_trash(self, path: str, job_id: int | None, run: RunDir, entries: list[TrashEntry]) -> None:
+        """Add entries to a run's trash record."""
+        known = self.trash(path)
+        before = known[1] if known is not None and (known[0] == (run.dev, run.ino)) else []
+        data = json.dumps([e.to_json() for e in [*before, *entries]])
+        self._write(
+            "INSERT OR REPLACE INTO trash (path, job_id, dev, ino, trashed, entries) VALUES (?, ?, ?, ?, ?, ?)",
+            path,
+            job_id,
+            run.dev,
+            run.ino,
+            time.time(),
+            data,
+        )
+
+    def trash(self, path: str) -> tuple[tuple[int, int], list[TrashEntry]] | None:
+        """The directory identity and the entries recorded in a run's trash, if any."""
+        row = self._one("SELECT dev, ino, entries FROM trash WHERE path = ?", path)
+        if row is None:
+            return None
+        return (int(row[0]), int(row[1])), [TrashEntry.from_json(e) for e in json.loads(row[2])]
+
+    def keep_trash(self, path: str, entries: list[TrashEntry]) -> None:
+        """Keep only ``entries`` in a run's trash record (none: forget it)."""
+        if not entries:
+            self._write("DELETE FROM trash WHERE path = ?", path)
+        else:
+            self._write("UPDATE trash SET entries = ? WHERE path = ?", json.dumps([e.to_json() for e in entries]), path)
+
+
+@dataclass
+class SweepProgress:
+    """How far a cleanup of every collected run has got.
+
+    Attributes:
+        running: Still working.
+        total: Collected runs when it started (the journal's ``done`` count).
+        seen: Runs looked at so far.
+        cleaned: Runs cleaned.
+        refused: Runs refused or not verified (their reasons are logged).
+        started: When it started (Unix time).
+        finished: When it ended, None while running.
+        error: Why it stopped early, if it did.
+    """
+
+    running: bool = False
+    total: int = 0
+    seen: int = 0
+    cleaned: int = 0
+    refused: int = 0
+    started: float | None = None
+    finished: float | None = None
+    error: str | None = None
+
+    @property
+    def remaining(self) -> int:
+        """Runs not looked at yet (at least 1 while running)."""
+        return max(self.total - self.seen, 1 if self.running else 0)
+
+
+class RunCleaner:
+    """Cleans, verifies, restores and purges runs for the service.
+
+    Args:
+        config: The service configuration (``allowed_roots``, ``cleanup_grace``, ``state_dir``).
+        journal: The job journal.
+        stopping: Ends any wait for ``_DONE``, and a sweep, when the service closes.
+        store: Where the outputs are (default: the store of ``output_root``).
+    """
+
+    def __init__(
+        self,
+        config: ServiceConfig,
+        journal: JobStore,
+        stopping: threading.Event,
+        store: OutputStore | None = None,
+    ) -> None:
         self.config = config
         self.journal = journal
         self.stopping = stopping
+        self.store = store or open_store(config.output_root, config.storage_options, config.staging_dir)
+        self.ledger = CleanupLedger(Path(config.state_dir) / LEDGER_FILE)
+        self._lock = threading.RLock()  # one run at a time: a sweep, a remote call and the purge never race
+        self._sweep = SweepProgress()
+        self._sweep_thread: threading.Thread | None = None
+        self._sweep_ok = True
+        self._warned: set[str] = set()
+
+    def close(self) -> None:
+        """Wait for a running sweep (it stops between two runs once ``stopping`` is set); close the ledger."""
+        thread = self._sweep_thread
+        if thread is not None:
+            thread.join()
+        self.ledger.close()
+
+    # -- collection ---------------------------------------------------------------------------
+
+    def record_inventory(self, job: Job, inventory: RunInventory) -> None:
+        """Record what the collection of a job read (its run directory's inventory): what a cleanup may trash."""
+        if job.path is not None and self.config.allowed_roots:
+            self.ledger.record_inventory(job.id, CollectedRun.from_inventory(job.path, inventory), READ)
+
+    def record_collected(self, path: str, job_id: int | None, segment_bytes: int | None = None) -> bool:
+        """Record what a run is now, right after it was collected: what a later cleanup may trash.
+
+        Args:
+            path: The logger path, as journalled.
+            job_id: Its job.
+            segment_bytes: The bytes the collection decoded; the inventory is refused if the
+                segments there now do not add up to it (the run changed meanwhile).
+
+        Returns:
+            Whether it was recorded.
+        """
+        if not self.config.allowed_roots:
+            return False  # nothing is ever cleaned without allowed_roots
+        if self.ledger.inventory_source(path, job_id) == READ:
+            return True  # the collection recorded what it read: better than a look afterwards
+        try:
+            with RunDir(path, self.config.allowed_roots) as run:
+                inventory = trash.take_inventory(run)
+        except (CollectorError, OSError) as exc:
+            log.warning(f"{path}: not recorded for cleanup: {exc}")
+            return False
+        # The collection reads regular segment files only (a symlink fails it), so only those count.
+        if segment_bytes and inventory.segment_bytes != segment_bytes:
+            log.warning(
+                f"{path}: not recorded for cleanup: its segments hold {inventory.segment_bytes} bytes now, "
+                f"{segment_bytes} were collected; it is cleaned only with force=True"
+            )
+            return False
+        try:
+            self.ledger.record_inventory(job_id, inventory, AFTER)
+        except sqlite3.Error as exc:
+            log.error(f"{path}: not recorded for cleanup: the ledger failed: {exc}")
+            return False
+        return True
+
+    # -- verification -------------------------------------------------------------------------
+
+    def verify(self, path: str) -> RunCheck:
+        """Verify a collected run's outputs against its manifest and the journal.
+
+        Args:
+            path: The logger directory, as journalled.
+
+        Returns:
+            The result (not ``ok`` for a run without a done or cleaned job).
+        """
+        path = os.path.normpath(str(path))
+        job = self.journal.by_path(path)
+        if job is None or job.state not in (JobState.DONE, JobState.CLEANED):
+            state = "no job" if job is None else f"job {job.id} is {job.state.value}"
+            return RunCheck(path, None, (), (f"run not collected ({state})",))
+        return verify_job(self.store, path, job.outputs, job.rows)
+
+    # -- cleanup ------------------------------------------------------------------------------
 
     def cleanup(
         self,
@@ -52,47 +307,168 @@ class RunCleaner:
             wait_for_done: Wait for ``_DONE`` first.
             backoff: Milliseconds between ``_DONE`` polls.
             timeout: Milliseconds to wait for ``_DONE`` per run (None: until the service closes).
-            force: Also clean a run that was not collected.
+            force: Also clean a run that was not collected (unverified: there is nothing to
+                verify it against).
 
         Returns:
-            True if every requested run was cleaned; False if any was refused or its
-            ``_DONE`` did not appear in time (the reasons are logged). A False answer means
-            that run was left as it was.
+            True if every requested run was cleaned; False if any was refused, failed
+            verification, or its ``_DONE`` did not appear in time (the reasons are logged).
+            A False answer means that run was left as it was.
         """
         if path is None:
-            targets: list[tuple[str, Job | None]] = [
-                (job.path, job) for job in self.journal.jobs(JobState.DONE) if job.path
-            ]
-        else:
-            path = os.path.normpath(str(path))
-            targets = [(path, self.journal.by_path(path))]
+            progress = SweepProgress(running=True, started=time.time())
+            return self._sweep_all(progress, keep_meta, wait_for_done, backoff, timeout, force)
+        path = os.path.normpath(str(path))
+        return self._clean_one(path, self.journal.by_path(path), keep_meta, wait_for_done, backoff, timeout, force)
+
+    def start_sweep(
+        self,
+        keep_meta: bool = True,
+        wait_for_done: bool = True,
+        backoff: int = 100,
+        timeout: int | None = 60_000,
+        force: bool = False,
+    ) -> SweepProgress:
+        """Clean every collected run on a thread of its own; a sweep already running is joined instead.
+
+        Returns:
+            A copy of its progress when it started (``total`` runs to look at).
+        """
+        with self._lock:
+            if self._sweep_thread is not None and self._sweep_thread.is_alive():
+                return self.progress()
+            total = self.journal.counts()[JobState.DONE.value]
+            self._sweep = SweepProgress(running=True, total=total, started=time.time())
+            self._sweep_ok = True
+            progress = self._sweep
+
+            def work() -> None:
+                try:
+                    self._sweep_ok = self._sweep_all(progress, keep_meta, wait_for_done, backoff, timeout, force)
+                except Exception as exc:  # noqa: BLE001 - reported in status(); the service lives on
+                    self._sweep_ok = False
+                    progress.error = f"{type(exc).__name__}: {exc}"
+                    log.error(f"cleanup of every run stopped: {progress.error}")
+                finally:
+                    progress.finished = time.time()
+                    progress.running = False
+
+            self._sweep_thread = threading.Thread(target=work, name="herocollector-cleanup", daemon=True)
+            self._sweep_thread.start()
+            return SweepProgress(**asdict(progress))
+
+    def wait_sweep(self, timeout: float) -> bool | None:
+        """Wait up to ``timeout`` s for the sweep: its answer (as :meth:`cleanup`), None if still running."""
+        thread = self._sweep_thread
+        if thread is not None:
+            thread.join(timeout)
+            if thread.is_alive():
+                return None
+        return self._sweep_ok
+
+    def progress(self) -> SweepProgress:
+        """A copy of the progress of the last (or running) cleanup of every run."""
+        return SweepProgress(**asdict(self._sweep))
+
+    def _sweep_all(
+        self,
+        progress: SweepProgress,
+        keep_meta: bool,
+        wait_for_done: bool,
+        backoff: int,
+        timeout: int | None,
+        force: bool,
+    ) -> bool:
         ok = True
-        for target, job in targets:
-            refusal = self.refusal(target, job, force, keep_meta)
-            if refusal:
-                log.warning(f"cleanup of {target} refused: {refusal}")
-                ok = False
-                continue
-            real = Path(os.path.realpath(target))
-            if wait_for_done and not logdir.wait_for_done([real], backoff, timeout, stop=self.stopping):
-                log.warning(f"cleanup of {target} not done: no _DONE within {timeout} ms")
-                ok = False
-                continue
-            trash.soft_delete(real, keep_meta=keep_meta)
+        after = 0
+        while not self.stopping.is_set():
+            page = self.journal.done_jobs_page(after, PAGE)
+            if not page:
+                break
+            after = page[-1].id
+            for job in page:
+                if self.stopping.is_set():
+                    return False
+                cleaned = job.path is not None and self._clean_one(
+                    job.path, job, keep_meta, wait_for_done, backoff, timeout, force
+                )
+                progress.seen += 1
+                if cleaned:
+                    progress.cleaned += 1
+                else:
+                    progress.refused += 1
+                    ok = False
+        if progress.total < progress.seen:
+            progress.total = progress.seen
+        return ok and not self.stopping.is_set()
+
+    def _clean_one(
+        self,
+        target: str,
+        job: Job | None,
+        keep_meta: bool,
+        wait_for_done: bool,
+        backoff: int,
+        timeout: int | None,
+        force: bool,
+    ) -> bool:
+        refusal = self.refusal(target, job, force, keep_meta)
+        if refusal:
+            log.warning(f"cleanup of {target} refused: {refusal}")
+            return False
+        if wait_for_done and not logdir.wait_for_done([os.path.realpath(target)], backoff, timeout, stop=self.stopping):
+            log.warning(f"cleanup of {target} not done: no _DONE within {timeout} ms")
+            return False
+        with self._lock:
+            if job is not None:
+                job = self.journal.get(job.id)  # another caller may have cleaned it meanwhile
+                if job is None or (job.state != JobState.DONE and not force):
+                    log.info(f"cleanup of {target}: cleaned meanwhile")
+                    return job is not None and job.state == JobState.CLEANED
+            collected = job is not None and job.state == JobState.DONE
+            if collected and job is not None:
+                check = verify_job(self.store, target, job.outputs, job.rows)
+                if not check.ok:
+                    log.warning(
+                        f"cleanup of {target} refused: its outputs failed verification: {'; '.join(check.failures())}"
+                    )
+                    return False
+            inventory = self.ledger.inventory(target)
+            if collected and inventory is None:
+                log.warning(
+                    f"cleanup of {target} refused: no record of what was collected (collected by another "
+                    "actor or an older version); pass force=True to clean what is there now"
+                )
+                return False
+            try:
+                with RunDir(target, self.config.allowed_roots) as run:
+                    planned = trash.plan_trash(run, inventory, keep_meta)
+                    moved = trash.trash_recorded(run, planned)
+                    # Recorded right after the renames: a crash in between leaves trash the purge
+                    # never deletes (it stays restorable by hand), never a deletion of the unrecorded.
+                    self.ledger.record_trash(target, None if job is None else job.id, run, moved)
+            except RunChanged as exc:
+                log.warning(f"cleanup of {target} refused: {exc.reason}")
+                return False
+            except OSError as exc:
+                log.warning(f"cleanup of {target} failed: {exc}")
+                return False
             if job is not None:
                 self.journal.mark_cleaned(job.id, time.time() + self.config.cleanup_grace)
             else:
                 log.warning(f"{target} has no job; its trash is not purged automatically")
             if self.config.cleanup_grace == 0:
-                self._purge(real, job)
-            log.info(
-                f"herocollector: cleaned {target} (keep_meta={keep_meta}); "
-                f"trash deleted for good after {self.config.cleanup_grace:g} s"
-            )
-        return ok
+                self._purge(target, job)
+        log.info(
+            f"herocollector: cleaned {target} ({len(moved)} entries into the trash, keep_meta={keep_meta}); "
+            f"deleted for good after {self.config.cleanup_grace:g} s"
+        )
+        return True
+
+    # -- restore and purge --------------------------------------------------------------------
 
     def restore(self, path: str) -> bool:
-        """Put a cleaned run's segments back from the trash (before the grace period ends).
+        """Put a cleaned run's trash back (before the grace period ends): only what the cleaner trashed.
 
         Args:
             path: The logger directory.
@@ -104,26 +480,79 @@ class RunCleaner:
         job = self.journal.by_path(path)
         if self.refusal(path, job, force=True, restoring=True) is not None:
             return False
-        restored = trash.restore(Path(os.path.realpath(path)))
-        if job is not None and restored:  # nothing put back (purged already): the run stays cleaned
-            self.journal.restored(job.id)
+        with self._lock:
+            record = self.ledger.trash(path)
+            if record is None:
+                log.info(f"{path}: nothing of it is in the trash this service keeps")
+                return False
+            (dev, ino), entries = record
+            try:
+                with RunDir(path, self.config.allowed_roots) as run:
+                    run.check_identity(dev, ino, "trashed")
+                    restored = trash.restore_recorded(run, entries)
+            except (RunChanged, OSError) as exc:
+                log.warning(f"restore of {path} refused: {exc}")
+                return False
+            back = {e.name for e in restored}
+            self.ledger.keep_trash(path, [e for e in entries if e.name not in back])
+            if job is not None and restored:  # nothing put back (purged already): the run stays cleaned
+                self.journal.restored(job.id)
         log.info(f"restored {len(restored)} item(s) of {path}")
         return bool(restored)
 
     def purge_due(self) -> None:
-        """Delete the trash whose grace period is over (a periodic task)."""
-        for job in self.journal.in_trash():
-            if job.trash_until is None or job.trash_until > time.time() or job.path is None:
+        """Delete the trash whose grace period is over (a periodic task), a page at a time."""
+        now = time.time()
+        for job in self.journal.in_trash(limit=PAGE):
+            if job.trash_until is None or job.trash_until > now or self.stopping.is_set():
                 break
+            if job.path is None:
+                continue
             try:
-                self._purge(Path(os.path.realpath(job.path)), job)
-            except OSError as exc:
+                self._purge(job.path, job)
+            except (CollectorError, OSError) as exc:
                 log.warning(f"purging the trash of {job.path} failed: {exc}")
 
-    def _purge(self, run: Path, job: Job | None) -> None:
-        trash.purge(run, self.config.cleanup_grace)
-        if job is not None and not trash.trashed(run):
-            self.journal.purged(job.id)
+    def _purge(self, path: str, job: Job | None) -> None:
+        with self._lock:
+            record = self.ledger.trash(path)
+            if record is None:
+                self._no_record(path, job)
+                return
+            (dev, ino), entries = record
+            try:
+                with RunDir(path, self.config.allowed_roots) as run:
+                    run.check_identity(dev, ino, "trashed")
+                    deleted, kept = trash.purge_recorded(run, entries)
+            except RunChanged as exc:
+                log.warning(f"purge of {path} not done: {exc.reason}; tried again in {RETRY_PURGE:g} s")
+                if job is not None:
+                    self.journal.mark_cleaned(job.id, time.time() + RETRY_PURGE)
+                return
+            for reason in kept:
+                log.warning(f"purge of {path}: {reason}")
+            gone = {e.name for e in deleted}
+            left = [e for e in entries if e.name not in gone and e.entry.kind == trash.DIR]
+            # Only a trashed streams/ holding files it did not hold when trashed can be left: those
+            # are not ours, so the record ends here and they are left for their owner.
+            self.ledger.keep_trash(path, [])
+            if left:
+                log.warning(f"purge of {path}: {', '.join(e.name for e in left)} kept for the files it holds")
+            if job is not None:
+                self.journal.purged(job.id)
+            log.info(f"purged {len(deleted)} trash entries of {path}")
+
+    def _no_record(self, path: str, job: Job | None) -> None:
+        """A job in the trash the ledger knows nothing of: another actor's trash, or an older version's."""
+        if path not in self._warned:
+            self._warned.add(path)
+            log.warning(
+                f"purge of {path}: this service did not trash it (another actor, or an older version), "
+                "so it deletes nothing there"
+            )
+        if job is not None and not self.journal.shared:
+            # Only this actor uses the journal, so nobody else will purge it: look again much later.
+            self.journal.mark_cleaned(job.id, time.time() + RETRY_PURGE)
 
     def refusal(
         self, target: str, job: Job | None, force: bool, keep_meta: bool = True, restoring: bool = False

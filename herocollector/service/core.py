@@ -32,8 +32,9 @@ from typing import Any
 from herocollector.config import ServiceConfig
 from herocollector.events import RunCollected, RunFailed, parse_event
 from herocollector.journal.sqlite import Job, JobState, JobStore, open_journal
+from herocollector.output.verify import RunCheck
 from herocollector.service.checks import run_path_argument
-from herocollector.service.cleanup import RunCleaner
+from herocollector.service.cleanup import RunCleaner, SweepProgress
 from herocollector.service.runner import JobRunner
 from herocollector.service.scan import Scanner, ScanResult
 from herocollector.service.scheduler import Scheduler
@@ -210,6 +211,7 @@ class CollectionService:
             pending_deletion=[TrashEntry(job.path, job.trash_until) for job in self.journal.in_trash(TRASH_LISTED)],
             last_scan=self.scanner.last,
             recent=self.journal.recent(RECENT_LISTED),
+            extra={"cleanup": asdict(self.cleaner.progress())},
         )
 
     def failed(self) -> list[Job]:
@@ -238,6 +240,28 @@ class CollectionService:
     ) -> bool:
         """Clean collected runs; see :meth:`herocollector.service.cleanup.RunCleaner.cleanup`."""
         return self.cleaner.cleanup(path, keep_meta, wait_for_done, backoff, timeout, force)
+
+    def start_cleanup(
+        self,
+        keep_meta: bool = True,
+        wait_for_done: bool = True,
+        backoff: int = 100,
+        timeout: int | None = 60_000,
+        force: bool = False,
+    ) -> SweepProgress:
+        """Clean every collected run in the background; progress in ``status()["cleanup"]``.
+
+        See :meth:`herocollector.service.cleanup.RunCleaner.start_sweep`.
+        """
+        return self.cleaner.start_sweep(keep_meta, wait_for_done, backoff, timeout, force)
+
+    def wait_cleanup(self, timeout: float) -> bool | None:
+        """Wait for a background cleanup: its answer, or None if it is still running after ``timeout`` s."""
+        return self.cleaner.wait_sweep(timeout)
+
+    def verify(self, path: str) -> RunCheck:
+        """Verify a collected run's outputs against its manifest; see :func:`herocollector.output.verify.verify_job`."""
+        return self.cleaner.verify(path)
 
     def restore(self, path: str) -> bool:
         """Put a cleaned run's segments back; see :meth:`herocollector.service.cleanup.RunCleaner.restore`."""
@@ -280,6 +304,7 @@ class CollectionService:
             return
         self._closed = True
         self.scheduler.close()
+        self.cleaner.close()
         self.runner.record_pending()
         self.journal.close()
         self._lock.release()
@@ -308,6 +333,8 @@ class CollectionService:
         self.cleaner.cleanup(path, wait_for_done=False)
 
     def _collected(self, report: RunCollected) -> None:
+        if report.path:  # before the event goes out: a listener may clean the run at once
+            self.cleaner.record_collected(report.path, report.job, report.bytes or None)
         job = self.journal.get(report.job)
         with self._metrics_lock:
             self._metrics.runs_collected += 1
