@@ -17,8 +17,9 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
-from herocollector import CollectionService, ServiceConfig
+from herocollector.config import ServiceConfig
 from herocollector.journal.sqlite import Job, JobState
+from herocollector.service.core import CollectionService
 from herocollector.testing.actors import wait_for
 from herocollector.testing.runs import build_run
 
