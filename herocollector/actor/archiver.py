@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 REMOTE_WAIT_LIMIT_MS = 8_000
 """The longest a remote method waits for ``_DONE``: under the 10 s HEROS query timeout, so a
 remote caller always gets the true answer instead of a timeout while the work goes on."""
+REMOTE_SWEEP_WAIT = 2.0
+"""Seconds a remote cleanup of every run waits for its background work before it answers with a count."""
 
 
 class CollectorArchiver(HERODataArchiver):
@@ -201,7 +203,7 @@ class CollectorArchiver(HERODataArchiver):
         backoff: int = 100,
         timeout: int | None = 5_000,
         force: bool = False,
-    ) -> bool:
+    ) -> bool | int:
         """Move the segments (and with ``keep_meta=False`` ``streams/``) of collected runs into the trash.
 
         Only a logger directory inside ``allowed_roots`` (symlinks resolved) is touched, and
@@ -219,7 +221,9 @@ class CollectorArchiver(HERODataArchiver):
 
         Returns:
             True if every requested run was cleaned; False if any was refused or did not
-            finish in time, and was left untouched.
+            finish in time, and was left untouched. For every run (``path`` None), the work is
+            done in the background: when it is not finished within 2 s, the number of
+            collected runs it looks at (an ``int``); its progress is in ``status()["extra"]["cleanup"]``.
         """
         self._allow_destructive("cleanup")
         path = optional_run_path_argument(path, absolute=False)  # a relative one is refused with False
@@ -229,7 +233,24 @@ class CollectorArchiver(HERODataArchiver):
         backoff = milliseconds_argument(backoff, "backoff", allow_none=False) or 1
         wait = milliseconds_argument(timeout, "timeout")
         limit = REMOTE_WAIT_LIMIT_MS if wait is None else min(wait, REMOTE_WAIT_LIMIT_MS)
-        return self.service.cleanup(path, keep_meta, wait_for_done, backoff, limit, force)
+        if path is not None:
+            return self.service.cleanup(path, keep_meta, wait_for_done, backoff, limit, force)
+        # Every run: on the service's thread, so the answer comes before the query times out.
+        started = self.service.start_cleanup(keep_meta, wait_for_done, backoff, limit, force)
+        answer = self.service.wait_cleanup(REMOTE_SWEEP_WAIT)
+        return started.total if answer is None else answer
+
+    def verify(self, path: str) -> dict:
+        """Verify a collected run's outputs against its manifest and the journal (what cleanup checks first).
+
+        Args:
+            path: The logger directory.
+
+        Returns:
+            ``run``, ``manifest``, ``ok``, ``problems`` and per output ``path``, ``ok``, what the
+            manifest lists (``rows``, ``bytes``, ``sha256``), what was found and ``problems``.
+        """
+        return self.service.verify(run_path_argument(path)).to_dict()
 
     def restore(self, path: str) -> bool:
         """Put a cleaned run's segments back from the trash (before the grace period ends).
