@@ -250,3 +250,13 @@ def test_is_within(tmp_path: Path, root: Path) -> None:
     assert is_within(root, root)
     assert not is_within(tmp_path / "other", root)
     assert not is_within(root / ".." / "x", root)
+
+
+def test_is_within_resolves_symlinks_and_refuses_a_nul(tmp_path: Path, root: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (root / "escape").symlink_to(outside, target_is_directory=True)
+    (outside / "back").symlink_to(root, target_is_directory=True)
+    assert not is_within(root / "escape" / "file", root)
+    assert is_within(outside / "back" / "file", root)
+    assert not is_within(Path(f"{root}/a\x00b"), root)

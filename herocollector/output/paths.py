@@ -27,6 +27,7 @@ from jinja2 import StrictUndefined, TemplateError
 from jinja2.sandbox import SandboxedEnvironment
 
 from herocollector.errors import ConfigError, LabelPathError, OutputError
+from herocollector.run.rundir import within_roots
 
 
 class Trusted(str):
@@ -97,10 +98,13 @@ def local_root(output_root: str | Path) -> str:
 
 
 def is_within(path: Path, root: Path) -> bool:
-    """Whether ``path`` lies inside ``root`` once both are fully resolved (symlinks included)."""
+    """Whether ``path`` lies inside ``root`` once both are fully resolved (symlinks included).
+
+    The same check as ``allowed_roots`` (:func:`herocollector.run.rundir.within_roots`).
+    """
     try:
-        return Path(os.path.realpath(path)).is_relative_to(Path(os.path.realpath(root)))
-    except (OSError, ValueError):
+        return within_roots(path, [root])
+    except (OSError, ValueError):  # a NUL byte, a path the OS cannot resolve
         return False
 
 
