@@ -39,7 +39,6 @@ from pathlib import Path
 from herocollector.config import ServiceConfig
 from herocollector.errors import (
     Cancelled,
-    CollectorError,
     DoneTimeout,
     LeaseLost,
     OutputError,
@@ -55,6 +54,7 @@ from herocollector.output.pipeline import CollectionPlan, OutputPipeline, Output
 from herocollector.output.stores import Provenance, open_store
 from herocollector.run import logdir
 from herocollector.run.claims import COLLECTED, HELD, RunClaim
+from herocollector.run.rundir import RunDirectory
 
 log = logging.getLogger(__name__)
 
@@ -131,20 +131,6 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def check_logger_path(path: str, allowed_roots: tuple[Path, ...]) -> Path:
-    """The logger directory, resolved, if the configuration allows it.
-
-    Raises:
-        RunRefused: Not absolute, or outside ``allowed_roots``.
-    """
-    if not os.path.isabs(path):
-        raise RunRefused("logger path must be absolute", path)
-    real = Path(os.path.realpath(path))
-    if allowed_roots and not any(real.is_relative_to(root) for root in allowed_roots):
-        raise RunRefused("logger path lies outside allowed_roots", path)
-    return real
-
-
 class JobRunner:
     """Runs jobs for the service; see the module documentation.
 
@@ -211,10 +197,9 @@ class JobRunner:
         remove_abandoned()  # temporary files an earlier attempt could not remove (a read-only folder)
         if job.path is None:
             raise RunRefused("job has no logger path")
-        path = check_logger_path(job.path, self.config.allowed_roots)
-        if not path.is_dir():
-            raise CollectorError("logger directory does not exist", job.path)
-        if not logdir.is_done(path):
+        with RunDirectory(job.path, self.config.allowed_roots) as run_dir:  # refuses, or names what is wrong
+            path, done = run_dir.path, run_dir.is_done()
+        if not done:
             return self._park(job)
         with LeaseKeeper(self.journal, job, self.config.lease_timeout, self.stopping) as lease:
             outputs, nbytes, collected_by = self._claimed_write(job, path, lease, attempt)
@@ -264,7 +249,7 @@ class JobRunner:
         Returns:
             Rows per output, and the segment bytes decoded (0 for a run adopted as it was).
         """
-        run = self.pipeline.plan_run(path)
+        run = self.pipeline.plan_run(path, self.config.allowed_roots)
         plan = self.pipeline.plan([run], lambda index, planned, stream: self._route(job, planned, stream.metadata))
         if not plan.targets:
             return {}, run.segment_bytes
