@@ -335,11 +335,11 @@ class SqliteJournal:
             raise LeaseLost(f"job {job_id}: token {token} is stale ({holder})", self.file)
 
     def start(self, job_id: int) -> Job | None:
-        """Take one particular pending job (running, attempt counted); None if it is not pending."""
+        """Take one particular pending job (running, attempt counted, new token); None if it is not pending."""
         with self._transaction() as db:
             cur = db.execute(
-                "UPDATE jobs SET state = ?, attempts = attempts + 1, next_attempt = NULL, updated = ? "
-                "WHERE id = ? AND state = ?",
+                "UPDATE jobs SET state = ?, attempts = attempts + 1, next_attempt = NULL, updated = ?, "
+                "token = token + 1 WHERE id = ? AND state = ?",
                 (JobState.RUNNING.value, time.time(), job_id, JobState.PENDING.value),
             )
             return self._fetch(db, job_id) if cur.rowcount else None
@@ -476,7 +476,7 @@ class SqliteJournal:
         """
         with self._transaction() as db:
             db.execute(
-                "UPDATE jobs SET state = ?, updated = ? WHERE state = ?",
+                "UPDATE jobs SET state = ?, updated = ?, lease_owner = NULL, lease_until = NULL WHERE state = ?",
                 (JobState.PENDING.value, time.time(), JobState.RUNNING.value),
             )
             rows = db.execute(

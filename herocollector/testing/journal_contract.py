@@ -1,0 +1,548 @@
+"""The contract every journal backend keeps, as one pytest base class: :class:`JournalTests`.
+
+Written in the style of zarr's ``StoreTests``: every test is written once, here, and a test
+module subclasses :class:`JournalTests` for each backend, providing the ``journal`` fixture
+(a fresh, empty journal) and :meth:`JournalTests.reopen` (the same journal after a restart)::
+
+    class TestSqliteJournal(JournalTests):
+        @pytest.fixture
+        def journal(self, tmp_path: Path) -> Iterator[Journal]:
+            journal = SqliteJournal(tmp_path / "journal.sqlite3")
+            yield journal
+            journal.close()
+
+        def reopen(self, journal: Journal) -> Journal:
+            journal.close()
+            return SqliteJournal(journal.file)
+
+The expected outcomes are spelled out in each test, independently of
+:data:`herocollector.journal.base.RESUBMIT`, so a change of the decisions there fails here.
+Where a fleet's journal differs by design (leases taken over, ``resume`` of one owner), the
+test asks :attr:`~herocollector.journal.base.Journal.shared`.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from herocollector.errors import JournalError, LeaseLost, OutputTakenError
+from herocollector.journal.base import Job, JobState, Journal
+
+RUN = "/data/runs/run-a"
+OTHER = "/data/runs/run-b"
+FAR = 4_000_000_000.0
+"""A Unix time far in the future (2096): never due during a test."""
+
+
+class JournalTests:
+    """The journal contract; subclass it with a ``journal`` fixture and :meth:`reopen`.
+
+    Attributes:
+        shared: Whether the backend under test is a fleet's shared journal.
+    """
+
+    shared: bool = False
+
+    @pytest.fixture
+    def journal(self) -> Iterator[Journal]:
+        """A fresh, empty journal of the backend under test, closed afterwards."""
+        raise NotImplementedError("a JournalTests subclass provides the journal fixture")
+
+    def reopen(self, journal: Journal) -> Journal:
+        """Close ``journal`` and open the same journal again, as after a restart."""
+        raise NotImplementedError("a JournalTests subclass provides reopen()")
+
+    # -- helpers ---------------------------------------------------------------------------------
+
+    @staticmethod
+    def take(journal: Journal, path: str = RUN, owner: str = "actor-a", lease: float = 600.0) -> Job:
+        """Journal ``path`` and take it: a running job under a fresh token."""
+        job, _ = journal.submit(path, "logger-1", {"n": 1})
+        taken = journal.take_due(owner=owner, lease=lease)
+        assert taken is not None and taken.id == job.id, f"{path} was not due"
+        return taken
+
+    def in_state(self, journal: Journal, state: JobState, path: str = RUN) -> Job:
+        """A job of ``path`` brought into ``state`` through the journal's own transitions."""
+        if state == JobState.PENDING:
+            return journal.submit(path, "logger-1", {"n": 1}, deadline=FAR)[0]
+        taken = self.take(journal, path)
+        if state == JobState.RUNNING:
+            return taken
+        if state == JobState.WAITING:
+            return journal.park(taken.id, check_at=FAR - 1, deadline=FAR, token=taken.token)
+        if state == JobState.FAILED:
+            return journal.fail(taken.id, "broken", None, token=taken.token)
+        done = journal.finish(taken.id, {f"/out/{path.rsplit('/', 1)[-1]}.arrow": 5}, token=taken.token)
+        if state == JobState.DONE:
+            return done
+        journal.mark_cleaned(done.id, FAR)
+        cleaned = journal.get(done.id)
+        assert cleaned is not None
+        return cleaned
+
+    # -- the protocol ------------------------------------------------------------------------------
+
+    def test_implements_the_protocol(self, journal: Journal) -> None:
+        """The backend is a Journal, with the expected ``shared`` and a ``location``."""
+        assert isinstance(journal, Journal)
+        assert journal.shared is self.shared
+        assert isinstance(journal.location, str) and journal.location
+        assert journal.jobs() == []
+        assert journal.counts() == {state.value: 0 for state in JobState}
+        assert journal.next_due() is None
+
+    # -- submit ------------------------------------------------------------------------------------
+
+    def test_submit_of_a_new_run_is_pending_and_due(self, journal: Journal) -> None:
+        """Submit of a new run is pending and due."""
+        before = time.time()
+        job, queued = journal.submit(RUN, "logger-1", {"n": 1, "when": object}, deadline=FAR)
+        assert queued is True
+        assert (job.path, job.source, job.state, job.attempts, job.deadline) == (
+            RUN,
+            "logger-1",
+            JobState.PENDING,
+            0,
+            FAR,
+        )
+        assert job.metadata["n"] == 1 and isinstance(job.metadata["when"], str)  # not JSON: its str
+        assert before <= job.created <= job.updated <= time.time()
+        assert job.next_attempt is None and job.outputs == {} and job.error is None
+        assert journal.by_path(RUN) == job and journal.get(job.id) == job
+        assert journal.by_path(OTHER) is None and journal.get(job.id + 1000) is None
+
+    # (state, state after, takes the new source and metadata, queued, attempts after)
+    RESUBMIT_CASES: tuple[tuple[JobState, JobState, bool, bool, int], ...] = (
+        (JobState.PENDING, JobState.PENDING, True, True, 0),
+        (JobState.WAITING, JobState.WAITING, True, False, 0),
+        (JobState.FAILED, JobState.PENDING, True, True, 0),
+        (JobState.RUNNING, JobState.RUNNING, False, False, 1),
+        (JobState.DONE, JobState.DONE, False, False, 1),
+        (JobState.CLEANED, JobState.CLEANED, False, False, 1),
+    )
+
+    @pytest.mark.parametrize(("state", "after", "takes_event", "queued", "attempts"), RESUBMIT_CASES)
+    def test_submit_again_in_each_state(
+        self, journal: Journal, state: JobState, after: JobState, takes_event: bool, queued: bool, attempts: int
+    ) -> None:
+        """A repeated announcement in each state: see the table in :mod:`herocollector.journal.base`."""
+        first = self.in_state(journal, state)
+        assert first.state == state
+        again, was_queued = journal.submit(RUN, "logger-2", {"n": 2}, deadline=FAR + 5)
+        stored = journal.get(first.id)
+        assert stored == again
+        assert len(journal.jobs()) == 1
+        assert was_queued is queued
+        assert again.id == first.id and again.state == after and again.attempts == attempts
+        if takes_event:
+            assert (again.source, again.metadata) == ("logger-2", {"n": 2})
+        else:
+            assert (again.source, again.metadata) == (first.source, first.metadata)
+            assert again.updated == first.updated  # untouched
+        if state == JobState.FAILED:
+            assert again.deadline == FAR + 5 and again.next_attempt is None  # starts over
+        else:
+            assert again.deadline == first.deadline  # the _DONE deadline counts from the first event
+        if state == JobState.WAITING:
+            assert again.next_attempt == first.next_attempt  # its next check is kept
+        if queued:
+            assert journal.take_due(owner="b") is not None
+
+    def test_submit_of_a_pending_run_makes_it_due_now(self, journal: Journal) -> None:
+        """A repeated announcement of a pending run waiting for its retry makes it due now."""
+        taken = self.take(journal)
+        journal.fail(taken.id, "transient", FAR, token=taken.token)
+        assert journal.take_due(owner="a") is None
+        job, queued = journal.submit(RUN, "logger-2", {})
+        assert queued and job.next_attempt is None and job.attempts == 1  # attempts are kept
+        again = journal.take_due(owner="a")
+        assert again is not None and again.id == job.id and again.attempts == 2
+
+    def test_submit_new_journals_only_unknown_runs(self, journal: Journal) -> None:
+        """``submit_new`` (the scan) journals only runs without a job."""
+        done = self.in_state(journal, JobState.DONE)
+        created = journal.submit_new([RUN, OTHER, OTHER, "/data/runs/run-c"], "scan", deadline=FAR)
+        assert created == 2
+        assert journal.get(done.id) == done
+        other = journal.by_path(OTHER)
+        assert other is not None and (other.source, other.state, other.deadline) == ("scan", JobState.PENDING, FAR)
+        assert journal.submit_new([], "scan") == 0
+
+    def test_concurrent_submits_of_one_run_make_one_job(self, journal: Journal) -> None:
+        """Concurrent submits of one run make one job."""
+        results: list[tuple[Job, bool]] = []
+        errors: list[BaseException] = []
+        barrier = threading.Barrier(6)
+
+        def announce(index: int) -> None:
+            try:
+                barrier.wait(timeout=60)
+                for _ in range(4):
+                    results.append(journal.submit(RUN, f"logger-{index}", {"i": index}))
+            except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=announce, args=(i,)) for i in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+        assert not errors and len(results) == 24
+        assert len({job.id for job, _ in results}) == 1 and len(journal.jobs()) == 1
+
+    def test_record_malformed_is_a_failed_job_without_a_path(self, journal: Journal) -> None:
+        """A malformed event is a failed job without a path, never retried."""
+        job = journal.record_malformed("logger-1", {"odd": b"\x01"}, "not an event")
+        assert (job.path, job.state, job.error, job.attempts) == (None, JobState.FAILED, "not an event", 1)
+        assert "odd" in job.metadata["event"]
+        assert journal.retry() == []  # a job without a path is never retried
+
+    # -- take_due, leases, fencing -------------------------------------------------------------------
+
+    def test_take_due_takes_each_due_job_once_in_due_order(self, journal: Journal) -> None:
+        """``take_due`` gives each due job once, earliest ``next_attempt`` first."""
+        first = self.take(journal, RUN)
+        journal.fail(first.id, "transient", 100.0, token=first.token)  # due since 1970
+        fresh, _ = journal.submit(OTHER, "logger-1", {})  # no next_attempt: due before any time
+        order = [journal.take_due(owner="a", lease=600), journal.take_due(owner="b", lease=600)]
+        assert [job.id if job else None for job in order] == [fresh.id, first.id]
+        assert journal.take_due(owner="c") is None
+
+    def test_take_due_leaves_a_job_until_its_time(self, journal: Journal) -> None:
+        """A job is not due before its ``next_attempt``; ``next_due`` says when."""
+        taken = self.take(journal)
+        retry_at = time.time() + 3600
+        journal.fail(taken.id, "transient", retry_at, token=taken.token)
+        assert journal.take_due(owner="a") is None
+        due = journal.next_due()
+        assert due is not None and abs(due - retry_at) < 60  # the server's clock may differ a little
+        later = journal.take_due(now=retry_at + 1, owner="a")
+        assert later is not None and later.id == taken.id
+
+    def test_take_due_counts_the_attempt_and_raises_the_token(self, journal: Journal) -> None:
+        """``take_due`` counts the attempt, raises the token and records the lease."""
+        job, _ = journal.submit(RUN, "logger-1", {})
+        taken = journal.take_due(owner="actor-a", lease=600)
+        assert taken is not None
+        assert (taken.state, taken.attempts, taken.lease_owner) == (JobState.RUNNING, 1, "actor-a")
+        assert taken.token > job.token
+        assert taken.lease_until is not None and taken.lease_until > time.time() + 300
+        journal.defer(taken.id, None, "shutdown", token=taken.token)
+        again = journal.take_due(owner="actor-b", lease=600)
+        assert again is not None and again.token > taken.token and again.attempts == 1  # deferral not counted
+
+    def test_start_takes_only_a_pending_job(self, journal: Journal) -> None:
+        """Start takes only a pending job."""
+        job, _ = journal.submit(RUN, "logger-1", {})
+        started = journal.start(job.id)
+        assert started is not None and started.state == JobState.RUNNING and started.attempts == 1
+        assert started.token > job.token
+        assert journal.start(job.id) is None
+
+    def test_renew_extends_the_lease_of_the_current_token_only(self, journal: Journal) -> None:
+        """Renew extends the lease of the current token only."""
+        taken = self.take(journal, lease=60)
+        assert journal.renew(taken.id, taken.token, 900) is True
+        renewed = journal.get(taken.id)
+        assert renewed is not None and renewed.lease_until is not None and renewed.lease_until > time.time() + 600
+        assert journal.renew(taken.id, taken.token - 1, 900) is False
+        journal.finish(taken.id, {}, token=taken.token)
+        assert journal.renew(taken.id, taken.token, 900) is False  # no longer running
+
+    @pytest.mark.parametrize("transition", ["finish", "fail", "park", "defer"])
+    def test_a_stale_token_is_fenced_out(self, journal: Journal, transition: str) -> None:
+        """A stale token is fenced out."""
+        taken = self.take(journal)
+        journal.defer(taken.id, None, None, token=taken.token)
+        current = journal.take_due(owner="actor-b")
+        assert current is not None and current.token > taken.token
+        stale: dict[str, Callable[[], Any]] = {
+            "finish": lambda: journal.finish(taken.id, {"/out/x.arrow": 1}, token=taken.token),
+            "fail": lambda: journal.fail(taken.id, "late", None, token=taken.token),
+            "park": lambda: journal.park(taken.id, FAR, None, token=taken.token),
+            "defer": lambda: journal.defer(taken.id, None, "late", token=taken.token),
+        }
+        with pytest.raises(LeaseLost):
+            stale[transition]()
+        assert journal.get(taken.id) == current  # nothing changed
+        assert journal.owner_of("/out/x.arrow") is None
+
+    def test_an_expired_lease_is_taken_over_only_on_a_shared_journal(self, journal: Journal) -> None:
+        """An expired lease is taken over only on a shared journal."""
+        taken = self.take(journal, lease=600)
+        later = time.time() + 1200  # the lease has run out by then
+        takeover = journal.take_due(now=later, owner="actor-b", lease=600)
+        if journal.shared:
+            assert takeover is not None and takeover.id == taken.id and takeover.token > taken.token
+            assert takeover.lease_owner == "actor-b"
+            with pytest.raises(LeaseLost):
+                journal.finish(taken.id, {}, token=taken.token)
+        else:  # one actor: its own running job is never taken from it
+            assert takeover is None
+            assert journal.finish(taken.id, {}, token=taken.token).state == JobState.DONE
+
+    # -- finish, fail, park, wake, expire, retry, resume ------------------------------------------------
+
+    def test_finish_records_the_outputs_and_rows(self, journal: Journal) -> None:
+        """Finish records the outputs and rows."""
+        taken = self.take(journal)
+        journal.fail(taken.id, "first try", 0.0, token=taken.token)
+        again = journal.take_due(owner="a")
+        assert again is not None
+        done = journal.finish(again.id, {"/out/b.arrow": 7, "/out/a.arrow": 5}, token=again.token)
+        assert (done.state, done.rows, done.error, done.lease_owner, done.lease_until) == (
+            JobState.DONE,
+            12,
+            None,
+            None,
+            None,
+        )
+        assert done.outputs == {"/out/a.arrow": 5, "/out/b.arrow": 7}
+        assert list(done.outputs) == ["/out/a.arrow", "/out/b.arrow"]  # in path order
+        assert journal.get(done.id) == done
+        owner = journal.owner_of("/out/b.arrow")
+        assert owner is not None and owner.id == done.id
+
+    def test_fail_retries_later_or_fails_for_good(self, journal: Journal) -> None:
+        """Fail retries later or fails for good."""
+        taken = self.take(journal)
+        retry = journal.fail(taken.id, "OSError: busy", FAR, token=taken.token)
+        assert (retry.state, retry.error, retry.next_attempt, retry.attempts) == (
+            JobState.PENDING,
+            "OSError: busy",
+            FAR,
+            1,
+        )
+        assert retry.lease_owner is None
+        again = journal.take_due(now=FAR + 1, owner="a")
+        assert again is not None
+        final = journal.fail(again.id, "RunRefused: no", None, token=again.token)
+        assert (final.state, final.attempts, final.error) == (JobState.FAILED, 2, "RunRefused: no")
+        assert [job.id for job in journal.jobs(JobState.FAILED)] == [final.id]
+
+    def test_fail_without_keep_deadline_waits_afresh(self, journal: Journal) -> None:
+        """Fail without keep deadline waits afresh."""
+        job, _ = journal.submit(RUN, "logger-1", {}, deadline=FAR)
+        taken = journal.take_due(owner="a")
+        assert taken is not None
+        assert journal.fail(job.id, "x", FAR, token=taken.token).deadline == FAR
+        again = journal.take_due(now=FAR + 1, owner="a")
+        assert again is not None
+        assert journal.fail(job.id, "DoneTimeout", FAR + 10, keep_deadline=False, token=again.token).deadline is None
+
+    def test_park_wake_and_expire(self, journal: Journal) -> None:
+        """Park wake and expire."""
+        taken = self.take(journal)
+        parked = journal.park(taken.id, check_at=FAR - 1, deadline=FAR, token=taken.token)
+        assert (parked.state, parked.attempts, parked.next_attempt, parked.deadline, parked.lease_owner) == (
+            JobState.WAITING,
+            0,
+            FAR - 1,
+            FAR,
+            None,
+        )
+        assert journal.take_due(now=FAR + 10, owner="a") is None  # waiting runs hold no worker
+        journal.wake(taken.id)
+        woken = journal.get(taken.id)
+        assert woken is not None and woken.state == JobState.PENDING and woken.next_attempt is None
+        journal.wake(taken.id)  # only a waiting job is woken
+        again = journal.take_due(owner="a")
+        assert again is not None
+        journal.park(again.id, check_at=FAR - 1, deadline=FAR, token=again.token)
+        expired = journal.expire(again.id, "DoneTimeout: no _DONE", FAR + 5)
+        assert (expired.state, expired.attempts, expired.deadline, expired.next_attempt) == (
+            JobState.PENDING,
+            1,
+            None,
+            FAR + 5,
+        )
+
+    def test_retry_puts_failed_jobs_back(self, journal: Journal) -> None:
+        """Retry puts failed jobs back."""
+        a = self.in_state(journal, JobState.FAILED, RUN)
+        b = self.in_state(journal, JobState.FAILED, OTHER)
+        done = self.in_state(journal, JobState.DONE, "/data/runs/run-d")
+        assert [job.id for job in journal.retry(OTHER)] == [b.id]
+        retried = journal.retry()
+        assert [job.id for job in retried] == [a.id]
+        assert all(job.state == JobState.PENDING and job.attempts == 0 for job in retried)
+        assert journal.get(done.id) == done
+        assert journal.retry() == []
+
+    def test_resume_after_a_restart(self, journal: Journal) -> None:
+        """Resume after a restart."""
+        running = self.in_state(journal, JobState.RUNNING, RUN)
+        waiting = self.in_state(journal, JobState.WAITING, OTHER)
+        done = self.in_state(journal, JobState.DONE, "/data/runs/run-d")
+        reopened = self.reopen(journal)
+        try:
+            assert reopened.get(done.id) == done
+            resumed = reopened.resume(owner="actor-a")
+            assert [job.id for job in resumed] == [running.id, waiting.id]
+            back = reopened.get(running.id)
+            assert back is not None and back.state == JobState.PENDING and back.attempts == 1  # the attempt counts
+            assert back.lease_owner is None
+        finally:
+            reopened.close()
+
+    def test_resume_leaves_another_actors_live_lease_on_a_shared_journal(self, journal: Journal) -> None:
+        """Resume leaves another actor's live lease on a shared journal."""
+        running = self.take(journal, owner="actor-b", lease=600)
+        resumed = journal.resume(owner="actor-a")
+        job = journal.get(running.id)
+        assert job is not None
+        if journal.shared:
+            assert resumed == [] and job.state == JobState.RUNNING and job.lease_owner == "actor-b"
+        else:  # one actor: whatever ran before the restart was its own
+            assert [j.id for j in resumed] == [running.id] and job.state == JobState.PENDING
+
+    # -- outputs -------------------------------------------------------------------------------------
+
+    def test_output_reservations(self, journal: Journal) -> None:
+        """Output reservations."""
+        a, _ = journal.submit(RUN, "logger-1", {})
+        b, _ = journal.submit(OTHER, "logger-1", {})
+        journal.claim_output(a.id, "/out/x.arrow")
+        journal.claim_output(a.id, "/out/x.arrow")  # idempotent for its owner
+        with pytest.raises(OutputTakenError) as info:
+            journal.claim_output(b.id, "/out/x.arrow")
+        assert info.value.path == "/out/x.arrow" and info.value.owner.id == a.id and info.value.owner.path == RUN
+        assert RUN in str(info.value) and "/out/x.arrow" in str(info.value)
+        journal.release_outputs(a.id)
+        assert journal.owner_of("/out/x.arrow") is None
+        journal.claim_output(b.id, "/out/x.arrow")
+        owner = journal.owner_of("/out/x.arrow")
+        assert owner is not None and owner.id == b.id
+
+    def test_a_failed_attempt_releases_its_reservations(self, journal: Journal) -> None:
+        """A failed attempt releases its reservations."""
+        taken = self.take(journal)
+        journal.claim_output(taken.id, "/out/x.arrow")
+        journal.fail(taken.id, "x", FAR, token=taken.token)
+        assert journal.owner_of("/out/x.arrow") is None
+
+    def test_a_collected_runs_outputs_stay_its_own(self, journal: Journal) -> None:
+        """A collected run's outputs stay its own."""
+        done = self.in_state(journal, JobState.DONE, RUN)
+        other = self.take(journal, OTHER)
+        (path,) = done.outputs
+        with pytest.raises(OutputTakenError) as info:
+            journal.claim_output(other.id, path)
+        assert info.value.owner.state == JobState.DONE and info.value.owner.outputs == done.outputs
+        assert journal.get(done.id) == done
+
+    def test_finish_replaces_the_reservations(self, journal: Journal) -> None:
+        """Finish replaces the reservations."""
+        taken = self.take(journal)
+        journal.claim_output(taken.id, "/out/planned.arrow")
+        done = journal.finish(taken.id, {"/out/real.arrow": 3}, token=taken.token)
+        assert done.outputs == {"/out/real.arrow": 3}
+        assert journal.owner_of("/out/planned.arrow") is None
+
+    def test_concurrent_claims_of_one_output_have_one_winner(self, journal: Journal) -> None:
+        """Concurrent claims of one output have one winner."""
+        jobs = [journal.submit(f"/data/runs/c-{i}", "logger-1", {})[0] for i in range(6)]
+        winners: list[int] = []
+        losers: list[OutputTakenError] = []
+        barrier = threading.Barrier(len(jobs))
+
+        def claim(job: Job) -> None:
+            barrier.wait(timeout=60)
+            try:
+                journal.claim_output(job.id, "/out/shared.arrow")
+                winners.append(job.id)
+            except OutputTakenError as exc:
+                losers.append(exc)
+
+        threads = [threading.Thread(target=claim, args=(job,)) for job in jobs]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+        assert len(winners) == 1 and len(losers) == len(jobs) - 1
+        assert all(exc.owner.id == winners[0] for exc in losers)
+
+    # -- counts, status, pages, trash ---------------------------------------------------------------
+
+    def test_counts_list_every_state(self, journal: Journal) -> None:
+        """Counts list every state."""
+        states = [state for state in JobState if state != JobState.PENDING] + [JobState.PENDING]
+        for index, state in enumerate(states):  # pending last: in_state takes the only due job
+            self.in_state(journal, state, f"/data/runs/s-{index}")
+        journal.submit("/data/runs/extra", "logger-1", {})
+        expected = {state.value: 1 for state in JobState}
+        expected[JobState.PENDING.value] = 2
+        assert journal.counts() == expected
+        assert [job.state for job in journal.jobs(JobState.DONE, JobState.CLEANED)] == [
+            JobState.DONE,
+            JobState.CLEANED,
+        ]
+
+    def test_recent_is_the_newest_jobs_oldest_first(self, journal: Journal) -> None:
+        """Recent is the newest jobs oldest first."""
+        for i in range(6):
+            journal.submit(f"/data/runs/r-{i}", "logger-1", {})
+        assert [job.path for job in journal.recent(3)] == [f"/data/runs/r-{i}" for i in (3, 4, 5)]
+        assert journal.recent(100) == journal.jobs()
+
+    def test_done_jobs_page_walks_every_done_job_once(self, journal: Journal) -> None:
+        """Done jobs page walks every done job once."""
+        done = [self.in_state(journal, JobState.DONE, f"/data/runs/d-{i}") for i in range(5)]
+        self.in_state(journal, JobState.FAILED, "/data/runs/failed")
+        self.in_state(journal, JobState.CLEANED, "/data/runs/cleaned")
+        seen: list[Job] = []
+        after = 0
+        while page := journal.done_jobs_page(after, 2):
+            assert len(page) <= 2
+            seen.extend(page)
+            after = page[-1].id
+            journal.mark_cleaned(page[0].id)  # cleaning during the walk does not disturb it
+        assert [job.id for job in seen] == [job.id for job in done]
+        assert seen[0].outputs == done[0].outputs
+        pending = journal.jobs_page(JobState.FAILED, 0, 10)
+        assert [job.path for job in pending] == ["/data/runs/failed"]
+
+    def test_trash_is_listed_soonest_purge_first_and_bounded(self, journal: Journal) -> None:
+        """Trash is listed soonest purge first and bounded."""
+        jobs = [self.in_state(journal, JobState.DONE, f"/data/runs/t-{i}") for i in range(4)]
+        for i, job in enumerate(jobs):
+            journal.mark_cleaned(job.id, 1000.0 - i)
+        assert [job.id for job in journal.in_trash()] == [job.id for job in reversed(jobs)]
+        assert [job.id for job in journal.in_trash(limit=2)] == [jobs[3].id, jobs[2].id]
+        assert journal.trash_count() == 4
+        journal.purged(jobs[3].id)
+        assert journal.trash_count() == 3
+        journal.restored(jobs[2].id)
+        restored = journal.get(jobs[2].id)
+        assert restored is not None and restored.state == JobState.DONE and restored.trash_until is None
+
+    def test_mark_cleaned_leaves_other_states_alone(self, journal: Journal) -> None:
+        """Mark cleaned leaves other states alone."""
+        failed = self.in_state(journal, JobState.FAILED)
+        journal.mark_cleaned(failed.id, 500.0)  # a forced cleanup does not make a run collected
+        job = journal.get(failed.id)
+        assert job is not None and job.state == JobState.FAILED and job.trash_until == 500.0
+
+    def test_everything_survives_a_restart(self, journal: Journal) -> None:
+        """Everything survives a restart."""
+        done = self.in_state(journal, JobState.DONE, RUN)
+        failed = self.in_state(journal, JobState.FAILED, OTHER)
+        reopened = self.reopen(journal)
+        try:
+            assert reopened.get(done.id) == done and reopened.get(failed.id) == failed
+            assert reopened.counts()[JobState.DONE.value] == 1
+            new, queued = reopened.submit("/data/runs/new", "logger-1", {})
+            assert queued and new.id > failed.id
+        finally:
+            reopened.close()
+
+    def test_a_missing_job_is_a_journal_error(self, journal: Journal) -> None:
+        """A missing job is a journal error."""
+        with pytest.raises(JournalError):
+            journal.finish(12345, {})
