@@ -116,7 +116,7 @@ def _rule(value: Any) -> RuleLike:
         select_streams([], value)  # a malformed rule fails the start, not every job
     except CollectorError as exc:
         raise ConfigError(f"rule: {exc.reason}") from None
-    return value  # type: ignore[no-any-return]
+    return value
 
 
 def _path_key(value: Any) -> str:

@@ -79,7 +79,7 @@ class ServiceConfig:
 
     def retry_delay_for(self, attempts: int) -> float:
         """Seconds before the next try of a job that failed its ``attempts``-th attempt."""
-        return min(self.retry_delay * 2 ** max(attempts - 1, 0), self.retry_delay_max)
+        return float(min(self.retry_delay * 2 ** max(attempts - 1, 0), self.retry_delay_max))
 
     @classmethod
     def argument_names(cls) -> tuple[str, ...]:

@@ -122,20 +122,20 @@ class CollectorArchiver(HERODataArchiver):
         """
         self.service.submit(source_name, data)
 
-    def _store(self, source_name: str, payload: Any, metadata: dict) -> None:
+    def _store(self, source_name: str, payload: Any, metadata: dict[str, Any]) -> None:
         """Unused: announcements go straight to the service's journal."""
 
     # -- HEROS out ------------------------------------------------------------------------------
 
     @reliable
     @event
-    def run_collected(self, report: dict) -> dict:
+    def run_collected(self, report: dict[str, Any]) -> dict[str, Any]:
         """Fired when a run was collected: path, outputs (with rows), rows, seconds, job."""
         return report
 
     @reliable
     @event
-    def run_failed(self, report: dict) -> dict:
+    def run_failed(self, report: dict[str, Any]) -> dict[str, Any]:
         """Fired when an attempt failed: path, error, attempts, final (no more retries), job."""
         return report
 
@@ -168,7 +168,7 @@ class CollectorArchiver(HERODataArchiver):
 
     # -- remote methods ------------------------------------------------------------------------
 
-    def collect(self, path: str) -> dict:
+    def collect(self, path: str) -> dict[str, Any]:
         """Journal a logger directory, as if a ``finished`` event had announced it.
 
         Args:
@@ -179,11 +179,11 @@ class CollectorArchiver(HERODataArchiver):
         """
         return self.service.collect(path).to_dict()
 
-    def status(self) -> dict:
+    def status(self) -> dict[str, Any]:
         """Jobs per state, runs being collected, waiting runs, trash, last scan and recent jobs."""
         return self.service.status().to_dict()
 
-    def failed(self) -> list:
+    def failed(self) -> list[dict[str, Any]]:
         """The jobs kept as failed, with their errors and attempt counts."""
         return [job.to_dict() for job in self.service.failed()]
 
@@ -240,7 +240,7 @@ class CollectorArchiver(HERODataArchiver):
         answer = self.service.wait_cleanup(REMOTE_SWEEP_WAIT)
         return started.total if answer is None else answer
 
-    def verify(self, path: str) -> dict:
+    def verify(self, path: str) -> dict[str, Any]:
         """Verify a collected run's outputs against its manifest and the journal (what cleanup checks first).
 
         Args:
@@ -281,17 +281,20 @@ class CollectorArchiver(HERODataArchiver):
     @local_only
     def register_callback(self, func: Any) -> str | bool:
         """Register an event callback (local only)."""
-        return super().register_callback(func)
+        registered: str | bool = super().register_callback(func)
+        return registered
 
     @local_only
     def remove_callback(self, func: Any) -> bool:
         """Remove an event callback (local only)."""
-        return super().remove_callback(func)
+        removed: bool = super().remove_callback(func)
+        return removed
 
     @local_only
     def remove_callback_uid(self, uid: str) -> bool:
         """Remove an event callback by its id (local only)."""
-        return super().remove_callback_uid(uid)
+        removed: bool = super().remove_callback_uid(uid)
+        return removed
 
     @local_only
     def is_queue_drained(self) -> bool:

@@ -122,11 +122,11 @@ class DemoLogger:
 
     @event
     @reliable
-    def finished(self, payload: dict) -> dict:
+    def finished(self, payload: dict[str, Any]) -> dict[str, Any]:
         """Announces a finished run: ``{"path": <logger directory>, ...}``."""
         return payload
 
-    def simulate(self, runs: int = 1, records: int | None = None) -> list:
+    def simulate(self, runs: int = 1, records: int | None = None) -> list[dict[str, Any]]:
         """Write ``runs`` runs, firing ``finished`` after each one's ``_DONE``.
 
         Args:
@@ -159,7 +159,7 @@ class DemoLogger:
         """Fire ``finished`` with an arbitrary payload (to exercise the actor's event handling)."""
         return self.finished(payload)
 
-    def announce_all(self, paths: list) -> int:
+    def announce_all(self, paths: list[str]) -> int:
         """Fire ``finished`` for each of ``paths`` back to back (a burst).
 
         Returns:

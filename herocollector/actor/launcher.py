@@ -29,7 +29,7 @@ def load_config(name: str, arguments: dict[str, Any] | None = None, config_dir: 
     Returns:
         The config dict.
     """
-    config = json.loads((config_dir / name).read_text(encoding="utf-8"))
+    config: dict[str, Any] = json.loads((config_dir / name).read_text(encoding="utf-8"))
     config["arguments"].update(arguments or {})
     return config
 

