@@ -197,7 +197,7 @@ class CollectionService:
 
     def running(self) -> list[str]:
         """The runs this service's workers are collecting right now."""
-        return [job.path for job in self.scheduler.running()]
+        return [job.path for job in self.scheduler.running() if job.path is not None]
 
     def status(self) -> ServiceStatus:
         """Jobs per state, the runs being collected, the trash (counted, and a bounded list) and recent jobs."""
@@ -208,7 +208,11 @@ class CollectionService:
             journal=self.journal.location,
             output_root=str(self.config.output_root),
             in_trash=self.journal.trash_count(),
-            pending_deletion=[TrashEntry(job.path, job.trash_until) for job in self.journal.in_trash(TRASH_LISTED)],
+            pending_deletion=[
+                TrashEntry(job.path, job.trash_until)
+                for job in self.journal.in_trash(TRASH_LISTED)
+                if job.path is not None
+            ],
             last_scan=self.scanner.last,
             recent=self.journal.recent(RECENT_LISTED),
             extra={"cleanup": asdict(self.cleaner.progress())},
