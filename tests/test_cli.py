@@ -207,6 +207,26 @@ def test_collect_not_a_logger_directory(tmp_path: Path) -> None:
     assert "streams/" in line
 
 
+@pytest.mark.parametrize("content", ["nothing", "a stray file"])
+def test_collect_fails_at_once_on_a_folder_that_is_not_a_logger_directory(content: str, tmp_path: Path) -> None:
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    if content != "nothing":
+        (folder / "holiday.jpg").write_bytes(b"\xff\xd8")
+    # --timeout none: a collect that waited for _DONE would never end (and the subprocess timeout fail it)
+    line = assert_one_line_error(cli("collect", folder, "-o", tmp_path / "x.arrow", "--timeout", "none"), 1)
+    assert str(folder) in line and "not a logger directory" in line
+    assert "no streams/" in line and "no *.seg.zst segment files" in line and "no _DONE" in line
+    assert not (tmp_path / "x.arrow").exists()
+
+
+def test_collect_still_waits_for_a_run_that_has_begun(tmp_path: Path, runs: list[Path]) -> None:
+    for segment in unfinish(runs[0]).glob("*.seg.zst"):  # streams/ and no segment yet: a run just started
+        segment.unlink()
+    line = assert_one_line_error(cli("collect", runs[0], "-o", tmp_path / "x.arrow", "--timeout", "0"), 1)
+    assert "timed out" in line and "_DONE" in line
+
+
 def test_collect_template_escaping_the_output_root(runs: list[Path], tmp_path: Path) -> None:
     result = cli("collect", runs[0], "-o", tmp_path / "o", "--template", "../{{ measure }}.arrow")
     line = assert_one_line_error(result, 1)
@@ -311,6 +331,60 @@ def test_cleanup_no_wait(runs: list[Path]) -> None:
     assert not list(runs[0].glob("*.seg.zst"))
 
 
+def trash_of(run: Path) -> list[str]:
+    """The names in a run's trash, with the time stamp cut off."""
+    return sorted(re.sub(r"\.trash-\d+$", "", p.name) for p in run.glob("*.trash-*"))
+
+
+def test_cleanup_moves_segments_into_the_trash_and_restore_puts_them_back(runs: list[Path], tmp_path: Path) -> None:
+    before = {s.name: s.read_bytes() for s in runs[1].glob("*.seg.zst")}
+    expected = collect_table([runs[1]])
+    result = cli("cleanup", runs[1], "--no-keep-meta")
+    assert result.returncode == 0, result.stderr
+    assert "into the trash" in result.stdout and "herocollector restore" in result.stdout
+    assert not list(runs[1].glob("*.seg.zst")) and not (runs[1] / "streams").exists()
+    assert trash_of(runs[1]) == sorted([*before, "streams"])
+    for trashed in runs[1].glob("*.seg.zst.trash-*"):  # renamed, not rewritten
+        assert trashed.read_bytes() == before[trashed.name.split(".trash-")[0]]
+
+    result = cli("restore", runs[1])
+    assert result.returncode == 0, result.stderr
+    assert f"restored {len(before) + 1} item(s) in 1 run(s)" in result.stdout
+    assert trash_of(runs[1]) == []
+    assert {s.name: s.read_bytes() for s in runs[1].glob("*.seg.zst")} == before
+    out = tmp_path / "again.arrow"
+    assert cli("collect", runs[1], "-o", out, "-q").returncode == 0
+    assert read_ipc(out).replace_schema_metadata(None).combine_chunks().equals(expected)
+
+
+def test_cleanup_purge_deletes_for_good_with_the_earlier_trash(runs: list[Path]) -> None:
+    assert cli("cleanup", runs[0]).returncode == 0
+    assert trash_of(runs[0]) == ["00000.seg.zst"]
+    (runs[1] / "00000.seg.zst.trash-1").write_bytes(b"trashed long ago")
+    before = sorted(p for run in runs for p in run.rglob("*"))
+    dry = cli("cleanup", *runs, "--purge", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert "for good" in dry.stdout and "would delete 00000.seg.zst.trash-1 (trash)" in dry.stdout
+    assert sorted(p for run in runs for p in run.rglob("*")) == before  # a dry run touches nothing
+
+    result = cli("cleanup", *runs, "--purge")
+    assert result.returncode == 0, result.stderr
+    assert "for good" in result.stdout and "2 earlier trashed item(s) deleted too" in result.stdout
+    for run in runs:
+        assert not list(run.glob("*.seg.zst*")) and trash_of(run) == []
+        assert (run / "streams").is_dir() and (run / "_DONE").exists()
+    assert "restored 0 item(s)" in cli("restore", *runs).stdout
+
+
+def test_restore_leaves_an_entry_whose_name_is_taken(runs: list[Path]) -> None:
+    assert cli("cleanup", runs[0]).returncode == 0
+    (runs[0] / "00000.seg.zst").write_bytes(b"a new segment of the same name")
+    line = assert_one_line_error(cli("restore", runs[0]), 1)
+    assert "left in the trash" in line and "00000.seg.zst.trash-" in line
+    assert (runs[0] / "00000.seg.zst").read_bytes() == b"a new segment of the same name"
+    assert trash_of(runs[0]) == ["00000.seg.zst"]
+
+
 def test_cleanup_refuses_a_folder_that_is_not_a_logger_directory(tmp_path: Path) -> None:
     folder = tmp_path / "photos"
     folder.mkdir()
@@ -344,6 +418,8 @@ def test_cleanup_refuses_a_folder_that_is_not_a_logger_directory(tmp_path: Path)
         ["inspect", "RUN", "--colour"],
         ["cleanup"],
         ["cleanup", "RUN", "--keep-meta=no"],
+        ["restore"],
+        ["restore", "RUN", "--purge"],
         ["demo", "--runs", "0"],
         ["demo", "--runs", "many"],
         ["demo", "--timeout", "-3"],
@@ -360,7 +436,7 @@ def test_bad_arguments_exit_2_with_one_line(args: list[str], runs: list[Path], t
 def test_help_and_version() -> None:
     result = cli("--help")
     assert result.returncode == 0
-    for command in ("collect", "inspect", "cleanup", "demo"):
+    for command in ("collect", "inspect", "cleanup", "restore", "demo"):
         assert command in result.stdout
     assert "--template" in cli("collect", "--help").stdout
     assert re.match(r"herocollector \S+", cli("--version").stdout)

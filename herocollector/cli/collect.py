@@ -133,7 +133,7 @@ def run(args: argparse.Namespace, out: Console, err: Console) -> int:
     started = time.monotonic()
     paths = Collector([os.path.abspath(p) for p in args.paths]).paths
     for path in paths:
-        common.require_dir(path)
+        common.require_logger_dir(path)
     names, types = parse_columns(args.columns)
     pipeline = OutputPipeline(
         rule=args.rule,
@@ -159,12 +159,18 @@ def run(args: argparse.Namespace, out: Console, err: Console) -> int:
             rows += n
             progress.update(task, note=f"{rows:,} rows")
 
-        written = pipeline.write(
-            plan,
-            provenance=_provenance(plan, collected_at),
-            on_bytes=lambda n: progress.advance(task, n),
-            on_rows=on_rows,
-        )
+        finals = [Path(target.path) for target in plan.targets]
+        created = common.missing_folders(finals)
+        try:
+            written = pipeline.write(
+                plan,
+                provenance=_provenance(plan, collected_at),
+                on_bytes=lambda n: progress.advance(task, n),
+                on_rows=on_rows,
+            )
+        except BaseException:
+            common.remove_leftovers(finals, created)
+            raise
     elapsed = time.monotonic() - started
     if not any(run.selected for run in runs):
         err.print(f"{PROG}: warning: no stream was selected in {len(paths)} run(s)", soft_wrap=True)

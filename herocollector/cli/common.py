@@ -7,8 +7,12 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Sequence
+import os
+import signal
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
 from typing import Any, Protocol, TypeAlias
 
 from rich.console import Console
@@ -22,8 +26,8 @@ from rich.progress import (
 )
 
 from herocollector.config import parse_columns
-from herocollector.errors import CollectorError
-from herocollector.output.files import COMPRESSIONS
+from herocollector.errors import CollectorError, MetadataError
+from herocollector.output.files import COMPRESSIONS, TEMP_SUFFIX, discard, temporary_name
 from herocollector.output.paths import PathTemplate
 from herocollector.run import logdir
 
@@ -212,3 +216,111 @@ def wait_for_done(paths: Sequence[Path], backoff: int, timeout: int | None, disp
         missing = [str(p) for p in pending if not logdir.is_done(p)]
         raise CollectorError(f"timed out after {timeout} ms waiting for _DONE in {', '.join(missing)}")
     display.remove_task(task)
+
+
+def require_logger_dir(path: Path) -> None:
+    """Raise a MetadataError at once for a folder that cannot be a logger directory, naming what it lacks.
+
+    A folder with ``streams/`` or a segment may be a run the logger is still writing, worth
+    waiting for; one with neither (an empty folder, a typo'd path) would only time out later.
+    """
+    require_dir(path)
+    if not (path / logdir.STREAMS_DIR).is_dir() and not logdir.segment_files(path):
+        done = "" if logdir.is_done(path) else ", no _DONE"
+        raise MetadataError(
+            f"not a logger directory: no {logdir.STREAMS_DIR}/ folder, no *{logdir.SEGMENT_SUFFIX} segment files{done}",
+            path,
+        )
+
+
+# ----------------------------------------------------------------------------------------
+# Signals, and what an interrupted command leaves behind
+# ----------------------------------------------------------------------------------------
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+"""The signals that stop a command cleanly (exit status 128 + the signal's number)."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """A stop signal arrived; a ``KeyboardInterrupt``, so everything that cleans up for Ctrl-C runs.
+
+    Args:
+        signum: The signal's number.
+    """
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        super().__init__(signal.Signals(signum).name)
+
+    @property
+    def status(self) -> int:
+        """The exit status: 128 + the signal's number, as a shell reports a process the signal killed."""
+        return 128 + self.signum
+
+    @property
+    def message(self) -> str:
+        """The line printed on stderr."""
+        if self.signum == signal.SIGINT:
+            return f"{PROG}: interrupted"
+        return f"{PROG}: interrupted by {signal.Signals(self.signum).name}"
+
+
+@contextmanager
+def stop_signals() -> Iterator[None]:
+    """While inside, SIGINT, SIGTERM and SIGHUP raise :class:`Interrupted` in the main thread.
+
+    Only the first signal raises: later ones are ignored, so a second Ctrl-C (or a supervisor
+    sending SIGTERM twice) cannot cut short the ``finally`` blocks that remove temporary files.
+    The previous handlers are restored on leaving.
+    """
+    received: list[int] = []
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        if received:
+            return
+        received.append(signum)
+        raise Interrupted(signum)
+
+    saved = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, previous in saved.items():
+            signal.signal(sig, previous)
+
+
+def missing_folders(paths: Iterable[Path]) -> list[Path]:
+    """The folders that do not exist yet and writing ``paths`` creates, deepest first."""
+    missing: set[Path] = set()
+    for path in paths:
+        folder = Path(os.path.abspath(path)).parent
+        while not folder.exists() and folder != folder.parent:
+            missing.add(folder)
+            folder = folder.parent
+    return sorted(missing, key=lambda p: len(p.parts), reverse=True)
+
+
+def remove_leftovers(finals: Iterable[Path], created: Iterable[Path]) -> None:
+    """After a failed write: remove this process's temporary files of ``finals`` and the empty ``created`` folders.
+
+    The pipeline removes its temporary files itself; this catches one a signal left between
+    its creation and the pipeline knowing of it. Never raises.
+
+    Args:
+        finals: The final paths that were being written.
+        created: Folders the command created (deepest first); each is removed only if empty.
+    """
+    for final in finals:
+        # The name up to the per-process sequence number: .<hash>.<host>.<pid>
+        prefix = temporary_name(final).name.rsplit(".", 2)[0]
+        try:
+            leftovers = list(final.parent.glob(f"{prefix}.*{TEMP_SUFFIX}"))
+        except OSError:
+            continue
+        for leftover in leftovers:
+            discard(leftover)
+    for folder in created:
+        try:
+            folder.rmdir()
+        except OSError:
+            pass  # not empty (someone else wrote there), or gone: either way not ours to remove

@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import pyarrow as pa
 from rich.console import Console
@@ -93,17 +93,13 @@ def _output_streams(files: Sequence[str]) -> int:
 
 @contextmanager
 def _signals_ignored() -> Iterator[None]:
-    """Ignore SIGINT and SIGTERM (while stopping the processes the demo started)."""
-    saved = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    """Ignore the stop signals (while stopping the processes the demo started, which must not be cut short)."""
+    saved = {sig: signal.signal(sig, signal.SIG_IGN) for sig in common.STOP_SIGNALS}
     try:
         yield
     finally:
         for sig, handler in saved.items():
             signal.signal(sig, handler)
-
-
-def _raise_on_sigterm(signum: int, frame: Any) -> NoReturn:
-    raise KeyboardInterrupt
 
 
 def run(args: argparse.Namespace, out: Console, err: Console) -> int:
@@ -112,59 +108,54 @@ def run(args: argparse.Namespace, out: Console, err: Console) -> int:
 
     realm = f"herocollector-demo-{uuid.uuid4().hex[:12]}"
     started = time.monotonic()
-    previous = signal.signal(signal.SIGTERM, _raise_on_sigterm)
     processes: list[BossProcess] = []
-    try:
-        with ExitStack() as stack:
-            if args.workdir:
-                workdir = Path(os.path.abspath(args.workdir))
-                workdir.mkdir(parents=True, exist_ok=True)
-            else:
-                workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="herocollector-demo-")))
-            runs_dir, collected, state, boss_dir = (workdir / n for n in ("runs", "collected", "state", "boss"))
-            collector_config = load_config(
-                "collector.json",
-                {
-                    "default_metadata": {"output_root": str(collected)},
-                    "allowed_roots": [str(runs_dir)],
-                    "state_dir": str(state),
-                    "retry_delay": 0.2,
-                    "retry_delay_max": 2.0,
-                },
-            )
-            logger_arguments: dict[str, Any] = {"root": str(runs_dir)}
-            if args.records is not None:
-                logger_arguments["records"] = args.records
-            logger_config = load_config("demo_logger.json", logger_arguments)
-            out.print(f"[bold]herocollector demo[/bold] in realm {escape(realm)}", soft_wrap=True, markup=True)
-            kept = "" if args.workdir else " (temporary, removed at the end)"
-            out.print(f"work directory: {workdir}{kept}", soft_wrap=True)
-            try:
-                for config in (collector_config, logger_config):
-                    process = BossProcess(config, realm, boss_dir)
-                    processes.append(process)
-                    process.start()
-                    pid = process.process.pid if process.process else "?"
-                    out.print(
-                        f"started BOSS for {config['_id']!r} ({config['classname']}), pid {pid}, "
-                        f"log {process.log_file}",
-                        soft_wrap=True,
-                    )
-                # Release the remote HEROs before stopping BOSS: a zenoh session closed after its
-                # peers are gone waits for a timeout.
-                with ExitStack() as remotes:
-                    collector = remotes.enter_context(processes[0].remote(args.timeout))
-                    logger = remotes.enter_context(processes[1].remote(args.timeout))
-                    out.print(f"both HEROs answer after {time.monotonic() - started:.1f} s", soft_wrap=True)
-                    return _demo_runs(args, out, collector, logger, wait_until)
-            finally:
-                with _signals_ignored():
-                    _stop_all(processes)
-                gone = all(not p.alive() for p in processes)
-                out.print(f"stopped {len(processes)} BOSS process(es){'' if gone else ' (some did not stop!)'}")
-                out.print(f"demo finished in {time.monotonic() - started:.1f} s")
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    with ExitStack() as stack:
+        if args.workdir:
+            workdir = Path(os.path.abspath(args.workdir))
+            workdir.mkdir(parents=True, exist_ok=True)
+        else:
+            workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="herocollector-demo-")))
+        runs_dir, collected, state, boss_dir = (workdir / n for n in ("runs", "collected", "state", "boss"))
+        collector_config = load_config(
+            "collector.json",
+            {
+                "default_metadata": {"output_root": str(collected)},
+                "allowed_roots": [str(runs_dir)],
+                "state_dir": str(state),
+                "retry_delay": 0.2,
+                "retry_delay_max": 2.0,
+            },
+        )
+        logger_arguments: dict[str, Any] = {"root": str(runs_dir)}
+        if args.records is not None:
+            logger_arguments["records"] = args.records
+        logger_config = load_config("demo_logger.json", logger_arguments)
+        out.print(f"[bold]herocollector demo[/bold] in realm {escape(realm)}", soft_wrap=True, markup=True)
+        kept = "" if args.workdir else " (temporary, removed at the end)"
+        out.print(f"work directory: {workdir}{kept}", soft_wrap=True)
+        try:
+            for config in (collector_config, logger_config):
+                process = BossProcess(config, realm, boss_dir)
+                processes.append(process)
+                process.start()
+                pid = process.process.pid if process.process else "?"
+                out.print(
+                    f"started BOSS for {config['_id']!r} ({config['classname']}), pid {pid}, log {process.log_file}",
+                    soft_wrap=True,
+                )
+            # Release the remote HEROs before stopping BOSS: a zenoh session closed after its
+            # peers are gone waits for a timeout.
+            with ExitStack() as remotes:
+                collector = remotes.enter_context(processes[0].remote(args.timeout))
+                logger = remotes.enter_context(processes[1].remote(args.timeout))
+                out.print(f"both HEROs answer after {time.monotonic() - started:.1f} s", soft_wrap=True)
+                return _demo_runs(args, out, collector, logger, wait_until)
+        finally:
+            with _signals_ignored():
+                _stop_all(processes)
+            gone = all(not p.alive() for p in processes)
+            out.print(f"stopped {len(processes)} BOSS process(es){'' if gone else ' (some did not stop!)'}")
+            out.print(f"demo finished in {time.monotonic() - started:.1f} s")
 
 
 def _demo_runs(

@@ -1,4 +1,4 @@
-r"""The ``herocollector`` command line: ``collect``, ``inspect``, ``cleanup`` and ``demo``.
+r"""The ``herocollector`` command line: ``collect``, ``inspect``, ``cleanup``, ``restore`` and ``demo``.
 
 Examples::
 
@@ -7,11 +7,15 @@ Examples::
         --template "{{ experiment }}/{{ logger_name }}/{{ measure }}.arrow" --compression zstd
     herocollector inspect /data/runs/run-0001
     herocollector cleanup /data/runs/run-0001 --dry-run
+    herocollector cleanup /data/runs/run-0001          # into the run's trash
+    herocollector restore /data/runs/run-0001          # undone
+    herocollector cleanup /data/runs/run-0001 --purge  # for good
     herocollector demo
 
 Exit status: 0 on success, 1 when herocollector reports an error about its input (a
 one-line message on stderr), 2 for bad arguments (a one-line message, never a traceback),
-130 when interrupted.
+130, 143 or 129 when SIGINT, SIGTERM or SIGHUP stopped it (temporary files and the folders the
+command created are removed first; one line on stderr says which signal).
 
 This module assembles the parser from the command modules in :data:`COMMANDS` and dispatches
 to them; see :mod:`herocollector.cli` for their interface.
@@ -25,11 +29,11 @@ from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 from typing import NoReturn, cast
 
-from herocollector.cli import cleanup, collect, common, demo, inspect
+from herocollector.cli import cleanup, collect, common, demo, inspect, restore
 from herocollector.cli.common import PROG, Command, Subparsers
 from herocollector.errors import CollectorError
 
-COMMANDS: tuple[Command, ...] = (collect, inspect, cleanup, demo)
+COMMANDS: tuple[Command, ...] = (collect, inspect, cleanup, restore, demo)
 """The command modules, in the order ``herocollector --help`` lists them."""
 
 
@@ -72,20 +76,26 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Returns:
         The exit status: 0 ok, 1 error, 2 bad arguments (argparse exits with 2 itself),
-        130 interrupted.
+        130, 143 or 129 when stopped by SIGINT, SIGTERM or SIGHUP (128 + the signal's number).
     """
     args = build_parser().parse_args(argv)
     out, err = common.consoles()
     command = next(c for c in COMMANDS if c.NAME == args.command)
-    try:
-        return command.run(args, out, err)
-    except CollectorError as exc:
-        err.print(f"{PROG}: error: {exc}", soft_wrap=True)
-    except (OSError, TimeoutError, ValueError) as exc:
-        err.print(f"{PROG}: error: {type(exc).__name__}: {exc}", soft_wrap=True)
-    except KeyboardInterrupt:
-        err.print(f"{PROG}: interrupted")
-        return 130
+    # The handlers stay installed while the message is printed, so a second signal cannot kill
+    # the process between cleaning up and saying why it stopped.
+    with common.stop_signals():
+        try:
+            return command.run(args, out, err)
+        except CollectorError as exc:
+            err.print(f"{PROG}: error: {exc}", soft_wrap=True)
+        except (OSError, TimeoutError, ValueError) as exc:
+            err.print(f"{PROG}: error: {type(exc).__name__}: {exc}", soft_wrap=True)
+        except common.Interrupted as exc:
+            err.print(exc.message, soft_wrap=True)
+            return exc.status
+        except KeyboardInterrupt:  # raised by a handler other than ours
+            err.print(f"{PROG}: interrupted")
+            return 130
     return 1
 
 

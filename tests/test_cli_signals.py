@@ -1,0 +1,117 @@
+"""``herocollector collect`` stopped by a signal leaves nothing behind and says why.
+
+A collection big enough to be still writing when it is signalled: one run of a few MB, read
+through 80 symlinked logger directories. The test waits for the hidden temporary file to
+appear, freezes the command with SIGSTOP (so it cannot finish between the check and the
+signal), checks it is still writing, sends the signal and lets it continue with SIGCONT. The
+command must exit with 128 + the signal's number, print one line naming the signal, and leave
+no temporary file and no folder it created.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from herocollector.actor.demo import write_simulated_run
+from herocollector.actor.launcher import wait_until
+
+LINKS = 80
+"""Logger directories in the collection (symlinks to one run): about 200 MB of segments."""
+
+
+@pytest.fixture(scope="module")
+def big_runs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """80 logger directories, each a symlink to the same finished run of 150,000 records."""
+    root = tmp_path_factory.mktemp("big")
+    write_simulated_run(root / "run", records=150_000, entities=2, seed=5)
+    links = []
+    for i in range(LINKS):
+        link = root / f"run-{i:03d}"
+        link.symlink_to(root / "run", target_is_directory=True)
+        links.append(link)
+    return links
+
+
+def temporaries(root: Path) -> list[Path]:
+    """Temporary output files (``.<hash>.<host>.<pid>.<n>.tmp``) below ``root``."""
+    return sorted(root.rglob(".*.tmp")) if root.exists() else []
+
+
+def process_state(pid: int) -> str:
+    """The one-letter state of a process in ``/proc/<pid>/stat`` (``T``: stopped)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat[stat.rindex(")") + 2]
+
+
+def signal_while_writing(args: list[str], watch: Path, signum: int) -> subprocess.CompletedProcess[str]:
+    """Start ``herocollector ARGS``, signal it once a temporary file is under ``watch``, wait for its end."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "herocollector", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    try:
+        wait_until(
+            lambda: process.poll() is not None or temporaries(watch), 120, "a temporary output file", interval=0.01
+        )
+        assert process.poll() is None, f"collect ended before it was signalled: {process.communicate()}"
+        os.kill(process.pid, signal.SIGSTOP)
+        wait_until(lambda: process_state(process.pid) == "T", 30, "the command to stop", interval=0.01)
+        assert temporaries(watch), "the command finished writing before it was frozen; make the run bigger"
+        os.kill(process.pid, signum)
+        os.kill(process.pid, signal.SIGCONT)
+        stdout, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+def assert_stopped_by(result: subprocess.CompletedProcess[str], signum: int) -> None:
+    """Exit status 128 + ``signum``, and one line on stderr naming the signal, no traceback."""
+    assert result.returncode == 128 + signum, (result.returncode, result.stdout, result.stderr)
+    assert result.stderr.strip().splitlines() == [f"herocollector: interrupted by {signal.Signals(signum).name}"]
+    assert result.stdout == ""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_signal_during_a_one_file_collect_leaves_nothing(big_runs: list[Path], tmp_path: Path, signum: int) -> None:
+    out = tmp_path / "out" / "deeper" / "all.arrow"  # neither folder exists: the command creates both
+    result = signal_while_writing(["collect", *map(str, big_runs), "-o", str(out), "-q"], tmp_path, signum)
+    assert_stopped_by(result, signum)
+    assert temporaries(tmp_path) == []
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_signal_during_a_templated_collect_leaves_no_folder_it_created(
+    big_runs: list[Path], tmp_path: Path, signum: int
+) -> None:
+    existing = tmp_path / "collected"
+    existing.mkdir()
+    (existing / "notes.txt").write_text("the user's, not the command's")
+    root = existing / "new"
+    args = ["collect", *map(str, big_runs), "-o", str(root), "--template", "{{ logger_name }}/{{ measure }}.arrow"]
+    result = signal_while_writing([*args, "-q", "--jobs", "3"], existing, signum)
+    assert_stopped_by(result, signum)
+    assert temporaries(tmp_path) == []
+    # The folders the command created are gone; what was there before is untouched.
+    assert sorted(p.relative_to(existing).as_posix() for p in existing.rglob("*")) == ["notes.txt"]
+
+
+def test_sigint_during_a_templated_collect_leaves_no_empty_folder(big_runs: list[Path], tmp_path: Path) -> None:
+    root = tmp_path / "collected"
+    args = ["collect", *map(str, big_runs), "-o", str(root), "--template", "{{ logger_name }}/{{ measure }}.arrow"]
+    result = signal_while_writing([*args, "-q"], tmp_path, signal.SIGINT)
+    assert result.returncode == 130, (result.stdout, result.stderr)
+    assert result.stderr.strip().splitlines() == ["herocollector: interrupted"]
+    assert temporaries(tmp_path) == [] and not root.exists()
