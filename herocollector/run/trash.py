@@ -137,6 +137,9 @@ class FileId:
         ino: Inode number.
         size: Size in bytes (of a regular file; 0 otherwise).
         kind: ``file``, ``link`` or ``dir``.
+        mtime_ns: Modification time of a regular file (0: not recorded). A freed inode number
+            is soon given to a new file, so a file replaced by another of the same size can
+            have the same inode: its mtime tells them apart.
     """
 
     name: str
@@ -144,19 +147,22 @@ class FileId:
     ino: int
     size: int = 0
     kind: str = FILE
+    mtime_ns: int = 0
 
     @classmethod
     def of(cls, name: str, st: os.stat_result) -> FileId:
         """The identity of an entry from its ``lstat``."""
         kind = LINK if stat.S_ISLNK(st.st_mode) else DIR if stat.S_ISDIR(st.st_mode) else FILE
-        return cls(name, st.st_dev, st.st_ino, st.st_size if kind == FILE else 0, kind)
+        if kind != FILE:
+            return cls(name, st.st_dev, st.st_ino, 0, kind)
+        return cls(name, st.st_dev, st.st_ino, st.st_size, kind, st.st_mtime_ns)
 
     def same(self, st: os.stat_result) -> bool:
-        """Whether ``st`` (an ``lstat``) is this entry: same device, inode and kind (and size for a file)."""
+        """Whether ``st`` (an ``lstat``) is this entry: device, inode and kind (and size and mtime of a file)."""
         found = FileId.of(self.name, st)
-        return (found.dev, found.ino, found.kind) == (self.dev, self.ino, self.kind) and (
-            self.kind != FILE or found.size == self.size
-        )
+        if (found.dev, found.ino, found.kind) != (self.dev, self.ino, self.kind):
+            return False
+        return self.kind != FILE or (found.size == self.size and self.mtime_ns in (0, found.mtime_ns))
 
 
 @dataclass(frozen=True)
@@ -195,7 +201,7 @@ class CollectedRun:
     @classmethod
     def from_inventory(cls, path: str, inventory: RunInventory) -> CollectedRun:
         """What the collection read, from the inventory of its :class:`~herocollector.run.rundir.RunDirectory`."""
-        segments = tuple(FileId(s.name, s.dev, s.ino, s.size, FILE) for s in inventory.segments)
+        segments = tuple(FileId(s.name, s.dev, s.ino, s.size, FILE, s.mtime_ns) for s in inventory.segments)
         return cls(path, inventory.dev, inventory.ino, segments)
 
     @classmethod
@@ -247,12 +253,12 @@ class TrashEntry:
 
 
 def _id_json(entry: FileId) -> list[Any]:
-    return [entry.name, entry.dev, entry.ino, entry.size, entry.kind]
+    return [entry.name, entry.dev, entry.ino, entry.size, entry.kind, entry.mtime_ns]
 
 
 def _id_from_json(data: Sequence[Any]) -> FileId:
-    name, dev, ino, size, kind = data
-    return FileId(str(name), int(dev), int(ino), int(size), str(kind))
+    name, dev, ino, size, kind, *rest = data
+    return FileId(str(name), int(dev), int(ino), int(size), str(kind), int(rest[0]) if rest else 0)
 
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -417,8 +423,9 @@ def plan_trash(run: RunDir, inventory: CollectedRun | None, keep_meta: bool = Tr
                 raise RunChanged(f"segment {entry.name} was collected but is gone", run.path)
             if not entry.same(st):
                 raise RunChanged(
-                    f"segment {entry.name} is not the file collected (device:inode:size "
-                    f"{st.st_dev}:{st.st_ino}:{st.st_size}, collected {entry.dev}:{entry.ino}:{entry.size})",
+                    f"segment {entry.name} is not the file collected (device:inode:size:mtime "
+                    f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}, collected "
+                    f"{entry.dev}:{entry.ino}:{entry.size}:{entry.mtime_ns})",
                     run.path,
                 )
         extra = [s.name for s in current.segments if s.name not in recorded]

@@ -515,6 +515,10 @@ class RunCleaner:
 
     def _purge(self, path: str, job: Job | None) -> None:
         with self._lock:
+            if job is not None:
+                job = self.journal.get(job.id)  # purged or restored meanwhile: nothing to do
+                if job is None or job.trash_until is None:
+                    return
             record = self.ledger.trash(path)
             if record is None:
                 self._no_record(path, job)
