@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -132,6 +133,36 @@ def test_streams_folder_symlinked_outside_is_not_read(run: RecordedRun, tmp_path
     (run.path / "streams").symlink_to(foreign, target_is_directory=True)
     exc = _collect_error(run.path)
     assert isinstance(exc, MetadataError) and exc.path == str(run.path / "streams") and "symlink" in str(exc)
+
+
+def test_device_segment_is_refused_without_being_opened(run: RecordedRun) -> None:
+    device = run.path / "00001.seg.zst"
+    try:
+        os.mknod(device, stat.S_IFCHR | 0o600, os.makedev(1, 5))  # what /dev/zero is
+    except PermissionError:
+        pytest.skip("mknod needs root")
+    exc = _collect_error(run.path)
+    assert isinstance(exc, MetadataError) and exc.path == str(device) and "device" in str(exc)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "file"])
+def test_streams_that_is_not_a_folder(run: RecordedRun, kind: str) -> None:
+    streams = run.path / "streams"
+    shutil.rmtree(streams)
+    if kind == "fifo":
+        os.mkfifo(streams)
+    else:
+        streams.write_text("{}", encoding="utf-8")
+    exc = _collect_error(run.path, (streams,) if kind == "fifo" else ())
+    assert isinstance(exc, MetadataError) and exc.path == str(streams)
+    assert ("FIFO" if kind == "fifo" else "not a directory") in str(exc)
+
+
+def test_directory_where_a_stream_file_belongs(run: RecordedRun) -> None:
+    folder = run.path / "streams" / "00000099.json"
+    folder.mkdir()
+    exc = _collect_error(run.path)
+    assert isinstance(exc, MetadataError) and exc.path == str(folder) and "directory" in str(exc)
 
 
 @pytest.mark.parametrize("kind", ["fifo", "directory", "symlink"])

@@ -179,7 +179,9 @@ def _kind(mode: int) -> str:
         return "a device"
     if stat.S_ISSOCK(mode):
         return "a socket"
-    return "not a regular file"
+    if stat.S_ISREG(mode):
+        return "a regular file"
+    return "of an unknown kind"
 
 
 def _not_regular(what: str, mode: int, path: Path) -> MetadataError:
