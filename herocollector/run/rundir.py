@@ -354,7 +354,7 @@ class RunDirectory:
             except OSError as exc:
                 if exc.errno == errno.ELOOP:
                     raise MetadataError("segment is a symlink, not a regular file; it is not read", path) from None
-                raise
+                raise CollectorError(f"cannot open segment: {exc.strerror}", path) from None
         try:
             st = os.fstat(sfd)
             if not stat.S_ISREG(st.st_mode):
