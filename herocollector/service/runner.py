@@ -264,11 +264,14 @@ class JobRunner:
     ) -> tuple[dict[str, int], int]:
         """The commit protocol of one run: reserve; adopt, or remove a stale manifest, publish, write the manifest."""
         run_path = job.path or ""
-        own = {str(target.path): self._reserve(job, target.path) for target in plan.targets}
+        for target in plan.targets:
+            self._claim(job, target.path)
         check = check_manifest(self.store, run_path, job.id, [target.path for target in plan.targets])
         if check.committed and check.found is not None:
             log.info(f"job {job.id}: {run_path} is committed already (manifest {check.location}); adopted as it is")
             return {entry.path: entry.rows for entry in check.found.outputs}, 0
+        listed = {entry.path for entry in check.found.outputs} if check.found is not None else set()
+        own = {str(t.path): self._may_replace(job, t.path, str(t.path) in listed) for t in plan.targets}
         if check.found is not None:
             why = f"outputs that do not verify: {list(check.mismatched)}" if check.mismatched else "another job"
             log.warning(f"job {job.id}: the manifest {check.location} is stale ({why}); replacing the run's outputs")
@@ -330,8 +333,12 @@ class JobRunner:
         }
         return self.template.render_location(context, trusted=self.config.default_metadata)
 
-    def _reserve(self, job: Job, target: Path | str) -> bool:
-        """Reserve an output path for the job; True if an existing file there is the job's own."""
+    def _claim(self, job: Job, target: Path | str) -> None:
+        """Reserve an output path for the job in the journal.
+
+        Raises:
+            OutputError: Another job owns it.
+        """
         try:
             self.journal.claim_output(job.id, str(target))
         except OutputTakenError as exc:
@@ -339,6 +346,21 @@ class JobRunner:
                 f"output collision: {target} already holds the run {exc.owner.path} (job {exc.owner.id}); "
                 f"refusing to overwrite it with the run {job.path} (job {job.id})"
             ) from None
+
+    def _may_replace(self, job: Job, target: Path | str, listed: bool) -> bool:
+        """Whether an existing file at ``target`` is the run's own, so the job may replace it.
+
+        Args:
+            job: The job.
+            target: The output location.
+            listed: The run's (stale) manifest lists it: the run's own, even if it no longer
+                reads as an output (damaged).
+
+        Raises:
+            OutputError: Another run's output, or a foreign file, is there.
+        """
+        if listed:
+            return True
         existing = self.store.provenance(target)
         if existing is None:
             return False
