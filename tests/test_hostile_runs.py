@@ -176,15 +176,16 @@ def test_each_hostile_run_fails_its_own_job_and_the_good_one_is_collected(site: 
     "belongs to service/core.py and service/runner.py (other owners; see /tmp/coord/rundir_api.md)",
     strict=False,
 )
-def test_a_run_announced_under_two_spellings_is_one_job(site: Site) -> None:
+def test_a_run_announced_under_three_spellings_is_one_job(site: Site) -> None:
     run = site.run("real")
     alias = site.runs / "alias"
     alias.symlink_to(run, target_is_directory=True)
+    outside = site.outside / "link"  # outside the roots, but leading into them
+    outside.symlink_to(run, target_is_directory=True)
     service = CollectionService(site.config())
     try:
-        first = service.collect(str(alias))
-        second = service.collect(str(run))
-        assert first.id == second.id
+        jobs = [service.collect(str(path)) for path in (alias, outside, run)]
+        assert len({job.id for job in jobs}) == 1
         wait_for(lambda: (j := _job(service, run)) is not None and j.state == JobState.DONE, "the run collected")
         assert service.journal.counts()[JobState.DONE] == 1
     finally:

@@ -250,7 +250,8 @@ def test_two_spellings_of_one_run_resolve_to_one_path(tmp_path: Path) -> None:
     roots = tmp_path / "roots"
     recorded = build_run(roots / "real" / "run", seed=5, n_records=10)
     (roots / "alias").symlink_to(roots / "real", target_is_directory=True)
-    spellings = [recorded.path, roots / "alias" / "run", f"{roots}/real/../real/run"]
+    (tmp_path / "outside-link").symlink_to(recorded.path, target_is_directory=True)
+    spellings = [recorded.path, roots / "alias" / "run", f"{roots}/real/../real/run", tmp_path / "outside-link"]
     assert {resolve_run(str(p), [roots]) for p in spellings} == {recorded.path}
 
 
@@ -366,6 +367,15 @@ def test_unchanged_runs_are_published(tmp_path: Path, rotated_run: RecordedRun) 
     out.mkdir()
     written = pipeline.write(plan, provenance=lambda target: {})
     assert [w.rows for w in written] == [len(rotated_run)]
+
+
+def test_collector_raises_run_changed_for_a_run_moved_away_while_read(tmp_path: Path, rotated_run: RecordedRun) -> None:
+    batches = Collector([rotated_run.path], chunk_bytes=4096).batches()
+    assert next(batches) is not None
+    _move_away(rotated_run.path)
+    with pytest.raises(RunChanged, match="gone"):
+        for _ in batches:
+            pass
 
 
 def test_run_directory_closed_refuses_to_open_a_segment(run: RecordedRun) -> None:
