@@ -14,12 +14,13 @@ from typing import Any
 
 import pytest
 
-from herocollector import CollectionService, ServiceConfig
 from herocollector.actor.demo import write_simulated_run
+from herocollector.config import ServiceConfig
 from herocollector.journal.sqlite import Job, JobState
 from herocollector.run.logdir import segment_files
 from herocollector.run.trash import rename_noreplace
 from herocollector.service import cleanup as cleanup_module
+from herocollector.service.core import CollectionService
 from herocollector.testing.actors import wait_for
 
 TEMPLATE = "{{ output_root }}/{{ logger_name }}/{{ measure }}.arrow"
@@ -83,11 +84,18 @@ def collect(service: CollectionService, run: Path) -> Job:
         job = service.journal.by_path(str(run))
         return job if job is not None and job.state in (JobState.DONE, JobState.FAILED) else None
 
-    job = wait_for(done, f"{run} to be collected")
+    job: Job = wait_for(done, f"{run} to be collected")
     assert job.state == JobState.DONE, job.error
     # What the cleanup may trash is recorded as the collection is reported, just after "done".
     wait_for(lambda: service.cleaner.ledger.inventory(str(run)), f"the inventory of {run}")
     return job
+
+
+def current(service: CollectionService, job: int | Path) -> Job:
+    """A job as the journal has it now (by id or by run)."""
+    found = service.journal.get(job) if isinstance(job, int) else service.journal.by_path(str(job))
+    assert found is not None
+    return found
 
 
 def snapshot(*folders: Path) -> Snapshot:
@@ -142,7 +150,7 @@ def test_a_run_swapped_for_a_symlink_to_an_uncollected_run_is_not_cleaned(site: 
     assert service.cleanup(str(run), keep_meta=False) is False
     assert service.cleanup() is False  # "every collected run" includes it: refused too
     assert snapshot(site.runs, site.outside) == before
-    assert service.journal.get(job.id).state == JobState.DONE
+    assert current(service, job.id).state == JobState.DONE
 
 
 def test_a_run_swapped_for_a_symlink_outside_allowed_roots_is_not_cleaned(site: Site) -> None:
@@ -158,7 +166,7 @@ def test_a_run_swapped_for_a_symlink_outside_allowed_roots_is_not_cleaned(site: 
     assert service.cleanup(str(run)) is False
     assert service.cleanup(str(run), force=True, keep_meta=False) is False
     assert snapshot(site.runs, site.outside) == before
-    assert service.journal.get(job.id).state == JobState.DONE
+    assert current(service, job.id).state == JobState.DONE
 
 
 def test_a_run_replaced_by_another_directory_of_the_same_name_is_not_cleaned(site: Site) -> None:
@@ -201,7 +209,7 @@ def test_the_purge_deletes_nothing_when_the_run_path_leads_elsewhere(site: Site,
     assert service.restore(str(run)) is False
     assert snapshot(site.runs, site.outside) == before
     # tried again later, not forgotten: the trash is still recorded as pending
-    assert service.journal.get(job.id).trash_until is not None
+    assert current(service, job.id).trash_until is not None
 
     # the real run back in its place: the purge deletes its trash, and only that
     run.unlink()
@@ -212,7 +220,7 @@ def test_the_purge_deletes_nothing_when_the_run_path_leads_elsewhere(site: Site,
     after = snapshot(site.runs, site.outside)
     assert set(before) - set(after) == {str(run / name) for name in trash_names}
     assert all(after[path] == before[path] for path in after)
-    assert service.journal.get(job.id).trash_until is None
+    assert current(service, job.id).trash_until is None
 
 
 # ----------------------------------------------------------------------------------------
@@ -239,7 +247,7 @@ def test_trash_lookalikes_inside_a_run_survive_cleanup_and_purge(site: Site) -> 
     assert set(before) - set(after) == segments  # the collected segments, gone for good
     assert set(after) <= set(before)  # nothing new left behind
     assert all(after[path] == before[path] for path in after)  # nothing else touched
-    assert service.journal.by_path(str(run)).state == JobState.CLEANED
+    assert current(service, run).state == JobState.CLEANED
 
 
 def test_keep_meta_false_purges_only_the_files_streams_held(site: Site) -> None:
@@ -260,7 +268,7 @@ def test_keep_meta_false_purges_only_the_files_streams_held(site: Site) -> None:
     assert {path: after.get(path) for path in keep} == keep  # the lookalikes and the added file, untouched
     assert sorted(Path(p).name for p in after if Path(p).parent == trashed_streams[0]) == ["added-later.txt"]
     assert not segment_files(run) and not (run / "streams").exists()
-    assert service.journal.get(job.id).trash_until is None
+    assert current(service, job.id).trash_until is None
 
 
 # ----------------------------------------------------------------------------------------
