@@ -22,7 +22,14 @@ from herocollector import Collector, CollectorError, MetadataError
 from herocollector.errors import ConfigError, RunChanged, RunRefused
 from herocollector.output.pipeline import OutputPipeline
 from herocollector.run.catalogue import load_streams
-from herocollector.run.rundir import MAX_STREAM_FILE_BYTES, RunDirectory, check_unchanged, resolve_run, within_roots
+from herocollector.run.rundir import (
+    MAX_STREAM_FILE_BYTES,
+    RunDirectory,
+    check_unchanged,
+    job_key,
+    resolve_run,
+    within_roots,
+)
 from herocollector.testing.runs import MemoryWriter, RecordedRun, build_run, collect_table, write_stream_json
 
 T = TypeVar("T")
@@ -253,6 +260,16 @@ def test_two_spellings_of_one_run_resolve_to_one_path(tmp_path: Path) -> None:
     (tmp_path / "outside-link").symlink_to(recorded.path, target_is_directory=True)
     spellings = [recorded.path, roots / "alias" / "run", f"{roots}/real/../real/run", tmp_path / "outside-link"]
     assert {resolve_run(str(p), [roots]) for p in spellings} == {recorded.path}
+
+
+def test_job_key_is_the_resolved_run_or_the_refused_path_normalised(tmp_path: Path) -> None:
+    roots = tmp_path / "roots"
+    recorded = build_run(roots / "run", seed=7, n_records=10)
+    (roots / "alias").symlink_to(recorded.path, target_is_directory=True)
+    assert job_key(str(roots / "alias"), [roots]) == job_key(str(recorded.path), [roots]) == str(recorded.path)
+    assert job_key(f"{roots}/../elsewhere/./x", [roots]) == str(tmp_path / "elsewhere" / "x")
+    assert job_key("relative/./run", [roots]) == "relative/run"
+    assert job_key("/a/b\x00c", [roots]) == "/a/b\x00c"
 
 
 def test_symlink_leading_outside_the_roots_is_refused(tmp_path: Path) -> None:

@@ -168,6 +168,23 @@ def resolve_run(path: object, allowed_roots: Sequence[str | Path] = (), *, absol
     return real
 
 
+def job_key(path: str, allowed_roots: Sequence[str | Path] = ()) -> str:
+    """The path a job for an announced run is journalled under: one key per run, however spelled.
+
+    Args:
+        path: The announced logger directory.
+        allowed_roots: As for :func:`resolve_run`.
+
+    Returns:
+        The resolved run (:func:`resolve_run`); for a path the configuration refuses (so that
+        its job can be journalled and fail with the refusal), the path normalised.
+    """
+    try:
+        return str(resolve_run(path, allowed_roots))
+    except RunRefused:
+        return os.path.normpath(path) if isinstance(path, str) else repr(path)
+
+
 def _kind(mode: int) -> str:
     if stat.S_ISLNK(mode):
         return "a symlink"
