@@ -427,3 +427,62 @@ def test_a_restarted_actor_takes_its_own_claim_over(env: Env) -> None:
     job = collected(actor, run)
     assert job.attempts == 1
     assert json.loads((run / COLLECTED_FILE).read_text())["owner"] == actor.service.runner.owner
+
+
+# ----------------------------------------------------------------------------------------
+# Verification before delete, and the cleanup of every run in the background
+# ----------------------------------------------------------------------------------------
+
+
+def test_verify_remotely_and_cleanup_refused_for_a_changed_output(env: Env) -> None:
+    actor = env.actor(cleanup_grace=3600)
+    run = env.run("run-1")
+    job = collected(actor, run)
+    wait_for(lambda: actor.service.cleaner.ledger.inventory(str(run)), "the run's inventory")
+    answer = actor.verify(str(run))
+    assert answer["ok"] is True and {o["path"] for o in answer["outputs"]} == set(job.outputs)
+    json.dumps(answer)
+
+    victim = Path(sorted(job.outputs)[0])
+    data = bytearray(victim.read_bytes())
+    data[-10] ^= 0x80
+    victim.write_bytes(bytes(data))
+    answer = actor.verify(str(run))
+    assert answer["ok"] is False
+    bad = [o for o in answer["outputs"] if not o["ok"]]
+    assert [o["path"] for o in bad] == [str(victim)] and "SHA-256" in bad[0]["problems"][0]
+    segments = contents(segment_files(run))
+    assert actor.cleanup(str(run)) is False
+    assert contents(segment_files(run)) == segments
+    assert actor.service.journal.get(job.id).state == JobState.DONE
+
+
+def test_remote_cleanup_of_every_run_answers_with_a_count_and_finishes_in_the_background(env: Env) -> None:
+    actor = env.actor(cleanup_grace=3600)
+    runs = [env.run(f"run-{i}") for i in range(3)]
+    for run in runs:
+        collected(actor, run)
+        wait_for(lambda run=run: actor.service.cleaner.ledger.inventory(str(run)), "the run's inventory")
+    cleaner = actor.service.cleaner
+    release = threading.Event()
+    original = cleaner._clean_one
+
+    def held(*args: Any) -> bool:
+        release.wait(TIMEOUT)  # the sweep takes "long": until the test lets it go on
+        return original(*args)
+
+    cleaner._clean_one = held  # type: ignore[method-assign]
+    try:
+        answer = actor.cleanup()
+        assert answer == 3 and answer is not True  # a count, not an answer: it goes on in the background
+        progress = actor.status()["cleanup"]
+        assert progress["running"] is True and progress["total"] == 3 and progress["cleaned"] == 0
+        assert actor.cleanup() == 3  # a second call joins the sweep running, it starts no other
+    finally:
+        release.set()
+    wait_for(lambda: not actor.status()["cleanup"]["running"], "the background cleanup to finish")
+    progress = actor.status()["cleanup"]
+    assert (progress["seen"], progress["cleaned"], progress["refused"], progress["error"]) == (3, 3, 0, None)
+    assert all(segment_files(run) == [] for run in runs)
+    assert actor.status()["counts"][JobState.CLEANED] == 3
+    assert actor.cleanup() is True  # nothing left: answered at once
