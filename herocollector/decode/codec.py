@@ -49,8 +49,9 @@ import numpy as np
 import zstandard
 
 from herocollector.decode import native as kernel  # re-exported: ``codec.kernel`` is the loaded kernels
-from herocollector.decode.columns import Columns, RecordDecoder, StreamTable
+from herocollector.decode.columns import MAX_RECORD_BYTES, Columns, RecordDecoder, StreamTable
 from herocollector.decode.frames import (
+    MAX_FRAME_BYTES,
     SINGLE_PASS_BYTES,
     Chunk,
     Readable,
@@ -73,6 +74,8 @@ from herocollector.decode.status import MAX_VARINT_BYTES
 __all__ = [
     "DEFAULT_CHUNK_BYTES",
     "MAX_CHUNK_BYTES",
+    "MAX_FRAME_BYTES",
+    "MAX_RECORD_BYTES",
     "MAX_VARINT_BYTES",
     "MIN_CHUNK_BYTES",
     "PIPELINE_DEPTH",
@@ -241,6 +244,10 @@ class SegmentDecoder:
         value_scales: Value per quantum, aligned like ``epoch_scales``.
         threads: Decompress in a reader thread, ahead of the decoding (False: in the
             calling thread, one chunk at a time).
+        max_record_bytes: Most decompressed bytes of one record (at least ``chunk_bytes``);
+            a larger record is a ``SegmentError``. Bounds the memory one record takes.
+        max_frame_bytes: Most decompressed bytes of one zstd frame; a frame that declares
+            or decompresses to more is a ``SegmentError`` (a zstd bomb fails quickly).
     """
 
     def __init__(
@@ -252,9 +259,14 @@ class SegmentDecoder:
         epoch_scales: Sequence[float] | np.ndarray | None = None,
         value_scales: Sequence[float] | np.ndarray | None = None,
         threads: bool = True,
+        max_record_bytes: int = MAX_RECORD_BYTES,
+        max_frame_bytes: int = MAX_FRAME_BYTES,
     ) -> None:
         self.streams = StreamTable(stream_ids, selected, epoch_scales, value_scales)
         self._chunk_bytes = min(max(int(chunk_bytes), MIN_CHUNK_BYTES), MAX_CHUNK_BYTES)
+        # A record that fits in a chunk is decoded wherever the pieces of its frame are cut.
+        self._max_record_bytes = max(int(max_record_bytes), self._chunk_bytes)
+        self._max_frame_bytes = int(max_frame_bytes)
         self._threads = threads
         self.ticks = np.zeros(len(self.streams), dtype=np.int64)
         """Last epoch tick of each stream slot, carried across segment files."""
@@ -341,14 +353,14 @@ class SegmentDecoder:
         return self._decode(sources, scaled=True)  # type: ignore[return-value]
 
     def _decode(self, sources: list[_Source], scaled: bool, threads: bool | None = None) -> Iterator[Records | Columns]:
-        chunk_bytes = self._chunk_bytes
+        chunk_bytes, max_frame = self._chunk_bytes, self._max_frame_bytes
 
         def read() -> Iterator[Chunk]:
             dctx = zstandard.ZstdDecompressor()
             space = ReadBuffers(chunk_bytes)
             for source in sources:
                 with source.open() as fh:  # closed when the segment ends, or decoding stops
-                    yield from read_segment(_readable(fh), source.name, chunk_bytes, dctx, space)
+                    yield from read_segment(_readable(fh), source.name, chunk_bytes, dctx, space, max_frame)
 
         def produce() -> Iterator[Chunk]:
             # Chunks of whole frames smaller than half a chunk (a file's last frames, or the
@@ -382,6 +394,6 @@ class SegmentDecoder:
         threaded = self._threads if threads is None else threads and self._threads
         chunks = prefetched(produce, PIPELINE_DEPTH) if threaded else produce()
         try:
-            yield from RecordDecoder(self.streams, self.ticks, scaled).decode(chunks)
+            yield from RecordDecoder(self.streams, self.ticks, scaled, self._max_record_bytes).decode(chunks)
         finally:
             chunks.close()  # type: ignore[attr-defined]

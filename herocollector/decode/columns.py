@@ -24,6 +24,13 @@ from herocollector.decode.frames import Chunk
 from herocollector.decode.records import Records, pool_empty
 from herocollector.errors import SegmentError, UnknownStreamError
 
+MAX_RECORD_BYTES = 8 << 20
+"""Most decompressed bytes of one record (8 MiB; at least two bytes per element) when it is
+larger than ``chunk_bytes``: a larger record is refused with a ``SegmentError`` naming its
+frame and byte, as soon as its header or its bytes so far show that it is larger. A record
+is one output row, so it is held whole: this bounds the bytes held for it and its columns
+(16 bytes per element)."""
+
 _MAX_LIST_VALUES = 2**31 - 1  # Arrow list offsets are int32
 _TABLE_IDS = 1 << 16  # stream ids below this are looked up in a dense table
 _U64 = np.uint64
@@ -137,16 +144,18 @@ class _OpenFrame:
         self.need = 0  # the record at buf[0] is at least this long
         self.tried = 0  # bytes held when the kernel last stopped for more
 
-    def append(self, data: np.ndarray) -> None:
+    def append(self, data: np.ndarray, most: int) -> None:
+        """Add a piece; the buffer grows geometrically, to at most ``most`` unless more is held."""
         size = self.length + data.size
         if size > self.buf.size:
-            bigger = np.empty(max(size, 2 * self.buf.size), dtype=np.uint8)
+            bigger = np.empty(max(size, min(2 * self.buf.size, most)), dtype=np.uint8)
             bigger[: self.length] = self.buf[: self.length]
             self.buf = bigger
         self.buf[self.length : size] = data
         self.length = size
 
     def consume(self, count: int) -> None:
+        """Drop the first ``count`` bytes (decoded records)."""
         rest = self.length - count
         self.buf[:rest] = self.buf[count : self.length]
         self.length = rest
@@ -156,10 +165,13 @@ class _OpenFrame:
 class RecordDecoder:
     """Runs the record kernel over chunks; turns its stops into errors or output."""
 
-    def __init__(self, streams: StreamTable, ticks: np.ndarray, scaled: bool) -> None:
+    def __init__(
+        self, streams: StreamTable, ticks: np.ndarray, scaled: bool, max_record_bytes: int = MAX_RECORD_BYTES
+    ) -> None:
         self.streams = streams
         self.ticks = ticks
         self.scaled = scaled
+        self.max_record_bytes = max_record_bytes
         self.open: _OpenFrame | None = None
         self.density = (1 / 64, 1 / 8)  # output records and elements per input byte, so far
 
@@ -202,9 +214,14 @@ class RecordDecoder:
         frame = self.open
         if frame is None:
             raise RuntimeError("herocollector: a frame piece arrived without its first piece")
-        frame.append(chunk.data)
+        frame.append(chunk.data, self.max_record_bytes + chunk.data.size)
         if not chunk.last and frame.length < max(frame.need, 2 * frame.tried):
             return  # the cut record cannot be complete yet: do not decode it again
+        if not chunk.last and frame.tried and not _may_be_whole(frame.buf, frame.length):
+            # Still cut: count its varints instead of decoding (and allocating columns for) it.
+            frame.need, frame.tried = max(frame.need, frame.length + 1), frame.length
+            self._check_size(frame)
+            return
         pos = 0
         ends = np.array([frame.length], dtype=np.int64)
         while True:
@@ -225,6 +242,7 @@ class RecordDecoder:
             if frame.declared >= 0 and frame.seen + frame.need > frame.declared:
                 message = "record cut short: it needs more bytes than its frame holds"
                 raise SegmentError(message, frame.name, frame.frame)
+            self._check_size(frame)
             return
         if status == kernel.UNKNOWN_STREAM:
             # The reference reports a varint error anywhere in the frame before an unknown
@@ -242,6 +260,15 @@ class RecordDecoder:
                 status = kernel.VARINT_TOO_LONG if bad else kernel.CUT_SHORT
         raise _error(status, frame.name, frame.frame, frame.seen + pos, detail)
 
+    def _check_size(self, frame: _OpenFrame) -> None:
+        """Refuse the cut record at the start of ``frame.buf`` once it is known to be too large."""
+        if frame.need > self.max_record_bytes:
+            message = (
+                f"record of at least {frame.need} bytes at byte {frame.seen} of the frame's decompressed data:"
+                f" over the limit of {self.max_record_bytes} bytes per record"
+            )
+            raise SegmentError(message, frame.name, frame.frame)
+
     def _kernel(
         self, data: np.ndarray, pos: int, ends: np.ndarray, unit: int, open_last: bool
     ) -> tuple[int, int, int, Records | Columns | None, int]:
@@ -250,7 +277,8 @@ class RecordDecoder:
         The columns are sized from the records and elements per byte seen so far, with a
         margin; when they fill up the kernel stops at a record boundary (``OUT_FULL``) and
         the caller goes on with new ones. A record takes at least three bytes and an element
-        two, which bounds what any data can need (used when one record needs more).
+        two, which bounds what any data can need. A record that needs more than the estimate
+        gets room for its own elements (read from its header).
         """
         left = int(ends[-1]) - pos
         bound = (left // 3 + 1, left // 2 + 1)
@@ -273,7 +301,11 @@ class RecordDecoder:
                 break
             if (records, values) == bound:
                 raise RuntimeError("herocollector: decoder output arrays too small (a bug)")
-            records, values = bound  # one record needs more than the estimate: make room for anything
+            header = _header(data, int(stop), int(ends[unit]))
+            if header is None or header[0] <= values or records < 1:
+                records, values = bound  # make room for anything
+            else:
+                values = min(header[0], bound[1])  # room for this record's elements, not for a chunk of them
         done = int(stop) - pos
         if done > 0 and status in (kernel.OK, kernel.OUT_FULL, kernel.NEED_MORE):
             # 1.25 times the densest chunk so far: rarely too small, never much too large.
@@ -287,6 +319,31 @@ class RecordDecoder:
                 quantised = val.view(np.int64)[:nval]
                 out = Records(sid[:nrec], ticks, offsets[: nrec + 1].astype(np.int64), idx[:nval], quantised)
         return int(status), int(stop), int(unit), out, int(detail)
+
+
+def _header(data: np.ndarray, pos: int, end: int) -> tuple[int, int] | None:
+    """``(n, end of the header)`` of the record at ``data[pos:end]``; None when its header is cut or too long."""
+    words: list[int] = []
+    value, shift = 0, 0
+    for at in range(pos, min(end, pos + 3 * 10)):
+        byte = int(data[at])
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if byte < 0x80:
+            words.append(value)
+            value, shift = 0, 0
+            if len(words) == 3:
+                return words[2], at + 1
+    return None
+
+
+def _may_be_whole(data: np.ndarray, length: int) -> bool:
+    """Whether the record at ``data[0:length]`` may be complete: it holds as many varint ends as it needs."""
+    header = _header(data, 0, length)
+    if header is None:
+        return True  # the kernel finds out what is wrong with it
+    count, body = header
+    return int(np.count_nonzero(data[body:length] < 0x80)) >= 2 * count
 
 
 def _error(status: int, name: str | Path, frame: int, within: int, detail: int) -> SegmentError:

@@ -39,6 +39,21 @@ object, whose output buffer holds 128 KiB: frames of at most that size are decod
 larger ones (or of unknown size) streamed. This decoder does the same, so that both accept
 and refuse exactly the same frames."""
 
+MAX_FRAME_BYTES = 64 << 20
+"""Most decompressed bytes one zstd frame may hold (64 MiB). A frame over it is refused with a
+``SegmentError`` naming its offset, as soon as its header declares more or its streamed
+content passes the limit: a zstd bomb (gigabytes from a few kilobytes) fails quickly, in
+bounded memory. The data logger writes one record per frame."""
+
+
+def compressed_frame_limit(max_frame_bytes: int) -> int:
+    """Most compressed bytes of a frame holding at most ``max_frame_bytes``.
+
+    That is, in raw blocks, with a 3-byte header per 128 KiB block, a frame header and a checksum.
+    """
+    return max_frame_bytes + 3 * (max_frame_bytes // kernel.MAX_BLOCK_SIZE + 1) + 32
+
+
 T = TypeVar("T")
 
 
@@ -146,6 +161,7 @@ def read_segment(
     chunk_bytes: int,
     dctx: zstandard.ZstdDecompressor,
     space: ReadBuffers | None = None,
+    max_frame_bytes: int = MAX_FRAME_BYTES,
 ) -> Iterator[Chunk]:
     """Read, walk and decompress one segment into chunks of at most ``chunk_bytes``.
 
@@ -157,6 +173,7 @@ def read_segment(
         chunk_bytes: Compressed bytes read at a time, and decompressed bytes per chunk.
         dctx: The reader thread's decompressor.
         space: Buffers to reuse (the reader thread's, for all files of a run).
+        max_frame_bytes: Most decompressed bytes of one frame (and so, about, compressed).
 
     Yields:
         Chunks, in file order.
@@ -165,6 +182,7 @@ def read_segment(
         SegmentError: Damage; names ``name`` and the offset of the damaged frame.
     """
     capacity = chunk_bytes
+    limit = max(chunk_bytes, compressed_frame_limit(max_frame_bytes))
     space = space or ReadBuffers(capacity)
     filled, base, eof = 0, 0, False
     while True:
@@ -181,7 +199,7 @@ def read_segment(
             # output: a damaged read buffer gives no records at all.
             doomed = status != kernel.FRAME_OK
             frames = (starts[:count], ends[:count], sizes[:count], kinds[:count])
-            yield from _decompress_frames(buf, *frames, base, name, chunk_bytes, dctx, doomed)
+            yield from _decompress_frames(buf, *frames, base, name, chunk_bytes, dctx, doomed, max_frame_bytes)
         if status != kernel.FRAME_OK:
             raise SegmentError(_frame_damage(status, base + stop), name, base + stop)
         if eof:
@@ -195,8 +213,12 @@ def read_segment(
                 base += skip
                 filled = 0
                 continue
-            # A zstd frame larger than the buffer: grow until it fits.
-            capacity *= 2
+            # A zstd frame larger than the buffer: grow until it fits, up to the largest frame
+            # that can hold at most max_frame_bytes.
+            if capacity >= limit:
+                message = f"zstd frame of more than {limit} bytes: over the limit of {max_frame_bytes} bytes per frame"
+                raise SegmentError(message, name, base)
+            capacity = min(2 * capacity, limit)
             space.grow(capacity)
         else:
             buf[: filled - stop] = buf[stop:filled]
@@ -233,6 +255,7 @@ def _decompress_frames(
     chunk_bytes: int,
     dctx: zstandard.ZstdDecompressor,
     doomed: bool,
+    max_frame_bytes: int = MAX_FRAME_BYTES,
 ) -> Iterator[Chunk]:
     """Decompress complete frames, in groups or in pieces.
 
@@ -249,7 +272,7 @@ def _decompress_frames(
     while first < count:
         if big[first]:
             lo, hi, declared = int(starts[first]), int(ends[first]), int(sizes[first])
-            yield from _frame_in_pieces(buf, lo, hi, declared, base, name, chunk_bytes, dctx, doomed)
+            yield from _frame_in_pieces(buf, lo, hi, declared, base, name, chunk_bytes, dctx, doomed, max_frame_bytes)
             first += 1
             continue
         before = running[first] - known[first]
@@ -425,13 +448,19 @@ def _frame_in_pieces(
     chunk_bytes: int,
     dctx: zstandard.ZstdDecompressor,
     doomed: bool,
+    max_frame_bytes: int = MAX_FRAME_BYTES,
 ) -> Iterator[Chunk]:
     """Decompress one frame on its own, handed on in pieces of at most ``chunk_bytes``.
 
     A frame of at most ``SINGLE_PASS_BYTES`` is decompressed at once, a larger one (or one
     of unknown size) streamed at most that many bytes at a time (see ``SINGLE_PASS_BYTES``).
+    A frame whose header declares more than ``max_frame_bytes``, or that streams more, is
+    refused: its pieces are never held together, so memory stays bounded by the chunk.
     """
     frame = np.array([base + lo], dtype=np.int64)
+    over = f"over the limit of {max_frame_bytes} decompressed bytes per frame"
+    if declared > max_frame_bytes:
+        raise SegmentError(f"zstd frame declaring {declared} bytes of content: {over}", name, base + lo)
     step = declared if 0 <= declared <= SINGLE_PASS_BYTES else min(chunk_bytes, SINGLE_PASS_BYTES)
     produced = 0
     first = True
@@ -461,6 +490,9 @@ def _frame_in_pieces(
                         break
                     got += n
             produced += got
+            if produced > max_frame_bytes:
+                message = f"zstd frame decompressing to more than {max_frame_bytes} bytes: {over}"
+                raise SegmentError(message, name, base + lo)
             last = produced == declared if whole is not None else got < chunk_bytes
             if last and declared >= 0 and produced != declared:
                 message = f"corrupt zstd frame: {produced} bytes decompressed, header says {declared}"
