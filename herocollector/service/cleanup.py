@@ -154,6 +154,10 @@ class CleanupLedger:
             return None
         return (int(row[0]), int(row[1])), [TrashEntry.from_json(e) for e in json.loads(row[2])]
 
+    def forget_inventory(self, path: str) -> None:
+        """Forget what a run was when collected (its segments are gone for good)."""
+        self._write("DELETE FROM inventory WHERE path = ?", path)
+
     def keep_trash(self, path: str, entries: list[TrashEntry]) -> None:
         """Keep only ``entries`` in a run's trash record (none: forget it)."""
         if not entries:
@@ -540,6 +544,7 @@ class RunCleaner:
             # Only a trashed streams/ holding files it did not hold when trashed can be left: those
             # are not ours, so the record ends here and they are left for their owner.
             self.ledger.keep_trash(path, [])
+            self.ledger.forget_inventory(path)
             if left:
                 log.warning(f"purge of {path}: {', '.join(e.name for e in left)} kept for the files it holds")
             if job is not None:
