@@ -7,14 +7,22 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pytest
 
-from herocollector.errors import ConfigError, OutputError
-from herocollector.output.files import OutputFile, provenance_metadata, read_provenance, temporary_name
+from herocollector.errors import ConfigError, OutputError, PublishError
+from herocollector.output.files import (
+    TEMP_SUFFIX,
+    OutputFile,
+    provenance_metadata,
+    read_provenance,
+    remove_abandoned,
+    temporary_name,
+)
 
 # ----------------------------------------------------------------------------------------
 # OutputFile
@@ -289,3 +297,77 @@ def test_read_provenance_of_non_arrow_file_is_empty(tmp_path: Path, content: byt
 def test_read_provenance_of_missing_file_or_directory_is_empty(tmp_path: Path) -> None:
     assert read_provenance(tmp_path / "missing.arrow") == {}
     assert read_provenance(tmp_path) == {}
+
+
+# ----------------------------------------------------------------------------------------
+# Real faults: a folder turned read-only, a full disk
+# ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def tmpfs(tmp_path: Path) -> Iterator[Path]:
+    """A 1 MiB tmpfs: a real full disk, and a real read-only remount."""
+    mount = tmp_path / "tmpfs"
+    mount.mkdir()
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True)
+    if result.returncode != 0:
+        pytest.fail(f"cannot mount a tmpfs (needs root): {result.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["mount", "-o", "remount,rw", str(mount)], check=False, capture_output=True)
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def _remount(mount: Path, mode: str) -> None:
+    subprocess.run(["mount", "-o", f"remount,{mode}", str(mount)], check=True, capture_output=True)
+
+
+def test_a_publish_into_a_read_only_folder_reports_the_cause_and_the_retry_leaves_nothing(tmpfs: Path) -> None:
+    final = tmpfs / "x.arrow"
+    output = OutputFile(final, SCHEMA)
+    output.write(_batch())
+    output.finish()
+    _remount(tmpfs, "ro")
+    with pytest.raises(PublishError) as caught:
+        output.publish(replace=False)
+    assert caught.value.errno == 30 and caught.value.path == str(final) and caught.value.folder == str(tmpfs)
+    assert "publishing failed: [Errno 30] Read-only file system" in str(caught.value)
+    assert TEMP_SUFFIX not in str(caught.value)  # the final name, not the temporary one
+    output.abort()  # never raises, though the temporary file cannot be removed now
+    assert output.temporary.exists() and not final.exists()
+    assert remove_abandoned() == []  # still read-only
+
+    _remount(tmpfs, "rw")
+    retry = OutputFile(final, SCHEMA)  # the next attempt of this process removes the leftover
+    assert not output.temporary.exists()
+    retry.write(_batch())
+    retry.commit(replace=False)
+    assert _names(tmpfs) == ["x.arrow"]
+
+
+def test_abandoned_temporary_files_are_removed_once_the_folder_is_writable(tmpfs: Path) -> None:
+    outputs = [OutputFile(tmpfs / f"{name}.arrow", SCHEMA) for name in ("a", "b")]
+    for output in outputs:
+        output.write(_batch())
+        output.finish()
+    _remount(tmpfs, "ro")
+    for output in outputs:
+        output.abort()
+    assert len(_names(tmpfs)) == 2
+    _remount(tmpfs, "rw")
+    assert sorted(remove_abandoned()) == sorted(o.temporary for o in outputs)
+    assert _names(tmpfs) == []
+
+
+def test_a_full_disk_while_writing_names_the_final_path_and_abort_leaves_nothing(tmpfs: Path) -> None:
+    final = tmpfs / "deep" / "big.arrow"
+    output = OutputFile(final, SCHEMA)
+    with pytest.raises(PublishError) as caught:
+        for offset in range(0, 10_000_000, 5000):
+            output.write(_batch(5000, offset))
+        output.finish()
+    assert caught.value.errno == 28 and caught.value.path == str(final)
+    assert "No space left on device" in str(caught.value) and f"in the folder {final.parent}" in str(caught.value)
+    output.abort()
+    assert _names(final.parent) == []

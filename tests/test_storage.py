@@ -4,6 +4,7 @@ manifests, collisions, and kill -9 at every step of a publication.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -251,3 +252,73 @@ def test_kill_9_during_publication_leaves_the_run_complete_exactly_once(
     for measure in MEASURES:
         with fs.open_input_file(f"{bucket}/c/run-1/{measure}.arrow") as fh:
             assert pa.ipc.open_file(fh).read_all().replace_schema_metadata(None).equals(expected(run, measure))
+
+
+# ----------------------------------------------------------------------------------------
+# The manifest on S3: adopted when true, replaced (never kept) when stale
+# ----------------------------------------------------------------------------------------
+
+
+def objects(s3: S3TestServer, bucket: str) -> dict[str, tuple[str, Any]]:
+    listing = s3.client().list_objects_v2(Bucket=bucket).get("Contents", [])
+    return {o["Key"]: (o["ETag"], o["LastModified"]) for o in listing}
+
+
+def test_a_run_whose_s3_manifest_is_true_is_adopted_after_a_lost_journal_update(
+    tmp_path: Path, s3: S3TestServer
+) -> None:
+    bucket = s3.bucket()
+    run = Path(write_simulated_run(tmp_path / "runs" / "run-1", records=300, entities=2, seed=1)["path"])
+    cfg = config(tmp_path, f"s3://{bucket}/c", s3)
+    service = CollectionService(cfg)
+    calls: list[int] = []
+
+    def lost(job_id: int, outputs: dict[str, int], token: int | None = None) -> Any:
+        calls.append(job_id)
+        raise OSError(5, "Input/output error (the process died before the journal update)")
+
+    try:
+        service.journal.finish = lost  # type: ignore[method-assign]
+        service.submit("logger", str(run))
+        wait_for(lambda: calls, "the collection to reach the journal update")
+    finally:
+        service.close()
+    before = objects(s3, bucket)
+    assert sum("_manifest-" in k for k in before) == 1 and len(before) == len(MEASURES) + 1
+
+    with CollectionService(cfg) as restarted:
+        job = wait_for(
+            lambda: (j := restarted.journal.by_path(str(run))) is not None and j.state == JobState.DONE and j,
+            "the resumed job",
+        )
+    assert job.attempts == 2
+    assert objects(s3, bucket) == before  # nothing uploaded again, the manifest kept as it was
+    [manifest_key] = [k for k in before if "_manifest-" in k]
+    manifest = Manifest.from_json(s3.client().get_object(Bucket=bucket, Key=manifest_key)["Body"].read())
+    assert job.outputs == {e.path: e.rows for e in manifest.outputs}
+    for entry in manifest.outputs:
+        body = s3.client().get_object(Bucket=bucket, Key=entry.path.split("/", 3)[3])["Body"].read()
+        assert len(body) == entry.bytes and hashlib.sha256(body).hexdigest() == entry.sha256
+
+
+def test_a_stale_s3_manifest_is_removed_and_written_again_to_match_the_objects(
+    tmp_path: Path, s3: S3TestServer
+) -> None:
+    bucket = s3.bucket()
+    run = Path(write_simulated_run(tmp_path / "runs" / "run-1", records=300, entities=2, seed=1)["path"])
+    with CollectionService(config(tmp_path, f"s3://{bucket}/c", s3)) as service:
+        job = collect(service, run)
+    [manifest_key] = [k for k in objects(s3, bucket) if "_manifest-" in k]
+    true_bytes = s3.client().get_object(Bucket=bucket, Key=manifest_key)["Body"].read()
+    lie = json.loads(true_bytes)
+    lie["outputs"][0]["sha256"] = "0" * 64  # a manifest that does not match its objects
+    s3.client().put_object(Bucket=bucket, Key=manifest_key, Body=json.dumps(lie).encode())
+    # A new journal (another state_dir) collects the run again: its job must not keep that manifest.
+    with CollectionService(config(tmp_path, f"s3://{bucket}/c", s3, state_dir=str(tmp_path / "state-2"))) as again:
+        second = collect(again, run)
+    manifest = Manifest.from_json(s3.client().get_object(Bucket=bucket, Key=manifest_key)["Body"].read())
+    assert manifest.job == second.id and manifest.outputs != Manifest.from_json(json.dumps(lie)).outputs
+    for entry in manifest.outputs:
+        body = s3.client().get_object(Bucket=bucket, Key=entry.path.split("/", 3)[3])["Body"].read()
+        assert len(body) == entry.bytes and hashlib.sha256(body).hexdigest() == entry.sha256
+    assert job.outputs == second.outputs
