@@ -431,3 +431,31 @@ def test_a_thousand_planned_runs_hold_no_descriptor(many_runs: list[Path]) -> No
     runs = [pipeline.plan_run(many_runs[i % 3]) for i in range(1000)]
     assert len(runs) == 1000
     assert len(os.listdir("/proc/self/fd")) <= before
+
+
+def _open_files() -> list[str]:
+    """What this process's file descriptors point at."""
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            found.append(os.readlink(f"/proc/self/fd/{fd}"))
+        except FileNotFoundError:  # the descriptor that listed the folder
+            pass
+    return found
+
+
+@pytest.mark.parametrize("prefetch", [0, 2], ids=["sequential", "prefetch"])
+def test_a_stopped_write_leaves_no_reader_and_no_open_run(tmp_path: Path, prefetch: int) -> None:
+    runs = [build_run(tmp_path / f"run-{i}", seed=40 + i, n_records=600, rotate_bytes=1500).path for i in range(3)]
+    pipeline = OutputPipeline(prefetch_runs=prefetch, chunk_bytes=4096)
+    plan = pipeline.plan([pipeline.plan_run(p) for p in runs], lambda index, run, stream: tmp_path / f"{index}.arrow")
+    threads = set(threading.enumerate())
+
+    def cancel() -> None:
+        raise CollectorError("stop")
+
+    with pytest.raises(CollectorError, match="stop"):
+        pipeline.write(plan, provenance=lambda target: {}, check_cancel=cancel)
+    assert [t for t in threading.enumerate() if t not in threads] == []
+    assert [f for f in _open_files() if any(f.startswith(str(p)) for p in runs)] == []
+    assert not list(tmp_path.glob("*.arrow")) and not list(tmp_path.glob(".*.tmp"))

@@ -228,8 +228,11 @@ class OutputPipeline:
         digests: dict[int, str] = {}
         store = store if store is not None else LocalStore(Path("/"))
         stamp = stamp if stamp is not None else Provenance("")
+        decoding = self._runs_in_order(plan, on_bytes)
+        current: list[Iterator[pa.RecordBatch]] = []
         try:
-            for index, batches in self._runs_in_order(plan, on_bytes):
+            for index, batches in decoding:
+                current[:] = [batches]
                 for t in opens.get(index, []):
                     target = plan.targets[t]
                     replace[t] = reserve(target)
@@ -252,6 +255,10 @@ class OutputPipeline:
                     before_publish()
                 digests[t] = store.publish(files[t], plan.targets[t].path, stamp, replace[t])
         except BaseException:
+            # Stop the decoding now, not when the generators are collected: the readers
+            # and the run directories they hold open end here.
+            for generator in (*current, decoding):
+                _close(generator)
             for file in files.values():
                 file.abort()
             raise
@@ -307,6 +314,13 @@ def _routing(plan: CollectionPlan, index: int) -> tuple[np.ndarray, np.ndarray, 
 _END = object()
 
 
+def _close(iterator: object) -> None:
+    """Close a generator (or anything with ``close``); other iterators need nothing."""
+    close = getattr(iterator, "close", None)
+    if close is not None:
+        close()
+
+
 class _Prefetcher:
     """Decodes runs on threads, at most ``ahead`` at a time, each into a small bounded queue.
 
@@ -344,6 +358,8 @@ class _Prefetcher:
             self._put(q, _END)
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
             self._put(q, exc)
+        finally:
+            _close(self._sources[index])  # a stopped run closes its reader and run directory here
 
     def _put(self, q: queue.Queue[object], item: object) -> bool:
         while not self._stop.is_set():
