@@ -164,7 +164,7 @@ class _ReadingInto(io.RawIOBase):
 def _readable(fh: BinaryIO | io.RawIOBase) -> Readable:
     """``fh`` as the reader reads it: through its ``readinto``, or its ``read``."""
     if isinstance(fh, io.RawIOBase) or hasattr(fh, "readinto"):
-        return fh  # type: ignore[return-value]
+        return fh
     return _ReadingInto(fh)
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from herocollector.decode import native as kernel  # the compiled kernels, loaded as fast as possible
+from herocollector.decode import status as codes
 from herocollector.decode.frames import Chunk
 from herocollector.decode.records import Records, pool_empty
 from herocollector.errors import SegmentError, UnknownStreamError
@@ -192,9 +193,9 @@ class RecordDecoder:
             status, pos, unit, out, detail = self._kernel(chunk.data, pos, chunk.ends, unit, False)
             if out is not None:
                 done.append(out)
-            if status == kernel.OUT_FULL:
+            if status == codes.OUT_FULL:
                 continue
-            if status == kernel.OK:
+            if status == codes.OK:
                 # Output only once the whole chunk decoded: records before damage in the
                 # same chunk are not output (nor those of a doomed chunk).
                 if not chunk.doomed:
@@ -202,10 +203,10 @@ class RecordDecoder:
                 return
             unit_start = int(chunk.ends[unit - 1]) if unit else 0
             frame = int(chunk.frames[unit])
-            if status == kernel.UNKNOWN_STREAM:
+            if status == codes.UNKNOWN_STREAM:
                 run, bad = kernel.varint_damage(chunk.data, pos, int(chunk.ends[unit]), 0)
                 if bad or run:
-                    status = kernel.VARINT_TOO_LONG if bad else kernel.CUT_SHORT
+                    status = codes.VARINT_TOO_LONG if bad else codes.CUT_SHORT
             raise _error(status, chunk.name_of(unit), frame, pos - unit_start, detail)
 
     def _piece(self, chunk: Chunk, chunks: Iterator[Chunk]) -> Iterator[Records | Columns]:
@@ -226,17 +227,17 @@ class RecordDecoder:
         ends = np.array([frame.length], dtype=np.int64)
         while True:
             status, pos, _, out, detail = self._kernel(frame.buf, pos, ends, 0, not chunk.last)
-            if out is not None and not chunk.doomed and status in (kernel.OK, kernel.OUT_FULL, kernel.NEED_MORE):
+            if out is not None and not chunk.doomed and status in (codes.OK, codes.OUT_FULL, codes.NEED_MORE):
                 yield out
-            if status != kernel.OUT_FULL:
+            if status != codes.OUT_FULL:
                 break
         if chunk.last:
             self.open = None
-        if status == kernel.OK:
+        if status == codes.OK:
             frame.consume(pos)
             frame.need = frame.tried = 0
             return
-        if status == kernel.NEED_MORE:
+        if status == codes.NEED_MORE:
             frame.consume(pos)
             frame.need, frame.tried = detail, frame.length
             if frame.declared >= 0 and frame.seen + frame.need > frame.declared:
@@ -244,7 +245,7 @@ class RecordDecoder:
                 raise SegmentError(message, frame.name, frame.frame)
             self._check_size(frame)
             return
-        if status == kernel.UNKNOWN_STREAM:
+        if status == codes.UNKNOWN_STREAM:
             # The reference reports a varint error anywhere in the frame before an unknown
             # stream: read (and so also zstd-check) the rest of the frame first.
             run, bad = kernel.varint_damage(frame.buf, pos, frame.length, 0)
@@ -257,7 +258,7 @@ class RecordDecoder:
                 last = more.last
             self.open = None
             if bad or run:
-                status = kernel.VARINT_TOO_LONG if bad else kernel.CUT_SHORT
+                status = codes.VARINT_TOO_LONG if bad else codes.CUT_SHORT
         raise _error(status, frame.name, frame.frame, frame.seen + pos, detail)
 
     def _check_size(self, frame: _OpenFrame) -> None:
@@ -297,7 +298,7 @@ class RecordDecoder:
                 s.epoch_scales, s.value_scales, self.ticks, self.scaled, _MAX_LIST_VALUES,
                 sid, slot, epoch, epoch.view(np.int64), offsets, idx, val, val.view(np.int64),
             )  # fmt: skip
-            if status != kernel.BAD_CAPACITY:
+            if status != codes.BAD_CAPACITY:
                 break
             if (records, values) == bound:
                 raise RuntimeError("herocollector: decoder output arrays too small (a bug)")
@@ -307,7 +308,7 @@ class RecordDecoder:
             else:
                 values = min(header[0], bound[1])  # room for this record's elements, not for a chunk of them
         done = int(stop) - pos
-        if done > 0 and status in (kernel.OK, kernel.OUT_FULL, kernel.NEED_MORE):
+        if done > 0 and status in (codes.OK, codes.OUT_FULL, codes.NEED_MORE):
             # 1.25 times the densest chunk so far: rarely too small, never much too large.
             self.density = (max(self.density[0], 1.25 * nrec / done), max(self.density[1], 1.25 * nval / done))
         out: Records | Columns | None = None
@@ -348,14 +349,14 @@ def _may_be_whole(data: np.ndarray, length: int) -> bool:
 
 def _error(status: int, name: str | Path, frame: int, within: int, detail: int) -> SegmentError:
     """The error for a kernel stop in the frame at file offset ``frame``."""
-    if status == kernel.UNKNOWN_STREAM:
+    if status == codes.UNKNOWN_STREAM:
         return UnknownStreamError(name, frame, detail)
     where = f"at byte {within} of the frame's decompressed data"
-    if status == kernel.CUT_SHORT:
+    if status == codes.CUT_SHORT:
         return SegmentError(f"record cut short {where}", name, frame)
-    if status == kernel.VARINT_TOO_LONG:
+    if status == codes.VARINT_TOO_LONG:
         return SegmentError(f"varint longer than 10 bytes {where}", name, frame)
-    if status == kernel.TOO_MANY_VALUES:
+    if status == codes.TOO_MANY_VALUES:
         message = f"record with more than {_MAX_LIST_VALUES} elements (an Arrow list's limit) {where}"
         return SegmentError(message, name, frame)
     raise RuntimeError(f"herocollector: unexpected decoder status {status}")

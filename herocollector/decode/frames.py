@@ -28,6 +28,7 @@ import numpy as np
 import zstandard
 
 from herocollector.decode import native as kernel  # the compiled kernels, loaded as fast as possible
+from herocollector.decode import status as codes
 from herocollector.decode.records import pool_empty
 from herocollector.errors import SegmentError
 
@@ -51,7 +52,7 @@ def compressed_frame_limit(max_frame_bytes: int) -> int:
 
     That is, in raw blocks, with a 3-byte header per 128 KiB block, a frame header and a checksum.
     """
-    return max_frame_bytes + 3 * (max_frame_bytes // kernel.MAX_BLOCK_SIZE + 1) + 32
+    return max_frame_bytes + 3 * (max_frame_bytes // codes.MAX_BLOCK_SIZE + 1) + 32
 
 
 T = TypeVar("T")
@@ -133,7 +134,7 @@ class ReadBuffers:
             bigger = np.empty(capacity, dtype=np.uint8)
             bigger[: self.buf.size] = self.buf
             self.buf = bigger
-        slots = capacity // kernel.MIN_FRAME_BYTES + 1
+        slots = capacity // codes.MIN_FRAME_BYTES + 1
         if slots > self.slots:
             self.slots = slots
             self.starts, self.ends, self.sizes = (np.empty(slots, dtype=np.int64) for _ in range(3))
@@ -141,14 +142,14 @@ class ReadBuffers:
 
 
 _FRAME_DAMAGE = {
-    kernel.FRAME_INVALID: "corrupt zstd frame: invalid frame or block header",
-    kernel.FRAME_TRUNCATED: "truncated zstd frame at the end of the segment",
+    codes.FRAME_INVALID: "corrupt zstd frame: invalid frame or block header",
+    codes.FRAME_TRUNCATED: "truncated zstd frame at the end of the segment",
 }
 
 
 def _frame_damage(status: int, offset: int) -> str:
     """The message for damage found by the frame walk at file offset ``offset``."""
-    if status == kernel.FRAME_BAD_MAGIC:
+    if status == codes.FRAME_BAD_MAGIC:
         if offset == 0:
             return "not a zstd frame (bad magic number)"
         return "bytes after a zstd frame that do not start a zstd frame"
@@ -197,10 +198,10 @@ def read_segment(
             # When the walk found damage, the frames before it are still decoded, since the
             # first damage in the file is the one to report, but none of their records is
             # output: a damaged read buffer gives no records at all.
-            doomed = status != kernel.FRAME_OK
+            doomed = status != codes.FRAME_OK
             frames = (starts[:count], ends[:count], sizes[:count], kinds[:count])
             yield from _decompress_frames(buf, *frames, base, name, chunk_bytes, dctx, doomed, max_frame_bytes)
-        if status != kernel.FRAME_OK:
+        if status != codes.FRAME_OK:
             raise SegmentError(_frame_damage(status, base + stop), name, base + stop)
         if eof:
             return
@@ -209,7 +210,7 @@ def read_segment(
             if skip is not None:
                 # A skippable frame larger than the buffer: drop it without holding it.
                 if not _discard(fh, buf, skip - filled):
-                    raise SegmentError(_frame_damage(kernel.FRAME_TRUNCATED, base), name, base)
+                    raise SegmentError(_frame_damage(codes.FRAME_TRUNCATED, base), name, base)
                 base += skip
                 filled = 0
                 continue
@@ -262,7 +263,7 @@ def _decompress_frames(
     Consecutive frames of known size are decompressed together, up to a chunk at a time; a
     frame larger than a chunk, or of unknown size, on its own in pieces.
     """
-    zstd = kinds == kernel.KIND_ZSTD
+    zstd = kinds == codes.KIND_ZSTD
     big = zstd & ((sizes < 0) | (sizes > min(chunk_bytes, SINGLE_PASS_BYTES)))
     known = np.where(zstd & ~big, sizes, 0)
     running = np.cumsum(known)
@@ -305,7 +306,7 @@ def _decompress_group(
     that call frees memory twice). Any failure is worked out frame by frame.
     """
     total = int(sizes.sum())
-    zstd = kinds == kernel.KIND_ZSTD
+    zstd = np.asarray(kinds == codes.KIND_ZSTD)
     if not zstd.any():
         return  # skippable frames only
     if (sizes[zstd] == 0).any():
@@ -358,7 +359,8 @@ class _Decompressed:
 def _segment_array(segment: zstandard.BufferSegment) -> np.ndarray:
     """One segment of zstandard's output viewed (not copied) as a ``uint8`` array."""
     # BufferSegment implements the buffer protocol; zstandard's stubs do not declare it.
-    return np.frombuffer(segment, dtype=np.uint8)  # type: ignore[call-overload]
+    array: np.ndarray = np.frombuffer(segment, dtype=np.uint8)  # type: ignore[call-overload]
+    return array
 
 
 def _contiguous(out: zstandard.BufferWithSegmentsCollection, total: int) -> np.ndarray:
@@ -403,7 +405,7 @@ def _group_damage(
     contents: list[bytes] = []
     offsets: list[int] = []
     for i in range(starts.size):
-        if kinds[i] == kernel.KIND_SKIPPABLE:
+        if kinds[i] == codes.KIND_SKIPPABLE:
             continue
         lo, hi = int(starts[i]), int(ends[i])
         content, problem = _decompress_one(buf.data[lo:hi], int(sizes[i]), dctx)

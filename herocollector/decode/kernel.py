@@ -142,7 +142,7 @@ def _kernel(fn: Callable[..., Any]) -> Any:
     dispatcher = numba.njit(nogil=True, cache=False)(fn)
     if config.BOUNDSCHECK is None and not config.DISABLE_JIT:  # type: ignore[attr-defined]
         try:
-            dispatcher._cache = _KernelCache(dispatcher.py_func)  # type: ignore[attr-defined]
+            dispatcher._cache = _KernelCache(dispatcher.py_func)  # type: ignore[attr-defined, no-untyped-call]
         except RuntimeError as exc:  # no writable directory at all
             log.warning(f"compiled kernels cannot be cached ({exc}); compiling in every process")
     return dispatcher
@@ -284,8 +284,10 @@ def _load_u64(typingctx, array, index):  # type: ignore[no-untyped-def]
         # (raising IndexError); otherwise these are plain address computations.
         last = builder.add(args[1], context.get_constant(index_type, 7))
         check = context.enable_boundscheck
-        cgutils.get_item_pointer(context, builder, array_type, view, [last], boundscheck=check)
-        address = cgutils.get_item_pointer(context, builder, array_type, view, [args[1]], boundscheck=check)
+        cgutils.get_item_pointer(context, builder, array_type, view, [last], boundscheck=check)  # type: ignore[no-untyped-call]
+        address = cgutils.get_item_pointer(  # type: ignore[no-untyped-call]
+            context, builder, array_type, view, [args[1]], boundscheck=check
+        )
         word = builder.load(builder.bitcast(address, ir.IntType(64).as_pointer()), align=1)
         if not LITTLE_ENDIAN:
             word = builder.bswap(word)
@@ -649,7 +651,7 @@ def entry_points() -> dict[str, Any]:
     Returns:
         The compiled cfuncs by kernel name.
     """
-    from numba import carray, cfunc
+    from numba import carray, cfunc  # type: ignore[attr-defined]  # numba does not list carray in __all__
 
     def signature(name: str) -> Any:
         return types.void(*[types.voidptr if c == "p" else types.int64 for c in ENTRY_ARGS[name]])

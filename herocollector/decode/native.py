@@ -90,17 +90,22 @@ def scan_frames(
     out_kind: np.ndarray,
 ) -> tuple[int, int, int]:
     """Walk zstd frame headers; see :func:`herocollector.decode.kernel.scan_frames`."""
-    return backend().scan_frames(buf, start, length, final, out_start, out_end, out_size, out_kind)
+    result: tuple[int, int, int] = backend().scan_frames(
+        buf, start, length, final, out_start, out_end, out_size, out_kind
+    )
+    return result
 
 
 def decode_records(*args: Any) -> tuple[int, int, int, int, int, int]:
     """Decode records in one pass; see :func:`herocollector.decode.kernel.decode_records`."""
-    return backend().decode_records(*args)
+    result: tuple[int, int, int, int, int, int] = backend().decode_records(*args)
+    return result
 
 
 def varint_damage(data: np.ndarray, start: int, end: int, run: int) -> tuple[int, bool]:
     """Check varint lengths (diagnosis); see :func:`herocollector.decode.kernel.varint_damage`."""
-    return backend().varint_damage(data, start, end, run)
+    result: tuple[int, bool] = backend().varint_damage(data, start, end, run)
+    return result
 
 
 _lock = threading.Lock()
@@ -125,7 +130,7 @@ def warm_up() -> str:
     """
     kernels = backend()
     kernels.warm_up()
-    return kernels.name
+    return str(kernels.name)
 
 
 def _choose() -> Any:
@@ -228,7 +233,7 @@ def _pointer(array: np.ndarray, dtype: type, writable: bool = False) -> int:
     ):
         what = f"contiguous{' writable' if writable else ''} 1-d {np.dtype(dtype)}"
         raise TypeError(f"kernel argument must be a {what} array")
-    return array.__array_interface__["data"][0]
+    return int(array.__array_interface__["data"][0])
 
 
 def _address(array: np.ndarray) -> int:
@@ -562,7 +567,7 @@ def _known_external(name: str) -> bool:
 _LIBC = frozenset({"memset", "memcpy", "memmove", "memcmp"})
 
 
-@ctypes.CFUNCTYPE(None)
+@ctypes.CFUNCTYPE(None)  # type: ignore[untyped-decorator]  # ctypes' stubs leave it untyped
 def _never_called() -> None:  # pragma: no cover - by construction
     os.write(2, b"herocollector: a compiled kernel reached numba's exception path; aborting\n")
     os.abort()

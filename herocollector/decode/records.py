@@ -238,7 +238,7 @@ class TickState:
         running = np.cumsum(sorted_deltas)
         before_group = running[starts] - sorted_deltas[starts]
         sorted_ticks = running + np.repeat(base - before_group, counts)
-        ticks = np.empty_like(sorted_ticks)
+        ticks: np.ndarray = np.empty_like(sorted_ticks)
         ticks[order] = sorted_ticks
         self._remember(uniq, sorted_ticks[starts + counts - 1])
         return ticks
@@ -261,7 +261,7 @@ class TickState:
         previous = np.empty_like(sorted_ticks)
         previous[1:] = sorted_ticks[:-1]
         previous[starts] = base
-        deltas = np.empty_like(sorted_ticks)
+        deltas: np.ndarray = np.empty_like(sorted_ticks)
         deltas[order] = sorted_ticks - previous
         self._remember(uniq, sorted_ticks[starts + counts - 1])
         return deltas
