@@ -7,6 +7,7 @@ after: nothing may change except the collected run's own segments.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -357,6 +358,39 @@ def test_cleanup_of_every_run_in_the_background_pages_the_journal(site: Site, mo
     assert pages == [2, 2, 2, 2]  # three pages of at most two jobs, then an empty one
     assert all(not segment_files(run) for run in runs)
     assert service.journal.counts()[JobState.CLEANED] == 5
+
+
+def test_a_run_cleaned_the_moment_it_is_done_waits_for_its_inventory(
+    site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    service = site.service()
+    run = site.run("run-a")
+    cleaner = service.cleaner
+    recording, waiting = threading.Event(), threading.Event()
+    record, wait = cleaner.record_collected, cleaner._wait_for_inventory
+
+    def late_record(*args: Any) -> bool:
+        recording.wait(30)  # the collection is reported only once the cleanup waits for it
+        return record(*args)
+
+    def noted_wait(path: str) -> Any:
+        waiting.set()
+        return wait(path)
+
+    monkeypatch.setattr(cleaner, "record_collected", late_record)
+    monkeypatch.setattr(cleaner, "_wait_for_inventory", noted_wait)
+    service.collect(str(run))
+    wait_for(lambda: current(service, run).state == JobState.DONE, "the job to be done")
+    assert cleaner.ledger.inventory(str(run)) is None
+    answers: list[bool] = []
+    worker = threading.Thread(target=lambda: answers.append(service.cleanup(str(run))))
+    worker.start()
+    try:
+        wait_for(waiting.is_set, "the cleanup to wait for the inventory")
+    finally:
+        recording.set()
+        worker.join(30)
+    assert answers == [True] and not segment_files(run)
 
 
 def test_rename_noreplace_never_replaces(tmp_path: Path) -> None:

@@ -54,6 +54,8 @@ READ, AFTER = "read", "after"
 """How an inventory was taken: what the collection read, or a look right after it."""
 PAGE = 200
 """Jobs read from the journal per page when every run is cleaned or purged."""
+RECORD_WAIT = 2.0
+"""Seconds a cleanup waits for the inventory of a run whose job turned done a moment ago."""
 RETRY_PURGE = 3600.0
 """Seconds until a purge that could not proceed (the run directory was replaced) is tried again."""
 
@@ -223,6 +225,7 @@ class RunCleaner:
         self._sweep_thread: threading.Thread | None = None
         self._sweep_ok = True
         self._warned: set[str] = set()
+        self._recorded = threading.Condition()  # notified whenever an inventory is recorded
 
     def close(self) -> None:
         """Wait for a running sweep (it stops between two runs once ``stopping`` is set); close the ledger."""
@@ -237,6 +240,8 @@ class RunCleaner:
         """Record what the collection of a job read (its run directory's inventory): what a cleanup may trash."""
         if job.path is not None and self.config.allowed_roots:
             self.ledger.record_inventory(job.id, CollectedRun.from_inventory(job.path, inventory), READ)
+            with self._recorded:
+                self._recorded.notify_all()
 
     def record_collected(self, path: str, job_id: int | None, segment_bytes: int | None = None) -> bool:
         """Record what a run is now, right after it was collected: what a later cleanup may trash.
@@ -269,6 +274,8 @@ class RunCleaner:
             return False
         try:
             self.ledger.record_inventory(job_id, inventory, AFTER)
+            with self._recorded:
+                self._recorded.notify_all()
         except sqlite3.Error as exc:
             log.error(f"{path}: not recorded for cleanup: the ledger failed: {exc}")
             return False
@@ -438,6 +445,8 @@ class RunCleaner:
                     )
                     return False
             inventory = self.ledger.inventory(target)
+            if collected and inventory is None and job is not None and time.time() - job.updated < RECORD_WAIT * 5:
+                inventory = self._wait_for_inventory(target)
             if collected and inventory is None:
                 log.warning(
                     f"cleanup of {target} refused: no record of what was collected (collected by another "
@@ -468,6 +477,21 @@ class RunCleaner:
             f"deleted for good after {self.config.cleanup_grace:g} s"
         )
         return True
+
+    def _wait_for_inventory(self, path: str) -> CollectedRun | None:
+        """The inventory of a run collected a moment ago, once its collection has recorded it.
+
+        The job turns done in the journal just before the collection is reported and its
+        inventory recorded; a caller that cleans the run at once must not be refused for that.
+        """
+        deadline = time.monotonic() + RECORD_WAIT
+        with self._recorded:
+            while (found := self.ledger.inventory(path)) is None and not self.stopping.is_set():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._recorded.wait(left)
+        return found
 
     # -- restore and purge --------------------------------------------------------------------
 
