@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from herocollector.config import ServiceConfig
-from herocollector.errors import CollectorError, RunChanged
+from herocollector.errors import CollectorError, RunChanged, StateDirError
 from herocollector.journal.base import Job, JobState, JobStore
 from herocollector.output.stores import OutputStore, open_store
 from herocollector.output.verify import RunCheck, verify_job
@@ -83,16 +83,22 @@ class CleanupLedger:
 
     Args:
         file: The database file; created with its folder.
+
+    Raises:
+        StateDirError: It cannot be opened or created.
     """
 
     def __init__(self, file: Path) -> None:
         self.file = file
-        file.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(file, check_same_thread=False, isolation_level=None, timeout=30)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
+        try:
+            file.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(file, check_same_thread=False, isolation_level=None, timeout=30)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(_SCHEMA)
+        except (sqlite3.Error, OSError) as exc:
+            raise StateDirError(f"cannot open the cleanup ledger: {exc}", file) from None
 
     def close(self) -> None:
         """Close the database."""
@@ -227,11 +233,16 @@ class RunCleaner:
         self._warned: set[str] = set()
         self._recorded = threading.Condition()  # notified whenever an inventory is recorded
 
-    def close(self) -> None:
-        """Wait for a running sweep (it stops between two runs once ``stopping`` is set); close the ledger."""
+    def close(self, timeout: float = 5.0) -> None:
+        """Wait for a running sweep (it stops between two runs once ``stopping`` is set); close the ledger.
+
+        Args:
+            timeout: Seconds to wait for the sweep; one still verifying a large output is left
+                to fail at its next ledger write (reported in its progress), so closing stays prompt.
+        """
         thread = self._sweep_thread
         if thread is not None:
-            thread.join()
+            thread.join(timeout)
         self.ledger.close()
 
     # -- collection ---------------------------------------------------------------------------
