@@ -17,6 +17,7 @@ import tempfile
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -1560,8 +1561,7 @@ def test_kernels_are_cached_in_herocollectors_order_of_places(tmp_path: Path, mo
 def test_object_cache_entries_are_checked_before_loading(tmp_path: Path) -> None:
     from herocollector.decode import native
 
-    if native.backend().name != "object":
-        pytest.skip("the object backend is not in use")
+    object_kernels()
     import llvmlite.binding as llvm
 
     key = native._cache_key(llvm)
@@ -1584,13 +1584,32 @@ def test_object_cache_entries_are_checked_before_loading(tmp_path: Path) -> None
     assert native._read_entry(copy, key) is None
 
 
+_OBJECT_KERNELS: list[object] = []  # kept alive for the whole session: their machine code is in use
+
+
+def object_kernels() -> Any:
+    """The object-code kernels: this process's backend, or loaded on their own when numba was
+    asked for. No skip: when they cannot load, the test fails with the reason."""
+    from herocollector.decode import native
+
+    kernels = native.backend()
+    if kernels.name == "object":
+        return kernels
+    if not native.numba_requested():
+        pytest.fail(f"the object-code kernels did not load, numba runs instead: {native.fallback_reason}")
+    if not _OBJECT_KERNELS:
+        _OBJECT_KERNELS.append(native.ObjectKernels.load_or_build())
+    return _OBJECT_KERNELS[0]
+
+
 @pytest.mark.parametrize("backend", ["object", "numba"])
 def test_both_kernel_backends_decode_alike(backend: str) -> None:
     from herocollector.decode import native
 
-    kernels = native.NumbaKernels() if backend == "numba" else native.backend()
-    if kernels.name != backend:
-        pytest.skip(f"the {backend} backend is not in use")
+    # Each backend itself, whichever one this process uses: an object backend that cannot
+    # load fails here with its reason.
+    kernels = native.NumbaKernels() if backend == "numba" else object_kernels()
+    assert kernels.name == backend
     records = bulk_records(seed=49, count=400, max_n=20, increasing=False)
     payload = np.frombuffer(encode_records(records, TickState()), dtype=np.uint8).copy()
     ends = np.array([payload.size], dtype=np.int64)
@@ -1631,11 +1650,8 @@ def test_both_kernel_backends_decode_alike(backend: str) -> None:
 
 
 def test_object_backend_rejects_arrays_of_the_wrong_kind() -> None:
-    from herocollector.decode import native
 
-    kernels = native.backend()
-    if kernels.name != "object":
-        pytest.skip("the object backend is not in use")
+    kernels = object_kernels()
     frames = [np.zeros(4, dtype=np.int64) for _ in range(3)]
     with pytest.raises(TypeError):
         kernels.scan_frames(np.zeros(8, dtype=np.int8), 0, 8, True, *frames, np.zeros(4, dtype=np.uint8))
@@ -1829,3 +1845,17 @@ def test_segment_source_errors_name_the_source_and_close_it(tmp_path: Path) -> N
         list(SegmentDecoder(KNOWN_IDS).columns([source], on_bytes=lambda _: None))
     assert info.value.path == source.name and info.value.offset == len(data)
     assert source.opened and source.opened[0].closed
+
+
+def test_the_object_code_kernels_are_in_use_unless_numba_is_asked_for() -> None:
+    """No silent fallback: where the object code cannot load, the decoder still works (through
+    numba, with a warning), but the test suite fails and says why."""
+    from herocollector.decode import native
+
+    kernels = native.backend()
+    if native.numba_requested():
+        assert kernels.name == "numba" and native.fallback_reason is None
+        return
+    if kernels.name != "object":
+        pytest.fail(f"the object-code kernels did not load, numba runs instead: {native.fallback_reason}")
+    assert native.fallback_reason is None

@@ -90,9 +90,8 @@ def scan_frames(
     out_kind: np.ndarray,
 ) -> tuple[int, int, int]:
     """Walk zstd frame headers; see :func:`herocollector.decode.kernel.scan_frames`."""
-    result: tuple[int, int, int] = backend().scan_frames(
-        buf, start, length, final, out_start, out_end, out_size, out_kind
-    )
+    frames = (out_start, out_end, out_size, out_kind)
+    result: tuple[int, int, int] = backend().scan_frames(buf, start, length, final, *frames)
     return result
 
 
@@ -110,6 +109,7 @@ def varint_damage(data: np.ndarray, start: int, end: int, run: int) -> tuple[int
 
 _lock = threading.Lock()
 _backend: Any = None
+fallback_reason: str | None = None  # why the object-code kernels did not load (so numba's run), if they did not
 
 
 def backend() -> Any:
@@ -133,22 +133,27 @@ def warm_up() -> str:
     return str(kernels.name)
 
 
-def _choose() -> Any:
-    if os.environ.get(BACKEND_ENV, "").strip().lower() == "numba" or _boundscheck_requested():
-        return NumbaKernels()
-    try:
-        return ObjectKernels.load_or_build()
-    except Exception as exc:  # noqa: BLE001 - any failure here only costs speed
-        log.warning(f"compiled kernels are loaded through numba ({type(exc).__name__}: {exc})")
-        return NumbaKernels()
-
-
-def _boundscheck_requested() -> bool:
+def numba_requested() -> bool:
+    """Whether numba's dispatchers were asked for (``HEROCOLLECTOR_KERNELS=numba``, ``NUMBA_BOUNDSCHECK``)."""
+    if os.environ.get(BACKEND_ENV, "").strip().lower() == "numba":
+        return True
     if "numba" in sys.modules:
         from numba.core import config
 
         return bool(config.BOUNDSCHECK)  # type: ignore[attr-defined]
     return bool(os.environ.get("NUMBA_BOUNDSCHECK", "").strip() not in ("", "0"))
+
+
+def _choose() -> Any:
+    global fallback_reason
+    if numba_requested():
+        return NumbaKernels()
+    try:
+        return ObjectKernels.load_or_build()
+    except Exception as exc:  # noqa: BLE001 - any failure here only costs speed
+        fallback_reason = f"{type(exc).__name__}: {exc}"
+        log.warning(f"compiled kernels are loaded through numba ({fallback_reason})")
+        return NumbaKernels()
 
 
 # ----------------------------------------------------------------------------------------
