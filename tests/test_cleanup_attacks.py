@@ -407,3 +407,16 @@ def test_rename_noreplace_never_replaces(tmp_path: Path) -> None:
         os.close(fd)
     assert (tmp_path / "b").read_text() == "b" and (tmp_path / "c").read_text() == "a"
     assert (tmp_path / "d").is_dir() and (tmp_path / "e").is_dir()
+
+
+def test_a_fifo_named_like_a_segment_is_left_alone_and_blocks_nothing(site: Site) -> None:
+    service = site.service(cleanup_grace=0)
+    run = site.run("run-a")
+    collect(service, run)
+    segments = collected_segments(run)
+    os.mkfifo(run / "99999.seg.zst")  # never opened: opening a FIFO for reading blocks
+    before = snapshot(site.runs)
+    assert service.cleanup(str(run)) is True
+    after = snapshot(site.runs)
+    assert set(before) - set(after) == segments and all(after[p] == before[p] for p in after)
+    assert (run / "99999.seg.zst").is_fifo()

@@ -250,3 +250,16 @@ def test_the_verify_command(site: Site) -> None:
     result = cli("verify", empty)
     assert result.returncode == 1 and "no run manifest found" in result.stderr
     assert cli("verify", site.tmp / "missing").returncode == 1
+
+
+def test_an_output_replaced_by_a_fifo_or_a_symlink_fails_without_blocking(site: Site) -> None:
+    service = site.service()
+    run, job = site.collected(service, "run-1")
+    first, second = (Path(p) for p in sorted(job.outputs)[:2])
+    first.rename(site.tmp / "first.arrow")
+    os.mkfifo(first)  # opening it for reading would block: it must not be opened so
+    second.rename(site.tmp / "second.arrow")
+    second.symlink_to(site.tmp / "second.arrow")  # the very bytes, but not the published file
+    failures = service.verify(str(run)).failures()
+    assert sorted(failures) == sorted([f"{first}: output is not a regular file", f"{second}: output is a symlink"])
+    assert service.cleanup(str(run)) is False and segment_files(run)

@@ -16,8 +16,10 @@ differs.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import stat
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -125,15 +127,19 @@ def _digest(store: OutputStore, location: str) -> _Digest:
     if isinstance(store, S3Store):
         return _digest_object(store, location)
     try:
-        # O_NOFOLLOW: the manifest lists the published file, not whatever a symlink now names.
-        fd = os.open(location, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        # O_NOFOLLOW: the manifest lists the published file, not whatever a symlink names now;
+        # O_NONBLOCK: a FIFO put in its place cannot block the caller.
+        fd = os.open(location, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         return _Digest(error="missing")
     except OSError as exc:
-        return _Digest(error=f"cannot be read: {exc.strerror}")
+        reason = "is a symlink" if exc.errno == errno.ELOOP else f"cannot be read: {exc.strerror}"
+        return _Digest(error=reason)
     with os.fdopen(fd, "rb") as fh:
-        size = os.fstat(fh.fileno()).st_size
-        return _Digest(size, hashlib.file_digest(fh, "sha256").hexdigest())
+        st = os.fstat(fh.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            return _Digest(error="is not a regular file")
+        return _Digest(st.st_size, hashlib.file_digest(fh, "sha256").hexdigest())
 
 
 def _digest_object(store: S3Store, location: str) -> _Digest:

@@ -43,8 +43,8 @@ from herocollector.run.rundir import RunInventory, within_roots
 
 _TRASH = re.compile(r"^(?P<name>.+)\.trash-(?P<stamp>\d+)$")
 
-FILE, LINK, DIR = "file", "link", "dir"
-"""Kinds of entries: a regular file, a symbolic link, a directory."""
+FILE, LINK, DIR, OTHER = "file", "link", "dir", "other"
+"""Kinds of entries: a regular file, a symbolic link, a directory, anything else (FIFO, socket, device)."""
 
 
 def _trashed_name(path: Path, now: float) -> Path:
@@ -136,7 +136,7 @@ class FileId:
         dev: Device number.
         ino: Inode number.
         size: Size in bytes (of a regular file; 0 otherwise).
-        kind: ``file``, ``link`` or ``dir``.
+        kind: ``file``, ``link``, ``dir`` or ``other``.
         mtime_ns: Modification time of a regular file (0: not recorded). A freed inode number
             is soon given to a new file, so a file replaced by another of the same size can
             have the same inode: its mtime tells them apart.
@@ -152,7 +152,8 @@ class FileId:
     @classmethod
     def of(cls, name: str, st: os.stat_result) -> FileId:
         """The identity of an entry from its ``lstat``."""
-        kind = LINK if stat.S_ISLNK(st.st_mode) else DIR if stat.S_ISDIR(st.st_mode) else FILE
+        mode = st.st_mode
+        kind = FILE if stat.S_ISREG(mode) else LINK if stat.S_ISLNK(mode) else DIR if stat.S_ISDIR(mode) else OTHER
         if kind != FILE:
             return cls(name, st.st_dev, st.st_ino, 0, kind)
         return cls(name, st.st_dev, st.st_ino, st.st_size, kind, st.st_mtime_ns)
