@@ -234,12 +234,13 @@ def run_batches(
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     on_bytes: Callable[[int], None] | None = None,
     inventory: RunInventory | None = None,
+    verify: bool = True,
 ) -> Iterator[pa.RecordBatch]:
     """Decode the selected streams of one logger directory into batches of ``schema``.
 
     The streams are loaded and selected by the caller, once (see :mod:`herocollector.output.pipeline`).
-    The segments are those of ``inventory``, opened relative to the run directory; after the
-    last batch the run is checked against the inventory.
+    The segments are those of ``inventory``, opened relative to the run directory; each is
+    checked at its end, and after the last batch the whole run is (unless ``verify`` is off).
 
     Args:
         path: The logger directory.
@@ -249,6 +250,8 @@ def run_batches(
         chunk_bytes: Decompressed bytes decoded per step.
         on_bytes: Called with the number of segment bytes read since its last call.
         inventory: The run as it was listed (:func:`scan_run`); None lists it now.
+        verify: Check the whole run against the inventory after the last batch (the
+            output pipeline checks every run itself, right before it publishes).
 
     Yields:
         Record batches in file order.
@@ -282,7 +285,8 @@ def run_batches(
             close = getattr(columns, "close", None)
             if close is not None:  # stop the reader before the directory closes
                 close()
-        run.verify(listed)
+        if verify:
+            run.verify(listed)
 
 
 def _plan_run(path: Path, streams: Sequence[Stream], selected: Sequence[Stream]) -> _Plan:
@@ -392,3 +396,42 @@ def _dedupe_columns(columns: Sequence[str] | None) -> tuple[str, ...]:
     if clash:
         raise CollectorError(f"label column(s) {clash} clash with the built-in columns {list(BASE_COLUMNS)}")
     return names
+
+
+def parse_columns(
+    columns: Sequence[str] | Mapping[str, str | None] | None,
+) -> tuple[tuple[str, ...], dict[str, pa.DataType]]:
+    """Label columns as names, or as a mapping of name to a pinned Arrow type name.
+
+    Args:
+        columns: ``["experiment", "run"]``, or ``{"experiment": "string", "run": "int64"}``
+            (a None type is inferred from the values, as for a plain name). Type names
+            are Arrow's (``pa.type_for_alias``): string, large_string, int64, float64, bool ...
+
+    Returns:
+        The names (duplicates removed, order kept) and the pinned types.
+
+    Raises:
+        ConfigError: A string instead of a list, a clash with a base column, or an unknown type.
+    """
+    if columns is None:
+        return (), {}
+    if isinstance(columns, str):
+        raise ConfigError("columns must be a list of label names (or a mapping to types), not a string")
+    if isinstance(columns, Mapping):
+        items = list(columns.items())
+    else:
+        items = [(name, None) for name in columns]
+    names = tuple(dict.fromkeys(str(name) for name, _ in items))
+    clash = [n for n in names if n in BASE_COLUMNS]
+    if clash:
+        raise ConfigError(f"label column(s) {clash} clash with the built-in columns {list(BASE_COLUMNS)}")
+    types: dict[str, pa.DataType] = {}
+    for name, type_name in items:
+        if type_name is None:
+            continue
+        try:
+            types[str(name)] = pa.type_for_alias(str(type_name))
+        except (ValueError, KeyError):
+            raise ConfigError(f"columns: unknown Arrow type {type_name!r} for label {name!r}") from None
+    return names, types

@@ -284,6 +284,7 @@ class OutputPipeline:
                 chunk_bytes=self.chunk_bytes,
                 on_bytes=on_bytes,
                 inventory=run.inventory,
+                verify=False,  # every run is checked in write(), right before publishing
             )
 
         if self.prefetch_runs == 0 or len(plan.runs) == 1:

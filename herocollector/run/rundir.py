@@ -201,7 +201,7 @@ def _kind(mode: int) -> str:
     return "of an unknown kind"
 
 
-def _not_regular(what: str, mode: int, path: Path) -> MetadataError:
+def _not_regular(what: str, mode: int, path: str | Path) -> MetadataError:
     return MetadataError(f"{what} is {_kind(mode)}, not a regular file; it is not read", path)
 
 
@@ -361,7 +361,7 @@ class RunDirectory:
         return [RunSegment(self, record) for record in segments]
 
     def _open_segment(self, record: FileRecord) -> int:
-        path = self.path / record.name
+        path = os.path.join(self.path, record.name)
         with self._lock:  # the directory cannot be closed (and its number reused) under us
             fd = self._dir_fd()
             try:
@@ -409,7 +409,7 @@ class RunDirectory:
             added, gone = sorted(set(names) - set(listed)), sorted(set(listed) - set(names))
             raise RunChanged(f"the segments changed while the run was read: added {added}, gone {gone}", where)
         for record in inventory.segments:
-            _same_file(fd, record, where / record.name, "segment")
+            _same_file(fd, record, where, "segment")
         if inventory.streams_ino:
             try:
                 sfd = os.open(STREAMS_DIR, _DIR_FLAGS, dir_fd=fd)
@@ -423,23 +423,25 @@ class RunDirectory:
                 if names != [s.name for s in inventory.streams]:
                     raise RunChanged("the stream files changed while the run was read", where / STREAMS_DIR)
                 for record in inventory.streams:
-                    _same_file(sfd, record, where / STREAMS_DIR / record.name, "stream file")
+                    _same_file(sfd, record, where / STREAMS_DIR, "stream file")
             finally:
                 os.close(sfd)
 
 
-def _same_file(dir_fd: int, record: FileRecord, path: Path, what: str) -> None:
+def _same_file(dir_fd: int, record: FileRecord, folder: Path, what: str) -> None:
+    """Raise ``RunChanged`` unless ``record.name`` in the folder is still the file recorded."""
     try:
         st = os.stat(record.name, dir_fd=dir_fd, follow_symlinks=False)
     except FileNotFoundError:
-        raise RunChanged(f"{what} is gone", path) from None
+        raise RunChanged(f"{what} is gone", folder / record.name) from None
     if (st.st_dev, st.st_ino) != (record.dev, record.ino) or not stat.S_ISREG(st.st_mode):
-        raise RunChanged(f"{what} was replaced", path)
+        raise RunChanged(f"{what} was replaced", folder / record.name)
     if st.st_size != record.size:
         change = "shrank" if st.st_size < record.size else "grew"
-        raise RunChanged(f"{what} {change} from {record.size} to {st.st_size} bytes while the run was read", path)
+        message = f"{what} {change} from {record.size} to {st.st_size} bytes while the run was read"
+        raise RunChanged(message, folder / record.name)
     if st.st_mtime_ns != record.mtime_ns:
-        raise RunChanged(f"{what} was modified while the run was read", path)
+        raise RunChanged(f"{what} was modified while the run was read", folder / record.name)
 
 
 def read_small_file(dir_fd: int | None, name: str, path: Path, limit: int) -> tuple[os.stat_result, bytes]:
@@ -504,18 +506,18 @@ class RunSegment:
     def __init__(self, run: RunDirectory, record: FileRecord) -> None:
         self._run = run
         self.record = record
-        self.name = str(run.path / record.name)
+        self.name = os.path.join(run.path, record.name)
 
     def open(self) -> BinaryIO:
         """Open the segment relative to the run directory; see :meth:`RunDirectory.sources`."""
         fd = self._run._open_segment(self.record)
-        return cast(BinaryIO, _CheckedSegment(fd, self.record, Path(self.name)))
+        return cast(BinaryIO, _CheckedSegment(fd, self.record, self.name))
 
 
 class _CheckedSegment(io.RawIOBase):
     """A segment file that, at its end, checks it read exactly the listed bytes of the same file."""
 
-    def __init__(self, fd: int, record: FileRecord, path: Path) -> None:
+    def __init__(self, fd: int, record: FileRecord, path: str) -> None:
         self._file = io.FileIO(fd, "rb", closefd=True)
         self._record = record
         self._path = path
