@@ -19,6 +19,7 @@ import pytest
 
 from herocollector.config import ServiceConfig
 from herocollector.journal.sqlite import Job, JobState
+from herocollector.output import pipeline as pipeline_module
 from herocollector.service.core import CollectionService
 from herocollector.testing.actors import wait_for
 from herocollector.testing.runs import build_run
@@ -188,5 +189,41 @@ def test_a_run_announced_under_three_spellings_is_one_job(site: Site) -> None:
         assert len({job.id for job in jobs}) == 1
         wait_for(lambda: (j := _job(service, run)) is not None and j.state == JobState.DONE, "the run collected")
         assert service.journal.counts()[JobState.DONE] == 1
+    finally:
+        service.close()
+
+
+@pytest.mark.parametrize("change", ["removed", "moved-away"])
+def test_a_run_that_goes_away_mid_collection_fails_and_publishes_nothing(
+    site: Site, monkeypatch: pytest.MonkeyPatch, change: str
+) -> None:
+    run = build_run(site.runs / "going", seed=77, n_records=3000, rotate_bytes=4000).path
+    assert len(list(run.glob("*.seg.zst"))) > 3
+    route = pipeline_module.route_batch
+    fired = threading.Event()
+
+    def route_then_change(*args: Any, **kwargs: Any) -> Any:
+        if not fired.is_set():  # the first batch: the run is mid-collection
+            fired.set()
+            if change == "removed":
+                shutil.rmtree(run)
+            else:
+                shutil.move(str(run), str(site.outside / "going"))
+        return route(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline_module, "route_batch", route_then_change)
+    service = CollectionService(site.config(max_retries=0, chunk_bytes=4096))
+    try:
+        service.collect(str(run))
+        job = wait_for(
+            lambda: (j := _job(service, run)) is not None and j.state in (JobState.FAILED, JobState.DONE) and j,
+            "the job to end",
+        )
+        assert fired.is_set()
+        assert job.state == JobState.FAILED and job.error is not None
+        assert "RunChanged" in job.error and str(run) in job.error
+        assert job.outputs == {}
+        published = [p for p in site.out.rglob("*") if p.is_file()] if site.out.exists() else []
+        assert published == []  # no output, no manifest, no temporary file
     finally:
         service.close()
