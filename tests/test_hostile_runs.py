@@ -199,7 +199,7 @@ def test_a_run_that_goes_away_mid_collection_fails_and_publishes_nothing(
 ) -> None:
     run = build_run(site.runs / "going", seed=77, n_records=3000, rotate_bytes=4000).path
     assert len(list(run.glob("*.seg.zst"))) > 3
-    route = pipeline_module.route_batch
+    route = pipeline_module.route_batch  # type: ignore[attr-defined]
     fired = threading.Event()
 
     def route_then_change(*args: Any, **kwargs: Any) -> Any:
