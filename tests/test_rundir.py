@@ -21,6 +21,7 @@ import pytest
 from herocollector import Collector, CollectorError, MetadataError
 from herocollector.errors import ConfigError, RunChanged, RunRefused
 from herocollector.output.pipeline import OutputPipeline
+from herocollector.run import rundir
 from herocollector.run.catalogue import load_streams
 from herocollector.run.rundir import (
     MAX_STREAM_FILE_BYTES,
@@ -459,3 +460,22 @@ def test_a_stopped_write_leaves_no_reader_and_no_open_run(tmp_path: Path, prefet
     assert [t for t in threading.enumerate() if t not in threads] == []
     assert [f for f in _open_files() if any(f.startswith(str(p)) for p in runs)] == []
     assert not list(tmp_path.glob("*.arrow")) and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_parent_swapped_for_a_symlink_after_resolving_is_caught(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    roots = tmp_path / "roots"
+    recorded = build_run(roots / "site" / "run", seed=8, n_records=10)
+    decoy = build_run(tmp_path / "outside" / "run", seed=9, n_records=10)
+    resolve = rundir.resolve_run
+
+    def resolve_then_swap(*args: Any, **kwargs: Any) -> Path:
+        resolved = resolve(*args, **kwargs)
+        (roots / "site").rename(roots / "site-gone")  # the race an attacker wins, made certain
+        (roots / "site").symlink_to(decoy.path.parent, target_is_directory=True)
+        return resolved
+
+    monkeypatch.setattr(rundir, "resolve_run", resolve_then_swap)
+    with pytest.raises(RunChanged, match="moved while it was opened"):
+        RunDirectory(str(recorded.path), [roots])

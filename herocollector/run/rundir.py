@@ -185,6 +185,14 @@ def job_key(path: str, allowed_roots: Sequence[str | Path] = ()) -> str:
         return os.path.normpath(path) if isinstance(path, str) else repr(path)
 
 
+def _opened_path(fd: int) -> str | None:
+    """Where an open directory really is, as the kernel knows it (Linux ``/proc``); None if unknown."""
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return None
+
+
 def _kind(mode: int) -> str:
     if stat.S_ISLNK(mode):
         return "a symlink"
@@ -245,6 +253,12 @@ class RunDirectory:
                 raise RunChanged("the run directory was replaced by a symlink", self.path) from None
             raise CollectorError(f"cannot open the logger directory: {exc.strerror}", self.path) from None
         self._fd = fd
+        opened = _opened_path(fd)
+        if opened is not None and opened != str(self.path):
+            # O_NOFOLLOW guards only the last component: a parent swapped for a symlink
+            # between realpath() and open() would lead elsewhere, perhaps outside the roots.
+            self.close()
+            raise RunChanged(f"the run directory moved while it was opened (it led to {opened})", self.path)
         st = os.fstat(fd)
         self.dev, self.ino = st.st_dev, st.st_ino
         if expect is not None and (self.dev, self.ino) != (expect.dev, expect.ino):
