@@ -18,6 +18,7 @@ import pytest
 
 from herocollector import CollectionService, ServiceConfig
 from herocollector.actor.demo import MEASURES, write_simulated_run
+from herocollector.events import RunFailed
 from herocollector.journal.sqlite import Job, JobState
 from herocollector.output.files import TEMP_SUFFIX
 from herocollector.output.manifest import MANIFEST_PREFIX, Manifest
@@ -36,6 +37,7 @@ class Site:
         self.out = out or tmp / "out"
         self.state = tmp / "state"
         self.services: list[CollectionService] = []
+        self.failures: list[RunFailed] = []
 
     def service(self, **overrides: Any) -> CollectionService:
         arguments: dict[str, Any] = dict(
@@ -48,7 +50,7 @@ class Site:
             scan_interval=None,
         )
         arguments.update(overrides)
-        service = CollectionService(ServiceConfig.from_arguments(**arguments))
+        service = CollectionService(ServiceConfig.from_arguments(**arguments), on_failed=self.failures.append)
         self.services.append(service)
         return service
 
@@ -246,6 +248,7 @@ def test_a_full_disk_at_the_manifest_fails_the_job_and_leaves_nothing_unaccounte
         store = service.runner.store
         store.put_bytes = before(store.put_bytes, lambda: fillers.append(fill(small_root)))  # type: ignore[method-assign]
         service.submit("logger", run)
+        wait_for(lambda: site.failures, "the failure to be recorded and reported", 60)
         job = finished(service, run, JobState.FAILED, JobState.DONE)
         assert job.state == JobState.FAILED
         folder = small_root / run.name
@@ -281,6 +284,7 @@ def test_a_folder_turned_read_only_during_the_publish_leaves_nothing_after_the_r
         store = service.runner.store
         store.publish = before(store.publish, lambda: remount("ro"), on_call=2)  # type: ignore[method-assign]
         service.submit("logger", run)
+        wait_for(lambda: site.failures, "the failure to be recorded and reported", 60)
         job = finished(service, run, JobState.FAILED, JobState.DONE)
         assert job.state == JobState.FAILED
         published = [p for p in files_under(folder) if not p.name.endswith(TEMP_SUFFIX)]
