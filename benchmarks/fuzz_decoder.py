@@ -8,6 +8,7 @@ docstring for the case kinds, the oracles and the failure kinds). Failing inputs
 Examples::
 
     python benchmarks/fuzz_decoder.py --cases 100000
+    python benchmarks/fuzz_decoder.py --cases 100000 --workers 2   # two processes, the same cases
     python benchmarks/fuzz_decoder.py --cases 100000 --chunk-bytes 4096 --json benchmarks/results/fuzz.json
     NUMBA_BOUNDSCHECK=1 python benchmarks/fuzz_decoder.py --cases 20000
     python benchmarks/fuzz_decoder.py --seed 7 --start 12345 --cases 1   # replay one case

@@ -88,6 +88,7 @@ code) makes a hard watchdog thread write the reproducer and exit with status 3.
 Examples::
 
     python benchmarks/fuzz_decoder.py --cases 100000
+    python benchmarks/fuzz_decoder.py --cases 100000 --workers 2   # in two processes, the same cases
     NUMBA_BOUNDSCHECK=1 python benchmarks/fuzz_decoder.py --cases 20000   # numba checks every index too
     python benchmarks/fuzz_decoder.py --cases 100000 --chunk-bytes 4096 --json benchmarks/results/fuzz.json
     python benchmarks/fuzz_decoder.py --seconds 60 --seed 7
@@ -111,6 +112,7 @@ import traceback
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import accumulate, pairwise
 from pathlib import Path
 from typing import Any
 
@@ -1096,22 +1098,24 @@ def reference_decode(
         if not obj.eof:
             return Reference(None, pos, "truncated zstd frame")
         end = size - len(obj.unused_data)
-        # Varints.
+        # Varints: one pass over the bytes (the common one-byte varint takes one test).
         vals: list[int] = []
-        i, length = 0, len(content)
-        while i < length:
-            j = i
-            while j < length and content[j] >= 0x80:
-                j += 1
-            if j == length:
-                return Reference(None, pos, "unfinished varint")
-            if j - i + 1 > 10:
-                return Reference(None, pos, "varint longer than 10 bytes")
-            v = 0
-            for k in range(j, i - 1, -1):
-                v = (v << 7) | (content[k] & 0x7F)
-            vals.append(v & M64)
-            i = j + 1
+        append = vals.append
+        v = shift = 0
+        for byte in content:
+            if byte < 0x80:
+                if not shift:
+                    append(byte)
+                    continue
+                if shift >= 70:  # ten continuation bytes before this one; one the frame's end cuts is "unfinished"
+                    return Reference(None, pos, "varint longer than 10 bytes")
+                append((v | (byte << shift)) & M64)
+                v = shift = 0
+            elif shift < 70:
+                v |= (byte & 0x7F) << shift
+                shift += 7
+        if shift:
+            return Reference(None, pos, "unfinished varint")
         # Records.
         r, count = 0, len(vals)
         while r < count:
@@ -1130,12 +1134,9 @@ def reference_decode(
                 ticks.append(tick)
                 offsets.append(offsets[-1] + n)
                 if n:
-                    index = vals[r + 3]
-                    idx.append(i64(index))
-                    for gap in vals[r + 4 : r + 3 + n]:
-                        index = (index + gap + 1) & M64
-                        idx.append(i64(index))
-                    qs.extend(unzigzag(u) for u in vals[r + 3 + n : r + 3 + 2 * n])
+                    gaps = vals[r + 4 : r + 3 + n]
+                    idx.extend(map(i64, accumulate(gaps, lambda at, gap: (at + gap + 1) & M64, initial=vals[r + 3])))
+                    qs.extend(map(unzigzag, vals[r + 3 + n : r + 3 + 2 * n]))
             r += 3 + 2 * n
         pos = end
     return Reference(records_from_python(sids, ticks, offsets, idx, qs))
@@ -1333,8 +1334,8 @@ class FuzzReport:
     pool_seconds: float = 0.0
     warm_up_seconds: float = 0.0
     kernel_backend: str = ""
-    counts: Counter = field(default_factory=Counter)
-    by_kind: dict[str, Counter] = field(default_factory=dict)
+    counts: Counter[str] = field(default_factory=Counter)
+    by_kind: dict[str, Counter[str]] = field(default_factory=dict)
     bytes_fed: int = 0
     slowest: dict[str, Any] = field(default_factory=dict)
     failures: list[dict[str, Any]] = field(default_factory=list)
@@ -1443,6 +1444,7 @@ def run_fuzz(
     progress: Callable[[FuzzReport], None] | None = None,
     decoder_factory: Callable[..., SegmentDecoder] = SegmentDecoder,
     max_failures_written: int = 200,
+    workers: int = 1,
 ) -> FuzzReport:
     """Run ``cases`` fuzz cases (indices ``start..start+cases-1``) and return the figures.
 
@@ -1460,6 +1462,9 @@ def run_fuzz(
         progress: Called about every 10 s with the report so far.
         decoder_factory: The decoder class (tests inject faulty ones to check the harness).
         max_failures_written: Cap on failure files written.
+        workers: Processes to run the cases in: each runs a contiguous share of the indices
+            (so every case is exactly the case it is alone) with its own pool, kernels and
+            watchdog, and the reports are merged. ``progress`` is not called then.
 
     Returns:
         The report; ``report.failures`` is empty when the decoder behaved.
@@ -1467,6 +1472,19 @@ def run_fuzz(
     The per-case watchdog is SIGALRM, so it interrupts a slow decode only when this runs in
     the main thread; elsewhere a slow case is still reported as a hang, once it returns.
     """
+    if workers > 1 and cases > 1:
+        options = {
+            "seconds": seconds,
+            "chunk_bytes": chunk_bytes,
+            "failures_dir": failures_dir,
+            "timeout": timeout,
+            "pool_size": pool_size,
+            "reference": reference,
+            "oracle": oracle,
+            "decoder_factory": decoder_factory,
+            "max_failures_written": max_failures_written,
+        }
+        return _run_in_processes(min(workers, cases), cases, seed, start, options)
     dctx = zstandard.ZstdDecompressor()
     report = FuzzReport(seed, start, cases, chunk_bytes=chunk_bytes)
     t0 = time.perf_counter()
@@ -1549,6 +1567,47 @@ def run_fuzz(
     return report
 
 
+def _run_in_processes(workers: int, cases: int, seed: int, start: int, options: dict[str, Any]) -> FuzzReport:
+    """:func:`run_fuzz` over ``workers`` processes, one contiguous share of the cases each, merged."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    bounds = [start + cases * k // workers for k in range(workers + 1)]
+    shares = [(lo, hi) for lo, hi in pairwise(bounds) if hi > lo]
+    report = FuzzReport(seed, start, cases, chunk_bytes=options["chunk_bytes"])
+    t0 = time.perf_counter()
+    # Fresh interpreters: a forked child would inherit this process's threads' locks.
+    with ProcessPoolExecutor(len(shares), mp_context=multiprocessing.get_context("spawn")) as executor:
+        futures = [executor.submit(run_fuzz, hi - lo, seed, start=lo, **options) for lo, hi in shares]
+        for (lo, hi), future in zip(shares, futures, strict=True):
+            try:
+                part = future.result()
+            except Exception as exc:  # noqa: BLE001 - a worker that died (the hard watchdog exits) is a failure
+                reason = f"the worker of cases {lo}..{hi - 1} died ({type(exc).__name__}: {exc}); see its reproducer"
+                report.counts["hang"] += 1
+                report.failures.append({"case": lo, "kind": "worker", "failure": "hang", "reason": reason, "bytes": 0})
+                continue
+            _merge_into(report, part)
+    report.failures.sort(key=lambda f: int(f["case"]))
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def _merge_into(report: FuzzReport, part: FuzzReport) -> None:
+    """Add the figures of one worker's share to ``report``."""
+    report.cases += part.cases
+    report.counts.update(part.counts)
+    for kind, counts in part.by_kind.items():
+        report.by_kind.setdefault(kind, Counter()).update(counts)
+    report.bytes_fed += part.bytes_fed
+    report.failures.extend(part.failures)
+    report.pool_seconds = max(report.pool_seconds, part.pool_seconds)
+    report.warm_up_seconds = max(report.warm_up_seconds, part.warm_up_seconds)
+    report.kernel_backend = report.kernel_backend or part.kernel_backend
+    if part.slowest.get("seconds", -1.0) > report.slowest.get("seconds", -1.0):
+        report.slowest = part.slowest
+
+
 # ----------------------------------------------------------------------------------------
 # Command line
 # ----------------------------------------------------------------------------------------
@@ -1617,6 +1676,7 @@ def main(argv: list[str] | None = None, failures_dir: Path = DEFAULT_FAILURES_DI
     parser.add_argument(
         "--failures-dir", type=Path, default=failures_dir, help=f"where failing inputs go (default {failures_dir})"
     )
+    parser.add_argument("--workers", type=int, default=1, help="processes to run the cases in (default 1)")
     parser.add_argument("--json", type=Path, default=None, help="write the figures as JSON")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
     args = parser.parse_args(argv)
@@ -1642,6 +1702,7 @@ def main(argv: list[str] | None = None, failures_dir: Path = DEFAULT_FAILURES_DI
         reference=not args.no_reference,
         oracle=not args.no_oracle,
         progress=None if args.quiet else progress,
+        workers=args.workers,
     )
     print(format_report(report))
     if args.json:

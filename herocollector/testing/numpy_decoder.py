@@ -77,6 +77,13 @@ def decode_varints(buf: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray
     starts[1:] = ends[:-1] + 1
     nbytes = ends - starts
     nbytes += 1
+    # A one-byte varint is its byte; only the longer ones (often few) take the word path.
+    all_values = data[ends].astype(np.uint64)
+    multi = np.flatnonzero(nbytes > 1)
+    if not multi.size:
+        return all_values, starts, ends
+    all_starts = starts
+    starts, nbytes = starts[multi], nbytes[multi]
     # One unaligned little-endian word per varint, then the 7-bit groups are packed
     # together two, four and eight at a time (SWAR), all in place.
     words = np.ndarray(shape=(length,), dtype="<u8", buffer=buf, strides=(1,))
@@ -101,7 +108,8 @@ def decode_varints(buf: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray
         values[long] |= (data[starts[long] + 8] & 0x7F).astype(np.uint64) << _U64(56)
         tenth = long[nbytes[long] == MAX_VARINT_BYTES]
         values[tenth] |= (data[starts[tenth] + 9] & 0x7F).astype(np.uint64) << _U64(63)
-    return values, starts, ends
+    all_values[multi] = values
+    return all_values, all_starts, ends
 
 
 _GROUP_MASK = np.array([(1 << (8 * k)) - 1 for k in range(9)], dtype=np.uint64) & _U64(0x7F7F7F7F7F7F7F7F)
