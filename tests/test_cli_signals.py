@@ -20,6 +20,7 @@ import pytest
 
 from herocollector.actor.demo import write_simulated_run
 from herocollector.actor.launcher import wait_until
+from herocollector.cli import common
 
 LINKS = 80
 """Logger directories in the collection (symlinks to one run): about 200 MB of segments."""
@@ -115,3 +116,37 @@ def test_sigint_during_a_templated_collect_leaves_no_empty_folder(big_runs: list
     assert result.returncode == 130, (result.stdout, result.stderr)
     assert result.stderr.strip().splitlines() == ["herocollector: interrupted"]
     assert temporaries(tmp_path) == [] and not root.exists()
+
+
+# ----------------------------------------------------------------------------------------
+# The handlers themselves, in this process, with real signals
+# ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=lambda s: s.name)
+def test_the_first_stop_signal_raises_and_later_ones_are_ignored(signum: int) -> None:
+    before = signal.getsignal(signum)
+    with common.stop_signals():
+        with pytest.raises(common.Interrupted) as caught:
+            os.kill(os.getpid(), signum)
+            wait_until(lambda: False, 30, "the signal handler")  # interrupted by the handler
+        assert caught.value.status == 128 + signum and isinstance(caught.value, KeyboardInterrupt)
+        os.kill(os.getpid(), signal.SIGTERM)  # while cleaning up: ignored, the process lives on
+        os.kill(os.getpid(), signum)
+    assert signal.getsignal(signum) == before
+
+
+def test_a_deferred_signal_is_raised_only_at_a_check() -> None:
+    with common.stop_signals():
+        with common.Deferral() as signals:
+            signals.check()  # nothing yet
+            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGHUP)  # ignored: the first one is what counts
+            wait_until(lambda: signals.received, 30, "the signal handler", interval=0.01)
+            assert signals.received == signal.SIGTERM  # recorded, not raised
+            with pytest.raises(common.Interrupted) as caught:
+                signals.check()
+        assert caught.value.status == 143
+    message = common.Interrupted(signal.SIGTERM, "after the 3 output file(s) were published").message
+    assert message == "herocollector: interrupted by SIGTERM after the 3 output file(s) were published"
+    assert common.Interrupted(signal.SIGINT).message == "herocollector: interrupted"

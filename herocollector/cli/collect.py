@@ -13,6 +13,7 @@ import json
 import os
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -143,43 +144,50 @@ def run(args: argparse.Namespace, out: Console, err: Console) -> int:
         compression=args.compression,
         prefetch_runs=args.jobs - 1,
     )
-    with common.progress(err, args.quiet) as progress:
-        common.wait_for_done(paths, args.backoff, args.timeout, progress)
-        runs = [pipeline.plan_run(p) for p in paths]
-        root, route = _router(args)
-        plan = pipeline.plan(runs, route)
-        if args.template is None and not plan.targets:
-            plan.targets.append(OutputTarget(route(0, runs[0], Stream(0, 1.0, 1.0))))
-        collected_at = datetime.now(UTC).isoformat()
-        task = progress.add_task("collecting", total=plan.segment_bytes or None, note="0 rows")
-        rows = 0
+    # The deferral begins at the write and ends after the results are printed: a signal from
+    # then on is acted on when it is safe (see common.Deferral).
+    with ExitStack() as held:
+        with common.progress(err, args.quiet) as progress:
+            common.wait_for_done(paths, args.backoff, args.timeout, progress)
+            runs = [pipeline.plan_run(p) for p in paths]
+            root, route = _router(args)
+            plan = pipeline.plan(runs, route)
+            if args.template is None and not plan.targets:
+                plan.targets.append(OutputTarget(route(0, runs[0], Stream(0, 1.0, 1.0))))
+            collected_at = datetime.now(UTC).isoformat()
+            task = progress.add_task("collecting", total=plan.segment_bytes or None, note="0 rows")
+            rows = 0
 
-        def on_rows(n: int) -> None:
-            nonlocal rows
-            rows += n
-            progress.update(task, note=f"{rows:,} rows")
+            def on_rows(n: int) -> None:
+                nonlocal rows
+                rows += n
+                progress.update(task, note=f"{rows:,} rows")
 
-        finals = [Path(target.path) for target in plan.targets]
-        created = common.missing_folders(finals)
-        try:
-            written = pipeline.write(
-                plan,
-                provenance=_provenance(plan, collected_at),
-                on_bytes=lambda n: progress.advance(task, n),
-                on_rows=on_rows,
-            )
-        except BaseException:
-            common.remove_leftovers(finals, created)
-            raise
-    elapsed = time.monotonic() - started
-    if not any(run.selected for run in runs):
-        err.print(f"{PROG}: warning: no stream was selected in {len(paths)} run(s)", soft_wrap=True)
-    for output in written:
-        out.print(f"{output.path}  {output.rows:,} rows", soft_wrap=True)
-    rate = rows / elapsed if elapsed > 0 else float("inf")
-    out.print(
-        f"collected {len(paths)} run(s): {rows:,} rows, {len(written)} file(s) under {root}, "
-        f"{common.size(plan.segment_bytes)} of segments in {elapsed:.3f} s ({rate:,.0f} records/s)",
-        soft_wrap=True,
-    )
+            finals = [Path(target.path) for target in plan.targets]
+            created = common.missing_folders(finals)
+            signals = held.enter_context(common.Deferral())
+            try:
+                written = pipeline.write(
+                    plan,
+                    provenance=_provenance(plan, collected_at),
+                    on_bytes=lambda n: progress.advance(task, n),
+                    on_rows=on_rows,
+                    check_cancel=signals.check,
+                )
+            except BaseException:
+                common.remove_leftovers(finals, created)
+                raise
+        elapsed = time.monotonic() - started
+        if not any(run.selected for run in runs):
+            err.print(f"{PROG}: warning: no stream was selected in {len(paths)} run(s)", soft_wrap=True)
+        for output in written:
+            out.print(f"{output.path}  {output.rows:,} rows", soft_wrap=True)
+        rate = rows / elapsed if elapsed > 0 else float("inf")
+        out.print(
+            f"collected {len(paths)} run(s): {rows:,} rows, {len(written)} file(s) under {root}, "
+            f"{common.size(plan.segment_bytes)} of segments in {elapsed:.3f} s ({rate:,.0f} records/s)",
+            soft_wrap=True,
+        )
+        if signals.received is not None:  # it came while the outputs were being finished and published
+            raise common.Interrupted(signals.received, f"after the {len(written)} output file(s) were published")
     return 0

@@ -246,10 +246,12 @@ class Interrupted(KeyboardInterrupt):
 
     Args:
         signum: The signal's number.
+        note: Said after the signal's name (e.g. what was completed before it was acted on).
     """
 
-    def __init__(self, signum: int) -> None:
+    def __init__(self, signum: int, note: str = "") -> None:
         self.signum = signum
+        self.note = note
         super().__init__(signal.Signals(signum).name)
 
     @property
@@ -260,9 +262,29 @@ class Interrupted(KeyboardInterrupt):
     @property
     def message(self) -> str:
         """The line printed on stderr."""
-        if self.signum == signal.SIGINT:
-            return f"{PROG}: interrupted"
-        return f"{PROG}: interrupted by {signal.Signals(self.signum).name}"
+        text = f"{PROG}: interrupted"
+        if self.signum != signal.SIGINT:
+            text += f" by {signal.Signals(self.signum).name}"
+        return f"{text} {self.note}" if self.note else text
+
+
+class _StopState:
+    """What :func:`stop_signals` has received, and whether a :class:`Deferral` holds the signals off."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self.deferring = False
+
+
+_stop = _StopState()
+
+
+def _on_stop_signal(signum: int, frame: FrameType | None) -> None:
+    if _stop.received is not None:
+        return  # already stopping: let the cleanup that is under way finish
+    _stop.received = signum
+    if not _stop.deferring:
+        raise Interrupted(signum)
 
 
 @contextmanager
@@ -271,22 +293,51 @@ def stop_signals() -> Iterator[None]:
 
     Only the first signal raises: later ones are ignored, so a second Ctrl-C (or a supervisor
     sending SIGTERM twice) cannot cut short the ``finally`` blocks that remove temporary files.
-    The previous handlers are restored on leaving.
+    Inside a :class:`Deferral` the first signal is only recorded. The previous handlers are
+    restored on leaving.
     """
-    received: list[int] = []
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        if received:
-            return
-        received.append(signum)
-        raise Interrupted(signum)
-
-    saved = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
+    global _stop
+    _stop = _StopState()
+    saved = {sig: signal.signal(sig, _on_stop_signal) for sig in STOP_SIGNALS}
     try:
         yield
     finally:
         for sig, previous in saved.items():
             signal.signal(sig, previous)
+
+
+class Deferral:
+    """Holds the stop signals off while a pipeline writes; they are acted on at safe points only.
+
+    Raised at an arbitrary point, a signal could land inside the pipeline's own bookkeeping
+    (a decode thread being started, a temporary file being created or aborted) and leave a
+    file or a thread behind. Inside a deferral the first signal is only recorded:
+    :meth:`check`, which the pipeline calls between batches (``check_cancel``), raises it, and
+    once publishing has begun (``check`` is no longer called) it waits until every output is
+    published, so outputs are published all or none. Use as a context manager; ``received``
+    then tells whether a signal came after the last ``check``.
+    """
+
+    def __enter__(self) -> Deferral:
+        _stop.deferring = True
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        _stop.deferring = False
+
+    @property
+    def received(self) -> int | None:
+        """The stop signal that arrived, if one did."""
+        return _stop.received
+
+    def check(self) -> None:
+        """Raise :class:`Interrupted` if a stop signal arrived.
+
+        Raises:
+            Interrupted: A stop signal arrived since the deferral began.
+        """
+        if _stop.received is not None:
+            raise Interrupted(_stop.received)
 
 
 def missing_folders(paths: Iterable[Path]) -> list[Path]:
@@ -303,8 +354,8 @@ def missing_folders(paths: Iterable[Path]) -> list[Path]:
 def remove_leftovers(finals: Iterable[Path], created: Iterable[Path]) -> None:
     """After a failed write: remove this process's temporary files of ``finals`` and the empty ``created`` folders.
 
-    The pipeline removes its temporary files itself; this catches one a signal left between
-    its creation and the pipeline knowing of it. Never raises.
+    The pipeline removes its temporary files itself; this is the backstop for one it could not
+    account for (an error between its creation and the pipeline recording it). Never raises.
 
     Args:
         finals: The final paths that were being written.
