@@ -441,29 +441,34 @@ class RunCleaner:
         if wait_for_done and not logdir.wait_for_done([os.path.realpath(target)], backoff, timeout, stop=self.stopping):
             log.warning(f"cleanup of {target} not done: no _DONE within {timeout} ms")
             return False
+        if job is not None:
+            job = self.journal.get(job.id)  # the page it came from may be old
+            if job is None or (job.state != JobState.DONE and not force):
+                log.info(f"cleanup of {target}: cleaned meanwhile")
+                return job is not None and job.state == JobState.CLEANED
+        collected = job is not None and job.state == JobState.DONE
+        if collected and job is not None:
+            # Outside the lock: reading every output takes long, and it changes nothing.
+            check = verify_job(self.store, target, job.outputs, job.rows)
+            if not check.ok:
+                differences = "; ".join(check.failures())
+                log.warning(f"cleanup of {target} refused: its outputs failed verification: {differences}")
+                return False
+        inventory = self.ledger.inventory(target)
+        if collected and inventory is None and job is not None and time.time() - job.updated < RECORD_WAIT * 5:
+            inventory = self._wait_for_inventory(target)
+        if collected and inventory is None and not force:
+            log.warning(
+                f"cleanup of {target} refused: no record of what was collected (collected by another "
+                "actor or an older version); pass force=True to clean what is there now"
+            )
+            return False
         with self._lock:
             if job is not None:
-                job = self.journal.get(job.id)  # another caller may have cleaned it meanwhile
-                if job is None or (job.state != JobState.DONE and not force):
-                    log.info(f"cleanup of {target}: cleaned meanwhile")
-                    return job is not None and job.state == JobState.CLEANED
-            collected = job is not None and job.state == JobState.DONE
-            if collected and job is not None:
-                check = verify_job(self.store, target, job.outputs, job.rows)
-                if not check.ok:
-                    log.warning(
-                        f"cleanup of {target} refused: its outputs failed verification: {'; '.join(check.failures())}"
-                    )
-                    return False
-            inventory = self.ledger.inventory(target)
-            if collected and inventory is None and job is not None and time.time() - job.updated < RECORD_WAIT * 5:
-                inventory = self._wait_for_inventory(target)
-            if collected and inventory is None:
-                log.warning(
-                    f"cleanup of {target} refused: no record of what was collected (collected by another "
-                    "actor or an older version); pass force=True to clean what is there now"
-                )
-                return False
+                now = self.journal.get(job.id)  # another caller may have cleaned it while this one verified
+                if now is None or now.state != job.state or now.outputs != job.outputs:
+                    log.info(f"cleanup of {target}: changed meanwhile ({'gone' if now is None else now.state.value})")
+                    return now is not None and now.state == JobState.CLEANED
             try:
                 with RunDir(target, self.config.allowed_roots) as run:
                     planned = trash.plan_trash(run, inventory, keep_meta)
