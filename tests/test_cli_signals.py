@@ -5,7 +5,9 @@ through 80 symlinked logger directories. The test waits for the hidden temporary
 appear, freezes the command with SIGSTOP (so it cannot finish between the check and the
 signal), checks it is still writing, sends the signal and lets it continue with SIGCONT. The
 command must exit with 128 + the signal's number, print one line naming the signal, and leave
-no temporary file and no folder it created.
+no temporary file and no folder it created. A collect waiting for ``_DONE`` is signalled once
+its handler is installed (``SigCgt`` in ``/proc``). The handlers themselves are tested in this
+process, with real signals.
 """
 
 from __future__ import annotations
@@ -150,3 +152,39 @@ def test_a_deferred_signal_is_raised_only_at_a_check() -> None:
     message = common.Interrupted(signal.SIGTERM, "after the 3 output file(s) were published").message
     assert message == "herocollector: interrupted by SIGTERM after the 3 output file(s) were published"
     assert common.Interrupted(signal.SIGINT).message == "herocollector: interrupted"
+
+
+def catches(pid: int, signum: int) -> bool:
+    """Whether the process has a handler installed for ``signum`` (``SigCgt`` in ``/proc/<pid>/status``)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) >> (signum - 1) & 1)
+    return False
+
+
+def test_sigterm_while_waiting_for_done(tmp_path: Path) -> None:
+    run = Path(write_simulated_run(tmp_path / "run", records=100, seed=1)["path"])
+    (run / "_DONE").unlink()  # the logger is still writing: collect waits, forever with --timeout none
+    out = tmp_path / "out" / "all.arrow"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "herocollector", "collect", str(run), "-o", str(out), "--timeout", "none"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_until(
+            lambda: process.poll() is not None or catches(process.pid, signal.SIGTERM),
+            60,
+            "the SIGTERM handler",
+            interval=0.01,
+        )
+        assert process.poll() is None, process.communicate()
+        process.send_signal(signal.SIGTERM)
+        stdout, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert_stopped_by(subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr), signal.SIGTERM)
+    assert not (tmp_path / "out").exists()
