@@ -420,3 +420,16 @@ def test_a_fifo_named_like_a_segment_is_left_alone_and_blocks_nothing(site: Site
     after = snapshot(site.runs)
     assert set(before) - set(after) == segments and all(after[p] == before[p] for p in after)
     assert (run / "99999.seg.zst").is_fifo()
+
+
+def test_a_run_without_a_record_of_its_collection_needs_force(site: Site) -> None:
+    service = site.service()
+    run = site.run("run-a")
+    collect(service, run)
+    service.cleaner.ledger.forget_inventory(str(run))  # as collected by an older version
+    before = snapshot(site.runs)
+    assert service.cleanup(str(run)) is False
+    assert snapshot(site.runs) == before
+    assert service.cleanup(str(run), force=True) is True  # still verified first, then what is there now
+    assert not segment_files(run) and current(service, run).state == JobState.CLEANED
+    assert service.restore(str(run)) is True and segment_files(run)
