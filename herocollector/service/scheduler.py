@@ -16,9 +16,11 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from herocollector.errors import JournalError
 from herocollector.journal.sqlite import Job, JobStore
+from herocollector.service.health import JournalHealth
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +33,7 @@ class _Periodic:
     interval: float
     task: Callable[[], None]
     run_at_start: bool
+    now: threading.Event = field(default_factory=threading.Event)
 
 
 class Scheduler:
@@ -42,12 +45,20 @@ class Scheduler:
         workers: Worker threads, each collecting one run at a time.
         owner: Who takes the jobs (recorded with each lease).
         lease: Seconds a job's lease lasts unless renewed.
+        health: Told about journal failures (logged once per outage, then rate-limited) and successes.
     """
 
     def __init__(
-        self, journal: JobStore, run_job: Callable[[Job], None], workers: int = 2, owner: str = "", lease: float = 30.0
+        self,
+        journal: JobStore,
+        run_job: Callable[[Job], None],
+        workers: int = 2,
+        owner: str = "",
+        lease: float = 30.0,
+        health: JournalHealth | None = None,
     ) -> None:
         self._journal = journal
+        self._health = health or JournalHealth()
         self._owner = owner
         self._lease = lease
         self._run_job = run_job
@@ -81,11 +92,22 @@ class Scheduler:
         self._threads.append(thread)
         thread.start()
 
+    def trigger(self, name: str) -> None:
+        """Run the periodic task ``name`` now instead of at its next interval (no-op if there is none)."""
+        for periodic in self._periodic:
+            if periodic.name == name:
+                periodic.now.set()
+
     def wake(self) -> None:
         """Tell idle workers that a job may be due now."""
         with self._signal:
             self._generation += 1
             self._signal.notify_all()
+
+    def release(self, job_id: int) -> None:
+        """The job's outcome is in the journal: stop listing it as running, though its worker still reports it."""
+        with self._running_lock:
+            self._running.pop(job_id, None)
 
     def running(self) -> list[Job]:
         """The jobs the workers hold right now."""
@@ -98,10 +120,15 @@ class Scheduler:
                 seen = self._generation
             try:
                 job = self._journal.take_due(owner=self._owner, lease=self._lease)
+            except JournalError as exc:
+                self._health.failed("taking the next job", exc)
+                self._stop.wait(_IDLE_POLL)
+                continue
             except Exception as exc:  # noqa: BLE001 - a journal hiccup must not end the worker
                 log.error(f"taking the next job from the journal failed: {exc}")
                 self._stop.wait(_IDLE_POLL)
                 continue
+            self._health.succeeded()
             if job is None:
                 self._sleep(seen)
                 continue
@@ -129,15 +156,23 @@ class Scheduler:
                 self._signal.wait(delay)
 
     def _repeat(self, periodic: _Periodic) -> None:
-        if not periodic.run_at_start and self._stop.wait(periodic.interval):
+        if not periodic.run_at_start and self._pause(periodic):
             return
         while not self._stop.is_set():
             try:
                 periodic.task()
+            except JournalError as exc:
+                self._health.failed(periodic.name, exc)
             except Exception as exc:  # noqa: BLE001 - a periodic task must survive one failed round
                 log.error(f"{periodic.name} failed: {type(exc).__name__}: {exc}")
-            if self._stop.wait(periodic.interval):
+            if self._pause(periodic):
                 return
+
+    def _pause(self, periodic: _Periodic) -> bool:
+        """Wait for the next round (its interval, or :meth:`trigger`); True once closing."""
+        periodic.now.wait(periodic.interval)
+        periodic.now.clear()
+        return self._stop.is_set()
 
     def close(self, timeout: float = 4.0) -> bool:
         """Stop taking jobs and wait for the threads (a running job is cancelled by its runner).
@@ -149,6 +184,8 @@ class Scheduler:
             Whether every thread ended in time.
         """
         self._stop.set()
+        for periodic in self._periodic:
+            periodic.now.set()
         with self._signal:
             self._generation += 1
             self._signal.notify_all()

