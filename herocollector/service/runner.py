@@ -247,7 +247,7 @@ class JobRunner:
         """Adopt the run if its manifest is true; else decode it once, publish its outputs, then its manifest.
 
         Returns:
-            Rows per output, and the segment bytes decoded (0 for a run adopted as it was).
+            Rows per output, and the size of the run's segments (what the run holds, adopted or decoded).
         """
         run = self.pipeline.plan_run(path, self.config.allowed_roots)
         plan = self.pipeline.plan([run], lambda index, planned, stream: self._route(job, planned, stream.metadata))
@@ -269,7 +269,7 @@ class JobRunner:
         check = check_manifest(self.store, run_path, job.id, [target.path for target in plan.targets])
         if check.committed and check.found is not None:
             log.info(f"job {job.id}: {run_path} is committed already (manifest {check.location}); adopted as it is")
-            return {entry.path: entry.rows for entry in check.found.outputs}, 0
+            return {entry.path: entry.rows for entry in check.found.outputs}, segment_bytes
         listed = {entry.path for entry in check.found.outputs} if check.found is not None else set()
         own = {str(t.path): self._may_replace(job, t.path, str(t.path) in listed) for t in plan.targets}
         if check.found is not None:
