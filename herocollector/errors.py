@@ -17,6 +17,7 @@
     │   └── LeaseLost                   another actor holds the job now: this one is fenced out
     ├── Cancelled                       the service is closing; the job goes back to pending
     ├── StateDirError                   the state_dir cannot be used (full, read-only); names the file
+    ├── Busy                            a remote call found no free thread in time; it was not run
     └── ConfigError (also ValueError)   invalid configuration or arguments
         └── StateDirLocked              another actor holds the state_dir
 
@@ -29,10 +30,17 @@ such as ENOSPC, say) is retryable too.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from herocollector.journal.base import Job
+
+class _Owner(Protocol):
+    """What an error needs of the job that owns an output (a :class:`herocollector.journal.base.Job`)."""
+
+    @property
+    def id(self) -> int: ...
+
+    @property
+    def path(self) -> str | None: ...
 
 
 class CollectorError(Exception):
@@ -105,7 +113,7 @@ class OutputTakenError(OutputError):
         owner: The job that owns the path.
     """
 
-    def __init__(self, path: str, owner: Job) -> None:
+    def __init__(self, path: str, owner: _Owner) -> None:
         super().__init__(f"already written by the job for {owner.path}", path)
         self.path: str = path
         self.owner = owner
@@ -168,6 +176,10 @@ class LeaseLost(JournalError):
 
 class Cancelled(CollectorError):
     """The service is closing; the job is put back without counting the attempt."""
+
+
+class Busy(CollectorError):
+    """A remote call waited too long for a free thread of the actor; it was not run, so nothing was done."""
 
 
 class StateDirError(CollectorError):
