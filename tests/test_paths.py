@@ -260,3 +260,15 @@ def test_is_within_resolves_symlinks_and_refuses_a_nul(tmp_path: Path, root: Pat
     assert not is_within(root / "escape" / "file", root)
     assert is_within(outside / "back" / "file", root)
     assert not is_within(Path(f"{root}/a\x00b"), root)
+
+
+def test_lone_surrogate_in_a_label_is_refused_as_not_unicode(root: Path) -> None:
+    template = PathTemplate("{{ output_root }}/{{ m }}.arrow", root)
+    with pytest.raises(LabelPathError, match="not valid Unicode"):
+        template.render({"m": "a\ud800b"})
+
+
+def test_lone_surrogate_in_a_trusted_value_is_an_invalid_path(root: Path) -> None:
+    template = PathTemplate("{{ output_root }}/{{ site }}/x.arrow", root)
+    with pytest.raises(OutputError, match="invalid path"):
+        template.render({}, trusted={"site": "lab\udcff"})

@@ -223,6 +223,19 @@ def test_label_out_of_range_or_not_finite_names_file_and_label(run: RecordedRun,
     assert "'gain'['stages'][1]" in str(exc)
 
 
+@pytest.mark.parametrize(
+    "text, needle",
+    [('"site": "lab\\ud800"', "field 'site'"), ('"gain": {"s\\udc00": 1}', "field name 's\\udc00' in 'gain'")],
+    ids=["value", "key"],
+)
+def test_lone_surrogate_names_file_and_field(run: RecordedRun, text: str, needle: str) -> None:
+    file, meta = _stream_file(run)
+    file.write_text(json.dumps(meta)[:-1] + ", " + text + "}", encoding="utf-8")
+    exc = _collect_error(run.path)
+    assert isinstance(exc, MetadataError) and exc.path == str(file)
+    assert needle in str(exc) and "not valid Unicode" in str(exc)
+
+
 def test_json_nested_too_deeply_is_a_metadata_error(run: RecordedRun) -> None:
     file, _ = _stream_file(run)
     file.write_text("[" * 200_000 + "]" * 200_000, encoding="utf-8")

@@ -48,7 +48,18 @@ def _unsafe_segment(text: str) -> str | None:
         return "it holds a path separator"
     if "\x00" in text:
         return "it holds a NUL byte"
+    if not _encodable(text):
+        return "it is not valid Unicode (a lone surrogate)"
     return None
+
+
+def _encodable(text: str) -> bool:
+    """Whether ``text`` can be a file name: UTF-8, without the lone surrogates that JSON escapes can make."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _subpath(value: Any) -> SubPath:
@@ -161,7 +172,7 @@ class PathTemplate:
             raise
         except TemplateError as exc:
             raise OutputError(f"save_template {self.source!r} failed: {exc}") from None
-        if not rendered or "\x00" in rendered:
+        if not rendered or "\x00" in rendered or not _encodable(rendered):
             raise OutputError(f"save_template {self.source!r} rendered an empty or invalid path {rendered!r}")
         return rendered
 

@@ -88,8 +88,19 @@ def _parse_int(text: str) -> int | _HugeInt:
     return int(text)
 
 
+def _bad_text(text: str) -> str | None:
+    """Why ``text`` is not valid Unicode (JSON escapes can make lone surrogates), or None."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return f"a string with a lone surrogate {text[exc.start]!r} at index {exc.start} is not valid Unicode"
+    return None
+
+
 def _bad_number(value: Any) -> str | None:
     """Why ``value`` (anywhere inside it) cannot be a label value, or None."""
+    if isinstance(value, str):
+        return _bad_text(value)
     if isinstance(value, _HugeInt):
         return f"an integer of {value.digits} digits is out of range (at most a 64-bit integer)"
     if isinstance(value, bool):
@@ -102,15 +113,19 @@ def _bad_number(value: Any) -> str | None:
 
 
 def _check_values(meta: Mapping[str, Any], file: Path) -> None:
-    """Refuse out-of-range integers and non-finite numbers, naming the field (and where inside it)."""
-    todo: list[tuple[str, Any]] = [(repr(k), v) for k, v in meta.items()]
+    """Refuse out-of-range integers, non-finite numbers and invalid Unicode, naming the field (and where inside it)."""
+    todo: list[tuple[str, Any]] = [("", meta)]
     while todo:
         where, value = todo.pop()
         problem = _bad_number(value)
         if problem:
             raise MetadataError(f"field {where}: {problem}", file)
         if isinstance(value, dict):
-            todo.extend((f"{where}[{k!r}]", v) for k, v in value.items())
+            for key in value:
+                problem = _bad_text(key)
+                if problem:
+                    raise MetadataError(f"field name {key!r}{' in ' + where if where else ''}: {problem}", file)
+            todo.extend((f"{where}[{k!r}]" if where else repr(k), v) for k, v in value.items())
         elif isinstance(value, list):
             todo.extend((f"{where}[{i}]", v) for i, v in enumerate(value))
 
