@@ -262,7 +262,7 @@ def _id_from_json(data: Sequence[Any]) -> FileId:
     return FileId(str(name), int(dev), int(ino), int(size), str(kind), int(rest[0]) if rest else 0)
 
 
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
 
 class RunDir:
