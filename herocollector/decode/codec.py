@@ -27,9 +27,11 @@ the encoder), :mod:`herocollector.decode.frames` (frame walk, zstd, the reader t
 :mod:`herocollector.decode.columns` (the record decoder and its output); this module holds
 :class:`SegmentDecoder` and re-exports the names other modules import from here.
 
-Memory is bounded by a few chunks (plus the compressed size of the largest frame, and the
-largest record), not by the size of a segment or a run. Independent runs can be decoded in
-parallel threads: a decoder shares no mutable state with any other.
+Memory is bounded by a few chunks and their columns, plus one record of at most
+``max_record_bytes`` (:data:`MAX_RECORD_BYTES`), whatever the input: frames of more than
+``max_frame_bytes`` (:data:`MAX_FRAME_BYTES`) and larger records are refused with a
+``SegmentError`` (docs/architecture.md, "Memory", gives the bound). Independent runs can be
+decoded in parallel threads: a decoder shares no mutable state with any other.
 
 Damage stops the kernel at once; the exact error (which file, which frame, which byte of the
 frame's content) is then worked out on that frame only, so that it is the error of the first
