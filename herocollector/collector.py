@@ -382,9 +382,31 @@ def output_schema(
             continue
         try:
             fields.append(pa.field(name, pa.array([s.fields.get(name) for s in streams]).type))
-        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
-            raise CollectorError(f"label column '{name}' has values of mixed types across streams: {exc}") from None
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OverflowError) as exc:
+            clash = _type_clash(name, streams)
+            message = f"label column '{name}' has values of mixed types across streams{clash}: {exc}"
+            raise CollectorError(message) from None
     return pa.schema(fields)
+
+
+def _type_clash(name: str, streams: Sequence[Stream]) -> str:
+    """Which stream's value of label ``name`` breaks the column, for the error message ("" if none is found)."""
+    first: tuple[pa.DataType, Stream] | None = None
+    for stream in streams:
+        value = stream.fields.get(name)
+        where = f"stream {stream.stream_id} of {stream.logger_path}"
+        try:
+            kind = pa.array([value]).type
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OverflowError):
+            return f" ({where}: its value {value!r:.200} has no Arrow type of its own)"
+        if kind == pa.null():
+            continue
+        if first is None:
+            first = (kind, stream)
+        elif kind != first[0]:
+            other = f"stream {first[1].stream_id} of {first[1].logger_path}"
+            return f" ({where} has {kind}, {other} has {first[0]})"
+    return ""
 
 
 def _dedupe_columns(columns: Sequence[str] | None) -> tuple[str, ...]:

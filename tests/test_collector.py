@@ -626,3 +626,12 @@ def test_decode_kernels_release_the_gil() -> None:
 
     for dispatcher in (kernel.scan_frames, kernel.decode_records, kernel.varint_damage):
         assert dispatcher.targetoptions["nogil"] is True
+
+
+def test_label_of_mixed_types_names_the_streams_that_disagree(tmp_path: Path) -> None:
+    labels = [{"model": "a", "run": 1}, {"model": "b", "run": "one"}]
+    recorded = build_run(tmp_path / "run", seed=4, labels=labels, n_records=20)
+    with pytest.raises(CollectorError) as info:
+        Collector([recorded.path]).collect(MemoryWriter(), columns=["run"])
+    message = str(info.value)
+    assert f"stream 2 of {recorded.path} has string" in message and f"stream 1 of {recorded.path} has int64" in message
