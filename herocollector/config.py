@@ -8,6 +8,7 @@ the argument.
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
 import os
 from collections.abc import Mapping
@@ -17,14 +18,29 @@ from typing import Any
 
 import pyarrow as pa
 
-from herocollector.arguments import ARGUMENT_NAMES, ARGUMENTS, SIGNATURE, default_state_dir, parse_columns
+from herocollector.arguments import ARGUMENT_NAMES, ARGUMENTS, SIGNATURE, default_state_dir
+from herocollector.collector import parse_columns
 from herocollector.decode.codec import DEFAULT_CHUNK_BYTES
 from herocollector.errors import ConfigError
 from herocollector.output.files import Compression, OutputFormat
 from herocollector.output.paths import PathTemplate, local_root, object_root
 from herocollector.run.catalogue import RuleLike
 
-__all__ = ["ServiceConfig", "default_state_dir", "parse_columns"]
+__all__ = ["ServiceConfig", "default_state_dir", "parse_columns", "require_extra"]
+
+
+def require_extra(module: str, extra: str, feature: str) -> None:
+    """Fail at configuration time, naming the extra to install, when ``feature`` needs a missing ``module``.
+
+    Raises:
+        ConfigError: ``module`` cannot be imported.
+    """
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except ImportError:
+        found = False
+    if not found:
+        raise ConfigError(f"{feature} needs the {extra!r} extra: pip install 'herocollector[{extra}]'")
 
 
 @dataclass(frozen=True)
@@ -66,6 +82,8 @@ class ServiceConfig:
     lease_timeout: float = 30.0
     journal: str | None = None
     storage_options: Mapping[str, Any] = field(default_factory=dict)
+    metrics_port: int | None = None
+    metrics_address: str = "127.0.0.1"
 
     @property
     def staging_dir(self) -> Path:
@@ -130,6 +148,10 @@ class ServiceConfig:
         metadata.setdefault("output_root", str(root_path))
         if storage_options and bucket_root is None:
             raise ConfigError("storage_options are for an s3:// output_root")
+        if bucket_root is not None:
+            require_extra("boto3", "s3", f"output_root {root}")
+        if journal and "://" in journal:
+            require_extra("psycopg", "postgres", "a postgresql:// journal")
         if claim_runs and journal and "://" in journal:
             raise ConfigError(
                 "claim_runs is for fleets that share only a filesystem; a PostgreSQL journal already gives "

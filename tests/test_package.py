@@ -138,3 +138,40 @@ def test_the_actor_takes_exactly_the_service_arguments() -> None:
     for name in named:
         if parameters[name].default is not inspect.Parameter.empty:  # object_selector is required by the actor
             assert parameters[name].default == defaults[name].default, name
+
+
+@pytest.mark.parametrize(
+    ("module", "arguments", "extra"),
+    [
+        ("boto3", {"output_root": "s3://bucket/prefix"}, "herocollector[s3]"),
+        ("psycopg", {"output_root": "/tmp/out", "journal": "postgresql://db.lab/hc"}, "herocollector[postgres]"),
+    ],
+)
+def test_a_feature_whose_extra_is_missing_fails_at_configuration_naming_the_extra(
+    module: str, arguments: dict[str, str], extra: str
+) -> None:
+    # A fresh interpreter in which the extra's package cannot be imported, as after a core-only install.
+    probe = f"""
+import importlib.abc, sys
+class Missing(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == {module!r}:
+            raise ModuleNotFoundError(name)
+        return None
+sys.meta_path.insert(0, Missing())
+from herocollector import ServiceConfig
+from herocollector.errors import ConfigError
+try:
+    ServiceConfig.from_arguments(save_template="{{{{ measure }}}}.arrow", **{arguments!r})
+except ConfigError as exc:
+    print(exc)
+"""
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert extra in result.stdout, result.stdout + result.stderr
+
+
+def test_the_wheel_carries_the_license(wheel: Path) -> None:
+    names = zipfile.ZipFile(wheel).namelist()
+    licenses = [n for n in names if n.endswith("/LICENSE") and ".dist-info/" in n]
+    assert licenses, f"no LICENSE in the wheel's metadata: {names}"
+    assert b"MIT License" in zipfile.ZipFile(wheel).read(licenses[0])
