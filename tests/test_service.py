@@ -470,3 +470,24 @@ def test_events_and_metrics(site: Site) -> None:
     metrics = service.metrics()
     assert (metrics.runs_collected, metrics.rows_collected, metrics.runs_failed) == (1, 300, 2)
     assert metrics.bytes_collected == collected.bytes and metrics.last_latency > 0
+
+
+def test_the_inventory_of_a_collected_run_is_handed_over_before_the_job_is_done(site: Site) -> None:
+    service = site.service()
+    seen: list[tuple[int, Any, JobState]] = []
+
+    def record(job: Job, inventory: Any) -> None:
+        current = service.journal.get(job.id)
+        assert current is not None
+        seen.append((job.id, inventory, current.state))
+
+    service.runner.on_inventory = record
+    run = site.run("run-1")
+    service.submit("logger", run)
+    job = wait_state(service, run, JobState.DONE, JobState.FAILED)
+    assert job.state == JobState.DONE, job.error
+    [(job_id, inventory, state)] = seen
+    assert job_id == job.id and state == JobState.RUNNING  # recorded before the journal says done
+    assert inventory.path == run.resolve()
+    assert sorted(r.name for r in inventory.segments) == sorted(p.name for p in run.glob("*.seg.zst"))
+    assert inventory.segment_bytes == sum(p.stat().st_size for p in run.glob("*.seg.zst"))

@@ -54,7 +54,7 @@ from herocollector.output.pipeline import CollectionPlan, OutputPipeline, Output
 from herocollector.output.stores import Provenance, open_store
 from herocollector.run import logdir
 from herocollector.run.claims import COLLECTED, HELD, RunClaim
-from herocollector.run.rundir import RunDirectory
+from herocollector.run.rundir import RunDirectory, RunInventory
 
 log = logging.getLogger(__name__)
 
@@ -70,16 +70,24 @@ class _Attempt:
     Attributes:
         unmanifested: Outputs under a final name with this run's provenance that no manifest
             commits (the attempt failed after publishing, or an earlier one died there).
+        inventory: The run as the attempt planned (and, when it decoded it, re-checked) it.
     """
 
     unmanifested: list[str] = field(default_factory=list)
+    inventory: RunInventory | None = None
 
 
 @dataclass(frozen=True)
 class Collected:
-    """The run is collected (by this actor, or another one of the fleet): done."""
+    """The run is collected (by this actor, or another one of the fleet): done.
+
+    Attributes:
+        report: What is reported.
+        inventory: What this actor read of the run (None when another actor collected it).
+    """
 
     report: RunCollected
+    inventory: RunInventory | None = None
 
 
 @dataclass(frozen=True)
@@ -141,6 +149,8 @@ class JobRunner:
         on_collected: Called with every collected run.
         on_failed: Called with every failed attempt.
         after_collect: Called with the path of every run this actor collected (cleanup).
+        on_inventory: Called with every job this actor collected and the inventory of the run
+            it read (what a cleanup may remove), right before the journal records it done.
     """
 
     def __init__(
@@ -151,6 +161,7 @@ class JobRunner:
         on_collected: Callable[[RunCollected], None],
         on_failed: Callable[[RunFailed], None],
         after_collect: Callable[[str], None] | None = None,
+        on_inventory: Callable[[Job, RunInventory], None] | None = None,
     ) -> None:
         self.config = config
         self.journal = journal
@@ -158,6 +169,7 @@ class JobRunner:
         self.on_collected = on_collected
         self.on_failed = on_failed
         self.after_collect = after_collect
+        self.on_inventory = on_inventory
         self.template = PathTemplate(config.save_template, config.output_root)
         self.store = open_store(config.output_root, config.storage_options, config.staging_dir)
         self.pipeline = OutputPipeline(
@@ -205,7 +217,8 @@ class JobRunner:
             outputs, nbytes, collected_by = self._claimed_write(job, path, lease, attempt)
             lease.check()
         seconds = time.monotonic() - started
-        return Collected(RunCollected(job.path, outputs, sum(outputs.values()), seconds, job.id, nbytes, collected_by))
+        report = RunCollected(job.path, outputs, sum(outputs.values()), seconds, job.id, nbytes, collected_by)
+        return Collected(report, attempt.inventory if collected_by is None else None)
 
     def _park(self, job: Job) -> Parked:
         """No ``_DONE`` yet: wait in the journal, or fail if the deadline passed."""
@@ -250,6 +263,7 @@ class JobRunner:
             Rows per output, and the size of the run's segments (what the run holds, adopted or decoded).
         """
         run = self.pipeline.plan_run(path, self.config.allowed_roots)
+        attempt.inventory = run.inventory
         plan = self.pipeline.plan([run], lambda index, planned, stream: self._route(job, planned, stream.metadata))
         if not plan.targets:
             return {}, run.segment_bytes
@@ -378,7 +392,7 @@ class JobRunner:
     def conclude(self, job: Job, outcome: Outcome) -> None:
         """Record an outcome in the journal, log it and report it: the one place outcomes go. Never raises."""
         if isinstance(outcome, Collected):
-            self._collected(job, outcome.report)
+            self._collected(job, outcome)
         elif isinstance(outcome, Parked):
             self._record(job.id, lambda: self.journal.park(job.id, outcome.check_at, outcome.deadline, token=job.token))
             log.info(f"job {job.id}: {job.path} has no _DONE yet; waiting")
@@ -396,8 +410,13 @@ class JobRunner:
         else:
             self._failed(job, outcome)
 
-    def _collected(self, job: Job, report: RunCollected) -> None:
-        outputs = report.outputs
+    def _collected(self, job: Job, outcome: Collected) -> None:
+        report, outputs = outcome.report, outcome.report.outputs
+        if self.on_inventory is not None and outcome.inventory is not None:
+            try:  # before the journal says done, so a cleanup that follows at once finds the record
+                self.on_inventory(job, outcome.inventory)
+            except Exception as exc:  # noqa: BLE001 - the run is collected; cleanup then refuses it, naming why
+                log.error(f"job {job.id}: recording what was read of {job.path} failed: {exc}")
         if not self._record(job.id, lambda: self.journal.finish(job.id, outputs, token=job.token)):
             return  # fenced out at the last moment: not collected by this actor
         if report.collected_by is None:
