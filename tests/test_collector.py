@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -26,6 +26,8 @@ from herocollector.testing.runs import (
     write_stream_json,
     zstd_frame_starts,
 )
+
+E = TypeVar("E", bound=CollectorError)
 
 BASE = ["stream_id", "epoch", "indices", "values"]
 
@@ -82,7 +84,7 @@ def test_invalid_rule_raises_collector_error(run: RecordedRun) -> None:
     with pytest.raises(CollectorError):
         Collector([run.path]).collect(MemoryWriter(), rule={"bogus": 1})
     with pytest.raises(CollectorError):
-        Collector([run.path]).collect(MemoryWriter(), rule=42)  # type: ignore[arg-type]
+        Collector([run.path]).collect(MemoryWriter(), rule=42)
 
 
 # ----------------------------------------------------------------------------------------
@@ -108,7 +110,7 @@ def test_logger_path_column(tmp_path: Path) -> None:
 
 
 def test_label_of_mixed_types_raises_collector_error(tmp_path: Path) -> None:
-    labels = [{"model": "a", "run": 1}, {"model": "b", "run": "one"}]
+    labels: list[dict[str, Any]] = [{"model": "a", "run": 1}, {"model": "b", "run": "one"}]
     recorded = build_run(tmp_path / "run", seed=4, labels=labels, n_records=20)
     writer = MemoryWriter()
     with pytest.raises(CollectorError, match="run"):
@@ -281,9 +283,7 @@ def test_collect_after_cleanup_is_empty(run: RecordedRun) -> None:
 # ----------------------------------------------------------------------------------------
 
 
-def _collect_error(
-    paths: list[Path], error: type[CollectorError], writer: MemoryWriter | None = None, **kwargs: Any
-) -> CollectorError:
+def _collect_error(paths: list[Path], error: type[E], writer: MemoryWriter | None = None, **kwargs: Any) -> E:
     """Collect and return the error raised, asserting its type.
 
     Args:
@@ -297,7 +297,7 @@ def _collect_error(
     """
     with pytest.raises(error) as info:
         Collector(paths).collect(writer if writer is not None else MemoryWriter(), timeout=200, **kwargs)
-    assert isinstance(info.value, CollectorError)
+    assert isinstance(info.value, error)
     return info.value
 
 
@@ -629,7 +629,7 @@ def test_decode_kernels_release_the_gil() -> None:
 
 
 def test_label_of_mixed_types_names_the_streams_that_disagree(tmp_path: Path) -> None:
-    labels = [{"model": "a", "run": 1}, {"model": "b", "run": "one"}]
+    labels: list[dict[str, Any]] = [{"model": "a", "run": 1}, {"model": "b", "run": "one"}]
     recorded = build_run(tmp_path / "run", seed=4, labels=labels, n_records=20)
     with pytest.raises(CollectorError) as info:
         Collector([recorded.path]).collect(MemoryWriter(), columns=["run"])
