@@ -11,14 +11,12 @@ import inspect
 import json
 import math
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
-
-from herocollector.collector import BASE_COLUMNS
+from herocollector.collector import parse_columns
 from herocollector.decode.codec import DEFAULT_CHUNK_BYTES
 from herocollector.errors import CollectorError, ConfigError
 from herocollector.output.files import Compression, OutputFormat
@@ -29,45 +27,6 @@ def default_state_dir() -> Path:
     """``$XDG_STATE_HOME/herocollector`` (``~/.local/state/herocollector`` by default)."""
     base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
     return Path(base) / "herocollector"
-
-
-def parse_columns(
-    columns: Sequence[str] | Mapping[str, str | None] | None,
-) -> tuple[tuple[str, ...], dict[str, pa.DataType]]:
-    """Label columns as names, or as a mapping of name to a pinned Arrow type name.
-
-    Args:
-        columns: ``["experiment", "run"]``, or ``{"experiment": "string", "run": "int64"}``
-            (a None type is inferred from the values, as for a plain name). Type names
-            are Arrow's (``pa.type_for_alias``): string, large_string, int64, float64, bool ...
-
-    Returns:
-        The names (duplicates removed, order kept) and the pinned types.
-
-    Raises:
-        ConfigError: A string instead of a list, a clash with a base column, or an unknown type.
-    """
-    if columns is None:
-        return (), {}
-    if isinstance(columns, str):
-        raise ConfigError("columns must be a list of label names (or a mapping to types), not a string")
-    if isinstance(columns, Mapping):
-        items = list(columns.items())
-    else:
-        items = [(name, None) for name in columns]
-    names = tuple(dict.fromkeys(str(name) for name, _ in items))
-    clash = [n for n in names if n in BASE_COLUMNS]
-    if clash:
-        raise ConfigError(f"label column(s) {clash} clash with the built-in columns {list(BASE_COLUMNS)}")
-    types: dict[str, pa.DataType] = {}
-    for name, type_name in items:
-        if type_name is None:
-            continue
-        try:
-            types[str(name)] = pa.type_for_alias(str(type_name))
-        except (ValueError, KeyError):
-            raise ConfigError(f"columns: unknown Arrow type {type_name!r} for label {name!r}") from None
-    return names, types
 
 
 def _number(
@@ -569,6 +528,25 @@ ARGUMENTS: tuple[Argument, ...] = (
             " with a conditional create, so nothing is ever overwritten. An unknown option stops the actor at start."
         ),
         example='`{"endpoint_url": "https://s3.lab:9000", "region": "us-east-1"}`',
+    ),
+    Argument(
+        "metrics_port",
+        "int | None",
+        None,
+        _number("metrics_port", allow_none=True, integer=True),
+        doc=(
+            "TCP port of the Prometheus endpoint `http://<metrics_address>:<port>/metrics` that the actor serves for "
+            "Prometheus to scrape (`0`: a free port, logged). `null` serves none. See docs/operations.md."
+        ),
+        example="`9464`",
+    ),
+    Argument(
+        "metrics_address",
+        "str",
+        "127.0.0.1",
+        _text,
+        doc="Address the metrics endpoint listens on; `0.0.0.0` (or `::`) for every interface.",
+        example='`"0.0.0.0"`',
     ),
 )
 

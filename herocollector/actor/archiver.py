@@ -7,14 +7,20 @@ only connects it to HEROS: arguments in, events in, remote methods, events and m
 from __future__ import annotations
 
 import inspect
+import itertools
 import logging
 import multiprocessing
 import os
 import signal
 import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
 from typing import Any
 
-from heros import EventObserver, event
+from heros import EventObserver, LocalDatasourceHERO, LocalHERO, PolledLocalDatasourceHERO, event
 from heros.event import reliable
 from heros.exceptions import RemoteHEROError
 from heros.inspect import local_only
@@ -22,7 +28,7 @@ from herostools.actor.archiver import HERODataArchiver
 
 from herocollector.arguments import SIGNATURE
 from herocollector.config import ServiceConfig
-from herocollector.errors import RunRefused
+from herocollector.errors import Busy, RunRefused
 from herocollector.events import RunCollected, RunFailed
 from herocollector.journal.sqlite import JobState
 from herocollector.service.checks import (
@@ -35,11 +41,122 @@ from herocollector.service.core import CollectionService
 
 log = logging.getLogger(__name__)
 
-REMOTE_WAIT_LIMIT_MS = 8_000
-"""The longest a remote method waits for ``_DONE``: under the 10 s HEROS query timeout, so a
-remote caller always gets the true answer instead of a timeout while the work goes on."""
+REMOTE_ANSWER_WITHIN = 3.0
+"""Seconds a remote cleanup of one run waits for its work before it answers "accepted" with a task id.
+
+HEROS serves every query of a Zenoh link on one thread, and a caller gives up after 10 s: calls
+run on :data:`CALL_THREADS` threads of their own, and no call holds its caller longer than this."""
 REMOTE_SWEEP_WAIT = 2.0
 """Seconds a remote cleanup of every run waits for its background work before it answers with a count."""
+CALL_THREADS = 16
+"""Remote calls served at the same time."""
+CALL_QUEUE_LIMIT = 3.0
+"""Seconds a remote call may wait for a free thread; after that it is answered with ``Busy`` and not run,
+so the answer still comes before the caller's 10 s timeout and nothing runs behind its back."""
+TASKS_RUNNING = 64
+"""Accepted remote tasks that may be running at once; a further one is refused (``Busy``)."""
+TASKS_KEPT = 200
+"""Finished remote tasks that ``status()["tasks"]`` keeps reporting (the oldest are dropped)."""
+
+
+@dataclass
+class RemoteTask:
+    """A remote call's work that outlived its answer ("accepted"), reported by ``status()["tasks"]``.
+
+    Attributes:
+        id: Its id, as the accepted answer gave it.
+        method: The remote method (``cleanup``).
+        path: The run it is about.
+        state: ``running``, ``done`` (``result`` holds the answer the call would have given) or
+            ``error`` (``error`` says why; nothing more is done).
+        result: The answer, once done.
+        error: The error (type and message), if it failed.
+        started: When it started (Unix time).
+        finished: When it ended, None while running.
+    """
+
+    id: str
+    method: str
+    path: str | None
+    state: str = "running"
+    result: Any = None
+    error: str | None = None
+    started: float = 0.0
+    finished: float | None = None
+
+
+class RemoteTasks:
+    """The work of remote calls, each on a thread of its own, so the call can answer in time."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._tasks: OrderedDict[str, RemoteTask] = OrderedDict()
+        self._ids = itertools.count(1)
+        self._done: dict[str, threading.Event] = {}
+        self._errors: dict[str, Exception] = {}
+
+    def run(self, method: str, path: str | None, work: Callable[[], Any], answer_within: float) -> RemoteTask:
+        """Start ``work`` and wait up to ``answer_within`` s for it; a copy of the task as it then is.
+
+        Raises:
+            Busy: :data:`TASKS_RUNNING` tasks are running already; nothing was started.
+        """
+        with self._lock:
+            if sum(t.state == "running" for t in self._tasks.values()) >= TASKS_RUNNING:
+                raise Busy(f"{TASKS_RUNNING} remote tasks are running already; {method} was not started")
+            task = RemoteTask(f"{method}-{next(self._ids)}", method, path, started=time.time())
+            self._tasks[task.id] = task
+            done = self._done[task.id] = threading.Event()
+            self._forget_old()
+
+        def target() -> None:
+            try:
+                result = work()
+            except Exception as exc:  # noqa: BLE001 - reported to the caller or in status()
+                self._errors[task.id] = exc
+                self._finish(task, "error", None, f"{type(exc).__name__}: {exc}")
+            else:
+                self._finish(task, "done", result, None)
+            finally:
+                done.set()
+
+        threading.Thread(target=target, name=f"herocollector-{task.id}", daemon=True).start()
+        done.wait(answer_within)
+        with self._lock:
+            return RemoteTask(**asdict(task))
+
+    def _finish(self, task: RemoteTask, state: str, result: Any, error: str | None) -> None:
+        with self._lock:
+            task.state, task.result, task.error, task.finished = state, result, error, time.time()
+            self._done.pop(task.id, None)
+
+    def _forget_old(self) -> None:
+        finished = [k for k, t in self._tasks.items() if t.state != "running"]
+        for key in finished[: max(len(finished) - TASKS_KEPT, 0)]:
+            del self._tasks[key]
+            self._errors.pop(key, None)
+
+    def error(self, task_id: str) -> Exception | None:
+        """The exception a task ended with, if it did."""
+        with self._lock:
+            return self._errors.get(task_id)
+
+    def wait(self, timeout: float) -> bool:
+        """Wait until no task is running (for shutdown and tests); whether none is."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._lock:
+                events = list(self._done.values())
+            if not events:
+                return True
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not events[0].wait(remaining):
+                return False
+
+    def to_list(self) -> list[dict[str, Any]]:
+        """Every task kept, oldest first, as dicts."""
+        with self._lock:
+            return [asdict(t) for t in self._tasks.values()]
 
 
 class CollectorArchiver(HERODataArchiver):
@@ -49,8 +166,19 @@ class CollectorArchiver(HERODataArchiver):
     ``finished`` event is journalled, collected by one of ``workers`` threads once the run's
     ``_DONE`` exists, and written to the files its stream labels render; runs announced while
     no actor listened are found by the catch-up scan. Remote methods: ``collect``,
-    ``status``, ``failed``, ``retry``, ``cleanup`` and ``restore``. Events: ``run_collected``
-    and ``run_failed``. Metrics: the datasource observables (see ``_observable_data``).
+    ``status``, ``failed``, ``retry``, ``cleanup``, ``verify`` and ``restore``. Events:
+    ``run_collected`` and ``run_failed``. Metrics: the datasource observables (see
+    ``_observable_data``), and with ``metrics_port`` a Prometheus endpoint the service serves.
+
+    Remote calls are served concurrently (HEROS itself answers the queries of a Zenoh link one
+    after the other, on one thread), and every call answers within a few seconds, before the
+    caller's 10 s query timeout, with the truth: ``cleanup(path)`` answers True or False when its
+    work ends within 3 s, and otherwise ``{"accepted": True, "id": ..., "path": ...}``; the work
+    goes on and ``status()["tasks"]`` reports its outcome under that id. A call that found no
+    free thread within 3 s is answered with a ``Busy`` error and is not run at all.
+
+    With BOSS's ``datasource`` section the event subscription is made once BOSS has given the
+    HERO its realm (``_setup``): for datasources BOSS passes the realm to the HERO only then.
 
     Its keyword arguments are exactly those of :class:`~herocollector.config.ServiceConfig`,
     defined once in :data:`herocollector.arguments.ARGUMENTS` and described in
@@ -93,21 +221,45 @@ class CollectorArchiver(HERODataArchiver):
         bound.arguments.pop("self")
         config = ServiceConfig.from_arguments(**bound.arguments)
         self.service = CollectionService(config, on_collected=self._relay_collected, on_failed=self._relay_failed)
+        self.tasks = RemoteTasks()
+        self._calls = ThreadPoolExecutor(CALL_THREADS, thread_name_prefix="herocollector-call")
         try:
             # HERODataArchiver.__init__ would start a payload queue and a worker thread of its
             # own: the service's journal and scheduler do that work, so only the observer is set up.
             self.metadata = dict(config.default_metadata)
             self.max_retries = config.max_retries
-            EventObserver.__init__(
-                self, *hero_args, object_selector=config.object_selector, event_name=config.event_name, **hero_kwargs
-            )
+            if isinstance(self, LocalHERO) and "realm" not in hero_kwargs:
+                # BOSS's datasource factories give the realm to the HERO mixin only, after this
+                # __init__: a subscription now would listen in the default realm, so _setup makes it.
+                self._object_selector, self._event_name = config.object_selector, config.event_name
+                self._event_callbacks: dict[str, Any] = {}
+            else:
+                EventObserver.__init__(
+                    self,
+                    *hero_args,
+                    object_selector=config.object_selector,
+                    event_name=config.event_name,
+                    **hero_kwargs,
+                )
+                log.info(f"listening for '{config.event_name}' from '{config.object_selector}' in '{self._realm}'")
             self.register_callback(self.feed)
         except BaseException:
+            self._calls.shutdown(wait=False)
             self.service.close()
             raise
         self._parent_watch = threading.Event()
         self._watch_parent()
-        log.info(f"listening for '{config.event_name}' from '{config.object_selector}'")
+
+    def _setup(self) -> None:
+        """BOSS's hook once the HERO mixin is initialised: subscribe to the event in the HERO's own realm."""
+        subscription = getattr(self, "_subscription", None)
+        if subscription is None:
+            selector = f"{self._ns_objects}/{self._realm}/{self._object_selector}/{self._event_name}"
+            self._subscription = self._subscribe_selector(selector, self._handle_event)
+            log.info(f"listening for '{self._event_name}' from '{self._object_selector}' in '{self._realm}'")
+        elif subscription not in self._subscriptions:
+            # The mixin's __init__ reset the list: keep the subscription in it, so it is undeclared at the end.
+            self._subscriptions.append(subscription)
 
     # -- HEROS in ------------------------------------------------------------------------------
 
@@ -143,11 +295,21 @@ class CollectorArchiver(HERODataArchiver):
         fire = self.run_collected
         if fire is not None:  # None until BOSS has made this object a HERO
             fire(report.to_dict())
+        self._publish_observables()
 
     def _relay_failed(self, report: RunFailed) -> None:
         fire = self.run_failed
         if fire is not None:
             fire(report.to_dict())
+        self._publish_observables()
+
+    def _publish_observables(self) -> None:
+        """With ``"datasource": {"async": true}`` nothing polls: publish the observables after every outcome."""
+        if isinstance(self, LocalDatasourceHERO) and not isinstance(self, PolledLocalDatasourceHERO):
+            try:
+                self.observable_data(self._observable_data())
+            except Exception as exc:  # noqa: BLE001 - metrics never fail a collection
+                log.warning(f"observable_data not published: {exc}")
 
     def _observable_data(self) -> dict[str, tuple[float, str]]:
         """The service's counters, for BOSS's ``datasource`` option and herostools' Prometheus actor."""
@@ -180,8 +342,15 @@ class CollectorArchiver(HERODataArchiver):
         return self.service.collect(path).to_dict()
 
     def status(self) -> dict[str, Any]:
-        """Jobs per state, runs being collected, waiting runs, trash, last scan and recent jobs."""
-        return self.service.status().to_dict()
+        """Jobs per state, runs being collected, waiting runs, trash, last scan, recent jobs and remote tasks.
+
+        ``tasks`` lists the work of remote calls that answered "accepted" (see :class:`RemoteTask`),
+        oldest first, the last 200 finished ones kept; ``metrics`` is the Prometheus endpoint, if any.
+        """
+        status = self.service.status().to_dict()
+        status["tasks"] = self.tasks.to_list()
+        status["metrics"] = self.service.metrics_url()
+        return status
 
     def failed(self) -> list[dict[str, Any]]:
         """The jobs kept as failed, with their errors and attempt counts."""
@@ -203,7 +372,7 @@ class CollectorArchiver(HERODataArchiver):
         backoff: int = 100,
         timeout: int | None = 5_000,
         force: bool = False,
-    ) -> bool | int:
+    ) -> bool | int | dict[str, Any]:
         """Move the segments (and with ``keep_meta=False`` ``streams/``) of collected runs into the trash.
 
         Only a logger directory inside ``allowed_roots`` (symlinks resolved) is touched, and
@@ -215,15 +384,21 @@ class CollectorArchiver(HERODataArchiver):
             keep_meta: Keep ``streams/``.
             wait_for_done: Wait for ``_DONE`` first.
             backoff: Milliseconds between ``_DONE`` polls.
-            timeout: Milliseconds to wait for ``_DONE``; at most 8000 (None too), so a
-                remote caller always gets the answer before its query times out.
+            timeout: Milliseconds to wait for ``_DONE`` (None: until it appears or the actor stops).
             force: Also clean a run that was not collected.
 
         Returns:
-            True if every requested run was cleaned; False if any was refused or did not
-            finish in time, and was left untouched. For every run (``path`` None), the work is
-            done in the background: when it is not finished within 2 s, the number of
-            collected runs it looks at (an ``int``); its progress is in ``status()["extra"]["cleanup"]``.
+            For one run: True if it was cleaned; False if it was refused, failed verification or
+            its ``_DONE`` did not come in time, and was left untouched. When that is not known
+            within 3 s (a wait for ``_DONE``, a long verification), ``{"accepted": True, "id":
+            ..., "path": ...}``: the cleanup goes on, and ``status()["tasks"]`` gives its
+            ``state`` and ``result`` (True or False, as above) under that ``id``. For every run
+            (``path`` None), the work is done in the background: when it is not finished within
+            2 s, the number of collected runs it looks at (an ``int``); its progress is in
+            ``status()["extra"]["cleanup"]``.
+
+        Raises:
+            Busy: Too many accepted cleanups are still running; this one was not started.
         """
         self._allow_destructive("cleanup")
         path = optional_run_path_argument(path, absolute=False)  # a relative one is refused with False
@@ -232,11 +407,21 @@ class CollectorArchiver(HERODataArchiver):
         force = flag_argument(force, "force")
         backoff = milliseconds_argument(backoff, "backoff", allow_none=False) or 1
         wait = milliseconds_argument(timeout, "timeout")
-        limit = REMOTE_WAIT_LIMIT_MS if wait is None else min(wait, REMOTE_WAIT_LIMIT_MS)
         if path is not None:
-            return self.service.cleanup(path, keep_meta, wait_for_done, backoff, limit, force)
+            one: str = path
+
+            def work() -> bool:
+                return self.service.cleanup(one, keep_meta, wait_for_done, backoff, wait, force)
+
+            task = self.tasks.run("cleanup", one, work, REMOTE_ANSWER_WITHIN)
+            if task.state == "done":
+                return bool(task.result)
+            error = self.tasks.error(task.id)
+            if error is not None:
+                raise error
+            return {"accepted": True, "id": task.id, "path": one}
         # Every run: on the service's thread, so the answer comes before the query times out.
-        started = self.service.start_cleanup(keep_meta, wait_for_done, backoff, limit, force)
+        started = self.service.start_cleanup(keep_meta, wait_for_done, backoff, wait, force)
         answer = self.service.wait_cleanup(REMOTE_SWEEP_WAIT)
         return started.total if answer is None else answer
 
@@ -321,9 +506,33 @@ class CollectorArchiver(HERODataArchiver):
 
         threading.Thread(target=watch, name="herocollector-parent-watch", daemon=True).start()
 
+    def _declare_queryable(self, selector: str, callback: Callable[[Any], None]) -> Any:
+        """Serve remote calls on threads of their own: HEROS answers a link's queries on one thread, in turn."""
+        if selector.rsplit("/", 1)[-1].startswith("_"):
+            return super()._declare_queryable(selector, callback)  # discovery and capabilities: quick, inline
+
+        def dispatch(query: Any) -> None:
+            received = time.monotonic()
+
+            def serve() -> None:
+                waited = time.monotonic() - received
+                if waited > CALL_QUEUE_LIMIT:
+                    busy = Busy(f"the call waited {waited:.1f} s for a free thread and was not run")
+                    query.reply_err(self._serialize(busy), encoding=self._default_encoding)
+                    return
+                callback(query)
+
+            try:
+                self._calls.submit(serve)
+            except RuntimeError:  # shut down: the actor is stopping
+                query.reply_err(self._serialize(Busy("the actor is stopping")), encoding=self._default_encoding)
+
+        return super()._declare_queryable(selector, dispatch)
+
     def _teardown(self) -> None:
         """Close the service (called by BOSS at shutdown; prompt whatever is waiting)."""
         self._parent_watch.set()
+        self._calls.shutdown(wait=False)
         self.service.close()
 
 

@@ -35,6 +35,7 @@ from herocollector.journal.sqlite import Job, JobState, JobStore, open_journal
 from herocollector.output.verify import RunCheck
 from herocollector.service.checks import run_path_argument
 from herocollector.service.cleanup import RunCleaner, SweepProgress
+from herocollector.service.metrics import MetricsExporter
 from herocollector.service.runner import JobRunner
 from herocollector.service.scan import Scanner, ScanResult
 from herocollector.service.scheduler import Scheduler
@@ -88,7 +89,11 @@ class CollectionService:
     Raises:
         StateDirLocked: Another service uses ``state_dir``.
         JournalError: The journal cannot be opened.
+        ConfigError: ``metrics_port`` cannot be listened on.
     """
+
+    exporter: MetricsExporter | None = None
+    """The Prometheus endpoint (with ``metrics_port``)."""
 
     def __init__(
         self,
@@ -127,9 +132,11 @@ class CollectionService:
             if config.scan_interval is not None and config.allowed_roots:
                 scheduler.every("scan", config.scan_interval, self._scan)
             journal.subscribe(scheduler.wake)
+            self.exporter = self._serve_metrics()
             scheduler.start()
         except BaseException:
             # A failed start keeps nothing: no thread, no journal connection, no lock.
+            self._stop_metrics()
             if scheduler is not None:
                 scheduler.close()
             if journal is not None:
@@ -308,6 +315,7 @@ class CollectionService:
             return
         self._closed = True
         self.scheduler.close()
+        self._stop_metrics()
         self.cleaner.close()
         self.runner.record_pending()
         self.journal.close()
@@ -347,11 +355,36 @@ class CollectionService:
             self._metrics.last_seconds = report.seconds
             if job is not None:
                 self._metrics.last_latency = max(time.time() - job.created, 0.0)
+        if self.exporter is not None:
+            lag = None if job is None else time.time() - job.created
+            self.exporter.observe_collected(report.seconds, lag, report.rows, report.bytes)
         if self._on_collected is not None:
             self._on_collected(report)
 
     def _failed(self, report: RunFailed) -> None:
         with self._metrics_lock:
             self._metrics.runs_failed += 1
+        if self.exporter is not None:
+            self.exporter.observe_failed(report.error, report.path)
         if self._on_failed is not None:
             self._on_failed(report)
+
+    def metrics_url(self) -> str | None:
+        """The address Prometheus scrapes (``http://host:port/metrics``), None without ``metrics_port``."""
+        exporter = self.exporter
+        return None if exporter is None else f"http://{exporter.url_host}:{exporter.port}/metrics"
+
+    def _serve_metrics(self) -> MetricsExporter | None:
+        if self.config.metrics_port is None:
+            return None
+        return MetricsExporter(
+            self.config.metrics_address,
+            self.config.metrics_port,
+            lambda: {state.value: n for state, n in self.counts().by_state.items()},
+            lambda: len(self.scheduler.running()),
+        )
+
+    def _stop_metrics(self) -> None:
+        exporter, self.exporter = self.exporter, None
+        if exporter is not None:
+            exporter.close()

@@ -1,0 +1,173 @@
+"""Remote calls that are concurrent and truthful: no call queues behind another, every call
+answers before the caller's 10 s query timeout, and every answer is what happened.
+
+HEROS serves the queries of one Zenoh link on one thread, one after the other; the actor serves
+them on threads of its own, and a cleanup that cannot finish in a few seconds answers "accepted"
+with an id that ``status()["tasks"]`` reports on.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from herocollector.actor.archiver import TASKS_RUNNING, RemoteTasks
+from herocollector.actor.demo import write_simulated_run
+from herocollector.errors import Busy, RunRefused
+from herocollector.testing.actors import wait_for
+from herocollector.testing.runs import journal_rows
+
+DEADLINE = 120.0
+"""Seconds a test waits for a condition before it fails (generous: the machine is shared)."""
+
+
+def trashed(run: Path) -> bool:
+    """Whether the run's segments are in the trash (and none is left in place)."""
+    return not list(run.glob("*.seg.zst")) and bool(list(run.glob("*.seg.zst.trash-*")))
+
+
+def untouched(run: Path) -> bool:
+    return bool(list(run.glob("*.seg.zst"))) and not list(run.glob("*.trash-*"))
+
+
+@pytest.mark.e2e
+def test_twelve_concurrent_cleanups_each_answer_in_time_with_the_truth(tmp_path: Path) -> None:
+    from herocollector.actor.launcher import BossProcess, load_config, wait_for_hero, wait_until
+
+    realm = f"hc-conc-{uuid.uuid4().hex[:12]}"
+    runs, state = tmp_path / "runs", tmp_path / "state"
+    arguments = {
+        "default_metadata": {"output_root": str(tmp_path / "out")},
+        "allowed_roots": [str(runs)],
+        "state_dir": str(state),
+        "scan_interval": None,
+        "cleanup_grace": 3600,
+    }
+    boss = BossProcess(load_config("collector.json", arguments), realm, tmp_path / "boss").start()
+    proxies: list[Any] = []
+    try:
+        actor = boss.remote(timeout=90)
+        collected = []
+        for i in range(9):
+            path = runs / f"collected-{i}"
+            write_simulated_run(path, records=200, entities=2, seed=i, labels={"experiment": "conc"})
+            actor.collect(str(path))
+            collected.append(path)
+        wait_until(lambda: actor.status()["counts"]["done"] == 9, DEADLINE, "9 collected runs")
+        # Three runs still being written (no _DONE), never announced: cleaned only with force, after _DONE.
+        unfinished = []
+        for i in range(3):
+            path = runs / f"unfinished-{i}"
+            write_simulated_run(path, records=200, entities=2, seed=100 + i, labels={"experiment": "conc"})
+            (path / "_DONE").unlink()
+            unfinished.append(path)
+        calls: list[tuple[Path, dict[str, Any]]] = [(p, {}) for p in collected]
+        calls += [(p, {"force": True, "timeout": 60_000}) for p in unfinished[:2]]
+        calls += [(unfinished[2], {"force": True, "timeout": 6_000})]  # its _DONE never comes
+
+        proxies = [wait_for_hero("collector", realm, 60, boss) for _ in calls]
+        barrier = threading.Barrier(len(calls))
+        answers: dict[Path, Any] = {}
+
+        def call(proxy: Any, path: Path, kwargs: dict[str, Any]) -> None:
+            barrier.wait()
+            try:
+                answers[path] = proxy.cleanup(str(path), **kwargs)
+            except Exception as exc:  # noqa: BLE001 - a timeout or transport error is what the test looks for
+                answers[path] = exc
+
+        threads = [threading.Thread(target=call, args=(p, *c)) for p, c in zip(proxies, calls, strict=True)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(DEADLINE)
+        assert not any(t.is_alive() for t in threads)
+
+        # Every caller got an answer (a query that timed out would give None or RemoteTransportError).
+        for path, answer in answers.items():
+            assert answer is True or answer is False or isinstance(answer, dict), f"{path.name}: {answer!r}"
+        for path in unfinished:
+            assert isinstance(answers[path], dict) and answers[path]["accepted"] is True, answers[path]
+            assert answers[path]["path"] == str(path)
+            assert untouched(path), "an accepted cleanup ran before its _DONE"
+        for path in unfinished[:2]:
+            (path / "_DONE").touch()
+
+        def outcome(path: Path) -> tuple[Any] | None:
+            """The answer, or for an accepted one the result its task reports; None while it runs."""
+            answer = answers[path]
+            if not isinstance(answer, dict):
+                return (answer,)
+            tasks = {t["id"]: t for t in actor.status()["tasks"]}
+            task = tasks[answer["id"]]
+            assert task["path"] == str(path) and task["method"] == "cleanup"
+            return None if task["state"] == "running" else (task["result"],)
+
+        results = {p: wait_until(lambda p=p: outcome(p), DEADLINE, f"the outcome for {p.name}")[0] for p in answers}
+        jobs = {r["path"]: r["state"] for r in journal_rows(state)}
+        for path in collected:
+            assert results[path] is True, f"{path.name}: {answers[path]!r}"
+            assert trashed(path) and jobs[str(path)] == "cleaned"
+        for path in unfinished[:2]:
+            assert results[path] is True and trashed(path)
+        assert results[unfinished[2]] is False
+        assert untouched(unfinished[2]), "a cleanup that answered False (timed out) ran anyway"
+        assert str(unfinished[2]) not in jobs
+    finally:
+        for proxy in proxies:
+            proxy._destroy_hero()
+        boss.stop(timeout=10)
+    assert "Traceback" not in boss.log_text()
+
+
+# -- RemoteTasks without HEROS ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def tasks() -> Iterator[RemoteTasks]:
+    remote = RemoteTasks()
+    yield remote
+    assert remote.wait(DEADLINE), "a task thread outlived its test"
+
+
+def test_a_quick_task_answers_with_its_result(tasks: RemoteTasks) -> None:
+    task = tasks.run("cleanup", "/r", lambda: True, answer_within=DEADLINE)
+    assert task.state == "done" and task.result is True and task.finished is not None
+
+
+def test_a_slow_task_is_reported_under_its_id_until_it_ends(tasks: RemoteTasks) -> None:
+    release = threading.Event()
+    task = tasks.run("cleanup", "/r", lambda: release.wait(DEADLINE), answer_within=0.0)
+    assert task.state == "running" and task.id.startswith("cleanup-")
+    assert [t["state"] for t in tasks.to_list()] == ["running"]
+    release.set()
+    wait_for(lambda: tasks.to_list()[0]["state"] == "done", "the task to end", DEADLINE)
+    assert tasks.to_list()[0]["result"] is True
+
+
+def test_a_failing_task_keeps_its_error(tasks: RemoteTasks) -> None:
+    def fail() -> bool:
+        raise RunRefused("outside allowed_roots", "/r")
+
+    task = tasks.run("cleanup", "/r", fail, answer_within=DEADLINE)
+    assert task.state == "error" and task.error == "RunRefused: /r: outside allowed_roots"
+    assert isinstance(tasks.error(task.id), RunRefused)
+
+
+def test_too_many_running_tasks_are_refused_without_starting_one(tasks: RemoteTasks) -> None:
+    release = threading.Event()
+    started = []
+    for _ in range(TASKS_RUNNING):
+        tasks.run("cleanup", "/r", lambda: release.wait(DEADLINE), answer_within=0.0)
+    try:
+        with pytest.raises(Busy, match="not started"):
+            tasks.run("cleanup", "/r", lambda: started.append(1), answer_within=0.0)
+    finally:
+        release.set()
+    assert tasks.wait(DEADLINE)
+    assert started == [] and len(tasks.to_list()) == TASKS_RUNNING
