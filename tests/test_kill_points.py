@@ -1,7 +1,8 @@
-"""kill -9 of a collection service right after a manifest appears and right after a journal update, again and again.
+"""kill -9 of a collection service right after a manifest appears, a journal update, or a first publish, again and again.
 
 A subprocess runs a real :class:`~herocollector.CollectionService` over real runs. At each kill
-point it stops right after the step (the manifest is on disk, or the journal says done), the
+point it stops right after the step (a manifest is on disk, the journal says done, or one output is
+published and the run has no manifest yet), the
 test sees that from outside (polling the output folder or the journal) and SIGKILLs it, then
 starts it again. At the end every run is collected exactly once, every manifest matches its
 files (sizes and SHA-256 recomputed), a manifest seen at a kill was adopted as it was (not
@@ -54,6 +55,8 @@ SERVICE = textwrap.dedent(
         service.runner.store.put_bytes = then_freeze(service.runner.store.put_bytes)
     elif point == "journal":
         service.journal.finish = then_freeze(service.journal.finish)
+    elif point == "publish":
+        service.runner.store.publish = then_freeze(service.runner.store.publish)  # one output out, no manifest
     for run in runs:
         service.submit("logger", run)  # a repeated announcement of a collected run is left alone
     idle = service.wait_idle(240)
@@ -65,6 +68,11 @@ SERVICE = textwrap.dedent(
 
 def manifests(root: Path) -> dict[Path, bytes]:
     return {p: p.read_bytes() for p in root.rglob(f"{MANIFEST_PREFIX}*")}
+
+
+def published(root: Path) -> int:
+    """Outputs under a final name."""
+    return sum(1 for p in root.rglob("*.arrow") if not p.name.startswith(".")) if root.exists() else 0
 
 
 def done_jobs(state: Path) -> int:
@@ -96,6 +104,7 @@ def one_life(log_path: Path, point: str, arguments: dict[str, Any], runs: list[P
     out, state = Path(arguments["output_root"]), Path(arguments["state_dir"])
     before_manifests = set(manifests(out)) if out.exists() else set()
     before_done = done_jobs(state)
+    before_outputs = published(out)
     with log_path.open("wb") as log:
         child = subprocess.Popen(
             [sys.executable, "-c", SERVICE, json.dumps(arguments), point, json.dumps([str(r) for r in runs])],
@@ -112,6 +121,8 @@ def one_life(log_path: Path, point: str, arguments: dict[str, Any], runs: list[P
                 assert child.poll() is None, log_path.read_text()[-3000:]  # it must not end on its own
                 if point == "manifest":
                     return out.exists() and bool(set(manifests(out)) - before_manifests)
+                if point == "publish":
+                    return published(out) > before_outputs
                 return done_jobs(state) > before_done
 
             wait_for(reached, f"kill point {point} ({log_path.name})", timeout=120)
@@ -144,12 +155,13 @@ def test_kill_9_after_manifests_and_journal_updates_leaves_every_run_collected_o
     }
     seen_at_kills: dict[Path, bytes] = {}
     kills = 0
-    for life, point in enumerate(["manifest", "journal", "manifest", "journal", "manifest", "none"]):
+    points = ["manifest", "journal", "publish", "manifest", "journal", "publish", "manifest", "none"]
+    for life, point in enumerate(points):
         seen = one_life(tmp_path / f"life-{life}.log", point, arguments, runs)
         if point != "none":
             kills += 1
             seen_at_kills.update(seen)
-    assert kills == 5
+    assert kills == len(points) - 1
 
     rows = journal_rows(state)
     assert sorted(r["path"] for r in rows) == sorted(str(r) for r in runs)  # one job per run
