@@ -1,10 +1,9 @@
 """kill -9 of a collection service right after a manifest appears, a journal update, or a first publish, again and again.
 
 A subprocess runs a real :class:`~herocollector.CollectionService` over real runs. At each kill
-point it stops right after the step (a manifest is on disk, the journal says done, or one output is
-published and the run has no manifest yet), the
-test sees that from outside (polling the output folder or the journal) and SIGKILLs it, then
-starts it again. At the end every run is collected exactly once, every manifest matches its
+point it stops right after the step (a manifest is on disk, the journal says done, or one output
+is published and the run has no manifest yet), the test sees that from outside (polling the
+output folder or the journal) and SIGKILLs it, then starts it again. At the end every run is collected exactly once, every manifest matches its
 files (sizes and SHA-256 recomputed), a manifest seen at a kill was adopted as it was (not
 rewritten), and no temporary or unaccounted file is left.
 """
