@@ -6,7 +6,9 @@ after: nothing may change except the collected run's own segments.
 
 from __future__ import annotations
 
+import errno
 import os
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -433,3 +435,35 @@ def test_a_run_without_a_record_of_its_collection_needs_force(site: Site) -> Non
     assert service.cleanup(str(run), force=True) is True  # still verified first, then what is there now
     assert not segment_files(run) and current(service, run).state == JobState.CLEANED
     assert service.restore(str(run)) is True and segment_files(run)
+
+
+def test_a_full_state_dir_stops_the_cleanup_before_anything_is_renamed(site: Site) -> None:
+    state = site.tmp / "small-state"
+    state.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(state)], check=True)
+    service: CollectionService | None = None
+    try:
+        service = site.service(state_dir=str(state), journal=str(site.tmp / "journal.sqlite3"))
+        site.services.remove(service)  # closed here, before the unmount
+        run = site.run("run-a")
+        collect(service, run)
+        filler = state / "filler"
+        fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+        try:
+            with pytest.raises(OSError) as full:
+                while True:
+                    os.write(fd, b"\0" * 65536)
+            assert full.value.errno == errno.ENOSPC
+        finally:
+            os.close(fd)
+        before = snapshot(site.runs)
+        assert service.cleanup(str(run)) is False  # the ledger cannot record the trash: nothing renamed
+        assert snapshot(site.runs) == before
+        assert current(service, run).state == JobState.DONE
+        filler.unlink()
+        assert service.cleanup(str(run)) is True and not segment_files(run)
+        assert service.restore(str(run)) is True and segment_files(run)
+    finally:
+        if service is not None:
+            service.close()
+        subprocess.run(["umount", str(state)], check=True)

@@ -459,28 +459,48 @@ def _children(run: RunDir, entry: FileId) -> tuple[FileId, ...]:
         os.close(fd)
 
 
-def trash_recorded(run: RunDir, planned: Sequence[FileId], now: float | None = None) -> list[TrashEntry]:
-    """Rename the planned entries into the trash, relative to the run's descriptor.
+def name_trash(run: RunDir, planned: Sequence[FileId], now: float | None = None) -> list[TrashEntry]:
+    """Choose the trash name of each planned entry, renaming nothing yet (so it can be recorded first).
 
-    Each gets ``<name>.trash-<unix time>``, or a later stamp if that name is taken (a user's
-    file is never replaced). An entry whose identity changed since it was planned is left alone.
-
-    Returns:
-        What was moved, for the caller to record.
+    Each gets ``<name>.trash-<unix time>``, or a later stamp if that name is taken: a user's
+    file is never replaced.
     """
     stamp = int(time.time() if now is None else now)
-    moved = []
+    named: list[TrashEntry] = []
+    taken: set[str] = set()
     for entry in planned:
-        st = run.lstat(entry.name)
-        if st is None or not entry.same(st):
-            continue
         children = _children(run, entry) if entry.kind == DIR else ()
         for offset in range(1000):
             name = f"{entry.name}.trash-{stamp + offset}"
-            if rename_noreplace(run.fd, entry.name, name):
-                moved.append(TrashEntry(entry.name, name, entry, children))
+            if name not in taken and run.lstat(name) is None:
+                taken.add(name)
+                named.append(TrashEntry(entry.name, name, entry, children))
                 break
+    return named
+
+
+def move_to_trash(run: RunDir, entries: Iterable[TrashEntry]) -> list[TrashEntry]:
+    """Rename named entries into the trash, relative to the run's descriptor, never replacing a name.
+
+    An entry whose identity changed since it was named, or whose trash name was taken
+    meanwhile, is left in place.
+
+    Returns:
+        What was moved.
+    """
+    moved = []
+    for item in entries:
+        st = run.lstat(item.original)
+        if st is None or not item.entry.same(st):
+            continue
+        if rename_noreplace(run.fd, item.original, item.name):
+            moved.append(item)
     return moved
+
+
+def trash_recorded(run: RunDir, planned: Sequence[FileId], now: float | None = None) -> list[TrashEntry]:
+    """:func:`name_trash` and :func:`move_to_trash` in one: what was moved, for the caller to record."""
+    return move_to_trash(run, name_trash(run, planned, now))
 
 
 def restore_recorded(run: RunDir, entries: Iterable[TrashEntry]) -> list[TrashEntry]:

@@ -140,11 +140,16 @@ class CleanupLedger:
         row = self._one("SELECT data FROM inventory WHERE path = ?", path)
         return None if row is None else CollectedRun.from_json(json.loads(row[0]))
 
-    def record_trash(self, path: str, job_id: int | None, run: RunDir, entries: list[TrashEntry]) -> None:
-        """Add entries to a run's trash record."""
+    def record_trash(self, path: str, job_id: int | None, run: RunDir, entries: list[TrashEntry]) -> list[TrashEntry]:
+        """Add entries to a run's trash record.
+
+        Returns:
+            Every entry recorded for the run now.
+        """
         known = self.trash(path)
         before = known[1] if known is not None and (known[0] == (run.dev, run.ino)) else []
-        data = json.dumps([e.to_json() for e in [*before, *entries]])
+        recorded = [*before, *entries]
+        data = json.dumps([e.to_json() for e in recorded])
         self._write(
             "INSERT OR REPLACE INTO trash (path, job_id, dev, ino, trashed, entries) VALUES (?, ?, ?, ?, ?, ?)",
             path,
@@ -154,6 +159,7 @@ class CleanupLedger:
             time.time(),
             data,
         )
+        return recorded
 
     def trash(self, path: str) -> tuple[tuple[int, int], list[TrashEntry]] | None:
         """The directory identity and the entries recorded in a run's trash, if any."""
@@ -471,16 +477,20 @@ class RunCleaner:
                     return now is not None and now.state == JobState.CLEANED
             try:
                 with RunDir(target, self.config.allowed_roots) as run:
-                    planned = trash.plan_trash(run, inventory, keep_meta)
-                    moved = trash.trash_recorded(run, planned)
-                    # Recorded right after the renames: a crash in between leaves trash the purge
-                    # never deletes (it stays restorable by hand), never a deletion of the unrecorded.
-                    self.ledger.record_trash(target, None if job is None else job.id, run, moved)
+                    named = trash.name_trash(run, trash.plan_trash(run, inventory, keep_meta))
+                    # Recorded before anything is renamed: a ledger that cannot be written (a full
+                    # state_dir) touches nothing, and a crash during the renames leaves only
+                    # recorded trash, which restore and the purge find.
+                    recorded = self.ledger.record_trash(target, None if job is None else job.id, run, named)
+                    moved = trash.move_to_trash(run, named)
+                    if len(moved) != len(named):
+                        skipped = {e.name for e in named} - {e.name for e in moved}
+                        self.ledger.keep_trash(target, [e for e in recorded if e.name not in skipped])
             except RunChanged as exc:
                 log.warning(f"cleanup of {target} refused: {exc.reason}")
                 return False
-            except OSError as exc:
-                log.warning(f"cleanup of {target} failed: {exc}")
+            except (OSError, sqlite3.Error) as exc:
+                log.warning(f"cleanup of {target} stopped: {exc}; whatever it renamed is recorded in the trash")
                 return False
             if job is not None:
                 self.journal.mark_cleaned(job.id, time.time() + self.config.cleanup_grace)
