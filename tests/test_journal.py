@@ -622,8 +622,17 @@ def test_an_old_sqlite_journal_gains_the_indexes(file: Path) -> None:
     journal = SqliteJournal(file)
     try:
         assert journal.done_jobs_page(0, 10)[0].outputs == {"/out/a.arrow": 3}
+        assert journal.counts() == {"pending": 0, "waiting": 0, "running": 0, "done": 1, "failed": 0, "cleaned": 0}
+        journal.submit("/r/b", "x", {})
+        journal.mark_cleaned(1)
+        assert journal.counts() == {"pending": 1, "waiting": 0, "running": 0, "done": 0, "failed": 0, "cleaned": 1}
     finally:
         journal.close()
+    reopened = SqliteJournal(file)  # counted once: opening again counts nothing twice
+    try:
+        assert reopened.counts()["cleaned"] == 1 and reopened.counts()["pending"] == 1
+    finally:
+        reopened.close()
     db = sqlite3.connect(file)
     try:
         indexes = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}

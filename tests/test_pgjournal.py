@@ -173,3 +173,47 @@ def test_an_unreachable_server_is_a_clear_journal_error(tmp_path: object) -> Non
 def test_passwords_are_redacted() -> None:
     assert redact("postgresql://u:secret@db.lab:5432/hc") == "postgresql://u:***@db.lab:5432/hc"
     assert redact("postgresql:///hc?host=/run/postgresql") == "postgresql:///hc?host=/run/postgresql"
+
+
+def test_a_version_2_journal_is_migrated_and_counted(url: str) -> None:
+    from herocollector.journal.postgres import _MIGRATIONS
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE herocollector_schema (version integer NOT NULL)")
+        for number in (1, 2):
+            conn.execute(_MIGRATIONS[number].encode())
+        conn.execute("INSERT INTO herocollector_schema (version) VALUES (2)")
+        conn.execute(
+            "INSERT INTO herocollector_jobs (path, source, metadata, state, created, updated) "
+            "SELECT 'r-' || i, 'x', '{}', CASE WHEN i % 3 = 0 THEN 'failed' ELSE 'done' END, 1, 1 "
+            "FROM generate_series(1, 30) AS i"
+        )
+    journal = PgJournal(url)
+    try:
+        assert journal.counts() == {"pending": 0, "waiting": 0, "running": 0, "done": 20, "failed": 10, "cleaned": 0}
+        journal.retry()
+        assert journal.counts()["failed"] == 0 and journal.counts()["pending"] == 10
+    finally:
+        journal.close()
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT version FROM herocollector_schema").fetchall() == [(SCHEMA_VERSION,)]
+
+
+def test_counts_stay_exact_through_many_changes_and_folds(two: tuple[PgJournal, PgJournal]) -> None:
+    from herocollector.journal.postgres import _FOLD_AT
+
+    a, b = two
+    changes = 0
+    while changes < 2 * _FOLD_AT:
+        created = a.submit_new([f"/r/{changes}-{i}" for i in range(50)], "scan")
+        changes += created
+        while (job := b.take_due(owner="b")) is not None:
+            b.finish(job.id, {}, token=job.token)
+            changes += 1
+        a.counts()  # folds now and then
+    expected = {state.value: len(a.jobs(state)) for state in JobState}
+    assert a.counts() == expected == b.counts()
+    assert expected["done"] > _FOLD_AT
+    with psycopg.connect(a.url) as conn:
+        parts = conn.execute("SELECT COUNT(*) FROM herocollector_job_counts").fetchone()
+    assert parts is not None and parts[0] < _FOLD_AT  # folded, not growing with every change

@@ -41,7 +41,7 @@ May import: :mod:`herocollector.errors` only.
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -354,9 +354,19 @@ class Journal(Protocol):
         ...
 
     def fail(
-        self, job_id: int, error: str, retry_at: float | None, keep_deadline: bool = True, token: int | None = None
+        self,
+        job_id: int,
+        error: str,
+        retry_at: float | None,
+        keep_deadline: bool = True,
+        token: int | None = None,
+        keep_outputs: Collection[str] = (),
     ) -> Job:
-        """Record a failed attempt: pending again at ``retry_at``, or failed for good if None."""
+        """Record a failed attempt: pending again at ``retry_at``, or failed for good if None.
+
+        The job's output reservations are released in the same transaction, but those in
+        ``keep_outputs`` (published by the attempt, committed by no manifest) stay the job's own.
+        """
         ...
 
     def expire(self, job_id: int, error: str, retry_at: float | None) -> Job:

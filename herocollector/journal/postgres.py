@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
@@ -36,7 +36,7 @@ from psycopg.types.json import Jsonb
 from herocollector.errors import JournalError, LeaseLost, OutputTakenError
 from herocollector.journal.base import Job, JobState, failure_state, job_from_row, resubmit
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 IDLE_IN_TRANSACTION_TIMEOUT = 2.0
 """Seconds a session may sit in an open transaction: a paused actor's row locks are freed then."""
 CHANNEL = "herocollector_jobs"
@@ -80,7 +80,32 @@ _MIGRATIONS: dict[int, str] = {
         WHERE trash_until IS NOT NULL;
     CREATE INDEX IF NOT EXISTS herocollector_outputs_job ON herocollector_outputs (job_id);
     """,
+    # Jobs per state without counting every job: each change appends its +1/-1 (no row is shared
+    # between transactions, so actors never wait on each other for it); counts() sums them and
+    # folds them up now and then. The triggers come first: their lock waits for the writers in
+    # flight, so the count below sees every job and later changes are all appended.
+    3: """
+    CREATE TABLE herocollector_job_counts (state text NOT NULL, n bigint NOT NULL);
+    CREATE FUNCTION herocollector_count_job() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        IF TG_OP IN ('UPDATE', 'DELETE') THEN
+            INSERT INTO herocollector_job_counts (state, n) VALUES (OLD.state, -1);
+        END IF;
+        IF TG_OP IN ('UPDATE', 'INSERT') THEN
+            INSERT INTO herocollector_job_counts (state, n) VALUES (NEW.state, 1);
+        END IF;
+        RETURN NULL;
+    END $$;
+    CREATE TRIGGER herocollector_jobs_counted AFTER INSERT OR DELETE ON herocollector_jobs
+        FOR EACH ROW EXECUTE FUNCTION herocollector_count_job();
+    CREATE TRIGGER herocollector_jobs_recounted AFTER UPDATE OF state ON herocollector_jobs
+        FOR EACH ROW WHEN (OLD.state IS DISTINCT FROM NEW.state) EXECUTE FUNCTION herocollector_count_job();
+    INSERT INTO herocollector_job_counts (state, n) SELECT state, COUNT(*) FROM herocollector_jobs GROUP BY state;
+    """,
 }
+_FOLD_AT = 512
+"""counts() folds the per-change rows into one per state once there are this many."""
+_FOLD_KEY = 0x6865726F636F6D  # pg_try_advisory_xact_lock key: one actor folds the counts at a time
 
 
 def _first(cursor: psycopg.Cursor[dict[str, Any]]) -> dict[str, Any]:
@@ -246,7 +271,14 @@ class PgJournal:
         return jobs[0]
 
     def _select(self, sql: str, params: Iterable[Any] = ()) -> list[Job]:
-        return list(self._run(lambda db: self._jobs(db, db.execute(sql.encode(), tuple(params)).fetchall())))
+        """The jobs a query selects, with their outputs; built after the connection is free again."""
+
+        def step(db: psycopg.Connection[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[int, dict[str, int]]]:
+            rows = db.execute(sql.encode(), tuple(params)).fetchall()
+            return rows, self._outputs(db, [int(r["id"]) for r in rows])
+
+        rows, outputs = self._run(step)
+        return [job_from_row(r, r["metadata"], outputs[int(r["id"])]) for r in rows]
 
     def get(self, job_id: int) -> Job | None:
         """The job with this id, or None."""
@@ -282,9 +314,26 @@ class PgJournal:
         return list(reversed(self._select("SELECT * FROM herocollector_jobs ORDER BY id DESC LIMIT %s", (limit,))))
 
     def counts(self) -> dict[str, int]:
-        """Number of jobs per state (every state listed)."""
-        sql = "SELECT state, COUNT(*) AS n FROM herocollector_jobs GROUP BY state"
-        rows = self._run(lambda db: db.execute(sql).fetchall())
+        """Number of jobs per state (every state listed), from the per-state sums the triggers keep."""
+
+        def step(db: psycopg.Connection[dict[str, Any]]) -> list[dict[str, Any]]:
+            rows = db.execute(
+                "SELECT state, SUM(n) AS n, COUNT(*) AS parts FROM herocollector_job_counts GROUP BY state"
+            )
+            found = rows.fetchall()
+            if (
+                sum(int(r["parts"]) for r in found) >= _FOLD_AT
+                and _first(db.execute("SELECT pg_try_advisory_xact_lock(%s) AS mine", (_FOLD_KEY,)))["mine"]
+            ):
+                # Rows appended by transactions that commit meanwhile are not in this statement's
+                # snapshot: they are neither deleted nor summed, and stay for the next fold.
+                db.execute(
+                    "WITH gone AS (DELETE FROM herocollector_job_counts RETURNING state, n) "
+                    "INSERT INTO herocollector_job_counts (state, n) SELECT state, SUM(n) FROM gone GROUP BY state"
+                )
+            return found
+
+        rows = self._run(step)
         found = {r["state"]: int(r["n"]) for r in rows}
         return {state.value: found.get(state.value, 0) for state in JobState}
 
@@ -533,7 +582,13 @@ class PgJournal:
         return self._run(step)
 
     def fail(
-        self, job_id: int, error: str, retry_at: float | None, keep_deadline: bool = True, token: int | None = None
+        self,
+        job_id: int,
+        error: str,
+        retry_at: float | None,
+        keep_deadline: bool = True,
+        token: int | None = None,
+        keep_outputs: Collection[str] = (),
     ) -> Job:
         """Record a failed attempt (see :meth:`herocollector.journal.sqlite.SqliteJournal.fail`)."""
         state = failure_state(retry_at).value
@@ -547,7 +602,10 @@ class PgJournal:
             )
             if token is not None and not cur.rowcount:
                 raise LeaseLost(f"job {job_id}: token {token} is stale")
-            db.execute("DELETE FROM herocollector_outputs WHERE job_id = %s", (job_id,))
+            db.execute(
+                "DELETE FROM herocollector_outputs WHERE job_id = %s AND NOT (path = ANY(%s))",
+                (job_id, list(keep_outputs)),
+            )
             if retry_at is not None:
                 self._notify(db)
             return self._one(db, job_id)

@@ -16,7 +16,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,17 @@ from herocollector.errors import JournalError, LeaseLost, OutputTakenError
 from herocollector.journal.base import Job, JobState, JobStore, failure_state, job_from_row, resubmit
 
 __all__ = ["Job", "JobState", "JobStore", "Journal", "OutputTakenError", "SqliteJournal", "open_journal"]
+
+
+def _in_states(states: Iterable[JobState]) -> tuple[str, list[str]]:
+    """A query of the jobs in any of ``states`` in id order, one index search per state.
+
+    ``state IN (...)`` would be planned as a scan of the whole table once most jobs share one
+    state (done), as they do in a journal that has collected for a while.
+    """
+    wanted = list(dict.fromkeys(str(state) for state in states))
+    arms = " UNION ALL ".join("SELECT * FROM jobs WHERE state = ?" for _ in wanted)
+    return f"{arms} ORDER BY id", wanted
 
 
 def _dumps(metadata: dict[str, Any]) -> str:
@@ -68,6 +79,18 @@ CREATE INDEX IF NOT EXISTS jobs_trash ON jobs(trash_until) WHERE trash_until IS 
 CREATE INDEX IF NOT EXISTS outputs_job ON outputs(job_id);
 """
 
+# Jobs per state, kept by triggers in the same transaction as every change (status() reads six
+# rows instead of counting every job).
+_COUNT_TRIGGERS = (
+    "CREATE TRIGGER IF NOT EXISTS job_counts_insert AFTER INSERT ON jobs BEGIN "
+    "UPDATE job_counts SET n = n + 1 WHERE state = NEW.state; END",
+    "CREATE TRIGGER IF NOT EXISTS job_counts_update AFTER UPDATE OF state ON jobs WHEN OLD.state IS NOT NEW.state "
+    "BEGIN UPDATE job_counts SET n = n - 1 WHERE state = OLD.state; "
+    "UPDATE job_counts SET n = n + 1 WHERE state = NEW.state; END",
+    "CREATE TRIGGER IF NOT EXISTS job_counts_delete AFTER DELETE ON jobs BEGIN "
+    "UPDATE job_counts SET n = n - 1 WHERE state = OLD.state; END",
+)
+
 # Columns added after the first release, with their SQL type: an older journal gains them on open.
 _ADDED_COLUMNS = {
     "trash_until": "REAL",
@@ -110,8 +133,32 @@ class SqliteJournal:
                 if column not in present:
                     self._db.execute(f"ALTER TABLE jobs ADD COLUMN {column} {sql_type}")
             self._db.executescript(_INDEXES)
+            self._count_states()
         except (sqlite3.Error, OSError) as exc:
             raise JournalError(f"cannot open the job journal: {exc}", self.file) from None
+
+    def _count_states(self) -> None:
+        """Create (once) the table of jobs per state that triggers keep, so ``counts()`` reads six rows.
+
+        A journal that has none yet is counted once, in the transaction that creates the triggers,
+        so no change is missed or counted twice.
+        """
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            new = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'job_counts'").fetchone()
+            if new is None:
+                db.execute("CREATE TABLE job_counts (state TEXT PRIMARY KEY, n INTEGER NOT NULL)")
+                db.execute("INSERT INTO job_counts (state, n) SELECT state, COUNT(*) FROM jobs GROUP BY state")
+            db.executemany(
+                "INSERT OR IGNORE INTO job_counts (state, n) VALUES (?, 0)", [(state.value,) for state in JobState]
+            )
+            for trigger in _COUNT_TRIGGERS:
+                db.execute(trigger)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
 
     def close(self) -> None:
         """Close the database."""
@@ -146,16 +193,25 @@ class SqliteJournal:
 
     def _build(self, db: sqlite3.Connection, rows: Iterable[sqlite3.Row]) -> list[Job]:
         rows = list(rows)
-        outputs = self._outputs(db, [r["id"] for r in rows])
+        return self._assemble(rows, self._outputs(db, [r["id"] for r in rows]))
+
+    @staticmethod
+    def _assemble(rows: list[sqlite3.Row], outputs: dict[int, dict[str, int]]) -> list[Job]:
         return [job_from_row(row, json.loads(row["metadata"]), outputs[row["id"]]) for row in rows]
 
     def _select(self, sql: str, params: Iterable[Any] = ()) -> list[Job]:
-        """The jobs a query on ``jobs`` selects, with their outputs, read under the lock."""
+        """The jobs a query on ``jobs`` selects, with their outputs.
+
+        Only the two queries run under the lock; the jobs are built after it is released, so a
+        page of jobs read for a cleanup holds up a concurrent ``submit`` as briefly as possible.
+        """
         with self._lock:
             try:
-                return self._build(self._db, self._db.execute(sql, tuple(params)).fetchall())
+                rows = self._db.execute(sql, tuple(params)).fetchall()
+                outputs = self._outputs(self._db, [r["id"] for r in rows])
             except sqlite3.Error as exc:
                 raise JournalError(f"journal query failed: {exc}", self.file) from None
+        return self._assemble(rows, outputs)
 
     def _fetch(self, db: sqlite3.Connection, job_id: int) -> Job:
         jobs = self._build(db, db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchall())
@@ -181,8 +237,8 @@ class SqliteJournal:
         Unbounded: for every job of a large journal page with :meth:`jobs_page`.
         """
         if states:
-            marks = ",".join("?" * len(states))
-            return self._select(f"SELECT * FROM jobs WHERE state IN ({marks}) ORDER BY id", states)
+            sql, params = _in_states(states)
+            return self._select(sql, params)
         return self._select("SELECT * FROM jobs ORDER BY id")
 
     def jobs_page(self, state: JobState, after_id: int, limit: int) -> list[Job]:
@@ -205,7 +261,7 @@ class SqliteJournal:
 
     def counts(self) -> dict[str, int]:
         """Number of jobs per state (every state listed)."""
-        found = {row[0]: row[1] for row in self._read("SELECT state, COUNT(*) FROM jobs GROUP BY state")}
+        found = {row[0]: row[1] for row in self._read("SELECT state, n FROM job_counts")}
         return {state.value: found.get(state.value, 0) for state in JobState}
 
     def owner_of(self, output: str) -> Job | None:
@@ -406,11 +462,19 @@ class SqliteJournal:
             return self._fetch(db, job_id)
 
     def fail(
-        self, job_id: int, error: str, retry_at: float | None, keep_deadline: bool = True, token: int | None = None
+        self,
+        job_id: int,
+        error: str,
+        retry_at: float | None,
+        keep_deadline: bool = True,
+        token: int | None = None,
+        keep_outputs: Collection[str] = (),
     ) -> Job:
         """Record a failed attempt: pending again with a retry time, or failed for good.
 
-        The job's output reservations are released, so a failed run blocks no other run's paths.
+        The job's output reservations are released, so a failed run blocks no other run's paths,
+        except those in ``keep_outputs``: outputs the attempt published that no manifest commits,
+        which stay the job's own (in the same transaction) until a retry replaces them.
 
         Args:
             job_id: The job.
@@ -419,6 +483,7 @@ class SqliteJournal:
             keep_deadline: Keep the ``_DONE`` deadline (False after a ``_DONE`` timeout, so
                 the next attempt waits afresh).
             token: The fencing token the attempt ran under (None: unfenced).
+            keep_outputs: Reserved output paths of the job that stay reserved.
 
         Raises:
             LeaseLost: ``token`` is stale.
@@ -432,8 +497,20 @@ class SqliteJournal:
                 (state.value, error, retry_at, time.time(), job_id, token),
             )
             self._fenced(db, cur, job_id, token)
-            db.execute("DELETE FROM outputs WHERE job_id = ?", (job_id,))  # a failed job blocks no paths
+            self._release(db, job_id, keep_outputs)  # a failed job blocks no paths but those it published
             return self._fetch(db, job_id)
+
+    @staticmethod
+    def _release(db: sqlite3.Connection, job_id: int, keep: Collection[str] = ()) -> None:
+        """Delete the job's output reservations but those in ``keep``."""
+        if not keep:
+            db.execute("DELETE FROM outputs WHERE job_id = ?", (job_id,))
+            return
+        kept = set(keep)
+        paths = [r[0] for r in db.execute("SELECT path FROM outputs WHERE job_id = ?", (job_id,))]
+        db.executemany(
+            "DELETE FROM outputs WHERE path = ? AND job_id = ?", [(p, job_id) for p in paths if p not in kept]
+        )
 
     def expire(self, job_id: int, error: str, retry_at: float | None) -> Job:
         """A waiting job whose ``_DONE`` deadline passed: the attempt counts.
@@ -479,10 +556,8 @@ class SqliteJournal:
                 "UPDATE jobs SET state = ?, updated = ?, lease_owner = NULL, lease_until = NULL WHERE state = ?",
                 (JobState.PENDING.value, time.time(), JobState.RUNNING.value),
             )
-            rows = db.execute(
-                "SELECT * FROM jobs WHERE state IN (?, ?) ORDER BY id", (JobState.PENDING.value, JobState.WAITING.value)
-            ).fetchall()
-            return self._build(db, rows)
+            sql, params = _in_states((JobState.PENDING, JobState.WAITING))
+            return self._build(db, db.execute(sql, params).fetchall())
 
     def defer(self, job_id: int, retry_at: float | None, reason: str | None, token: int | None = None) -> Job:
         """Put a running job back to pending without counting the attempt.

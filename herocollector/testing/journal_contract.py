@@ -427,6 +427,26 @@ class JournalTests:
         journal.fail(taken.id, "x", FAR, token=taken.token)
         assert journal.owner_of("/out/x.arrow") is None
 
+    def test_a_failed_attempt_keeps_the_outputs_it_published(self, journal: Journal) -> None:
+        """``fail(keep_outputs=...)`` keeps those reservations (in the same transaction), releases the rest."""
+        taken = self.take(journal)
+        other = self.take(journal, OTHER)  # running: not in the way of the retry below
+        for path in ("/out/published.arrow", "/out/planned.arrow", "/out/also.arrow"):
+            journal.claim_output(taken.id, path)
+        failed = journal.fail(
+            taken.id, "PublishError: no space", 0.0, token=taken.token, keep_outputs={"/out/published.arrow", "/x"}
+        )
+        assert failed.outputs == {"/out/published.arrow": 0}
+        with pytest.raises(OutputTakenError):
+            journal.claim_output(other.id, "/out/published.arrow")
+        journal.claim_output(other.id, "/out/planned.arrow")  # released
+        assert journal.owner_of("/x") is None  # a kept path the job never reserved is not created
+        again = journal.take_due(owner="a")
+        assert again is not None and again.id == taken.id
+        journal.claim_output(again.id, "/out/published.arrow")  # the retry re-reserves its own
+        done = journal.finish(again.id, {"/out/published.arrow": 9}, token=again.token)
+        assert done.outputs == {"/out/published.arrow": 9}
+
     def test_a_collected_runs_outputs_stay_its_own(self, journal: Journal) -> None:
         """A collected run's outputs stay its own."""
         done = self.in_state(journal, JobState.DONE, RUN)
