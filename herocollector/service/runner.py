@@ -367,19 +367,17 @@ class JobRunner:
         Args:
             job: The job.
             target: The output location.
-            listed: The run's (stale) manifest lists it: the run's own, even if it no longer
-                reads as an output (damaged).
+            listed: The run's (stale) manifest lists it: the run's own even if it no longer
+                reads as an output (damaged), though never if it names another run.
 
         Raises:
             OutputError: Another run's output, or a foreign file, is there.
         """
-        if listed:
-            return True
         existing = self.store.provenance(target)
         if existing is None:
             return False
         previous = existing.logger_path
-        if previous != job.path:
+        if previous != job.path and not (listed and not previous):
             raise OutputError(
                 f"output collision: {target} already holds "
                 f"{'the run ' + previous if previous else 'a file not written by herocollector'}; "
