@@ -204,11 +204,6 @@ class SweepProgress:
     finished: float | None = None
     error: str | None = None
 
-    @property
-    def remaining(self) -> int:
-        """Runs not looked at yet (at least 1 while running)."""
-        return max(self.total - self.seen, 1 if self.running else 0)
-
 
 class RunCleaner:
     """Cleans, verifies, restores and purges runs for the service.
