@@ -18,10 +18,20 @@ import pytest
 
 from herocollector import CollectionService, ServiceConfig
 from herocollector.actor.demo import MEASURES, write_simulated_run
+from herocollector.errors import OutputError
 from herocollector.events import RunFailed
 from herocollector.journal.sqlite import Job, JobState
 from herocollector.output.files import TEMP_SUFFIX
-from herocollector.output.manifest import MANIFEST_PREFIX, Manifest
+from herocollector.output.manifest import (
+    MANIFEST_PREFIX,
+    Manifest,
+    ManifestEntry,
+    check_manifest,
+    manifest_location,
+    new_manifest,
+    write_manifest,
+)
+from herocollector.output.stores import LocalStore, Provenance
 from herocollector.testing.actors import wait_for
 
 TEMPLATE = "{{ output_root }}/{{ logger_name }}/{{ measure }}.arrow"
@@ -323,3 +333,56 @@ def test_a_full_disk_while_writing_names_the_final_path_and_leaves_no_temporary_
         assert files_under(small_root) == []
     finally:
         site.close()
+
+
+# ----------------------------------------------------------------------------------------
+# check_manifest on its own
+# ----------------------------------------------------------------------------------------
+
+
+def _committed_run(tmp_path: Path) -> tuple[LocalStore, list[Path], Manifest]:
+    store = LocalStore(tmp_path)
+    outputs = [tmp_path / "run-1" / f"{m}.bin" for m in ("a", "b")]
+    entries = []
+    for i, output in enumerate(outputs):
+        output.parent.mkdir(exist_ok=True)
+        output.write_bytes(bytes([i]) * (100 + i))
+        entries.append(ManifestEntry(str(output), 10 + i, output.stat().st_size, sha256(output)))
+    manifest = new_manifest("/runs/run-1", 7, 3, entries)
+    assert write_manifest(store, manifest, Provenance("/runs/run-1", 7, 3)) is not None
+    return store, outputs, manifest
+
+
+def test_check_manifest_commits_only_the_jobs_true_manifest_of_exactly_the_planned_outputs(tmp_path: Path) -> None:
+    store, outputs, manifest = _committed_run(tmp_path)
+    check = check_manifest(store, "/runs/run-1", 7, outputs)
+    assert check.committed and check.found == manifest
+    assert not check_manifest(store, "/runs/run-1", 8, outputs).committed  # another job's
+    assert not check_manifest(store, "/runs/run-1", 7, outputs[:1]).committed  # other outputs planned now
+    outputs[1].write_bytes(outputs[1].read_bytes()[:-1] + b"\xff")  # same size, other bytes
+    check = check_manifest(store, "/runs/run-1", 7, outputs)
+    assert not check.committed and check.mismatched == (str(outputs[1]),)
+
+
+def test_check_manifest_refuses_another_runs_manifest_or_a_foreign_file(tmp_path: Path) -> None:
+    store, outputs, manifest = _committed_run(tmp_path)
+    location = manifest_location("/runs/run-1", outputs)
+    other = Manifest("/runs/other", 1, 1, 0.0, manifest.outputs)
+    Path(location).write_bytes(other.to_json())
+    with pytest.raises(OutputError, match="manifest collision: it belongs to the run /runs/other"):
+        check_manifest(store, "/runs/run-1", 7, outputs)
+    Path(location).write_bytes(b"not json")
+    with pytest.raises(OutputError, match="manifest collision"):
+        check_manifest(store, "/runs/run-1", 7, outputs)
+
+
+def test_write_manifest_keeps_an_identical_manifest_and_refuses_a_different_one(tmp_path: Path) -> None:
+    store, outputs, manifest = _committed_run(tmp_path)
+    location = manifest_location("/runs/run-1", outputs)
+    before = Path(location).read_bytes()
+    assert write_manifest(store, manifest, Provenance("/runs/run-1", 7, 3)) == location
+    assert Path(location).read_bytes() == before
+    changed = Manifest(manifest.run, manifest.job, 4, manifest.collected_at, manifest.outputs[:1])
+    with pytest.raises(OutputError, match="manifest collision: it lists other outputs"):
+        write_manifest(store, changed, Provenance("/runs/run-1", 7, 4))
+    assert Path(location).read_bytes() == before
