@@ -25,7 +25,6 @@ A journal error while recording an outcome is kept and recorded again later
 
 from __future__ import annotations
 
-import inspect
 import logging
 import os
 import socket
@@ -461,20 +460,10 @@ class JobRunner:
     def _fail(
         self, job: Job, message: str, retry_at: float | None, keep_deadline: bool, kept: tuple[str, ...]
     ) -> object:
-        """``journal.fail``, keeping the reservations of ``kept`` (outputs published without a manifest)."""
-        fail: Callable[..., object] = self.journal.fail
-        if not kept:
-            return fail(job.id, message, retry_at, keep_deadline=keep_deadline, token=job.token)
-        if "keep_outputs" in inspect.signature(fail).parameters:
-            return fail(job.id, message, retry_at, keep_deadline=keep_deadline, token=job.token, keep_outputs=kept)
-        # A journal without keep_outputs: reserve them again right after; fail() checked the token.
-        result = fail(job.id, message, retry_at, keep_deadline=keep_deadline, token=job.token)
-        for output in kept:
-            try:
-                self.journal.claim_output(job.id, output)
-            except OutputTakenError as exc:
-                log.error(f"job {job.id}: the published output {output} could not stay reserved: {exc}")
-        return result
+        """``journal.fail``, keeping the reservations of ``kept`` (outputs published without a manifest), atomically."""
+        return self.journal.fail(
+            job.id, message, retry_at, keep_deadline=keep_deadline, token=job.token, keep_outputs=kept
+        )
 
     def check_waiting(self) -> bool:
         """Wake waiting jobs whose ``_DONE`` appeared; fail those past their deadline.
