@@ -172,11 +172,6 @@ def test_each_hostile_run_fails_its_own_job_and_the_good_one_is_collected(site: 
     assert not any(site.out.rglob(".*.tmp"))
 
 
-@pytest.mark.xfail(
-    reason="the service keys jobs by the normalised path; keying by herocollector.run.rundir.resolve_run "
-    "belongs to service/core.py and service/runner.py (other owners; see /tmp/coord/rundir_api.md)",
-    strict=False,
-)
 def test_a_run_announced_under_three_spellings_is_one_job(site: Site) -> None:
     run = site.run("real")
     alias = site.runs / "alias"
@@ -187,7 +182,9 @@ def test_a_run_announced_under_three_spellings_is_one_job(site: Site) -> None:
     try:
         jobs = [service.collect(str(path)) for path in (alias, outside, run)]
         assert len({job.id for job in jobs}) == 1
-        wait_for(lambda: (j := _job(service, run)) is not None and j.state == JobState.DONE, "the run collected")
+        wait_for(
+            lambda: (j := _job(service, run)) is not None and j.state == JobState.DONE, "the run collected", timeout=60
+        )
         assert service.journal.counts()[JobState.DONE] == 1
     finally:
         service.close()
@@ -218,6 +215,7 @@ def test_a_run_that_goes_away_mid_collection_fails_and_publishes_nothing(
         job = wait_for(
             lambda: (j := _job(service, run)) is not None and j.state in (JobState.FAILED, JobState.DONE) and j,
             "the job to end",
+            timeout=60,
         )
         assert fired.is_set()
         assert job.state == JobState.FAILED and job.error is not None
