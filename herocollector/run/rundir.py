@@ -7,8 +7,9 @@ A run directory is untrusted input. Everything herocollector reads from a run go
   absolute, resolved with ``realpath``, and inside ``allowed_roots`` (:func:`within_roots`, the
   package's one implementation of that check). A run *is* its resolved path: two spellings of
   one run (a symlink inside the roots and the real path) are one run.
-* The directory is opened once (``O_DIRECTORY | O_NOFOLLOW``) and its identity recorded
-  (``st_dev``, ``st_ino``). Every entry is opened relative to that descriptor with
+* The directory is opened once (``O_DIRECTORY | O_NOFOLLOW``), must be where ``realpath``
+  said (``/proc/self/fd``: a parent swapped for a symlink meanwhile is ``RunChanged``), and its
+  identity is recorded (``st_dev``, ``st_ino``). Every entry is opened relative to that descriptor with
   ``O_NOFOLLOW | O_NONBLOCK`` and checked with ``fstat``: only regular files are read. A
   symlink, FIFO, device, socket or directory where a segment, ``streams/``, a stream file or
   ``_DONE`` belongs is a :class:`~herocollector.errors.MetadataError` naming the entry;
