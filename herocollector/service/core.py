@@ -123,6 +123,7 @@ class CollectionService:
                 self._collected,
                 self._failed,
                 self._cleanup_after if config.cleanup_after_collect else None,
+                on_inventory=lambda job, inventory: self.cleaner.record_inventory(job, inventory),
             )
             self.cleaner = RunCleaner(config, journal, scheduler.stopping)
             self.scanner = Scanner(journal, config.allowed_roots, config.scan_depth, scheduler.stopping)
