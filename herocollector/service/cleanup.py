@@ -8,9 +8,12 @@ A run's path is not trusted to lead to the same directory later, so the cleaner 
 of its own, ``<state_dir>/cleanup.sqlite3``:
 
 * ``inventory``: when a run is collected, the identity of its directory (device, inode) and of
-  each segment file (name, device, inode, size), taken through a directory descriptor opened
-  without following symlinks. It is refused (and so the run is not cleaned without ``force``)
-  when the segment sizes do not add up to the bytes the collection decoded.
+  each segment file (name, device, inode, size, mtime): what the collection read, handed over
+  by the runner right before the job is recorded done (:meth:`RunCleaner.record_inventory`).
+  Should that fail, a look right after the collection, through a directory descriptor opened
+  without following symlinks, stands in (:meth:`RunCleaner.record_collected`); it is refused
+  (and so the run is not cleaned without ``force``) when the segment sizes do not add up to
+  the bytes the collection decoded.
 * ``trash``: every entry the cleaner renamed into a run's trash, by name and identity.
 
 ``cleanup`` first verifies the run's outputs against its manifest
