@@ -5,7 +5,8 @@ The public API:
 * :class:`Collector`, the library: logger directories in, Arrow record batches out;
 * :class:`CollectionService` and its :class:`ServiceConfig`, the collection service (journal,
   workers, output files, scanning, cleanup), free of HEROS;
-* :class:`CollectorArchiver`, the service as a BOSS-launched HEROS actor;
+* :class:`CollectorArchiver`, the service as a BOSS-launched HEROS actor, and :func:`connect`,
+  which returns a proxy of a running one (discovery retried until a timeout);
 * :class:`RunWriter`, which writes logger directories in the data logger's format;
 * the errors, all under :class:`CollectorError` (see :mod:`herocollector.errors`).
 """
@@ -35,6 +36,7 @@ __all__ = [
     "SegmentError",
     "ServiceConfig",
     "UnknownStreamError",
+    "connect",
 ]
 
 
@@ -44,6 +46,10 @@ def __getattr__(name: str) -> object:
         from herocollector.actor.archiver import CollectorArchiver
 
         return CollectorArchiver
+    if name == "connect":
+        from herocollector.actor.launcher import connect
+
+        return connect
     if name == "CollectionService":
         from herocollector.service.core import CollectionService
 

@@ -27,6 +27,7 @@ PUBLIC_API = [
     "SegmentError",
     "ServiceConfig",
     "UnknownStreamError",
+    "connect",
 ]
 
 

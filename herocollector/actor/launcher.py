@@ -1,4 +1,10 @@
-"""Start and stop BOSS processes, and wait for their HEROs (used by the demo and the tests)."""
+"""Connect to a running collector actor (:func:`connect`); start and stop BOSS processes (the demo, the tests).
+
+:func:`connect` is the public way in, re-exported as ``herocollector.connect``: a single
+``RemoteHERO(name, realm=...)`` gives up after one discovery round (a fraction of a second),
+which a HERO whose liveliness has not reached this process yet loses often; ``connect`` retries
+until its timeout and then names the realm and how to look into it.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +19,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from heros import RemoteHERO
+
+from herocollector.errors import ActorNotFound
 
 T = TypeVar("T")
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "boss_configs"
@@ -123,6 +131,65 @@ class BossProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+DEFAULT_NAME = "collector"
+"""The ``_id`` of the shipped BOSS config (``boss_configs/collector.json``)."""
+DEFAULT_REALM = "heros"
+"""The realm BOSS and HEROS use when none is given."""
+
+
+def not_found_hint(name: str, realm: str) -> str:
+    """How to check why the HERO ``name`` is not found in ``realm`` (said by :func:`connect` and the CLI)."""
+    scope = os.environ.get("HEROS_ZENOH_CONFIG")
+    where = "the Zenoh configuration in HEROS_ZENOH_CONFIG" if scope else "Zenoh's default (multicast scouting)"
+    return (
+        f"check that its BOSS runs with '--realm {realm}' and an _id of {name!r}, and that this machine reaches it "
+        f"through {where}: 'heros_zenoh_scout --duration 5' lists the HEROS peers it can see"
+    )
+
+
+def connect(name: str = DEFAULT_NAME, realm: str = DEFAULT_REALM, timeout: float = 30.0) -> RemoteHERO:
+    """A proxy of the running HERO ``name`` in ``realm`` (the collector actor, by default), once it answers.
+
+    Discovery is retried until ``timeout``: one round of it lasts a fraction of a second, and a
+    HERO that has just started, or whose peers are still being found, misses it often. Zenoh is
+    configured by the environment (``HEROS_ZENOH_CONFIG``), as for every HEROS process.
+
+    Use the proxy as a context manager (or call ``_destroy_hero()``) so its Zenoh session is
+    closed before the actor stops::
+
+        import herocollector
+
+        with herocollector.connect(realm="heros") as collector:
+            collector.status()
+
+    Args:
+        name: The HERO's name (the BOSS config's ``_id``).
+        realm: The HEROS realm its BOSS was started in (``--realm``).
+        timeout: Seconds to keep trying.
+
+    Returns:
+        The connected ``heros.RemoteHERO``.
+
+    Raises:
+        ActorNotFound: No HERO of that name answered in time; the message says how to check.
+    """
+    deadline = time.monotonic() + timeout
+    pause = 0.05
+    while True:
+        try:
+            return RemoteHERO(name, realm=realm)
+        except NameError:  # HEROS' "not found or discovery timeout"
+            pass
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise ActorNotFound(
+                f"no HERO named {name!r} answered in realm {realm!r} within {timeout:g} s; "
+                + not_found_hint(name, realm)
+            )
+        time.sleep(min(pause, left))  # a HERO cannot be waited on: poll, backing off up to 0.5 s
+        pause = min(pause * 2, 0.5)
 
 
 def wait_for_hero(name: str, realm: str, timeout: float = 30.0, process: BossProcess | None = None) -> RemoteHERO:
