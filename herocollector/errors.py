@@ -18,6 +18,7 @@
     ├── Cancelled                       the service is closing; the job goes back to pending
     ├── StateDirError                   the state_dir cannot be used (full, read-only); names the file
     ├── Busy                            a remote call found no free thread in time; it was not run
+    ├── ActorNotFound                   no HERO of that name answered in the realm in time
     └── ConfigError (also ValueError)   invalid configuration or arguments
         └── StateDirLocked              another actor holds the state_dir
 
@@ -180,6 +181,10 @@ class Cancelled(CollectorError):
 
 class Busy(CollectorError):
     """A remote call waited too long for a free thread of the actor; it was not run, so nothing was done."""
+
+
+class ActorNotFound(CollectorError):
+    """No HERO of the name answered discovery in the realm before the timeout; the message says how to check."""
 
 
 class StateDirError(CollectorError):
