@@ -59,6 +59,8 @@ PAGE = 200
 """Jobs read from the journal per page when every run is cleaned or purged."""
 RECORD_WAIT = 2.0
 """Seconds a cleanup waits for the inventory of a run whose job turned done a moment ago."""
+SWEEP_DONE_WAIT = 8_000
+"""Milliseconds the cleanup of every run waits for a run's ``_DONE`` when no ``timeout`` is given."""
 RETRY_PURGE = 3600.0
 """Seconds until a purge that could not proceed (the run directory was replaced) is tried again."""
 
@@ -407,6 +409,8 @@ class RunCleaner:
     ) -> bool:
         ok = True
         after = 0
+        # A collected run had its _DONE: one without it now changed, and must not hold the sweep up for good.
+        timeout = SWEEP_DONE_WAIT if timeout is None else timeout
         while not self.stopping.is_set():
             page = self.journal.done_jobs_page(after, PAGE)
             if not page:
