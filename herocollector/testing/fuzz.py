@@ -103,6 +103,7 @@ import io
 import json
 import os
 import platform
+import re
 import signal
 import sys
 import tempfile
@@ -1061,6 +1062,10 @@ class Reference:
     unknown_sid: int | None = None
 
 
+_LONG_VARINT = re.compile(rb"([\x80-\xff]+[\x00-\x7f])")
+"""A varint of two bytes or more: continuation bytes, then the last byte (captured, so ``split`` keeps it)."""
+
+
 def reference_decode(
     data: bytes, known: tuple[int, ...], selected: tuple[int, ...] | None, dctx: zstandard.ZstdDecompressor
 ) -> Reference:
@@ -1098,24 +1103,22 @@ def reference_decode(
         if not obj.eof:
             return Reference(None, pos, "truncated zstd frame")
         end = size - len(obj.unused_data)
-        # Varints: one pass over the bytes (the common one-byte varint takes one test).
+        # Varints: runs of one-byte varints are their bytes; ``re`` finds the longer ones.
         vals: list[int] = []
-        append = vals.append
-        v = shift = 0
-        for byte in content:
-            if byte < 0x80:
-                if not shift:
-                    append(byte)
-                    continue
-                if shift >= 70:  # ten continuation bytes before this one; one the frame's end cuts is "unfinished"
-                    return Reference(None, pos, "varint longer than 10 bytes")
-                append((v | (byte << shift)) & M64)
-                v = shift = 0
-            elif shift < 70:
-                v |= (byte & 0x7F) << shift
-                shift += 7
-        if shift:
+        parts = _LONG_VARINT.split(content)
+        for k in range(1, len(parts), 2):
+            vals.extend(parts[k - 1])
+            word = parts[k]
+            if len(word) > 10:
+                return Reference(None, pos, "varint longer than 10 bytes")
+            v = 0
+            for byte in reversed(word):
+                v = (v << 7) | (byte & 0x7F)
+            vals.append(v & M64)
+        tail = parts[-1]
+        if tail and tail[-1] >= 0x80:  # a varint the frame's end cuts (the tail holds no terminated long one)
             return Reference(None, pos, "unfinished varint")
+        vals.extend(tail)
         # Records.
         r, count = 0, len(vals)
         while r < count:
