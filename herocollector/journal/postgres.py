@@ -156,6 +156,8 @@ class PgJournal:
         self._timeout = connect_timeout
         self._lock = threading.RLock()
         self._conn: psycopg.Connection[dict[str, Any]] | None = None
+        self._read_lock = threading.Lock()
+        self._reader: psycopg.Connection[dict[str, Any]] | None = None
         self._listener: threading.Thread | None = None
         self._stop = threading.Event()
         self.migrate()
@@ -175,17 +177,26 @@ class PgJournal:
         except psycopg.Error as exc:
             raise JournalError(f"cannot connect to the journal at {self.location}: {exc}") from None
 
-    def _run(self, action: Callable[[psycopg.Connection[dict[str, Any]]], _T]) -> _T:
-        """Run ``action`` in one transaction; reconnect once if the connection broke."""
-        with self._lock:
+    def _run(self, action: Callable[[psycopg.Connection[dict[str, Any]]], _T], read: bool = False) -> _T:
+        """Run ``action`` in one transaction; reconnect once if the connection broke.
+
+        With ``read``, on the connection for reads, so that a page of jobs read for a cleanup
+        never waits for, or holds up, a state change on the other.
+        """
+        with self._read_lock if read else self._lock:
             for attempt in (1, 2):
-                if self._conn is None or self._conn.closed or self._conn.broken:
-                    self._conn = self._connect()
+                conn = self._reader if read else self._conn
+                if conn is None or conn.closed or conn.broken:
+                    conn = self._connect()
+                    if read:
+                        self._reader = conn
+                    else:
+                        self._conn = conn
                 try:
-                    with self._conn.transaction():
-                        return action(self._conn)
+                    with conn.transaction():
+                        return action(conn)
                 except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
-                    if attempt == 2 or not (self._conn.closed or self._conn.broken):
+                    if attempt == 2 or not (conn.closed or conn.broken):
                         raise JournalError(f"journal query failed at {self.location}: {exc}") from None
                 except psycopg.Error as exc:
                     raise JournalError(f"journal query failed at {self.location}: {exc}") from None
@@ -242,10 +253,11 @@ class PgJournal:
         self._stop.set()
         if self._listener is not None:
             self._listener.join(timeout=5)
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
+        with self._lock, self._read_lock:
+            for conn in (self._conn, self._reader):
+                if conn is not None:
+                    conn.close()
+            self._conn = self._reader = None
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -277,7 +289,7 @@ class PgJournal:
             rows = db.execute(sql.encode(), tuple(params)).fetchall()
             return rows, self._outputs(db, [int(r["id"]) for r in rows])
 
-        rows, outputs = self._run(step)
+        rows, outputs = self._run(step, read=True)
         return [job_from_row(r, r["metadata"], outputs[int(r["id"])]) for r in rows]
 
     def get(self, job_id: int) -> Job | None:
@@ -354,7 +366,8 @@ class PgJournal:
                     "WHERE state = 'pending'), (SELECT MIN(lease_until) FROM herocollector_jobs "
                     f"WHERE state = 'running')) AS due, {_NOW} AS now"
                 )
-            )
+            ),
+            read=True,
         )
         if row["due"] is None:
             return None
@@ -696,7 +709,7 @@ class PgJournal:
     def trash_count(self) -> int:
         """How many jobs have segments in the trash."""
         sql = "SELECT COUNT(*) AS n FROM herocollector_jobs WHERE trash_until IS NOT NULL"
-        return int(self._run(lambda db: _first(db.execute(sql)))["n"])
+        return int(self._run(lambda db: _first(db.execute(sql)), read=True)["n"])
 
     def purged(self, job_id: int) -> None:
         """Record that a job's trash was deleted for good."""

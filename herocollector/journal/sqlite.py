@@ -121,6 +121,7 @@ class SqliteJournal:
         self.file = Path(file)
         self.location = str(self.file)
         self._lock = threading.RLock()
+        self._read_lock = threading.Lock()
         try:
             self.file.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(self.file, check_same_thread=False, isolation_level=None, timeout=30)
@@ -134,6 +135,11 @@ class SqliteJournal:
                     self._db.execute(f"ALTER TABLE jobs ADD COLUMN {column} {sql_type}")
             self._db.executescript(_INDEXES)
             self._count_states()
+            # Reads go through a connection of their own (WAL lets it read while the other
+            # writes), so a page of jobs read for a cleanup never holds up a submit.
+            self._reader = sqlite3.connect(self.file, check_same_thread=False, isolation_level=None, timeout=30)
+            self._reader.row_factory = sqlite3.Row
+            self._reader.execute("PRAGMA query_only=ON")
         except (sqlite3.Error, OSError) as exc:
             raise JournalError(f"cannot open the job journal: {exc}", self.file) from None
 
@@ -162,8 +168,9 @@ class SqliteJournal:
 
     def close(self) -> None:
         """Close the database."""
-        with self._lock:
+        with self._lock, self._read_lock:
             self._db.close()
+            self._reader.close()
 
     def subscribe(self, wake: Callable[[], None]) -> None:
         """Nothing to listen for: only this actor writes the journal."""
@@ -172,9 +179,9 @@ class SqliteJournal:
         return _Tx(self)
 
     def _read(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
-        with self._lock:
+        with self._read_lock:
             try:
-                return self._db.execute(sql, tuple(params)).fetchall()
+                return self._reader.execute(sql, tuple(params)).fetchall()
             except sqlite3.Error as exc:
                 raise JournalError(f"journal query failed: {exc}", self.file) from None
 
@@ -202,13 +209,17 @@ class SqliteJournal:
     def _select(self, sql: str, params: Iterable[Any] = ()) -> list[Job]:
         """The jobs a query on ``jobs`` selects, with their outputs.
 
-        Only the two queries run under the lock; the jobs are built after it is released, so a
-        page of jobs read for a cleanup holds up a concurrent ``submit`` as briefly as possible.
+        They are read on the reader connection, in one read transaction (the jobs and their
+        outputs agree), and built after its lock is released.
         """
-        with self._lock:
+        with self._read_lock:
             try:
-                rows = self._db.execute(sql, tuple(params)).fetchall()
-                outputs = self._outputs(self._db, [r["id"] for r in rows])
+                self._reader.execute("BEGIN")
+                try:
+                    rows = self._reader.execute(sql, tuple(params)).fetchall()
+                    outputs = self._outputs(self._reader, [r["id"] for r in rows])
+                finally:
+                    self._reader.execute("COMMIT")
             except sqlite3.Error as exc:
                 raise JournalError(f"journal query failed: {exc}", self.file) from None
         return self._assemble(rows, outputs)
