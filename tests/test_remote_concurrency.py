@@ -12,7 +12,7 @@ import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -21,6 +21,9 @@ from herocollector.actor.demo import write_simulated_run
 from herocollector.errors import Busy, RunRefused
 from herocollector.testing.actors import wait_for
 from herocollector.testing.runs import journal_rows
+
+if TYPE_CHECKING:
+    from herocollector.testing.actors import Env
 
 DEADLINE = 120.0
 """Seconds a test waits for a condition before it fails (generous: the machine is shared)."""
@@ -171,3 +174,26 @@ def test_too_many_running_tasks_are_refused_without_starting_one(tasks: RemoteTa
         release.set()
     assert tasks.wait(DEADLINE)
     assert started == [] and len(tasks.to_list()) == TASKS_RUNNING
+
+
+def test_an_accepted_cleanup_ends_untouched_when_the_actor_stops(env: Env) -> None:
+    actor = env.actor()
+    run = env.run("unfinished")
+    (run / "_DONE").unlink()
+    answer = actor.cleanup(str(run), force=True, timeout=600_000)
+    assert isinstance(answer, dict) and answer["accepted"] is True
+    (task,) = [t for t in actor.status()["tasks"] if t["id"] == answer["id"]]
+    assert task["state"] == "running" and task["result"] is None
+    env.stop(actor)  # BOSS's teardown: the wait for _DONE ends, and nothing is cleaned afterwards
+    (task,) = actor.tasks.to_list()
+    assert task["state"] == "done" and task["result"] is False
+    (run / "_DONE").touch()
+    assert untouched(run)
+
+
+def test_a_cleanup_that_is_refused_at_once_answers_false_without_a_task_left_running(env: Env) -> None:
+    actor = env.actor()
+    outside = env.run("elsewhere", folder=env.outside)
+    assert actor.cleanup(str(outside)) is False
+    assert [t["state"] for t in actor.status()["tasks"]] == ["done"]
+    assert untouched(outside)

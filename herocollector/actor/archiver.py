@@ -31,6 +31,7 @@ from herocollector.config import ServiceConfig
 from herocollector.errors import Busy, RunRefused
 from herocollector.events import RunCollected, RunFailed
 from herocollector.journal.sqlite import JobState
+from herocollector.run import logdir
 from herocollector.service.checks import (
     flag_argument,
     milliseconds_argument,
@@ -56,6 +57,8 @@ so the answer still comes before the caller's 10 s timeout and nothing runs behi
 TASKS_RUNNING = 64
 """Accepted remote tasks that may be running at once; a further one is refused (``Busy``)."""
 TASKS_KEPT = 200
+TEARDOWN_WAIT = 10.0
+"""Seconds the shutdown waits for accepted tasks that are past their wait for ``_DONE`` (verifying, renaming)."""
 """Finished remote tasks that ``status()["tasks"]`` keeps reporting (the oldest are dropped)."""
 
 
@@ -248,6 +251,7 @@ class CollectorArchiver(HERODataArchiver):
             self.service.close()
             raise
         self._parent_watch = threading.Event()
+        self._stopping = threading.Event()
         self._watch_parent()
 
     def _setup(self) -> None:
@@ -411,7 +415,19 @@ class CollectorArchiver(HERODataArchiver):
             one: str = path
 
             def work() -> bool:
-                return self.service.cleanup(one, keep_meta, wait_for_done, backoff, wait, force)
+                # The wait for _DONE is the actor's, so that _teardown can end it before the service closes;
+                # a run that is refused anyway is refused at once, as the service would.
+                if wait_for_done and not logdir.is_done(os.path.realpath(one)):
+                    refusal = self.service.cleanup_refusal(one, keep_meta, force)
+                    if refusal is not None:
+                        log.warning(f"cleanup of {one} refused: {refusal}")
+                        return False
+                    if not logdir.wait_for_done([os.path.realpath(one)], backoff, wait, stop=self._stopping):
+                        log.warning(f"cleanup of {one} not done: no _DONE within {wait} ms (or the actor stopped)")
+                        return False
+                if self._stopping.is_set():
+                    raise Busy("the actor is stopping; the cleanup was not done")
+                return self.service.cleanup(one, keep_meta, wait_for_done, backoff, 0, force)
 
             task = self.tasks.run("cleanup", one, work, REMOTE_ANSWER_WITHIN)
             if task.state == "done":
@@ -498,6 +514,7 @@ class CollectorArchiver(HERODataArchiver):
             while not self._parent_watch.wait(1.0):
                 if not parent.is_alive():
                     log.error(f"the BOSS process (pid {parent.pid}) is gone; stopping this worker")
+                    self._stopping.set()
                     self.service.close()
                     # BOSS's worker stops on SIGTERM; should that hang, end the process anyway.
                     threading.Timer(10.0, os._exit, args=(1,)).start()
@@ -532,7 +549,10 @@ class CollectorArchiver(HERODataArchiver):
     def _teardown(self) -> None:
         """Close the service (called by BOSS at shutdown; prompt whatever is waiting)."""
         self._parent_watch.set()
+        self._stopping.set()  # accepted cleanups waiting for _DONE end now, untouched
         self._calls.shutdown(wait=False)
+        if not self.tasks.wait(TEARDOWN_WAIT):
+            log.warning(f"remote tasks still running after {TEARDOWN_WAIT:g} s; closing the service anyway")
         self.service.close()
 
 

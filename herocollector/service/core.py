@@ -389,3 +389,8 @@ class CollectionService:
         exporter, self.exporter = self.exporter, None
         if exporter is not None:
             exporter.close()
+
+    def cleanup_refusal(self, path: str, keep_meta: bool = True, force: bool = False) -> str | None:
+        """Why :meth:`cleanup` would refuse ``path`` now, before any wait for ``_DONE``; None if it would not."""
+        path = os.path.normpath(str(path))
+        return self.cleaner.refusal(path, self.journal.by_path(path), force, keep_meta)
