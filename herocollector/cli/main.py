@@ -29,11 +29,11 @@ from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 from typing import NoReturn, cast
 
-from herocollector.cli import cleanup, collect, common, demo, inspect, remote, restore, verify
+from herocollector.cli import check_config, cleanup, collect, common, demo, inspect, remote, restore, verify
 from herocollector.cli.common import PROG, Command, Subparsers
 from herocollector.errors import CollectorError
 
-COMMANDS: tuple[Command, ...] = (collect, inspect, cleanup, restore, verify, remote, demo)
+COMMANDS: tuple[Command, ...] = (collect, inspect, cleanup, restore, verify, check_config, remote, demo)
 """The command modules, in the order ``herocollector --help`` lists them."""
 
 
