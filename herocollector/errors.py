@@ -130,19 +130,31 @@ class PublishError(OutputError):
         action: What was being done (``publishing``, ``writing`` ...).
         final: The final output path (or object URI).
         cause: The original error.
+        folder: The local folder where it failed, if not the one of ``final`` (the staging
+            folder of an object-store output).
 
     Attributes:
+        action: As given.
+        cause: The original error.
         errno: The original ``errno``, if any.
-        folder: The folder of the final path.
+        folder: The folder where it failed.
     """
 
-    def __init__(self, action: str, final: str | Path, cause: BaseException) -> None:
+    def __init__(self, action: str, final: str | Path, cause: BaseException, folder: str | Path | None = None) -> None:
+        self.action = action
+        self.cause = cause
         self.errno: int | None = getattr(cause, "errno", None)
         text = str(final)
-        self.folder = text.rsplit("/", 1)[0] if "/" in text else "."
+        self.folder = str(folder) if folder is not None else text.rsplit("/", 1)[0] if "/" in text else "."
         reason = getattr(cause, "strerror", None) or str(cause) or type(cause).__name__
         code = f"[Errno {self.errno}] " if self.errno is not None else ""
         super().__init__(f"{action} failed: {code}{reason} (in the folder {self.folder})", final)
+
+    def at(self, final: str | Path) -> PublishError:
+        """The same failure, named by the output it was for (an object URI instead of its staged file)."""
+        moved = PublishError(self.action, final, self.cause, self.folder)
+        moved.__cause__ = self.cause
+        return moved
 
 
 class DoneTimeout(CollectorError):

@@ -322,3 +322,22 @@ def test_a_stale_s3_manifest_is_removed_and_written_again_to_match_the_objects(
         body = s3.client().get_object(Bucket=bucket, Key=entry.path.split("/", 3)[3])["Body"].read()
         assert len(body) == entry.bytes and hashlib.sha256(body).hexdigest() == entry.sha256
     assert job.outputs == second.outputs
+
+
+def test_a_full_staging_disk_names_the_object_and_the_staging_folder(tmp_path: Path, s3: S3TestServer) -> None:
+    bucket = s3.bucket()
+    staging = tmp_path / "state" / "staging"
+    staging.mkdir(parents=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(staging)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.fail(f"cannot mount a tmpfs (needs root): {mounted.stderr.decode().strip()}")
+    try:
+        run = Path(write_simulated_run(tmp_path / "runs" / "big", records=200_000, entities=1, seed=1)["path"])
+        with CollectionService(config(tmp_path, f"s3://{bucket}/c", s3, max_retries=0)) as service:
+            job = collect(service, run, JobState.FAILED)
+        assert job.error.startswith(f"PublishError: s3://{bucket}/c/big/"), job.error  # the object it was for
+        assert "No space left on device" in job.error and f"in the folder {staging / bucket / 'c' / 'big'}" in job.error
+        assert [p for p in staging.rglob("*") if p.is_file()] == []  # no staged file keeps the disk full
+        assert not s3.client().list_objects_v2(Bucket=bucket).get("Contents")  # nothing was published
+    finally:
+        subprocess.run(["umount", "-l", str(staging)], check=False)

@@ -42,6 +42,7 @@ from herocollector.errors import (
     LeaseLost,
     OutputError,
     OutputTakenError,
+    PublishError,
     RunRefused,
 )
 from herocollector.events import RunCollected, RunFailed
@@ -268,8 +269,14 @@ class JobRunner:
             return {}, run.segment_bytes
         try:
             return self._commit_run(job, plan, lease, run.segment_bytes)
-        except BaseException:
+        except BaseException as exc:
             attempt.unmanifested = self._unmanifested(job, [target.path for target in plan.targets])
+            if isinstance(exc, PublishError):
+                # A staged file (object store) failed: name the output it was for, and the staging folder.
+                staged = {str(self.store.staging_path(target.path)): target.path for target in plan.targets}
+                location = staged.get(exc.path or "")
+                if location is not None and str(location) != exc.path:
+                    raise exc.at(location) from exc.cause
             raise
 
     def _commit_run(
