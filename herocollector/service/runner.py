@@ -391,7 +391,7 @@ class JobRunner:
             )
         return True
 
-    # -- failures -----------------------------------------------------------------------------
+    # -- outcomes -----------------------------------------------------------------------------
 
     def conclude(self, job: Job, outcome: Outcome) -> None:
         """Record an outcome in the journal, log it and report it: the one place outcomes go. Never raises."""
