@@ -197,3 +197,16 @@ def test_a_cleanup_that_is_refused_at_once_answers_false_without_a_task_left_run
     assert actor.cleanup(str(outside)) is False
     assert [t["state"] for t in actor.status()["tasks"]] == ["done"]
     assert untouched(outside)
+
+
+def test_verify_answers_its_result_and_a_bad_path_starts_no_task(env: Env) -> None:
+    from herocollector.testing.actors import collected
+
+    actor = env.actor()
+    run = env.run("run-1")
+    collected(actor, run)
+    answer = actor.verify(str(run))
+    assert answer["ok"] is True and "accepted" not in answer
+    with pytest.raises(Exception, match="absolute path"):
+        actor.verify("relative/run")
+    assert [(t["method"], t["state"], t["result"]["ok"]) for t in actor.status()["tasks"]] == [("verify", "done", True)]

@@ -432,10 +432,8 @@ class CollectorArchiver(HERODataArchiver):
             task = self.tasks.run("cleanup", one, work, REMOTE_ANSWER_WITHIN)
             if task.state == "done":
                 return bool(task.result)
-            error = self.tasks.error(task.id)
-            if error is not None:
-                raise error
-            return {"accepted": True, "id": task.id, "path": one}
+            accepted: dict[str, Any] = self._answer(task)
+            return accepted
         # Every run: on the service's thread, so the answer comes before the query times out.
         started = self.service.start_cleanup(keep_meta, wait_for_done, backoff, wait, force)
         answer = self.service.wait_cleanup(REMOTE_SWEEP_WAIT)
@@ -450,8 +448,13 @@ class CollectorArchiver(HERODataArchiver):
         Returns:
             ``run``, ``manifest``, ``ok``, ``problems`` and per output ``path``, ``ok``, what the
             manifest lists (``rows``, ``bytes``, ``sha256``), what was found and ``problems``.
+            When the outputs take longer than 3 s to hash, ``{"accepted": True, "id": ...,
+            "path": ...}``; ``status()["tasks"]`` then gives that result under the ``id``.
         """
-        return self.service.verify(run_path_argument(path)).to_dict()
+        run = run_path_argument(path)
+        task = self.tasks.run("verify", run, lambda: self.service.verify(run).to_dict(), REMOTE_ANSWER_WITHIN)
+        checked: dict[str, Any] = self._answer(task)
+        return checked
 
     def restore(self, path: str) -> bool:
         """Put a cleaned run's segments back from the trash (before the grace period ends).
@@ -461,6 +464,15 @@ class CollectorArchiver(HERODataArchiver):
         """
         self._allow_destructive("restore")
         return self.service.restore(run_path_argument(path))
+
+    def _answer(self, task: RemoteTask) -> Any:
+        """A task's result if it is done, its error raised if it failed, else "accepted" with its id."""
+        if task.state == "done":
+            return task.result
+        error = self.tasks.error(task.id)
+        if error is not None:
+            raise error
+        return {"accepted": True, "id": task.id, "path": task.path}
 
     def _allow_destructive(self, method: str) -> None:
         if not self.service.config.remote_cleanup:
