@@ -210,3 +210,21 @@ def test_verify_answers_its_result_and_a_bad_path_starts_no_task(env: Env) -> No
     with pytest.raises(Exception, match="absolute path"):
         actor.verify("relative/run")
     assert [(t["method"], t["state"], t["result"]["ok"]) for t in actor.status()["tasks"]] == [("verify", "done", True)]
+
+
+def test_a_forced_cleanup_of_a_run_about_to_be_collected_is_refused_at_once(env: Env) -> None:
+    from herocollector.journal.base import JobState
+    from herocollector.testing.actors import wait_job
+
+    actor = env.actor()
+    run = env.run("announced")
+    (run / "_DONE").unlink()
+    actor.feed("logger-x", {"path": str(run)})
+    wait_job(actor, run, JobState.WAITING)
+    # Waiting for its _DONE would race the collection of the same run once it came: refused, not accepted.
+    assert actor.cleanup(str(run), force=True, timeout=None) is False
+    assert untouched(run)
+    (run / "_DONE").touch()
+    wait_job(actor, run, JobState.DONE)
+    assert actor.cleanup(str(run)) is True
+    assert trashed(run)

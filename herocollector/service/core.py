@@ -391,6 +391,13 @@ class CollectionService:
             exporter.close()
 
     def cleanup_refusal(self, path: str, keep_meta: bool = True, force: bool = False) -> str | None:
-        """Why :meth:`cleanup` would refuse ``path`` now, before any wait for ``_DONE``; None if it would not."""
+        """Why a cleanup that is to wait for ``path``'s ``_DONE`` must be refused now; None if it may wait.
+
+        What :meth:`cleanup` refuses, and also a forced cleanup of a run this service is about to
+        collect (pending, waiting or running): once its ``_DONE`` came, the two would race.
+        """
         path = os.path.normpath(str(path))
-        return self.cleaner.refusal(path, self.journal.by_path(path), force, keep_meta)
+        job = self.journal.by_path(path)
+        if force and job is not None and job.state in (JobState.PENDING, JobState.WAITING, JobState.RUNNING):
+            return f"the run is being collected (job {job.id} is {job.state.value}); clean it once it is collected"
+        return self.cleaner.refusal(path, job, force, keep_meta)
