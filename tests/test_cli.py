@@ -423,6 +423,13 @@ def test_cleanup_refuses_a_folder_that_is_not_a_logger_directory(tmp_path: Path)
         ["demo", "--runs", "0"],
         ["demo", "--runs", "many"],
         ["demo", "--timeout", "-3"],
+        ["collect", "RUN", "-o", "x.parquet", "--format", "parquet", "--compression", "none"],
+        ["collect", "RUN", "-o", "x.arrow", "--quiet", "--progress"],
+        ["collect", "RUN", "-o", "x.arrow", "--recursive", "--depth", "-1"],
+        ["check-config"],
+        ["remote"],
+        ["remote", "status", "--timeout", "0"],
+        ["remote", "collect"],
     ],
     ids=lambda a: " ".join(a) or "<none>",
 )
@@ -478,9 +485,12 @@ def check_demo_output(result: subprocess.CompletedProcess[str], runs: int) -> tu
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Traceback" not in result.stdout + result.stderr
     text = result.stdout
-    realm = re.search(r"in realm (\S+)", text).group(1)
+    realm_match = re.search(r"in realm (\S+)", text)
+    workdir_match = re.search(r"work directory: (\S+)", text)
+    assert realm_match and workdir_match, text
+    realm = realm_match.group(1)
     pids = [int(p) for p in re.findall(r"started BOSS for .*?, pid (\d+)", text)]
-    workdir = Path(re.search(r"work directory: (\S+)", text).group(1))
+    workdir = Path(workdir_match.group(1))
     assert len(pids) == 2
     for number in range(1, runs + 1):
         match = re.search(
@@ -614,3 +624,162 @@ def test_progress_moves_within_a_run(tmp_path: Path) -> None:
     assert seen[-1][0] == segment.stat().st_size
     assert len(seen) > 3
     assert any(0 < done < segment.stat().st_size for done, _ in seen)  # reported before the run ended
+
+
+# ----------------------------------------------------------------------------------------
+# What operators reach for: time ranges, the trash, summaries, progress, recursion, clobbering
+# ----------------------------------------------------------------------------------------
+
+
+def test_inspect_shows_each_streams_time_range(runs: list[Path]) -> None:
+    result = cli("inspect", runs[1], "--json")
+    assert result.returncode == 0, result.stderr
+    [report] = json.loads(result.stdout)
+    table = collect_table([runs[1]])
+    ids = table.column("stream_id").to_numpy()
+    epochs = table.column("epoch").to_numpy()
+    assert report["trash"] is None
+    for stream in report["streams"]:
+        mine = epochs[ids == stream["stream_id"]]
+        assert stream["first_epoch"] == pytest.approx(mine.min())
+        assert stream["last_epoch"] == pytest.approx(mine.max())
+    human = cli("inspect", runs[1])
+    assert "first epoch" in human.stdout and "last epoch" in human.stdout
+
+
+def test_inspect_of_a_cleaned_run_shows_its_trash(runs: list[Path]) -> None:
+    segments = sorted(runs[1].glob("*.seg.zst"))
+    assert cli("cleanup", runs[1]).returncode == 0
+    result = cli("inspect", runs[1], "--json", "--grace", "600")
+    assert result.returncode == 0, result.stderr
+    [report] = json.loads(result.stdout)
+    held = report["trash"]
+    assert held["segments"] == len(segments) and held["bytes"] == sum(
+        s.stat().st_size for s in runs[1].glob("*.trash-*")
+    )
+    assert held["restorable_until"] == held["trashed_at"] + 600
+    assert held["restore"] == f"herocollector restore {runs[1]}"
+    human = cli("inspect", runs[1]).stdout
+    assert f"{len(segments)} segment(s) in the trash" in human
+    assert f"herocollector restore {runs[1]}" in human
+
+
+def test_collect_of_a_cleaned_run_fails_naming_the_restore_command(runs: list[Path], tmp_path: Path) -> None:
+    assert cli("cleanup", runs[0]).returncode == 0
+    out = tmp_path / "cleaned.arrow"
+    line = assert_one_line_error(cli("collect", runs[0], "-o", out), 1)
+    assert "trash" in line and f"herocollector restore {runs[0]}" in line
+    assert not out.exists() and leftover_temporaries(tmp_path) == []
+    assert cli("restore", runs[0]).returncode == 0
+    assert cli("collect", runs[0], "-o", out).returncode == 0
+    assert read_ipc(out).num_rows == 3000
+
+
+def test_collect_json_summary(runs: list[Path], tmp_path: Path) -> None:
+    root = tmp_path / "collected"
+    result = cli("collect", *runs, "-o", root, "--template", "{{ logger_name }}/{{ measure }}.arrow", "--json")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["runs"] == [str(p) for p in runs]
+    assert summary["rows"] == 13_000 == sum(o["rows"] for o in summary["outputs"])
+    assert len(summary["outputs"]) == 6
+    for output in summary["outputs"]:
+        path = Path(output["path"])
+        assert path.stat().st_size == output["bytes"] and read_ipc(path).num_rows == output["rows"]
+    assert summary["bytes"] == sum(o["bytes"] for o in summary["outputs"])
+    assert summary["segment_bytes"] == sum(s.stat().st_size for run in runs for s in run.glob("*.seg.zst"))
+    assert summary["seconds"] > 0
+
+
+def test_progress_can_be_forced_on_and_uses_binary_units(tmp_path: Path) -> None:
+    run = Path(write_simulated_run(tmp_path / "big", records=60_000, entities=2, seed=4)["path"])
+    result = cli("collect", run, "-o", tmp_path / "out.arrow", "--progress")
+    assert result.returncode == 0, result.stderr
+    assert "finishing 1 file(s)" in result.stderr, result.stderr[-2000:]
+    assert "KiB" in result.stderr or "MiB" in result.stderr
+    assert not re.search(r"\d [kM]B\b", result.stderr + result.stdout), "decimal units next to binary ones"
+    quiet = cli("collect", run, "-o", tmp_path / "out2.arrow")
+    assert quiet.returncode == 0 and "finishing" not in quiet.stderr  # not a terminal, not forced
+
+
+def test_collect_recursive_finds_finished_runs_down_to_depth(pristine_runs: Path, tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    shutil.copytree(pristine_runs / "run-a", root / "2026" / "run-a")
+    shutil.copytree(pristine_runs / "run-b", root / "2026" / "deeper" / "run-b")
+    shutil.copytree(pristine_runs / "run-a", root / "2026" / "unfinished")
+    unfinish(root / "2026" / "unfinished")
+    shallow = tmp_path / "shallow.arrow"
+    result = cli("collect", root, "--recursive", "--depth", "2", "-o", shallow, "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["runs"] == [str(root / "2026" / "run-a")]
+    deep = tmp_path / "deep.arrow"
+    result = cli("collect", root, "-r", "-o", deep, "--json")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["runs"] == [str(root / "2026" / "deeper" / "run-b"), str(root / "2026" / "run-a")]
+    assert read_ipc(deep).num_rows == 13_000
+    line = assert_one_line_error(cli("collect", root, "-r", "--depth", "0", "-o", tmp_path / "none.arrow"), 1)
+    assert "no finished logger directory" in line and str(root) in line
+
+
+def test_collect_recursive_leaves_out_cleaned_runs_saying_so(pristine_runs: Path, tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    shutil.copytree(pristine_runs, root)
+    assert cli("cleanup", root / "run-b").returncode == 0
+    result = cli("collect", root, "-r", "-o", tmp_path / "out.arrow", "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["runs"] == [str(root / "run-a")]
+    assert "left out 1 cleaned run(s)" in result.stderr and str(root / "run-b") in result.stderr
+
+
+def test_no_clobber_refuses_an_existing_output(runs: list[Path], tmp_path: Path) -> None:
+    out = tmp_path / "out.arrow"
+    out.write_bytes(b"precious")
+    line = assert_one_line_error(cli("collect", runs[0], "-o", out, "--no-clobber"), 1)
+    assert "--no-clobber" in line and str(out) in line
+    assert out.read_bytes() == b"precious" and leftover_temporaries(tmp_path) == []
+    fresh = tmp_path / "fresh.arrow"
+    assert cli("collect", runs[0], "-o", fresh, "--no-clobber").returncode == 0
+    assert read_ipc(fresh).num_rows == 3000
+
+
+def test_a_full_output_folder_is_named_not_the_temporary_file(runs: list[Path], tmp_path: Path) -> None:
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(small)], check=True)
+    try:
+        result = cli("collect", *runs, "-o", small / "all.arrow")
+        leftovers = leftover_temporaries(small)
+    finally:
+        subprocess.run(["umount", str(small)], check=True)
+    line = assert_one_line_error(result, 1)
+    assert f"{small / 'all.arrow'}:" in line and f"in the folder {small}" in line
+    assert ".tmp" not in line and leftovers == []
+
+
+def test_help_says_what_is_accepted() -> None:
+    top = cli("--help").stdout
+    assert "Parquet" in top
+    for command in ("check-config", "remote", "verify"):
+        assert command in top
+    collect_help = cli("collect", "--help").stdout
+    assert "{zstd,lz4,none}" in collect_help
+    assert "--recursive" in collect_help and "--no-clobber" in collect_help and "--json" in collect_help
+    remote_help = cli("remote", "--help").stdout
+    for method in ("status", "failed", "retry", "collect", "cleanup", "restore", "verify"):
+        assert method in remote_help
+
+
+def test_every_command_is_documented() -> None:
+    from herocollector.cli.main import COMMANDS
+    from herocollector.cli.remote import METHODS
+
+    root = Path(__file__).resolve().parent.parent
+    text = "".join(
+        (root / name).read_text(encoding="utf-8")
+        for name in ("README.md", "docs/operations.md", "docs/troubleshooting.md")
+    )
+    for command in COMMANDS:
+        assert f"herocollector {command.NAME}" in text, f"herocollector {command.NAME} is not documented"
+    for method in METHODS:
+        assert f"herocollector remote {method}" in text, f"herocollector remote {method} is not documented"

@@ -1,6 +1,7 @@
 """The ``herocollector`` command line: one module per command, assembled by :mod:`herocollector.cli.main`.
 
-Every command module (``collect``, ``inspect``, ``cleanup``, ``restore``, ``demo``) has the same small interface,
+Every command module (``collect``, ``inspect``, ``cleanup``, ``restore``, ``verify``, ``check_config``,
+``remote``, ``demo``) has the same small interface,
 described by :class:`herocollector.cli.common.Command`:
 
 ``NAME: str``

@@ -1,6 +1,10 @@
-"""``herocollector collect``: logger directories into one Arrow IPC file, or into templated files.
+"""``herocollector collect``: logger directories into one Arrow IPC or Parquet file, or into templated files.
 
-The command waits for ``_DONE`` in every path, plans the runs with the shared
+With ``--recursive`` the paths are roots, searched down to ``--depth`` levels for finished runs
+by the actor's catch-up scan (:func:`herocollector.service.scan.finished_runs`). A run whose
+segments a cleanup moved into its trash is refused, naming the ``restore`` command; with
+``--no-clobber`` an existing output is refused before anything is written. The command waits
+for ``_DONE`` in every path, plans the runs with the shared
 :class:`~herocollector.output.pipeline.OutputPipeline` (the actor's), routes every selected stream
 to one file (``-o``) or to the path ``--template`` renders under ``-o``, and writes: each output to
 a hidden temporary file, published when all are complete, or every temporary file removed.
@@ -23,11 +27,13 @@ from herocollector.cli import common
 from herocollector.cli.common import CLI_SOURCE, PROG, Subparsers
 from herocollector.collector import Collector
 from herocollector.config import parse_columns
-from herocollector.errors import CollectorError
+from herocollector.errors import CollectorError, OutputError
 from herocollector.output.files import FORMATS, OutputFormat, provenance_metadata
 from herocollector.output.paths import PathTemplate, Trusted
 from herocollector.output.pipeline import CollectionPlan, OutputPipeline, OutputTarget, PlannedRun, Router
+from herocollector.run import logdir, trash
 from herocollector.run.catalogue import Stream
+from herocollector.service.scan import finished_runs
 
 NAME = "collect"
 
@@ -36,14 +42,32 @@ def register(subparsers: Subparsers) -> None:
     """Add ``collect`` to the ``herocollector`` parser."""
     collect = subparsers.add_parser(
         NAME,
-        help="collect logger directories into one Arrow IPC file, or templated files",
+        help="collect logger directories into one Arrow IPC or Parquet file, or templated files",
         description=(
-            "Collect logger directories into one Arrow IPC file at OUT, or, with --template, into files "
-            "under the folder OUT at paths rendered per stream (streams with the same path share a file). "
+            "Collect logger directories into one Arrow IPC or Parquet file at OUT, or, with --template, into "
+            "files under the folder OUT at paths rendered per stream (streams with the same path share a file). "
             "Files are written to a temporary name and renamed into place when complete."
         ),
     )
-    collect.add_argument("paths", nargs="+", metavar="PATH", help="logger directories, collected in this order")
+    collect.add_argument(
+        "paths",
+        nargs="+",
+        metavar="PATH",
+        help="logger directories, collected in this order (with --recursive: folders to search for finished runs)",
+    )
+    collect.add_argument(
+        "-r",
+        "--recursive",
+        action="store_true",
+        help="collect every finished run (streams/ and _DONE) below the PATHs, as the actor's scan finds them",
+    )
+    collect.add_argument(
+        "--depth",
+        type=_depth,
+        default=3,
+        metavar="N",
+        help="with --recursive: levels below each PATH to search (0: PATH itself; default 3, as scan_depth)",
+    )
     collect.add_argument(
         "-o", "--output", required=True, metavar="OUT", help="the output file; with --template the output root folder"
     )
@@ -73,14 +97,22 @@ def register(subparsers: Subparsers) -> None:
         "--format",
         choices=FORMATS,
         default="file",
-        help="Arrow IPC file (default), Arrow IPC stream, or Parquet (zstd unless --compression says otherwise)",
+        help=(
+            "Arrow IPC file (default), Arrow IPC stream, or Parquet; docs/operations.md says which can be read "
+            "as a dataset"
+        ),
     )
     collect.add_argument(
         "--compression",
         type=common.compression,
         default=None,
-        metavar="{zstd,lz4}",
-        help="IPC buffer compression (default none)",
+        metavar="{zstd,lz4,none}",
+        help="buffer compression: IPC outputs default to none, Parquet to zstd (Parquet cannot be 'none')",
+    )
+    collect.add_argument(
+        "--no-clobber",
+        action="store_true",
+        help="refuse (exit 1, writing nothing) when an output file exists already; by default it is replaced",
     )
     common.wait_options(collect)
     collect.add_argument(
@@ -91,7 +123,74 @@ def register(subparsers: Subparsers) -> None:
         metavar="N",
         help="runs decoded at the same time (default 2); rows are written in the order of the paths",
     )
-    collect.add_argument("-q", "--quiet", action="store_true", help="no progress display")
+    display = collect.add_mutually_exclusive_group()
+    display.add_argument("-q", "--quiet", action="store_true", help="no progress display")
+    display.add_argument(
+        "--progress", action="store_true", help="show the progress display on stderr even when it is not a terminal"
+    )
+    collect.add_argument(
+        "--json", action="store_true", help="print a JSON summary (outputs, rows, bytes, seconds) instead of text"
+    )
+
+
+def _depth(text: str) -> int:
+    """``--depth``: a non-negative integer."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of levels, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, got {value}")
+    return value
+
+
+def _run_paths(args: argparse.Namespace) -> list[Path]:
+    """The logger directories to collect: the paths, or with ``--recursive`` the finished runs below them."""
+    given = [Path(os.path.abspath(p)) for p in args.paths]
+    if not args.recursive:
+        return Collector([str(p) for p in given]).paths
+    for root in given:
+        common.require_dir(root)
+    found = list(dict.fromkeys(Path(p) for p in finished_runs(given, args.depth)))
+    if not found:
+        where = ", ".join(str(p) for p in given)
+        raise CollectorError(
+            f"no finished logger directory (streams/ and _DONE) within {args.depth} level(s) below {where}"
+        )
+    return found
+
+
+def _trashed_segments(path: Path) -> list[Path]:
+    """The segment files in the run's trash."""
+    return [p for p, _ in trash.trashed(path) if p.name.split(".trash-")[0].endswith(logdir.SEGMENT_SUFFIX)]
+
+
+def _cleaned(path: Path) -> bool:
+    """Whether the run has no segment in place and some in its trash."""
+    return not logdir.segment_files(path) and bool(_trashed_segments(path))
+
+
+def _refuse_cleaned(path: Path) -> None:
+    """Raise when the run's segments are in its trash: collecting it would write an empty output."""
+    if logdir.segment_files(path):
+        return
+    held = _trashed_segments(path)
+    if held:
+        raise CollectorError(
+            f"its {len(held)} segment file(s) are in the run's trash (the run was cleaned); put them back with "
+            f"'{PROG} restore {path}' (or, if a collector actor cleaned it, '{PROG} remote restore {path}') "
+            "and collect again",
+            path,
+        )
+
+
+def _refuse_existing(plan: CollectionPlan) -> None:
+    """``--no-clobber``: raise naming the outputs that exist already."""
+    existing = [str(target.path) for target in plan.targets if os.path.lexists(target.path)]
+    if existing:
+        raise OutputError(
+            f"--no-clobber: {len(existing)} output file(s) exist already, nothing was written: {', '.join(existing)}"
+        )
 
 
 def _router(args: argparse.Namespace) -> tuple[Path, Router]:
@@ -132,36 +231,65 @@ def _provenance(plan: CollectionPlan, collected_at: str) -> Callable[[OutputTarg
 def run(args: argparse.Namespace, out: Console, err: Console) -> int:
     """``herocollector collect``: see :func:`register`."""
     started = time.monotonic()
-    paths = Collector([os.path.abspath(p) for p in args.paths]).paths
+    paths = _run_paths(args)
+    if args.recursive:  # a cleaned run among those found was collected before: said, and left out
+        cleaned = [p for p in paths if _cleaned(p)]
+        if cleaned:
+            err.print(
+                f"{PROG}: warning: left out {len(cleaned)} cleaned run(s) whose segments are in the trash "
+                f"('{PROG} restore PATH' puts them back): {', '.join(map(str, cleaned))}",
+                soft_wrap=True,
+            )
+            paths = [p for p in paths if p not in cleaned] or paths  # all cleaned: refused below, naming one
     for path in paths:
         common.require_logger_dir(path)
+        _refuse_cleaned(path)
+    compression = None if args.compression in (None, "none") else args.compression
+    if args.compression == "none" and args.format == OutputFormat.PARQUET:
+        err.print(
+            f"{PROG} collect: error: --compression none: Parquet outputs are always compressed (zstd or lz4)",
+            soft_wrap=True,
+        )
+        return 2
     names, types = parse_columns(args.columns)
     pipeline = OutputPipeline(
         rule=args.rule,
         columns=names,
         label_types=types,
         format=OutputFormat.parse(args.format),
-        compression=args.compression,
+        compression=compression,
         prefetch_runs=args.jobs - 1,
     )
     # The deferral begins at the write and ends after the results are printed: a signal from
     # then on is acted on when it is safe (see common.Deferral).
     with ExitStack() as held:
-        with common.progress(err, args.quiet) as progress:
+        with common.progress(err, args.quiet, force=args.progress) as progress:
             common.wait_for_done(paths, args.backoff, args.timeout, progress)
             runs = [pipeline.plan_run(p) for p in paths]
             root, route = _router(args)
             plan = pipeline.plan(runs, route)
             if args.template is None and not plan.targets:
                 plan.targets.append(OutputTarget(route(0, runs[0], Stream(0, 1.0, 1.0))))
+            if args.no_clobber:
+                _refuse_existing(plan)
             collected_at = datetime.now(UTC).isoformat()
-            task = progress.add_task("collecting", total=plan.segment_bytes or None, note="0 rows")
+            total = plan.segment_bytes
+            task = progress.add_task("collecting", total=total or None, note="0 rows")
             rows = 0
+            done_bytes = 0
 
             def on_rows(n: int) -> None:
                 nonlocal rows
                 rows += n
                 progress.update(task, note=f"{rows:,} rows")
+
+            def on_bytes(n: int) -> None:
+                nonlocal done_bytes
+                done_bytes += n
+                progress.advance(task, n)
+                if total and done_bytes >= total:
+                    # Every segment is decoded; what remains (flush, fsync, rename) can take seconds.
+                    progress.update(task, description=f"finishing {len(plan.targets)} file(s): sync and publish")
 
             finals = [Path(target.path) for target in plan.targets]
             created = common.missing_folders(finals)
@@ -170,7 +298,7 @@ def run(args: argparse.Namespace, out: Console, err: Console) -> int:
                 written = pipeline.write(
                     plan,
                     provenance=_provenance(plan, collected_at),
-                    on_bytes=lambda n: progress.advance(task, n),
+                    on_bytes=on_bytes,
                     on_rows=on_rows,
                     check_cancel=signals.check,
                 )
@@ -180,14 +308,27 @@ def run(args: argparse.Namespace, out: Console, err: Console) -> int:
         elapsed = time.monotonic() - started
         if not any(run.selected for run in runs):
             err.print(f"{PROG}: warning: no stream was selected in {len(paths)} run(s)", soft_wrap=True)
-        for output in written:
-            out.print(f"{output.path}  {output.rows:,} rows", soft_wrap=True)
-        rate = rows / elapsed if elapsed > 0 else float("inf")
-        out.print(
-            f"collected {len(paths)} run(s): {rows:,} rows, {len(written)} file(s) under {root}, "
-            f"{common.size(plan.segment_bytes)} of segments in {elapsed:.3f} s ({rate:,.0f} records/s)",
-            soft_wrap=True,
-        )
+        if args.json:
+            summary = {
+                "runs": [str(p) for p in paths],
+                "outputs": [
+                    {"path": str(o.path), "rows": o.rows, "bytes": o.bytes, "sha256": o.sha256} for o in written
+                ],
+                "rows": rows,
+                "bytes": sum(o.bytes for o in written),
+                "segment_bytes": plan.segment_bytes,
+                "seconds": round(elapsed, 6),
+            }
+            out.print_json(json.dumps(summary))
+        else:
+            for output in written:
+                out.print(f"{output.path}  {output.rows:,} rows, {common.size(output.bytes)}", soft_wrap=True)
+            rate = rows / elapsed if elapsed > 0 else float("inf")
+            out.print(
+                f"collected {len(paths)} run(s): {rows:,} rows, {len(written)} file(s) under {root}, "
+                f"{common.size(plan.segment_bytes)} of segments in {elapsed:.3f} s ({rate:,.0f} records/s)",
+                soft_wrap=True,
+            )
         if signals.received is not None:  # it came while the outputs were being finished and published
             raise common.Interrupted(signals.received, f"after the {len(written)} output file(s) were published")
     return 0

@@ -132,10 +132,10 @@ def seconds(text: str) -> float:
     return value
 
 
-def compression(text: str) -> str | None:
-    """``zstd``, ``lz4`` or ``none``."""
+def compression(text: str) -> str:
+    """``zstd``, ``lz4`` or ``none`` (kept as ``"none"``: a Parquet output cannot be uncompressed, and says so)."""
     if text.lower() == "none":
-        return None
+        return "none"
     if text not in COMPRESSIONS:
         choices = ", ".join(repr(c) for c in COMPRESSIONS if c) + ", 'none'"
         raise argparse.ArgumentTypeError(f"invalid choice {text!r} (choose from {choices})")
@@ -179,12 +179,19 @@ def consoles() -> tuple[Console, Console]:
     return Console(highlight=False, markup=False), Console(stderr=True, highlight=False, markup=False)
 
 
-def progress(console: Console, quiet: bool, *, bytes_bar: bool = True) -> Progress:
-    """A rich progress display on ``console`` (shown on terminals only, and gone when done)."""
+def progress(console: Console, quiet: bool, *, bytes_bar: bool = True, force: bool = False) -> Progress:
+    """A rich progress display on ``console``, gone when done.
+
+    Shown on terminals only unless ``force`` (``--progress``), which draws it on ``console``'s
+    stream even when that is a pipe or a file. Sizes are in binary units (KiB, MiB), as every
+    summary line prints them (:func:`size`).
+    """
     parts: list[Any] = [SpinnerColumn(), TextColumn("[progress.description]{task.description}"), BarColumn()]
     if bytes_bar:
-        parts.append(DownloadColumn())
+        parts.append(DownloadColumn(binary_units=True))
     parts += [TextColumn("{task.fields[note]}"), TimeElapsedColumn()]
+    if force and not quiet:
+        console = Console(file=console.file, force_terminal=True, highlight=False, markup=False)
     return Progress(*parts, console=console, transient=True, disable=quiet or not console.is_terminal)
 
 

@@ -1,4 +1,7 @@
-r"""The ``herocollector`` command line: ``collect``, ``inspect``, ``cleanup``, ``restore`` and ``demo``.
+r"""The ``herocollector`` command line: collect, inspect, clean up and check runs; check configs; ask an actor.
+
+The commands: ``collect``, ``inspect``, ``cleanup``, ``restore``, ``verify``, ``check-config``,
+``remote`` (the running actor's methods) and ``demo``.
 
 Examples::
 
@@ -10,6 +13,8 @@ Examples::
     herocollector cleanup /data/runs/run-0001          # into the run's trash
     herocollector restore /data/runs/run-0001          # undone
     herocollector cleanup /data/runs/run-0001 --purge  # for good
+    herocollector check-config /etc/boss/collector.json --run /data/runs/run-0001
+    herocollector remote status --realm lab            # ask the running actor
     herocollector demo
 
 Exit status: 0 on success, 1 when herocollector reports an error about its input (a
@@ -57,7 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``herocollector`` command, with a sub-command per module in ``COMMANDS``."""
     parser = _Parser(
         prog=PROG,
-        description="Collect disco data-logger runs into Arrow IPC files.",
+        description=(
+            "Collect disco data-logger runs into Arrow IPC or Parquet files, check a collector actor's BOSS config, "
+            "and ask a running actor (remote)."
+        ),
         epilog="Exit status: 0 ok, 1 error in the input or the run, 2 bad arguments.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_package_version()}")
