@@ -21,9 +21,10 @@ import pytest
 from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from herocollector import CollectionService, ServiceConfig
 from herocollector.actor.demo import write_simulated_run
+from herocollector.config import ServiceConfig
 from herocollector.errors import ConfigError
+from herocollector.service.core import CollectionService
 from herocollector.service.metrics import MALFORMED, UNKNOWN, error_type
 from herocollector.testing.actors import wait_for
 from herocollector.testing.runs import journal_rows

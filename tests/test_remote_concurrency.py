@@ -8,6 +8,7 @@ with an id that ``status()["tasks"]`` reports on.
 
 from __future__ import annotations
 
+import functools
 import threading
 import uuid
 from collections.abc import Iterator
@@ -111,7 +112,9 @@ def test_twelve_concurrent_cleanups_each_answer_in_time_with_the_truth(tmp_path:
             assert task["path"] == str(path) and task["method"] == "cleanup"
             return None if task["state"] == "running" else (task["result"],)
 
-        results = {p: wait_until(lambda p=p: outcome(p), DEADLINE, f"the outcome for {p.name}")[0] for p in answers}
+        results = {
+            p: wait_until(functools.partial(outcome, p), DEADLINE, f"the outcome for {p.name}")[0] for p in answers
+        }
         jobs = {r["path"]: r["state"] for r in journal_rows(state)}
         for path in collected:
             assert results[path] is True, f"{path.name}: {answers[path]!r}"

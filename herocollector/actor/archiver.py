@@ -316,7 +316,7 @@ class CollectorArchiver(HERODataArchiver):
                 log.warning(f"observable_data not published: {exc}")
 
     def _observable_data(self) -> dict[str, tuple[float, str]]:
-        """The service's counters, for BOSS's ``datasource`` option and herostools' Prometheus actor."""
+        """The service's counters, for BOSS's ``datasource`` option (polled, or published after each outcome)."""
         counts = self.service.counts()
         metrics = self.service.metrics()
         data: dict[str, tuple[float, str]] = {
