@@ -35,8 +35,10 @@ TEMPLATE = "{{ output_root }}/{{ logger_name }}/{{ measure }}.arrow"
 
 SERVICE = textwrap.dedent(
     """
-    import json, sys, threading
+    import json, logging, sys, threading
     from herocollector import CollectionService, ServiceConfig
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
     arguments, point, runs = json.loads(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3])
     service = CollectionService(ServiceConfig.from_arguments(**arguments))
@@ -69,6 +71,11 @@ def manifests(root: Path) -> dict[Path, bytes]:
     return {p: p.read_bytes() for p in root.rglob(f"{MANIFEST_PREFIX}*")}
 
 
+def names(root: Path) -> set[str]:
+    """Every file name under ``root``, temporary ones included."""
+    return {str(p) for p in root.rglob("*")} if root.exists() else set()
+
+
 def published(root: Path) -> int:
     """Outputs under a final name."""
     return sum(1 for p in root.rglob("*.arrow") if not p.name.startswith(".")) if root.exists() else 0
@@ -94,16 +101,22 @@ def expected(run: Path, measure: str) -> pa.Table:
     return writer.table()
 
 
-def one_life(log_path: Path, point: str, arguments: dict[str, Any], runs: list[Path]) -> dict[Path, bytes]:
+def one_life(
+    log_path: Path, point: str, arguments: dict[str, Any], runs: list[Path], changes: int = 1
+) -> dict[Path, bytes] | None:
     """Run the service in a subprocess until its kill point, then SIGKILL it (or let it finish: ``none``).
 
+    ``any`` kills it once ``changes`` changes were seen in the output folder or the journal.
+
     Returns:
-        The manifests on disk at the kill (after a ``manifest`` kill point), else nothing.
+        The manifests on disk at the kill (after a ``manifest`` kill point), else nothing; None
+        when it was not killed (``any``: it finished first).
     """
     out, state = Path(arguments["output_root"]), Path(arguments["state_dir"])
     before_manifests = set(manifests(out)) if out.exists() else set()
     before_done = done_jobs(state)
     before_outputs = published(out)
+    seen = [(names(out), done_jobs(state))]
     with log_path.open("wb") as log:
         child = subprocess.Popen(
             [sys.executable, "-c", SERVICE, json.dumps(arguments), point, json.dumps([str(r) for r in runs])],
@@ -117,6 +130,11 @@ def one_life(log_path: Path, point: str, arguments: dict[str, Any], runs: list[P
                 return {}
 
             def reached() -> bool:
+                if point == "any":
+                    now = (names(out), done_jobs(state))
+                    if now != seen[-1]:
+                        seen.append(now)
+                    return child.poll() is not None or len(seen) > changes
                 assert child.poll() is None, log_path.read_text()[-3000:]  # it must not end on its own
                 if point == "manifest":
                     return out.exists() and bool(set(manifests(out)) - before_manifests)
@@ -125,6 +143,9 @@ def one_life(log_path: Path, point: str, arguments: dict[str, Any], runs: list[P
                 return done_jobs(state) > before_done
 
             wait_for(reached, f"kill point {point} ({log_path.name})", timeout=120)
+            if child.poll() is not None:  # "any": it finished before anything could be seen
+                assert child.returncode == 0, log_path.read_text()[-3000:]
+                return None
             os.kill(child.pid, signal.SIGKILL)
             assert child.wait(timeout=30) == -signal.SIGKILL
             return manifests(out) if point == "manifest" else {}
@@ -134,34 +155,8 @@ def one_life(log_path: Path, point: str, arguments: dict[str, Any], runs: list[P
                 child.wait()
 
 
-def test_kill_9_after_manifests_and_journal_updates_leaves_every_run_collected_once_and_true(
-    tmp_path: Path,
-) -> None:
-    runs = [
-        Path(write_simulated_run(tmp_path / "runs" / f"run-{i}", records=300, entities=2, seed=i)["path"])
-        for i in range(4)
-    ]
-    out, state = tmp_path / "out", tmp_path / "state"
-    arguments: dict[str, Any] = {
-        "save_template": TEMPLATE,
-        "output_root": str(out),
-        "allowed_roots": [str(tmp_path / "runs")],
-        "state_dir": str(state),
-        "scan_interval": None,
-        "workers": 1,
-        "retry_delay": 0.05,
-        "max_retries": 8,
-    }
-    seen_at_kills: dict[Path, bytes] = {}
-    kills = 0
-    points = ["manifest", "journal", "publish", "manifest", "journal", "publish", "manifest", "none"]
-    for life, point in enumerate(points):
-        seen = one_life(tmp_path / f"life-{life}.log", point, arguments, runs)
-        if point != "none":
-            kills += 1
-            seen_at_kills.update(seen)
-    assert kills == len(points) - 1
-
+def audit(out: Path, state: Path, runs: list[Path], seen_at_kills: dict[Path, bytes]) -> None:
+    """Every run collected once, every manifest true, adopted manifests unchanged, nothing unaccounted."""
     rows = journal_rows(state)
     assert sorted(r["path"] for r in rows) == sorted(str(r) for r in runs)  # one job per run
     assert all(r["state"] == JobState.DONE for r in rows), [dict(r) for r in rows]
@@ -188,3 +183,63 @@ def test_kill_9_after_manifests_and_journal_updates_leaves_every_run_collected_o
     ]
     assert leftovers == []  # no temporary file, no output that no manifest lists
     assert not list(out.rglob(f"*{TEMP_SUFFIX}"))
+
+
+def test_kill_9_after_manifests_and_journal_updates_leaves_every_run_collected_once_and_true(
+    tmp_path: Path,
+) -> None:
+    runs = [
+        Path(write_simulated_run(tmp_path / "runs" / f"run-{i}", records=300, entities=2, seed=i)["path"])
+        for i in range(4)
+    ]
+    out, state = tmp_path / "out", tmp_path / "state"
+    arguments: dict[str, Any] = {
+        "save_template": TEMPLATE,
+        "output_root": str(out),
+        "allowed_roots": [str(tmp_path / "runs")],
+        "state_dir": str(state),
+        "scan_interval": None,
+        "workers": 1,
+        "retry_delay": 0.05,
+        "max_retries": 8,
+    }
+    seen_at_kills: dict[Path, bytes] = {}
+    kills = 0
+    points = ["manifest", "journal", "publish", "manifest", "journal", "publish", "manifest", "none"]
+    for life, point in enumerate(points):
+        seen = one_life(tmp_path / f"life-{life}.log", point, arguments, runs)
+        if point != "none":
+            assert seen is not None
+            kills += 1
+            seen_at_kills.update(seen)
+    assert kills == len(points) - 1
+
+    audit(out, state, runs, seen_at_kills)
+
+
+def test_kill_9_at_whatever_moment_something_changes_leaves_every_run_collected_once_and_true(
+    tmp_path: Path,
+) -> None:
+    runs = [
+        Path(write_simulated_run(tmp_path / "runs" / f"run-{i}", records=3000, entities=2, seed=i)["path"])
+        for i in range(10)
+    ]
+    out, state = tmp_path / "out", tmp_path / "state"
+    arguments: dict[str, Any] = {
+        "save_template": TEMPLATE,
+        "output_root": str(out),
+        "allowed_roots": [str(tmp_path / "runs")],
+        "state_dir": str(state),
+        "scan_interval": None,
+        "workers": 1,
+        "retry_delay": 0.01,
+        "max_retries": 40,
+    }
+    kills = 0
+    for life in range(24):  # killed after 1 to 4 changes: a file appears or goes (temporary ones too), a job is done
+        if done_jobs(state) == len(runs):
+            break
+        kills += one_life(tmp_path / f"life-{life}.log", "any", arguments, runs, changes=1 + life % 4) is not None
+    assert kills >= 8
+    one_life(tmp_path / "last.log", "none", arguments, runs)
+    audit(out, state, runs, {})

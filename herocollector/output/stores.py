@@ -118,6 +118,16 @@ class OutputStore(ABC):
     def read_bytes(self, location: Path | str) -> bytes | None:
         """The contents of a small object, or None if it does not exist."""
 
+    def tidy(self, location: Path | str) -> list[Path]:
+        """Remove the temporary files a dead writer of this host left for ``location`` (never raises).
+
+        Called for a run adopted as it is, which writes nothing that would remove them otherwise.
+
+        Returns:
+            The files removed.
+        """
+        return remove_stale_temporaries(self.staging_path(location))
+
     @abstractmethod
     def remove(self, location: Path | str) -> None:
         """Remove an object (a stale manifest), durably; nothing there is fine.

@@ -289,6 +289,8 @@ class JobRunner:
         check = check_manifest(self.store, run_path, job.id, [target.path for target in plan.targets])
         if check.committed and check.found is not None:
             log.info(f"job {job.id}: {run_path} is committed already (manifest {check.location}); adopted as it is")
+            for location in (check.location, *(entry.path for entry in check.found.outputs)):
+                self.store.tidy(location)  # a writer killed right after linking leaves its temporary name
             return {entry.path: entry.rows for entry in check.found.outputs}, segment_bytes
         listed = {entry.path for entry in check.found.outputs} if check.found is not None else set()
         own = {str(t.path): self._may_replace(job, t.path, str(t.path) in listed) for t in plan.targets}
