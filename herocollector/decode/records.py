@@ -25,6 +25,7 @@ import zstandard
 from herocollector.decode.status import MAX_VARINT_BYTES
 
 _U64 = np.uint64
+_POOL_BYTES = 64 * 1024  # arrays at least this large come from pyarrow's pool
 
 
 def pool_empty(count: int, dtype: type | np.dtype) -> np.ndarray:
@@ -32,9 +33,12 @@ def pool_empty(count: int, dtype: type | np.dtype) -> np.ndarray:
 
     The pool keeps freed memory for reuse, where NumPy's allocator would hand large blocks
     back to the operating system: every chunk would then pay page faults on fresh memory
-    (about a third of the decode time on a virtual machine).
+    (about a third of the decode time on a virtual machine). Small arrays come from NumPy:
+    its allocator serves them from the heap without page faults, and faster.
     """
     kind = np.dtype(dtype)
+    if count * kind.itemsize < _POOL_BYTES:
+        return np.empty(count, dtype=kind)
     return np.frombuffer(pa.allocate_buffer(count * kind.itemsize), dtype=kind)
 
 
