@@ -21,7 +21,7 @@ from herocollector.actor.demo import MEASURES, write_simulated_run
 from herocollector.errors import OutputError
 from herocollector.events import RunFailed
 from herocollector.journal.sqlite import Job, JobState
-from herocollector.output.files import TEMP_SUFFIX
+from herocollector.output.files import TEMP_SUFFIX, temporary_name
 from herocollector.output.manifest import (
     MANIFEST_PREFIX,
     Manifest,
@@ -168,14 +168,21 @@ def interrupted_after_manifest(site: Site, run: Path) -> dict[str, tuple[str, in
 def test_a_retry_adopts_a_run_whose_manifest_is_complete_and_true(site: Site) -> None:
     run = site.run("run-1")
     before = interrupted_after_manifest(site, run)
+    folder = site.out / run.name
+    [manifest_path] = [p for p in folder.iterdir() if p.name.startswith(MANIFEST_PREFIX)]
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    parts = temporary_name(manifest_path).name.split(".")
+    parts[3] = str(gone.pid)  # the temporary name of a writer killed right after linking the manifest
+    leftover = folder / ".".join(parts)
+    leftover.write_bytes(manifest_path.read_bytes())
 
     restarted = site.service()  # resumes the job: it was running when its process "died"
     job = finished(restarted, run, JobState.DONE, JobState.FAILED)
     assert job.state == JobState.DONE and job.attempts == 2, job.error
-    folder = site.out / run.name
     manifest = true_manifest(folder, run)
     after = {p.name: (sha256(p), p.stat().st_ino) for p in folder.iterdir()}
-    assert after == before  # adopted: not one byte rewritten, the manifest included
+    assert after == before  # adopted: not one byte rewritten, the manifest included; the leftover removed
     assert job.outputs == {e.path: e.rows for e in manifest.outputs}  # done with the manifest's rows
     assert sum(job.outputs.values()) == 300
 
