@@ -130,13 +130,17 @@ class _Frames:
     consumed: int  # bytes covered by the complete frames
 
 
+def _words(buf: np.ndarray) -> np.ndarray:
+    """Every unaligned little-endian 64-bit word of ``buf``, by its first byte (a view)."""
+    return np.ndarray(shape=(buf.size - 7,), dtype="<u8", buffer=buf, strides=(1,))
+
+
 def _le(buf: np.ndarray, pos: np.ndarray, nbytes: np.ndarray | int, max_bytes: int) -> np.ndarray:
-    """Little-endian unsigned integers of ``nbytes`` bytes at ``pos`` (vectorised)."""
-    out = np.zeros(pos.shape, dtype=np.int64)
-    for k in range(max_bytes):
-        take = k < nbytes
-        out |= np.where(take, buf[pos + k].astype(np.int64), 0) << (8 * k)
-    return out
+    """Little-endian unsigned integers of ``nbytes`` bytes at ``pos`` (vectorised), as ``int64``."""
+    return np.asarray(_words(buf)[pos] & _BYTE_MASK[np.minimum(nbytes, max_bytes)]).view(np.int64)
+
+
+_BYTE_MASK = np.array([(1 << (8 * k)) - 1 for k in range(9)], dtype=np.uint64)
 
 
 def _walk_blocks(buf: np.ndarray, length: int, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -149,12 +153,13 @@ def _walk_blocks(buf: np.ndarray, length: int, q: np.ndarray) -> tuple[np.ndarra
     q = q.copy()
     state = np.full(q.shape, -1, dtype=np.int8)
     active = np.arange(q.size)
+    words = _words(buf)
     while active.size:
         qa = q[active]
         short = qa + 3 > length
         state[active[short]] = 1
         active, qa = active[~short], qa[~short]
-        bh = buf[qa].astype(np.int64) | (buf[qa + 1].astype(np.int64) << 8) | (buf[qa + 2].astype(np.int64) << 16)
+        bh = (words[qa] & _U64(0xFFFFFF)).astype(np.int64)
         last = (bh & 1).astype(bool)
         btype = (bh >> 1) & 3
         bsize = bh >> 3
