@@ -176,12 +176,12 @@ def test_passwords_are_redacted() -> None:
 
 
 def test_a_version_2_journal_is_migrated_and_counted(url: str) -> None:
-    from herocollector.journal.postgres import _MIGRATIONS
+    from herocollector.journal.postgres_db import MIGRATIONS
 
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("CREATE TABLE herocollector_schema (version integer NOT NULL)")
         for number in (1, 2):
-            conn.execute(_MIGRATIONS[number].encode())
+            conn.execute(MIGRATIONS[number].encode())
         conn.execute("INSERT INTO herocollector_schema (version) VALUES (2)")
         conn.execute(
             "INSERT INTO herocollector_jobs (path, source, metadata, state, created, updated) "
@@ -200,11 +200,11 @@ def test_a_version_2_journal_is_migrated_and_counted(url: str) -> None:
 
 
 def test_counts_stay_exact_through_many_changes_and_folds(two: tuple[PgJournal, PgJournal]) -> None:
-    from herocollector.journal.postgres import _FOLD_AT
+    from herocollector.journal.postgres_db import FOLD_AT
 
     a, b = two
     changes = 0
-    while changes < 2 * _FOLD_AT:
+    while changes < 2 * FOLD_AT:
         created = a.submit_new([f"/r/{changes}-{i}" for i in range(50)], "scan")
         changes += created
         while (job := b.take_due(owner="b")) is not None:
@@ -213,7 +213,7 @@ def test_counts_stay_exact_through_many_changes_and_folds(two: tuple[PgJournal, 
         a.counts()  # folds now and then
     expected = {state.value: len(a.jobs(state)) for state in JobState}
     assert a.counts() == expected == b.counts()
-    assert expected["done"] > _FOLD_AT
+    assert expected["done"] > FOLD_AT
     with psycopg.connect(a.url) as conn:
         parts = conn.execute("SELECT COUNT(*) FROM herocollector_job_counts").fetchone()
-    assert parts is not None and parts[0] < _FOLD_AT  # folded, not growing with every change
+    assert parts is not None and parts[0] < FOLD_AT  # folded, not growing with every change

@@ -15,124 +15,28 @@ through psycopg 3, so that every actor of a fleet sees and changes the same jobs
 * lease times are the database server's clock, so the hosts' clocks do not have to agree.
 
 The schema is created and migrated by :meth:`PgJournal.migrate`, under an advisory lock, and
-``herocollector_schema`` records its version: a journal newer than this code is refused.
+``herocollector_schema`` records its version: a journal newer than this code is refused
+(:mod:`herocollector.journal.postgres_db` holds the connections and the migrations).
 Every query is served by an index; every job of a large journal is read page by page
 (:meth:`PgJournal.done_jobs_page`).
 """
 
 from __future__ import annotations
 
-import json
-import threading
 import time
 from collections.abc import Callable, Collection, Iterable
 from typing import Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
-
-import psycopg
-from psycopg.rows import dict_row
-from psycopg.types.json import Jsonb
 
 from herocollector.errors import JournalError, LeaseLost, OutputTakenError
 from herocollector.journal.base import Job, JobState, failure_state, job_from_row, resubmit
+from herocollector.journal.postgres_db import CHANNEL, FOLD_AT, FOLD_KEY, SCHEMA_VERSION, Conn, PgConnections, redact
+from herocollector.journal.postgres_db import NOW as _NOW
+from herocollector.journal.postgres_db import first as _first
+from herocollector.journal.postgres_db import jsonb as _jsonb
 
-SCHEMA_VERSION = 3
-IDLE_IN_TRANSACTION_TIMEOUT = 2.0
-"""Seconds a session may sit in an open transaction: a paused actor's row locks are freed then."""
-CHANNEL = "herocollector_jobs"
-_LOCK_KEY = 0x6865726F636F6C  # pg_advisory_xact_lock key of the schema migration ("herocol")
+__all__ = ["SCHEMA_VERSION", "PgJournal", "redact"]
+
 _T = TypeVar("_T")
-_NOW = "extract(epoch from clock_timestamp())::float8"
-
-_MIGRATIONS: dict[int, str] = {
-    1: """
-    CREATE TABLE herocollector_jobs (
-        id           bigserial PRIMARY KEY,
-        path         text UNIQUE,
-        source       text NOT NULL,
-        metadata     jsonb NOT NULL,
-        state        text NOT NULL,
-        attempts     integer NOT NULL DEFAULT 0,
-        error        text,
-        rows         bigint,
-        created      double precision NOT NULL,
-        updated      double precision NOT NULL,
-        next_attempt double precision,
-        trash_until  double precision,
-        deadline     double precision,
-        token        bigint NOT NULL DEFAULT 0,
-        lease_owner  text,
-        lease_until  double precision
-    );
-    CREATE INDEX herocollector_jobs_due ON herocollector_jobs (state, next_attempt);
-    CREATE INDEX herocollector_jobs_lease ON herocollector_jobs (state, lease_until);
-    CREATE TABLE herocollector_outputs (
-        path   text PRIMARY KEY,
-        job_id bigint NOT NULL REFERENCES herocollector_jobs (id),
-        rows   bigint NOT NULL
-    );
-    CREATE INDEX herocollector_outputs_job ON herocollector_outputs (job_id);
-    """,
-    # Pages of one state in id order (cleanup of every run), and the trash in purge order.
-    2: """
-    CREATE INDEX IF NOT EXISTS herocollector_jobs_state_id ON herocollector_jobs (state, id);
-    CREATE INDEX IF NOT EXISTS herocollector_jobs_trash ON herocollector_jobs (trash_until, id)
-        WHERE trash_until IS NOT NULL;
-    CREATE INDEX IF NOT EXISTS herocollector_outputs_job ON herocollector_outputs (job_id);
-    """,
-    # Jobs per state without counting every job: each change appends its +1/-1 (no row is shared
-    # between transactions, so actors never wait on each other for it); counts() sums them and
-    # folds them up now and then. The triggers come first: their lock waits for the writers in
-    # flight, so the count below sees every job and later changes are all appended.
-    3: """
-    CREATE TABLE herocollector_job_counts (state text NOT NULL, n bigint NOT NULL);
-    CREATE FUNCTION herocollector_count_job() RETURNS trigger LANGUAGE plpgsql AS $$
-    BEGIN
-        IF TG_OP IN ('UPDATE', 'DELETE') THEN
-            INSERT INTO herocollector_job_counts (state, n) VALUES (OLD.state, -1);
-        END IF;
-        IF TG_OP IN ('UPDATE', 'INSERT') THEN
-            INSERT INTO herocollector_job_counts (state, n) VALUES (NEW.state, 1);
-        END IF;
-        RETURN NULL;
-    END $$;
-    CREATE TRIGGER herocollector_jobs_counted AFTER INSERT OR DELETE ON herocollector_jobs
-        FOR EACH ROW EXECUTE FUNCTION herocollector_count_job();
-    CREATE TRIGGER herocollector_jobs_recounted AFTER UPDATE OF state ON herocollector_jobs
-        FOR EACH ROW WHEN (OLD.state IS DISTINCT FROM NEW.state) EXECUTE FUNCTION herocollector_count_job();
-    INSERT INTO herocollector_job_counts (state, n) SELECT state, COUNT(*) FROM herocollector_jobs GROUP BY state;
-    """,
-}
-_FOLD_AT = 512
-"""counts() folds the per-change rows into one per state once there are this many."""
-_FOLD_KEY = 0x6865726F636F6D  # pg_try_advisory_xact_lock key: one actor folds the counts at a time
-
-
-def _first(cursor: psycopg.Cursor[dict[str, Any]]) -> dict[str, Any]:
-    """The one row of an aggregate query (there always is one)."""
-    row = cursor.fetchone()
-    if row is None:
-        raise JournalError("the journal returned no row for an aggregate query")
-    return row
-
-
-def _dumps(value: Any) -> str:
-    # jsonb cannot hold NUL characters: keep them visible as the text \u0000 instead.
-    return json.dumps(value, default=str).replace("\\u0000", "\\\\u0000")
-
-
-def _jsonb(value: Any) -> Jsonb:
-    """JSON for a ``jsonb`` column; what JSON cannot hold is stored as its ``str``."""
-    return Jsonb(value, dumps=_dumps)
-
-
-def redact(url: str) -> str:
-    """A connection URL without its password, for logs and ``status()``."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 class PgJournal:
@@ -153,54 +57,12 @@ class PgJournal:
     def __init__(self, url: str, connect_timeout: float = 10.0) -> None:
         self.url = url
         self.location = redact(url)
-        self._timeout = connect_timeout
-        self._lock = threading.RLock()
-        self._conn: psycopg.Connection[dict[str, Any]] | None = None
-        self._read_lock = threading.Lock()
-        self._reader: psycopg.Connection[dict[str, Any]] | None = None
-        self._listener: threading.Thread | None = None
-        self._stop = threading.Event()
+        self._db = PgConnections(url, connect_timeout)
         self.migrate()
 
-    # -- connections -----------------------------------------------------------------------
-
-    def _connect(self) -> psycopg.Connection[dict[str, Any]]:
-        try:
-            conn = psycopg.connect(self.url, autocommit=True, row_factory=dict_row, connect_timeout=int(self._timeout))
-            # A paused actor (SIGSTOP, a VM freeze) must not keep row locks: the server ends a
-            # session that sits in an open transaction for longer than this.
-            conn.execute(
-                "SELECT set_config('idle_in_transaction_session_timeout', %s, false)",
-                (str(int(IDLE_IN_TRANSACTION_TIMEOUT * 1000)),),
-            )
-            return conn
-        except psycopg.Error as exc:
-            raise JournalError(f"cannot connect to the journal at {self.location}: {exc}") from None
-
-    def _run(self, action: Callable[[psycopg.Connection[dict[str, Any]]], _T], read: bool = False) -> _T:
-        """Run ``action`` in one transaction; reconnect once if the connection broke.
-
-        With ``read``, on the connection for reads, so that a page of jobs read for a cleanup
-        never waits for, or holds up, a state change on the other.
-        """
-        with self._read_lock if read else self._lock:
-            for attempt in (1, 2):
-                conn = self._reader if read else self._conn
-                if conn is None or conn.closed or conn.broken:
-                    conn = self._connect()
-                    if read:
-                        self._reader = conn
-                    else:
-                        self._conn = conn
-                try:
-                    with conn.transaction():
-                        return action(conn)
-                except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
-                    if attempt == 2 or not (conn.closed or conn.broken):
-                        raise JournalError(f"journal query failed at {self.location}: {exc}") from None
-                except psycopg.Error as exc:
-                    raise JournalError(f"journal query failed at {self.location}: {exc}") from None
-        raise AssertionError("unreachable")
+    def _run(self, action: Callable[[Conn], _T], read: bool = False) -> _T:
+        """Run ``action`` in one transaction (see :meth:`PgConnections.run`)."""
+        return self._db.run(action, read)
 
     def migrate(self) -> int:
         """Create or upgrade the schema; returns its version.
@@ -208,61 +70,20 @@ class PgJournal:
         Raises:
             JournalError: The schema is newer than this code.
         """
-
-        def step(db: psycopg.Connection[dict[str, Any]]) -> int:
-            db.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
-            db.execute("CREATE TABLE IF NOT EXISTS herocollector_schema (version integer NOT NULL)")
-            row = db.execute("SELECT version FROM herocollector_schema").fetchone()
-            version = 0 if row is None else int(row["version"])
-            if version > SCHEMA_VERSION:
-                raise JournalError(
-                    f"the journal at {self.location} has schema version {version}, newer than this "
-                    f"herocollector understands ({SCHEMA_VERSION}); upgrade herocollector"
-                )
-            for number in range(version + 1, SCHEMA_VERSION + 1):
-                db.execute(_MIGRATIONS[number].encode())
-            if row is None:
-                db.execute("INSERT INTO herocollector_schema (version) VALUES (%s)", (SCHEMA_VERSION,))
-            elif version < SCHEMA_VERSION:
-                db.execute("UPDATE herocollector_schema SET version = %s", (SCHEMA_VERSION,))
-            return SCHEMA_VERSION
-
-        return int(self._run(step))
+        return self._db.migrate()
 
     def subscribe(self, wake: Callable[[], None]) -> None:
         """Call ``wake`` whenever another actor journals or requeues a job (``LISTEN``)."""
-        if self._listener is not None:
-            return
-
-        def listen() -> None:
-            while not self._stop.is_set():
-                try:
-                    with psycopg.connect(self.url, autocommit=True, connect_timeout=int(self._timeout)) as conn:
-                        conn.execute(f"LISTEN {CHANNEL}")
-                        while not self._stop.is_set():
-                            for _ in conn.notifies(timeout=0.5, stop_after=64):
-                                wake()
-                except psycopg.Error:
-                    self._stop.wait(1.0)  # the server went away: listen again soon
-
-        self._listener = threading.Thread(target=listen, name="herocollector-listen", daemon=True)
-        self._listener.start()
+        self._db.subscribe(wake)
 
     def close(self) -> None:
-        """Stop listening and close the connection."""
-        self._stop.set()
-        if self._listener is not None:
-            self._listener.join(timeout=5)
-        with self._lock, self._read_lock:
-            for conn in (self._conn, self._reader):
-                if conn is not None:
-                    conn.close()
-            self._conn = self._reader = None
+        """Stop listening and close the connections."""
+        self._db.close()
 
     # -- reading -----------------------------------------------------------------------------
 
     @staticmethod
-    def _outputs(db: psycopg.Connection[dict[str, Any]], ids: list[int]) -> dict[int, dict[str, int]]:
+    def _outputs(db: Conn, ids: list[int]) -> dict[int, dict[str, int]]:
         found: dict[int, dict[str, int]] = {i: {} for i in ids}
         if ids:
             for row in db.execute(
@@ -271,12 +92,12 @@ class PgJournal:
                 found[int(row["job_id"])][row["path"]] = int(row["rows"])
         return found
 
-    def _jobs(self, db: psycopg.Connection[dict[str, Any]], rows: Iterable[dict[str, Any]]) -> list[Job]:
+    def _jobs(self, db: Conn, rows: Iterable[dict[str, Any]]) -> list[Job]:
         rows = list(rows)
         outputs = self._outputs(db, [int(r["id"]) for r in rows])
         return [job_from_row(r, r["metadata"], outputs[int(r["id"])]) for r in rows]
 
-    def _one(self, db: psycopg.Connection[dict[str, Any]], job_id: int) -> Job:
+    def _one(self, db: Conn, job_id: int) -> Job:
         jobs = self._jobs(db, db.execute("SELECT * FROM herocollector_jobs WHERE id = %s", (job_id,)).fetchall())
         if not jobs:
             raise JournalError(f"job {job_id} does not exist")
@@ -285,7 +106,7 @@ class PgJournal:
     def _select(self, sql: str, params: Iterable[Any] = ()) -> list[Job]:
         """The jobs a query selects, with their outputs; built after the connection is free again."""
 
-        def step(db: psycopg.Connection[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[int, dict[str, int]]]:
+        def step(db: Conn) -> tuple[list[dict[str, Any]], dict[int, dict[str, int]]]:
             rows = db.execute(sql.encode(), tuple(params)).fetchall()
             return rows, self._outputs(db, [int(r["id"]) for r in rows])
 
@@ -328,14 +149,14 @@ class PgJournal:
     def counts(self) -> dict[str, int]:
         """Number of jobs per state (every state listed), from the per-state sums the triggers keep."""
 
-        def step(db: psycopg.Connection[dict[str, Any]]) -> list[dict[str, Any]]:
+        def step(db: Conn) -> list[dict[str, Any]]:
             rows = db.execute(
                 "SELECT state, SUM(n) AS n, COUNT(*) AS parts FROM herocollector_job_counts GROUP BY state"
             )
             found = rows.fetchall()
             if (
-                sum(int(r["parts"]) for r in found) >= _FOLD_AT
-                and _first(db.execute("SELECT pg_try_advisory_xact_lock(%s) AS mine", (_FOLD_KEY,)))["mine"]
+                sum(int(r["parts"]) for r in found) >= FOLD_AT
+                and _first(db.execute("SELECT pg_try_advisory_xact_lock(%s) AS mine", (FOLD_KEY,)))["mine"]
             ):
                 # Rows appended by transactions that commit meanwhile are not in this statement's
                 # snapshot: they are neither deleted nor summed, and stay for the next fold.
@@ -375,7 +196,7 @@ class PgJournal:
 
     # -- transitions -----------------------------------------------------------------------
 
-    def _notify(self, db: psycopg.Connection[dict[str, Any]]) -> None:
+    def _notify(self, db: Conn) -> None:
         db.execute(f"NOTIFY {CHANNEL}")
 
     def submit(
@@ -383,7 +204,7 @@ class PgJournal:
     ) -> tuple[Job, bool]:
         """Journal an announced run; an existing job changes as :data:`herocollector.journal.base.RESUBMIT` says."""
 
-        def step(db: psycopg.Connection[dict[str, Any]]) -> tuple[Job, bool]:
+        def step(db: Conn) -> tuple[Job, bool]:
             now = time.time()
             row = db.execute(
                 "INSERT INTO herocollector_jobs (path, source, metadata, state, created, updated, deadline) "
@@ -419,7 +240,7 @@ class PgJournal:
         if not wanted:
             return 0
 
-        def step(db: psycopg.Connection[dict[str, Any]]) -> int:
+        def step(db: Conn) -> int:
             now = time.time()
             rows = db.execute(
                 "INSERT INTO herocollector_jobs (path, source, metadata, state, created, updated, deadline) "
@@ -436,7 +257,7 @@ class PgJournal:
     def record_malformed(self, source: str, event: Any, error: str) -> Job:
         """Journal an event that could not be understood, as a failed job without a path."""
 
-        def step(db: psycopg.Connection[dict[str, Any]]) -> Job:
+        def step(db: Conn) -> Job:
             now = time.time()
             row = db.execute(
                 "INSERT INTO herocollector_jobs (path, source, metadata, state, attempts, error, created, updated) "
@@ -459,7 +280,7 @@ class PgJournal:
         """
         clock = _NOW if now is None else "%(now)s::float8"
 
-        def step(db: psycopg.Connection[dict[str, Any]]) -> Job | None:
+        def step(db: Conn) -> Job | None:
             row = db.execute(
                 f"WITH clock AS (SELECT {clock} AS now), "
                 "next AS (SELECT j.id FROM herocollector_jobs j, clock "
@@ -479,7 +300,7 @@ class PgJournal:
     def start(self, job_id: int) -> Job | None:
         """Take one particular pending job (running, attempt counted, new token); None if not pending."""
 
-        def step(db: psycopg.Connection[dict[str, Any]]) -> Job | None:
+        def step(db: Conn) -> Job | None:
             cur = db.execute(
                 f"UPDATE herocollector_jobs SET state = 'running', attempts = attempts + 1, next_attempt = NULL, "
                 f"updated = {_NOW}, token = token + 1 WHERE id = %s AND state = 'pending'",
@@ -492,7 +313,7 @@ class PgJournal:
     def renew(self, job_id: int, token: int, lease: float) -> bool:
         """Extend the lease of a running job held under ``token``; False if it was lost."""
 
-        def step(db: psycopg.Connection[dict[str, Any]]) -> bool:
+        def step(db: Conn) -> bool:
             cur = db.execute(
                 f"UPDATE herocollector_jobs SET lease_until = {_NOW} + %s "
                 "WHERE id = %s AND token = %s AND state = 'running'",
@@ -507,7 +328,7 @@ class PgJournal:
     ) -> Job:
         """Run an update that names the job's token; raise LeaseLost if it is stale."""
 
-        def step(db: psycopg.Connection[dict[str, Any]]) -> Job:
+        def step(db: Conn) -> Job:
             cur = db.execute(sql.encode(), (*params, job_id, token))
             if token is not None and not cur.rowcount:
                 current = db.execute(
@@ -535,7 +356,7 @@ class PgJournal:
     def wake(self, job_id: int) -> None:
         """A waiting job whose ``_DONE`` appeared: pending, due now."""
 
-        def step(db: psycopg.Connection[dict[str, Any]]) -> None:
+        def step(db: Conn) -> None:
             cur = db.execute(
                 "UPDATE herocollector_jobs SET state = 'pending', next_attempt = NULL, updated = %s "
                 "WHERE id = %s AND state = 'waiting'",
@@ -553,7 +374,7 @@ class PgJournal:
             OutputTakenError: Another job owns the path.
         """
 
-        def step(db: psycopg.Connection[dict[str, Any]]) -> None:
+        def step(db: Conn) -> None:
             db.execute(
                 "INSERT INTO herocollector_outputs (path, job_id, rows) VALUES (%s, %s, 0) "
                 "ON CONFLICT (path) DO NOTHING",
@@ -576,7 +397,7 @@ class PgJournal:
             LeaseLost: ``token`` is stale.
         """
 
-        def step(db: psycopg.Connection[dict[str, Any]]) -> Job:
+        def step(db: Conn) -> Job:
             cur = db.execute(
                 "UPDATE herocollector_jobs SET state = 'done', error = NULL, rows = %s, next_attempt = NULL, "
                 "deadline = NULL, updated = %s, lease_owner = NULL, lease_until = NULL "
@@ -607,7 +428,7 @@ class PgJournal:
         state = failure_state(retry_at).value
         deadline = "deadline" if keep_deadline else "NULL"
 
-        def step(db: psycopg.Connection[dict[str, Any]]) -> Job:
+        def step(db: Conn) -> Job:
             cur = db.execute(
                 f"UPDATE herocollector_jobs SET state = %s, error = %s, next_attempt = %s, deadline = {deadline}, "
                 "updated = %s, lease_owner = NULL, lease_until = NULL WHERE id = %s AND token = COALESCE(%s, token)",
@@ -629,7 +450,7 @@ class PgJournal:
         """A waiting job whose ``_DONE`` deadline passed: the attempt counts."""
         state = failure_state(retry_at).value
 
-        def step(db: psycopg.Connection[dict[str, Any]]) -> Job:
+        def step(db: Conn) -> Job:
             db.execute(
                 "UPDATE herocollector_jobs SET state = %s, attempts = attempts + 1, error = %s, next_attempt = %s, "
                 "deadline = NULL, updated = %s WHERE id = %s AND state = 'waiting'",
@@ -643,7 +464,7 @@ class PgJournal:
     def retry(self, path: str | None = None) -> list[Job]:
         """Put failed jobs (all, or the one of ``path``) back to pending with no attempts."""
 
-        def step(db: psycopg.Connection[dict[str, Any]]) -> list[Job]:
+        def step(db: Conn) -> list[Job]:
             rows = db.execute(
                 "UPDATE herocollector_jobs SET state = 'pending', attempts = 0, next_attempt = NULL, deadline = NULL, "
                 "updated = %s WHERE state = 'failed' AND path IS NOT NULL AND path = COALESCE(%s, path) RETURNING id",
@@ -664,7 +485,7 @@ class PgJournal:
             Every job that is pending or waiting now.
         """
 
-        def step(db: psycopg.Connection[dict[str, Any]]) -> list[Job]:
+        def step(db: Conn) -> list[Job]:
             db.execute(
                 "UPDATE herocollector_jobs SET state = 'pending', lease_owner = NULL, lease_until = NULL, "
                 f"updated = %s WHERE state = 'running' AND (lease_owner = %s OR COALESCE(lease_until, 0) < {_NOW})",

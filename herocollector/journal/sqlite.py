@@ -2,12 +2,14 @@
 
 :class:`SqliteJournal` implements :class:`herocollector.journal.base.Journal` (the job model,
 the state machine and what a repeated announcement does are described there) on a SQLite file
-in WAL mode with ``synchronous=FULL``. It is thread-safe: one connection under one lock, each
-call one short transaction. Every query is served by an index (``_INDEXES``), so a call takes
-about the same time with a hundred jobs or a hundred thousand; every job of a large journal is
-read page by page (:meth:`SqliteJournal.done_jobs_page`), never in one call that holds the lock.
+in WAL mode with ``synchronous=FULL``. It is thread-safe: changes go through one connection
+under one lock, each one short transaction; reads through another, which WAL lets read while
+the first writes. Every query is served by an index (:data:`herocollector.journal.sqlite_db.INDEXES`),
+so a call takes about the same time with a hundred jobs or a hundred thousand; every job of a
+large journal is read page by page (:meth:`SqliteJournal.done_jobs_page`).
 
-An older journal file gains the columns and indexes added since on open.
+An older journal file gains the columns, indexes and counts added since on open
+(:func:`herocollector.journal.sqlite_db.migrate`).
 """
 
 from __future__ import annotations
@@ -22,83 +24,14 @@ from typing import Any
 
 from herocollector.errors import JournalError, LeaseLost, OutputTakenError
 from herocollector.journal.base import Job, JobState, JobStore, failure_state, job_from_row, resubmit
+from herocollector.journal.sqlite_db import Transaction, in_states, migrate
 
 __all__ = ["Job", "JobState", "JobStore", "Journal", "OutputTakenError", "SqliteJournal", "open_journal"]
-
-
-def _in_states(states: Iterable[JobState]) -> tuple[str, list[str]]:
-    """A query of the jobs in any of ``states`` in id order, one index search per state.
-
-    ``state IN (...)`` would be planned as a scan of the whole table once most jobs share one
-    state (done), as they do in a journal that has collected for a while.
-    """
-    wanted = list(dict.fromkeys(str(state) for state in states))
-    arms = " UNION ALL ".join("SELECT * FROM jobs WHERE state = ?" for _ in wanted)
-    return f"{arms} ORDER BY id", wanted
 
 
 def _dumps(metadata: dict[str, Any]) -> str:
     """Metadata as JSON text; what JSON cannot hold is stored as its ``str``."""
     return json.dumps(metadata, default=str)
-
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    id           INTEGER PRIMARY KEY AUTOINCREMENT,
-    path         TEXT UNIQUE,
-    source       TEXT NOT NULL,
-    metadata     TEXT NOT NULL,
-    state        TEXT NOT NULL,
-    attempts     INTEGER NOT NULL DEFAULT 0,
-    error        TEXT,
-    rows         INTEGER,
-    created      REAL NOT NULL,
-    updated      REAL NOT NULL,
-    next_attempt REAL,
-    trash_until  REAL,
-    deadline     REAL,
-    token        INTEGER NOT NULL DEFAULT 0,
-    lease_owner  TEXT,
-    lease_until  REAL
-);
-CREATE TABLE IF NOT EXISTS outputs (
-    path   TEXT PRIMARY KEY,
-    job_id INTEGER NOT NULL REFERENCES jobs(id),
-    rows   INTEGER NOT NULL
-);
-"""
-
-# Indexes, created after the added columns exist (an older journal gains them on open). Every
-# query the service makes is served by one: the due job, a state's jobs in id order (pages), the
-# trash in purge order, and a job's outputs.
-_INDEXES = """
-DROP INDEX IF EXISTS jobs_state;
-CREATE INDEX IF NOT EXISTS jobs_due ON jobs(state, COALESCE(next_attempt, 0), id);
-CREATE INDEX IF NOT EXISTS jobs_state_id ON jobs(state, id);
-CREATE INDEX IF NOT EXISTS jobs_trash ON jobs(trash_until) WHERE trash_until IS NOT NULL;
-CREATE INDEX IF NOT EXISTS outputs_job ON outputs(job_id);
-"""
-
-# Jobs per state, kept by triggers in the same transaction as every change (status() reads six
-# rows instead of counting every job).
-_COUNT_TRIGGERS = (
-    "CREATE TRIGGER IF NOT EXISTS job_counts_insert AFTER INSERT ON jobs BEGIN "
-    "UPDATE job_counts SET n = n + 1 WHERE state = NEW.state; END",
-    "CREATE TRIGGER IF NOT EXISTS job_counts_update AFTER UPDATE OF state ON jobs WHEN OLD.state IS NOT NEW.state "
-    "BEGIN UPDATE job_counts SET n = n - 1 WHERE state = OLD.state; "
-    "UPDATE job_counts SET n = n + 1 WHERE state = NEW.state; END",
-    "CREATE TRIGGER IF NOT EXISTS job_counts_delete AFTER DELETE ON jobs BEGIN "
-    "UPDATE job_counts SET n = n - 1 WHERE state = OLD.state; END",
-)
-
-# Columns added after the first release, with their SQL type: an older journal gains them on open.
-_ADDED_COLUMNS = {
-    "trash_until": "REAL",
-    "deadline": "REAL",
-    "token": "INTEGER NOT NULL DEFAULT 0",
-    "lease_owner": "TEXT",
-    "lease_until": "REAL",
-}
 
 
 class SqliteJournal:
@@ -128,13 +61,7 @@ class SqliteJournal:
             self._db.row_factory = sqlite3.Row
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(_SCHEMA)
-            present = {row["name"] for row in self._db.execute("PRAGMA table_info(jobs)")}
-            for column, sql_type in _ADDED_COLUMNS.items():
-                if column not in present:
-                    self._db.execute(f"ALTER TABLE jobs ADD COLUMN {column} {sql_type}")
-            self._db.executescript(_INDEXES)
-            self._count_states()
+            migrate(self._db)
             # Reads go through a connection of their own (WAL lets it read while the other
             # writes), so a page of jobs read for a cleanup never holds up a submit.
             self._reader = sqlite3.connect(self.file, check_same_thread=False, isolation_level=None, timeout=30)
@@ -142,29 +69,6 @@ class SqliteJournal:
             self._reader.execute("PRAGMA query_only=ON")
         except (sqlite3.Error, OSError) as exc:
             raise JournalError(f"cannot open the job journal: {exc}", self.file) from None
-
-    def _count_states(self) -> None:
-        """Create (once) the table of jobs per state that triggers keep, so ``counts()`` reads six rows.
-
-        A journal that has none yet is counted once, in the transaction that creates the triggers,
-        so no change is missed or counted twice.
-        """
-        db = self._db
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            new = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'job_counts'").fetchone()
-            if new is None:
-                db.execute("CREATE TABLE job_counts (state TEXT PRIMARY KEY, n INTEGER NOT NULL)")
-                db.execute("INSERT INTO job_counts (state, n) SELECT state, COUNT(*) FROM jobs GROUP BY state")
-            db.executemany(
-                "INSERT OR IGNORE INTO job_counts (state, n) VALUES (?, 0)", [(state.value,) for state in JobState]
-            )
-            for trigger in _COUNT_TRIGGERS:
-                db.execute(trigger)
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
 
     def close(self) -> None:
         """Close the database."""
@@ -175,8 +79,8 @@ class SqliteJournal:
     def subscribe(self, wake: Callable[[], None]) -> None:
         """Nothing to listen for: only this actor writes the journal."""
 
-    def _transaction(self) -> _Tx:
-        return _Tx(self)
+    def _transaction(self) -> Transaction:
+        return Transaction(self._db, self._lock, self.file)
 
     def _read(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
         with self._read_lock:
@@ -248,7 +152,7 @@ class SqliteJournal:
         Unbounded: for every job of a large journal page with :meth:`jobs_page`.
         """
         if states:
-            sql, params = _in_states(states)
+            sql, params = in_states(states)
             return self._select(sql, params)
         return self._select("SELECT * FROM jobs ORDER BY id")
 
@@ -567,7 +471,7 @@ class SqliteJournal:
                 "UPDATE jobs SET state = ?, updated = ?, lease_owner = NULL, lease_until = NULL WHERE state = ?",
                 (JobState.PENDING.value, time.time(), JobState.RUNNING.value),
             )
-            sql, params = _in_states((JobState.PENDING, JobState.WAITING))
+            sql, params = in_states((JobState.PENDING, JobState.WAITING))
             return self._build(db, db.execute(sql, params).fetchall())
 
     def defer(self, job_id: int, retry_at: float | None, reason: str | None, token: int | None = None) -> Job:
@@ -622,36 +526,6 @@ class SqliteJournal:
                 "WHERE id = ?",
                 (JobState.CLEANED.value, JobState.DONE.value, time.time(), job_id),
             )
-
-
-class _Tx:
-    """``with journal._transaction() as db``: one immediate transaction under the journal lock.
-
-    SQLite errors become :class:`JournalError`; the transaction is rolled back.
-    """
-
-    def __init__(self, journal: SqliteJournal) -> None:
-        self._journal = journal
-
-    def __enter__(self) -> sqlite3.Connection:
-        self._journal._lock.acquire()
-        try:
-            self._journal._db.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
-            self._journal._lock.release()
-            raise JournalError(f"journal transaction failed: {exc}", self._journal.file) from None
-        return self._journal._db
-
-    def __exit__(self, exc_type: type | None, exc: BaseException | None, tb: object) -> None:
-        try:
-            self._journal._db.execute("ROLLBACK" if exc_type else "COMMIT")
-        except sqlite3.Error as error:
-            if exc_type is None:
-                raise JournalError(f"journal commit failed: {error}", self._journal.file) from None
-        finally:
-            self._journal._lock.release()
-        if isinstance(exc, sqlite3.Error):
-            raise JournalError(f"journal update failed: {exc}", self._journal.file) from exc
 
 
 Journal = SqliteJournal
