@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from herocollector.actor.archiver import TASKS_RUNNING, RemoteTasks
 from herocollector.actor.demo import write_simulated_run
+from herocollector.actor.tasks import TASKS_RUNNING, RemoteTasks
 from herocollector.errors import Busy, RunRefused
 from herocollector.testing.actors import wait_for
 from herocollector.testing.runs import journal_rows

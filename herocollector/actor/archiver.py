@@ -7,17 +7,14 @@ only connects it to HEROS: arguments in, events in, remote methods, events and m
 from __future__ import annotations
 
 import inspect
-import itertools
 import logging
 import multiprocessing
 import os
 import signal
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
 from typing import Any
 
 from heros import EventObserver, LocalDatasourceHERO, LocalHERO, PolledLocalDatasourceHERO, event
@@ -26,6 +23,7 @@ from heros.exceptions import RemoteHEROError
 from heros.inspect import local_only
 from herostools.actor.archiver import HERODataArchiver
 
+from herocollector.actor.tasks import RemoteTask, RemoteTasks
 from herocollector.arguments import SIGNATURE
 from herocollector.config import ServiceConfig
 from herocollector.errors import Busy, RunRefused
@@ -54,112 +52,8 @@ CALL_THREADS = 16
 CALL_QUEUE_LIMIT = 3.0
 """Seconds a remote call may wait for a free thread; after that it is answered with ``Busy`` and not run,
 so the answer still comes before the caller's 10 s timeout and nothing runs behind its back."""
-TASKS_RUNNING = 64
-"""Accepted remote tasks that may be running at once; a further one is refused (``Busy``)."""
-TASKS_KEPT = 200
 TEARDOWN_WAIT = 10.0
 """Seconds the shutdown waits for accepted tasks that are past their wait for ``_DONE`` (verifying, renaming)."""
-"""Finished remote tasks that ``status()["tasks"]`` keeps reporting (the oldest are dropped)."""
-
-
-@dataclass
-class RemoteTask:
-    """A remote call's work that outlived its answer ("accepted"), reported by ``status()["tasks"]``.
-
-    Attributes:
-        id: Its id, as the accepted answer gave it.
-        method: The remote method (``cleanup``).
-        path: The run it is about.
-        state: ``running``, ``done`` (``result`` holds the answer the call would have given) or
-            ``error`` (``error`` says why; nothing more is done).
-        result: The answer, once done.
-        error: The error (type and message), if it failed.
-        started: When it started (Unix time).
-        finished: When it ended, None while running.
-    """
-
-    id: str
-    method: str
-    path: str | None
-    state: str = "running"
-    result: Any = None
-    error: str | None = None
-    started: float = 0.0
-    finished: float | None = None
-
-
-class RemoteTasks:
-    """The work of remote calls, each on a thread of its own, so the call can answer in time."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._tasks: OrderedDict[str, RemoteTask] = OrderedDict()
-        self._ids = itertools.count(1)
-        self._done: dict[str, threading.Event] = {}
-        self._errors: dict[str, Exception] = {}
-
-    def run(self, method: str, path: str | None, work: Callable[[], Any], answer_within: float) -> RemoteTask:
-        """Start ``work`` and wait up to ``answer_within`` s for it; a copy of the task as it then is.
-
-        Raises:
-            Busy: :data:`TASKS_RUNNING` tasks are running already; nothing was started.
-        """
-        with self._lock:
-            if sum(t.state == "running" for t in self._tasks.values()) >= TASKS_RUNNING:
-                raise Busy(f"{TASKS_RUNNING} remote tasks are running already; {method} was not started")
-            task = RemoteTask(f"{method}-{next(self._ids)}", method, path, started=time.time())
-            self._tasks[task.id] = task
-            done = self._done[task.id] = threading.Event()
-            self._forget_old()
-
-        def target() -> None:
-            try:
-                result = work()
-            except Exception as exc:  # noqa: BLE001 - reported to the caller or in status()
-                self._errors[task.id] = exc
-                self._finish(task, "error", None, f"{type(exc).__name__}: {exc}")
-            else:
-                self._finish(task, "done", result, None)
-            finally:
-                done.set()
-
-        threading.Thread(target=target, name=f"herocollector-{task.id}", daemon=True).start()
-        done.wait(answer_within)
-        with self._lock:
-            return RemoteTask(**asdict(task))
-
-    def _finish(self, task: RemoteTask, state: str, result: Any, error: str | None) -> None:
-        with self._lock:
-            task.state, task.result, task.error, task.finished = state, result, error, time.time()
-            self._done.pop(task.id, None)
-
-    def _forget_old(self) -> None:
-        finished = [k for k, t in self._tasks.items() if t.state != "running"]
-        for key in finished[: max(len(finished) - TASKS_KEPT, 0)]:
-            del self._tasks[key]
-            self._errors.pop(key, None)
-
-    def error(self, task_id: str) -> Exception | None:
-        """The exception a task ended with, if it did."""
-        with self._lock:
-            return self._errors.get(task_id)
-
-    def wait(self, timeout: float) -> bool:
-        """Wait until no task is running (for shutdown and tests); whether none is."""
-        deadline = time.monotonic() + timeout
-        while True:
-            with self._lock:
-                events = list(self._done.values())
-            if not events:
-                return True
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not events[0].wait(remaining):
-                return False
-
-    def to_list(self) -> list[dict[str, Any]]:
-        """Every task kept, oldest first, as dicts."""
-        with self._lock:
-            return [asdict(t) for t in self._tasks.values()]
 
 
 class CollectorArchiver(HERODataArchiver):
