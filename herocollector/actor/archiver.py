@@ -139,7 +139,7 @@ class CollectorArchiver(HERODataArchiver):
                     **hero_kwargs,
                 )
                 log.info(f"listening for '{config.event_name}' from '{config.object_selector}' in '{self._realm}'")
-            self.register_callback(self.feed)
+            self.register_callback(self._on_event)
         except BaseException:
             self._calls.shutdown(wait=False)
             self.service.close()
@@ -161,9 +161,13 @@ class CollectorArchiver(HERODataArchiver):
 
     # -- HEROS in ------------------------------------------------------------------------------
 
+    def _on_event(self, source_name: str, data: Any) -> None:
+        """The Zenoh event callback: hands the event to the service's intake and returns at once."""
+        self.service.announce(source_name, data)
+
     @local_only
     def feed(self, source_name: str, data: Any, retry_count: int = 0) -> None:
-        """Hand an announced run to the service (the event callback; not remote).
+        """Journal an announced run now, synchronously (local only; events go through the intake).
 
         Args:
             source_name: The HERO that fired the event.
@@ -293,7 +297,7 @@ class CollectorArchiver(HERODataArchiver):
             ``state`` and ``result`` (True or False, as above) under that ``id``. For every run
             (``path`` None), the work is done in the background: when it is not finished within
             2 s, the number of collected runs it looks at (an ``int``); its progress is in
-            ``status()["extra"]["cleanup"]``.
+            ``status()["cleanup"]``.
 
         Raises:
             Busy: Too many accepted cleanups are still running; this one was not started.

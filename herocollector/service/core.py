@@ -30,11 +30,15 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from herocollector.config import ServiceConfig
-from herocollector.events import RunCollected, RunFailed, parse_event
+from herocollector.errors import JournalError
+from herocollector.events import RunCollected, RunFailed
+from herocollector.journal.base import Announcement
 from herocollector.journal.sqlite import Job, JobState, JobStore, open_journal
 from herocollector.output.verify import RunCheck
 from herocollector.service.checks import run_path_argument
 from herocollector.service.cleanup import RunCleaner, SweepProgress
+from herocollector.service.health import JournalHealth
+from herocollector.service.intake import SPOOL_DIR, Intake, Malformed, Spool, announcement_of
 from herocollector.service.metrics import MetricsExporter
 from herocollector.service.runner import JobRunner
 from herocollector.service.scan import Scanner, ScanResult
@@ -108,13 +112,26 @@ class CollectionService:
         self._closed = False
         self._metrics = ServiceMetrics()
         self._metrics_lock = threading.Lock()
+        self._last_counts = JobCounts.from_journal({})
         self._lock.acquire(wait=LOCK_WAIT)
         journal: JobStore | None = None
         scheduler: Scheduler | None = None
+        intake: Intake | None = None
         try:
             self.journal = journal = open_journal(config.journal_location)
+            self.health = JournalHealth()
             self.scheduler = scheduler = Scheduler(
-                journal, self._run_job, config.workers, owner_name(config), config.lease_timeout
+                journal, self._run_job, config.workers, owner_name(config), config.lease_timeout, self.health
+            )
+            self.intake = intake = Intake(
+                journal,
+                Spool(config.state_dir / SPOOL_DIR),
+                self.health,
+                config.path_key,
+                config.timeout,
+                config.allowed_roots,
+                self._journalled,
+                self._malformed,
             )
             self.runner = JobRunner(
                 config,
@@ -133,13 +150,17 @@ class CollectionService:
             if config.scan_interval is not None and config.allowed_roots:
                 scheduler.every("scan", config.scan_interval, self._scan)
             journal.subscribe(scheduler.wake)
+            self.health.on_recovery(lambda: scheduler.trigger("scan"))  # runs missed while the journal was down
             self.exporter = self._serve_metrics()
             scheduler.start()
+            self.intake.start()
         except BaseException:
             # A failed start keeps nothing: no thread, no journal connection, no lock.
             self._stop_metrics()
             if scheduler is not None:
                 scheduler.close()
+            if intake is not None:
+                intake.close()
             if journal is not None:
                 journal.close()
             self._lock.release()
@@ -151,8 +172,22 @@ class CollectionService:
 
     # -- announcements ------------------------------------------------------------------------
 
+    def announce(self, source: str, data: Any) -> None:
+        """Take an announced run (a ``finished`` event) for journalling; returns at once.
+
+        The event goes to the intake, which journals events in batches, and spools them
+        durably while the journal is unreachable (see :mod:`herocollector.service.intake`).
+        This is what the Zenoh callback calls; :meth:`submit` journals synchronously.
+
+        Args:
+            source: The HERO that announced it.
+            data: The event payload: a dict with the path under ``path_key``, a
+                ``(payload, metadata)`` pair, or a bare path.
+        """
+        self.intake.offer(source, data)
+
     def submit(self, source: str, data: Any) -> Job:
-        """Journal an announced run (a ``finished`` event), so it is collected once it is done.
+        """Journal an announced run now, so it is collected once it is done.
 
         Args:
             source: The HERO that announced it.
@@ -162,24 +197,32 @@ class CollectionService:
         Returns:
             The job (a malformed event is journalled as a failed job without a path).
         """
-        try:
-            path, metadata = parse_event(data, self.config.path_key)
-        except ValueError as exc:
-            job = self.journal.record_malformed(source, data, f"malformed event: {exc}")
-            log.error(f"job {job.id} failed: malformed event from {source}: {exc}")
-            self._failed(RunFailed(None, job.error or "", 1, True, job.id))
+        found = announcement_of(
+            source, data, self.config.path_key, self.config.timeout, time.time(), self.config.allowed_roots
+        )
+        if isinstance(found, Malformed):
+            job = self.journal.record_malformed(found.source, found.event, found.error)
+            self._malformed(job)
             return job
-        return self._submit(path, source, metadata)
+        return self._submit(found)
 
-    def _submit(self, path: str, source: str, metadata: dict[str, Any]) -> Job:
-        deadline = None if self.config.timeout is None else time.time() + self.config.timeout / 1000
-        job, due = self.journal.submit(path, source, metadata, deadline)
-        if due:
-            log.info(f"job {job.id} journalled for {path} (from {source})")
+    def _submit(self, announcement: Announcement) -> Job:
+        results = self.journal.submit_many([announcement])
+        self._journalled(results)
+        return results[0][0]
+
+    def _journalled(self, results: list[tuple[Job, bool]]) -> None:
+        for job, due in results:
+            if due:
+                log.info(f"job {job.id} journalled for {job.path} (from {job.source})")
+            else:
+                log.info(f"{job.path} is already {job.state.value} (job {job.id}); event noted")
+        if any(due for _, due in results):
             self.scheduler.wake()
-        else:
-            log.info(f"{path} is already {job.state.value} (job {job.id}); event noted")
-        return job
+
+    def _malformed(self, job: Job) -> None:
+        log.error(f"job {job.id} failed: {job.error} (from {job.source})")
+        self._failed(RunFailed(None, job.error or "", 1, True, job.id))
 
     def collect(self, path: str) -> Job:
         """Journal a logger directory as if a ``finished`` event had announced it.
@@ -195,7 +238,11 @@ class CollectionService:
                 without NUL; no job is created.
         """
         path = os.path.normpath(run_path_argument(path))
-        return self._submit(path, "remote", {self.config.path_key: path})
+        found = announcement_of(
+            "remote", {self.config.path_key: path}, self.config.path_key, self.config.timeout, time.time()
+        )
+        assert isinstance(found, Announcement)  # a checked absolute path always announces a run
+        return self._submit(found)
 
     # -- queries and control ------------------------------------------------------------------
 
@@ -208,22 +255,50 @@ class CollectionService:
         return [job.path for job in self.scheduler.running() if job.path is not None]
 
     def status(self) -> ServiceStatus:
-        """Jobs per state, the runs being collected, the trash (counted, and a bounded list) and recent jobs."""
+        """Jobs per state, the runs being collected, the trash (counted, and a bounded list) and recent jobs.
+
+        While the journal is unreachable this answers at once, without asking it: the last
+        counts it gave, and the outage (since when, the error, the events spooled meanwhile)
+        under ``journal_outage``.
+        """
+        extra: dict[str, Any] = {"cleanup": asdict(self.cleaner.progress())}
+        outage = self.health.outage
+        if outage is None:
+            try:
+                counts = self.counts()
+                in_trash = self.journal.trash_count()
+                trash = [TrashEntry(j.path, j.trash_until) for j in self.journal.in_trash(TRASH_LISTED) if j.path]
+                recent = self.journal.recent(RECENT_LISTED)
+            except JournalError as exc:
+                self.health.failed("answering status()", exc)
+                outage = self.health.outage
+            else:
+                self._last_counts = counts
+                return ServiceStatus(
+                    counts=counts,
+                    running=self.running(),
+                    workers=self.config.workers,
+                    journal=self.journal.location,
+                    output_root=str(self.config.output_root),
+                    in_trash=in_trash,
+                    pending_deletion=trash,
+                    last_scan=self.scanner.last,
+                    recent=recent,
+                    extra=extra,
+                )
+        if outage is not None:
+            extra["journal_outage"] = {**outage.to_dict(), "spooled_batches": self.intake.spooled}
         return ServiceStatus(
-            counts=self.counts(),
+            counts=self._last_counts,
             running=self.running(),
             workers=self.config.workers,
             journal=self.journal.location,
             output_root=str(self.config.output_root),
-            in_trash=self.journal.trash_count(),
-            pending_deletion=[
-                TrashEntry(job.path, job.trash_until)
-                for job in self.journal.in_trash(TRASH_LISTED)
-                if job.path is not None
-            ],
+            in_trash=0,
+            pending_deletion=[],
             last_scan=self.scanner.last,
-            recent=self.journal.recent(RECENT_LISTED),
-            extra={"cleanup": asdict(self.cleaner.progress())},
+            recent=[],
+            extra=extra,
         )
 
     def failed(self) -> list[Job]:
@@ -298,6 +373,8 @@ class CollectionService:
             True if idle, False if ``timeout`` seconds passed first.
         """
         deadline = time.monotonic() + timeout
+        if not self.intake.wait_empty(timeout):
+            return False
         while True:
             if self.counts().busy == 0 and not self.scheduler.running():
                 return True
@@ -315,6 +392,7 @@ class CollectionService:
         if self._closed:
             return
         self._closed = True
+        self.intake.close()  # what has arrived is journalled, or spooled
         self.scheduler.close()
         self._stop_metrics()
         self.cleaner.close()
@@ -346,6 +424,7 @@ class CollectionService:
         self.cleaner.cleanup(path, wait_for_done=False)
 
     def _collected(self, report: RunCollected) -> None:
+        self.scheduler.release(report.job)  # done in the journal: no longer running, whatever is reported next
         if report.path:  # before the event goes out: a listener may clean the run at once
             self.cleaner.record_collected(report.path, report.job, report.bytes or None)
         job = self.journal.get(report.job)
@@ -363,6 +442,7 @@ class CollectionService:
             self._on_collected(report)
 
     def _failed(self, report: RunFailed) -> None:
+        self.scheduler.release(report.job)
         with self._metrics_lock:
             self._metrics.runs_failed += 1
         if self.exporter is not None:
