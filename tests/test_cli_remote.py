@@ -185,3 +185,28 @@ def test_an_actor_that_is_not_there_exits_1_saying_how_to_check(actor: Actor) ->
     assert "'nobody-here'" in message and actor.realm in message
     assert "heros_zenoh_scout" in message and "HEROS_ZENOH_CONFIG" in message
     assert result.stdout == ""
+
+
+def test_connect_raises_actor_not_found_naming_the_realm(actor: Actor) -> None:
+    code = (
+        "import herocollector, herocollector.errors as e\n"
+        "try:\n"
+        f"    herocollector.connect('nobody-here', realm={actor.realm!r}, timeout=1.5)\n"
+        "except e.ActorNotFound as exc:\n"
+        "    print('NOT-FOUND', exc)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=actor.env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("NOT-FOUND no HERO named 'nobody-here' answered in realm"), result.stdout
+    assert actor.realm in result.stdout and "heros_zenoh_scout" in result.stdout
+
+
+def test_connect_finds_the_actor(actor: Actor) -> None:
+    code = (
+        "import herocollector\n"
+        f"with herocollector.connect(realm={actor.realm!r}, timeout=60) as collector:\n"
+        "    print('COUNTS', sorted(collector.status()['counts']))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=actor.env)
+    assert result.returncode == 0, result.stderr
+    assert "COUNTS [" in result.stdout and "'done'" in result.stdout
