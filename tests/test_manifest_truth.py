@@ -9,6 +9,8 @@ tmpfs remounted ``ro``) in the middle of a publish.
 from __future__ import annotations
 
 import hashlib
+import os
+import stat
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -393,3 +395,26 @@ def test_write_manifest_keeps_an_identical_manifest_and_refuses_a_different_one(
     with pytest.raises(OutputError, match="manifest collision: it lists other outputs"):
         write_manifest(store, changed, Provenance("/runs/run-1", 7, 4))
     assert Path(location).read_bytes() == before
+
+
+# ----------------------------------------------------------------------------------------
+# Whatever is in the way under a final name, nothing blocks a worker
+# ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("where", ["output", "manifest"])
+def test_a_fifo_under_a_final_name_fails_the_job_naming_it_and_never_blocks(site: Site, where: str) -> None:
+    run = site.run("run-1")
+    folder = site.out / run.name
+    folder.mkdir(parents=True)
+    outputs = [folder / f"{m}.arrow" for m in MEASURES]
+    fifo = outputs[0] if where == "output" else Path(manifest_location(str(run), outputs))
+    os.mkfifo(fifo)
+    service = site.service()
+    service.submit("logger", run)
+    job = finished(service, run, JobState.FAILED, JobState.DONE)
+    assert job.state == JobState.FAILED
+    assert str(fifo) in job.error
+    assert ("collision" if where == "output" else "is not a regular file") in job.error
+    assert fifo.exists() and stat.S_ISFIFO(fifo.lstat().st_mode)  # left alone
+    assert not [p for p in files_under(site.out) if p.name.endswith(TEMP_SUFFIX)]

@@ -45,7 +45,6 @@ from herocollector.output.files import (
     link_into_place,
     read_provenance,
     remove_stale_temporaries,
-    sha256_of,
     temporary_name,
 )
 from herocollector.output.paths import object_root
@@ -53,6 +52,8 @@ from herocollector.output.paths import object_root
 MULTIPART_THRESHOLD = 64 << 20
 """Files larger than this are uploaded in parts (the completion is the conditional create)."""
 PART_SIZE = 16 << 20
+MAX_SMALL_OBJECT = 64 << 20
+"""The largest manifest read back (one of a run with very many outputs is a few MB)."""
 _META = "herocollector-"
 
 
@@ -163,12 +164,19 @@ class LocalStore(OutputStore):
         return Path(location)
 
     def provenance(self, location: Path | str) -> Provenance | None:
-        """See :meth:`OutputStore.provenance`."""
+        """See :meth:`OutputStore.provenance`: anything but a regular file (a symlink, a FIFO) is foreign, unread."""
         path = Path(location)
-        if not path.exists() and not path.is_symlink():
+        try:
+            info = path.lstat()
+        except FileNotFoundError:
             return None
+        except OSError:
+            return Provenance("")
+        if not stat.S_ISREG(info.st_mode):
+            return Provenance("")  # never opened: a FIFO would block the worker
         found = read_provenance(path)
-        return Provenance(found.get("logger_path", ""), int(found.get("job", 0) or 0))
+        job = found.get("job", "0")
+        return Provenance(found.get("logger_path", ""), int(job) if job.isdigit() else 0)
 
     def publish(self, file: OutputFile, location: Path | str, provenance: Provenance, replace_own: bool) -> str:
         """See :meth:`OutputStore.publish`: a link (never overwrites) or, for the job's own file, a rename."""
@@ -204,11 +212,25 @@ class LocalStore(OutputStore):
         return True
 
     def read_bytes(self, location: Path | str) -> bytes | None:
-        """See :meth:`OutputStore.read_bytes`."""
+        """See :meth:`OutputStore.read_bytes`: a regular file of at most :data:`MAX_SMALL_OBJECT` bytes.
+
+        Raises:
+            OutputError: Something else is there (a symlink, a FIFO, a folder, a huge file).
+        """
+        path = Path(location)
         try:
-            return Path(location).read_bytes()
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         except FileNotFoundError:
             return None
+        except OSError as exc:
+            raise OutputError(f"cannot be read as a small file: {exc.strerror}", path) from None
+        with os.fdopen(fd, "rb") as fh:
+            info = os.fstat(fh.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                raise OutputError("is not a regular file", path)
+            if info.st_size > MAX_SMALL_OBJECT:
+                raise OutputError(f"is {info.st_size} bytes, more than a manifest can be", path)
+            return fh.read(MAX_SMALL_OBJECT + 1)
 
     def remove(self, location: Path | str) -> None:
         """See :meth:`OutputStore.remove`."""
@@ -223,14 +245,18 @@ class LocalStore(OutputStore):
 
     def verify(self, location: Path | str, size: int, sha256: str) -> bool:
         """See :meth:`OutputStore.verify`: a regular file (not a link), its size, then its bytes hashed."""
-        path = Path(location)
         try:
-            info = path.lstat()
-            if not stat.S_ISREG(info.st_mode) or info.st_size != size:
-                return False
-            return sha256_of(path) == sha256
+            fd = os.open(location, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError:
             return False
+        with os.fdopen(fd, "rb") as fh:
+            info = os.fstat(fh.fileno())
+            if not stat.S_ISREG(info.st_mode) or info.st_size != size:
+                return False
+            digest = hashlib.sha256()
+            while chunk := fh.read(1 << 20):
+                digest.update(chunk)
+            return digest.hexdigest() == sha256
 
     def published(self, location: Path | str, size: int, sha256: str) -> tuple[int, str]:
         """See :meth:`OutputStore.published`: the staged file is what is published."""
