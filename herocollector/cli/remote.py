@@ -245,15 +245,13 @@ def run(args: argparse.Namespace, out: Console, err: Console) -> int:
     except ActorNotFound as exc:
         err.print(f"{PROG}: error: {exc}", soft_wrap=True)
         return 1
-    try:
+    with proxy:  # closes the Zenoh session before the process exits
         try:
             answer = _call(args, proxy)
         except (CollectorError, common.Interrupted):
             raise
         except Exception as exc:  # noqa: BLE001 - HEROS reraises the actor's error as its own types
             raise CollectorError(f"the actor {args.name!r} refused {args.method}: {exc}") from None
-    finally:
-        proxy._destroy_hero()  # closes the Zenoh session before the process exits
     if args.json:
         out.print_json(json.dumps(answer, default=str))
     else:
