@@ -98,6 +98,7 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import faulthandler
 import io
 import json
@@ -1062,8 +1063,10 @@ class Reference:
     unknown_sid: int | None = None
 
 
-_LONG_VARINT = re.compile(rb"([\x80-\xff]+[\x00-\x7f])")
-"""A varint of two bytes or more: continuation bytes, then the last byte (captured, so ``split`` keeps it)."""
+_LONG_VARINT = re.compile(rb"([\x80-\xff]++[\x00-\x7f]|[\x80-\xff]+\Z)")
+"""A varint of two bytes or more (captured, so ``split`` keeps it), or the unfinished one at the
+end. That second branch keeps the scan linear: without it, a long run of continuation bytes
+that no last byte ends would be tried again from each of its bytes."""
 
 
 def reference_decode(
@@ -1109,16 +1112,15 @@ def reference_decode(
         for k in range(1, len(parts), 2):
             vals.extend(parts[k - 1])
             word = parts[k]
+            if word[-1] >= 0x80:  # the frame's end cuts it (before checking its length, as ever)
+                return Reference(None, pos, "unfinished varint")
             if len(word) > 10:
                 return Reference(None, pos, "varint longer than 10 bytes")
             v = 0
             for byte in reversed(word):
                 v = (v << 7) | (byte & 0x7F)
             vals.append(v & M64)
-        tail = parts[-1]
-        if tail and tail[-1] >= 0x80:  # a varint the frame's end cuts (the tail holds no terminated long one)
-            return Reference(None, pos, "unfinished varint")
-        vals.extend(tail)
+        vals.extend(parts[-1])  # one-byte varints only
         # Records.
         r, count = 0, len(vals)
         while r < count:
@@ -1579,9 +1581,13 @@ def _run_in_processes(workers: int, cases: int, seed: int, start: int, options: 
     shares = [(lo, hi) for lo, hi in pairwise(bounds) if hi > lo]
     report = FuzzReport(seed, start, cases, chunk_bytes=options["chunk_bytes"])
     t0 = time.perf_counter()
-    # Fresh interpreters: a forked child would inherit this process's threads' locks.
-    with ProcessPoolExecutor(len(shares), mp_context=multiprocessing.get_context("spawn")) as executor:
-        futures = [executor.submit(run_fuzz, hi - lo, seed, start=lo, **options) for lo, hi in shares]
+    # Fresh interpreters (a forked child would inherit this process's threads' locks), one
+    # executor each: a worker that the hard watchdog ends takes no other share with it.
+    spawn = multiprocessing.get_context("spawn")
+    with contextlib.ExitStack() as stack:
+        executors = [stack.enter_context(ProcessPoolExecutor(1, mp_context=spawn)) for _ in shares]
+        pairs = zip(executors, shares, strict=True)
+        futures = [ex.submit(run_fuzz, hi - lo, seed, start=lo, **options) for ex, (lo, hi) in pairs]
         for (lo, hi), future in zip(shares, futures, strict=True):
             try:
                 part = future.result()
