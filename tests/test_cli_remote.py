@@ -210,3 +210,21 @@ def test_connect_finds_the_actor(actor: Actor) -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=actor.env)
     assert result.returncode == 0, result.stderr
     assert "COUNTS [" in result.stdout and "'done'" in result.stdout
+
+
+def test_work_the_actor_accepts_is_followed_to_its_result(actor: Actor) -> None:
+    run = collected_run(actor, "run-unfinished-again")
+    (run / "_DONE").unlink()  # the cleanup waits for it: longer than the actor's 3 s answer window
+    followed = actor.remote("cleanup", run, "--done-timeout", "4000")
+    assert followed.returncode == 1, (followed.stdout, followed.stderr)
+    assert f"{run}: not cleaned" in followed.stdout and "accepted" not in followed.stdout
+    assert list(run.glob("*.seg.zst")), "nothing may be cleaned without _DONE"
+    at_once = actor.remote("cleanup", run, "--done-timeout", "4000", "--task-timeout", "0", "--json")
+    assert at_once.returncode == 0, at_once.stderr
+    accepted = json.loads(at_once.stdout)
+    assert accepted["accepted"] is True and accepted["path"] == str(run)
+    wait_until(
+        lambda: any(t["id"] == accepted["id"] and t["state"] == "done" for t in actor.answer("status")["tasks"]),
+        60,
+        "the accepted cleanup finished",
+    )

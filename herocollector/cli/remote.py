@@ -13,7 +13,9 @@ The actor's remote methods, one sub-command each::
 ``collect``, ``cleanup``, ``restore`` and ``verify`` also exist as local commands on run paths;
 ``remote`` in front of them means "the actor does it, in its own journal and allowed_roots".
 Every sub-command takes ``--realm``, ``--name`` (the BOSS config's ``_id``), ``--timeout`` (seconds
-to find the actor) and ``--json``. It exits 1 when the actor is not found, saying how to check
+to find the actor) and ``--json``. Work the actor accepts as a task (a ``cleanup`` or ``verify``
+that takes longer than 3 s) is followed in ``status()["tasks"]`` until it ends
+(``--task-timeout``). It exits 1 when the actor is not found, saying how to check
 the realm, or when the actor refuses the call (the one-line message is the actor's).
 """
 
@@ -22,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import time
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -94,8 +97,43 @@ def register(subparsers: Subparsers) -> None:
         metavar="MS",
         help="milliseconds the actor waits for _DONE; 'none' waits until it appears (default 5000)",
     )
+    for method in ("cleanup", "verify"):
+        parsers[method].add_argument(
+            "--task-timeout",
+            type=float,
+            default=300.0,
+            metavar="S",
+            help=(
+                "seconds to wait for the result when the actor accepts the work as a task (it answers within 3 s); "
+                "0 prints the task id at once (default 300)"
+            ),
+        )
     for parser in parsers.values():
         _connection_options(parser)
+
+
+def _accepted(answer: Any) -> bool:
+    return isinstance(answer, dict) and answer.get("accepted") is True and "id" in answer
+
+
+def _follow(proxy: Any, answer: dict[str, Any], timeout: float) -> Any:
+    """The result of an accepted task, polled from ``status()["tasks"]``; ``answer`` itself once ``timeout`` passed.
+
+    Raises:
+        CollectorError: The task failed; the message is the actor's.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        tasks = {task.get("id"): task for task in proxy.status().get("tasks") or []}
+        task = tasks.get(answer["id"])
+        if task is None:  # dropped from the list of kept tasks: the result is gone
+            break
+        if task.get("state") == "done":
+            return task.get("result")
+        if task.get("state") == "error":
+            raise CollectorError(f"the actor's task {answer['id']} failed: {task.get('error')}")
+        time.sleep(0.5)  # the actor cannot notify a shell: poll
+    return answer
 
 
 def _absolute(path: str | None) -> str | None:
@@ -187,7 +225,18 @@ def _print_status(status: dict[str, Any], out: Console) -> None:
         out.print(_jobs_table(recent, "recent jobs", error=False))
 
 
+def _print_accepted(answer: dict[str, Any], out: Console) -> None:
+    out.print(
+        f"accepted: the actor goes on with {answer.get('path')} as task {answer.get('id')}; "
+        f"'{PROG} remote status' shows its result",
+        soft_wrap=True,
+    )
+
+
 def _print_verify(report: dict[str, Any], out: Console) -> None:
+    if _accepted(report):
+        _print_accepted(report, out)
+        return
     out.print(f"{report.get('run')}: {'ok' if report.get('ok') else 'DIFFERS'}", soft_wrap=True)
     if report.get("manifest"):
         out.print(f"  manifest: {report['manifest']}", soft_wrap=True)
@@ -200,11 +249,7 @@ def _print_verify(report: dict[str, Any], out: Console) -> None:
 
 def _print_cleanup(args: argparse.Namespace, answer: Any, out: Console) -> None:
     if isinstance(answer, dict):
-        out.print(
-            f"accepted: the actor goes on cleaning {answer.get('path')} as task {answer.get('id')}; "
-            f"'{PROG} remote status' shows its result",
-            soft_wrap=True,
-        )
+        _print_accepted(answer, out)
     elif isinstance(answer, bool):
         out.print(
             f"{args.path}: cleaned" if answer else f"{args.path}: not cleaned (refused, unverified, or no _DONE)",
@@ -231,6 +276,8 @@ PRINTERS: dict[str, Callable[[argparse.Namespace, Any, Console], None]] = {
 
 def _failed(args: argparse.Namespace, answer: Any) -> bool:
     """Whether the answer means the command did not do what was asked (exit 1)."""
+    if _accepted(answer):
+        return False
     if args.method == "verify":
         return not (isinstance(answer, dict) and answer.get("ok"))
     return args.method in ("cleanup", "restore") and answer is False
@@ -248,6 +295,8 @@ def run(args: argparse.Namespace, out: Console, err: Console) -> int:
     with proxy:  # closes the Zenoh session before the process exits
         try:
             answer = _call(args, proxy)
+            if _accepted(answer) and getattr(args, "task_timeout", 0) > 0:
+                answer = _follow(proxy, answer, args.task_timeout)
         except (CollectorError, common.Interrupted):
             raise
         except Exception as exc:  # noqa: BLE001 - HEROS reraises the actor's error as its own types
