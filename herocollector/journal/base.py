@@ -41,7 +41,7 @@ May import: :mod:`herocollector.errors` only.
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -166,6 +166,23 @@ class Resubmit:
     due_now: bool = False
     reset_attempts: bool = False
     take_deadline: bool = False
+
+
+@dataclass(frozen=True)
+class Announcement:
+    """One announcement of a run, as the event intake hands it to :meth:`Journal.submit_many`.
+
+    Attributes:
+        path: The logger directory.
+        source: The announcing HERO.
+        metadata: Event metadata for templating.
+        deadline: Until when to wait for its ``_DONE`` (None: no limit).
+    """
+
+    path: str
+    source: str
+    metadata: dict[str, Any]
+    deadline: float | None = None
 
 
 RESUBMIT: Mapping[JobState, Resubmit] = {
@@ -306,6 +323,16 @@ class Journal(Protocol):
 
         Returns:
             The job and whether it is due now (new or requeued).
+        """
+        ...
+
+    def submit_many(self, announcements: Sequence[Announcement]) -> list[tuple[Job, bool]]:
+        """:meth:`submit` for many announcements in one transaction: one durable commit for all.
+
+        Announcements of the same path are applied in order, as separate calls would be.
+
+        Returns:
+            For each announcement, in order, its job and whether it is due now.
         """
         ...
 

@@ -160,11 +160,12 @@ class PgConnections:
         except psycopg.Error as exc:
             raise JournalError(f"cannot connect to the journal at {self.location}: {exc}") from None
 
-    def run(self, action: Callable[[Conn], _T], read: bool = False) -> _T:
+    def run(self, action: Callable[[Conn], _T], read: bool = False, single: bool = False) -> _T:
         """Run ``action`` in one transaction; reconnect once if the connection broke.
 
         With ``read``, on the connection for reads, so that a page of jobs read for a cleanup
-        never waits for, or holds up, a state change on the other.
+        never waits for, or holds up, a state change on the other. With ``single``, ``action``
+        runs one statement, which is its own transaction: no ``BEGIN``/``COMMIT`` round trips.
         """
         with self._read_lock if read else self._lock:
             for attempt in (1, 2):
@@ -176,6 +177,8 @@ class PgConnections:
                     else:
                         self._conn = conn
                 try:
+                    if single:
+                        return action(conn)
                     with conn.transaction():
                         return action(conn)
                 except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
