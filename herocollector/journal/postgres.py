@@ -225,6 +225,11 @@ class PgJournal:
         """:meth:`submit` for many announcements in one transaction (one durable commit)."""
         if not announcements:
             return []
+        if len(announcements) == 1:  # the common case, a new run: one statement, no transaction round trips
+            one = announcements[0]
+            created = self._insert_new(one.path, one.source, one.metadata, one.deadline, time.time())
+            if created is not None:
+                return [(created, True)]
 
         def step(db: Conn) -> list[tuple[Job, bool]]:
             now = time.time()

@@ -225,13 +225,17 @@ class SqliteJournal:
         Returns:
             The job and whether it is due now (new or requeued).
         """
-        with self._transaction() as db:
-            return self._submit(db, Announcement(path, source, metadata, deadline), time.time())
+        return self.submit_many([Announcement(path, source, metadata, deadline)])[0]
 
     def submit_many(self, announcements: Sequence[Announcement]) -> list[tuple[Job, bool]]:
         """:meth:`submit` for many announcements in one transaction (one durable commit)."""
         if not announcements:
             return []
+        if len(announcements) == 1:  # the common case, a new run: one statement, no transaction round trips
+            one = announcements[0]
+            created = self._insert_new(one.path, one.source, one.metadata, one.deadline, time.time())
+            if created is not None:
+                return [(created, True)]
         now = time.time()
         with self._transaction() as db:
             return [self._submit(db, announcement, now) for announcement in announcements]

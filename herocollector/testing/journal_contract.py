@@ -31,7 +31,7 @@ from typing import Any
 import pytest
 
 from herocollector.errors import JournalError, LeaseLost, OutputTakenError
-from herocollector.journal.base import Job, JobState, Journal
+from herocollector.journal.base import Announcement, Job, JobState, Journal
 
 RUN = "/data/runs/run-a"
 OTHER = "/data/runs/run-b"
@@ -163,6 +163,26 @@ class JournalTests:
         assert queued and job.next_attempt is None and job.attempts == 1  # attempts are kept
         again = journal.take_due(owner="a")
         assert again is not None and again.id == job.id and again.attempts == 2
+
+    def test_submit_many_applies_each_announcement_in_order(self, journal: Journal) -> None:
+        """``submit_many``: one transaction, each announcement as a separate ``submit`` would apply it."""
+        done = self.in_state(journal, JobState.DONE, "/data/runs/done")
+        results = journal.submit_many(
+            [
+                Announcement(RUN, "logger-1", {"n": 1}),
+                Announcement(RUN, "logger-2", {"n": 2}, deadline=FAR),
+                Announcement(OTHER, "logger-1", {}),
+                Announcement("/data/runs/done", "logger-3", {}),
+            ]
+        )
+        assert [queued for _, queued in results] == [True, True, True, False]
+        assert results[0][0].id == results[1][0].id and results[3][0] == done
+        job = journal.by_path(RUN)
+        assert job is not None and (job.source, job.metadata, job.deadline) == ("logger-2", {"n": 2}, None)
+        assert journal.submit_many([]) == []
+        (again,) = journal.submit_many([Announcement(RUN, "logger-3", {"n": 3})])  # a known run, alone
+        assert again[1] is True and again[0].id == job.id and again[0].source == "logger-3"
+        assert len(journal.jobs()) == 3
 
     def test_submit_new_journals_only_unknown_runs(self, journal: Journal) -> None:
         """``submit_new`` (the scan) journals only runs without a job."""
