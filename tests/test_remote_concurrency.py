@@ -231,3 +231,39 @@ def test_a_forced_cleanup_of_a_run_about_to_be_collected_is_refused_at_once(env:
     wait_job(actor, run, JobState.DONE)
     assert actor.cleanup(str(run)) is True
     assert trashed(run)
+
+
+def test_a_call_that_waits_too_long_for_a_thread_is_answered_busy_and_not_run(env: Env) -> None:
+    from herocollector.actor.archiver import CALL_THREADS
+
+    actor = env.actor()
+    release = threading.Event()
+    ran: list[str] = []
+    holding: list[int] = []
+    base = f"@object/{actor._realm}/busy-test"
+
+    def slow(query: Any) -> None:  # holds a call thread until released
+        holding.append(1)
+        release.wait(DEADLINE)
+        query.reply(str(query.key_expr), actor._serialize("slow"))
+
+    def quick(query: Any) -> None:
+        ran.append("quick")
+        query.reply(str(query.key_expr), actor._serialize("quick"))
+
+    # Served as the actor serves its remote methods (real Zenoh queryables on its session).
+    actor._declare_queryable(f"{base}/slow", slow)
+    actor._declare_queryable(f"{base}/quick", quick)
+    held = [actor._session.get(f"{base}/slow") for _ in range(CALL_THREADS)]
+    try:
+        wait_for(lambda: len(holding) == CALL_THREADS, "every call thread to be held", DEADLINE)
+        replies = list(actor._session.get(f"{base}/quick"))
+    finally:
+        release.set()
+    assert len(replies) == 1 and replies[0].err is not None
+    error = actor._deserialize(replies[0].err.payload.to_bytes())
+    assert error.remote_type == "Busy" and "was not run" in str(error)
+    assert ran == [], "a call answered Busy was run anyway"
+    answers = [actor._deserialize(r.ok.payload.to_bytes()) for replies in held for r in replies]
+    assert answers == ["slow"] * CALL_THREADS
+    assert [actor._deserialize(r.ok.payload.to_bytes()) for r in actor._session.get(f"{base}/quick")] == ["quick"]

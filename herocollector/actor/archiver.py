@@ -12,7 +12,6 @@ import multiprocessing
 import os
 import signal
 import threading
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -50,7 +49,7 @@ REMOTE_SWEEP_WAIT = 2.0
 CALL_THREADS = 16
 """Remote calls served at the same time."""
 CALL_QUEUE_LIMIT = 3.0
-"""Seconds a remote call may wait for a free thread; after that it is answered with ``Busy`` and not run,
+"""Seconds a remote call may wait for a free thread; then it is answered with ``Busy`` and never run,
 so the answer still comes before the caller's 10 s timeout and nothing runs behind its back."""
 TEARDOWN_WAIT = 10.0
 """Seconds the shutdown waits for accepted tasks that are past their wait for ``_DONE`` (verifying, renaming)."""
@@ -120,6 +119,8 @@ class CollectorArchiver(HERODataArchiver):
         self.service = CollectionService(config, on_collected=self._relay_collected, on_failed=self._relay_failed)
         self.tasks = RemoteTasks()
         self._calls = ThreadPoolExecutor(CALL_THREADS, thread_name_prefix="herocollector-call")
+        self._calls_lock = threading.Lock()
+        self._calls_in_flight = 0
         try:
             # HERODataArchiver.__init__ would start a payload queue and a worker thread of its
             # own: the service's journal and scheduler do that work, so only the observer is set up.
@@ -439,20 +440,45 @@ class CollectorArchiver(HERODataArchiver):
             return super()._declare_queryable(selector, callback)  # discovery and capabilities: quick, inline
 
         def dispatch(query: Any) -> None:
-            received = time.monotonic()
+            # Whoever takes the claim first answers: a thread that runs the call, or the timer that
+            # answers Busy when every thread is taken for CALL_QUEUE_LIMIT; the other does nothing.
+            # Zenoh ends a query (and the caller's wait) only once no reference to it is left, so
+            # the one who answers takes it out of ``held``.
+            claim = threading.Lock()
+            held = [query]
+            del query
+            timer: threading.Timer | None = None
 
             def serve() -> None:
-                waited = time.monotonic() - received
-                if waited > CALL_QUEUE_LIMIT:
-                    busy = Busy(f"the call waited {waited:.1f} s for a free thread and was not run")
-                    query.reply_err(self._serialize(busy), encoding=self._default_encoding)
-                    return
-                callback(query)
+                try:
+                    if claim.acquire(blocking=False):
+                        if timer is not None:
+                            timer.cancel()
+                        callback(held.pop())
+                finally:
+                    with self._calls_lock:
+                        self._calls_in_flight -= 1
 
+            def expire() -> None:
+                if claim.acquire(blocking=False):
+                    busy = Busy(f"no free thread for {CALL_QUEUE_LIMIT:g} s: the call was not run")
+                    held.pop().reply_err(self._serialize(busy), encoding=self._default_encoding)
+
+            with self._calls_lock:
+                queued = self._calls_in_flight >= CALL_THREADS
+                self._calls_in_flight += 1
+            if queued:
+                timer = threading.Timer(CALL_QUEUE_LIMIT, expire)
+                timer.daemon = True
+                timer.start()
             try:
                 self._calls.submit(serve)
             except RuntimeError:  # shut down: the actor is stopping
-                query.reply_err(self._serialize(Busy("the actor is stopping")), encoding=self._default_encoding)
+                with self._calls_lock:
+                    self._calls_in_flight -= 1
+                if claim.acquire(blocking=False):
+                    stopping = Busy("the actor is stopping")
+                    held.pop().reply_err(self._serialize(stopping), encoding=self._default_encoding)
 
         return super()._declare_queryable(selector, dispatch)
 
