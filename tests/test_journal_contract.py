@@ -5,6 +5,7 @@ SQLite in ``tmp_path``, and PostgreSQL on the real test server, in a fresh datab
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,10 @@ class TestSqliteJournal(JournalTests):
         journal.close()
         return SqliteJournal(journal.file)
 
+    def reading(self, journal: Journal) -> AbstractContextManager[object]:
+        assert isinstance(journal, SqliteJournal)
+        return journal._read_lock
+
 
 class TestPgJournal(JournalTests):
     shared = True
@@ -44,3 +49,7 @@ class TestPgJournal(JournalTests):
         assert isinstance(journal, PgJournal)
         journal.close()
         return PgJournal(journal.url)
+
+    def reading(self, journal: Journal) -> AbstractContextManager[object]:
+        assert isinstance(journal, PgJournal)
+        return journal._db._read_lock

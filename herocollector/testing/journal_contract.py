@@ -26,6 +26,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from typing import Any
 
 import pytest
@@ -56,6 +57,10 @@ class JournalTests:
     def reopen(self, journal: Journal) -> Journal:
         """Close ``journal`` and open the same journal again, as after a restart."""
         raise NotImplementedError("a JournalTests subclass provides reopen()")
+
+    def reading(self, journal: Journal) -> AbstractContextManager[object]:
+        """A context in which a read of ``journal`` is in progress (its read connection is busy)."""
+        raise NotImplementedError("a JournalTests subclass provides reading()")
 
     # -- helpers ---------------------------------------------------------------------------------
 
@@ -547,6 +552,30 @@ class JournalTests:
         assert seen[0].outputs == done[0].outputs
         pending = journal.jobs_page(JobState.FAILED, 0, 10)
         assert [job.path for job in pending] == ["/data/runs/failed"]
+
+    def test_a_read_in_progress_holds_up_no_change(self, journal: Journal) -> None:
+        """While a page is being read (a cleanup of every run), runs are journalled, taken and finished."""
+        self.in_state(journal, JobState.DONE, "/data/runs/d-0")
+        outcome: list[object] = []
+
+        def change() -> None:
+            try:
+                job, queued = journal.submit(RUN, "logger-1", {})
+                taken = journal.take_due(owner="a")
+                assert queued and taken is not None and taken.id == job.id
+                outcome.append(journal.finish(taken.id, {"/out/a.arrow": 1}, token=taken.token).state)
+            except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+                outcome.append(exc)
+
+        with self.reading(journal):
+            worker = threading.Thread(target=change)
+            worker.start()
+            worker.join(timeout=60)
+            finished_while_reading = not worker.is_alive()
+        worker.join(timeout=60)
+        assert finished_while_reading, "a state change waited for a read"
+        assert outcome == [JobState.DONE]
+        assert [job.path for job in journal.done_jobs_page(0, 10)] == ["/data/runs/d-0", RUN]
 
     def test_trash_is_listed_soonest_purge_first_and_bounded(self, journal: Journal) -> None:
         """Trash is listed soonest purge first and bounded."""
