@@ -35,6 +35,7 @@ from herocollector.events import RunCollected, RunFailed
 from herocollector.journal.base import Announcement
 from herocollector.journal.sqlite import Job, JobState, JobStore, open_journal
 from herocollector.output.verify import RunCheck
+from herocollector.run.rundir import job_key
 from herocollector.service.checks import run_path_argument
 from herocollector.service.cleanup import RunCleaner, SweepProgress
 from herocollector.service.health import JournalHealth
@@ -238,11 +239,9 @@ class CollectionService:
                 without NUL; no job is created.
         """
         path = os.path.normpath(run_path_argument(path))
-        found = announcement_of(
-            "remote", {self.config.path_key: path}, self.config.path_key, self.config.timeout, time.time()
-        )
-        assert isinstance(found, Announcement)  # a checked absolute path always announces a run
-        return self._submit(found)
+        deadline = None if self.config.timeout is None else time.time() + self.config.timeout / 1000
+        key = job_key(path, self.config.allowed_roots)
+        return self._submit(Announcement(key, "remote", {self.config.path_key: path}, deadline))
 
     # -- queries and control ------------------------------------------------------------------
 

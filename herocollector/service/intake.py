@@ -35,7 +35,7 @@ from herocollector.errors import JournalError
 from herocollector.events import parse_event
 from herocollector.journal.base import Announcement, Job, JobStore
 from herocollector.output.files import fsync_dir
-from herocollector.run.rundir import within_roots
+from herocollector.run.rundir import job_key
 from herocollector.service.health import JournalHealth
 
 log = logging.getLogger(__name__)
@@ -63,20 +63,6 @@ class Malformed:
     error: str
 
 
-def run_key(path: str, allowed_roots: Sequence[Path]) -> str:
-    """The job key of an announced run: its resolved path, so that two spellings are one job.
-
-    A run that resolves outside ``allowed_roots``, or a relative path, keeps the path as it was
-    announced: the job runner refuses it, and the failed job then names what was announced.
-    """
-    if not os.path.isabs(path) or "\0" in path:  # the runner refuses these, naming the path as announced
-        return os.path.normpath(path)
-    resolved = os.path.realpath(path)
-    if allowed_roots and not within_roots(resolved, allowed_roots):
-        return os.path.normpath(path)
-    return resolved
-
-
 def announcement_of(
     source: str,
     data: Any,
@@ -85,7 +71,10 @@ def announcement_of(
     received: float,
     allowed_roots: Sequence[Path] = (),
 ) -> Announcement | Malformed:
-    """What an event announces: a run (see :func:`run_key`), with its ``_DONE`` deadline, or why it announces nothing.
+    """What an event announces: a run, with its ``_DONE`` deadline, or why it announces nothing.
+
+    The run is journalled under :func:`herocollector.run.rundir.job_key`: its resolved path, so
+    that one run announced under two spellings is one job.
 
     Args:
         source: The announcing HERO.
@@ -100,7 +89,7 @@ def announcement_of(
     except ValueError as exc:
         return Malformed(source, data, f"malformed event: {exc}")
     deadline = None if timeout_ms is None else received + timeout_ms / 1000
-    return Announcement(run_key(path, allowed_roots), source, metadata, deadline)
+    return Announcement(job_key(path, allowed_roots), source, metadata, deadline)
 
 
 class Spool:
