@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from herocollector.collector import parse_columns
 from herocollector.decode.codec import DEFAULT_CHUNK_BYTES
 from herocollector.errors import CollectorError, ConfigError
+from herocollector.output.batches import parse_columns
 from herocollector.output.files import Compression, OutputFormat
 from herocollector.run.catalogue import RuleLike, select_streams
 
@@ -171,10 +171,11 @@ ARGUMENTS: tuple[Argument, ...] = (
             "undefined variable fails the job). Variables, later ones winning: `default_metadata`, the event "
             "metadata, the stream labels (with `stream_id`, `epoch_scale`, `value_scale`), then `source_name` (the "
             "HERO that sent the event, `remote` or `scan`), `logger_path` (the path as announced) and `logger_name` "
-            "(its base name). Every value a `{{ … }}` prints must be one path segment: a value with `/`, or an empty,"
-            " `.` or `..` value, fails the job (`LabelPathError`, not retried), so a label cannot aim at another "
-            "run's files or make a hidden file. Values from `default_metadata`, `output_root` and `logger_path` are "
-            "trusted and may hold `/`; `{{ value \\| subpath }}` lets any value span folders on purpose (its parts "
+            "(its base name). Every value a `{{ … }}` prints must be one path segment: a value with `/`, an empty, "
+            "`.` or `..` value, or one that starts with `.` or `_` fails the job (`LabelPathError`, not retried), so "
+            "a label cannot aim at another run's files or make a file that dataset readers (pyarrow, polars, Spark) "
+            "skip. Values from `default_metadata`, `output_root` and `logger_path` are trusted and may hold `/`; "
+            "`{{ value \\| subpath }}` lets any value span folders, or start with `.` or `_`, on purpose (its parts "
             "still may not be empty, `.` or `..`). A relative result is taken relative to `output_root`. The result "
             "must resolve inside `output_root`, symlinks included, and its file name be at most 255 bytes. Streams "
             "with the same rendered path share one file. A template that does not compile stops the actor at start."

@@ -272,3 +272,16 @@ def test_lone_surrogate_in_a_trusted_value_is_an_invalid_path(root: Path) -> Non
     template = PathTemplate("{{ output_root }}/{{ site }}/x.arrow", root)
     with pytest.raises(OutputError, match="invalid path"):
         template.render({}, trusted={"site": "lab\udcff"})
+
+
+@pytest.mark.parametrize("value", [".hidden", "_data", "_", ".x.y"])
+def test_a_label_that_dataset_readers_would_skip_is_refused(root: Path, value: str) -> None:
+    # pyarrow.dataset, polars and Spark leave out files and folders whose names start with "." or "_".
+    template = PathTemplate("{{ output_root }}/{{ run }}/{{ measure }}.arrow", root)
+    with pytest.raises(LabelPathError, match="dataset readers skip") as info:
+        template.render({"run": "run-0001", "measure": value})
+    assert not info.value.retryable
+    with pytest.raises(LabelPathError, match="dataset readers skip"):
+        template.render({"run": value, "measure": "stock"})
+    opted_in = PathTemplate("{{ output_root }}/{{ run | subpath }}/{{ measure }}.arrow", root)
+    assert opted_in.render({"run": value, "measure": "stock"}) == root / value / "stock.arrow"

@@ -2,9 +2,11 @@
 
 A template is rendered in a sandboxed Jinja2 environment with ``StrictUndefined`` (a missing
 variable is an error, never an empty path segment). Every value a ``{{ … }}`` expression prints
-must be a safe single path segment: no ``/`` or NUL, not empty, not ``.`` or ``..``. So a
-label such as ``measure: "../run-0002/stock"`` cannot aim at another run's files, and an empty
-label cannot make a hidden file such as ``.arrow``. Two kinds of values are exempt:
+must be a safe single path segment: no ``/`` or NUL, not empty, not ``.`` or ``..``, and not
+starting with ``.`` or ``_``. So a label such as ``measure: "../run-0002/stock"`` cannot aim at
+another run's files, and a label cannot make a file that readers skip: ``.arrow`` from an empty
+label, or ``_data.arrow`` and ``.hidden.arrow``, which pyarrow datasets, polars and Spark leave
+out of a directory scan. Two kinds of values are exempt:
 
 * trusted values the operator configured: ``output_root``, ``logger_path`` and everything in
   ``default_metadata``;
@@ -50,6 +52,9 @@ def _unsafe_segment(text: str) -> str | None:
         return "it holds a NUL byte"
     if not _encodable(text):
         return "it is not valid Unicode (a lone surrogate)"
+    if text.startswith((".", "_")):
+        # pyarrow datasets, polars and Spark skip such files and folders: the rows would be invisible.
+        return f"it starts with {text[0]!r}, which dataset readers skip (use '| subpath' to allow it)"
     return None
 
 
