@@ -19,9 +19,9 @@ from typing import Any
 import pyarrow as pa
 
 from herocollector.arguments import ARGUMENT_NAMES, ARGUMENTS, SIGNATURE, default_state_dir
-from herocollector.collector import parse_columns
 from herocollector.decode.codec import DEFAULT_CHUNK_BYTES
 from herocollector.errors import ConfigError
+from herocollector.output.batches import parse_columns
 from herocollector.output.files import Compression, OutputFormat
 from herocollector.output.paths import PathTemplate, local_root, object_root
 from herocollector.run.catalogue import RuleLike

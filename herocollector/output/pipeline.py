@@ -29,9 +29,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from herocollector.collector import output_schema, run_batches, scan_run
 from herocollector.decode.codec import DEFAULT_CHUNK_BYTES
 from herocollector.errors import CollectorError
+from herocollector.output.batches import output_schema, run_batches, scan_run
 from herocollector.output.files import Compression, OutputFile, OutputFormat, route_batch
 from herocollector.output.stores import LocalStore, OutputStore, Provenance
 from herocollector.run.catalogue import RuleLike, Stream, select_streams
