@@ -145,3 +145,24 @@ def test_a_start_on_a_full_state_dir_names_the_file_and_keeps_nothing(tmp_path: 
             assert service.counts().busy == 0
     finally:
         subprocess.run(["umount", "-l", str(state)], check=False)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "named"),
+    [
+        ({"object_selector": "lab-logger-*"}, "object_selector 'lab-logger-*'"),
+        ({"object_selector": "a//b"}, "object_selector 'a//b'"),
+        ({"event_name": "fin*shed"}, "event_name 'fin*shed'"),
+    ],
+)
+def test_a_selector_zenoh_refuses_is_a_configuration_error_at_start(
+    env: Any, arguments: dict[str, str], named: str
+) -> None:
+    from herocollector.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="is not a Zenoh key expression") as raised:
+        env.actor(**arguments)
+    assert named in str(raised.value)
+    if "*" in named:
+        assert "$*" in str(raised.value)
+    assert env.actor().service.counts().busy == 0  # the refused actor kept no lock on the state_dir

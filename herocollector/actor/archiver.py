@@ -25,7 +25,7 @@ from herostools.actor.archiver import HERODataArchiver
 from herocollector.actor.tasks import RemoteTask, RemoteTasks
 from herocollector.arguments import SIGNATURE
 from herocollector.config import ServiceConfig
-from herocollector.errors import Busy, RunRefused
+from herocollector.errors import Busy, ConfigError, RunRefused
 from herocollector.events import RunCollected, RunFailed
 from herocollector.journal.sqlite import JobState
 from herocollector.run import logdir
@@ -116,6 +116,7 @@ class CollectorArchiver(HERODataArchiver):
         hero_kwargs: dict[str, Any] = bound.arguments.pop("kwargs", {})
         bound.arguments.pop("self")
         config = ServiceConfig.from_arguments(**bound.arguments)
+        _check_key_expressions(config)
         self.service = CollectionService(config, on_collected=self._relay_collected, on_failed=self._relay_failed)
         self.tasks = RemoteTasks()
         self._calls = ThreadPoolExecutor(CALL_THREADS, thread_name_prefix="herocollector-call")
@@ -502,3 +503,23 @@ _SIGNATURE = inspect.Signature(
 )
 # BOSS, ``inspect.signature`` and the docs see the service's arguments as real parameters.
 CollectorArchiver.__init__.__signature__ = _SIGNATURE  # type: ignore[attr-defined]
+
+
+def _check_key_expressions(config: ServiceConfig) -> None:
+    """Refuse, naming the argument, what Zenoh would refuse later with only a ``ZError`` in the BOSS log.
+
+    Raises:
+        ConfigError: ``object_selector`` or ``event_name`` do not make a Zenoh key expression.
+    """
+    import zenoh
+
+    for name in ("object_selector", "event_name"):
+        selector = config.object_selector if name == "object_selector" else "*"
+        event_name = config.event_name if name == "event_name" else "finished"
+        try:
+            zenoh.KeyExpr(f"@object/realm/{selector}/{event_name}")
+        except zenoh.ZError as exc:
+            value = getattr(config, name)
+            hint = " (inside a chunk, write '$*': 'lab-logger-$*')" if "*" in value else ""
+            reason = str(exc).split(" at /", 1)[0]
+            raise ConfigError(f"{name} {value!r} is not a Zenoh key expression{hint}: {reason}") from None
