@@ -12,7 +12,8 @@ their segments in the trash) and each backend, it measures:
 * **submit**: the latency of ``submit()`` of new runs (median, 99th percentile, max of
   ``--submits``) while another thread pages through every done job with
   ``done_jobs_page(after, 500)``, as a cleanup of every run does (the pager never pauses, so
-  it also competes for the GIL: the worst case); ``idle p50`` is the median with no pager;
+  it also competes for the GIL: the worst case; ``--pager-yields`` lets it give up the GIL
+  between pages); ``idle p50`` is the median with no pager;
 * **page**: the longest single ``done_jobs_page`` call of that walk.
 
 The jobs are written straight into the tables (the API would take minutes for 100k fsynced
@@ -121,7 +122,9 @@ def status_queries(journal: Journal) -> None:
     journal.recent(20)
 
 
-def measure(open_journal: Callable[[], Journal], done: int, submits: int, repeat: int) -> dict[str, float]:
+def measure(
+    open_journal: Callable[[], Journal], done: int, submits: int, repeat: int, yielding: bool = False
+) -> dict[str, float]:
     """Open, status and submit-while-paging figures of one filled journal."""
     start = time.perf_counter()
     journal = open_journal()
@@ -153,6 +156,8 @@ def measure(open_journal: Callable[[], Journal], done: int, submits: int, repeat
                         break
                     seen += len(page)
                     after = page[-1].id
+                    if yielding:
+                        time.sleep(0)  # as a cleanup does between pages: its renames give up the GIL
                 walks += 1
 
         pager = threading.Thread(target=walk, name="pager")
@@ -236,6 +241,9 @@ def main() -> int:
     parser.add_argument("--submits", type=int, default=200, help="submits timed while paging")
     parser.add_argument("--repeat", type=int, default=20, help="status repetitions (median)")
     parser.add_argument("--explain", action="store_true", help="print the query plans")
+    parser.add_argument(
+        "--pager-yields", action="store_true", help="the pager gives up the GIL between pages, as a real cleanup does"
+    )
     args = parser.parse_args()
 
     rows: list[tuple[str, int, dict[str, float]]] = []
@@ -255,13 +263,15 @@ def main() -> int:
                         fill_sqlite(file, size, trash)
                         if args.explain:
                             explain_sqlite(file)
-                        result = measure(lambda f=file: SqliteJournal(f), size, args.submits, args.repeat)
+                        result = measure(
+                            lambda f=file: SqliteJournal(f), size, args.submits, args.repeat, args.pager_yields
+                        )
                     else:
                         url = server.database()
                         fill_postgres(url, size, trash)
                         if args.explain:
                             explain_postgres(url)
-                        result = measure(lambda u=url: PgJournal(u), size, args.submits, args.repeat)
+                        result = measure(lambda u=url: PgJournal(u), size, args.submits, args.repeat, args.pager_yields)
                     rows.append((backend, size, result))
                     print(f"{backend} {size}: done", file=sys.stderr, flush=True)
         finally:
