@@ -9,8 +9,10 @@ with the data logger's own C++ decoder.
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import json
+import os
 import signal
 import struct
 import tempfile
@@ -1859,3 +1861,33 @@ def test_the_object_code_kernels_are_in_use_unless_numba_is_asked_for() -> None:
     if kernels.name != "object":
         pytest.fail(f"the object-code kernels did not load, numba runs instead: {native.fallback_reason}")
     assert native.fallback_reason is None
+
+
+class DirFdSource:
+    """A segment opened relative to a directory fd without following symlinks (as a run directory does)."""
+
+    def __init__(self, dir_fd: int, name: str) -> None:
+        self.dir_fd, self.name = dir_fd, name
+
+    def open(self) -> io.BufferedReader:
+        fd = os.open(self.name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=self.dir_fd)
+        return os.fdopen(fd, "rb")
+
+
+def test_segment_source_open_errors_end_the_decode_after_earlier_segments(tmp_path: Path) -> None:
+    records = bulk_records(seed=47, count=200, max_n=4)
+    (tmp_path / "segment-000000.seg.zst").write_bytes(encode_segment(records))
+    (tmp_path / "elsewhere.seg.zst").write_bytes(encode_segment(records))
+    (tmp_path / "segment-000001.seg.zst").symlink_to(tmp_path / "elsewhere.seg.zst")
+    dir_fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        sources = [DirFdSource(dir_fd, "segment-000000.seg.zst"), DirFdSource(dir_fd, "segment-000001.seg.zst")]
+        got = []
+        with pytest.raises(OSError) as info:
+            for columns in SegmentDecoder(KNOWN_IDS, chunk_bytes=MIN_CHUNK).columns(sources):
+                got.append(columns)
+        assert info.value.errno == errno.ELOOP  # the symlink was not followed
+        assert sum(len(c) for c in got) == len(records)  # the first segment was decoded whole first
+    finally:
+        os.close(dir_fd)
+    assert not reader_threads()
