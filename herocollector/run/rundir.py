@@ -7,17 +7,20 @@ A run directory is untrusted input. Everything herocollector reads from a run go
   absolute, resolved with ``realpath``, and inside ``allowed_roots`` (:func:`within_roots`, the
   package's one implementation of that check). A run *is* its resolved path: two spellings of
   one run (a symlink inside the roots and the real path) are one run.
-* The directory is opened once (``O_DIRECTORY | O_NOFOLLOW``), must be where ``realpath``
-  said (``/proc/self/fd``: a parent swapped for a symlink meanwhile is ``RunChanged``), and its
-  identity is recorded (``st_dev``, ``st_ino``). Every entry is opened relative to that descriptor with
+* The directory is opened once (``O_DIRECTORY | O_NOFOLLOW``): below its allowed root one
+  component at a time, none followed if it is a symlink; it must be where ``realpath`` said
+  (``/proc/self/fd``); a folder on its path swapped for a symlink meanwhile is ``RunChanged``.
+  Its identity is recorded (``st_dev``, ``st_ino``). Every entry is opened relative to that descriptor with
   ``O_NOFOLLOW | O_NONBLOCK`` and checked with ``fstat``: only regular files are read. A
   symlink, FIFO, device, socket or directory where a segment, ``streams/``, a stream file or
   ``_DONE`` belongs is a :class:`~herocollector.errors.MetadataError` naming the entry;
   ``O_NONBLOCK`` makes sure that opening a FIFO can never block a worker.
 * A stream file is read up to :data:`MAX_STREAM_FILE_BYTES` (1 MiB); a larger one is refused.
-* What was read is recorded in a :class:`RunInventory`: the directory's identity, each
+* What was read is recorded in a :class:`~herocollector.run.inventory.RunInventory` (defined
+  in :mod:`herocollector.run.inventory`, re-exported here): the directory's identity, each
   segment's name, device, inode, size and mtime at listing, and the same for each stream file.
-  Cleanup may trash exactly the recorded segments.
+  Cleanup may trash exactly the recorded segments, through a :class:`RunDirectory` too
+  (:meth:`RunDirectory.lstat`, :meth:`RunDirectory.names`, :attr:`RunDirectory.fd`).
 * A run that changes while it is collected fails with the retryable
   :class:`~herocollector.errors.RunChanged`: the directory removed, moved away or replaced, a
   segment replaced, shrunk, grown or removed, a segment added, a stream file changed. Reading a
@@ -33,12 +36,26 @@ import os
 import stat
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 
 from herocollector.errors import CollectorError, MetadataError, RunChanged, RunRefused
+from herocollector.run.inventory import FileRecord, RunInventory, describe_kind
 from herocollector.run.logdir import DONE_MARKER, SEGMENT_SUFFIX, STREAMS_DIR
+
+__all__ = [
+    "MAX_STREAM_FILE_BYTES",
+    "FileRecord",
+    "RunDirectory",
+    "RunInventory",
+    "RunSegment",
+    "check_path_argument",
+    "check_unchanged",
+    "job_key",
+    "read_small_file",
+    "resolve_run",
+    "within_roots",
+]
 
 MAX_STREAM_FILE_BYTES = 1 << 20
 """Largest ``streams/*.json`` file read (1 MiB); a larger one is a ``MetadataError``."""
@@ -47,63 +64,6 @@ STREAM_FILE_SUFFIX = ".json"
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
-
-
-@dataclass(frozen=True)
-class FileRecord:
-    """One regular file of a run as it was seen.
-
-    Attributes:
-        name: Its name inside its folder (the run directory or ``streams/``).
-        dev: ``st_dev``.
-        ino: ``st_ino``.
-        size: ``st_size`` in bytes.
-        mtime_ns: ``st_mtime_ns``.
-    """
-
-    name: str
-    dev: int
-    ino: int
-    size: int
-    mtime_ns: int
-
-    @classmethod
-    def of(cls, name: str, st: os.stat_result) -> FileRecord:
-        """The record of ``name`` from its stat result."""
-        return cls(name, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-
-
-@dataclass(frozen=True)
-class RunInventory:
-    """What was read of a run: the directory's identity and every file, as it was listed.
-
-    Attributes:
-        path: The resolved run directory.
-        dev: Its ``st_dev``.
-        ino: Its ``st_ino``.
-        segments: The ``*.seg.zst`` files, in name order (the decoding order).
-        streams: The ``streams/*.json`` files, in name order.
-        streams_dev: ``st_dev`` of ``streams/`` (0 when it was not read).
-        streams_ino: ``st_ino`` of ``streams/`` (0 when it was not read).
-    """
-
-    path: Path
-    dev: int
-    ino: int
-    segments: tuple[FileRecord, ...]
-    streams: tuple[FileRecord, ...] = ()
-    streams_dev: int = 0
-    streams_ino: int = 0
-
-    @property
-    def segment_bytes(self) -> int:
-        """Bytes in the segments."""
-        return sum(s.size for s in self.segments)
-
-    @property
-    def segment_paths(self) -> list[Path]:
-        """The segments' paths, in name order."""
-        return [self.path / s.name for s in self.segments]
 
 
 def check_path_argument(path: object, argument: str = "logger path", *, absolute: bool = True) -> str:
@@ -194,28 +154,64 @@ def _opened_path(fd: int) -> str | None:
         return None
 
 
-def _kind(mode: int) -> str:
-    if stat.S_ISLNK(mode):
-        return "a symlink"
-    if stat.S_ISFIFO(mode):
-        return "a FIFO"
-    if stat.S_ISDIR(mode):
-        return "a directory"
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "a device"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    if stat.S_ISREG(mode):
-        return "a regular file"
-    return "of an unknown kind"
-
-
 def _not_regular(what: str, mode: int, path: str | Path) -> MetadataError:
-    return MetadataError(f"{what} is {_kind(mode)}, not a regular file; it is not read", path)
+    return MetadataError(f"{what} is {describe_kind(mode)}, not a regular file; it is not read", path)
+
+
+def _open_below(path: Path, roots: Sequence[str | Path], gone_is_change: bool) -> int:
+    """Open ``path``: from the root of ``roots`` it lies in, one component at a time, never following a symlink."""
+    real_roots = [Path(os.path.realpath(r)) for r in roots]
+    root = next((r for r in real_roots if path.is_relative_to(r)), None)
+    parts = path.relative_to(root).parts if root is not None else ()
+    start = root if root is not None else path
+    try:
+        fd = os.open(start, _DIR_FLAGS)
+    except OSError as exc:
+        if root is not None:
+            raise CollectorError(f"cannot open the allowed root {root}: {exc.strerror}", path) from None
+        raise _open_error(exc, path, gone_is_change, True, _is_link(str(path), None)) from None
+    for index, part in enumerate(parts):
+        try:
+            child = os.open(part, _DIR_FLAGS, dir_fd=fd)
+        except OSError as exc:
+            raise _open_error(exc, path, gone_is_change, index == len(parts) - 1, _is_link(part, fd)) from None
+        finally:
+            os.close(fd)
+        fd = child
+    return fd
+
+
+def _is_link(name: str, dir_fd: int | None) -> bool:
+    try:
+        return stat.S_ISLNK(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
+    except OSError:
+        return False
+
+
+def _open_error(exc: OSError, path: Path, gone_is_change: bool, last: bool, link: bool) -> CollectorError:
+    """The error of a failed open of the run directory (``last``) or of a folder on its way (a ``link`` now?)."""
+    if isinstance(exc, FileNotFoundError):
+        if gone_is_change:
+            return RunChanged("the run directory is gone (removed or moved away)", path)
+        return CollectorError("logger directory does not exist", path)
+    if link or exc.errno == errno.ELOOP:  # realpath saw no symlink here: it was swapped in since
+        if last:
+            return RunChanged("the run directory was replaced by a symlink", path)
+        return RunChanged("the run directory moved while it was opened (a folder on its path is a symlink now)", path)
+    if isinstance(exc, NotADirectoryError):
+        return CollectorError("logger path is not a directory", path)
+    return CollectorError(f"cannot open the logger directory: {exc.strerror}", path)
 
 
 class RunDirectory:
     """One run directory, opened once; every file in it is opened relative to it.
+
+    With ``allowed_roots``, the directory is opened from its root one component at a time with
+    ``O_NOFOLLOW``, so a folder on its path swapped for a symlink after the check fails the
+    open instead of leading elsewhere; without, the path is opened at once and
+    ``/proc/self/fd`` tells whether it led where ``realpath`` said. Every later step (reading,
+    and the cleaner's renames and deletions) is relative to the descriptor, so swapping the
+    path afterwards changes nothing.
 
     Args:
         path: The logger directory as announced.
@@ -227,7 +223,7 @@ class RunDirectory:
     Raises:
         RunRefused: See :func:`resolve_run`.
         CollectorError: The directory does not exist, is not a directory or cannot be opened.
-        RunChanged: It is not the directory of ``expect`` any more.
+        RunChanged: It moved while it was opened, or is not the directory of ``expect`` any more.
     """
 
     def __init__(
@@ -240,27 +236,14 @@ class RunDirectory:
     ) -> None:
         self.path = resolve_run(path, allowed_roots, absolute=absolute)
         self._lock = threading.Lock()
-        self._fd: int | None = None
-        try:
-            fd = os.open(self.path, _DIR_FLAGS)
-        except FileNotFoundError:
-            if expect is not None:
-                raise RunChanged("the run directory is gone (removed or moved away)", self.path) from None
-            raise CollectorError("logger directory does not exist", self.path) from None
-        except NotADirectoryError:
-            raise CollectorError("logger path is not a directory", self.path) from None
-        except OSError as exc:
-            if exc.errno == errno.ELOOP:  # realpath saw no symlink here: it was swapped in since
-                raise RunChanged("the run directory was replaced by a symlink", self.path) from None
-            raise CollectorError(f"cannot open the logger directory: {exc.strerror}", self.path) from None
-        self._fd = fd
-        opened = _opened_path(fd)
+        self._fd: int | None = _open_below(self.path, allowed_roots, gone_is_change=expect is not None)
+        opened = _opened_path(self._fd)
         if opened is not None and opened != str(self.path):
             # O_NOFOLLOW guards only the last component: a parent swapped for a symlink
             # between realpath() and open() would lead elsewhere, perhaps outside the roots.
             self.close()
             raise RunChanged(f"the run directory moved while it was opened (it led to {opened})", self.path)
-        st = os.fstat(fd)
+        st = os.fstat(self._fd)
         self.dev, self.ino = st.st_dev, st.st_ino
         if expect is not None and (self.dev, self.ino) != (expect.dev, expect.ino):
             self.close()
@@ -287,6 +270,35 @@ class RunDirectory:
         if self._fd is None:
             raise CollectorError("the run directory was closed while it was read", self.path)
         return self._fd
+
+    @property
+    def fd(self) -> int:
+        """The directory's descriptor, for operations relative to it (``dir_fd=``).
+
+        Raises:
+            CollectorError: The directory was closed.
+        """
+        return self._dir_fd()
+
+    def lstat(self, name: str) -> os.stat_result | None:
+        """``lstat`` of an entry of the run, None if there is none."""
+        try:
+            return os.stat(name, dir_fd=self._dir_fd(), follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+
+    def names(self) -> list[str]:
+        """The names in the run directory, sorted."""
+        return sorted(os.listdir(self._dir_fd()))
+
+    def check_identity(self, dev: int, ino: int, what: str = "collected") -> None:
+        """Raise :class:`~herocollector.errors.RunChanged` unless this is the directory with ``dev``/``ino``."""
+        if (self.dev, self.ino) != (dev, ino):
+            raise RunChanged(
+                f"the directory is not the one {what} (device:inode {self.dev}:{self.ino}, {what} {dev}:{ino}); "
+                "it was replaced or the path now leads elsewhere",
+                self.path,
+            )
 
     # -- entries ------------------------------------------------------------------------------
 
@@ -344,7 +356,7 @@ class RunDirectory:
             if exc.errno in (errno.ELOOP, errno.ENOTDIR):
                 mode = os.stat(STREAMS_DIR, dir_fd=fd, follow_symlinks=False).st_mode
                 raise MetadataError(
-                    f"{STREAMS_DIR}/ is {_kind(mode)}, not a directory; it is not read", folder
+                    f"{STREAMS_DIR}/ is {describe_kind(mode)}, not a directory; it is not read", folder
                 ) from None
             raise MetadataError(f"cannot open {STREAMS_DIR}/: {exc.strerror}", folder) from None
         try:

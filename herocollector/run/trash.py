@@ -11,11 +11,13 @@ Those three act on whatever a path names now, which is right for a folder the ca
 ``herocollector cleanup`` command) and wrong for a service that cleans runs other people can
 change. The service uses the *recorded* operations instead:
 
-* :class:`RunDir` opens a run directory below one of the ``allowed_roots`` one component at a
-  time, never following a symlink, and keeps its file descriptor: every later step is relative
-  to that descriptor, so swapping the path for a symlink afterwards changes nothing;
-* :func:`take_inventory` records the run's identity (device and inode of the directory; name,
-  device, inode and size of each segment), when the run is collected;
+* a run is opened as a :class:`~herocollector.run.rundir.RunDirectory` (below one of the
+  ``allowed_roots`` one component at a time, never following a symlink), whose descriptor
+  every later step is relative to, so swapping the path for a symlink afterwards changes nothing;
+* what may be trashed is the :class:`~herocollector.run.inventory.RunInventory` the collection
+  read (or :func:`take_inventory`, the cleaner's look right after it): the directory's identity
+  and each segment's name, device, inode, size and mtime; :func:`plan_trash` checks the run
+  against it;
 * :func:`trash_recorded` renames exactly the recorded segments (checked by identity, never
   replacing an existing name) and returns a :class:`TrashEntry` for each, which the caller
   records;
@@ -38,13 +40,31 @@ from pathlib import Path
 from typing import Any
 
 from herocollector.errors import RunChanged
+from herocollector.run.inventory import DIR, FILE, LINK, OTHER, FileRecord, RunInventory
 from herocollector.run.logdir import SEGMENT_SUFFIX, STREAMS_DIR, segment_files
-from herocollector.run.rundir import RunInventory, within_roots
+from herocollector.run.rundir import RunDirectory
+
+__all__ = [
+    "DIR",
+    "FILE",
+    "LINK",
+    "OTHER",
+    "TrashEntry",
+    "move_to_trash",
+    "name_trash",
+    "plan_trash",
+    "purge",
+    "purge_recorded",
+    "rename_noreplace",
+    "restore",
+    "restore_recorded",
+    "soft_delete",
+    "take_inventory",
+    "trash_recorded",
+    "trashed",
+]
 
 _TRASH = re.compile(r"^(?P<name>.+)\.trash-(?P<stamp>\d+)$")
-
-FILE, LINK, DIR, OTHER = "file", "link", "dir", "other"
-"""Kinds of entries: a regular file, a symbolic link, a directory, anything else (FIFO, socket, device)."""
 
 
 def _trashed_name(path: Path, now: float) -> Path:
@@ -128,96 +148,6 @@ def purge(run: Path, grace: float, now: float | None = None) -> list[Path]:
 
 
 @dataclass(frozen=True)
-class FileId:
-    """One directory entry, by name and identity.
-
-    Attributes:
-        name: Its name in its directory.
-        dev: Device number.
-        ino: Inode number.
-        size: Size in bytes (of a regular file; 0 otherwise).
-        kind: ``file``, ``link``, ``dir`` or ``other``.
-        mtime_ns: Modification time of a regular file (0: not recorded). A freed inode number
-            is soon given to a new file, so a file replaced by another of the same size can
-            have the same inode: its mtime tells them apart.
-    """
-
-    name: str
-    dev: int
-    ino: int
-    size: int = 0
-    kind: str = FILE
-    mtime_ns: int = 0
-
-    @classmethod
-    def of(cls, name: str, st: os.stat_result) -> FileId:
-        """The identity of an entry from its ``lstat``."""
-        mode = st.st_mode
-        kind = FILE if stat.S_ISREG(mode) else LINK if stat.S_ISLNK(mode) else DIR if stat.S_ISDIR(mode) else OTHER
-        if kind != FILE:
-            return cls(name, st.st_dev, st.st_ino, 0, kind)
-        return cls(name, st.st_dev, st.st_ino, st.st_size, kind, st.st_mtime_ns)
-
-    def same(self, st: os.stat_result) -> bool:
-        """Whether ``st`` (an ``lstat``) is this entry: device, inode and kind (and size and mtime of a file)."""
-        found = FileId.of(self.name, st)
-        if (found.dev, found.ino, found.kind) != (self.dev, self.ino, self.kind):
-            return False
-        return self.kind != FILE or (found.size == self.size and self.mtime_ns in (0, found.mtime_ns))
-
-
-@dataclass(frozen=True)
-class CollectedRun:
-    """What a run was when it was collected.
-
-    Attributes:
-        path: The logger path, as journalled.
-        dev: Device of the run directory.
-        ino: Inode of the run directory.
-        segments: Its ``*.seg.zst`` regular files.
-        links: Entries named like segments that were symbolic links.
-    """
-
-    path: str
-    dev: int
-    ino: int
-    segments: tuple[FileId, ...]
-    links: tuple[FileId, ...] = ()
-
-    @property
-    def segment_bytes(self) -> int:
-        """Bytes of the recorded regular segment files."""
-        return sum(s.size for s in self.segments)
-
-    def to_json(self) -> dict[str, Any]:
-        """A JSON-friendly form."""
-        return {
-            "path": self.path,
-            "dev": self.dev,
-            "ino": self.ino,
-            "segments": [_id_json(s) for s in self.segments],
-            "links": [_id_json(s) for s in self.links],
-        }
-
-    @classmethod
-    def from_inventory(cls, path: str, inventory: RunInventory) -> CollectedRun:
-        """What the collection read, from the inventory of its :class:`~herocollector.run.rundir.RunDirectory`."""
-        segments = tuple(FileId(s.name, s.dev, s.ino, s.size, FILE, s.mtime_ns) for s in inventory.segments)
-        return cls(path, inventory.dev, inventory.ino, segments)
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> CollectedRun:
-        """The inventory :meth:`to_json` gave."""
-        return cls(
-            str(data["path"]),
-            int(data["dev"]),
-            int(data["ino"]),
-            tuple(_id_from_json(s) for s in data["segments"]),
-            tuple(_id_from_json(s) for s in data.get("links", [])),
-        )
-
-
-@dataclass(frozen=True)
 class TrashEntry:
     """One entry this service moved into a run's trash.
 
@@ -230,16 +160,16 @@ class TrashEntry:
 
     original: str
     name: str
-    entry: FileId
-    children: tuple[FileId, ...] = field(default=())
+    entry: FileRecord
+    children: tuple[FileRecord, ...] = field(default=())
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-friendly form."""
         return {
             "original": self.original,
             "name": self.name,
-            "entry": _id_json(self.entry),
-            "children": [_id_json(c) for c in self.children],
+            "entry": self.entry.to_json(),
+            "children": [c.to_json() for c in self.children],
         }
 
     @classmethod
@@ -248,101 +178,18 @@ class TrashEntry:
         return cls(
             str(data["original"]),
             str(data["name"]),
-            _id_from_json(data["entry"]),
-            tuple(_id_from_json(c) for c in data.get("children", [])),
+            FileRecord.from_json(data["entry"]),
+            tuple(FileRecord.from_json(c) for c in data.get("children", [])),
         )
 
 
-def _id_json(entry: FileId) -> list[Any]:
-    return [entry.name, entry.dev, entry.ino, entry.size, entry.kind, entry.mtime_ns]
+def take_inventory(run: RunDirectory) -> RunInventory:
+    """The cleaner's look at a run: its regular segment files and the links named like segments.
 
-
-def _id_from_json(data: Sequence[Any]) -> FileId:
-    name, dev, ino, size, kind, *rest = data
-    return FileId(str(name), int(dev), int(ino), int(size), str(kind), int(rest[0]) if rest else 0)
-
-
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
-
-
-class RunDir:
-    """A run directory opened without following symlinks, below one of the allowed roots.
-
-    The path is resolved and must lie inside one of ``roots``; the directory is then opened from
-    that root one component at a time with ``O_NOFOLLOW``, so a component swapped for a symlink
-    between the check and the open fails the open instead of leading elsewhere. Every later
-    operation is relative to the descriptor :attr:`fd`. Use as a context manager.
-
-    Args:
-        path: The logger directory (absolute).
-        roots: Where runs may lie (resolved folders).
-
-    Raises:
-        RunChanged: Relative, outside ``roots``, not a directory, or changed while it was opened.
+    Unlike :meth:`RunDirectory.segments <herocollector.run.rundir.RunDirectory.segments>`, which
+    refuses a run with anything but regular segment files, this lists what is there: a symlink
+    is recorded as a link (moved aside, never followed), anything else is left alone.
     """
-
-    def __init__(self, path: str | Path, roots: Iterable[Path]) -> None:
-        self.path = str(path)
-        if not os.path.isabs(self.path):
-            raise RunChanged("path is not absolute", self.path)
-        real = Path(os.path.realpath(self.path))
-        root = next((Path(r) for r in roots if within_roots(real, [r])), None)
-        if root is None:
-            raise RunChanged("outside allowed_roots", self.path)
-        root = Path(os.path.realpath(root))
-        try:
-            fd = os.open(root, _DIR_FLAGS)
-        except OSError as exc:
-            raise RunChanged(f"cannot open the allowed root {root}: {exc.strerror}", self.path) from None
-        try:
-            for part in real.relative_to(root).parts:
-                child = os.open(part, _DIR_FLAGS, dir_fd=fd)
-                os.close(fd)
-                fd = child
-        except OSError as exc:
-            os.close(fd)
-            reason = "changed while it was opened (a symlink now)" if exc.errno == errno.ELOOP else exc.strerror
-            raise RunChanged(f"cannot open the run directory: {reason}", self.path) from None
-        self.fd = fd
-        self.real = real
-        st = os.fstat(fd)
-        self.dev, self.ino = st.st_dev, st.st_ino
-
-    def close(self) -> None:
-        """Close the directory descriptor (idempotent)."""
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-
-    def __enter__(self) -> RunDir:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def lstat(self, name: str) -> os.stat_result | None:
-        """``lstat`` of an entry of the run, None if there is none."""
-        try:
-            return os.stat(name, dir_fd=self.fd, follow_symlinks=False)
-        except FileNotFoundError:
-            return None
-
-    def names(self) -> list[str]:
-        """The names in the run directory, sorted."""
-        return sorted(os.listdir(self.fd))
-
-    def check_identity(self, dev: int, ino: int, what: str = "collected") -> None:
-        """Raise :class:`RunChanged` unless this is the directory with ``dev``/``ino``."""
-        if (self.dev, self.ino) != (dev, ino):
-            raise RunChanged(
-                f"the directory is not the one {what} (device:inode {self.dev}:{self.ino}, {what} {dev}:{ino}); "
-                "it was replaced or the path now leads elsewhere",
-                self.path,
-            )
-
-
-def take_inventory(run: RunDir) -> CollectedRun:
-    """The identity of a run and of its segment files now (when it is collected)."""
     segments, links = [], []
     for name in run.names():
         if not name.endswith(SEGMENT_SUFFIX):
@@ -350,13 +197,15 @@ def take_inventory(run: RunDir) -> CollectedRun:
         st = run.lstat(name)
         if st is None:
             continue
-        entry = FileId.of(name, st)
+        entry = FileRecord.of(name, st)
         if entry.kind == FILE:
             segments.append(entry)
         elif entry.kind == LINK:
             links.append(entry)
-    return CollectedRun(run.path, run.dev, run.ino, tuple(segments), tuple(links))
+    return RunInventory(run.path, run.dev, run.ino, tuple(segments), links=tuple(links))
 
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
 RENAME_NOREPLACE = 1
 _libc: Any = None
@@ -401,7 +250,7 @@ def rename_noreplace(dir_fd: int, src: str, dst: str) -> bool:
     return True
 
 
-def plan_trash(run: RunDir, inventory: CollectedRun | None, keep_meta: bool = True) -> list[FileId]:
+def plan_trash(run: RunDirectory, inventory: RunInventory | None, keep_meta: bool = True) -> list[FileRecord]:
     """What :func:`trash_recorded` would move, after checking the run against its inventory.
 
     Without an inventory (a forced cleanup of a run that was never collected), the segment
@@ -438,11 +287,11 @@ def plan_trash(run: RunDir, inventory: CollectedRun | None, keep_meta: bool = Tr
     if not keep_meta:
         st = run.lstat(STREAMS_DIR)
         if st is not None and stat.S_ISDIR(st.st_mode):
-            planned.append(FileId.of(STREAMS_DIR, st))
+            planned.append(FileRecord.of(STREAMS_DIR, st))
     return planned
 
 
-def _children(run: RunDir, entry: FileId) -> tuple[FileId, ...]:
+def _children(run: RunDirectory, entry: FileRecord) -> tuple[FileRecord, ...]:
     """The regular files of a directory entry of the run (opened without following symlinks)."""
     fd = os.open(entry.name, _DIR_FLAGS, dir_fd=run.fd)
     try:
@@ -453,13 +302,13 @@ def _children(run: RunDir, entry: FileId) -> tuple[FileId, ...]:
         for name in sorted(os.listdir(fd)):
             child = os.stat(name, dir_fd=fd, follow_symlinks=False)
             if stat.S_ISREG(child.st_mode):
-                found.append(FileId.of(name, child))
+                found.append(FileRecord.of(name, child))
         return tuple(found)
     finally:
         os.close(fd)
 
 
-def name_trash(run: RunDir, planned: Sequence[FileId], now: float | None = None) -> list[TrashEntry]:
+def name_trash(run: RunDirectory, planned: Sequence[FileRecord], now: float | None = None) -> list[TrashEntry]:
     """Choose the trash name of each planned entry, renaming nothing yet (so it can be recorded first).
 
     Each gets ``<name>.trash-<unix time>``, or a later stamp if that name is taken: a user's
@@ -479,7 +328,7 @@ def name_trash(run: RunDir, planned: Sequence[FileId], now: float | None = None)
     return named
 
 
-def move_to_trash(run: RunDir, entries: Iterable[TrashEntry]) -> list[TrashEntry]:
+def move_to_trash(run: RunDirectory, entries: Iterable[TrashEntry]) -> list[TrashEntry]:
     """Rename named entries into the trash, relative to the run's descriptor, never replacing a name.
 
     An entry whose identity changed since it was named, or whose trash name was taken
@@ -498,12 +347,12 @@ def move_to_trash(run: RunDir, entries: Iterable[TrashEntry]) -> list[TrashEntry
     return moved
 
 
-def trash_recorded(run: RunDir, planned: Sequence[FileId], now: float | None = None) -> list[TrashEntry]:
+def trash_recorded(run: RunDirectory, planned: Sequence[FileRecord], now: float | None = None) -> list[TrashEntry]:
     """:func:`name_trash` and :func:`move_to_trash` in one: what was moved, for the caller to record."""
     return move_to_trash(run, name_trash(run, planned, now))
 
 
-def restore_recorded(run: RunDir, entries: Iterable[TrashEntry]) -> list[TrashEntry]:
+def restore_recorded(run: RunDirectory, entries: Iterable[TrashEntry]) -> list[TrashEntry]:
     """Rename recorded trash entries back, where they are still ours and the original name is free.
 
     Returns:
@@ -519,7 +368,7 @@ def restore_recorded(run: RunDir, entries: Iterable[TrashEntry]) -> list[TrashEn
     return restored
 
 
-def purge_recorded(run: RunDir, entries: Iterable[TrashEntry]) -> tuple[list[TrashEntry], list[str]]:
+def purge_recorded(run: RunDirectory, entries: Iterable[TrashEntry]) -> tuple[list[TrashEntry], list[str]]:
     """Delete recorded trash entries for good, each only if it is still the entry trashed.
 
     A trashed ``streams/`` loses only the files it held when it was trashed; it is removed

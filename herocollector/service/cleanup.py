@@ -40,13 +40,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from herocollector.config import ServiceConfig
-from herocollector.errors import CollectorError, RunChanged
+from herocollector.errors import CollectorError
 from herocollector.journal.base import Job, JobState, JobStore
 from herocollector.output.stores import OutputStore, open_store
 from herocollector.output.verify import RunCheck, verify_job
 from herocollector.run import logdir, trash
-from herocollector.run.rundir import RunInventory
-from herocollector.run.trash import CollectedRun, RunDir
+from herocollector.run.inventory import DIR, RunInventory
+from herocollector.run.rundir import RunDirectory, within_roots
 from herocollector.service.ledger import AFTER, LEDGER_FILE, READ, CleanupLedger
 
 log = logging.getLogger(__name__)
@@ -132,7 +132,7 @@ class RunCleaner:
     def record_inventory(self, job: Job, inventory: RunInventory) -> None:
         """Record what the collection of a job read (its run directory's inventory): what a cleanup may trash."""
         if job.path is not None and self.config.allowed_roots:
-            self.ledger.record_inventory(job.id, CollectedRun.from_inventory(job.path, inventory), READ)
+            self.ledger.record_inventory(job.path, job.id, inventory, READ)
             with self._recorded:
                 self._recorded.notify_all()
 
@@ -153,7 +153,7 @@ class RunCleaner:
         if self.ledger.inventory_source(path, job_id) == READ:
             return True  # the collection recorded what it read: better than a look afterwards
         try:
-            with RunDir(path, self.config.allowed_roots) as run:
+            with RunDirectory(path, self.config.allowed_roots) as run:
                 inventory = trash.take_inventory(run)
         except (CollectorError, OSError) as exc:
             log.warning(f"{path}: not recorded for cleanup: {exc}")
@@ -166,7 +166,7 @@ class RunCleaner:
             )
             return False
         try:
-            self.ledger.record_inventory(job_id, inventory, AFTER)
+            self.ledger.record_inventory(path, job_id, inventory, AFTER)
             with self._recorded:
                 self._recorded.notify_all()
         except sqlite3.Error as exc:
@@ -354,7 +354,7 @@ class RunCleaner:
                     log.info(f"cleanup of {target}: changed meanwhile ({'gone' if now is None else now.state.value})")
                     return now is not None and now.state == JobState.CLEANED
             try:
-                with RunDir(target, self.config.allowed_roots) as run:
+                with RunDirectory(target, self.config.allowed_roots) as run:
                     named = trash.name_trash(run, trash.plan_trash(run, inventory, keep_meta))
                     # Recorded before anything is renamed: a ledger that cannot be written (a full
                     # state_dir) touches nothing, and a crash during the renames leaves only
@@ -364,7 +364,7 @@ class RunCleaner:
                     if len(moved) != len(named):
                         skipped = {e.name for e in named} - {e.name for e in moved}
                         self.ledger.keep_trash(target, [e for e in recorded if e.name not in skipped])
-            except RunChanged as exc:
+            except CollectorError as exc:  # RunChanged above, or the directory gone or moved since the refusal check
                 log.warning(f"cleanup of {target} refused: {exc.reason}")
                 return False
             except (OSError, sqlite3.Error) as exc:
@@ -382,7 +382,7 @@ class RunCleaner:
         )
         return True
 
-    def _wait_for_inventory(self, path: str) -> CollectedRun | None:
+    def _wait_for_inventory(self, path: str) -> RunInventory | None:
         """The inventory of a run collected a moment ago, once its collection has recorded it.
 
         The job turns done in the journal just before the collection is reported and its
@@ -419,10 +419,10 @@ class RunCleaner:
                 return False
             (dev, ino), entries = record
             try:
-                with RunDir(path, self.config.allowed_roots) as run:
+                with RunDirectory(path, self.config.allowed_roots) as run:
                     run.check_identity(dev, ino, "trashed")
                     restored = trash.restore_recorded(run, entries)
-            except (RunChanged, OSError) as exc:
+            except (CollectorError, OSError) as exc:
                 log.warning(f"restore of {path} refused: {exc}")
                 return False
             back = {e.name for e in restored}
@@ -457,10 +457,10 @@ class RunCleaner:
                 return
             (dev, ino), entries = record
             try:
-                with RunDir(path, self.config.allowed_roots) as run:
+                with RunDirectory(path, self.config.allowed_roots) as run:
                     run.check_identity(dev, ino, "trashed")
                     deleted, kept = trash.purge_recorded(run, entries)
-            except RunChanged as exc:
+            except CollectorError as exc:  # replaced, gone, or a folder on its path a symlink now
                 log.warning(f"purge of {path} not done: {exc.reason}; tried again in {RETRY_PURGE:g} s")
                 if job is not None:
                     self.journal.mark_cleaned(job.id, time.time() + RETRY_PURGE)
@@ -468,7 +468,7 @@ class RunCleaner:
             for reason in kept:
                 log.warning(f"purge of {path}: {reason}")
             gone = {e.name for e in deleted}
-            left = [e for e in entries if e.name not in gone and e.entry.kind == trash.DIR]
+            left = [e for e in entries if e.name not in gone and e.entry.kind == DIR]
             # Only a trashed streams/ holding files it did not hold when trashed can be left: those
             # are not ours, so the record ends here and they are left for their owner.
             self.ledger.keep_trash(path, [])
@@ -500,11 +500,11 @@ class RunCleaner:
         if not os.path.isabs(target):
             return "path is not absolute"
         real = Path(os.path.realpath(target))
-        if not any(real.is_relative_to(root) for root in self.config.allowed_roots):
+        if not within_roots(real, self.config.allowed_roots):
             return "outside allowed_roots"
-        streams_trashed = restoring and any(
-            p.name.startswith(f"{logdir.STREAMS_DIR}.trash-") for p, _ in trash.trashed(real)
-        )
+        # Only what this cleaner trashed counts: a user's "streams.trash-1" makes no logger directory.
+        record = self.ledger.trash(target) if restoring else None
+        streams_trashed = record is not None and any(e.original == logdir.STREAMS_DIR for e in record[1])
         if not real.is_dir() or not ((real / logdir.STREAMS_DIR).is_dir() or streams_trashed):
             return "not a logger directory"
         if not keep_meta and (real / logdir.STREAMS_DIR).is_symlink():

@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from herocollector.errors import StateDirError
-from herocollector.run.trash import CollectedRun, RunDir, TrashEntry
+from herocollector.run.inventory import RunInventory
+from herocollector.run.rundir import RunDirectory
+from herocollector.run.trash import TrashEntry
 
 LEDGER_FILE = "cleanup.sqlite3"
 READ, AFTER = "read", "after"
@@ -76,20 +78,21 @@ class CleanupLedger:
         with self._lock:
             self._db.execute(sql, params)
 
-    def record_inventory(self, job_id: int | None, inventory: CollectedRun, source: str) -> None:
+    def record_inventory(self, path: str, job_id: int | None, inventory: RunInventory, source: str) -> None:
         """Record what a run was when it was collected (replacing an earlier record).
 
         Args:
+            path: The logger path, as journalled (the record's key).
             job_id: Its job.
             inventory: What it was.
             source: ``read`` (what the collection read) or ``after`` (looked at right after it).
         """
         self._write(
             "INSERT OR REPLACE INTO inventory (path, job_id, recorded, data, source) VALUES (?, ?, ?, ?, ?)",
-            inventory.path,
+            path,
             job_id,
             time.time(),
-            json.dumps(inventory.to_json()),
+            json.dumps(inventory.to_json(path)),
             source,
         )
 
@@ -98,12 +101,14 @@ class CleanupLedger:
         row = self._one("SELECT source FROM inventory WHERE path = ? AND job_id IS ?", path, job_id)
         return None if row is None else str(row[0])
 
-    def inventory(self, path: str) -> CollectedRun | None:
-        """What the run at ``path`` was when it was collected, if recorded."""
+    def inventory(self, path: str) -> RunInventory | None:
+        """What the run at ``path`` was when it was collected, if recorded (its ``path`` as journalled)."""
         row = self._one("SELECT data FROM inventory WHERE path = ?", path)
-        return None if row is None else CollectedRun.from_json(json.loads(row[0]))
+        return None if row is None else RunInventory.from_json(json.loads(row[0]))
 
-    def record_trash(self, path: str, job_id: int | None, run: RunDir, entries: list[TrashEntry]) -> list[TrashEntry]:
+    def record_trash(
+        self, path: str, job_id: int | None, run: RunDirectory, entries: list[TrashEntry]
+    ) -> list[TrashEntry]:
         """Add entries to a run's trash record.
 
         Returns:
