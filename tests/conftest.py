@@ -2,17 +2,36 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 
+from herocollector.actor.loopback import ENV, LoopbackHub
 from herocollector.testing.runs import RecordedRun, build_run
 from herocollector.testing.servers import PostgresTestServer, S3TestServer
 
 if TYPE_CHECKING:
     from herocollector.testing.actors import Env
+
+
+@pytest.fixture(scope="session", autouse=True)
+def loopback_zenoh() -> Iterator[None]:
+    """Every Zenoh session of the suite, in this process and in BOSS subprocesses, on 127.0.0.1 only.
+
+    A developer's own ``HEROS_ZENOH_CONFIG`` is left as it is.
+    """
+    if os.environ.get(ENV):
+        yield
+        return
+    with LoopbackHub() as hub:
+        os.environ[ENV] = hub.peer_config()
+        try:
+            yield
+        finally:
+            del os.environ[ENV]
 
 
 @pytest.fixture(scope="session")

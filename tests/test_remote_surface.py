@@ -8,6 +8,7 @@ message but without the installation's tracebacks and paths. A failed start-up k
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -166,3 +167,18 @@ def test_a_selector_zenoh_refuses_is_a_configuration_error_at_start(
     if "*" in named:
         assert "$*" in str(raised.value)
     assert env.actor().service.counts().busy == 0  # the refused actor kept no lock on the state_dir
+
+
+def test_zenoh_in_the_suite_listens_and_connects_on_loopback_only(actor: Actor) -> None:
+    import psutil
+
+    assert actor.remote.status()["counts"] is not None  # the actor is up and answered over Zenoh
+    assert actor.boss.process is not None
+    boss = psutil.Process(actor.boss.process.pid)
+    sockets = [c for p in [boss, *boss.children(recursive=True)] for c in p.net_connections(kind="inet")]
+    assert sockets, "the actor has no Zenoh socket at all"
+    for connection in sockets:
+        assert connection.laddr.ip in ("127.0.0.1", "::ffff:127.0.0.1"), connection
+        if connection.raddr:
+            assert connection.raddr.ip in ("127.0.0.1", "::ffff:127.0.0.1"), connection
+    assert not any(c.type == socket.SOCK_DGRAM and c.laddr.port == 7446 for c in sockets), "multicast scouting is on"

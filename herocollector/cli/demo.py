@@ -102,14 +102,33 @@ def _signals_ignored() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
+@contextmanager
+def _environment(name: str, value: str) -> Iterator[None]:
+    """``os.environ[name]`` set to ``value`` for this process and the processes it starts, then as before."""
+    before = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
+
+
 def run(args: argparse.Namespace, out: Console, err: Console) -> int:
     """``herocollector demo``: see :func:`register`."""
     from herocollector.actor.launcher import BossProcess, load_config, wait_until
+    from herocollector.actor.loopback import ENV, LoopbackHub
 
     realm = f"herocollector-demo-{uuid.uuid4().hex[:12]}"
     started = time.monotonic()
     processes: list[BossProcess] = []
     with ExitStack() as stack:
+        if not os.environ.get(ENV):
+            # The demo's HEROs meet on 127.0.0.1 only: nothing on the network sees them, nor they it.
+            hub = stack.enter_context(LoopbackHub())
+            stack.enter_context(_environment(ENV, hub.peer_config()))
         if args.workdir:
             workdir = Path(os.path.abspath(args.workdir))
             workdir.mkdir(parents=True, exist_ok=True)
