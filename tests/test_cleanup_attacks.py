@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import subprocess
 import threading
 import time
@@ -331,6 +332,22 @@ def test_a_restored_run_can_be_cleaned_again_and_restore_touches_only_its_trash(
     after = snapshot(run)
     assert all(after[p] == before[p] for p in before if ".trash-0" in p)
     assert service.cleanup(str(run)) is True and not segment_files(run)
+
+
+def test_a_users_streams_trash_lookalike_makes_no_logger_directory_for_restore(site: Site) -> None:
+    service = site.service()
+    run, other = site.run("run-a"), site.run("run-b")
+    collect(service, run)
+    collect(service, other)
+    assert service.cleanup(str(run)) is True and service.cleanup(str(other), keep_meta=False) is True
+    shutil.rmtree(run / "streams")  # no logger directory any more, but for a user's folder named like trash
+    plant_trash_lookalikes(run)
+    before = snapshot(run)
+    assert service.restore(str(run)) is False
+    assert snapshot(run) == before and not segment_files(run)
+    assert not (other / "streams").exists()
+    assert service.restore(str(other)) is True  # a streams/ the cleaner trashed itself does count
+    assert (other / "streams").is_dir() and segment_files(other)
 
 
 # ----------------------------------------------------------------------------------------

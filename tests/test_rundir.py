@@ -23,6 +23,7 @@ from herocollector.errors import ConfigError, RunChanged, RunRefused
 from herocollector.output.pipeline import OutputPipeline
 from herocollector.run import rundir
 from herocollector.run.catalogue import load_streams
+from herocollector.run.inventory import DIR, FILE, FileRecord, RunInventory
 from herocollector.run.rundir import (
     MAX_STREAM_FILE_BYTES,
     RunDirectory,
@@ -492,3 +493,70 @@ def test_parent_swapped_for_a_symlink_after_resolving_is_caught(
     monkeypatch.setattr(rundir, "resolve_run", resolve_then_swap)
     with pytest.raises(RunChanged, match="moved while it was opened"):
         RunDirectory(str(recorded.path), [roots])
+
+
+# -- one directory, one file record, one inventory: the reader's and the cleaner's ----------
+
+
+def test_a_folder_on_the_path_swapped_for_a_symlink_is_caught_by_the_walk_below_the_root(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    roots = tmp_path / "roots"
+    recorded = build_run(roots / "site" / "deep" / "run", seed=10, n_records=10)
+    decoy = build_run(roots / "other" / "deep" / "run", seed=11, n_records=10)  # inside the roots too
+    resolve = rundir.resolve_run
+
+    def resolve_then_swap(*args: Any, **kwargs: Any) -> Path:
+        resolved = resolve(*args, **kwargs)
+        (roots / "site").rename(roots / "site-gone")
+        (roots / "site").symlink_to(decoy.path.parents[1], target_is_directory=True)
+        return resolved
+
+    monkeypatch.setattr(rundir, "resolve_run", resolve_then_swap)
+    monkeypatch.setattr(rundir, "_opened_path", lambda fd: None)  # as without /proc: the walk alone decides
+    with pytest.raises(RunChanged, match="a folder on its path is a symlink now") as info:
+        RunDirectory(str(recorded.path), [roots])
+    assert info.value.path == str(recorded.path)
+
+
+def test_the_cleaners_steps_act_through_the_descriptor_not_the_path(tmp_path: Path) -> None:
+    roots = tmp_path / "roots"
+    recorded = build_run(roots / "run", seed=12, n_records=10)
+    with RunDirectory(str(recorded.path), [roots]) as directory:
+        listed = directory.names()
+        first = recorded.segments[0].name
+        st = directory.lstat(first)
+        assert st is not None and stat.S_ISREG(st.st_mode)
+        recorded.path.rename(roots / "moved")
+        decoy = build_run(roots / "run", seed=13, n_records=10)  # the path now leads to another run
+        (decoy.path / "only-in-the-decoy").write_text("x")
+        assert directory.names() == listed and "only-in-the-decoy" not in directory.names()
+        assert directory.lstat("only-in-the-decoy") is None and directory.lstat(first) is not None
+        directory.check_identity(directory.dev, directory.ino)
+        with pytest.raises(RunChanged, match="not the one collected") as info:
+            directory.check_identity(directory.dev, directory.ino + 1)
+        assert info.value.path == str(recorded.path)
+    with pytest.raises(CollectorError, match="closed"):
+        directory.names()
+
+
+def test_a_file_record_knows_its_file_and_survives_the_ledger(tmp_path: Path) -> None:
+    file = tmp_path / "00000.seg.zst"
+    file.write_bytes(b"a" * 100)
+    record = FileRecord.of(file.name, os.lstat(file))
+    assert record.kind == FILE and record.size == 100 and record.same(os.lstat(file))
+    folder = FileRecord.of("streams", os.lstat(tmp_path))
+    assert (folder.kind, folder.size, folder.mtime_ns) == (DIR, 0, 0) and not folder.same(os.lstat(file))
+    before = os.lstat(file)
+    os.utime(file, ns=(before.st_atime_ns, before.st_mtime_ns + 1_000_000_000))  # rewritten in place, same size
+    assert os.lstat(file).st_ino == before.st_ino and not record.same(os.lstat(file))
+    older = FileRecord.from_json(record.to_json()[:5])  # a ledger from before mtimes were recorded
+    assert older.mtime_ns == 0 and older.same(os.lstat(file))
+    assert FileRecord.from_json(record.to_json()) == record
+    inventory = RunInventory(tmp_path, 1, 2, (record,), (older,), 3, 4, (folder,))
+    data = json.loads(json.dumps(inventory.to_json("/as/journalled")))
+    assert RunInventory.from_json(data) == RunInventory(
+        Path("/as/journalled"), 1, 2, (record,), (older,), 3, 4, (folder,)
+    )
+    legacy = {"path": "/r", "dev": 1, "ino": 2, "segments": [record.to_json()]}  # no links, streams
+    assert RunInventory.from_json(legacy) == RunInventory(Path("/r"), 1, 2, (record,))
