@@ -36,7 +36,7 @@ GIB = 1 << 30
 
 def memory_bound(chunk_bytes: int = DEFAULT_CHUNK_BYTES, max_record_bytes: int = MAX_RECORD_BYTES) -> int:
     """The decoder's documented peak memory, in bytes (docs/architecture.md, "Memory")."""
-    return 32 * chunk_bytes + 4 * max(max_record_bytes, chunk_bytes) + 32 * MIB
+    return 32 * chunk_bytes + 12 * max(max_record_bytes, chunk_bytes) + 32 * MIB
 
 
 def zstd_bomb(path: Path, head: bytes, body: bytes, total: int, *, content_size: bool) -> int:
@@ -129,6 +129,31 @@ def test_record_growing_past_the_limit_is_refused_in_bounded_memory(tmp_path: Pa
     assert isinstance(error, dict), result
     assert error["offset"] == 0 and f"over the limit of {MAX_RECORD_BYTES} bytes per record" in str(error["message"])
     assert isinstance(result["growth"], int) and result["growth"] <= memory_bound(), result
+
+
+def test_the_largest_record_decodes_within_the_bound(tmp_path: Path) -> None:
+    """A record of just under ``MAX_RECORD_BYTES``, in one frame streamed in pieces: one row, in bounded memory.
+
+    Its columns take 16 bytes per element (of two bytes here), its bytes are held whole: the
+    bound's term for the record."""
+    path = tmp_path / "segment-000000.seg.zst"
+    n = (MAX_RECORD_BYTES - 16) // 2
+    head = b"\x01\x00" + leb128(n) + b"\x00"  # stream 1, delta 0, n elements from index 0
+    content = head + bytes(n - 1) + b"\x02" * n  # gaps 0, values 1
+    path.write_bytes(zstandard.ZstdCompressor(level=1, write_content_size=False).compress(content))
+    result = decode_in_child(path)
+    assert result["error"] is None and result["rows"] == 1, result
+    assert isinstance(result["growth"], int) and result["growth"] <= memory_bound(), result
+
+
+def leb128(value: int) -> bytes:
+    """The LEB128 bytes of ``value``."""
+    out = bytearray()
+    while value >= 0x80:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
 
 
 def big_record(n: int) -> Records:

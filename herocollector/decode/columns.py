@@ -293,6 +293,12 @@ class RecordDecoder:
         bound = (left // 3 + 1, left // 2 + 1)
         wanted = (int(left * self.density[0]) + 64, int(left * self.density[1]) + 256)
         records, values = min(bound[0], wanted[0]), min(bound[1], wanted[1])
+        if open_last and left > values:
+            # A frame's pieces: the record held over may be large; give it room at once, so
+            # that its columns are not allocated twice.
+            header = _header(data, pos, int(ends[-1]))
+            if header is not None and header[0] > values:
+                values = min(header[0], bound[1])
         while True:
             sid = pool_empty(records, np.uint32)
             slot = pool_empty(records, np.int32)
@@ -352,7 +358,10 @@ def _may_be_whole(data: np.ndarray, length: int) -> bool:
     if header is None:
         return True  # the kernel finds out what is wrong with it
     count, body = header
-    return int(np.count_nonzero(data[body:length] < 0x80)) >= 2 * count
+    ends = 0
+    for at in range(body, length, 1 << 20):  # in steps: no temporary as large as the record
+        ends += int(np.count_nonzero(data[at : min(at + (1 << 20), length)] < 0x80))
+    return ends >= 2 * count
 
 
 def _error(status: int, name: str | Path, frame: int, within: int, detail: int) -> SegmentError:
