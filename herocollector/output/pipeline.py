@@ -20,8 +20,7 @@ the write with :class:`~herocollector.errors.RunChanged` and nothing is publishe
 
 from __future__ import annotations
 
-import queue
-import threading
+import functools
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,12 +29,15 @@ import numpy as np
 import pyarrow as pa
 
 from herocollector.decode.codec import DEFAULT_CHUNK_BYTES
-from herocollector.errors import CollectorError
 from herocollector.output.batches import output_schema, run_batches, scan_run
 from herocollector.output.files import Compression, OutputFile, OutputFormat, route_batch
+from herocollector.output.prefetch import Prefetch
 from herocollector.output.stores import LocalStore, OutputStore, Provenance
 from herocollector.run.catalogue import RuleLike, Stream, select_streams
 from herocollector.run.rundir import RunInventory, check_unchanged
+
+RUN_QUEUE_BATCHES = 4
+"""Record batches a run decoded ahead may hold while it waits for its turn to be written."""
 
 
 @dataclass(frozen=True)
@@ -291,9 +293,22 @@ class OutputPipeline:
             for index, run in enumerate(plan.runs):
                 yield index, decode(run)
             return
-        with _Prefetcher([decode(run) for run in plan.runs], self.prefetch_runs) as prefetcher:
-            for index in range(len(plan.runs)):
-                yield index, prefetcher.batches(index)
+        # Each run decodes on its own thread into a queue of its own, started in run order and at
+        # most ``prefetch_runs`` ahead of the run being written; row order stays that of the runs.
+        ahead = [
+            Prefetch(functools.partial(decode, run), RUN_QUEUE_BATCHES, name="herocollector-decode")
+            for run in plan.runs
+        ]
+        try:
+            for index in range(len(ahead)):
+                for later in ahead[index : index + self.prefetch_runs + 1]:
+                    later.start()
+                yield index, ahead[index]
+        finally:
+            for run_ahead in ahead:  # all asked to stop first, so none decodes on while another is awaited
+                run_ahead.stop()
+            for run_ahead in ahead:
+                run_ahead.close()
 
 
 def _routing(plan: CollectionPlan, index: int) -> tuple[np.ndarray, np.ndarray, list[int]]:
@@ -312,83 +327,8 @@ def _routing(plan: CollectionPlan, index: int) -> tuple[np.ndarray, np.ndarray, 
     return ids, group_of, slots
 
 
-_END = object()
-
-
 def _close(iterator: object) -> None:
     """Close a generator (or anything with ``close``); other iterators need nothing."""
     close = getattr(iterator, "close", None)
     if close is not None:
         close()
-
-
-class _Prefetcher:
-    """Decodes runs on threads, at most ``ahead`` at a time, each into a small bounded queue.
-
-    The consumer reads the runs strictly in order, so row order is what a sequential
-    collection gives, while the next runs decode (zstd and the decoder release the GIL).
-    """
-
-    def __init__(self, sources: list[Iterator[pa.RecordBatch]], ahead: int) -> None:
-        self._sources = sources
-        self._ahead = max(ahead, 1)
-        self._queues: list[queue.Queue[object]] = [queue.Queue(maxsize=4) for _ in sources]
-        self._threads: list[threading.Thread] = []
-        self._stop = threading.Event()
-
-    def __enter__(self) -> _Prefetcher:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for q in self._queues:  # unblock producers waiting on a full queue
-            while True:
-                try:
-                    q.get_nowait()
-                except queue.Empty:
-                    break
-        for thread in self._threads:
-            thread.join()
-
-    def _produce(self, index: int) -> None:
-        q = self._queues[index]
-        try:
-            for batch in self._sources[index]:
-                if not self._put(q, batch):
-                    return
-            self._put(q, _END)
-        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
-            self._put(q, exc)
-        finally:
-            _close(self._sources[index])  # a stopped run closes its reader and run directory here
-
-    def _put(self, q: queue.Queue[object], item: object) -> bool:
-        while not self._stop.is_set():
-            try:
-                q.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def _start_until(self, index: int) -> None:
-        while len(self._threads) < min(index + self._ahead, len(self._sources)):
-            thread = threading.Thread(
-                target=self._produce, args=(len(self._threads),), name="herocollector-decode", daemon=True
-            )
-            self._threads.append(thread)
-            thread.start()
-
-    def batches(self, index: int) -> Iterator[pa.RecordBatch]:
-        """The batches of run ``index`` (call in order)."""
-        self._start_until(index + 1)
-        q = self._queues[index]
-        while True:
-            item = q.get()
-            if item is _END:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            if not isinstance(item, pa.RecordBatch):
-                raise CollectorError(f"internal error: unexpected item {type(item).__name__} from the decoder")
-            yield item
