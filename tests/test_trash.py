@@ -10,8 +10,10 @@ import pytest
 
 from herocollector import Collector
 from herocollector.actor.demo import write_simulated_run
+from herocollector.cli.main import main
 from herocollector.run.logdir import segment_files
-from herocollector.run.trash import purge, restore, soft_delete, trashed
+from herocollector.run.rundir import RunDirectory
+from herocollector.run.trash import TRASH_MANIFEST, purge, recorded_trash, restore, soft_delete, trashed
 from herocollector.testing.runs import MemoryWriter
 
 NOW = 1_700_000_000.0
@@ -32,7 +34,7 @@ def names(folder: Path) -> list[str]:
 def collect_rows(run: Path) -> int:
     writer = MemoryWriter()
     assert Collector([run]).collect(writer) is True
-    return writer.table().num_rows
+    return int(writer.table().num_rows)
 
 
 def test_soft_delete_renames_segments_only(run: Path) -> None:
@@ -183,3 +185,85 @@ def test_purge_never_follows_a_symlink(run: Path, tmp_path: Path) -> None:
     assert (precious_dir / "keep.json").read_text() == "{}"
     assert precious_file.read_bytes() == b"not yours"
     assert names(outside) == ["precious.seg.zst", "streams"]
+
+
+# -- the command line records what it trashed and acts only on that ---------------------------
+
+
+def _cli(*args: str | Path) -> int:
+    status: int = main([str(a) for a in args])
+    return status
+
+
+def _entries(folder: Path) -> dict[str, tuple[int, int]]:
+    """Every entry below ``folder`` (nothing followed): inode and mtime."""
+    found = {}
+    for top, dirs, files in os.walk(folder):
+        for name in [*dirs, *files]:
+            st = os.lstat(os.path.join(top, name))
+            found[os.path.relpath(os.path.join(top, name), folder)] = (st.st_ino, st.st_mtime_ns)
+    return found
+
+
+def _plant_lookalikes(run: Path) -> None:
+    (run / "x.trash-0").write_text("a user's file")
+    (run / "77777.seg.zst.trash-0").mkdir()  # a folder named like a trashed segment
+    (run / "77777.seg.zst.trash-0" / "notes.txt").write_text("keep")
+    (run / "streams.trash-0").mkdir()
+    (run / "streams.trash-0" / "keep.json").write_text("{}")
+
+
+def test_the_cli_records_its_trash_in_the_run_atomically(run: Path) -> None:
+    segments = {p.name: p.read_bytes() for p in segment_files(run)}
+    assert _cli("cleanup", run, "--no-keep-meta") == 0
+    with RunDirectory(run, absolute=False) as directory:
+        recorded = recorded_trash(directory)
+    assert sorted(e.original for e in recorded) == sorted([*segments, "streams"])
+    for entry in recorded:
+        assert entry.name.startswith(f"{entry.original}.trash-") and entry.entry.same(os.lstat(run / entry.name))
+    assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]  # the manifest's temporary file is gone
+    assert _cli("restore", run) == 0
+    assert {p.name: p.read_bytes() for p in segment_files(run)} == segments and (run / "streams").is_dir()
+    with RunDirectory(run, absolute=False) as directory:
+        assert recorded_trash(directory) == []  # nothing left in the trash, and so recorded
+
+
+def test_cli_purge_and_restore_leave_a_users_lookalikes_alone(run: Path) -> None:
+    assert _cli("cleanup", run) == 0
+    _plant_lookalikes(run)
+    before = {k: v for k, v in _entries(run).items() if ".trash-0" in k}
+    assert _cli("restore", run) == 0
+    assert not (run / "77777.seg.zst").exists() and not (run / "x").exists()
+    assert _cli("cleanup", run, "--purge") == 0
+    after = _entries(run)
+    assert {k: after.get(k) for k in before} == before  # old trash.purge() removes the folders
+    assert segment_files(run) == []
+    assert sorted(p.name for p in run.glob("*.trash-*")) == ["77777.seg.zst.trash-0", "streams.trash-0", "x.trash-0"]
+
+
+def test_a_recorded_entry_replaced_after_it_was_trashed_is_neither_restored_nor_purged(run: Path) -> None:
+    assert _cli("cleanup", run) == 0
+    with RunDirectory(run, absolute=False) as directory:
+        first = recorded_trash(directory)[0]
+    trashed_file = run / first.name
+    held = trashed_file.open("rb")  # held open, so the new file cannot get the old inode number
+    try:
+        trashed_file.unlink()
+        trashed_file.write_bytes(b"a user's file, put where the trash was")
+    finally:
+        held.close()
+    assert _cli("restore", run) == 0
+    assert not (run / first.original).exists() and trashed_file.read_bytes().startswith(b"a user's")
+    assert _cli("cleanup", run) == 0 and _cli("cleanup", run, "--purge") == 0
+    assert trashed_file.read_bytes() == b"a user's file, put where the trash was"
+
+
+def test_a_damaged_trash_manifest_is_an_error_naming_it(run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert _cli("cleanup", run) == 0
+    (run / TRASH_MANIFEST).write_text('{"entries": [["only one field"]]}')
+    assert _cli("restore", run) == 1
+    assert str(run / TRASH_MANIFEST) in capsys.readouterr().err
+    (run / TRASH_MANIFEST).unlink()
+    os.mkfifo(run / TRASH_MANIFEST)  # never blocks: opened with O_NONBLOCK, refused as not a regular file
+    assert _cli("cleanup", run, "--purge", "--no-wait") == 1
+    assert "not a regular file" in capsys.readouterr().err

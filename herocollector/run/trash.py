@@ -27,8 +27,10 @@ change. The service uses the *recorded* operations instead:
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
+import json
 import os
 import re
 import shutil
@@ -39,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from herocollector.errors import RunChanged
+from herocollector.errors import MetadataError, RunChanged
 from herocollector.run.inventory import DIR, FILE, LINK, OTHER, FileRecord, RunInventory
 from herocollector.run.logdir import SEGMENT_SUFFIX, STREAMS_DIR, segment_files
 from herocollector.run.rundir import RunDirectory
@@ -49,12 +51,15 @@ __all__ = [
     "FILE",
     "LINK",
     "OTHER",
+    "TRASH_MANIFEST",
     "TrashEntry",
     "move_to_trash",
     "name_trash",
     "plan_trash",
     "purge",
     "purge_recorded",
+    "record_trash",
+    "recorded_trash",
     "rename_noreplace",
     "restore",
     "restore_recorded",
@@ -62,6 +67,7 @@ __all__ = [
     "take_inventory",
     "trash_recorded",
     "trashed",
+    "unrecorded_trash",
 ]
 
 _TRASH = re.compile(r"^(?P<name>.+)\.trash-(?P<stamp>\d+)$")
@@ -415,3 +421,86 @@ def purge_recorded(run: RunDirectory, entries: Iterable[TrashEntry]) -> tuple[li
                 raise
             kept.append(f"{item.name}/ holds files that were not trashed; left in place")
     return done, kept
+
+
+# ----------------------------------------------------------------------------------------
+# The command line's record of what it trashed: a manifest inside the run
+# ----------------------------------------------------------------------------------------
+
+TRASH_MANIFEST = ".herocollector-trash.json"
+"""The file in a run that lists what ``herocollector cleanup`` moved into its trash (hidden; no segment name)."""
+MAX_MANIFEST_BYTES = 4 << 20
+
+
+def recorded_trash(run: RunDirectory) -> list[TrashEntry]:
+    """The entries the command line recorded in the run's :data:`TRASH_MANIFEST` (none without one).
+
+    Raises:
+        MetadataError: The manifest is not a regular file, too large, or not a manifest.
+    """
+    path = run.path / TRASH_MANIFEST
+    try:
+        fd = os.open(TRASH_MANIFEST, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=run.fd)
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        raise MetadataError(f"the trash manifest cannot be read: {exc.strerror}", path) from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise MetadataError("the trash manifest is not a regular file", path)
+        data = os.read(fd, MAX_MANIFEST_BYTES + 1)
+    finally:
+        os.close(fd)
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise MetadataError(f"the trash manifest is more than {MAX_MANIFEST_BYTES} bytes", path)
+    try:
+        return [TrashEntry.from_json(item) for item in json.loads(data)["entries"]]
+    except (ValueError, TypeError, KeyError, IndexError) as exc:
+        raise MetadataError(f"the trash manifest is damaged: {type(exc).__name__}: {exc}", path) from None
+
+
+def record_trash(run: RunDirectory, entries: Sequence[TrashEntry]) -> None:
+    """Write the run's :data:`TRASH_MANIFEST` atomically, also when ``entries`` is empty.
+
+    The manifest is written to a temporary file of this process, fsynced and renamed over the
+    old one, so a crash leaves the old record or the new one, never half of one. An empty one
+    is kept: it says the run's trash is recorded, so nothing unrecorded in it is ours
+    (:func:`unrecorded_trash`).
+    """
+    temporary = f"{TRASH_MANIFEST}.{os.getpid()}.tmp"
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(temporary, dir_fd=run.fd)  # a leftover of a process of this pid that died
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(temporary, flags, 0o644, dir_fd=run.fd)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as file:
+            json.dump({"entries": [e.to_json() for e in entries]}, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.rename(temporary, TRASH_MANIFEST, src_dir_fd=run.fd, dst_dir_fd=run.fd)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary, dir_fd=run.fd)
+        raise
+    os.fsync(run.fd)
+
+
+def unrecorded_trash(run: RunDirectory, recorded: Iterable[TrashEntry]) -> list[FileRecord]:
+    """An older version's trash: regular files named like a trashed segment, in a run without a manifest.
+
+    Never a folder (a ``streams.trash-<n>/`` not recorded may hold anything), never a link, and
+    nothing at all in a run with a :data:`TRASH_MANIFEST`: its trash is recorded, so what the
+    manifest does not list is not ours.
+    """
+    if run.lstat(TRASH_MANIFEST) is not None:
+        return []
+    known = {e.name for e in recorded}
+    found = []
+    for name in run.names():
+        match = _TRASH.match(name)
+        if name in known or match is None or not match["name"].endswith(SEGMENT_SUFFIX):
+            continue
+        st = run.lstat(name)
+        if st is not None and stat.S_ISREG(st.st_mode):
+            found.append(FileRecord.of(name, st))
+    return found
