@@ -15,6 +15,8 @@ import pytest
 import zstandard
 from tools.label_selector import Label
 
+import herocollector.collector
+import herocollector.output.batches
 import herocollector.run.logdir
 from herocollector import Collector, CollectorError, MetadataError, SegmentError, UnknownStreamError
 from herocollector.testing.runs import (
@@ -30,6 +32,31 @@ from herocollector.testing.runs import (
 E = TypeVar("E", bound=CollectorError)
 
 BASE = ["stream_id", "epoch", "indices", "values"]
+
+
+# ----------------------------------------------------------------------------------------
+# The façade and the decoding core
+# ----------------------------------------------------------------------------------------
+
+MOVED = ("BASE_COLUMNS", "BASE_FIELDS", "label_array", "output_schema", "parse_columns", "run_batches", "scan_run")
+
+
+@pytest.mark.parametrize("name", MOVED)
+def test_the_facade_still_offers_what_moved_to_the_output_layer(name: str) -> None:
+    assert getattr(herocollector.collector, name) is getattr(herocollector.output.batches, name)
+    assert name in herocollector.collector.__all__
+
+
+def test_the_facade_collects_with_the_decoding_cores_columns(tmp_path: Path) -> None:
+    run = build_run(tmp_path / "run", seed=3, n_records=50)
+    streams, inventory = herocollector.collector.scan_run(run.path)
+    assert sorted(s.stream_id for s in streams) == sorted(s["stream_id"] for s in run.streams)
+    assert inventory.segment_bytes == sum(p.stat().st_size for p in run.path.glob("*.seg.zst"))
+    schema = Collector.schema_for(["experiment"])
+    assert schema.names == [*herocollector.output.batches.BASE_COLUMNS, "experiment"]
+    table = collect_table([run.path], columns=["experiment"])
+    assert table.schema.names == schema.names
+    assert table.num_rows == len(run.stream_ids)
 
 
 # ----------------------------------------------------------------------------------------
