@@ -5,7 +5,8 @@
    file for all); streams with equal paths share an :class:`OutputTarget`
    (:meth:`OutputPipeline.plan`).
 3. **Write**: runs are decoded in order, optionally several ahead on threads (decoding
-   releases the GIL), and each batch is split by stream to its target. A target is opened
+   releases the GIL; :class:`~herocollector.output.prefetch.Prefetch`, one bounded queue per
+   run), and each batch is split by stream to its target. A target is opened
    when its first run starts and finished (closed, fsynced) when its last run ends, so only
    the targets of the runs in flight hold a file descriptor, however many runs there are.
 4. **Commit** publishes every finished file under its final name; on any error every

@@ -30,8 +30,9 @@ POLL_SECONDS = 0.05
 
 START_WAIT_SECONDS = 30.0
 """How long closing waits for a thread whose ``start()`` was interrupted to report that it runs.
-Only a thread that exists (it is listed by ``threading.enumerate()``) is waited for, and it
-reports at once, so this bound is reached only on a machine that schedules nothing for that long."""
+Only a thread listed by ``threading.enumerate()`` is waited for; one that was created reports at
+once. The bound is for the one instant at which an interrupt leaves a thread listed that was
+never created (between ``start()`` listing it and creating it), so closing cannot hang."""
 
 
 class _Failure:
