@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import inspect
 import os
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,6 +95,15 @@ class ServiceConfig:
     def journal_location(self) -> str:
         """The ``journal`` setting, or the default SQLite file under ``state_dir``."""
         return self.journal if self.journal else str(self.state_dir / "journal.sqlite3")
+
+    @property
+    def owner(self) -> str:
+        """This service among a fleet: its host and resolved ``state_dir``.
+
+        The one identity of a service: it takes jobs' leases and runs' claims under it. Stable
+        across restarts, and unique among live services thanks to the ``state_dir`` lock.
+        """
+        return f"{socket.gethostname()}:{os.path.realpath(self.state_dir)}"
 
     def retry_delay_for(self, attempts: int) -> float:
         """Seconds before the next try of a job that failed its ``attempts``-th attempt."""

@@ -43,8 +43,7 @@ def claims() -> Any:
     yield make
     for claim in made:
         if claim._beat is not None:
-            claim._stop.set()
-            claim._beat.join(timeout=5)
+            claim._beat.stop()
 
 
 def make_stale(run: Path, age: float = 3600.0) -> None:
@@ -223,8 +222,7 @@ def _race_threads(run: Path, owners: list[str], stale_after: float = 60.0) -> li
     finally:
         for claim in made:
             if claim._beat is not None:
-                claim._stop.set()
-                claim._beat.join(timeout=5)
+                claim._beat.stop()
 
 
 @pytest.mark.parametrize("attempt", range(20))

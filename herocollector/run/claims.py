@@ -29,12 +29,13 @@ from __future__ import annotations
 import json
 import os
 import socket
-import threading
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from herocollector.heartbeat import Heartbeat
 
 CLAIM_FILE = ".herocollector.claim"
 COLLECTED_FILE = ".herocollector.collected"
@@ -80,8 +81,7 @@ class RunClaim:
         self.heartbeat_every = float(heartbeat_every)
         self.file = self.run / CLAIM_FILE
         self.marker = self.run / COLLECTED_FILE
-        self._stop = threading.Event()
-        self._beat: threading.Thread | None = None
+        self._beat: Heartbeat | None = None
 
     def acquire(self) -> ClaimResult:
         """Try to take the claim.
@@ -143,17 +143,14 @@ class RunClaim:
             token.unlink(missing_ok=True)
 
     def _start_heartbeat(self) -> None:
-        self._stop.clear()
+        def beat() -> bool:
+            try:
+                os.utime(self.file)
+            except FileNotFoundError:
+                return False  # the claim is gone: nothing left to keep alive
+            return True
 
-        def beat() -> None:
-            while not self._stop.wait(self.heartbeat_every):
-                try:
-                    os.utime(self.file)
-                except FileNotFoundError:
-                    return
-
-        self._beat = threading.Thread(target=beat, name=f"claim-heartbeat {self.run.name}", daemon=True)
-        self._beat.start()
+        self._beat = Heartbeat(beat, self.heartbeat_every, f"claim-heartbeat {self.run.name}").start()
 
     def release(self, outputs: dict[str, int] | None = None) -> None:
         """Drop the claim; with ``outputs`` (a success) first write the collected marker.
@@ -161,9 +158,8 @@ class RunClaim:
         Args:
             outputs: Output files and row counts of a successful collection, or None.
         """
-        self._stop.set()
         if self._beat is not None:
-            self._beat.join()
+            self._beat.stop()
         if outputs is not None:
             record = {
                 "owner": self.owner,

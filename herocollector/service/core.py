@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -48,14 +47,6 @@ from herocollector.service.statedir import StateDirLock
 from herocollector.service.status import RECENT_LISTED, TRASH_LISTED, JobCounts, ServiceStatus, TrashEntry
 
 log = logging.getLogger(__name__)
-
-
-def owner_name(config: ServiceConfig) -> str:
-    """This service among a fleet: host and ``state_dir``.
-
-    Stable across restarts, and unique among live services thanks to the ``state_dir`` lock.
-    """
-    return f"{socket.gethostname()}:{config.state_dir}"
 
 
 LOCK_WAIT = 3.0
@@ -122,7 +113,7 @@ class CollectionService:
             self.journal = journal = open_journal(config.journal_location)
             self.health = JournalHealth()
             self.scheduler = scheduler = Scheduler(
-                journal, self._run_job, config.workers, owner_name(config), config.lease_timeout, self.health
+                journal, self._run_job, config.workers, config.owner, config.lease_timeout, self.health
             )
             self.intake = intake = Intake(
                 journal,
@@ -145,7 +136,7 @@ class CollectionService:
             )
             self.cleaner = RunCleaner(config, journal, scheduler.stopping)
             self.scanner = Scanner(journal, config.allowed_roots, config.scan_depth, scheduler.stopping)
-            resumed = journal.resume(owner_name(config))
+            resumed = journal.resume(config.owner)
             scheduler.every("done-check", config.backoff / 1000, self._check_waiting)
             scheduler.every("purge", min(max(config.cleanup_grace / 4, 0.05), 60.0), self.cleaner.purge_due, False)
             if config.scan_interval is not None and config.allowed_roots:

@@ -26,8 +26,6 @@ A journal error while recording an outcome is kept and recorded again later
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -46,6 +44,7 @@ from herocollector.errors import (
     RunRefused,
 )
 from herocollector.events import RunCollected, RunFailed
+from herocollector.heartbeat import Heartbeat
 from herocollector.journal.sqlite import Job, JobState, JobStore
 from herocollector.output.files import provenance_metadata, remove_abandoned
 from herocollector.output.manifest import ManifestEntry, check_manifest, new_manifest, write_manifest
@@ -181,7 +180,7 @@ class JobRunner:
             chunk_bytes=config.chunk_bytes,
         )
         # Stable across restarts, so a restarted actor recognises its own claims.
-        self.owner = f"{socket.gethostname()}:{os.path.realpath(config.state_dir)}"
+        self.owner = config.owner
         self._unrecorded: dict[int, Callable[[], object]] = {}
         self._unrecorded_lock = threading.Lock()
 
@@ -558,29 +557,24 @@ class LeaseKeeper:
         self._job = job
         self._lease = lease
         self._lost = threading.Event()
-        self._done = threading.Event()
         self._stopping = stopping
-        self._thread: threading.Thread | None = None
+        self._heartbeat: Heartbeat | None = None
 
     def __enter__(self) -> LeaseKeeper:
-        if getattr(self._journal, "shared", False):
-            self._thread = threading.Thread(target=self._renew_loop, name="herocollector-lease", daemon=True)
-            self._thread.start()
+        if self._journal.shared:
+            self._heartbeat = Heartbeat(self._renew, self._lease / 3, "herocollector-lease").start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._done.set()
-        if self._thread is not None:
-            self._thread.join()
+        if self._heartbeat is not None:
+            self._heartbeat.stop()
 
-    def _renew_loop(self) -> None:
-        while not self._done.wait(self._lease / 3):
-            try:
-                if not self._journal.renew(self._job.id, self._job.token, self._lease):
-                    self._lost.set()
-                    return
-            except Exception as exc:  # noqa: BLE001 - a failed renewal is retried; check() decides
-                log.warning(f"renewing the lease of job {self._job.id} failed: {exc}")
+    def _renew(self) -> bool:
+        """One renewal; False (no more beats) once the lease is found lost."""
+        if self._journal.renew(self._job.id, self._job.token, self._lease):
+            return True
+        self._lost.set()
+        return False
 
     def raise_if_lost(self) -> None:
         """Raise LeaseLost if a renewal found the lease gone."""
