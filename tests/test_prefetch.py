@@ -19,9 +19,9 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
+from herocollector.decode.prefetch import Prefetch, prefetched
 from herocollector.errors import SegmentError
 from herocollector.output.pipeline import OutputPipeline
-from herocollector.output.prefetch import Prefetch, prefetched
 from herocollector.testing.runs import build_run
 
 DECODE_THREAD = "herocollector-decode"

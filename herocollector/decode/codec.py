@@ -59,9 +59,9 @@ from herocollector.decode.frames import (
     Readable,
     ReadBuffers,
     merged,
-    prefetched,
     read_segment,
 )
+from herocollector.decode.prefetch import prefetched
 from herocollector.decode.records import (
     Records,
     TickState,
@@ -394,7 +394,7 @@ class SegmentDecoder:
                 yield merged(pending)
 
         threaded = self._threads if threads is None else threads and self._threads
-        chunks = prefetched(produce, PIPELINE_DEPTH) if threaded else produce()
+        chunks = prefetched(produce, PIPELINE_DEPTH, name="herocollector-reader") if threaded else produce()
         try:
             yield from RecordDecoder(self.streams, self.ticks, scaled, self._max_record_bytes).decode(chunks)
         finally:

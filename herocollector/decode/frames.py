@@ -1,11 +1,11 @@
-"""Reading segments: the zstd frame walk and decompression into chunks, and the reader thread.
+"""Reading segments: the zstd frame walk and decompression into chunks.
 
 :func:`read_segment` reads one segment file, walks its zstd frame headers with the compiled
 kernel (:func:`herocollector.decode.native.scan_frames`) and decompresses the frames into
 :class:`Chunk` objects of at most ``chunk_bytes`` decompressed bytes: consecutive small frames
 together (``multi_decompress_to_buffer``, no GIL between frames), a frame larger than that, or
-of unknown size, on its own, streamed in pieces. :func:`prefetched` runs the reading in a
-thread, a few chunks ahead of the record decoder.
+of unknown size, on its own, streamed in pieces. The decoder runs the reading on a
+thread, a few chunks ahead of the record decoder (:mod:`herocollector.decode.prefetch`).
 
 Damage found here raises :class:`~herocollector.errors.SegmentError` naming the file and the
 offset of the damaged frame, after the chunks before it (marked ``doomed`` when they came
@@ -17,9 +17,7 @@ May import: :mod:`herocollector.decode.records`, :mod:`herocollector.decode.nati
 
 from __future__ import annotations
 
-import queue
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, TypeVar
@@ -505,67 +503,3 @@ def _frame_in_pieces(
             first = False
     except zstandard.ZstdError as exc:
         raise SegmentError(f"corrupt zstd frame: {exc}", name, base + lo) from None
-
-
-# ----------------------------------------------------------------------------------------
-# The reader thread
-# ----------------------------------------------------------------------------------------
-
-
-class _Failure:
-    """An exception raised in the reader thread, delivered in order through the queue."""
-
-    def __init__(self, exc: BaseException) -> None:
-        self.exc = exc
-
-
-_END = object()
-
-
-def prefetched(produce: Callable[[], Iterator[T]], depth: int) -> Iterator[T]:
-    """Run ``produce()`` in a thread, ``depth`` items ahead of the consumer.
-
-    Items (and finally the producer's exception, if any) arrive in order. Closing this
-    generator (or an exception in the consumer) stops the thread and waits for it, so no
-    thread outlives its decode.
-    """
-    handoff: queue.Queue[object] = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def put(item: object) -> bool:
-        while not stop.is_set():
-            try:
-                handoff.put(item, timeout=0.05)  # wakes to notice ``stop`` when the consumer is gone
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def run() -> None:
-        try:
-            for item in produce():
-                if not put(item):
-                    return
-        except BaseException as exc:  # noqa: BLE001 - every failure is handed to the consumer
-            put(_Failure(exc))
-            return
-        put(_END)
-
-    thread = threading.Thread(target=run, name="herocollector-reader", daemon=True)
-    thread.start()
-    try:
-        while True:
-            item = handoff.get()
-            if item is _END:
-                return
-            if isinstance(item, _Failure):
-                raise item.exc
-            yield item  # type: ignore[misc]
-    finally:
-        stop.set()
-        while thread.is_alive():
-            try:
-                handoff.get(timeout=0.05)  # unblock a producer waiting on a full queue
-            except queue.Empty:
-                pass
-        thread.join()

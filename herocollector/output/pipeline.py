@@ -5,7 +5,7 @@
    file for all); streams with equal paths share an :class:`OutputTarget`
    (:meth:`OutputPipeline.plan`).
 3. **Write**: runs are decoded in order, optionally several ahead on threads (decoding
-   releases the GIL; :class:`~herocollector.output.prefetch.Prefetch`, one bounded queue per
+   releases the GIL; :class:`~herocollector.decode.prefetch.Prefetch`, one bounded queue per
    run), and each batch is split by stream to its target. A target is opened
    when its first run starts and finished (closed, fsynced) when its last run ends, so only
    the targets of the runs in flight hold a file descriptor, however many runs there are.
@@ -30,9 +30,9 @@ import numpy as np
 import pyarrow as pa
 
 from herocollector.decode.codec import DEFAULT_CHUNK_BYTES
+from herocollector.decode.prefetch import Prefetch
 from herocollector.output.batches import output_schema, run_batches, scan_run
 from herocollector.output.files import Compression, OutputFile, OutputFormat, route_batch
-from herocollector.output.prefetch import Prefetch
 from herocollector.output.stores import LocalStore, OutputStore, Provenance
 from herocollector.run.catalogue import RuleLike, Stream, select_streams
 from herocollector.run.rundir import RunInventory, check_unchanged

@@ -2,9 +2,11 @@
 
 :class:`Prefetch` runs ``produce()`` on a thread of its own, at most ``depth`` items ahead of
 the consumer; items, and finally the producer's exception if it raised one, arrive in order
-in the consumer. :func:`prefetched` is the same as a generator. The output pipeline
-(:mod:`herocollector.output.pipeline`) decodes whole runs ahead of the one being written with
-it, each through its own queue, started in run order.
+in the consumer. :func:`prefetched` is the same as a generator. It is the one prefetcher of
+the package: the segment decoder reads and decompresses chunks ahead of the record decoder
+with it (:class:`herocollector.decode.codec.SegmentDecoder`), and the output pipeline
+(:mod:`herocollector.output.pipeline`) decodes whole runs ahead of the one being written,
+each through its own queue, started in run order.
 
 Closing stops the producer between two items (it closes ``produce()``'s iterator on its own
 thread, so a reader and the run directory it holds are closed where they were used) and
@@ -12,8 +14,7 @@ waits for it: no thread outlives its consumer. An exception raised in the consum
 thread is being started (a Ctrl-C inside ``Thread.start()``) leaves a thread that may or may
 not exist; closing tells the two apart and joins only a thread that runs.
 
-May import: nothing of herocollector. It is a leaf so that it can move below the decoder,
-whose reader thread (``decode.frames.prefetched``) is the same pattern.
+May import: nothing of herocollector (a leaf of the decoder).
 """
 
 from __future__ import annotations
