@@ -602,7 +602,7 @@ def test_rows_keep_the_order_of_the_paths_when_runs_decode_in_parallel(runs: lis
 
 def test_progress_moves_within_a_run(tmp_path: Path) -> None:
     from herocollector.output.files import provenance_metadata
-    from herocollector.output.pipeline import OutputPipeline
+    from herocollector.output.pipeline import OutputPipeline, WriteContext
 
     run = Path(write_simulated_run(tmp_path / "big", records=120_000, entities=2, seed=3)["path"])
     [segment] = run.glob("*.seg.zst")
@@ -611,16 +611,16 @@ def test_progress_moves_within_a_run(tmp_path: Path) -> None:
     seen: list[tuple[int, int]] = []  # (bytes so far, rows so far) at each progress report
     rows = 0
 
-    def on_rows(n: int) -> None:
-        nonlocal rows
-        rows += n
+    class Counting:
+        def rows_written(self, n: int) -> None:
+            nonlocal rows
+            rows += n
 
-    def on_bytes(n: int) -> None:
-        seen.append((n + (seen[-1][0] if seen else 0), rows))
+        def bytes_read(self, n: int) -> None:
+            seen.append((n + (seen[-1][0] if seen else 0), rows))
 
-    pipeline.write(
-        plan, provenance=lambda t: provenance_metadata("", "", "", 0, []), on_bytes=on_bytes, on_rows=on_rows
-    )
+    provenance = {target.path: provenance_metadata("", "", "", 0, []) for target in plan.targets}
+    pipeline.write(plan, WriteContext(provenance=provenance, progress=Counting()))
     assert seen[-1][0] == segment.stat().st_size
     assert len(seen) > 3
     assert any(0 < done < segment.stat().st_size for done, _ in seen)  # reported before the run ended

@@ -21,7 +21,7 @@ import pytest
 
 from herocollector.decode.prefetch import Prefetch, prefetched
 from herocollector.errors import SegmentError
-from herocollector.output.pipeline import OutputPipeline
+from herocollector.output.pipeline import OutputPipeline, WriteContext
 from herocollector.testing.runs import build_run
 
 DECODE_THREAD = "herocollector-decode"
@@ -100,7 +100,7 @@ def test_an_interrupt_while_a_decoding_thread_starts_is_what_the_write_raises(
     plan = pipeline.plan([pipeline.plan_run(p) for p in three_runs], lambda index, run, stream: out / f"{index}.arrow")
     before = _decoding_threads()
     with _InterruptThreadStart(where, nth) as interrupt, pytest.raises(KeyboardInterrupt):
-        pipeline.write(plan, provenance=lambda target: {})
+        pipeline.write(plan, WriteContext())
     assert interrupt.fired
     assert [t for t in _decoding_threads() if t not in before] == []
     assert sorted(p.name for p in out.iterdir()) == []  # nothing published, no temporary file left
@@ -112,13 +112,13 @@ def test_the_same_pipeline_writes_all_runs_after_an_interrupted_write(tmp_path: 
     pipeline = OutputPipeline(prefetch_runs=2, chunk_bytes=4096)
     plan = pipeline.plan([pipeline.plan_run(p) for p in three_runs], lambda index, run, stream: out / f"{index}.arrow")
     with _InterruptThreadStart("entry", 2), pytest.raises(KeyboardInterrupt):
-        pipeline.write(plan, provenance=lambda target: {})
+        pipeline.write(plan, WriteContext())
     sequential = OutputPipeline(prefetch_runs=0, chunk_bytes=4096)
     expected = sequential.plan(
         [sequential.plan_run(p) for p in three_runs], lambda i, r, s: tmp_path / f"seq-{i}.arrow"
     )
-    sequential.write(expected, provenance=lambda target: {})
-    written = pipeline.write(plan, provenance=lambda target: {})
+    sequential.write(expected, WriteContext())
+    written = pipeline.write(plan, WriteContext())
     assert [w.path for w in written] == [out / f"{i}.arrow" for i in range(3)]
     for i in range(3):
         assert _read(out / f"{i}.arrow").equals(_read(tmp_path / f"seq-{i}.arrow"))

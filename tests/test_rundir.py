@@ -20,7 +20,7 @@ import pytest
 
 from herocollector import Collector, CollectorError, MetadataError
 from herocollector.errors import ConfigError, RunChanged, RunRefused
-from herocollector.output.pipeline import OutputPipeline
+from herocollector.output.pipeline import OutputPipeline, WriteContext
 from herocollector.run import rundir
 from herocollector.run.catalogue import load_streams
 from herocollector.run.inventory import DIR, FILE, FileRecord, RunInventory
@@ -379,13 +379,17 @@ def test_run_changed_during_collection_publishes_nothing(
     plan = pipeline.plan(runs, lambda index, run, stream: out / f"{index}-{stream.stream_id}.arrow")
     fired: list[int] = []
 
-    def on_rows(count: int) -> None:
-        if not fired:  # the first batch of the first run: the rotated run is still to be read
-            fired.append(count)
-            CHANGES[change](rotated_run.path)
+    class OnRows:
+        def bytes_read(self, n: int) -> None:
+            pass
+
+        def rows_written(self, count: int) -> None:
+            if not fired:  # the first batch of the first run: the rotated run is still to be read
+                fired.append(count)
+                CHANGES[change](rotated_run.path)
 
     with pytest.raises(RunChanged) as info:
-        pipeline.write(plan, provenance=lambda target: {}, on_rows=on_rows)
+        pipeline.write(plan, WriteContext(progress=OnRows()))
     assert fired
     assert info.value.retryable is True
     assert str(rotated_run.path) in str(info.value)
@@ -397,7 +401,7 @@ def test_unchanged_runs_are_published(tmp_path: Path, rotated_run: RecordedRun) 
     pipeline = OutputPipeline(prefetch_runs=1, chunk_bytes=4096)
     plan = pipeline.plan([pipeline.plan_run(rotated_run.path)], lambda index, run, stream: out / "all.arrow")
     out.mkdir()
-    written = pipeline.write(plan, provenance=lambda target: {})
+    written = pipeline.write(plan, WriteContext())
     assert [w.rows for w in written] == [len(rotated_run)]
 
 
@@ -466,11 +470,15 @@ def test_a_stopped_write_leaves_no_reader_and_no_open_run(tmp_path: Path, prefet
     plan = pipeline.plan([pipeline.plan_run(p) for p in runs], lambda index, run, stream: tmp_path / f"{index}.arrow")
     threads = set(threading.enumerate())
 
-    def cancel() -> None:
-        raise CollectorError("stop")
+    class Cancel:
+        def check(self) -> None:
+            raise CollectorError("stop")
+
+        def before_publish(self) -> None:
+            pass
 
     with pytest.raises(CollectorError, match="stop"):
-        pipeline.write(plan, provenance=lambda target: {}, check_cancel=cancel)
+        pipeline.write(plan, WriteContext(guard=Cancel()))
     assert [t for t in threading.enumerate() if t not in threads] == []
     assert [f for f in _open_files() if any(f.startswith(str(p)) for p in runs)] == []
     assert not list(tmp_path.glob("*.arrow")) and not list(tmp_path.glob(".*.tmp"))

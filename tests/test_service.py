@@ -4,6 +4,7 @@ the state_dir lock, faults (a full disk, a failing journal, hostile labels), shu
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sqlite3
@@ -23,6 +24,7 @@ from herocollector.actor.demo import MEASURES, write_simulated_run
 from herocollector.errors import ConfigError, StateDirLocked
 from herocollector.events import RunCollected, RunFailed
 from herocollector.journal.sqlite import Job, JobState
+from herocollector.output.pipeline import WriteContext
 from herocollector.service.scan import SCAN_SOURCE, finished_runs
 from herocollector.testing.actors import wait_for
 from herocollector.testing.runs import journal_rows
@@ -165,16 +167,20 @@ def test_close_interrupts_a_running_collection_which_stays_pending(site: Site) -
     release = threading.Event()
     original = service.runner.pipeline.write
 
-    def slow_write(*args: Any, **kwargs: Any) -> Any:
-        inner = kwargs["check_cancel"]
+    def slow_write(plan: Any, context: WriteContext) -> Any:
+        inner = context.guard
+        assert inner is not None
 
-        def check() -> None:
-            entered.set()
-            release.wait(0.01)
-            inner()
+        class Slow:
+            def check(self) -> None:
+                entered.set()
+                release.wait(0.01)
+                inner.check()
 
-        kwargs["check_cancel"] = check
-        return original(*args, **kwargs)
+            def before_publish(self) -> None:
+                inner.before_publish()
+
+        return original(plan, dataclasses.replace(context, guard=Slow()))
 
     service.runner.pipeline.write = slow_write  # type: ignore[method-assign]
     service.submit("logger", run)

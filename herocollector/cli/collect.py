@@ -16,12 +16,12 @@ import argparse
 import json
 import os
 import time
-from collections.abc import Callable
 from contextlib import ExitStack
 from datetime import UTC, datetime
 from pathlib import Path
 
 from rich.console import Console
+from rich.progress import Progress, TaskID
 
 from herocollector.cli import common
 from herocollector.cli.common import CLI_SOURCE, PROG, Subparsers
@@ -30,7 +30,7 @@ from herocollector.config import parse_columns
 from herocollector.errors import CollectorError, OutputError
 from herocollector.output.files import FORMATS, OutputFormat, provenance_metadata
 from herocollector.output.paths import PathTemplate, Trusted
-from herocollector.output.pipeline import CollectionPlan, OutputPipeline, OutputTarget, PlannedRun, Router
+from herocollector.output.pipeline import CollectionPlan, OutputPipeline, OutputTarget, PlannedRun, Router, WriteContext
 from herocollector.run import logdir, trash
 from herocollector.run.catalogue import Stream
 from herocollector.service.scan import finished_runs
@@ -216,16 +216,61 @@ def _router(args: argparse.Namespace) -> tuple[Path, Router]:
     return template.output_root, route
 
 
-def _provenance(plan: CollectionPlan, collected_at: str) -> Callable[[OutputTarget], dict[str, str]]:
-    """Schema metadata of a CLI output (job 0: written by the command line, not by the actor)."""
-
-    def provenance(target: OutputTarget) -> dict[str, str]:
+def _provenance(plan: CollectionPlan, collected_at: str) -> dict[Path | str, dict[str, str]]:
+    """Schema metadata of each CLI output (job 0: written by the command line, not by the actor)."""
+    found: dict[Path | str, dict[str, str]] = {}
+    for target in plan.targets:
         sources = list(dict.fromkeys(str(plan.runs[i].path) for i, _ in target.members))
         logger_path = sources[0] if len(sources) == 1 else json.dumps(sources)
         streams = [stream.metadata for _, stream in target.members]
-        return provenance_metadata(logger_path, CLI_SOURCE, collected_at, 0, streams)
+        found[target.path] = provenance_metadata(logger_path, CLI_SOURCE, collected_at, 0, streams)
+    return found
 
-    return provenance
+
+class _Progress:
+    """The progress bar of a write: bytes decoded, and the rows so far in its note.
+
+    Args:
+        progress: The bar.
+        task: Its task.
+        total: Segment bytes to decode.
+        files: Outputs to finish once every segment is decoded.
+    """
+
+    def __init__(self, progress: Progress, task: TaskID, total: int, files: int) -> None:
+        self._progress = progress
+        self._task = task
+        self._total = total
+        self._files = files
+        self.rows = 0
+        self._bytes = 0
+
+    def rows_written(self, n: int) -> None:
+        """Count rows and show the count."""
+        self.rows += n
+        self._progress.update(self._task, note=f"{self.rows:,} rows")
+
+    def bytes_read(self, n: int) -> None:
+        """Advance the bar; once every segment is decoded, say what the wait is for."""
+        self._bytes += n
+        self._progress.advance(self._task, n)
+        if self._total and self._bytes >= self._total:
+            # Every segment is decoded; what remains (flush, fsync, rename) can take seconds.
+            self._progress.update(self._task, description=f"finishing {self._files} file(s): sync and publish")
+
+
+class _SignalGuard:
+    """Stops a write at a safe point when a deferred signal came; nothing to check before a publish."""
+
+    def __init__(self, signals: common.Deferral) -> None:
+        self._signals = signals
+
+    def check(self) -> None:
+        """Raise the deferred signal's interruption, if one came."""
+        self._signals.check()
+
+    def before_publish(self) -> None:
+        """Nothing: a signal while publishing is acted on after the outputs are published."""
 
 
 def run(args: argparse.Namespace, out: Console, err: Console) -> int:
@@ -275,33 +320,18 @@ def run(args: argparse.Namespace, out: Console, err: Console) -> int:
             collected_at = datetime.now(UTC).isoformat()
             total = plan.segment_bytes
             task = progress.add_task("collecting", total=total or None, note="0 rows")
-            rows = 0
-            done_bytes = 0
-
-            def on_rows(n: int) -> None:
-                nonlocal rows
-                rows += n
-                progress.update(task, note=f"{rows:,} rows")
-
-            def on_bytes(n: int) -> None:
-                nonlocal done_bytes
-                done_bytes += n
-                progress.advance(task, n)
-                if total and done_bytes >= total:
-                    # Every segment is decoded; what remains (flush, fsync, rename) can take seconds.
-                    progress.update(task, description=f"finishing {len(plan.targets)} file(s): sync and publish")
-
+            counter = _Progress(progress, task, total, len(plan.targets))
             finals = [Path(target.path) for target in plan.targets]
             created = common.missing_folders(finals)
             signals = held.enter_context(common.Deferral())
             try:
-                written = pipeline.write(
-                    plan,
+                context = WriteContext(
                     provenance=_provenance(plan, collected_at),
-                    on_bytes=on_bytes,
-                    on_rows=on_rows,
-                    check_cancel=signals.check,
+                    may_replace=dict.fromkeys((target.path for target in plan.targets), True),  # the CLI clobbers
+                    progress=counter,
+                    guard=_SignalGuard(signals),
                 )
+                written = pipeline.write(plan, context)
             except BaseException:
                 common.remove_leftovers(finals, created)
                 raise
@@ -314,7 +344,7 @@ def run(args: argparse.Namespace, out: Console, err: Console) -> int:
                 "outputs": [
                     {"path": str(o.path), "rows": o.rows, "bytes": o.bytes, "sha256": o.sha256} for o in written
                 ],
-                "rows": rows,
+                "rows": counter.rows,
                 "bytes": sum(o.bytes for o in written),
                 "segment_bytes": plan.segment_bytes,
                 "seconds": round(elapsed, 6),
@@ -323,9 +353,9 @@ def run(args: argparse.Namespace, out: Console, err: Console) -> int:
         else:
             for output in written:
                 out.print(f"{output.path}  {output.rows:,} rows, {common.size(output.bytes)}", soft_wrap=True)
-            rate = rows / elapsed if elapsed > 0 else float("inf")
+            rate = counter.rows / elapsed if elapsed > 0 else float("inf")
             out.print(
-                f"collected {len(paths)} run(s): {rows:,} rows, {len(written)} file(s) under {root}, "
+                f"collected {len(paths)} run(s): {counter.rows:,} rows, {len(written)} file(s) under {root}, "
                 f"{common.size(plan.segment_bytes)} of segments in {elapsed:.3f} s ({rate:,.0f} records/s)",
                 soft_wrap=True,
             )

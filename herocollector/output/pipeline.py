@@ -12,6 +12,10 @@
 4. **Commit** publishes every finished file under its final name; on any error every
    temporary file is removed instead (:meth:`OutputPipeline.write`).
 
+What the write needs from its caller comes in one :class:`WriteContext`: the store, the
+provenance, which existing outputs may be replaced, a :class:`Progress` and one :class:`Guard`
+(stop between batches; the lease check right before each publish).
+
 Runs are read through :class:`~herocollector.run.rundir.RunDirectory` (see there). Each run's
 :class:`~herocollector.run.rundir.RunInventory` is taken when it is planned; decoding opens
 exactly those segments, and after decoding and before anything is published every run is
@@ -25,6 +29,7 @@ import functools
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -116,6 +121,48 @@ Router = Callable[[int, PlannedRun, Stream], Path | str]
 """Gives the output path of a stream of the run at an index."""
 
 
+class Progress(Protocol):
+    """Told how far a write has come (called on the writing thread and on decoding threads)."""
+
+    def bytes_read(self, n: int) -> None:
+        """``n`` more segment bytes were read."""
+
+    def rows_written(self, n: int) -> None:
+        """``n`` more rows were written."""
+
+
+class Guard(Protocol):
+    """Stops a write: each method raises to stop it, and nothing is published then."""
+
+    def check(self) -> None:
+        """Called between batches (a stop request, a lease found lost)."""
+
+    def before_publish(self) -> None:
+        """Called right before each file is published (the lease check of a fenced job)."""
+
+
+@dataclass(frozen=True)
+class WriteContext:
+    """Everything :meth:`OutputPipeline.write` needs from its caller.
+
+    Attributes:
+        store: Where the files are published (default: local folders, the targets' paths).
+        stamp: The provenance the store records with each published object.
+        provenance: Schema metadata per target path; a target not listed gets none.
+        may_replace: Target paths whose existing file may be replaced (it is the job's own,
+            or the caller clobbers); a target not listed is never replaced.
+        progress: Told the bytes read and rows written, if given.
+        guard: Asked between batches and before each publish, if given.
+    """
+
+    store: OutputStore = field(default_factory=lambda: LocalStore(Path("/")))
+    stamp: Provenance = field(default_factory=lambda: Provenance(""))
+    provenance: Mapping[Path | str, Mapping[str, str]] = field(default_factory=dict)
+    may_replace: Mapping[Path | str, bool] = field(default_factory=dict)
+    progress: Progress | None = None
+    guard: Guard | None = None
+
+
 class OutputPipeline:
     """Plans runs and writes their outputs; see the module documentation.
 
@@ -183,39 +230,19 @@ class OutputPipeline:
         schema = output_schema([s for run in runs for s in run.selected], self.columns, self.label_types)
         return CollectionPlan(list(runs), list(targets.values()), schema)
 
-    def write(
-        self,
-        plan: CollectionPlan,
-        *,
-        provenance: Callable[[OutputTarget], dict[str, str]],
-        store: OutputStore | None = None,
-        stamp: Provenance | None = None,
-        reserve: Callable[[OutputTarget], bool] = lambda target: True,
-        on_bytes: Callable[[int], None] | None = None,
-        on_rows: Callable[[int], None] | None = None,
-        check_cancel: Callable[[], None] | None = None,
-        before_publish: Callable[[], None] | None = None,
-    ) -> list[WrittenOutput]:
+    def write(self, plan: CollectionPlan, context: WriteContext) -> list[WrittenOutput]:
         """Decode the runs and write every target; publish all, or none.
 
         Args:
             plan: What to write.
-            provenance: Schema metadata of a target.
-            store: Where the files are published (default: local folders, the targets' paths).
-            stamp: The provenance the store records with each published object.
-            reserve: Called before a target is opened; returns whether an existing file
-                at its path may be replaced (it is this job's own), or raises.
-            on_bytes: Progress: segment bytes read.
-            on_rows: Progress: rows written.
-            check_cancel: Called between batches; raises to stop.
-            before_publish: Called right before each file is published; raises to stop
-                (the lease check of a fenced job).
+            context: The store, provenance, replaceable outputs, progress and guard.
 
         Returns:
             The committed outputs, in plan order.
 
         Raises:
-            CollectorError: Bad input or a refused output; nothing was published.
+            CollectorError: Bad input or a refused output, or what the guard raised; nothing
+                was published.
             RunChanged: A run changed while it was read; nothing was published.
             OSError: Writing failed (e.g. a full disk); nothing was published.
         """
@@ -227,36 +254,34 @@ class OutputPipeline:
             opens.setdefault(runs[0], []).append(t)
             closes.setdefault(runs[-1] if target.runs else last, []).append(t)
         files: dict[int, OutputFile] = {}
-        replace: dict[int, bool] = {}
         digests: dict[int, str] = {}
-        store = store if store is not None else LocalStore(Path("/"))
-        stamp = stamp if stamp is not None else Provenance("")
-        decoding = self._runs_in_order(plan, on_bytes)
+        store, guard, progress = context.store, context.guard, context.progress
+        decoding = self._runs_in_order(plan, progress.bytes_read if progress is not None else None)
         current: list[Iterator[pa.RecordBatch]] = []
         try:
             for index, batches in decoding:
                 current[:] = [batches]
                 for t in opens.get(index, []):
                     target = plan.targets[t]
-                    replace[t] = reserve(target)
-                    schema = plan.schema.with_metadata(provenance(target))
+                    schema = plan.schema.with_metadata(dict(context.provenance.get(target.path, {})))
                     files[t] = OutputFile(store.staging_path(target.path), schema, self.format, self.compression)
                 ids, group_of, slots = _routing(plan, index)
                 outputs = [files[t] for t in slots]
                 for batch in batches:
-                    if check_cancel is not None:
-                        check_cancel()
+                    if guard is not None:
+                        guard.check()
                     route_batch(batch, ids, group_of, outputs)
-                    if on_rows is not None:
-                        on_rows(batch.num_rows)
+                    if progress is not None:
+                        progress.rows_written(batch.num_rows)
                 for t in closes.get(index, []):
                     files[t].finish()
             for run in plan.runs:  # what is published was read from runs that are still as read
                 check_unchanged(run.inventory)
             for t in sorted(files):
-                if before_publish is not None:
-                    before_publish()
-                digests[t] = store.publish(files[t], plan.targets[t].path, stamp, replace[t])
+                if guard is not None:
+                    guard.before_publish()
+                path = plan.targets[t].path
+                digests[t] = store.publish(files[t], path, context.stamp, context.may_replace.get(path, False))
         except BaseException:
             # Stop the decoding now, not when the generators are collected: the readers
             # and the run directories they hold open end here.

@@ -49,7 +49,7 @@ from herocollector.journal.sqlite import Job, JobState, JobStore
 from herocollector.output.files import provenance_metadata, remove_abandoned
 from herocollector.output.manifest import ManifestEntry, check_manifest, new_manifest, write_manifest
 from herocollector.output.paths import PathTemplate, Trusted
-from herocollector.output.pipeline import CollectionPlan, OutputPipeline, OutputTarget, PlannedRun
+from herocollector.output.pipeline import CollectionPlan, OutputPipeline, PlannedRun, WriteContext
 from herocollector.output.stores import Provenance, open_store
 from herocollector.run import logdir
 from herocollector.run.claims import COLLECTED, HELD, RunClaim
@@ -292,33 +292,21 @@ class JobRunner:
                 self.store.tidy(location)  # a writer killed right after linking leaves its temporary name
             return {entry.path: entry.rows for entry in check.found.outputs}, segment_bytes
         listed = {entry.path for entry in check.found.outputs} if check.found is not None else set()
-        own = {str(t.path): self._may_replace(job, t.path, str(t.path) in listed) for t in plan.targets}
+        own = {t.path: self._may_replace(job, t.path, str(t.path) in listed) for t in plan.targets}
         if check.found is not None:
             why = f"outputs that do not verify: {list(check.mismatched)}" if check.mismatched else "another job"
             log.warning(f"job {job.id}: the manifest {check.location} is stale ({why}); replacing the run's outputs")
             lease.check()
             self.store.remove(check.location)  # before any output is replaced: a manifest never lists wrong files
         collected_at = datetime.now(UTC).isoformat()
-
-        def provenance(target: OutputTarget) -> dict[str, str]:
-            streams = [stream.metadata for _, stream in target.members]
-            return provenance_metadata(job.path or "", job.source, collected_at, job.id, streams)
-
-        def check_cancel() -> None:
-            if self.stopping.is_set():
-                raise Cancelled("the service is closing")
-            lease.raise_if_lost()
-
+        provenance = {
+            t.path: provenance_metadata(run_path, job.source, collected_at, job.id, [s.metadata for _, s in t.members])
+            for t in plan.targets
+        }
         stamp = Provenance(job.path or "", job.id, job.token)
-        written = self.pipeline.write(
-            plan,
-            provenance=provenance,
-            store=self.store,
-            stamp=stamp,
-            reserve=lambda target: own[str(target.path)],
-            check_cancel=check_cancel,
-            before_publish=lease.check,
-        )
+        guard = _JobGuard(lease, self.stopping)
+        context = WriteContext(store=self.store, stamp=stamp, provenance=provenance, may_replace=own, guard=guard)
+        written = self.pipeline.write(plan, context)
         entries = [
             ManifestEntry(str(w.path), w.rows, *self.store.published(w.path, w.bytes, w.sha256)) for w in written
         ]
@@ -536,6 +524,29 @@ class JobRunner:
             callback(report)
         except Exception as exc:  # noqa: BLE001 - a listener must not fail the job
             log.error(f"reporting {type(report).__name__} failed: {exc}")
+
+
+class _JobGuard:
+    """The pipeline's guard for one job: stop when the service closes or the lease is lost.
+
+    Args:
+        lease: The job's lease.
+        stopping: Set when the service closes.
+    """
+
+    def __init__(self, lease: LeaseKeeper, stopping: threading.Event) -> None:
+        self._lease = lease
+        self._stopping = stopping
+
+    def check(self) -> None:
+        """Between batches: raise Cancelled if the service is closing, LeaseLost if a renewal lost the lease."""
+        if self._stopping.is_set():
+            raise Cancelled("the service is closing")
+        self._lease.raise_if_lost()
+
+    def before_publish(self) -> None:
+        """Renew the lease now; raise LeaseLost if it is gone."""
+        self._lease.check()
 
 
 class LeaseKeeper:
