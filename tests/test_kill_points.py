@@ -190,7 +190,7 @@ def test_kill_9_after_manifests_and_journal_updates_leaves_every_run_collected_o
 ) -> None:
     runs = [
         Path(write_simulated_run(tmp_path / "runs" / f"run-{i}", records=300, entities=2, seed=i)["path"])
-        for i in range(4)
+        for i in range(13)
     ]
     out, state = tmp_path / "out", tmp_path / "state"
     arguments: dict[str, Any] = {
@@ -205,7 +205,7 @@ def test_kill_9_after_manifests_and_journal_updates_leaves_every_run_collected_o
     }
     seen_at_kills: dict[Path, bytes] = {}
     kills = 0
-    points = ["manifest", "journal", "publish", "manifest", "journal", "publish", "manifest", "none"]
+    points = ["manifest", "journal"] * 5 + ["publish", "none"]  # 5 + 5 at the commit steps, 1 after a publish
     for life, point in enumerate(points):
         seen = one_life(tmp_path / f"life-{life}.log", point, arguments, runs)
         if point != "none":
@@ -215,14 +215,18 @@ def test_kill_9_after_manifests_and_journal_updates_leaves_every_run_collected_o
     assert kills == len(points) - 1
 
     audit(out, state, runs, seen_at_kills)
+    verify = subprocess.run(
+        [sys.executable, "-m", "herocollector", "verify", str(out)], capture_output=True, text=True, timeout=120
+    )
+    assert verify.returncode == 0, verify.stdout + verify.stderr
 
 
 def test_kill_9_at_whatever_moment_something_changes_leaves_every_run_collected_once_and_true(
     tmp_path: Path,
 ) -> None:
     runs = [
-        Path(write_simulated_run(tmp_path / "runs" / f"run-{i}", records=3000, entities=2, seed=i)["path"])
-        for i in range(10)
+        Path(write_simulated_run(tmp_path / "runs" / f"run-{i}", records=600, entities=2, seed=i)["path"])
+        for i in range(40)
     ]
     out, state = tmp_path / "out", tmp_path / "state"
     arguments: dict[str, Any] = {
@@ -236,10 +240,15 @@ def test_kill_9_at_whatever_moment_something_changes_leaves_every_run_collected_
         "max_retries": 40,
     }
     kills = 0
-    for life in range(24):  # killed after 1 to 4 changes: a file appears or goes (temporary ones too), a job is done
+    for life in range(40):  # killed after 1 to 7 changes: a file appears or goes (temporary ones too), a job is done
         if done_jobs(state) == len(runs):
             break
-        kills += one_life(tmp_path / f"life-{life}.log", "any", arguments, runs, changes=1 + life % 4) is not None
-    assert kills >= 8
+        changes = 1 + (life * 5) % 7
+        kills += one_life(tmp_path / f"life-{life}.log", "any", arguments, runs, changes=changes) is not None
+    assert kills >= 20
     one_life(tmp_path / "last.log", "none", arguments, runs)
     audit(out, state, runs, {})
+    verify = subprocess.run(
+        [sys.executable, "-m", "herocollector", "verify", str(out)], capture_output=True, text=True, timeout=120
+    )
+    assert verify.returncode == 0, verify.stdout + verify.stderr
