@@ -26,6 +26,7 @@ Guarantees and limits:
 
 from __future__ import annotations
 
+import enum
 import json
 import os
 import socket
@@ -40,7 +41,19 @@ from herocollector.heartbeat import Heartbeat
 CLAIM_FILE = ".herocollector.claim"
 COLLECTED_FILE = ".herocollector.collected"
 
-ACQUIRED, HELD, COLLECTED = "acquired", "held", "collected"
+
+class ClaimOutcome(enum.StrEnum):
+    """What :meth:`RunClaim.acquire` found."""
+
+    ACQUIRED = "acquired"
+    """The claim is ours now."""
+    HELD = "held"
+    """A live actor holds it."""
+    COLLECTED = "collected"
+    """The run was collected already (the marker is there)."""
+
+
+ACQUIRED, HELD, COLLECTED = ClaimOutcome.ACQUIRED, ClaimOutcome.HELD, ClaimOutcome.COLLECTED
 
 
 @dataclass
@@ -48,11 +61,11 @@ class ClaimResult:
     """What :meth:`RunClaim.acquire` found.
 
     Attributes:
-        outcome: ``acquired`` (ours now), ``held`` (a live actor has it) or ``collected``.
-        info: The claim or marker content (owner, host, pid, outputs ...).
+        outcome: What was found.
+        info: The claim or marker file's content (owner, host, pid, outputs ...), as JSON gives it.
     """
 
-    outcome: str
+    outcome: ClaimOutcome
     info: dict[str, Any]
 
 
