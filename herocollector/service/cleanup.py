@@ -377,7 +377,7 @@ class RunCleaner:
             if self.config.cleanup_grace == 0:
                 self._purge(target, job)
         log.info(
-            f"herocollector: cleaned {target} ({len(moved)} entries into the trash, keep_meta={keep_meta}); "
+            f"cleaned {target} ({len(moved)} entries into the trash, keep_meta={keep_meta}); "
             f"deleted for good after {self.config.cleanup_grace:g} s"
         )
         return True

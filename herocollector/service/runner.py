@@ -396,10 +396,7 @@ class JobRunner:
                 log.info(f"job {job.id} for {job.path} deferred: {outcome.reason}")
             self._record(job.id, lambda: self.journal.defer(job.id, outcome.retry_at, outcome.reason, token=job.token))
         elif isinstance(outcome, Fenced):
-            log.warning(
-                f"herocollector: job {job.id} for {job.path}: lease lost, fenced out; "
-                f"nothing recorded ({outcome.reason})"
-            )
+            log.warning(f"job {job.id} for {job.path}: lease lost, fenced out; nothing recorded ({outcome.reason})")
         else:
             self._failed(job, outcome)
 
@@ -414,7 +411,7 @@ class JobRunner:
             return  # fenced out at the last moment: not collected by this actor
         if report.collected_by is None:
             log.info(
-                f"herocollector: job {job.id} collected {job.path}: {report.rows} rows into {len(outputs)} "
+                f"job {job.id} collected {job.path}: {report.rows} rows into {len(outputs)} "
                 f"file(s) in {report.seconds:.3f} s"
             )
         else:
@@ -448,7 +445,7 @@ class JobRunner:
             log.error(f"job {job.id} for {job.path} failed after {attempts} attempt(s): {message}")
         else:
             log.warning(
-                f"herocollector: job {job.id} for {job.path} failed (attempt {attempts}), "
+                f"job {job.id} for {job.path} failed (attempt {attempts}), "
                 f"retrying in {retry_at - time.time():.1f} s: {message}"
             )
         self._notify(self.on_failed, RunFailed(job.path, message, attempts, retry_at is None, job.id))

@@ -115,7 +115,6 @@ class Scanner:
         self.last = result
         if journalled:
             log.info(
-                f"herocollector: scan found {finished} finished run(s), journalled {journalled} new one(s) "
-                f"in {result.seconds:.2f} s"
+                f"scan found {finished} finished run(s), journalled {journalled} new one(s) in {result.seconds:.2f} s"
             )
         return result
