@@ -109,6 +109,7 @@ class CollectionService:
         journal: JobStore | None = None
         scheduler: Scheduler | None = None
         intake: Intake | None = None
+        cleaner: RunCleaner | None = None
         try:
             self.journal = journal = open_journal(config.journal_location)
             self.health = JournalHealth()
@@ -134,7 +135,7 @@ class CollectionService:
                 self._cleanup_after if config.cleanup_after_collect else None,
                 on_inventory=lambda job, inventory: self.cleaner.record_inventory(job, inventory),
             )
-            self.cleaner = RunCleaner(config, journal, scheduler.stopping)
+            self.cleaner = cleaner = RunCleaner(config, journal, scheduler.stopping)
             self.scanner = Scanner(journal, config.allowed_roots, config.scan_depth, scheduler.stopping)
             resumed = journal.resume(config.owner)
             scheduler.every("done-check", config.backoff / 1000, self._check_waiting)
@@ -153,6 +154,8 @@ class CollectionService:
                 scheduler.close()
             if intake is not None:
                 intake.close()
+            if cleaner is not None:
+                cleaner.close()
             if journal is not None:
                 journal.close()
             self._lock.release()
