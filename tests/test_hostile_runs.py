@@ -225,3 +225,26 @@ def test_a_run_that_goes_away_mid_collection_fails_and_publishes_nothing(
         assert published == []  # no output, no manifest, no temporary file
     finally:
         service.close()
+
+
+@pytest.mark.parametrize("kind", ["a file", "a name over 255 bytes"])
+def test_a_run_path_no_retry_can_fix_fails_at_once(site: Site, kind: str) -> None:
+    if kind == "a file":
+        path = site.runs / "not-a-run"
+        path.write_text("a file, not a run directory", encoding="utf-8")
+        expected = "not a directory"
+    else:
+        path = site.runs / ("x" * 300)
+        expected = "name longer than the filesystem allows"
+    service = CollectionService(site.config())
+    try:
+        job = service.collect(str(path))
+        wait_for(
+            lambda: (j := service.journal.get(job.id)) is not None and j.state == JobState.FAILED,
+            f"the job of {kind} to fail",
+        )
+        failed = service.journal.get(job.id)
+        assert failed is not None and failed.attempts == 1, "retried although no retry can succeed"
+        assert expected in (failed.error or "") and "RunRefused" in (failed.error or "")
+    finally:
+        service.close()

@@ -198,8 +198,11 @@ def _open_error(exc: OSError, path: Path, gone_is_change: bool, last: bool, link
         if last:
             return RunChanged("the run directory was replaced by a symlink", path)
         return RunChanged("the run directory moved while it was opened (a folder on its path is a symlink now)", path)
+    # No retry can make a file a directory, or shorten a name: refused at once.
     if isinstance(exc, NotADirectoryError):
-        return CollectorError("logger path is not a directory", path)
+        return RunRefused("logger path is not a directory", path)
+    if exc.errno == errno.ENAMETOOLONG:
+        return RunRefused("logger path has a name longer than the filesystem allows (255 bytes)", path)
     return CollectorError(f"cannot open the logger directory: {exc.strerror}", path)
 
 
