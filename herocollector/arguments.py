@@ -8,156 +8,14 @@ the table of ``docs/configuration.md`` is :func:`reference_table` (``python -m h
 from __future__ import annotations
 
 import inspect
-import json
-import math
-import os
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
+from herocollector import argument_types as parse
+from herocollector.argument_types import REQUIRED, Argument, default_state_dir
 from herocollector.decode.codec import DEFAULT_CHUNK_BYTES
-from herocollector.errors import CollectorError, ConfigError
 from herocollector.output.batches import parse_columns
 from herocollector.output.files import Compression, OutputFormat
-from herocollector.run.catalogue import RuleLike, select_streams
 
-
-def default_state_dir() -> Path:
-    """``$XDG_STATE_HOME/herocollector`` (``~/.local/state/herocollector`` by default)."""
-    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
-    return Path(base) / "herocollector"
-
-
-def _number(
-    name: str, *, minimum: float = 0.0, allow_none: bool = False, integer: bool = False
-) -> Callable[[Any], Any]:
-    def parse(value: Any) -> Any:
-        if value is None and allow_none:
-            return None
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ConfigError(f"{name} must be a {'whole ' if integer else ''}number, got {value!r}")
-        if integer and value != int(value):
-            raise ConfigError(f"{name} must be a whole number, got {value!r}")
-        if value < minimum:
-            raise ConfigError(f"{name} must be at least {minimum:g}, got {value!r}")
-        return int(value) if integer else float(value)
-
-    return parse
-
-
-def _journal(value: str | None) -> str | None:
-    if value is None or value == "":
-        return None
-    if not isinstance(value, str):
-        raise ConfigError(f"journal must be a SQLite file path or a postgresql:// URL, got {value!r}")
-    if "://" in value and not value.startswith(("postgresql://", "postgres://")):
-        raise ConfigError(f"journal: only postgresql:// URLs are supported, got {value.split('://')[0]}://")
-    return value if "://" in value else os.path.abspath(value)
-
-
-def _text(value: Any) -> str:
-    return str(value)
-
-
-def _optional_text(value: Any) -> str | None:
-    return None if value is None else str(value)
-
-
-def _template(value: Any) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise ConfigError("save_template must be a non-empty Jinja2 template")
-    return value
-
-
-def _rule(value: Any) -> RuleLike:
-    try:
-        select_streams([], value)  # a malformed rule fails the start, not every job
-    except CollectorError as exc:
-        raise ConfigError(f"rule: {exc.reason}") from None
-    return value
-
-
-def _path_key(value: Any) -> str:
-    if not isinstance(value, str) or not value:
-        raise ConfigError(f"path_key must be a non-empty string, got {value!r}")
-    return value
-
-
-def _state_dir(value: Any) -> Path:
-    return Path(os.path.abspath(value)) if value else default_state_dir()
-
-
-def _allowed_roots(value: Any) -> tuple[Path, ...]:
-    if isinstance(value, str):
-        raise ConfigError("allowed_roots must be a list of folders, not a string")
-    return tuple(Path(os.path.realpath(r)) for r in (value or []))
-
-
-def _mapping(name: str) -> Callable[[Any], dict[str, Any]]:
-    def parse(value: Any) -> dict[str, Any]:
-        if value is None:
-            return {}
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{name} must be a mapping, got {type(value).__name__}")
-        return dict(value)
-
-    return parse
-
-
-def _flag(name: str) -> Callable[[Any], bool]:
-    def parse(value: Any) -> bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{name} must be true or false, got {value!r}")
-        return value
-
-    return parse
-
-
-class _Required:
-    """The default of an argument that must be given."""
-
-    def __repr__(self) -> str:
-        return "REQUIRED"
-
-
-REQUIRED: Any = _Required()
-
-
-@dataclass(frozen=True)
-class Argument:
-    """One argument of the service (and of the actor), defined once.
-
-    Attributes:
-        name: The keyword, as in the BOSS JSON ``arguments``.
-        annotation: Its type as a caller gives it (JSON values), for the signature.
-        default: Its default, or :data:`REQUIRED`.
-        parse: Validates and converts a given value; raises :class:`ConfigError` naming it.
-        doc: Its description in ``docs/configuration.md`` (Markdown, one table cell).
-        example: Example values (Markdown, one table cell).
-        default_doc: How the docs show the default, when the JSON value alone would not say enough.
-    """
-
-    name: str
-    annotation: str
-    default: Any
-    parse: Callable[[Any], Any]
-    doc: str
-    example: str
-    default_doc: str | None = None
-
-    @property
-    def required(self) -> bool:
-        """Whether the argument has no default."""
-        return self.default is REQUIRED
-
-    def markdown_row(self) -> str:
-        """This argument's row of the reference table."""
-        if self.required:
-            default = "required"
-        else:
-            default = self.default_doc or f"`{json.dumps(self.default)}`"
-        return f"| `{self.name}` | {default} | {self.doc} | {self.example} |"
+__all__ = ["ARGUMENTS", "ARGUMENT_NAMES", "REQUIRED", "SIGNATURE", "Argument", "default_state_dir", "reference_table"]
 
 
 ARGUMENTS: tuple[Argument, ...] = (
@@ -165,7 +23,7 @@ ARGUMENTS: tuple[Argument, ...] = (
         "save_template",
         "str",
         REQUIRED,
-        _template,
+        parse.template,
         doc=(
             "Jinja2 output path template, rendered once per selected stream in a sandbox with `StrictUndefined` (an "
             "undefined variable fails the job). Variables, later ones winning: `default_metadata`, the event "
@@ -186,7 +44,7 @@ ARGUMENTS: tuple[Argument, ...] = (
         "object_selector",
         "str",
         "*",
-        _text,
+        parse.text,
         doc=(
             "Zenoh object selector of the logger HEROs whose event is observed. It becomes part of the key expression"
             " `<objects>/<realm>/<object_selector>/<event_name>`, so `*` means every HERO in the realm."
@@ -197,7 +55,7 @@ ARGUMENTS: tuple[Argument, ...] = (
         "event_name",
         "str",
         "finished",
-        _text,
+        parse.text,
         doc="The event announcing a finished run.",
         example='`"finished"`',
     ),
@@ -205,7 +63,7 @@ ARGUMENTS: tuple[Argument, ...] = (
         "rule",
         "Mapping[str, Any] | None",
         None,
-        _rule,
+        parse.rule,
         doc=(
             "disco-tools label-selector rule spec (the JSON form) selecting the streams to collect. It sees each "
             "stream's labels, `stream_id`, `epoch_scale`, `value_scale` and `_logger_path`. A malformed rule stops "
@@ -234,7 +92,7 @@ ARGUMENTS: tuple[Argument, ...] = (
         "default_metadata",
         "Mapping[str, Any] | None",
         None,
-        _mapping("default_metadata"),
+        parse.mapping("default_metadata"),
         doc=(
             "Template variables available to every job. Its `output_root` is used when the `output_root` argument is "
             "not given, and `output_root` is added to it when missing."
@@ -246,7 +104,7 @@ ARGUMENTS: tuple[Argument, ...] = (
         "max_retries",
         "int",
         5,
-        _number("max_retries", integer=True),
+        parse.number("max_retries", integer=True),
         doc=(
             "Retries of a failed job after its first attempt, so at most `1 + max_retries` attempts. After that the "
             "job stays `failed` in the journal until `retry()`."
@@ -257,7 +115,7 @@ ARGUMENTS: tuple[Argument, ...] = (
         "path_key",
         "str",
         "path",
-        _path_key,
+        parse.path_key,
         doc=(
             "Key of the logger directory in the event payload dict, or in the metadata of a `(payload, metadata)` "
             "event. A bare string event is taken as the path."
@@ -272,10 +130,75 @@ ARGUMENTS: tuple[Argument, ...] = (
         doc=(
             '`"file"` writes Arrow IPC files (random access, `pa.ipc.open_file`). `"stream"` writes Arrow IPC streams'
             ' (`pa.ipc.open_stream`). `"parquet"` writes Parquet files (`pyarrow.parquet`, one row group per batch). '
-            "All have the same columns and carry the provenance in their schema metadata. Any other value stops the "
-            "actor at start."
+            'All have the same columns and carry the provenance in their schema metadata. `"delta"` commits each '
+            "run to Delta Lake tables (`save_template` renders the table's folder; the `[delta]` extra; see "
+            "docs/tables.md). Any other value stops the actor at start."
         ),
         example='`"parquet"`',
+    ),
+    Argument(
+        "partition_by",
+        "Sequence[str] | None",
+        None,
+        parse.names("partition_by"),
+        doc=(
+            '`format: "delta"` only: label columns the tables are partitioned by (Hive-style folders '
+            "`column=value`). Each must be among `columns`; anything else stops the actor at start. A table keeps "
+            "the partitioning it was created with."
+        ),
+        example='`["experiment"]`',
+        default_doc="`null` (not partitioned)",
+    ),
+    Argument(
+        "compact_interval",
+        "float | None",
+        3600.0,
+        parse.number("compact_interval", minimum=1, allow_none=True),
+        doc=(
+            '`format: "delta"` only: seconds between compactions of the tables this actor writes to. A table with '
+            "small files is rewritten into fewer, larger ones (`optimize.compact`, a commit that changes no data); "
+            "in a fleet one actor at a time compacts a table, under a journal lease. `null` turns it off."
+        ),
+        example="`600`, `null`",
+    ),
+    Argument(
+        "vacuum_retention",
+        "float | None",
+        168.0,
+        parse.number("vacuum_retention", minimum=168, allow_none=True),
+        doc=(
+            '`format: "delta"` only: after a compaction, files the table no longer references and that were '
+            "removed more than this many hours ago are deleted (`vacuum`). At least Delta's minimum of 168 hours, so"
+            " a reader that opened an older version within the retention still finds its files. `null` never "
+            "vacuums."
+        ),
+        example="`336`",
+    ),
+    Argument(
+        "manifest_root",
+        "str | None",
+        None,
+        parse.optional_text,
+        doc=(
+            "Where the run manifests of the file formats go: a folder (or `s3://` prefix, in the same store as "
+            "`output_root`) outside `output_root`, so that a directory scan of `output_root` (`pl.scan_ipc`, "
+            "`pl.scan_parquet`, `pyarrow.dataset`) sees only data files. A manifest's path below it is the one its "
+            'outputs have below `output_root`. Not used by `format: "delta"`, whose commits are the record.'
+        ),
+        example='`"/data/manifests"`',
+        default_doc="`null` (`<output_root>.manifests`, beside `output_root`)",
+    ),
+    Argument(
+        "decode_threads",
+        "int | None",
+        None,
+        parse.number("decode_threads", minimum=1, allow_none=True, integer=True),
+        doc=(
+            "Threads that decode the segments of one run in parallel (the rows come out exactly as with one "
+            "thread). Each thread holds at most one chunk of `chunk_bytes`."
+        ),
+        example="`2`",
+        default_doc="`null` (the number of cores)",
     ),
     Argument(
         "compression",
@@ -293,7 +216,7 @@ ARGUMENTS: tuple[Argument, ...] = (
         "backoff",
         "int",
         100,
-        _number("backoff", minimum=1, integer=True),
+        parse.number("backoff", minimum=1, integer=True),
         doc="Milliseconds between checks of a waiting run's `_DONE`.",
         example="`500`",
     ),
@@ -301,7 +224,7 @@ ARGUMENTS: tuple[Argument, ...] = (
         "timeout",
         "int | None",
         60_000,
-        _number("timeout", allow_none=True, integer=True),
+        parse.number("timeout", allow_none=True, integer=True),
         doc=(
             "Milliseconds from a run's announcement to wait for its `_DONE`. Meanwhile the job is `waiting` and holds"
             " no worker; other runs are collected. When the time is up the attempt fails with `DoneTimeout` and is "
@@ -313,7 +236,7 @@ ARGUMENTS: tuple[Argument, ...] = (
         "state_dir",
         "str | None",
         None,
-        _state_dir,
+        parse.state_dir,
         doc=(
             "Folder of the job journal `journal.sqlite3` and of the lock file `lock`, created if missing. One actor "
             "per `state_dir`: a second one fails to start with a message naming the holder (host and pid)."
@@ -325,7 +248,7 @@ ARGUMENTS: tuple[Argument, ...] = (
         "allowed_roots",
         "Sequence[str] | None",
         None,
-        _allowed_roots,
+        parse.allowed_roots,
         doc=(
             "Folders the logger directories must lie in, after symlinks are resolved. An announced run outside them "
             "fails its job, without retries. The catch-up scan walks them. `cleanup` is refused for every run while "
@@ -338,7 +261,7 @@ ARGUMENTS: tuple[Argument, ...] = (
         "output_root",
         "str | None",
         None,
-        _optional_text,
+        parse.optional_text,
         doc=(
             "Where outputs go, and what every rendered path must stay inside: a local folder (or a `file://` URI), or"
             " an object store prefix `s3://bucket/prefix` (with `storage_options`). One of the two must be given, or "
@@ -352,7 +275,7 @@ ARGUMENTS: tuple[Argument, ...] = (
         "retry_delay",
         "float",
         1.0,
-        _number("retry_delay"),
+        parse.number("retry_delay"),
         doc=("Seconds before the first retry of a failed job. The delay doubles with every further attempt."),
         example="`5.0`",
     ),
@@ -360,7 +283,7 @@ ARGUMENTS: tuple[Argument, ...] = (
         "retry_delay_max",
         "float",
         300.0,
-        _number("retry_delay_max"),
+        parse.number("retry_delay_max"),
         doc="Upper bound of the retry delay, in seconds.",
         example="`60.0`",
     ),
@@ -368,7 +291,7 @@ ARGUMENTS: tuple[Argument, ...] = (
         "chunk_bytes",
         "int",
         DEFAULT_CHUNK_BYTES,
-        _number("chunk_bytes", minimum=4096, integer=True),
+        parse.number("chunk_bytes", minimum=4096, integer=True),
         doc=(
             "Decompressed bytes decoded per step. This bounds the decoder's memory and the size of the record batches."
         ),
@@ -379,7 +302,7 @@ ARGUMENTS: tuple[Argument, ...] = (
         "claim_runs",
         "bool",
         False,
-        _flag("claim_runs"),
+        parse.flag("claim_runs"),
         doc=(
             "Claim each run before collecting it, for a fleet of actors that hear the same events and see the same "
             "run directories (for example on NFS). The claim is a file `.herocollector.claim` created exclusively in "
@@ -395,7 +318,7 @@ ARGUMENTS: tuple[Argument, ...] = (
         "claim_timeout",
         "float",
         60.0,
-        _number("claim_timeout", minimum=0.001),
+        parse.number("claim_timeout", minimum=0.001),
         doc=(
             "Seconds without a heartbeat after which another actor's claim is taken as stale (that actor presumed "
             "dead) and taken over. Keep it well above `claim_heartbeat` plus clock skew between hosts."
@@ -406,7 +329,7 @@ ARGUMENTS: tuple[Argument, ...] = (
         "claim_heartbeat",
         "float",
         5.0,
-        _number("claim_heartbeat", minimum=0.001),
+        parse.number("claim_heartbeat", minimum=0.001),
         doc=(
             "Seconds between heartbeats (mtime updates) of a held claim. This is also the delay before a deferred job"
             " looks again."
@@ -417,7 +340,7 @@ ARGUMENTS: tuple[Argument, ...] = (
         "cleanup_grace",
         "float",
         3600.0,
-        _number("cleanup_grace"),
+        parse.number("cleanup_grace"),
         doc=(
             "Seconds that cleaned files stay in the trash before they are deleted for good. `cleanup` renames "
             "`NNNNN.seg.zst` to `NNNNN.seg.zst.trash-<unix time>` (and `streams` to `streams.trash-<unix time>`) in "
@@ -429,7 +352,7 @@ ARGUMENTS: tuple[Argument, ...] = (
         "cleanup_after_collect",
         "bool",
         False,
-        _flag("cleanup_after_collect"),
+        parse.flag("cleanup_after_collect"),
         doc=(
             "Clean every run (into the trash, `keep_meta=True`) right after it is collected. This is subject to the "
             "same checks as `cleanup`, so it needs `allowed_roots`."
@@ -440,7 +363,7 @@ ARGUMENTS: tuple[Argument, ...] = (
         "remote_cleanup",
         "bool",
         True,
-        _flag("remote_cleanup"),
+        parse.flag("remote_cleanup"),
         doc=(
             "Whether remote callers may call `cleanup` and `restore`. HEROS calls carry no caller identity, so while "
             "this is `true` any process that can join the realm can trash collected runs' segments (they stay "
@@ -454,7 +377,7 @@ ARGUMENTS: tuple[Argument, ...] = (
         "workers",
         "int",
         2,
-        _number("workers", minimum=1, integer=True),
+        parse.number("workers", minimum=1, integer=True),
         doc=(
             "Runs collected at the same time, each by one worker thread. Decoding, zstd and Arrow release the GIL, so"
             " on a machine with N cores up to N workers add throughput."
@@ -465,7 +388,7 @@ ARGUMENTS: tuple[Argument, ...] = (
         "scan_interval",
         "float | None",
         300.0,
-        _number("scan_interval", minimum=0.001, allow_none=True),
+        parse.number("scan_interval", minimum=0.001, allow_none=True),
         doc=(
             "Seconds between catch-up scans: at start and then periodically, `allowed_roots` are walked for finished "
             "runs (a folder with `streams/` and `_DONE`) that have no job, and those are journalled with the source "
@@ -479,7 +402,7 @@ ARGUMENTS: tuple[Argument, ...] = (
         "scan_depth",
         "int",
         3,
-        _number("scan_depth", integer=True),
+        parse.number("scan_depth", integer=True),
         doc=(
             "Folder levels below each of `allowed_roots` that the scan looks at: `0` is the root itself, `1` its "
             "sub-folders, and so on. The scan does not descend into a logger directory, into hidden folders, or along"
@@ -491,7 +414,7 @@ ARGUMENTS: tuple[Argument, ...] = (
         "lease_timeout",
         "float",
         30.0,
-        _number("lease_timeout", minimum=0.1),
+        parse.number("lease_timeout", minimum=0.1),
         doc=(
             "Seconds a worker's lease on a running job lasts unless renewed (every third of it). On a shared "
             "PostgreSQL journal, an actor that stays silent longer (paused, partitioned, dead) is fenced out: another"
@@ -504,7 +427,7 @@ ARGUMENTS: tuple[Argument, ...] = (
         "journal",
         "str | None",
         None,
-        _journal,
+        parse.journal,
         doc=(
             "The job journal. A file path is a SQLite journal for this actor alone. A `postgresql://` URL (libpq "
             "syntax: host, port, database, user, password, `sslmode`; a Unix socket folder as "
@@ -520,7 +443,7 @@ ARGUMENTS: tuple[Argument, ...] = (
         "storage_options",
         "Mapping[str, Any] | None",
         None,
-        _mapping("storage_options"),
+        parse.mapping("storage_options"),
         doc=(
             "For an `s3://` `output_root`: how to reach the store. `endpoint_url` (or `endpoint_override` with "
             "`scheme`), `region`, `access_key_id`, `secret_access_key`, `session_token`, `addressing_style` (`path`, "
@@ -534,7 +457,7 @@ ARGUMENTS: tuple[Argument, ...] = (
         "metrics_port",
         "int | None",
         None,
-        _number("metrics_port", allow_none=True, integer=True),
+        parse.number("metrics_port", allow_none=True, integer=True),
         doc=(
             "TCP port of the Prometheus endpoint `http://<metrics_address>:<port>/metrics` that the actor serves for "
             "Prometheus to scrape (`0`: a free port, logged). `null` serves none. See docs/operations.md."
@@ -545,7 +468,7 @@ ARGUMENTS: tuple[Argument, ...] = (
         "metrics_address",
         "str",
         "127.0.0.1",
-        _text,
+        parse.text,
         doc="Address the metrics endpoint listens on; `0.0.0.0` (or `::`) for every interface.",
         example='`"0.0.0.0"`',
     ),

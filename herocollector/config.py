@@ -24,10 +24,11 @@ from herocollector.decode.codec import DEFAULT_CHUNK_BYTES
 from herocollector.errors import ConfigError
 from herocollector.output.batches import parse_columns
 from herocollector.output.files import Compression, OutputFormat
+from herocollector.output.delta import TABLE_RUN_COLUMN
 from herocollector.output.paths import PathTemplate, local_root, object_root
 from herocollector.run.catalogue import RuleLike
 
-__all__ = ["ServiceConfig", "default_state_dir", "parse_columns", "require_extra"]
+__all__ = ["ServiceConfig", "default_manifest_root", "default_state_dir", "parse_columns", "require_extra"]
 
 
 def require_extra(module: str, extra: str, feature: str) -> None:
@@ -85,6 +86,23 @@ class ServiceConfig:
     storage_options: Mapping[str, Any] = field(default_factory=dict)
     metrics_port: int | None = None
     metrics_address: str = "127.0.0.1"
+    partition_by: tuple[str, ...] = ()
+    compact_interval: float | None = 3600.0
+    vacuum_retention: float | None = 168.0
+    manifest_root: Path | str | None = None
+    decode_threads: int | None = None
+
+    @property
+    def manifest_location(self) -> Path | str:
+        """Where the run manifests go: ``manifest_root``, or ``<output_root>.manifests`` beside the outputs."""
+        if self.manifest_root is not None:
+            return self.manifest_root
+        return default_manifest_root(self.output_root)
+
+    @property
+    def threads(self) -> int:
+        """Threads that decode one run: ``decode_threads``, or the number of cores."""
+        return self.decode_threads or os.cpu_count() or 1
 
     @property
     def staging_dir(self) -> Path:
@@ -146,6 +164,9 @@ class ServiceConfig:
         journal: str | None,
         storage_options: dict[str, Any],
         claim_runs: bool,
+        format: OutputFormat,
+        partition_by: tuple[str, ...],
+        manifest_root: str | None,
         **scalars: Any,
     ) -> ServiceConfig:
         """The rules that tie arguments together, on values each already validated alone."""
@@ -169,6 +190,20 @@ class ServiceConfig:
             )
         PathTemplate(save_template, root_path)
         names, types = columns
+        if format.is_table:
+            require_extra("deltalake", "delta", 'format "delta"')
+            if TABLE_RUN_COLUMN in names:
+                raise ConfigError(f"columns: {TABLE_RUN_COLUMN!r} is the column every table row carries its run in")
+        elif partition_by:
+            raise ConfigError('partition_by is for format "delta"; file outputs are partitioned by save_template')
+        outside = [name for name in partition_by if name not in names]
+        if outside:
+            raise ConfigError(f"partition_by: {outside} must be among columns {list(names)}")
+        manifests: Path | str | None = None
+        if manifest_root is not None:
+            manifests = _manifest_root(manifest_root, root_path)
+        elif not format.is_table:
+            default_manifest_root(root_path)  # a root with no parent needs manifest_root: say so at start
         return cls(
             save_template=save_template,
             output_root=root_path,
@@ -184,8 +219,46 @@ class ServiceConfig:
             journal=journal,
             storage_options=storage_options,
             claim_runs=claim_runs,
+            format=format,
+            partition_by=partition_by,
+            manifest_root=manifests,
             **scalars,
         )
+
+
+def default_manifest_root(output_root: Path | str) -> Path | str:
+    """``<output_root>.manifests``: beside ``output_root``, so a scan of it sees only data.
+
+    Raises:
+        ConfigError: ``output_root`` is a bucket or filesystem root, which has nothing beside it.
+    """
+    text = str(output_root).rstrip("/")
+    bucket = object_root(text)
+    if bucket is not None:
+        if "/" not in bucket[len("s3://") :]:
+            raise ConfigError(f"output_root {output_root} is a whole bucket: give manifest_root (an s3:// prefix)")
+        return f"{text}.manifests"
+    path = Path(text)
+    if path.parent == path:
+        raise ConfigError(f"output_root {output_root} is the filesystem root: give manifest_root")
+    return path.with_name(path.name + ".manifests")
+
+
+def _manifest_root(value: str, output_root: Path | str) -> Path | str:
+    """Validate ``manifest_root``: in the same store as ``output_root``, and not inside it."""
+    bucket = object_root(value)
+    root_bucket = object_root(str(output_root))
+    if (bucket is None) != (root_bucket is None):
+        raise ConfigError("manifest_root must be in the same store as output_root (both local, or both s3://)")
+    if bucket is not None:
+        inside = f"{bucket.rstrip('/')}/".startswith(f"{str(output_root).rstrip('/')}/")
+        location: Path | str = bucket.rstrip("/")
+    else:
+        location = Path(os.path.abspath(local_root(value)))
+        inside = location == output_root or Path(str(output_root)) in location.parents
+    if inside:
+        raise ConfigError(f"manifest_root {value} must be outside output_root {output_root}, or scans of it break")
+    return location
 
 
 # The classmethod's real signature, for BOSS-like callers and ``inspect.signature``.

@@ -16,7 +16,19 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "herocollector"
 
-_CORE = {"errors", "heartbeat", "decode", "run", "output", "collector", "arguments", "config", "events", "journal"}
+_CORE = {
+    "errors",
+    "heartbeat",
+    "decode",
+    "run",
+    "output",
+    "collector",
+    "argument_types",
+    "arguments",
+    "config",
+    "events",
+    "journal",
+}
 
 ALLOWED: dict[str, set[str]] = {
     "errors": set(),
@@ -26,8 +38,9 @@ ALLOWED: dict[str, set[str]] = {
     "run": {"errors", "decode", "heartbeat"},
     "output": {"errors", "decode", "run"},
     "collector": {"errors", "decode", "run", "output"},
-    "arguments": {"errors", "decode", "run", "output", "collector"},
-    "config": {"errors", "decode", "run", "output", "collector", "arguments"},
+    "argument_types": {"errors", "run"},
+    "arguments": {"errors", "decode", "run", "output", "collector", "argument_types"},
+    "config": {"errors", "decode", "run", "output", "collector", "argument_types", "arguments"},
     "events": {"errors"},
     "service": _CORE,
     "actor": _CORE | {"service"},

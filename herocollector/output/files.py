@@ -55,6 +55,13 @@ class OutputFormat(enum.StrEnum):
     """Arrow IPC stream format (``pa.ipc.open_stream``)."""
     PARQUET = "parquet"
     """Parquet (``pyarrow.parquet``), zstd-compressed unless told otherwise."""
+    DELTA = "delta"
+    """Delta Lake tables (Parquet data files and a transaction log; :mod:`herocollector.output.delta`)."""
+
+    @property
+    def is_table(self) -> bool:
+        """Whether outputs are tables that runs are committed to, rather than files of their own."""
+        return self is OutputFormat.DELTA
 
     @classmethod
     def parse(cls, value: str | OutputFormat) -> OutputFormat:
