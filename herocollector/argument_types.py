@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,8 @@ def default_state_dir() -> Path:
 
 
 def number(name: str, *, minimum: float = 0.0, allow_none: bool = False, integer: bool = False) -> Callable[[Any], Any]:
+    """A parser of a number at least ``minimum`` (optionally whole, optionally ``null``)."""
+
     def parse(value: Any) -> Any:
         if value is None and allow_none:
             return None
@@ -40,6 +42,7 @@ def number(name: str, *, minimum: float = 0.0, allow_none: bool = False, integer
 
 
 def journal(value: str | None) -> str | None:
+    """The journal: a SQLite file path (made absolute), a ``postgresql://`` URL, or None."""
     if value is None or value == "":
         return None
     if not isinstance(value, str):
@@ -50,20 +53,24 @@ def journal(value: str | None) -> str | None:
 
 
 def text(value: Any) -> str:
+    """Any value, as text."""
     return str(value)
 
 
 def optional_text(value: Any) -> str | None:
+    """Text, or None."""
     return None if value is None else str(value)
 
 
 def template(value: Any) -> str:
+    """A non-empty Jinja2 template (compiled later, against the output root)."""
     if not isinstance(value, str) or not value.strip():
         raise ConfigError("save_template must be a non-empty Jinja2 template")
     return value
 
 
 def rule(value: Any) -> RuleLike:
+    """A label-selector rule spec that evaluates (a malformed rule fails the start, not every job)."""
     try:
         select_streams([], value)  # a malformed rule fails the start, not every job
     except CollectorError as exc:
@@ -72,22 +79,27 @@ def rule(value: Any) -> RuleLike:
 
 
 def path_key(value: Any) -> str:
+    """The event payload key that holds the run's path."""
     if not isinstance(value, str) or not value:
         raise ConfigError(f"path_key must be a non-empty string, got {value!r}")
     return value
 
 
 def state_dir(value: Any) -> Path:
+    """The state folder, absolute (default: :func:`default_state_dir`)."""
     return Path(os.path.abspath(value)) if value else default_state_dir()
 
 
 def allowed_roots(value: Any) -> tuple[Path, ...]:
+    """The allowed roots, symlinks resolved."""
     if isinstance(value, str):
         raise ConfigError("allowed_roots must be a list of folders, not a string")
     return tuple(Path(os.path.realpath(r)) for r in (value or []))
 
 
 def mapping(name: str) -> Callable[[Any], dict[str, Any]]:
+    """A parser of a JSON object (``null``: empty)."""
+
     def parse(value: Any) -> dict[str, Any]:
         if value is None:
             return {}
@@ -99,6 +111,8 @@ def mapping(name: str) -> Callable[[Any], dict[str, Any]]:
 
 
 def flag(name: str) -> Callable[[Any], bool]:
+    """A parser of ``true`` or ``false``."""
+
     def parse(value: Any) -> bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{name} must be true or false, got {value!r}")

@@ -23,8 +23,8 @@ from herocollector.arguments import ARGUMENT_NAMES, ARGUMENTS, SIGNATURE, defaul
 from herocollector.decode.codec import DEFAULT_CHUNK_BYTES
 from herocollector.errors import ConfigError
 from herocollector.output.batches import parse_columns
-from herocollector.output.files import Compression, OutputFormat
 from herocollector.output.delta import TABLE_RUN_COLUMN
+from herocollector.output.files import Compression, OutputFormat
 from herocollector.output.paths import PathTemplate, local_root, object_root
 from herocollector.run.catalogue import RuleLike
 
