@@ -9,7 +9,9 @@
     ├── OutputError                     template, path confinement, refused or failed write
     │   ├── LabelPathError              a label value would leave its own path segment
     │   ├── OutputTakenError            the output path already belongs to another job (``.owner``)
-    │   └── PublishError                writing or publishing an output failed (ENOSPC, EROFS ...)
+    │   ├── PublishError                writing or publishing an output failed (ENOSPC, EROFS ...)
+    │   ├── SchemaConflict              a run's column has another type than its table's (``.column``)
+    │   └── CommitError                 a table commit failed (retried; nothing half-committed)
     ├── DoneTimeout                     ``_DONE`` did not appear within ``timeout``
     ├── RunChanged                      the run changed while it was read (retried; nothing published)
     ├── RunRefused                      the configuration forbids the run (never retried)
@@ -118,6 +120,41 @@ class OutputTakenError(OutputError):
         super().__init__(f"already written by the job for {owner.path}", path)
         self.path: str = path
         self.owner = owner
+
+
+class SchemaConflict(OutputError):
+    """A column of a run has another type than the same column of the table it is committed to.
+
+    Not retried: the run's labels do not change. Pin the type with ``columns`` to cast instead.
+
+    Args:
+        table: The table.
+        column: The column.
+        table_type: Its type in the table.
+        run_type: Its type in the run.
+    """
+
+    retryable = False
+
+    def __init__(self, table: str, column: str, table_type: str, run_type: str) -> None:
+        super().__init__(
+            f"column {column!r} is {run_type} in this run but {table_type} in the table; pin its type in "
+            f"columns (e.g. {{{column!r}: 'string'}}) to cast it, or write the run to another table",
+            table,
+        )
+        self.column = column
+        self.table_type = table_type
+        self.run_type = run_type
+
+
+class CommitError(OutputError):
+    """Committing to a table failed (the store, or a conflict that outlasted the retries).
+
+    A Delta commit either lands whole or not at all, so the job is retried; data files written
+    for a commit that did not land are unreferenced, and vacuum removes them.
+    """
+
+    retryable = True
 
 
 class PublishError(OutputError):

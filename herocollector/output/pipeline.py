@@ -117,6 +117,28 @@ class WrittenOutput:
     target: OutputTarget
 
 
+@dataclass(frozen=True)
+class StagedOutput:
+    """A target decoded into a finished local file that is not published (see :meth:`OutputPipeline.stage`).
+
+    Attributes:
+        target: What was planned for it.
+        file: The finished file (``file.temporary`` is its path; ``file.rows`` its rows).
+    """
+
+    target: OutputTarget
+    file: OutputFile
+
+    @property
+    def path(self) -> Path:
+        """The staged file."""
+        return self.file.temporary
+
+    def discard(self) -> None:
+        """Remove the file; never raises."""
+        self.file.abort()
+
+
 Router = Callable[[int, PlannedRun, Stream], Path | str]
 """Gives the output path of a stream of the run at an index."""
 
@@ -246,6 +268,48 @@ class OutputPipeline:
             RunChanged: A run changed while it was read; nothing was published.
             OSError: Writing failed (e.g. a full disk); nothing was published.
         """
+        store, guard = context.store, context.guard
+        files = self._write_files(plan, context, lambda target: store.staging_path(target.path))
+        digests: dict[int, str] = {}
+        try:
+            for t in sorted(files):
+                if guard is not None:
+                    guard.before_publish()
+                path = plan.targets[t].path
+                digests[t] = store.publish(files[t], path, context.stamp, context.may_replace.get(path, False))
+        except BaseException:
+            for file in files.values():
+                file.abort()
+            raise
+        return [
+            WrittenOutput(plan.targets[t].path, files[t].rows, files[t].bytes, digests[t], plan.targets[t])
+            for t in sorted(files)
+        ]
+
+    def stage(self, plan: CollectionPlan, context: WriteContext, folder: Path) -> list[StagedOutput]:
+        """Decode the runs into one finished, unpublished file per target, in ``folder``.
+
+        What tables are committed from: the caller reads each file, and must :meth:`StagedOutput.discard`
+        every one of them afterwards, whatever happens. Every run was checked unchanged after decoding.
+
+        Args:
+            plan: What to write.
+            context: Provenance, progress and guard (the store is not used).
+            folder: A local folder for the staged files.
+
+        Raises:
+            CollectorError: Bad input, or what the guard raised; nothing is left staged.
+            RunChanged: A run changed while it was read; nothing is left staged.
+            OSError: Writing failed (e.g. a full disk); nothing is left staged.
+        """
+        folder.mkdir(parents=True, exist_ok=True)
+        files = self._write_files(plan, context, lambda target: folder / f"target-{id(target):x}")
+        return [StagedOutput(plan.targets[t], files[t]) for t in sorted(files)]
+
+    def _write_files(
+        self, plan: CollectionPlan, context: WriteContext, staging: Callable[[OutputTarget], Path]
+    ) -> dict[int, OutputFile]:
+        """Decode the runs and write every target to a finished file at its staging path; or remove them all."""
         opens: dict[int, list[int]] = {}
         closes: dict[int, list[int]] = {}
         last = len(plan.runs) - 1
@@ -254,8 +318,7 @@ class OutputPipeline:
             opens.setdefault(runs[0], []).append(t)
             closes.setdefault(runs[-1] if target.runs else last, []).append(t)
         files: dict[int, OutputFile] = {}
-        digests: dict[int, str] = {}
-        store, guard, progress = context.store, context.guard, context.progress
+        guard, progress = context.guard, context.progress
         decoding = self._runs_in_order(plan, progress.bytes_read if progress is not None else None)
         current: list[Iterator[pa.RecordBatch]] = []
         try:
@@ -264,7 +327,7 @@ class OutputPipeline:
                 for t in opens.get(index, []):
                     target = plan.targets[t]
                     schema = plan.schema.with_metadata(dict(context.provenance.get(target.path, {})))
-                    files[t] = OutputFile(store.staging_path(target.path), schema, self.format, self.compression)
+                    files[t] = OutputFile(staging(target), schema, self.format, self.compression)
                 ids, group_of, slots = _routing(plan, index)
                 outputs = [files[t] for t in slots]
                 for batch in batches:
@@ -277,11 +340,6 @@ class OutputPipeline:
                     files[t].finish()
             for run in plan.runs:  # what is published was read from runs that are still as read
                 check_unchanged(run.inventory)
-            for t in sorted(files):
-                if guard is not None:
-                    guard.before_publish()
-                path = plan.targets[t].path
-                digests[t] = store.publish(files[t], path, context.stamp, context.may_replace.get(path, False))
         except BaseException:
             # Stop the decoding now, not when the generators are collected: the readers
             # and the run directories they hold open end here.
@@ -290,10 +348,7 @@ class OutputPipeline:
             for file in files.values():
                 file.abort()
             raise
-        return [
-            WrittenOutput(plan.targets[t].path, files[t].rows, files[t].bytes, digests[t], plan.targets[t])
-            for t in sorted(files)
-        ]
+        return files
 
     def _runs_in_order(
         self, plan: CollectionPlan, on_bytes: Callable[[int], None] | None

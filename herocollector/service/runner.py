@@ -28,9 +28,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 
 from herocollector.config import ServiceConfig
@@ -38,22 +37,21 @@ from herocollector.errors import (
     Cancelled,
     DoneTimeout,
     LeaseLost,
-    OutputError,
-    OutputTakenError,
-    PublishError,
     RunRefused,
 )
 from herocollector.events import RunCollected, RunFailed
-from herocollector.heartbeat import Heartbeat
-from herocollector.journal.sqlite import Job, JobState, JobStore
-from herocollector.output.files import provenance_metadata, remove_abandoned
-from herocollector.output.manifest import ManifestEntry, check_manifest, new_manifest, write_manifest
+from herocollector.journal.base import Job, JobState, JobStore
+from herocollector.output.delta import table_of
+from herocollector.output.files import OutputFormat, remove_abandoned
 from herocollector.output.paths import PathTemplate, Trusted
-from herocollector.output.pipeline import CollectionPlan, OutputPipeline, PlannedRun, WriteContext
-from herocollector.output.stores import Provenance, open_store
+from herocollector.output.pipeline import OutputPipeline, PlannedRun
+from herocollector.output.stores import open_store
 from herocollector.run import logdir
 from herocollector.run.claims import COLLECTED, HELD, RunClaim
 from herocollector.run.rundir import RunDirectory, RunInventory
+from herocollector.service.commit import ManifestCommitter, RunCommitter
+from herocollector.service.lease import LeaseKeeper
+from herocollector.service.table_commit import TableCommitter
 
 log = logging.getLogger(__name__)
 
@@ -81,12 +79,15 @@ class Collected:
     """The run is collected (by this actor, or another one of the fleet): done.
 
     Attributes:
-        report: What is reported.
+        report: What is reported (a run's rows in a table are reported under the table).
         inventory: What this actor read of the run (None when another actor collected it).
+        recorded: The outputs as the journal records them (its own keys for a run's rows in a
+            shared table; see :func:`herocollector.output.delta.journal_key`).
     """
 
     report: RunCollected
     inventory: RunInventory | None = None
+    recorded: dict[str, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -175,10 +176,15 @@ class JobRunner:
             rule=config.rule,
             columns=config.columns,
             label_types=config.label_types,
-            format=config.format,
-            compression=config.compression,
+            format=OutputFormat.STREAM if config.format.is_table else config.format,
+            compression=None if config.format.is_table else config.compression,
             chunk_bytes=config.chunk_bytes,
         )
+        self.committer: RunCommitter
+        if config.format.is_table:
+            self.committer = TableCommitter(config, self.pipeline, stopping)
+        else:
+            self.committer = ManifestCommitter(config, journal, self.store, self.pipeline, stopping)
         # Stable across restarts, so a restarted actor recognises its own claims.
         self.owner = config.owner
         self._unrecorded: dict[int, Callable[[], object]] = {}
@@ -216,8 +222,9 @@ class JobRunner:
             outputs, nbytes, collected_by = self._claimed_write(job, path, lease, attempt)
             lease.check()
         seconds = time.monotonic() - started
-        report = RunCollected(job.path, outputs, sum(outputs.values()), seconds, job.id, nbytes, collected_by)
-        return Collected(report, attempt.inventory if collected_by is None else None)
+        shown = {table_of(key): rows for key, rows in outputs.items()}
+        report = RunCollected(job.path, shown, sum(outputs.values()), seconds, job.id, nbytes, collected_by)
+        return Collected(report, attempt.inventory if collected_by is None else None, outputs)
 
     def _park(self, job: Job) -> Parked:
         """No ``_DONE`` yet: wait in the journal, or fail if the deadline passed."""
@@ -267,69 +274,10 @@ class JobRunner:
         if not plan.targets:
             return {}, run.segment_bytes
         try:
-            return self._commit_run(job, plan, lease, run.segment_bytes)
-        except BaseException as exc:
-            attempt.unmanifested = self._unmanifested(job, [target.path for target in plan.targets])
-            if isinstance(exc, PublishError):
-                # A staged file (object store) failed: name the output it was for, and the staging folder.
-                staged = {str(self.store.staging_path(target.path)): target.path for target in plan.targets}
-                location = staged.get(exc.path or "")
-                if location is not None and str(location) != exc.path:
-                    raise exc.at(location) from exc.cause
+            return self.committer.commit(job, plan, lease), run.segment_bytes
+        except BaseException:
+            attempt.unmanifested = self.committer.left_published(job, plan)
             raise
-
-    def _commit_run(
-        self, job: Job, plan: CollectionPlan, lease: LeaseKeeper, segment_bytes: int
-    ) -> tuple[dict[str, int], int]:
-        """The commit protocol of one run: reserve; adopt, or remove a stale manifest, publish, write the manifest."""
-        run_path = job.path or ""
-        for target in plan.targets:
-            self._claim(job, target.path)
-        check = check_manifest(self.store, run_path, job.id, [target.path for target in plan.targets])
-        if check.committed and check.found is not None:
-            log.info(f"job {job.id}: {run_path} is committed already (manifest {check.location}); adopted as it is")
-            for location in (check.location, *(entry.path for entry in check.found.outputs)):
-                self.store.tidy(location)  # a writer killed right after linking leaves its temporary name
-            return {entry.path: entry.rows for entry in check.found.outputs}, segment_bytes
-        listed = {entry.path for entry in check.found.outputs} if check.found is not None else set()
-        own = {t.path: self._may_replace(job, t.path, str(t.path) in listed) for t in plan.targets}
-        if check.found is not None:
-            why = f"outputs that do not verify: {list(check.mismatched)}" if check.mismatched else "another job"
-            log.warning(f"job {job.id}: the manifest {check.location} is stale ({why}); replacing the run's outputs")
-            lease.check()
-            self.store.remove(check.location)  # before any output is replaced: a manifest never lists wrong files
-        collected_at = datetime.now(UTC).isoformat()
-        provenance = {
-            t.path: provenance_metadata(run_path, job.source, collected_at, job.id, [s.metadata for _, s in t.members])
-            for t in plan.targets
-        }
-        stamp = Provenance(job.path or "", job.id, job.token)
-        guard = _JobGuard(lease, self.stopping)
-        context = WriteContext(store=self.store, stamp=stamp, provenance=provenance, may_replace=own, guard=guard)
-        written = self.pipeline.write(plan, context)
-        entries = [
-            ManifestEntry(str(w.path), w.rows, *self.store.published(w.path, w.bytes, w.sha256)) for w in written
-        ]
-        lease.check()
-        write_manifest(self.store, new_manifest(run_path, job.id, job.token, entries), stamp)
-        return {str(w.path): w.rows for w in written}, segment_bytes
-
-    def _unmanifested(self, job: Job, locations: Sequence[Path | str]) -> list[str]:
-        """The planned outputs under a final name with this run's provenance: what a failed attempt leaves published.
-
-        One whose provenance cannot be read counts too: a reservation too many blocks a path
-        until the retry; one too few would leave a file no record accounts for.
-        """
-        found = []
-        for location in locations:
-            try:
-                existing = self.store.provenance(location)
-            except Exception:  # noqa: BLE001 - unknown: keep the reservation
-                found.append(str(location))
-                continue
-            if existing is not None and existing.logger_path == job.path:
-                found.append(str(location))
-        return found
 
     def _route(self, job: Job, run: PlannedRun, labels: dict[str, object]) -> Path | str:
         """Render a stream's output path: default_metadata, event metadata, labels, then the run."""
@@ -341,44 +289,6 @@ class JobRunner:
             "logger_name": Path(job.path or "").name,
         }
         return self.template.render_location(context, trusted=self.config.default_metadata)
-
-    def _claim(self, job: Job, target: Path | str) -> None:
-        """Reserve an output path for the job in the journal.
-
-        Raises:
-            OutputError: Another job owns it.
-        """
-        try:
-            self.journal.claim_output(job.id, str(target))
-        except OutputTakenError as exc:
-            raise OutputError(
-                f"output collision: {target} already holds the run {exc.owner.path} (job {exc.owner.id}); "
-                f"refusing to overwrite it with the run {job.path} (job {job.id})"
-            ) from None
-
-    def _may_replace(self, job: Job, target: Path | str, listed: bool) -> bool:
-        """Whether an existing file at ``target`` is the run's own, so the job may replace it.
-
-        Args:
-            job: The job.
-            target: The output location.
-            listed: The run's (stale) manifest lists it: the run's own even if it no longer
-                reads as an output (damaged), though never if it names another run.
-
-        Raises:
-            OutputError: Another run's output, or a foreign file, is there.
-        """
-        existing = self.store.provenance(target)
-        if existing is None:
-            return False
-        previous = existing.logger_path
-        if previous != job.path and not (listed and not previous):
-            raise OutputError(
-                f"output collision: {target} already holds "
-                f"{'the run ' + previous if previous else 'a file not written by herocollector'}; "
-                f"refusing to overwrite it with the run {job.path} (job {job.id})"
-            )
-        return True
 
     # -- outcomes -----------------------------------------------------------------------------
 
@@ -401,7 +311,8 @@ class JobRunner:
             self._failed(job, outcome)
 
     def _collected(self, job: Job, outcome: Collected) -> None:
-        report, outputs = outcome.report, outcome.report.outputs
+        report = outcome.report
+        outputs = outcome.recorded if outcome.recorded is not None else report.outputs
         if self.on_inventory is not None and outcome.inventory is not None:
             try:  # before the journal says done, so a cleanup that follows at once finds the record
                 self.on_inventory(job, outcome.inventory)
@@ -521,77 +432,3 @@ class JobRunner:
             callback(report)
         except Exception as exc:  # noqa: BLE001 - a listener must not fail the job
             log.error(f"reporting {type(report).__name__} failed: {exc}")
-
-
-class _JobGuard:
-    """The pipeline's guard for one job: stop when the service closes or the lease is lost.
-
-    Args:
-        lease: The job's lease.
-        stopping: Set when the service closes.
-    """
-
-    def __init__(self, lease: LeaseKeeper, stopping: threading.Event) -> None:
-        self._lease = lease
-        self._stopping = stopping
-
-    def check(self) -> None:
-        """Between batches: raise Cancelled if the service is closing, LeaseLost if a renewal lost the lease."""
-        if self._stopping.is_set():
-            raise Cancelled("the service is closing")
-        self._lease.raise_if_lost()
-
-    def before_publish(self) -> None:
-        """Renew the lease now; raise LeaseLost if it is gone."""
-        self._lease.check()
-
-
-class LeaseKeeper:
-    """Holds a job's lease while it is collected: renews it, and tells when it was lost.
-
-    On a shared journal a lease that is not renewed in time is taken over by another actor,
-    with a new fencing token. The keeper renews it every third of ``lease`` seconds on a
-    thread; :meth:`check` renews it synchronously, right before anything is published.
-
-    Args:
-        journal: The job journal.
-        job: The job, with the token it was taken under.
-        lease: Seconds a lease lasts.
-        stopping: Ends the renewals when the service closes.
-    """
-
-    def __init__(self, journal: JobStore, job: Job, lease: float, stopping: threading.Event) -> None:
-        self._journal = journal
-        self._job = job
-        self._lease = lease
-        self._lost = threading.Event()
-        self._stopping = stopping
-        self._heartbeat: Heartbeat | None = None
-
-    def __enter__(self) -> LeaseKeeper:
-        if self._journal.shared:
-            self._heartbeat = Heartbeat(self._renew, self._lease / 3, "herocollector-lease").start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._heartbeat is not None:
-            self._heartbeat.stop()
-
-    def _renew(self) -> bool:
-        """One renewal; False (no more beats) once the lease is found lost."""
-        if self._journal.renew(self._job.id, self._job.token, self._lease):
-            return True
-        self._lost.set()
-        return False
-
-    def raise_if_lost(self) -> None:
-        """Raise LeaseLost if a renewal found the lease gone."""
-        if self._lost.is_set():
-            raise LeaseLost(f"job {self._job.id}: the lease under token {self._job.token} was taken over")
-
-    def check(self) -> None:
-        """Renew now; raise LeaseLost if the lease is gone (call right before publishing)."""
-        self.raise_if_lost()
-        if not self._journal.renew(self._job.id, self._job.token, self._lease):
-            self._lost.set()
-            self.raise_if_lost()
