@@ -26,10 +26,10 @@ from rich.progress import Progress, TaskID
 from herocollector.cli import common
 from herocollector.cli.common import CLI_SOURCE, PROG, Subparsers
 from herocollector.collector import Collector
-from herocollector.config import parse_columns
-from herocollector.errors import CollectorError, OutputError
+from herocollector.config import parse_columns, require_extra
+from herocollector.errors import CollectorError, ConfigError, OutputError
 from herocollector.output.files import FORMATS, OutputFormat, provenance_metadata
-from herocollector.output.paths import PathTemplate, Trusted
+from herocollector.output.paths import PathTemplate, Trusted, object_root
 from herocollector.output.pipeline import CollectionPlan, OutputPipeline, OutputTarget, PlannedRun, Router, WriteContext
 from herocollector.run import logdir, trash
 from herocollector.run.catalogue import Stream
@@ -273,9 +273,28 @@ class _SignalGuard:
         """Nothing: a signal while publishing is acted on after the outputs are published."""
 
 
+def _refuse_unavailable_output(args: argparse.Namespace) -> None:
+    """Refuse, before anything is read, an output this install or this command cannot write.
+
+    Without the check, ``-o s3://bucket/x`` would be taken for a local folder named ``s3:``.
+
+    Raises:
+        ConfigError: ``--format delta`` without the ``delta`` extra, or an ``s3://`` output.
+    """
+    if OutputFormat.parse(args.format).is_table:
+        require_extra("deltalake", "delta", "--format delta")
+    if object_root(args.output) is not None:
+        raise ConfigError(
+            f"-o {args.output}: collect writes local files only; write to a folder and upload it, or let the actor "
+            "write to the object store (an s3:// output_root, which needs the 's3' extra: "
+            "pip install 'herocollector[s3]')"
+        )
+
+
 def run(args: argparse.Namespace, out: Console, err: Console) -> int:
     """``herocollector collect``: see :func:`register`."""
     started = time.monotonic()
+    _refuse_unavailable_output(args)
     paths = _run_paths(args)
     if args.recursive:  # a cleaned run among those found was collected before: said, and left out
         cleaned = [p for p in paths if _cleaned(p)]
