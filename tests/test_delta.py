@@ -282,3 +282,21 @@ def test_a_table_on_s3_with_conditional_puts(site: Site, s3: S3TestServer) -> No
     job = service.journal.by_path(str(runs[0].path))
     assert job is not None
     assert verify_tables(str(runs[0].path), job.outputs, job.rows, s3.options).ok
+
+
+def test_cleanup_trashes_segments_only_after_the_tables_verify(site: Site) -> None:
+    kept, deleted = site.run("kept"), site.run("deleted")
+    service = site.service()
+    for run in (kept, deleted):
+        service.submit("logger", {"path": str(run.path)})
+    wait_for(lambda: len(site.collected) == 2, "two runs collected")
+    table_path = str(site.out / "measurements")
+    DeltaTable(table_path).delete(f"{TABLE_RUN_COLUMN} = '{deleted.path}'")
+    check = service.verify(str(deleted.path))
+    assert not check.ok
+    assert any("holds 0 rows of the run" in failure for failure in check.failures())
+    assert service.cleanup(str(deleted.path), wait_for_done=False) is False
+    assert deleted.segments, "a run whose rows are gone keeps its segments"
+    assert service.verify(str(kept.path)).ok
+    assert service.cleanup(str(kept.path), wait_for_done=False) is True
+    assert not kept.segments, "a verified run's segments go to the trash"

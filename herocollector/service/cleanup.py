@@ -43,6 +43,7 @@ from herocollector.config import ServiceConfig
 from herocollector.errors import CollectorError
 from herocollector.journal.base import Job, JobState, JobStore
 from herocollector.output.stores import OutputStore, open_store
+from herocollector.output.delta import verify_tables
 from herocollector.output.verify import RunCheck, verify_job
 from herocollector.run import logdir, trash
 from herocollector.run.inventory import DIR, RunInventory
@@ -190,6 +191,12 @@ class RunCleaner:
         if job is None or job.state not in (JobState.DONE, JobState.CLEANED):
             state = "no job" if job is None else f"job {job.id} is {job.state.value}"
             return RunCheck(path, None, (), (f"run not collected ({state})",))
+        return self._verify(path, job)
+
+    def _verify(self, path: str, job: Job) -> RunCheck:
+        """The run's record checked: its tables' commits (``format: "delta"``), or its manifest and files."""
+        if self.config.format.is_table:
+            return verify_tables(path, job.outputs, job.rows, self.config.storage_options)
         return verify_job(self.store, path, job.outputs, job.rows)
 
     # -- cleanup ------------------------------------------------------------------------------
@@ -333,7 +340,7 @@ class RunCleaner:
         collected = job is not None and job.state == JobState.DONE
         if collected and job is not None:
             # Outside the lock: reading every output takes long, and it changes nothing.
-            check = verify_job(self.store, target, job.outputs, job.rows)
+            check = self._verify(target, job)
             if not check.ok:
                 differences = "; ".join(check.failures())
                 log.warning(f"cleanup of {target} refused: its outputs failed verification: {differences}")
