@@ -18,7 +18,6 @@ from deltalake import DeltaTable
 from herocollector import CollectionService, ServiceConfig
 from herocollector.errors import ConfigError, SchemaConflict
 from herocollector.events import RunCollected, RunFailed
-from herocollector.journal.sqlite import JobState
 from herocollector.output.delta import (
     TABLE_RUN_COLUMN,
     commit_run,

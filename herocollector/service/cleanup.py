@@ -42,8 +42,8 @@ from pathlib import Path
 from herocollector.config import ServiceConfig
 from herocollector.errors import CollectorError
 from herocollector.journal.base import Job, JobState, JobStore
-from herocollector.output.stores import OutputStore, open_store
 from herocollector.output.delta import verify_tables
+from herocollector.output.stores import OutputStore, open_store
 from herocollector.output.verify import RunCheck, verify_job
 from herocollector.run import logdir, trash
 from herocollector.run.inventory import DIR, RunInventory
