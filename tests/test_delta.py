@@ -6,7 +6,6 @@ polars and DuckDB; on S3, a real moto server.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,27 +29,19 @@ from herocollector.output.delta import (
 from herocollector.testing.actors import wait_for
 from herocollector.testing.runs import RecordedRun, build_run
 from herocollector.testing.servers import S3TestServer
+from herocollector.testing.tables import recorded_records, table_records
 
 COLUMNS = ["experiment", "measure"]
 
 
 def records(table: pa.Table, run: str | None = None) -> list[tuple[Any, ...]]:
     """The table's records (of one run), as sortable tuples: what "equal to the recorded truth" compares."""
-    if run is not None:
-        table = table.filter(pa.compute.equal(table[TABLE_RUN_COLUMN], run))
-    rows = zip(
-        *(table[name].to_pylist() for name in ("stream_id", "epoch", "indices", "values", *COLUMNS)), strict=True
-    )
-    return sorted((sid, epoch, tuple(ix), tuple(_nan(v) for v in vals), *rest) for sid, epoch, ix, vals, *rest in rows)
-
-
-def _nan(value: float) -> float | str:
-    return "nan" if isinstance(value, float) and math.isnan(value) else value
+    return table_records(table, COLUMNS, run)
 
 
 def recorded(run: RecordedRun) -> list[tuple[Any, ...]]:
     """What the logger recorded into ``run``, as :func:`records` gives it."""
-    return records(run.expected_table(columns=COLUMNS))
+    return recorded_records(run, COLUMNS)
 
 
 class Site:

@@ -13,6 +13,7 @@ every run that renders to them).
 from __future__ import annotations
 
 import logging
+import shutil
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -54,7 +55,9 @@ class TableCommitter:
         """See :meth:`herocollector.service.commit.RunCommitter.commit`; keys are :func:`journal_key` s."""
         run = job.path or ""
         context = WriteContext(guard=JobGuard(lease, self.stopping))
-        staged = self.pipeline.stage(plan, context, self.config.staging_dir / f"job-{job.id}-{job.token}")
+        folder = self.config.staging_dir / f"job-{job.id}"
+        shutil.rmtree(folder, ignore_errors=True)  # what an attempt killed mid-way left; the lease makes it ours
+        staged = self.pipeline.stage(plan, context, folder)
         metadata = {
             "run": run,
             "job": str(job.id),
@@ -84,6 +87,7 @@ class TableCommitter:
         finally:
             for output in staged:
                 output.discard()
+            shutil.rmtree(folder, ignore_errors=True)
         return outputs
 
     def left_published(self, job: Job, plan: CollectionPlan) -> list[str]:

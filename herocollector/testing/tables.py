@@ -1,0 +1,47 @@
+"""Test support for tables: a table's rows of a run, and a recorded run's rows, in one comparable form.
+
+"Equal to what was recorded" compares content, not counts: every record as a tuple (stream id,
+epoch, indices, values, labels), sorted, since a table gives no row order across its files.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from herocollector.output.delta import TABLE_RUN_COLUMN
+from herocollector.testing.runs import RecordedRun
+
+Record = tuple[Any, ...]
+
+
+def table_records(table: pa.Table, columns: Sequence[str] = (), run: str | None = None) -> list[Record]:
+    """The records of ``table`` (only those of ``run``, if given), sorted.
+
+    Args:
+        table: A collected table (base columns, then label columns).
+        columns: The label columns to compare.
+        run: A logger path: keep its rows (by the ``logger_path`` column).
+    """
+    if run is not None:
+        table = table.filter(pc.equal(table[TABLE_RUN_COLUMN], run))
+    names = ("stream_id", "epoch", "indices", "values", *columns)
+    rows = zip(*(table[name].to_pylist() for name in names), strict=True)
+    return sorted(
+        (int(sid), _float(epoch), tuple(ix), tuple(_float(v) for v in values), *labels)
+        for sid, epoch, ix, values, *labels in rows
+    )
+
+
+def recorded_records(run: RecordedRun, columns: Sequence[str] = ()) -> list[Record]:
+    """What the logger recorded into ``run``, as :func:`table_records` gives a table's."""
+    return table_records(run.expected_table(columns=tuple(columns)), columns)
+
+
+def _float(value: float) -> float | str:
+    """A float that compares equal to itself (NaN becomes a marker)."""
+    return "nan" if isinstance(value, float) and math.isnan(value) else value
