@@ -13,6 +13,12 @@ then published under its final name, atomically and without overwriting another 
   run (an earlier attempt of the job), it is adopted; otherwise the job fails with an
   output collision.
 
+A local store links a run's files without syncing their folder each time:
+:meth:`OutputStore.sync_folders`, called once after the last of them, syncs each folder once.
+Whatever a thread published and did not sync yet is synced before it creates a small object
+(:meth:`OutputStore.put_bytes`, the manifest): a commit record never exists before the files it
+lists are durable.
+
 Each published object carries its provenance as metadata (logger path, job, fencing token,
 SHA-256), so collisions and adoptions are decided without reading the data.
 
@@ -28,10 +34,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sqlite3
 import stat
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,6 +55,7 @@ from herocollector.output.files import (
     temporary_name,
 )
 from herocollector.output.paths import object_root
+from herocollector.output.uploads import UPLOADS_FILE, UploadRecord, abort_abandoned
 
 MULTIPART_THRESHOLD = 64 << 20
 """Files larger than this are uploaded in parts (the completion is the conditional create)."""
@@ -107,6 +115,16 @@ class OutputStore(ABC):
             OutputError: The location holds another run's (or a foreign) output.
         """
 
+    def sync_folders(self, locations: Iterable[Path | str]) -> None:  # noqa: B027 - an upload is durable when it returns
+        """Make the publishes of ``locations`` durable; called once after a run's files are published.
+
+        A local store links each file without syncing its folder, and syncs each folder once
+        here; an object store has nothing to do.
+
+        Raises:
+            PublishError: A folder cannot be synced, naming a location in it.
+        """
+
     @abstractmethod
     def put_bytes(self, location: Path | str, data: bytes, provenance: Provenance) -> bool:
         """Create a small object (a manifest) atomically, unless one exists.
@@ -137,6 +155,13 @@ class OutputStore(ABC):
             PublishError: It cannot be removed.
         """
 
+    def abort_abandoned(self) -> None:  # noqa: B027 - deliberately empty: only an object store has uploads
+        """Abort the uploads in progress that an earlier process of this service left (never raises).
+
+        The service calls it at start and then every few minutes; only an object store has such
+        uploads, and a store without them has nothing to do.
+        """
+
     @abstractmethod
     def verify(self, location: Path | str, size: int, sha256: str) -> bool:
         """Whether ``location`` holds exactly ``size`` bytes with this SHA-256.
@@ -158,10 +183,18 @@ class LocalStore(OutputStore):
 
     def __init__(self, root: Path) -> None:
         self.root = str(root)
+        self._unsynced = threading.local()  # a worker publishes and then writes its manifest on one thread
 
     def staging_path(self, location: Path | str) -> Path:
         """See :meth:`OutputStore.staging_path`."""
         return Path(location)
+
+    def _pending(self) -> dict[Path, Path]:
+        """The folders this thread linked files into and did not sync yet, each with one of those files."""
+        pending: dict[Path, Path] | None = getattr(self._unsynced, "folders", None)
+        if pending is None:
+            pending = self._unsynced.folders = {}
+        return pending
 
     def provenance(self, location: Path | str) -> Provenance | None:
         """See :meth:`OutputStore.provenance`: anything but a regular file (a symlink, a FIFO) is foreign, unread."""
@@ -179,9 +212,28 @@ class LocalStore(OutputStore):
         return Provenance(found.get("logger_path", ""), int(job) if job.isdigit() else 0)
 
     def publish(self, file: OutputFile, location: Path | str, provenance: Provenance, replace_own: bool) -> str:
-        """See :meth:`OutputStore.publish`: a link (never overwrites) or, for the job's own file, a rename."""
-        link_into_place(file.temporary, Path(location), replace_own)
+        """See :meth:`OutputStore.publish`: a link (never overwrites) or, for the job's own file, a rename.
+
+        The folder is not synced here: :meth:`sync_folders` (or the next :meth:`put_bytes` of this
+        thread) does it once for all the files linked into it.
+        """
+        final = Path(location)
+        link_into_place(file.temporary, final, replace_own, sync=False)
+        self._pending().setdefault(final.parent, final)
         return file.sha256
+
+    def sync_folders(self, locations: Iterable[Path | str]) -> None:
+        """See :meth:`OutputStore.sync_folders`: one fsync per folder, however many of the files are in it."""
+        folders: dict[Path, Path] = {}
+        for location in locations:
+            folders.setdefault(Path(location).parent, Path(location))
+        pending = self._pending()
+        for folder, location in folders.items():
+            try:
+                fsync_dir(folder)
+            except OSError as exc:
+                raise PublishError("syncing the folder of", location, exc) from exc
+            pending.pop(folder, None)
 
     def put_bytes(self, location: Path | str, data: bytes, provenance: Provenance) -> bool:
         """See :meth:`OutputStore.put_bytes`.
@@ -190,6 +242,7 @@ class LocalStore(OutputStore):
             PublishError: It cannot be written (a full disk, a read-only folder), naming ``location``.
         """
         final = Path(location)
+        self.sync_folders(list(self._pending().values()))  # normally none: the pipeline synced its folders
         staged = temporary_name(final)
         try:
             final.parent.mkdir(parents=True, exist_ok=True)
@@ -311,13 +364,18 @@ class S3Store(OutputStore):
     Args:
         root: ``s3://bucket/prefix``.
         options: ``storage_options`` (see :func:`s3_client`).
-        staging: Local folder for staged files.
+        staging: Local folder for staged files (under ``state_dir``); it also holds the record of
+            the multipart uploads in progress (:mod:`herocollector.output.uploads`).
+
+    Attributes:
+        uploads: The record of this store's multipart uploads in progress.
     """
 
     def __init__(self, root: str, options: Mapping[str, Any], staging: Path) -> None:
         self.root = root
         self.bucket = root[5:].split("/", 1)[0]
         self.staging = staging
+        self.uploads = UploadRecord(staging / UPLOADS_FILE)
         self._options = dict(options)
         self._local = threading.local()  # boto3 clients are not shared between threads
 
@@ -420,6 +478,13 @@ class S3Store(OutputStore):
         upload = self.client.create_multipart_upload(Bucket=self.bucket, Key=key, Metadata=meta)
         upload_id = upload["UploadId"]
         try:
+            try:
+                # Durable before the first part: from here on, a kill -9 is undone by the next start.
+                self.uploads.add(self.bucket, key, upload_id)
+            except (sqlite3.Error, OSError) as exc:
+                raise PublishError(
+                    "recording the multipart upload of", f"s3://{self.bucket}/{key}", exc, self.uploads.file.parent
+                ) from exc
             parts = []
             with open(staged, "rb") as fh:
                 number = 1
@@ -435,9 +500,16 @@ class S3Store(OutputStore):
         except BaseException:
             try:
                 self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
-            except Exception:  # noqa: BLE001 - the original error matters; the bucket's lifecycle rule cleans up
+            except Exception:  # noqa: BLE001 - the original error matters; the record is retried at the next start
                 pass
+            else:
+                self.uploads.remove(upload_id)
             raise
+        self.uploads.remove(upload_id)
+
+    def abort_abandoned(self) -> None:
+        """See :meth:`OutputStore.abort_abandoned` and :func:`~herocollector.output.uploads.abort_abandoned`."""
+        abort_abandoned(self.client, self.uploads)
 
     def put_bytes(self, location: Path | str, data: bytes, provenance: Provenance) -> bool:
         """See :meth:`OutputStore.put_bytes`."""

@@ -33,6 +33,7 @@ from herocollector.errors import JournalError
 from herocollector.events import RunCollected, RunFailed
 from herocollector.journal.base import Announcement
 from herocollector.journal.sqlite import Job, JobState, JobStore, open_journal
+from herocollector.output.uploads import ABANDONED_SWEEP
 from herocollector.output.verify import RunCheck
 from herocollector.run.rundir import job_key
 from herocollector.service.checks import run_path_argument
@@ -140,6 +141,8 @@ class CollectionService:
             resumed = journal.resume(config.owner)
             scheduler.every("done-check", config.backoff / 1000, self._check_waiting)
             scheduler.every("purge", min(max(config.cleanup_grace / 4, 0.05), 60.0), self.cleaner.purge_due, False)
+            # Multipart uploads that a killed predecessor left, on a thread: an unreachable S3 must not delay the start.
+            scheduler.every("uploads", ABANDONED_SWEEP, self.runner.store.abort_abandoned)
             if config.scan_interval is not None and config.allowed_roots:
                 scheduler.every("scan", config.scan_interval, self._scan)
             journal.subscribe(scheduler.wake)
