@@ -2,7 +2,14 @@
 
 An output is written to a temporary file in its final directory, fsynced, and only then
 linked (or renamed) into place, so no reader ever sees a half-written file under a final
-name. :meth:`OutputFile.abort` always removes the temporary file, even when closing it fails
+name. Its SHA-256 is computed from the bytes as they are written (:class:`HashingSink`; every
+format writes its file front to back, never seeking back), so a finished file is never read
+again; :func:`sha256_of` reads one for the verification tools. A file costs one fsync; the
+fsync of the folder that makes its link durable is :func:`link_into_place`'s, or, for a store
+publishing a run's files, one per folder after all of them are linked
+(:meth:`herocollector.output.stores.OutputStore.sync_folders`).
+
+:meth:`OutputFile.abort` always removes the temporary file, even when closing it fails
 (a full disk), and never raises: the error that made the caller abort is the one reported. A
 temporary file that cannot be removed (a folder turned read-only) is remembered and removed
 by the next attempt of the same process (:func:`remove_abandoned`). Temporary names are short
@@ -14,6 +21,9 @@ Every ``OSError`` of writing or publishing (ENOSPC, EROFS, EACCES ...) is raised
 
 Formats: Arrow IPC file (``file``), Arrow IPC stream (``stream``) and Parquet (``parquet``);
 the provenance goes into the schema (key-value) metadata of each.
+
+:func:`route_batch` splits a batch between outputs in one pass: one stable sort of the rows by
+output, one gather of each column, then zero-copy slices.
 """
 
 from __future__ import annotations
@@ -44,6 +54,8 @@ _sequence = itertools.count()
 _abandoned: set[Path] = set()
 """Temporary files of this process that could not be removed (a read-only folder): removed later."""
 _abandoned_lock = threading.Lock()
+SINK_BUFFER = 64 << 10
+"""Bytes Arrow gathers before handing them to the hashing sink: few Python calls, little memory per open file."""
 
 
 class OutputFormat(enum.StrEnum):
@@ -159,7 +171,7 @@ def read_provenance(path: str | Path) -> dict[str, str]:
 
 
 def sha256_of(path: Path) -> str:
-    """The SHA-256 of a file, hex."""
+    """The SHA-256 of a file, hex, read from disk: for verification (writers hash with :class:`HashingSink`)."""
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         while chunk := fh.read(1 << 20):
@@ -232,7 +244,7 @@ def remove_stale_temporaries(final: Path) -> list[Path]:
     return removed
 
 
-def link_into_place(temporary: Path, final: Path, replace: bool) -> None:
+def link_into_place(temporary: Path, final: Path, replace: bool, *, sync: bool = True) -> None:
     """Publish a finished temporary file under its final name, atomically; the temporary name is gone after.
 
     Args:
@@ -240,6 +252,9 @@ def link_into_place(temporary: Path, final: Path, replace: bool) -> None:
         final: Its final name.
         replace: Replace an existing file there (``os.replace``); otherwise ``os.link``, which
             fails if the name is taken, and the existing file is left untouched.
+        sync: fsync the folder, so the new name is durable when this returns. A caller that
+            links several files into one folder passes False and syncs the folder once after
+            the last (:func:`fsync_dir`); until then a crash may lose the names.
 
     Raises:
         OutputError: ``replace`` is False and the final name exists.
@@ -259,6 +274,8 @@ def link_into_place(temporary: Path, final: Path, replace: bool) -> None:
         raise PublishError("publishing", final, exc) from exc
     if not replace:
         discard(temporary)  # only a second name of the published file now
+    if not sync:
+        return
     try:
         fsync_dir(final.parent)
     except OSError as exc:
@@ -281,6 +298,60 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+class HashingSink:
+    """A raw, write-only file for ``pa.PythonFile`` that hashes the bytes on their way to disk.
+
+    Arrow's writers only append to it (it cannot seek), so its digest is the digest of the file.
+    Closing it does not close the file: its owner fsyncs and closes that.
+
+    Args:
+        fh: The open, unbuffered file.
+    """
+
+    def __init__(self, fh: BinaryIO) -> None:
+        self._fh = fh
+        self._digest = hashlib.sha256()
+        self.bytes = 0
+        self.closed = False
+
+    def write(self, data: Any) -> int:
+        """Hash ``data`` and write all of it (an unbuffered write may take only part)."""
+        view = memoryview(data).cast("B")
+        self._digest.update(view)  # hashlib releases the GIL for large pieces
+        written = 0
+        while written < len(view):
+            written += self._fh.write(view[written:]) or 0
+        self.bytes += written
+        return written
+
+    def tell(self) -> int:
+        """Bytes written so far."""
+        return self.bytes
+
+    def flush(self) -> None:
+        """Nothing is buffered here."""
+
+    def close(self) -> None:
+        """Mark the sink closed (the file stays open for its fsync)."""
+        self.closed = True
+
+    def writable(self) -> bool:
+        """It is written."""
+        return True
+
+    def seekable(self) -> bool:
+        """Never: a seek would make the digest wrong."""
+        return False
+
+    def readable(self) -> bool:
+        """Never read."""
+        return False
+
+    def hexdigest(self) -> str:
+        """The SHA-256 of everything written, hex."""
+        return self._digest.hexdigest()
 
 
 class OutputFile:
@@ -313,9 +384,11 @@ class OutputFile:
         try:
             final.parent.mkdir(parents=True, exist_ok=True)
             remove_stale_temporaries(final)
-            self._fh: BinaryIO = open(self.temporary, "xb")
+            self._fh: BinaryIO = open(self.temporary, "xb", buffering=0)
         except OSError as exc:
             raise PublishError("creating", final, exc) from exc
+        self._sink = HashingSink(self._fh)
+        self._stream = pa.BufferedOutputStream(pa.PythonFile(self._sink, mode="w"), SINK_BUFFER)
         try:
             self._writer = self._open_writer(schema, codec)
         except BaseException as exc:
@@ -328,10 +401,10 @@ class OutputFile:
     def _open_writer(self, schema: pa.Schema, compression: Compression | None) -> Any:
         if self.format is OutputFormat.PARQUET:
             codec = compression.value if compression is not None else "zstd"
-            return pq.ParquetWriter(self._fh, schema, compression=codec)
+            return pq.ParquetWriter(self._stream, schema, compression=codec)
         options = pa.ipc.IpcWriteOptions(compression=compression.value if compression else None)
         opener = pa.ipc.new_file if self.format is OutputFormat.FILE else pa.ipc.new_stream
-        return opener(self._fh, schema, options=options)
+        return opener(self._stream, schema, options=options)
 
     def write(self, batch: pa.RecordBatch) -> None:
         """Append a batch.
@@ -346,20 +419,26 @@ class OutputFile:
         self.rows += batch.num_rows
 
     def finish(self) -> None:
-        """Close the writer and make the temporary file durable (before it is published).
+        """Close the writer and make the temporary file durable (before it is published); one fsync.
+
+        ``bytes`` and ``sha256`` are those of the bytes written, which are not read again.
 
         Raises:
             PublishError: Writing failed (a full disk), naming the final path.
+            OutputError: The file on disk is not the size of what was written through the sink.
         """
         try:
             self._writer.close()
-            self._fh.flush()
+            self._stream.close()  # hands Arrow's last buffered bytes to the sink
             os.fsync(self._fh.fileno())
-            self.bytes = self._fh.tell()
+            size = os.fstat(self._fh.fileno()).st_size
             self._fh.close()
-            self.sha256 = sha256_of(self.temporary)
         except OSError as exc:
             raise PublishError("writing", self.final, exc) from exc
+        if size != self._sink.bytes:  # something wrote around the sink: its digest would not be the file's
+            raise OutputError(f"{size} bytes on disk, {self._sink.bytes} written and hashed", self.final)
+        self.bytes = size
+        self.sha256 = self._sink.hexdigest()
 
     def publish(self, replace: bool) -> None:
         """Move the finished temporary file to its final name, in a local folder.
@@ -390,10 +469,11 @@ class OutputFile:
         """
         try:
             if not self._fh.closed:
-                try:
-                    self._writer.close()
-                except (pa.ArrowException, OSError, ValueError):
-                    pass
+                for close in (self._writer.close, self._stream.close):
+                    try:
+                        close()
+                    except (pa.ArrowException, OSError, ValueError):
+                        pass
                 self._fh.close()
         except OSError:
             pass
@@ -402,7 +482,12 @@ class OutputFile:
 
 
 def route_batch(batch: pa.RecordBatch, ids: np.ndarray, group_of: np.ndarray, outputs: list[OutputFile]) -> None:
-    """Send each row of a batch to the output of its stream (vectorised).
+    """Send each row of a batch to the output of its stream, rows in batch order within each output.
+
+    One pass over the batch, whatever the number of outputs: the rows are sorted by output
+    with a stable sort, each column is gathered once (:func:`gather`), and each output gets a
+    zero-copy slice. Outputs are written in the order of their index; one with no rows here
+    is not written to.
 
     Args:
         batch: Rows with a ``stream_id`` column.
@@ -415,8 +500,69 @@ def route_batch(batch: pa.RecordBatch, ids: np.ndarray, group_of: np.ndarray, ou
         return
     sids = batch.column("stream_id").to_numpy(zero_copy_only=False)
     row_group = group_of[np.searchsorted(ids, sids)]
-    for index in np.unique(row_group).tolist():
-        outputs[index].write(batch.filter(pa.array(row_group == index)))
+    counts = np.bincount(row_group, minlength=len(outputs))
+    if np.any(row_group[1:] < row_group[:-1]):
+        # A stable sort keeps the batch order within each output; on small keys numpy sorts by radix.
+        order = np.argsort(row_group.astype(_smallest_key(len(outputs))), kind="stable")
+        lists: dict[tuple[int, int, int], Any] = {}
+        columns = [gather(column, order, lists) for column in batch.columns]
+        batch = pa.RecordBatch.from_arrays(columns, schema=batch.schema)
+    start = 0
+    for index, count in enumerate(counts.tolist()):
+        if count:
+            outputs[index].write(batch.slice(start, count))
+            start += count
+
+
+def gather(array: pa.Array, order: np.ndarray, lists: dict[tuple[int, int, int], Any] | None = None) -> pa.Array:
+    """``array.take(order)``, with NumPy for the decoder's columns (Arrow's take of lists is slow).
+
+    Args:
+        array: A column.
+        order: Row indices, each in range.
+        lists: Where list columns that share their offsets (the decoder's ``indices`` and
+            ``values``) share the work of gathering them; None: nothing shared.
+
+    Returns:
+        The rows of ``array`` in ``order``, of the same type.
+    """
+    kind = array.type
+    if array.null_count == 0:
+        if _is_number(kind):
+            return pa.array(np.take(array.to_numpy(), order), type=kind)
+        if pa.types.is_list(kind) and _is_number(kind.value_type) and array.values.null_count == 0:
+            offsets_buffer = array.buffers()[1]
+            key = (offsets_buffer.address if offsets_buffer is not None else 0, array.offset, len(array))
+            shared = lists.get(key) if lists is not None else None
+            if shared is None:
+                shared = _list_order(array.offsets.to_numpy(), order)
+                if lists is not None:
+                    lists[key] = shared
+            new_offsets, child = shared
+            values = pa.array(np.take(array.values.to_numpy(), child), type=kind.value_type)
+            return pa.ListArray.from_arrays(new_offsets, values, type=kind)
+    return array.take(pa.array(order))
+
+
+def _list_order(offsets: np.ndarray, order: np.ndarray) -> tuple[pa.Array, np.ndarray]:
+    """The offsets of a list column's rows in ``order``, and the index of each of their values in the old values."""
+    starts = offsets[:-1][order]
+    lengths = (offsets[1:] - offsets[:-1])[order]
+    new_offsets = np.zeros(len(order) + 1, dtype=offsets.dtype)
+    np.cumsum(lengths, out=new_offsets[1:])
+    # Each value's old index: its row's old start, plus its place in the row (its new index minus the new start).
+    child = np.repeat(starts - new_offsets[:-1], lengths) + np.arange(new_offsets[-1], dtype=offsets.dtype)
+    return pa.array(new_offsets), child
+
+
+def _smallest_key(groups: int) -> type[np.unsignedinteger[Any]]:
+    """The smallest unsigned type that holds ``groups`` output indices (NumPy sorts uint8/uint16 by radix)."""
+    return np.uint8 if groups <= 1 << 8 else np.uint16 if groups <= 1 << 16 else np.uint64
+
+
+def _is_number(kind: pa.DataType) -> bool:
+    """Whether a type is a fixed-width number NumPy holds as it is."""
+    return bool(pa.types.is_integer(kind) or pa.types.is_floating(kind))
 
 
 def fsync_dir(folder: Path) -> None:
