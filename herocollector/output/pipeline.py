@@ -277,6 +277,7 @@ class OutputPipeline:
                     guard.before_publish()
                 path = plan.targets[t].path
                 digests[t] = store.publish(files[t], path, context.stamp, context.may_replace.get(path, False))
+            store.sync_folders(plan.targets[t].path for t in sorted(files))  # one fsync per folder, not per file
         except BaseException:
             for file in files.values():
                 file.abort()
