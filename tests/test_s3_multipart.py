@@ -166,6 +166,7 @@ def test_kill_9_mid_upload_then_restart_aborts_its_own_upload_only_and_collects_
     assert mine.process.returncode == -signal.SIGKILL
     left = in_progress(s3, bucket, "c/run-1/")
     live = wait_for(lambda: other.alive() and with_a_part(s3, bucket, "c/run-2/"), "a part of run-2 uploaded", SLOW)
+    assert set(live) <= set(in_progress(s3, bucket, "c/run-2/"))
     # Someone else's upload of the very key the killed service was sending (not recorded by it).
     key = sorted(left.values())[0]
     foreign = s3.client().create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
@@ -173,14 +174,15 @@ def test_kill_9_mid_upload_then_restart_aborts_its_own_upload_only_and_collects_
     caplog.set_level(logging.INFO, logger="herocollector.output.uploads")
     with CollectionService(ServiceConfig.from_arguments(**arguments(tmp_path, bucket, s3, "state-a"))) as service:
         collected(service, runs[0])
-        wait_for(lambda: not set(left) & set(in_progress(s3, bucket)), "the killed service's upload to be aborted")
+        wait_for(lambda: not set(left) & set(in_progress(s3, bucket)), "the killed service's upload aborted", SLOW)
         check = service.verify(str(runs[0]))
         assert check.ok, check.failures()
         record = UploadRecord(service.config.staging_dir / UPLOADS_FILE)
         assert record.all() == []
     remaining = in_progress(s3, bucket)
-    assert set(live) <= set(remaining) and remaining[foreign] == key  # the live actor's and the foreign one kept
-    assert not set(remaining) - set(live) - {foreign}
+    others = {i for i, k in remaining.items() if k.startswith("c/run-2/")}
+    assert set(live) <= others and remaining[foreign] == key  # the live actor's and the foreign one are kept
+    assert set(remaining) == others | {foreign}  # and nothing else: run-1 left nothing of its own
     aborted = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO and "aborted the" in r.getMessage()]
     assert sorted(m.split(" (upload id ")[0].rsplit(" ", 1)[1] for m in aborted) == sorted(
         f"s3://{bucket}/{k}" for k in left.values()
@@ -190,9 +192,11 @@ def test_kill_9_mid_upload_then_restart_aborts_its_own_upload_only_and_collects_
 
     # The other actor is killed too; its own restart aborts its upload and collects its run.
     other.kill()
+    theirs = set(in_progress(s3, bucket, "c/run-2/"))
+    assert theirs
     with CollectionService(ServiceConfig.from_arguments(**arguments(tmp_path, bucket, s3, "state-b"))) as service:
         collected(service, runs[1])
-        wait_for(lambda: not set(live) & set(in_progress(s3, bucket)), "the other service's upload to be aborted")
+        wait_for(lambda: not theirs & set(in_progress(s3, bucket)), "the other service's upload aborted", SLOW)
         assert service.verify(str(runs[1])).ok
     assert in_progress(s3, bucket) == {foreign: key}  # nothing of herocollector's left under the prefix
     s3.client().abort_multipart_upload(Bucket=bucket, Key=key, UploadId=foreign)
