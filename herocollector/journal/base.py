@@ -428,6 +428,20 @@ class Journal(Protocol):
         """A job whose trash was put back: a cleaned one is done again."""
         ...
 
+    # -- named leases (work that is not a job: a table's compaction) ----------------------------
+
+    def acquire_lease(self, name: str, owner: str, seconds: float) -> bool:
+        """Take the lease ``name`` for ``seconds`` (free, run out, or ``owner``'s own: renewed).
+
+        Returns:
+            False if another owner holds it and its time has not run out.
+        """
+        ...
+
+    def release_lease(self, name: str, owner: str) -> bool:
+        """Give up the lease ``name``; only its holder can. Returns whether ``owner`` held it."""
+        ...
+
 
 JobStore = Journal
 """Either journal backend (the name the service modules use)."""

@@ -24,6 +24,7 @@ from typing import Any
 
 from herocollector.errors import JournalError, LeaseLost, OutputTakenError
 from herocollector.journal.base import Announcement, Job, JobState, JobStore, failure_state, job_from_row, resubmit
+from herocollector.journal.leases import LeaseMethods, SqliteLeases
 from herocollector.journal.sqlite_db import Transaction, in_states, migrate
 
 __all__ = ["Job", "JobState", "JobStore", "Journal", "OutputTakenError", "SqliteJournal", "open_journal"]
@@ -34,7 +35,7 @@ def _dumps(metadata: dict[str, Any]) -> str:
     return json.dumps(metadata, default=str)
 
 
-class SqliteJournal:
+class SqliteJournal(LeaseMethods):
     """The service's durable job store in SQLite (thread-safe), for one actor.
 
     A fleet of actors shares :class:`herocollector.journal.postgres.PgJournal` instead; both
@@ -67,6 +68,7 @@ class SqliteJournal:
             self._reader = sqlite3.connect(self.file, check_same_thread=False, isolation_level=None, timeout=30)
             self._reader.row_factory = sqlite3.Row
             self._reader.execute("PRAGMA query_only=ON")
+            self._leases = SqliteLeases(self._transaction)
         except (sqlite3.Error, OSError) as exc:
             raise JournalError(f"cannot open the job journal: {exc}", self.file) from None
 
