@@ -4,9 +4,11 @@ the documented BOSS configs and the docs that the README links to.
 
 from __future__ import annotations
 
+import argparse
 import inspect
 import json
 import re
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -136,3 +138,90 @@ def test_reference_table_is_generated_from_the_argument_definitions() -> None:
     section = text.split("## Arguments", 1)[1].split("\n## ", 1)[0]
     table = "\n".join(line for line in section.splitlines() if line.startswith("|"))
     assert table == reference_table(), "regenerate it: python -m herocollector.arguments"
+
+
+CLI_REFERENCE = DOCS / "cli.md"
+COMMAND_HEADING = re.compile(r"^(#{2,3}) `herocollector ([a-z][a-z-]*(?: [a-z][a-z-]*)?)`\s*$", re.M)
+
+
+def cli_commands() -> dict[str, argparse.ArgumentParser]:
+    """Every command of the registry (``cli.main.COMMANDS``) and every sub-command (``remote status``), by name."""
+    from herocollector.cli.main import COMMANDS, build_parser
+
+    def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+        found: dict[str, argparse.ArgumentParser] = {}
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                found.update(action.choices)
+        return found
+
+    top = subcommands(build_parser())
+    commands: dict[str, argparse.ArgumentParser] = {}
+    for command in COMMANDS:
+        commands[command.NAME] = top[command.NAME]
+        for name, parser in subcommands(top[command.NAME]).items():
+            commands[f"{command.NAME} {name}"] = parser
+    return commands
+
+
+def cli_sections() -> dict[str, str]:
+    """The sections of docs/cli.md, by the command their heading names (``## `herocollector collect```)."""
+    text = CLI_REFERENCE.read_text(encoding="utf-8")
+    headings = list(COMMAND_HEADING.finditer(text))
+    sections: dict[str, str] = {}
+    for heading, following in zip(headings, [*headings[1:], None]):
+        name = heading.group(2)
+        assert name not in sections, f"docs/cli.md documents herocollector {name} twice"
+        assert len(heading.group(1)) == 2 + name.count(" "), f"herocollector {name}: use {'#' * (2 + name.count(' '))}"
+        end = following.start() if following else len(text)
+        sections[name] = text[heading.end() : end].split("\n## ", 1)[0]
+    return sections
+
+
+def test_every_cli_command_has_its_section_in_docs_cli() -> None:
+    commands, sections = set(cli_commands()), set(cli_sections())
+    missing = sorted(commands - sections)
+    assert not missing, f"docs/cli.md needs a section per command: add {[f'herocollector {m}' for m in missing]}"
+    unknown = sorted(sections - commands)
+    assert not unknown, f"docs/cli.md documents commands that do not exist: {unknown}"
+
+
+def _mentioned(option: str, text: str) -> bool:
+    return re.search(rf"(?<![\w-]){re.escape(option)}(?![\w-])", text) is not None
+
+
+def test_every_cli_option_is_documented_in_its_section_and_exists() -> None:
+    commands, sections = cli_commands(), cli_sections()
+    for name, parser in commands.items():
+        # A sub-command's options may be described once, in its parent's section (every remote method's --realm).
+        parent = name.split(" ", 1)[0] if " " in name else None
+        text = sections.get(name, "") + (sections.get(parent, "") if parent else "")
+        for action in parser._actions:
+            if isinstance(action, argparse._HelpAction) or not action.option_strings:
+                continue
+            assert any(_mentioned(o, text) for o in action.option_strings), (
+                f"docs/cli.md: herocollector {name}: {'/'.join(action.option_strings)} is not documented"
+            )
+        named = set(re.findall(r"(?<![\w-])(--[a-z][a-z-]*)", sections.get(name, "")))
+        children = [p for n, p in commands.items() if n.startswith(f"{name} ")]
+        known = {o for p in [parser, *children] for a in p._actions for o in a.option_strings}
+        assert named <= known, f"docs/cli.md: herocollector {name} has no option {sorted(named - known)}"
+
+
+def _extra_rows(text: str, heading: str) -> list[str]:
+    """The extras in the rows of the table headed ``| extra |`` in the section ``## heading``."""
+    section = text.split(f"\n## {heading}\n", 1)[1].split("\n## ", 1)[0]
+    table = re.search(r"^\| extra \|.*\n((?:\|.*\n)+)", section, re.M)
+    assert table, f"## {heading} needs a table of the extras, headed '| extra |'"
+    return re.findall(r"^\|\s*`herocollector\[([a-z0-9-]+)\]`\s*\|", table.group(1), re.M)
+
+
+def test_every_extra_is_documented() -> None:
+    extras = set(
+        tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["optional-dependencies"]
+    )
+    extras.discard("test")  # the test tools, installed by the quick start
+    for doc, where in ((DOCS / "operations.md", "docs/operations.md"), (README, "README.md")):
+        rows = _extra_rows(doc.read_text(encoding="utf-8"), "Installing")
+        assert len(rows) == len(set(rows)), f"{where}: an extra has two rows: {rows}"
+        assert set(rows) == extras, f"{where} ## Installing: a row per extra {sorted(extras)}, found {sorted(rows)}"
