@@ -9,7 +9,9 @@ then published under its final name, atomically and without overwriting another 
 * **object store** (``s3://bucket/prefix``): the staged file is uploaded with a conditional
   create (``If-None-Match: *``), as one ``PutObject`` or, for large files, a multipart upload
   whose completion is conditional. Nothing is ever written through a stream that publishes
-  on close. An object that exists already is kept: if it holds the same bytes for the same
+  on close. A multipart upload is aborted if it fails, and recorded in the staging folder
+  until it ends, so that the next start aborts one that a killed process left
+  (:mod:`herocollector.output.uploads`). An object that exists already is kept: if it holds the same bytes for the same
   run (an earlier attempt of the job), it is adopted; otherwise the job fails with an
   output collision.
 
