@@ -38,6 +38,7 @@ from herocollector.output.verify import RunCheck
 from herocollector.run.rundir import job_key
 from herocollector.service.checks import run_path_argument
 from herocollector.service.cleanup import RunCleaner, SweepProgress
+from herocollector.service.compaction import TableUpkeep
 from herocollector.service.health import JournalHealth
 from herocollector.service.intake import SPOOL_DIR, Intake, Malformed, Spool, announcement_of
 from herocollector.service.metrics import MetricsExporter
@@ -127,6 +128,7 @@ class CollectionService:
                 self._journalled,
                 self._malformed,
             )
+            self.upkeep = TableUpkeep(config, journal, scheduler.stopping)
             self.runner = JobRunner(
                 config,
                 journal,
@@ -135,6 +137,7 @@ class CollectionService:
                 self._failed,
                 self._cleanup_after if config.cleanup_after_collect else None,
                 on_inventory=lambda job, inventory: self.cleaner.record_inventory(job, inventory),
+                on_table=self.upkeep.add,
             )
             self.cleaner = cleaner = RunCleaner(config, journal, scheduler.stopping)
             self.scanner = Scanner(journal, config.allowed_roots, config.scan_depth, scheduler.stopping)
@@ -145,6 +148,8 @@ class CollectionService:
             scheduler.every("uploads", ABANDONED_SWEEP, self.runner.store.abort_abandoned)
             if config.scan_interval is not None and config.allowed_roots:
                 scheduler.every("scan", config.scan_interval, self._scan)
+            if config.format.is_table and config.compact_interval is not None:  # a thread of its own, not a worker's
+                scheduler.every("compaction", config.compact_interval, self.upkeep.run, run_at_start=False)
             journal.subscribe(scheduler.wake)
             self.health.on_recovery(lambda: scheduler.trigger("scan"))  # runs missed while the journal was down
             self.exporter = self._serve_metrics()
@@ -281,6 +286,7 @@ class CollectionService:
                     last_scan=self.scanner.last,
                     recent=recent,
                     extra=extra,
+                    compaction=self.upkeep.states(),
                 )
         if outage is not None:
             extra["journal_outage"] = {**outage.to_dict(), "spooled_batches": self.intake.spooled}
@@ -295,6 +301,7 @@ class CollectionService:
             last_scan=self.scanner.last,
             recent=[],
             extra=extra,
+            compaction=self.upkeep.states(),
         )
 
     def failed(self) -> list[Job]:

@@ -151,6 +151,7 @@ class JobRunner:
         after_collect: Called with the path of every run this actor collected (cleanup).
         on_inventory: Called with every job this actor collected and the inventory of the run
             it read (what a cleanup may remove), right before the journal records it done.
+        on_table: Told every Delta table a run was committed to (what compaction looks after).
     """
 
     def __init__(
@@ -162,6 +163,7 @@ class JobRunner:
         on_failed: Callable[[RunFailed], None],
         after_collect: Callable[[str], None] | None = None,
         on_inventory: Callable[[Job, RunInventory], None] | None = None,
+        on_table: Callable[[str], None] | None = None,
     ) -> None:
         self.config = config
         self.journal = journal
@@ -182,7 +184,7 @@ class JobRunner:
         )
         self.committer: RunCommitter
         if config.format.is_table:
-            self.committer = TableCommitter(config, self.pipeline, stopping)
+            self.committer = TableCommitter(config, self.pipeline, stopping, on_table)
         else:
             self.committer = ManifestCommitter(config, journal, self.store, self.pipeline, stopping)
         # Stable across restarts, so a restarted actor recognises its own claims.

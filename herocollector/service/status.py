@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from herocollector.journal.sqlite import Job, JobState
+from herocollector.service.compaction import TableUpkeepState
 from herocollector.service.scan import ScanResult
 
 TRASH_LISTED = 100
@@ -74,6 +75,7 @@ class ServiceStatus:
         pending_deletion: The first :data:`TRASH_LISTED` of them, soonest deletion first.
         last_scan: The last catch-up scan, if any ran.
         recent: The most recently updated jobs.
+        compaction: ``format: "delta"``: each table's upkeep (when this service last compacted it), by table.
         extra: Further sections other parts of the service report (for example a cleanup
             in progress), by name.
     """
@@ -88,6 +90,7 @@ class ServiceStatus:
     last_scan: ScanResult | None
     recent: list[Job]
     extra: dict[str, Any] = field(default_factory=dict)
+    compaction: dict[str, TableUpkeepState] = field(default_factory=dict)
 
     @property
     def queued(self) -> int:
@@ -113,5 +116,6 @@ class ServiceStatus:
             "pending_deletion": [asdict(entry) for entry in self.pending_deletion],
             "last_scan": None if self.last_scan is None else asdict(self.last_scan),
             "recent": [job.to_dict() for job in self.recent],
+            "compaction": {table: asdict(state) for table, state in self.compaction.items()},
             **self.extra,
         }
