@@ -16,7 +16,7 @@ import pytest
 from herocollector.actor.demo import write_simulated_run
 from herocollector.config import ServiceConfig
 from herocollector.journal.sqlite import Job, JobState
-from herocollector.output.manifest import manifest_location
+from herocollector.output.manifest import MANIFEST_PREFIX, ManifestRoot, legacy_manifest_location, manifest_location
 from herocollector.output.stores import LocalStore
 from herocollector.output.verify import verify_job
 from herocollector.run.logdir import segment_files
@@ -35,7 +35,12 @@ class Site:
         self.runs = tmp / "runs"
         self.runs.mkdir()
         self.out = tmp / "out"
+        self.manifests = tmp / "out.manifests"  # the default manifest root, beside output_root
         self.services: list[CollectionService] = []
+
+    def manifest(self, run: Path, outputs: Any) -> Path:
+        """Where the manifest of ``run`` is: below the manifest root."""
+        return Path(manifest_location(str(run), [str(o) for o in outputs], self.out, self.manifests))
 
     def service(self, **overrides: Any) -> CollectionService:
         arguments: dict[str, Any] = dict(
@@ -155,7 +160,7 @@ def test_a_missing_output_or_manifest_fails_verification(site: Site) -> None:
         f"size {len(data) - 1} bytes, manifest lists {len(data)}" in f for f in service.verify(str(run)).failures()
     )
     victim.write_bytes(data)
-    manifest = Path(manifest_location(str(run), list(job.outputs)))
+    manifest = site.manifest(run, job.outputs)
     assert manifest.is_file()
     manifest.rename(manifest.with_name("moved.json"))
     failures = service.verify(str(run)).failures()
@@ -170,16 +175,17 @@ def test_rows_must_add_up_to_the_journal(site: Site) -> None:
     service = site.service()
     run, job = site.collected(service, "run-1")
     store = LocalStore(site.out)
-    assert verify_job(store, str(run), job.outputs, job.rows).ok
+    manifests = ManifestRoot(LocalStore(site.manifests), site.out, site.manifests)
+    assert verify_job(store, str(run), job.outputs, job.rows, manifests).ok
     first = sorted(job.outputs)[0]
     more = {**job.outputs, first: job.outputs[first] + 1}
-    check = verify_job(store, str(run), more, (job.rows or 0) + 1)
+    check = verify_job(store, str(run), more, (job.rows or 0) + 1, manifests)
     assert (
         f"{first}: manifest lists {job.outputs[first]} rows, the journal {job.outputs[first] + 1}" in check.failures()
     )
     assert any("hold" in p and "journal records" in p for p in check.problems)
     fewer = dict(list(job.outputs.items())[1:])
-    check = verify_job(store, str(run), fewer, sum(fewer.values()))
+    check = verify_job(store, str(run), fewer, sum(fewer.values()), manifests)
     assert any(f"the manifest's output {first} is not in the journal" in p for p in check.problems)
 
 
@@ -240,7 +246,7 @@ def test_the_verify_command(site: Site) -> None:
     assert f"{victim}: SHA-256" in result.stdout and "1 with differences" in result.stdout
     result = cli("verify", run, other, "--journal", journal)
     assert result.returncode == 1 and f"{victim}: SHA-256" in result.stdout and result.stdout.count("ok ") == 1
-    manifest = manifest_location(str(other), [str(p) for p in current(service, other).outputs])
+    manifest = site.manifest(other, current(service, other).outputs)
     assert cli("verify", manifest).returncode == 0  # one manifest on its own
 
     assert cli("verify", run).returncode == 1  # a run needs the journal
@@ -263,3 +269,68 @@ def test_an_output_replaced_by_a_fifo_or_a_symlink_fails_without_blocking(site: 
     failures = service.verify(str(run)).failures()
     assert sorted(failures) == sorted([f"{first}: output is not a regular file", f"{second}: output is a symlink"])
     assert service.cleanup(str(run)) is False and segment_files(run)
+
+
+# ----------------------------------------------------------------------------------------
+# Where the manifests are: the manifest root, and beside the outputs for runs of version 0.2
+# ----------------------------------------------------------------------------------------
+
+
+def test_the_manifests_lie_under_the_manifest_root_and_none_in_output_root(site: Site) -> None:
+    service = site.service()
+    run, job = site.collected(service, "run-1")
+    manifest = site.manifest(run, job.outputs)
+    assert manifest == site.manifests / run.name / manifest.name and manifest.is_file()
+    assert not [p for p in site.out.rglob("*") if p.name.startswith(MANIFEST_PREFIX)]
+    assert service.verify(str(run)).manifest == str(manifest)
+
+
+def test_a_given_manifest_root_is_used_by_the_service_and_found_by_the_command(site: Site) -> None:
+    elsewhere = site.tmp / "records" / "manifests"
+    service = site.service(manifest_root=str(elsewhere))
+    run, job = site.collected(service, "run-1")
+    [manifest] = elsewhere.rglob(f"{MANIFEST_PREFIX}*.json")
+    assert manifest.parent == elsewhere / run.name
+    assert not site.manifests.exists()
+    assert service.verify(str(run)).ok
+    result = cli("verify", site.out, "--manifest-root", elsewhere)
+    assert result.returncode == 0 and "verified 1 run(s): ok" in result.stdout, result.stdout + result.stderr
+    journal = site.tmp / "state" / "journal.sqlite3"
+    result = cli("verify", run, "--journal", journal, "--manifest-root", elsewhere)
+    assert result.returncode == 0, result.stdout + result.stderr
+    result = cli("verify", site.out)  # the default manifest root has none: nothing to verify
+    assert result.returncode == 1 and "no run manifest found" in result.stderr
+
+
+def test_runs_collected_by_0_2_verify_and_clean_from_their_manifests_beside_the_outputs(site: Site) -> None:
+    service = site.service()
+    run, job = site.collected(service, "run-1")
+    newer, newer_job = site.collected(service, "run-22")
+    # Version 0.2 wrote the manifest beside the outputs: the same file, at the old place.
+    manifest = site.manifest(run, job.outputs)
+    old = Path(legacy_manifest_location(str(run), list(job.outputs)))
+    assert old.parent == site.out / run.name
+    manifest.rename(old)
+
+    check = service.verify(str(run))
+    assert check.ok and check.manifest == str(old), check.failures()
+    assert service.verify(str(newer)).manifest == str(site.manifest(newer, newer_job.outputs))
+    journal = site.tmp / "state" / "journal.sqlite3"
+    result = cli("verify", site.out)
+    assert result.returncode == 0 and "verified 2 run(s): ok" in result.stdout, result.stdout + result.stderr
+    assert str(old) in result.stdout
+    assert cli("verify", run, "--journal", journal).returncode == 0
+
+    victim = Path(sorted(job.outputs)[0])
+    flip_byte(victim)  # the old manifest is checked as strictly as a new one
+    assert not service.verify(str(run)).ok
+    result = cli("verify", site.out)
+    assert result.returncode == 1 and f"{victim}: SHA-256" in result.stdout
+    assert service.cleanup(str(run)) is False and segment_files(run)
+    flip_byte(victim)
+    assert service.cleanup(str(run)) is True and not segment_files(run)
+    assert old.is_file()  # left where it is
+
+    old.rename(site.tmp / "away.json")  # no manifest at either place
+    failures = service.verify(str(run)).failures()
+    assert len(failures) == 1 and failures[0].startswith(f"{manifest}: manifest missing")

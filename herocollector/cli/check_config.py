@@ -10,10 +10,11 @@ line per problem naming the argument:
   (:meth:`herocollector.config.ServiceConfig.from_arguments`);
 * ``save_template`` rendered for every stream of a sample run (``--run PATH``), with the
   variables the actor gives it;
-* the folders: ``state_dir`` and a local ``output_root`` writable (or creatable),
+* the folders: ``state_dir``, a local ``output_root`` and (for the file formats) the manifest
+  root (``manifest_root``, by default ``<output_root>.manifests``) writable (or creatable),
   ``allowed_roots`` readable;
 * the ``journal`` (a PostgreSQL URL is connected to) and an ``s3://`` ``output_root`` (its
-  endpoint is reached and the bucket looked up).
+  endpoint is reached and the bucket looked up, and the manifest root's if it is another).
 
 Nothing is created or changed. Exit status 0 when nothing was found, 1 otherwise.
 """
@@ -191,6 +192,8 @@ def _check_paths(config: Any, findings: Findings) -> None:
     _writable("state_dir", Path(config.state_dir), findings)
     if isinstance(config.output_root, Path):
         _writable("output_root", config.output_root, findings)
+        if not config.format.is_table:
+            _writable("manifest_root", Path(config.manifest_location), findings)
     if not config.allowed_roots:
         findings.warn("allowed_roots", "empty: the actor refuses every run (no folder is allowed)")
     for root in config.allowed_roots:
@@ -242,13 +245,18 @@ def _check_s3(config: Any, findings: Findings) -> None:
             f"cannot reach the S3 endpoint {client.meta.endpoint_url} of {config.output_root}: {exc.strerror or exc}",
         )
         return
-    try:
-        client.head_bucket(Bucket=bucket)
-    except ClientError as exc:
-        code = exc.response.get("Error", {}).get("Code", "?")
-        findings.add("output_root", f"bucket {bucket!r} at {client.meta.endpoint_url}: {code} ({exc})")
-    except BotoCoreError as exc:
-        findings.add("storage_options", f"S3 endpoint {client.meta.endpoint_url}: {exc}")
+    buckets = {bucket: "output_root"}
+    if not config.format.is_table:
+        buckets.setdefault(str(config.manifest_location)[5:].split("/", 1)[0], "manifest_root")
+    for name, argument in buckets.items():
+        try:
+            client.head_bucket(Bucket=name)
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "?")
+            findings.add(argument, f"bucket {name!r} at {client.meta.endpoint_url}: {code} ({exc})")
+        except BotoCoreError as exc:
+            findings.add("storage_options", f"S3 endpoint {client.meta.endpoint_url}: {exc}")
+            return
 
 
 def _resolved(config: Any) -> dict[str, Any]:
@@ -263,6 +271,8 @@ def _resolved(config: Any) -> dict[str, Any]:
         elif item.name == "storage_options":
             value = {k: ("***" if "secret" in k or "token" in k else v) for k, v in value.items()}
         resolved[item.name] = json.loads(json.dumps(value, default=str))
+    if not config.format.is_table:
+        resolved["manifest_location"] = str(config.manifest_location)
     resolved["journal_location"] = (
         _without_password(config.journal_location) if "://" in config.journal_location else config.journal_location
     )

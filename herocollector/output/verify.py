@@ -9,9 +9,11 @@ and SHA-256. :func:`verify_job` reads the manifest of a journalled job and check
 * the rows add up: each output's rows as the journal recorded them, and their sum the job's.
 
 :func:`verify_manifest` does the same for one manifest without a journal (the ``herocollector
-verify`` command), and :func:`find_manifests` lists the manifests below an output root. Every
-result is typed: a :class:`RunCheck` with an :class:`OutputCheck` per output, each saying what
-differs.
+verify`` command), and :func:`find_manifests` lists the manifests below a folder or prefix. The
+manifests lie under the manifest root (:class:`~herocollector.output.manifest.ManifestRoot`);
+those of runs collected by version 0.2 lie beside their outputs, and are read there when the
+manifest root has none. Every result is typed: a :class:`RunCheck` with an :class:`OutputCheck`
+per output, each saying what differs.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import posixpath
 import stat
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -26,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from herocollector.errors import CollectorError, OutputError
-from herocollector.output.manifest import MANIFEST_PREFIX, Manifest, ManifestEntry, manifest_location
+from herocollector.output.manifest import MANIFEST_PREFIX, Manifest, ManifestEntry, ManifestRoot
 from herocollector.output.stores import OutputStore, S3Store
 
 CHUNK = 1 << 20
@@ -192,16 +195,22 @@ def read_manifest(store: OutputStore, location: Path | str) -> Manifest | None:
         raise OutputError(exc.reason, location) from None
 
 
-def verify_manifest(store: OutputStore, location: Path | str, manifest: Manifest | None = None) -> RunCheck:
+def verify_manifest(
+    store: OutputStore,
+    location: Path | str,
+    manifest: Manifest | None = None,
+    manifest_store: OutputStore | None = None,
+) -> RunCheck:
     """Check every output one manifest lists (no journal: sizes and SHA-256 only).
 
     Args:
         store: Where the outputs are.
         location: The manifest.
         manifest: Its contents, if read already.
+        manifest_store: Where the manifest is, if not in ``store`` (another bucket).
     """
     try:
-        manifest = manifest or read_manifest(store, location)
+        manifest = manifest or read_manifest(manifest_store or store, location)
     except CollectorError as exc:
         return RunCheck("", str(location), (), (f"unreadable manifest: {exc.reason}",))
     if manifest is None:
@@ -210,7 +219,9 @@ def verify_manifest(store: OutputStore, location: Path | str, manifest: Manifest
     return RunCheck(manifest.run, str(location), checks)
 
 
-def verify_job(store: OutputStore, run: str, outputs: Mapping[str, int], rows: int | None) -> RunCheck:
+def verify_job(
+    store: OutputStore, run: str, outputs: Mapping[str, int], rows: int | None, manifests: ManifestRoot
+) -> RunCheck:
     """Check a collected run's outputs against its manifest and the journal's record of them.
 
     Args:
@@ -218,6 +229,8 @@ def verify_job(store: OutputStore, run: str, outputs: Mapping[str, int], rows: i
         run: The logger path, as journalled.
         outputs: The journal's outputs of the job, with their rows.
         rows: The journal's total rows of the job.
+        manifests: Where the manifests are; a run collected by version 0.2 has its manifest
+            beside its outputs, which is read when the manifest root has none.
 
     Returns:
         The result; ``ok`` only if the manifest is there, lists exactly these outputs, every
@@ -226,11 +239,11 @@ def verify_job(store: OutputStore, run: str, outputs: Mapping[str, int], rows: i
     if not outputs:
         empty = () if not rows else (f"the journal records {rows} rows but no outputs",)
         return RunCheck(run, None, (), empty)
-    location = str(manifest_location(run, list(outputs)))
     try:
-        manifest = read_manifest(store, location)
-    except CollectorError as exc:
-        return RunCheck(run, location, (), (f"unreadable manifest: {exc.reason}",))
+        where = manifests.find(store, run, list(outputs))
+    except CollectorError as exc:  # something that is not a manifest is there, or the outputs are outside output_root
+        return RunCheck(run, exc.path, (), (f"unreadable manifest: {exc.reason}",))
+    location, manifest = str(where.location), where.manifest
     if manifest is None:
         return RunCheck(run, location, (), ("manifest missing: the run's outputs were never confirmed complete",))
     problems: list[str] = []
@@ -259,3 +272,20 @@ def find_manifests(store: OutputStore, root: str) -> Iterator[str]:
         yield str(path)
         return
     yield from sorted(str(p) for p in path.rglob(f"{MANIFEST_PREFIX}*.json") if p.is_file() and not p.is_symlink())
+
+
+def find_run_manifests(manifests: ManifestRoot, store: OutputStore) -> list[tuple[str, OutputStore]]:
+    """The manifests of the runs below an output root, each with the store that holds it, in name order.
+
+    Those under the manifest root, then those that version 0.2 wrote beside the outputs (below
+    ``output_root``) of a run that has none under the manifest root.
+
+    Args:
+        manifests: The manifest root of the output root.
+        store: The store of the outputs.
+    """
+    found = [(m, manifests.store) for m in find_manifests(manifests.store, str(manifests.root))]
+    names = {posixpath.basename(m) for m, _ in found}
+    legacy = find_manifests(store, str(manifests.output_root))
+    found.extend((m, store) for m in legacy if posixpath.basename(m) not in names)
+    return found

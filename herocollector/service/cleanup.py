@@ -17,7 +17,8 @@ of its own, ``<state_dir>/cleanup.sqlite3``:
 * ``trash``: every entry the cleaner renamed into a run's trash, by name and identity.
 
 ``cleanup`` first verifies the run's outputs against its manifest
-(:func:`herocollector.output.verify.verify_job`): a run whose outputs are missing, changed or
+(:func:`herocollector.output.verify.verify_job`, under the manifest root, or beside the outputs
+for a run that version 0.2 collected): a run whose outputs are missing, changed or
 do not add up to the journal's rows is not cleaned. It then opens the run directory, checks it
 is the directory collected and that its segments are the files collected (and that no segment
 appeared since), and renames exactly those, relative to the directory's descriptor. The purge
@@ -37,17 +38,20 @@ import sqlite3
 import threading
 import time
 from dataclasses import asdict, dataclass
+from functools import cached_property
 from pathlib import Path
 
 from herocollector.config import ServiceConfig
 from herocollector.errors import CollectorError
 from herocollector.journal.base import Job, JobState, JobStore
 from herocollector.output.delta import verify_tables
+from herocollector.output.manifest import ManifestRoot
 from herocollector.output.stores import OutputStore, open_store
 from herocollector.output.verify import RunCheck, verify_job
 from herocollector.run import logdir, trash
 from herocollector.run.inventory import DIR, RunInventory
 from herocollector.run.rundir import RunDirectory, within_roots
+from herocollector.service.commit import open_manifests
 from herocollector.service.ledger import AFTER, LEDGER_FILE, READ, CleanupLedger
 
 log = logging.getLogger(__name__)
@@ -197,7 +201,12 @@ class RunCleaner:
         """The run's record checked: its tables' commits (``format: "delta"``), or its manifest and files."""
         if self.config.format.is_table:
             return verify_tables(path, job.outputs, job.rows, self.config.storage_options)
-        return verify_job(self.store, path, job.outputs, job.rows)
+        return verify_job(self.store, path, job.outputs, job.rows, self.manifests)
+
+    @cached_property
+    def manifests(self) -> ManifestRoot:
+        """Where the manifests of the file formats are (opened at first use: tables have none)."""
+        return open_manifests(self.config)
 
     # -- cleanup ------------------------------------------------------------------------------
 

@@ -7,9 +7,12 @@ runner picks one per output format and records the outcome.
 :class:`ManifestCommitter` is the protocol of the file formats: reserve every output path in the
 journal; adopt the run if its manifest is complete and true; otherwise remove a stale manifest,
 publish the outputs through the pipeline, then write the manifest, the run's commit record
-(:mod:`herocollector.output.manifest`). A failed attempt keeps the reservations of the outputs it
-left published without a manifest (:meth:`ManifestCommitter.left_published`), so every file under a
-final name is accounted for, and the retry replaces them.
+(:mod:`herocollector.output.manifest`), under the manifest root (``manifest_root``, by default
+``<output_root>.manifests``), in a store of its own. A manifest that version 0.2 wrote beside the
+outputs is adopted or removed like one under the manifest root. A failed attempt keeps the
+reservations of the outputs it left published without a manifest
+(:meth:`ManifestCommitter.left_published`), so every file under a final name is accounted for,
+and the retry replaces them.
 """
 
 from __future__ import annotations
@@ -24,12 +27,24 @@ from herocollector.config import ServiceConfig
 from herocollector.errors import OutputError, OutputTakenError, PublishError
 from herocollector.journal.base import Job, JobStore
 from herocollector.output.files import provenance_metadata
-from herocollector.output.manifest import ManifestEntry, check_manifest, new_manifest, write_manifest
+from herocollector.output.manifest import ManifestEntry, ManifestRoot, check_manifest, new_manifest, write_manifest
 from herocollector.output.pipeline import CollectionPlan, OutputPipeline, WriteContext
-from herocollector.output.stores import OutputStore, Provenance
+from herocollector.output.stores import OutputStore, Provenance, open_store
 from herocollector.service.lease import JobGuard, LeaseKeeper
 
 log = logging.getLogger(__name__)
+
+
+def open_manifests(config: ServiceConfig, store: OutputStore | None = None) -> ManifestRoot:
+    """The manifest root of a service: ``config.manifest_location`` in a store of its own.
+
+    Args:
+        config: The service configuration.
+        store: The store of the manifests, if opened already (default: built like the output store).
+    """
+    location = config.manifest_location
+    store = store or open_store(location, config.storage_options, config.staging_dir)
+    return ManifestRoot(store, config.output_root, location)
 
 
 class RunCommitter(Protocol):
@@ -60,6 +75,7 @@ class ManifestCommitter:
         store: Where the outputs are published.
         pipeline: Decodes and writes the outputs.
         stopping: Set when the service closes.
+        manifest_store: Where the manifests are written (default: the store of ``config.manifest_location``).
     """
 
     def __init__(
@@ -69,12 +85,14 @@ class ManifestCommitter:
         store: OutputStore,
         pipeline: OutputPipeline,
         stopping: threading.Event,
+        manifest_store: OutputStore | None = None,
     ) -> None:
         self.config = config
         self.journal = journal
         self.store = store
         self.pipeline = pipeline
         self.stopping = stopping
+        self.manifests = open_manifests(config, manifest_store)
 
     def commit(self, job: Job, plan: CollectionPlan, lease: LeaseKeeper) -> dict[str, int]:
         """See :meth:`RunCommitter.commit`."""
@@ -93,11 +111,13 @@ class ManifestCommitter:
         run_path = job.path or ""
         for target in plan.targets:
             self._claim(job, target.path)
-        check = check_manifest(self.store, run_path, job.id, [target.path for target in plan.targets])
+        check = check_manifest(self.store, self.manifests, run_path, job.id, [target.path for target in plan.targets])
+        holder = check.store or self.manifests.store
         if check.committed and check.found is not None:
             log.info(f"job {job.id}: {run_path} is committed already (manifest {check.location}); adopted as it is")
-            for location in (check.location, *(entry.path for entry in check.found.outputs)):
-                self.store.tidy(location)  # a writer killed right after linking leaves its temporary name
+            holder.tidy(check.location)  # a writer killed right after linking leaves its temporary name
+            for location in (entry.path for entry in check.found.outputs):
+                self.store.tidy(location)
             return {entry.path: entry.rows for entry in check.found.outputs}
         listed = {entry.path for entry in check.found.outputs} if check.found is not None else set()
         own = {t.path: self._may_replace(job, t.path, str(t.path) in listed) for t in plan.targets}
@@ -105,7 +125,7 @@ class ManifestCommitter:
             why = f"outputs that do not verify: {list(check.mismatched)}" if check.mismatched else "another job"
             log.warning(f"job {job.id}: the manifest {check.location} is stale ({why}); replacing the run's outputs")
             lease.check()
-            self.store.remove(check.location)  # before any output is replaced: a manifest never lists wrong files
+            holder.remove(check.location)  # before any output is replaced: a manifest never lists wrong files
         collected_at = datetime.now(UTC).isoformat()
         provenance = {
             t.path: provenance_metadata(run_path, job.source, collected_at, job.id, [s.metadata for _, s in t.members])
@@ -119,7 +139,7 @@ class ManifestCommitter:
             ManifestEntry(str(w.path), w.rows, *self.store.published(w.path, w.bytes, w.sha256)) for w in written
         ]
         lease.check()
-        write_manifest(self.store, new_manifest(run_path, job.id, job.token, entries), stamp)
+        write_manifest(self.manifests, new_manifest(run_path, job.id, job.token, entries), stamp)
         return {str(w.path): w.rows for w in written}
 
     def left_published(self, job: Job, plan: CollectionPlan) -> list[str]:
