@@ -23,7 +23,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import Progress, TaskID
 
-from herocollector.cli import common
+from herocollector.cli import collect_tables, common
 from herocollector.cli.common import CLI_SOURCE, PROG, Subparsers
 from herocollector.collector import Collector
 from herocollector.config import parse_columns, require_extra
@@ -108,6 +108,13 @@ def register(subparsers: Subparsers) -> None:
         default=None,
         metavar="{zstd,lz4,none}",
         help="buffer compression: IPC outputs default to none, Parquet to zstd (Parquet cannot be 'none')",
+    )
+    collect.add_argument(
+        "--partition-by",
+        action="append",
+        default=[],
+        metavar="COLUMN",
+        help="with --format delta: a label column (one of --columns) a new table is partitioned by; repeatable",
     )
     collect.add_argument(
         "--no-clobber",
@@ -316,12 +323,17 @@ def run(args: argparse.Namespace, out: Console, err: Console) -> int:
         )
         return 2
     names, types = parse_columns(args.columns)
+    tables = OutputFormat.parse(args.format).is_table
+    if tables:
+        collect_tables.check_partitions(args.partition_by, names)
+    elif args.partition_by:
+        raise ConfigError("--partition-by is for --format delta; files are partitioned by --template")
     pipeline = OutputPipeline(
         rule=args.rule,
         columns=names,
         label_types=types,
-        format=OutputFormat.parse(args.format),
-        compression=compression,
+        format=OutputFormat.STREAM if tables else OutputFormat.parse(args.format),  # tables commit from a stream
+        compression=None if tables else compression,
         prefetch_runs=args.jobs - 1,
     )
     # The deferral begins at the write and ends after the results are printed: a signal from
@@ -330,6 +342,16 @@ def run(args: argparse.Namespace, out: Console, err: Console) -> int:
         with common.progress(err, args.quiet, force=args.progress) as progress:
             common.wait_for_done(paths, args.backoff, args.timeout, progress)
             runs = [pipeline.plan_run(p) for p in paths]
+            if tables:
+                table = Path(os.path.abspath(args.output))
+                route = _router(args)[1] if args.template is not None else (lambda index, run, stream: table)
+                total = sum(r.segment_bytes for r in runs)
+                task = progress.add_task("collecting", total=total or None, note="0 rows")
+                counter = _Progress(progress, task, total, len(runs))
+                signals = held.enter_context(common.Deferral())
+                results = collect_tables.commit_runs(args, pipeline, runs, route, counter, signals)
+                collect_tables.report(args, out, results, paths, started)
+                return 0
             root, route = _router(args)
             plan = pipeline.plan(runs, route)
             if args.template is None and not plan.targets:
