@@ -1,13 +1,15 @@
 r"""The ``herocollector`` command line: collect, inspect, clean up and check runs; check configs; ask an actor.
 
-The commands: ``collect``, ``inspect``, ``cleanup``, ``restore``, ``verify``, ``check-config``,
-``remote`` (the running actor's methods) and ``demo``.
+The commands: ``collect``, ``inspect``, ``tables`` (the Delta tables below a root), ``cleanup``,
+``restore``, ``verify``, ``check-config``, ``remote`` (the running actor's methods) and ``demo``.
 
 Examples::
 
     herocollector collect /data/runs/run-0001 -o run-0001.arrow --columns experiment,entity
     herocollector collect /data/runs/* -o /data/collected \\
         --template "{{ experiment }}/{{ logger_name }}/{{ measure }}.arrow" --compression zstd
+    herocollector collect /data/runs/* -o /data/tables/plant --format delta --columns experiment
+    herocollector tables /data/tables
     herocollector inspect /data/runs/run-0001
     herocollector cleanup /data/runs/run-0001 --dry-run
     herocollector cleanup /data/runs/run-0001          # into the run's trash
@@ -34,11 +36,11 @@ from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 from typing import NoReturn, cast
 
-from herocollector.cli import check_config, cleanup, collect, common, demo, inspect, remote, restore, verify
+from herocollector.cli import check_config, cleanup, collect, common, demo, inspect, remote, restore, tables, verify
 from herocollector.cli.common import PROG, Command, Subparsers
 from herocollector.errors import CollectorError
 
-COMMANDS: tuple[Command, ...] = (collect, inspect, cleanup, restore, verify, check_config, remote, demo)
+COMMANDS: tuple[Command, ...] = (collect, inspect, tables, cleanup, restore, verify, check_config, remote, demo)
 """The command modules, in the order ``herocollector --help`` lists them."""
 
 
