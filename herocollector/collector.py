@@ -13,6 +13,7 @@ directory without following symlinks, and a run that changes while it is read fa
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -50,6 +51,19 @@ __all__ = [
     "run_batches",
     "scan_run",
 ]
+
+
+def decode_threads(threads: int | None) -> int:
+    """Threads that decode one run: ``threads``, or the number of cores when None.
+
+    Raises:
+        ConfigError: ``threads`` is not a positive integer.
+    """
+    if threads is None:
+        return os.cpu_count() or 1
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ConfigError(f"threads must be a positive integer or None, got {threads!r}")
+    return threads
 
 
 class BatchWriter(Protocol):
@@ -121,6 +135,7 @@ class Collector:
         columns: Sequence[str] | None = None,
         backoff: int = 100,
         timeout: int | None = 60_000,
+        threads: int | None = None,
     ) -> bool:
         """Wait for ``_DONE``, then decode the selected streams and write them to ``writer``.
 
@@ -132,6 +147,9 @@ class Collector:
                 stream without the label gets null.
             backoff: Milliseconds between ``_DONE`` polls.
             timeout: Milliseconds to wait for ``_DONE`` in all; None waits forever.
+            threads: Threads that decode one run (its segments, or parts of a large one) at
+                the same time; the rows are the same, in the same order. None: the number
+                of cores.
 
         Returns:
             True when collected, False if ``_DONE`` did not appear in time.
@@ -140,7 +158,10 @@ class Collector:
             CollectorError: Bad input; the message names the file (and byte offset).
         """
         schema = getattr(writer, "schema", None)
-        for batch in self.batches(rule=rule, columns=columns, schema=schema, backoff=backoff, timeout=timeout):
+        batches = self.batches(
+            rule=rule, columns=columns, schema=schema, backoff=backoff, timeout=timeout, threads=threads
+        )
+        for batch in batches:
             if batch is None:
                 return False
             writer.write_batch(batch)
@@ -154,6 +175,7 @@ class Collector:
         schema: pa.Schema | None = None,
         backoff: int = 100,
         timeout: int | None = 60_000,
+        threads: int | None = None,
     ) -> Iterator[pa.RecordBatch | None]:
         """Like :meth:`collect`, but yield the batches.
 
@@ -161,6 +183,7 @@ class Collector:
             Record batches in collection order; a single None if ``_DONE`` timed out.
         """
         self._check_paths()
+        threads = decode_threads(threads)
         if not logdir.wait_for_done(self._paths, backoff, timeout):
             yield None
             return
@@ -170,7 +193,9 @@ class Collector:
         if schema is None:
             schema = output_schema([s for *_, selected in chosen for s in selected], names)
         for path, streams, inventory, selected in chosen:
-            yield from run_batches(path, streams, selected, schema, chunk_bytes=self._chunk_bytes, inventory=inventory)
+            yield from run_batches(
+                path, streams, selected, schema, chunk_bytes=self._chunk_bytes, inventory=inventory, threads=threads
+            )
 
     def cleanup(
         self,

@@ -25,8 +25,9 @@ from rich.progress import Progress, TaskID
 
 from herocollector.cli import collect_tables, common
 from herocollector.cli.common import CLI_SOURCE, PROG, Subparsers
-from herocollector.collector import Collector
+from herocollector.collector import Collector, decode_threads
 from herocollector.config import parse_columns, require_extra
+from herocollector.decode import native
 from herocollector.errors import CollectorError, ConfigError, OutputError
 from herocollector.output.files import FORMATS, OutputFormat, provenance_metadata
 from herocollector.output.paths import PathTemplate, Trusted, object_root
@@ -129,6 +130,13 @@ def register(subparsers: Subparsers) -> None:
         default=2,
         metavar="N",
         help="runs decoded at the same time (default 2); rows are written in the order of the paths",
+    )
+    collect.add_argument(
+        "--threads",
+        type=common.positive,
+        default=None,
+        metavar="N",
+        help="threads that decode one run, its segments or parts of a large one (default: the number of cores)",
     )
     display = collect.add_mutually_exclusive_group()
     display.add_argument("-q", "--quiet", action="store_true", help="no progress display")
@@ -266,6 +274,25 @@ class _Progress:
             self._progress.update(self._task, description=f"finishing {self._files} file(s): sync and publish")
 
 
+class _CompileDisplay:
+    """Says on the console that the decoder is being compiled for this machine, and how long it took.
+
+    The notices come from the thread that loads the kernels; :attr:`console` is the progress
+    display's console while it runs, so the lines appear above the bar.
+    """
+
+    def __init__(self, console: Console, quiet: bool) -> None:
+        self.console = console
+        self.quiet = quiet
+        self.seconds = 0.0
+
+    def __call__(self, notice: native.CompileNotice) -> None:
+        if notice.seconds is not None:
+            self.seconds = notice.seconds
+        if not self.quiet:
+            self.console.print(f"{PROG}: {notice.message}", soft_wrap=True, highlight=False)
+
+
 class _SignalGuard:
     """Stops a write at a safe point when a deferred signal came; nothing to check before a publish."""
 
@@ -301,6 +328,14 @@ def _refuse_unavailable_output(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace, out: Console, err: Console) -> int:
     """``herocollector collect``: see :func:`register`."""
     started = time.monotonic()
+    compiling = _CompileDisplay(err, args.quiet)
+    with native.compile_notices(compiling):
+        native.warm_up_in_background()  # a first run compiles while the runs are checked and planned
+        return _collect(args, out, err, started, compiling)
+
+
+def _collect(args: argparse.Namespace, out: Console, err: Console, started: float, compiling: _CompileDisplay) -> int:
+    """:func:`run`, with the compile notices shown."""
     _refuse_unavailable_output(args)
     paths = _run_paths(args)
     if args.recursive:  # a cleaned run among those found was collected before: said, and left out
@@ -335,11 +370,13 @@ def run(args: argparse.Namespace, out: Console, err: Console) -> int:
         format=OutputFormat.STREAM if tables else OutputFormat.parse(args.format),  # tables commit from a stream
         compression=None if tables else compression,
         prefetch_runs=args.jobs - 1,
+        decode_threads=decode_threads(args.threads),
     )
     # The deferral begins at the write and ends after the results are printed: a signal from
     # then on is acted on when it is safe (see common.Deferral).
     with ExitStack() as held:
         with common.progress(err, args.quiet, force=args.progress) as progress:
+            compiling.console = progress.console
             common.wait_for_done(paths, args.backoff, args.timeout, progress)
             runs = [pipeline.plan_run(p) for p in paths]
             if tables:
@@ -394,10 +431,13 @@ def run(args: argparse.Namespace, out: Console, err: Console) -> int:
         else:
             for output in written:
                 out.print(f"{output.path}  {output.rows:,} rows, {common.size(output.bytes)}", soft_wrap=True)
-            rate = counter.rows / elapsed if elapsed > 0 else float("inf")
+            # A first run's compile is no part of the decoding rate; it is said on its own.
+            busy = elapsed - compiling.seconds
+            rate = counter.rows / busy if busy > 0 else float("inf")
+            compiled = f", after {compiling.seconds:.1f} s compiling the decoder (once)" if compiling.seconds else ""
             out.print(
                 f"collected {len(paths)} run(s): {counter.rows:,} rows, {len(written)} file(s) under {root}, "
-                f"{common.size(plan.segment_bytes)} of segments in {elapsed:.3f} s ({rate:,.0f} records/s)",
+                f"{common.size(plan.segment_bytes)} of segments in {elapsed:.3f} s ({rate:,.0f} records/s{compiled})",
                 soft_wrap=True,
             )
         if signals.received is not None:  # it came while the outputs were being finished and published

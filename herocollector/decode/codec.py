@@ -52,15 +52,8 @@ import zstandard
 
 from herocollector.decode import native as kernel  # re-exported: ``codec.kernel`` is the loaded kernels
 from herocollector.decode.columns import MAX_RECORD_BYTES, Columns, RecordDecoder, StreamTable
-from herocollector.decode.frames import (
-    MAX_FRAME_BYTES,
-    SINGLE_PASS_BYTES,
-    Chunk,
-    Readable,
-    ReadBuffers,
-    merged,
-    read_segment,
-)
+from herocollector.decode.frames import MAX_FRAME_BYTES, SINGLE_PASS_BYTES, Chunk, Readable, ReadBuffers, read_segment
+from herocollector.decode.parallel import coalesced, decode_in_parts
 from herocollector.decode.prefetch import prefetched
 from herocollector.decode.records import (
     Records,
@@ -246,6 +239,9 @@ class SegmentDecoder:
         value_scales: Value per quantum, aligned like ``epoch_scales``.
         threads: Decompress in a reader thread, ahead of the decoding (False: in the
             calling thread, one chunk at a time).
+        decode_threads: Threads that decompress and decode parts of the run at the same
+            time (:mod:`herocollector.decode.parallel`; the rows are the same, in the same
+            order); 1 (or ``threads`` False): one reader thread ahead of the calling thread.
         max_record_bytes: Most decompressed bytes of one record (at least ``chunk_bytes``);
             a larger record is a ``SegmentError``. Bounds the memory one record takes.
         max_frame_bytes: Most decompressed bytes of one zstd frame; a frame that declares
@@ -263,6 +259,7 @@ class SegmentDecoder:
         threads: bool = True,
         max_record_bytes: int = MAX_RECORD_BYTES,
         max_frame_bytes: int = MAX_FRAME_BYTES,
+        decode_threads: int = 1,
     ) -> None:
         self.streams = StreamTable(stream_ids, selected, epoch_scales, value_scales)
         self._chunk_bytes = min(max(int(chunk_bytes), MIN_CHUNK_BYTES), MAX_CHUNK_BYTES)
@@ -270,6 +267,7 @@ class SegmentDecoder:
         self._max_record_bytes = max(int(max_record_bytes), self._chunk_bytes)
         self._max_frame_bytes = int(max_frame_bytes)
         self._threads = threads
+        self._decode_threads = max(int(decode_threads), 1)
         self.ticks = np.zeros(len(self.streams), dtype=np.int64)
         """Last epoch tick of each stream slot, carried across segment files."""
 
@@ -365,35 +363,15 @@ class SegmentDecoder:
                     yield from read_segment(_readable(fh), source.name, chunk_bytes, dctx, space, max_frame)
 
         def produce() -> Iterator[Chunk]:
-            # Chunks of whole frames smaller than half a chunk (a file's last frames, or the
-            # small files of a rotated run) go together, in order, up to chunk_bytes; damage
-            # still comes in order, after everything before it.
-            pending: list[Chunk] = []
-            held = 0
-            try:
-                for chunk in read():
-                    if chunk.piece or chunk.doomed or held + chunk.data.size > chunk_bytes:
-                        if pending:
-                            yield merged(pending)
-                        pending, held = [], 0
-                    if chunk.piece or chunk.doomed:
-                        yield chunk
-                        continue
-                    pending.append(chunk)
-                    held += chunk.data.size
-                    if held >= chunk_bytes // 2:  # big enough: do not keep the decoder waiting
-                        yield merged(pending)
-                        pending, held = [], 0
-            except GeneratorExit:
-                raise
-            except BaseException:
-                if pending:
-                    yield merged(pending)
-                raise
-            if pending:
-                yield merged(pending)
+            return coalesced(read(), chunk_bytes)
 
         threaded = self._threads if threads is None else threads and self._threads
+        if threaded and self._decode_threads > 1:
+            yield from decode_in_parts(
+                sources, _readable, self.streams, self.ticks, scaled, self._decode_threads,
+                chunk_bytes, max_frame, self._max_record_bytes,
+            )  # fmt: skip
+            return
         chunks = prefetched(produce, PIPELINE_DEPTH, name="herocollector-reader") if threaded else produce()
         try:
             yield from RecordDecoder(self.streams, self.ticks, scaled, self._max_record_bytes).decode(chunks)

@@ -175,11 +175,11 @@ class RecordDecoder:
     """Runs the record kernel over chunks; turns its stops into errors or output."""
 
     def __init__(
-        self, streams: StreamTable, ticks: np.ndarray, scaled: bool, max_record_bytes: int = MAX_RECORD_BYTES
+        self, streams: StreamTable, ticks: np.ndarray, scaled: int, max_record_bytes: int = MAX_RECORD_BYTES
     ) -> None:
         self.streams = streams
         self.ticks = ticks
-        self.scaled = scaled
+        self.scaled = int(scaled)  # the kernel's mode (status.RAW, SCALED or SCALED_VALUES); one type for numba
         self.max_record_bytes = max_record_bytes
         self.open: _OpenFrame | None = None
         self.density = (1 / 64, 1 / 8)  # output records and elements per input byte, so far

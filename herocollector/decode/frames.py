@@ -154,6 +154,37 @@ def _frame_damage(status: int, offset: int) -> str:
     return _FRAME_DAMAGE[status]
 
 
+@dataclass
+class Span:
+    """The complete frames of one read of a segment: what one decompression step takes.
+
+    ``buf`` holds the segment's bytes from file offset ``base``; frame ``i`` is
+    ``buf[starts[i]:ends[i]]``. A span from :func:`scan_segment` views the reader's buffers,
+    valid until the walk goes on; :meth:`owned` is a copy another thread may keep.
+    """
+
+    name: str | Path
+    buf: np.ndarray
+    starts: np.ndarray
+    ends: np.ndarray
+    sizes: np.ndarray
+    kinds: np.ndarray
+    base: int
+    doomed: bool  # damage follows in the same read: decode only to find earlier damage
+
+    @property
+    def nbytes(self) -> int:
+        """Compressed bytes of its frames."""
+        return int(self.ends[-1]) if self.ends.size else 0
+
+    def owned(self) -> Span:
+        """A copy that no later read overwrites."""
+        buf = pool_empty(self.nbytes, np.uint8)
+        buf[:] = self.buf[: self.nbytes]
+        arrays = (self.starts.copy(), self.ends.copy(), self.sizes.copy(), self.kinds.copy())
+        return Span(self.name, buf, *arrays, self.base, self.doomed)
+
+
 def read_segment(
     fh: Readable,
     name: str | Path,
@@ -180,6 +211,41 @@ def read_segment(
     Raises:
         SegmentError: Damage; names ``name`` and the offset of the damaged frame.
     """
+    for span in scan_segment(fh, name, chunk_bytes, space, max_frame_bytes):
+        yield from decompress_span(span, chunk_bytes, dctx, max_frame_bytes)
+
+
+def decompress_span(
+    span: Span, chunk_bytes: int, dctx: zstandard.ZstdDecompressor, max_frame_bytes: int = MAX_FRAME_BYTES
+) -> Iterator[Chunk]:
+    """Decompress the frames of a span into chunks of at most ``chunk_bytes``; zstd damage is a ``SegmentError``."""
+    frames = (span.starts, span.ends, span.sizes, span.kinds)
+    return _decompress_frames(span.buf, *frames, span.base, span.name, chunk_bytes, dctx, span.doomed, max_frame_bytes)
+
+
+def scan_segment(
+    fh: Readable,
+    name: str | Path,
+    chunk_bytes: int,
+    space: ReadBuffers | None = None,
+    max_frame_bytes: int = MAX_FRAME_BYTES,
+) -> Iterator[Span]:
+    """Read one segment and walk its frame headers, a read buffer at a time, without decompressing.
+
+    Args:
+        fh: The segment, opened for binary reading, at its start.
+        name: Name used in errors.
+        chunk_bytes: Compressed bytes read at a time.
+        space: Buffers to reuse (the reader's, for all files of a run).
+        max_frame_bytes: Most decompressed bytes of one frame (and so, about, compressed).
+
+    Yields:
+        Spans of complete frames, in file order; each views ``space`` until the next is asked for.
+
+    Raises:
+        SegmentError: Damage in the frame walk, after the spans before it (the last of which is
+            ``doomed`` when it came from the same read).
+    """
     capacity = chunk_bytes
     limit = max(chunk_bytes, compressed_frame_limit(max_frame_bytes))
     space = space or ReadBuffers(capacity)
@@ -197,8 +263,7 @@ def read_segment(
             # first damage in the file is the one to report, but none of their records is
             # output: a damaged read buffer gives no records at all.
             doomed = status != codes.FRAME_OK
-            frames = (starts[:count], ends[:count], sizes[:count], kinds[:count])
-            yield from _decompress_frames(buf, *frames, base, name, chunk_bytes, dctx, doomed, max_frame_bytes)
+            yield Span(name, buf, starts[:count], ends[:count], sizes[:count], kinds[:count], base, doomed)
         if status != codes.FRAME_OK:
             raise SegmentError(_frame_damage(status, base + stop), name, base + stop)
         if eof:

@@ -54,6 +54,9 @@ from herocollector.decode.status import (  # noqa: F401 - the kernels read these
     NEED_MORE,
     OK,
     OUT_FULL,
+    RAW,
+    SCALED,
+    SCALED_VALUES,
     TOO_MANY_VALUES,
     UNKNOWN_STREAM,
     VARINT_TOO_LONG,
@@ -312,7 +315,7 @@ _STOP_BITS = np.uint64(0x8080808080808080)
 _LOW_7 = np.uint64(0x7F7F7F7F7F7F7F7F)
 
 
-@numba.njit(inline="always")
+@numba.njit
 def _varint(data, pos, end):  # type: ignore[no-untyped-def]
     """One LEB128 varint at ``data[pos]``, never reading at or past ``end``.
 
@@ -366,7 +369,7 @@ WINDOW = 64
 """Bytes whose varint ends are found at once by :func:`_terminators`."""
 
 
-@numba.njit(inline="always")
+@numba.njit
 def _terminators(data, pos):  # type: ignore[no-untyped-def]
     """Bit ``i`` set when ``data[pos + i]`` ends a varint (is below 0x80), for ``i < 64``.
 
@@ -380,7 +383,7 @@ def _terminators(data, pos):  # type: ignore[no-untyped-def]
     return mask
 
 
-@numba.njit(inline="always")
+@numba.njit
 def _pack(word, length):  # type: ignore[no-untyped-def]
     """The value of a varint of ``length`` (1..8) bytes read as the word ``word``."""
     word &= (_ALL >> np.uint64(64 - 8 * length)) & _LOW_7
@@ -389,13 +392,13 @@ def _pack(word, length):  # type: ignore[no-untyped-def]
     return ((word & np.uint64(0x0FFFFFFF00000000)) >> np.uint64(4)) | (word & np.uint64(0x000000000FFFFFFF))
 
 
-@numba.njit(inline="always")
+@numba.njit
 def _unzigzag(u):  # type: ignore[no-untyped-def]
     """Zigzag-decode a ``uint64`` into an ``int64`` (``(u >> 1) ^ -(u & 1)``, two's complement)."""
     return np.int64((u >> np.uint64(1)) ^ (np.uint64(0) - (u & np.uint64(1))))
 
 
-@numba.njit(inline="always")
+@numba.njit
 def _slot_of(sid, table, big_ids, big_slots):  # type: ignore[no-untyped-def]
     """Slot of stream id ``sid`` (``uint64``): a dense table for small ids, else binary search."""
     if sid < np.uint64(table.shape[0]):
@@ -413,7 +416,7 @@ def _slot_of(sid, table, big_ids, big_slots):  # type: ignore[no-untyped-def]
     return np.int64(-1)
 
 
-@numba.njit(inline="always")
+@numba.njit
 def _need(rec, end, header_end, n):  # type: ignore[no-untyped-def]
     """A lower bound of a record's length in bytes, once its header (``n`` elements) is read."""
     if n > np.uint64(1 << 60):
@@ -470,8 +473,9 @@ def decode_records(  # type: ignore[no-untyped-def]
         epoch_scales: Per slot, seconds per epoch tick (``float64``).
         value_scales: Per slot, value per quantum (``float64``).
         last_ticks: Per slot, the stream's last epoch tick (``int64``, updated in place).
-        scaled: Write float epochs and values (``out_epoch``, ``out_val``); else the raw
-            ticks and quantised values (``out_tick``, ``out_q``).
+        scaled: ``SCALED`` (or True): write float epochs and values (``out_epoch``,
+            ``out_val``); ``RAW`` (or False): the raw ticks and quantised values (``out_tick``,
+            ``out_q``); ``SCALED_VALUES``: float values, raw ticks.
         max_values: Most elements written by one call (list offsets must fit in ``int32``).
         out_sid: Stream id of each record written (``uint32``).
         out_slot: Slot of each record written (``int32``).
@@ -490,11 +494,11 @@ def decode_records(  # type: ignore[no-untyped-def]
     """
     n_units = unit_ends.shape[0]
     cap_rec = min(out_sid.shape[0], out_slot.shape[0], out_offsets.shape[0] - 1)
+    scale_epochs = scaled == SCALED  # SCALED_VALUES scales the values only
+    cap_rec = min(cap_rec, out_epoch.shape[0] if scale_epochs else out_tick.shape[0])
     if scaled:
-        cap_rec = min(cap_rec, out_epoch.shape[0])
         cap_val = min(out_idx.shape[0], out_val.shape[0])
     else:
-        cap_rec = min(cap_rec, out_tick.shape[0])
         cap_val = min(out_idx.shape[0], out_q.shape[0])
     n_slots = min(selected.shape[0], epoch_scales.shape[0], value_scales.shape[0], last_ticks.shape[0])
     zero = np.uint64(0)
@@ -597,7 +601,7 @@ def decode_records(  # type: ignore[no-untyped-def]
             if take:
                 out_sid[nrec] = np.uint32(sid)
                 out_slot[nrec] = np.int32(slot)
-                if scaled:
+                if scale_epochs:
                     out_epoch[nrec] = np.float64(tick) * epoch_scales[slot]
                 else:
                     out_tick[nrec] = tick
@@ -681,7 +685,7 @@ def entry_points() -> dict[str, Any]:
             carray(data, ndata, u8), pos, carray(ends, nends, i64), unit, open_last != 0,
             carray(table, ntable, i32), carray(big_ids, nbig, u64), carray(big_slots, nslots, i32),
             carray(selected, nselected, u8), carray(epoch_scales, nepoch, f64), carray(value_scales, nvalue, f64),
-            carray(ticks, nticks, i64), scaled != 0, max_values, carray(sid, nsid, u32), carray(slot, nslot, i32),
+            carray(ticks, nticks, i64), scaled, max_values, carray(sid, nsid, u32), carray(slot, nslot, i32),
             carray(epoch, nepoch_out, f64), carray(epoch, nepoch_out, i64), carray(offsets, noffsets, i32),
             carray(idx, nidx, i64), carray(val, nval, f64), carray(val, nval, i64),
         )  # fmt: skip

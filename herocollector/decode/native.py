@@ -26,26 +26,30 @@ install can ship them in ``__pycache__``) and stored in the first writable one. 
 are only loaded when they belong to the current user (or root), are not writable by others,
 and match the SHA-256 recorded next to them.
 
+The cache itself (key, directories, checks, the build) is :mod:`herocollector.decode.objcache`.
+The first use on a machine compiles the kernels (seconds): that is logged at INFO
+(:data:`COMPILING`, then the time it took) and told to :func:`compile_notices` callbacks, and
+:func:`warm_up_in_background` starts it on a thread of its own.
+
 This module must not import numba (nor :mod:`herocollector.decode.kernel`) at import time.
 """
 
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import importlib.util
-import json
 import logging
 import os
-import stat
 import sys
 import threading
-from collections.abc import Callable
-from pathlib import Path
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from herocollector.decode.objcache import build, cache_dirs, cache_key, provide_symbols, read_entry, store
 from herocollector.decode.status import (  # noqa: F401 - re-exported: the decoder reads the codes here
     BAD_CAPACITY,
     CUT_SHORT,
@@ -62,6 +66,9 @@ from herocollector.decode.status import (  # noqa: F401 - re-exported: the decod
     NEED_MORE,
     OK,
     OUT_FULL,
+    RAW,
+    SCALED,
+    SCALED_VALUES,
     TOO_MANY_VALUES,
     UNKNOWN_STREAM,
     VARINT_TOO_LONG,
@@ -69,9 +76,14 @@ from herocollector.decode.status import (  # noqa: F401 - re-exported: the decod
 
 log = logging.getLogger(__name__)
 
+# The cache's functions under the names the tests (and older callers) use.
+_cache_key, _cache_dirs, _read_entry = cache_key, cache_dirs, read_entry
+
 BACKEND_ENV = "HEROCOLLECTOR_KERNELS"
 """Set to ``numba`` to use numba's dispatchers instead of the object-code cache."""
-_FORMAT = 1  # bump when the entry points or the cache layout change
+COMPILING = "compiling the decoder for this machine (once)"
+"""What is said (logged at INFO, and told to :func:`compile_notices` callbacks) when the kernels
+have to be compiled: the first run after an install, an upgrade, or on another CPU."""
 
 
 # ----------------------------------------------------------------------------------------
@@ -131,6 +143,87 @@ def warm_up() -> str:
     kernels = backend()
     kernels.warm_up()
     return str(kernels.name)
+
+
+def ready() -> bool:
+    """Whether this process has its kernels loaded already (a decode would not wait for them)."""
+    return _backend is not None
+
+
+def warm_up_in_background() -> threading.Thread | None:
+    """Start loading (or compiling) the kernels on a daemon thread.
+
+    A service or command goes on starting while they compile; its first decode then waits
+    only for what is left.
+
+    Returns:
+        The thread, or None when the kernels are loaded already.
+    """
+    if ready():
+        return None
+
+    def load() -> None:
+        try:
+            warm_up()
+        except Exception:
+            log.exception("loading the compiled kernels in the background failed")
+
+    thread = threading.Thread(target=load, name="herocollector-kernels", daemon=True)
+    thread.start()
+    return thread
+
+
+@dataclass(frozen=True)
+class CompileNotice:
+    """The kernels are being compiled for this machine (``seconds`` None), or were (in ``seconds``).
+
+    Attributes:
+        seconds: None when the compile begins; how long it took when it ended.
+    """
+
+    seconds: float | None = None
+
+    @property
+    def message(self) -> str:
+        """What to tell a user."""
+        if self.seconds is None:
+            return f"{COMPILING} ..."
+        return f"compiled the decoder for this machine in {self.seconds:.1f} s (once: later runs load it at once)"
+
+
+_listeners: list[Callable[[CompileNotice], None]] = []
+_listeners_lock = threading.Lock()
+
+
+@contextmanager
+def compile_notices(callback: Callable[[CompileNotice], None]) -> Iterator[None]:
+    """Tell ``callback`` when the kernels are compiled, while the block runs.
+
+    It is called on the thread that loads the kernels (the first to decode, or the one of
+    :func:`warm_up_in_background`), with the kernels' lock held: it must not decode. An
+    exception from it is logged and otherwise ignored.
+
+    Args:
+        callback: Called with a :class:`CompileNotice` when a compile begins and when it ends.
+    """
+    with _listeners_lock:
+        _listeners.append(callback)
+    try:
+        yield
+    finally:
+        with _listeners_lock:
+            _listeners.remove(callback)
+
+
+def _notify(notice: CompileNotice) -> None:
+    log.info(notice.message)
+    with _listeners_lock:
+        listeners = list(_listeners)
+    for callback in listeners:
+        try:
+            callback(notice)
+        except Exception:
+            log.exception("a compile notice callback failed")
 
 
 def numba_requested() -> bool:
@@ -203,20 +296,21 @@ def _exercise(kernels: Any) -> None:
     ends = np.array([data.size], dtype=np.int64)
     table = np.array([-1, 0], dtype=np.int32)
     scales = np.array([0.5], dtype=np.float64)
-    for scaled in (True, False):
+    for mode in (SCALED, RAW, SCALED_VALUES):
         epoch, val, idx = np.zeros(2), np.zeros(2), np.zeros(2, np.int64)
         got.append(kernels.decode_records(
             data, 0, ends, 0, False, table, np.zeros(0, np.uint64), np.zeros(0, np.int32), np.ones(1, np.uint8),
-            scales, scales, np.zeros(1, np.int64), scaled, 2**31 - 1, np.zeros(2, np.uint32), np.zeros(2, np.int32),
+            scales, scales, np.zeros(1, np.int64), mode, 2**31 - 1, np.zeros(2, np.uint32), np.zeros(2, np.int32),
             epoch, epoch.view(np.int64), np.zeros(3, np.int32), idx, val, val.view(np.int64),
         ))  # fmt: skip
-        got.append((epoch[0], epoch.view(np.int64)[0]) if scaled else epoch.view(np.int64)[0])
-        got.append((idx[:2].tolist(), val[:2].tolist() if scaled else val.view(np.int64)[:2].tolist()))
+        got.append((epoch[0], epoch.view(np.int64)[0]) if mode == SCALED else epoch.view(np.int64)[0])
+        got.append((idx[:2].tolist(), val[:2].tolist() if mode != RAW else val.view(np.int64)[:2].tolist()))
     got.append(kernels.varint_damage(data, 0, data.size, 0))
     expected = [
         (0, 0, FRAME_OK), (1, frame.size, FRAME_OK),
         (OK, 7, 1, 1, 2, 0), (0.5, np.float64(0.5).view(np.int64)), ([3, 5], [-0.5, 1.0]),
         (OK, 7, 1, 1, 2, 0), 1, ([3, 5], [-1, 2]),
+        (OK, 7, 1, 1, 2, 0), 1, ([3, 5], [-0.5, 1.0]),
         (0, False),
     ]  # fmt: skip
     if got != expected:
@@ -266,17 +360,20 @@ class ObjectKernels:
 
         llvm.initialize_native_target()
         llvm.initialize_native_asmprinter()
-        key = _cache_key(llvm)
-        for directory in _cache_dirs():
-            entry = _read_entry(directory, key)
+        key = cache_key(llvm)
+        for directory in cache_dirs():
+            entry = read_entry(directory, key)
             if entry is not None:
                 try:
                     return cls._load(llvm, *entry)
                 except Exception as exc:  # noqa: BLE001 - a bad entry is rebuilt
                     log.warning(f"ignoring cached kernels in {directory}: {exc}")
-        meta, objects = _build(llvm)
+        _notify(CompileNotice())
+        started = time.monotonic()
+        meta, objects = build(llvm)
         kernels = cls._load(llvm, meta, objects)  # check before storing
-        _store(key, meta, objects)
+        store(key, meta, objects)
+        _notify(CompileNotice(time.monotonic() - started))
         return kernels
 
     @classmethod
@@ -289,7 +386,7 @@ class ObjectKernels:
             reloc="default",
             codemodel="jitdefault",
         )
-        _provide_symbols(llvm, meta["externals"])
+        provide_symbols(llvm, meta["externals"])
         functions: dict[str, Callable[..., None]] = {}
         engines = []
         for name, info in meta["kernels"].items():
@@ -354,7 +451,7 @@ class ObjectKernels:
         epoch_scales: np.ndarray,
         value_scales: np.ndarray,
         last_ticks: np.ndarray,
-        scaled: bool,
+        scaled: int,
         max_values: int,
         out_sid: np.ndarray,
         out_slot: np.ndarray,
@@ -384,7 +481,7 @@ class ObjectKernels:
             _pointer(big_slots, np.int32), big_slots.size, _pointer(selected, np.uint8), selected.size,
             _pointer(epoch_scales, np.float64), epoch_scales.size,
             _pointer(value_scales, np.float64), value_scales.size,
-            _pointer(last_ticks, np.int64, True), last_ticks.size, 1 if scaled else 0, int(max_values),
+            _pointer(last_ticks, np.int64, True), last_ticks.size, int(scaled), int(max_values),
             _pointer(out_sid, np.uint32, True), out_sid.size, _pointer(out_slot, np.int32, True), out_slot.size,
             _pointer(out_epoch, np.float64, True), out_epoch.size,
             _pointer(out_offsets, np.int32, True), out_offsets.size,
@@ -405,196 +502,3 @@ class ObjectKernels:
             _pointer(data, np.uint8), data.size, int(start), int(end), int(run), result.ctypes.data
         )
         return int(result[0]), bool(result[1])
-
-
-# ----------------------------------------------------------------------------------------
-# The object cache
-# ----------------------------------------------------------------------------------------
-
-
-def _cache_key(llvm: Any) -> str:
-    """What the machine code depends on: kernel source, tool versions, CPU, platform."""
-    import llvmlite
-
-    # numba's version without importing numba (or importlib.metadata, slower than a decode).
-    numba_spec = importlib.util.find_spec("numba")
-    numba_version = b""
-    if numba_spec is not None and numba_spec.origin:
-        numba_version = (Path(numba_spec.origin).parent / "_version.py").read_bytes()
-    digest = hashlib.sha256()
-    for part in (
-        str(_FORMAT),
-        (Path(__file__).parent / "kernel.py").read_bytes().hex(),
-        (Path(__file__).parent / "status.py").read_bytes().hex(),
-        Path(__file__).read_bytes().hex(),
-        numba_version.hex(),
-        llvmlite.__version__,
-        llvm.get_process_triple(),
-        llvm.get_host_cpu_name(),
-        llvm.get_host_cpu_features().flatten(),
-        sys.platform,
-        f"{sys.version_info[0]}.{sys.version_info[1]}",
-    ):
-        digest.update(part.encode())
-        digest.update(b"\0")
-    return digest.hexdigest()[:32]
-
-
-def _cache_dirs() -> list[Path]:
-    """Candidate cache directories, in order (see the module docstring).
-
-    ``$NUMBA_CACHE_DIR``, when set, is the only one, as it is for numba's own cache.
-    """
-    if os.environ.get("NUMBA_CACHE_DIR"):
-        return [Path(os.environ["NUMBA_CACHE_DIR"]) / "herocollector"]
-    dirs = [Path(__file__).parent / "__pycache__"]
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    dirs.append(Path(base) / "herocollector" / "numba")
-    import tempfile
-
-    user = os.getuid() if hasattr(os, "getuid") else "user"
-    dirs.append(Path(tempfile.gettempdir()) / f"herocollector-numba-{user}")
-    return dirs
-
-
-def _trusted(path: Path) -> bool:
-    """A file (or directory) we may load code from: ours or root's, not writable by others."""
-    try:
-        info = path.stat()
-    except OSError:
-        return False
-    owner_ok = not hasattr(os, "getuid") or info.st_uid in (os.getuid(), 0)
-    return owner_ok and not info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
-
-
-def _read_entry(directory: Path, key: str) -> tuple[dict[str, Any], dict[str, bytes]] | None:
-    """The cached kernels for ``key`` in ``directory``, if present, trusted and intact."""
-    meta_path = directory / f"herocollector-kernels-{key}.json"
-    if not meta_path.is_file() or not _trusted(directory) or not _trusted(meta_path):
-        return None
-    try:
-        meta = json.loads(meta_path.read_text())
-        objects = {}
-        for name, info in meta["kernels"].items():
-            path = directory / info["file"]
-            if not _trusted(path):
-                return None
-            blob = path.read_bytes()
-            if hashlib.sha256(blob).hexdigest() != info["sha256"]:
-                return None
-            objects[name] = blob
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    if meta.get("key") != key or set(objects) != set(ENTRY_ARGS):
-        return None
-    return meta, objects
-
-
-def _store(key: str, meta: dict[str, Any], objects: dict[str, bytes]) -> None:
-    """Write the kernels to the first cache directory that takes them (atomically per file)."""
-    for directory in _cache_dirs():
-        try:
-            directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-            if not _trusted(directory):
-                continue
-            for name, blob in objects.items():
-                _write_atomically(directory / meta["kernels"][name]["file"], blob)
-            _write_atomically(directory / f"herocollector-kernels-{key}.json", json.dumps(meta, indent=1).encode())
-            return
-        except OSError:
-            continue
-    log.warning("no writable cache directory for the compiled kernels; they are built in every process")
-
-
-def _write_atomically(path: Path, blob: bytes) -> None:
-    import tempfile
-
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(blob)
-        os.chmod(temp, 0o644)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-
-
-def _build(llvm: Any) -> tuple[dict[str, Any], dict[str, bytes]]:
-    """Compile the kernels' C entry points with numba and emit their object code."""
-    from herocollector.decode import kernel
-
-    target = llvm.Target.from_default_triple()
-    machine = target.create_target_machine(
-        cpu=llvm.get_host_cpu_name(),
-        features=llvm.get_host_cpu_features().flatten(),
-        opt=3,
-        reloc="default",
-        codemodel="jitdefault",
-    )
-    meta: dict[str, Any] = {"format": _FORMAT, "key": _cache_key(llvm), "kernels": {}, "externals": {}}
-    objects: dict[str, bytes] = {}
-    for name, entry in kernel.entry_points().items():
-        module = llvm.parse_assembly(entry.inspect_llvm())
-        module.verify()
-        for function in module.functions:
-            if function.is_declaration and not function.name.startswith("llvm."):
-                meta["externals"][function.name] = "function"
-        for variable in module.global_variables:
-            if variable.is_declaration:
-                meta["externals"][variable.name] = "data"
-        blob = machine.emit_object(module)
-        objects[name] = blob
-        meta["kernels"][name] = {
-            "symbol": entry.native_name,
-            "file": f"herocollector-kernels-{meta['key']}-{name}.o",
-            "sha256": hashlib.sha256(blob).hexdigest(),
-        }
-    unknown = [n for n in meta["externals"] if not _known_external(n)]
-    if unknown:
-        raise RuntimeError(f"the kernels' object code needs unexpected symbols {unknown}")
-    return meta, objects
-
-
-# Symbols numba's generic error handling refers to. The kernels raise no exception (no
-# raise, no bounds check, no division), so these are never called; they still need an
-# address to link. Python's own come from the interpreter; numba's internal ones (not
-# exported by its extension modules) get a stub that stops the process loudly, as calling
-# one would mean the code is not what it was checked to be.
-_NUMBA_INTERNAL = ("numba_", "NRT_")
-_PYTHON = ("Py", "_Py")
-
-
-def _known_external(name: str) -> bool:
-    return name.startswith(_NUMBA_INTERNAL + _PYTHON) or name in _LIBC
-
-
-_LIBC = frozenset({"memset", "memcpy", "memmove", "memcmp"})
-
-
-@ctypes.CFUNCTYPE(None)  # type: ignore[untyped-decorator]  # ctypes' stubs leave it untyped
-def _never_called() -> None:  # pragma: no cover - by construction
-    os.write(2, b"herocollector: a compiled kernel reached numba's exception path; aborting\n")
-    os.abort()
-
-
-def _provide_symbols(llvm: Any, externals: dict[str, str]) -> None:
-    """Give the JIT linker an address for every external symbol not already known to it.
-
-    Symbols already registered (e.g. by numba, when it is loaded) are left alone: llvmlite's
-    symbol table is process-wide.
-    """
-    stub = ctypes.cast(_never_called, ctypes.c_void_p).value
-    for name, kind in externals.items():
-        if llvm.address_of_symbol(name):
-            continue
-        address = None
-        if name.startswith(_PYTHON):
-            if kind == "data":
-                address = ctypes.addressof(ctypes.c_void_p.in_dll(ctypes.pythonapi, name))
-            else:
-                address = ctypes.cast(getattr(ctypes.pythonapi, name), ctypes.c_void_p).value
-        elif name.startswith(_NUMBA_INTERNAL):
-            address = stub
-        if address:
-            llvm.add_symbol(name, address)

@@ -37,6 +37,14 @@ FRAME_TRUNCATED = 3
 KIND_ZSTD = 0
 KIND_SKIPPABLE = 1
 
+RAW = 0
+"""``decode_records``' ``scaled``: raw ticks and quantised values (``Records``); ``False`` means this."""
+SCALED = 1
+"""``scaled``: ``float64(tick) * epoch_scale`` and ``float64(q) * value_scale`` (``Columns``); ``True`` means this."""
+SCALED_VALUES = 2
+"""``scaled``: scaled values, but raw ticks in the epoch column, for a decode in parts whose ticks are
+fixed up afterwards (:mod:`herocollector.decode.parallel`)."""
+
 MAX_BLOCK_SIZE = 128 * 1024
 """The largest zstd block (``ZSTD_BLOCKSIZE_MAX``)."""
 MAX_VARINT_BYTES = 10

@@ -7,8 +7,9 @@ Used by the output pipeline (:mod:`herocollector.output.pipeline`) and by the li
 * :func:`output_schema` types the label columns across the selected streams of all runs;
   :func:`parse_columns` reads label columns as configured (names, or names with pinned types).
 * :func:`run_batches` decodes the segments of one run with
-  :class:`~herocollector.decode.codec.SegmentDecoder` and turns every decoded chunk into one
-  record batch, with the stream labels as columns (:func:`label_array`).
+  :class:`~herocollector.decode.codec.SegmentDecoder` (on ``threads`` threads, the rows the
+  same) and turns every decoded chunk into one record batch, with the stream labels as
+  columns (:func:`label_array`).
 
 Runs are read through :class:`~herocollector.run.rundir.RunDirectory`: regular files only,
 opened relative to the directory without following symlinks, and a run that changes while it
@@ -94,6 +95,7 @@ def run_batches(
     on_bytes: Callable[[int], None] | None = None,
     inventory: RunInventory | None = None,
     verify: bool = True,
+    threads: int = 1,
 ) -> Iterator[pa.RecordBatch]:
     """Decode the selected streams of one logger directory into batches of ``schema``.
 
@@ -111,6 +113,8 @@ def run_batches(
         inventory: The run as it was listed (:func:`scan_run`); None lists it now.
         verify: Check the whole run against the inventory after the last batch (the
             output pipeline checks every run itself, right before it publishes).
+        threads: Threads that decode parts of the run at the same time (the rows are the
+            same, in the same order; :mod:`herocollector.decode.parallel`).
 
     Yields:
         Record batches in file order.
@@ -129,6 +133,7 @@ def run_batches(
         chunk_bytes=chunk_bytes,
         epoch_scales=plan.epoch_scales,
         value_scales=plan.value_scales,
+        decode_threads=threads,
     )
     # The kernel reports each record's slot among all declared streams; map that to the
     # stream's row in the label arrays.

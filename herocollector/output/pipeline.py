@@ -197,6 +197,8 @@ class OutputPipeline:
         chunk_bytes: Decompressed bytes decoded per step.
         prefetch_runs: Runs decoded ahead on threads while the current one is written (0:
             decode in the caller's thread).
+        decode_threads: Threads that decode one run (parts of it at the same time; the rows
+            are the same, in the same order).
     """
 
     def __init__(
@@ -209,6 +211,7 @@ class OutputPipeline:
         compression: Compression | None = None,
         chunk_bytes: int = DEFAULT_CHUNK_BYTES,
         prefetch_runs: int = 0,
+        decode_threads: int = 1,
     ) -> None:
         self.rule = rule
         self.columns = tuple(columns)
@@ -217,6 +220,7 @@ class OutputPipeline:
         self.compression = compression
         self.chunk_bytes = chunk_bytes
         self.prefetch_runs = max(int(prefetch_runs), 0)
+        self.decode_threads = max(int(decode_threads), 1)
 
     def plan_run(self, path: Path, allowed_roots: Sequence[str | Path] = ()) -> PlannedRun:
         """Open one logger directory once: load and select its streams, take its inventory.
@@ -369,6 +373,7 @@ class OutputPipeline:
                 on_bytes=on_bytes,
                 inventory=run.inventory,
                 verify=False,  # every run is checked in write(), right before publishing
+                threads=self.decode_threads,
             )
 
         if self.prefetch_runs == 0 or len(plan.runs) == 1:
