@@ -211,13 +211,14 @@ def test_a_manifest_is_created_only_after_the_folders_this_thread_published_into
         output.finish()
         store.publish(output, final, Provenance("/runs/r"), replace_own=False)
     assert calls.fsyncs(tmp_path / "data") == 0  # deferred: the caller syncs each folder once
-    manifest = tmp_path / "_manifest-r.json"
-    assert store.put_bytes(manifest, b"{}", Provenance("/runs/r"))
+    manifests = LocalStore(tmp_path / "manifests")  # a manifest root of its own: another store, the same thread
+    manifest = tmp_path / "manifests" / "_manifest-r.json"
+    assert manifests.put_bytes(manifest, b"{}", Provenance("/runs/r"))
     assert calls.fsyncs(tmp_path / "data") == 1
     assert calls.index("fsync", tmp_path / "data") < calls.index("link", manifest)
     store.sync_folders(finals)  # what the pipeline does: harmless after the safety net
     assert calls.fsyncs(tmp_path / "data") == 2
-    assert store.put_bytes(tmp_path / "_manifest-s.json", b"{}", Provenance("/runs/s"))
+    assert manifests.put_bytes(tmp_path / "manifests" / "_manifest-s.json", b"{}", Provenance("/runs/s"))
     assert calls.fsyncs(tmp_path / "data") == 2  # nothing of this thread is left unsynced
 
 

@@ -65,6 +65,8 @@ PART_SIZE = 16 << 20
 MAX_SMALL_OBJECT = 64 << 20
 """The largest manifest read back (one of a run with very many outputs is a few MB)."""
 _META = "herocollector-"
+_unsynced = threading.local()
+"""Per thread: the folders a :class:`LocalStore` linked files into and did not sync yet."""
 
 
 @dataclass(frozen=True)
@@ -185,17 +187,20 @@ class LocalStore(OutputStore):
 
     def __init__(self, root: Path) -> None:
         self.root = str(root)
-        self._unsynced = threading.local()  # a worker publishes and then writes its manifest on one thread
 
     def staging_path(self, location: Path | str) -> Path:
         """See :meth:`OutputStore.staging_path`."""
         return Path(location)
 
     def _pending(self) -> dict[Path, Path]:
-        """The folders this thread linked files into and did not sync yet, each with one of those files."""
-        pending: dict[Path, Path] | None = getattr(self._unsynced, "folders", None)
+        """The folders this thread linked files into and did not sync yet, each with one of those files.
+
+        Kept per thread, not per store: a worker publishes a run and writes its manifest on one
+        thread, and the manifest may go through another store (a manifest root of its own).
+        """
+        pending: dict[Path, Path] | None = getattr(_unsynced, "folders", None)
         if pending is None:
-            pending = self._unsynced.folders = {}
+            pending = _unsynced.folders = {}
         return pending
 
     def provenance(self, location: Path | str) -> Provenance | None:
