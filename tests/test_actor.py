@@ -160,10 +160,10 @@ def test_good_run_is_collected(env: Env, actor: CollectorArchiver) -> None:
     targets = outputs_of(env, run)
     assert job.outputs == {str(targets[m]): RECORDS // len(MEASURES) for m in MEASURES}
     assert job.rows == RECORDS
-    [manifest_file] = (env.out / run.name).glob("_manifest-run-0001-*.json")  # written last, beside them
-    assert sorted(p.name for p in (env.out / run.name).iterdir()) == sorted(
-        [manifest_file.name, *(f"{m}.arrow" for m in MEASURES)]
-    )
+    manifests = env.out.with_name(env.out.name + ".manifests")  # the default manifest_root, beside output_root
+    [manifest_file] = (manifests / run.name).glob("_manifest-run-0001-*.json")  # written last
+    assert sorted(p.name for p in (env.out / run.name).iterdir()) == sorted(f"{m}.arrow" for m in MEASURES)
+    assert [p.name for p in (manifests / run.name).iterdir()] == [manifest_file.name]
     manifest = Manifest.from_json(manifest_file.read_bytes())
     assert (manifest.run, manifest.job, manifest.token) == (str(run), job.id, 1)
     assert {e.path: e.rows for e in manifest.outputs} == job.outputs

@@ -53,7 +53,8 @@ SERVICE = textwrap.dedent(
         return wrapped
 
     if point == "manifest":
-        service.runner.store.put_bytes = then_freeze(service.runner.store.put_bytes)
+        store = service.runner.committer.manifests.store  # the manifest root's
+        store.put_bytes = then_freeze(store.put_bytes)
     elif point == "journal":
         service.journal.finish = then_freeze(service.journal.finish)
     elif point == "publish":
@@ -67,13 +68,20 @@ SERVICE = textwrap.dedent(
 )
 
 
-def manifests(root: Path) -> dict[Path, bytes]:
-    return {p: p.read_bytes() for p in root.rglob(f"{MANIFEST_PREFIX}*")}
+def manifest_root(out: Path) -> Path:
+    """The default manifest root of ``out``, beside it."""
+    return out.with_name(out.name + ".manifests")
+
+
+def manifests(out: Path) -> dict[Path, bytes]:
+    """The manifests of the runs collected to ``out`` (under its manifest root)."""
+    root = manifest_root(out)
+    return {p: p.read_bytes() for p in root.rglob(f"{MANIFEST_PREFIX}*")} if root.exists() else {}
 
 
 def names(root: Path) -> set[str]:
-    """Every file name under ``root``, temporary ones included."""
-    return {str(p) for p in root.rglob("*")} if root.exists() else set()
+    """Every file name under ``root`` and its manifest root, temporary ones included."""
+    return {str(p) for folder in (root, manifest_root(root)) if folder.exists() for p in folder.rglob("*")}
 
 
 def published(root: Path) -> int:
@@ -137,7 +145,7 @@ def one_life(
                     return child.poll() is not None or len(seen) > changes
                 assert child.poll() is None, log_path.read_text()[-3000:]  # it must not end on its own
                 if point == "manifest":
-                    return out.exists() and bool(set(manifests(out)) - before_manifests)
+                    return bool(set(manifests(out)) - before_manifests)
                 if point == "publish":
                     return published(out) > before_outputs
                 return done_jobs(state) > before_done
@@ -163,7 +171,7 @@ def audit(out: Path, state: Path, runs: list[Path], seen_at_kills: dict[Path, by
     reserved = journal_outputs(state)
     listed: set[Path] = set()
     for row in rows:
-        [manifest_path] = [p for p in manifests(out) if p.parent == out / Path(row["path"]).name]
+        [manifest_path] = [p for p in manifests(out) if p.parent == manifest_root(out) / Path(row["path"]).name]
         manifest = Manifest.from_json(manifest_path.read_bytes())
         assert manifest.run == row["path"] and manifest.job == row["id"]
         for entry in manifest.outputs:
@@ -182,7 +190,8 @@ def audit(out: Path, state: Path, runs: list[Path], seen_at_kills: dict[Path, by
         p for p in out.rglob("*") if p.is_file() and p not in listed and not p.name.startswith(MANIFEST_PREFIX)
     ]
     assert leftovers == []  # no temporary file, no output that no manifest lists
-    assert not list(out.rglob(f"*{TEMP_SUFFIX}"))
+    assert not list(out.rglob(f"*{TEMP_SUFFIX}")) and not list(manifest_root(out).rglob(f"*{TEMP_SUFFIX}"))
+    assert not list(out.rglob(f"{MANIFEST_PREFIX}*"))  # none among the data
 
 
 def test_kill_9_after_manifests_and_journal_updates_leaves_every_run_collected_once_and_true(
