@@ -91,6 +91,7 @@ def test_outputs_and_manifest_on_s3_read_back_with_pyarrow(tmp_path: Path, s3: S
         assert table.replace_schema_metadata(None).equals(expected(run, measure))
     keys = sorted(o["Key"] for o in s3.client().list_objects_v2(Bucket=bucket)["Contents"])
     [manifest_key] = [k for k in keys if "/_manifest-run-1-" in k]
+    assert manifest_key.startswith("collected.manifests/run-1/")  # the same bucket, beside the outputs' prefix
     manifest = Manifest.from_json(s3.client().get_object(Bucket=bucket, Key=manifest_key)["Body"].read())
     assert manifest.run == str(run) and manifest.job == job.id and manifest.token == 1
     assert {e.path: e.rows for e in manifest.outputs} == job.outputs
@@ -202,7 +203,8 @@ CRASHING_COLLECTOR = textwrap.dedent(
     if point == "mid-upload":
         store.publish = dying(store.publish, after=1)   # one object published, then death
     elif point == "before-manifest":
-        store.put_bytes = dying(store.put_bytes)
+        manifests = service.runner.committer.manifests.store  # the manifest root's store
+        manifests.put_bytes = dying(manifests.put_bytes)
     elif point == "before-journal":
         journal.finish = dying(journal.finish)
     service.submit("logger", arguments["allowed_roots"][0] + "/run-1")
