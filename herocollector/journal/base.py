@@ -442,6 +442,20 @@ class Journal(Protocol):
         """Give up the lease ``name``; only its holder can. Returns whether ``owner`` held it."""
         ...
 
+    # -- follow cursors (runs collected while they are written) ----------------------------------
+
+    def follow_cursor(self, job_id: int) -> str | None:
+        """The follow cursor the job's last holder stored, or None."""
+        ...
+
+    def store_follow_cursor(self, job_id: int, token: int, cursor: str) -> None:
+        """Store the job's follow cursor; raises LeaseLost unless it runs under ``token``."""
+        ...
+
+    def follow_cursors(self) -> dict[int, str]:
+        """Every stored follow cursor, by job id."""
+        ...
+
 
 JobStore = Journal
 """Either journal backend (the name the service modules use)."""

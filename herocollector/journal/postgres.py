@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 
 from herocollector.errors import JournalError, LeaseLost, OutputTakenError
 from herocollector.journal.base import Announcement, Job, JobState, failure_state, job_from_row, resubmit
+from herocollector.journal.cursors import CursorMethods, PgCursors
 from herocollector.journal.leases import LeaseMethods, PgLeases
 from herocollector.journal.postgres_db import CHANNEL, FOLD_AT, FOLD_KEY, SCHEMA_VERSION, Conn, PgConnections, redact
 from herocollector.journal.postgres_db import NOW as _NOW
@@ -40,7 +41,7 @@ __all__ = ["SCHEMA_VERSION", "PgJournal", "redact"]
 _T = TypeVar("_T")
 
 
-class PgJournal(LeaseMethods):
+class PgJournal(LeaseMethods, CursorMethods):
     """The job journal on PostgreSQL (thread-safe); see the module documentation.
 
     Args:
@@ -61,6 +62,7 @@ class PgJournal(LeaseMethods):
         self._db = PgConnections(url, connect_timeout)
         self.migrate()
         self._leases = PgLeases(self._db)
+        self._cursors = PgCursors(self._db)
 
     def _run(self, action: Callable[[Conn], _T], read: bool = False, single: bool = False) -> _T:
         """Run ``action`` in one transaction (see :meth:`PgConnections.run`)."""

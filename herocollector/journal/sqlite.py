@@ -24,6 +24,7 @@ from typing import Any
 
 from herocollector.errors import JournalError, LeaseLost, OutputTakenError
 from herocollector.journal.base import Announcement, Job, JobState, JobStore, failure_state, job_from_row, resubmit
+from herocollector.journal.cursors import CursorMethods, SqliteCursors
 from herocollector.journal.leases import LeaseMethods, SqliteLeases
 from herocollector.journal.sqlite_db import Transaction, in_states, migrate
 
@@ -35,7 +36,7 @@ def _dumps(metadata: dict[str, Any]) -> str:
     return json.dumps(metadata, default=str)
 
 
-class SqliteJournal(LeaseMethods):
+class SqliteJournal(LeaseMethods, CursorMethods):
     """The service's durable job store in SQLite (thread-safe), for one actor.
 
     A fleet of actors shares :class:`herocollector.journal.postgres.PgJournal` instead; both
@@ -69,6 +70,7 @@ class SqliteJournal(LeaseMethods):
             self._reader.row_factory = sqlite3.Row
             self._reader.execute("PRAGMA query_only=ON")
             self._leases = SqliteLeases(self._transaction)
+            self._cursors = SqliteCursors(self._transaction)
         except (sqlite3.Error, OSError) as exc:
             raise JournalError(f"cannot open the job journal: {exc}", self.file) from None
 

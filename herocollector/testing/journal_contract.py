@@ -33,11 +33,12 @@ import pytest
 from herocollector.errors import LeaseLost
 from herocollector.journal.base import Announcement, Job, JobState, Journal
 from herocollector.testing.journal_contract_base import FAR, OTHER, RUN
+from herocollector.testing.journal_contract_cursors import JournalCursorTests
 from herocollector.testing.journal_contract_leases import JournalLeaseTests
 from herocollector.testing.journal_contract_queries import JournalQueryTests
 
 
-class JournalTests(JournalQueryTests, JournalLeaseTests):
+class JournalTests(JournalQueryTests, JournalLeaseTests, JournalCursorTests):
     """The journal contract; subclass it with a ``journal`` fixture and :meth:`reopen` (see the module docstring)."""
 
     # -- the protocol ------------------------------------------------------------------------------
