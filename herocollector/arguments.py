@@ -175,6 +175,39 @@ ARGUMENTS: tuple[Argument, ...] = (
         example="`336`",
     ),
     Argument(
+        "follow",
+        "bool",
+        False,
+        parse.flag("follow"),
+        doc=(
+            '`format: "delta"` only: collect a run while it is written. A run announced, or found by the scan, '
+            "without `_DONE` is read every `follow_interval` seconds from where the last chunk ended, and the records "
+            "completed since are committed to its tables as one chunk (exactly once, a cursor in the journal); "
+            "at `_DONE` the last chunk is committed and `run_collected` fires. See docs/operations.md. With another "
+            "format the actor stops at start."
+        ),
+        example="`true`",
+    ),
+    Argument(
+        "follow_interval",
+        "float",
+        30.0,
+        parse.number("follow_interval", minimum=0.1),
+        doc="Seconds between the chunks of a followed run (`follow: true`).",
+        example="`2`",
+    ),
+    Argument(
+        "compact_on_done",
+        "bool",
+        True,
+        parse.flag("compact_on_done"),
+        doc=(
+            "With `follow: true`: when a followed run ends, its tables' small chunk files are rewritten into fewer "
+            "files (a commit that changes no data)."
+        ),
+        example="`false`",
+    ),
+    Argument(
         "manifest_root",
         "str | None",
         None,

@@ -91,6 +91,9 @@ class ServiceConfig:
     vacuum_retention: float | None = 168.0
     manifest_root: Path | str | None = None
     decode_threads: int | None = None
+    follow: bool = False
+    follow_interval: float = 30.0
+    compact_on_done: bool = True
 
     @property
     def manifest_location(self) -> Path | str:
@@ -167,6 +170,7 @@ class ServiceConfig:
         format: OutputFormat,
         partition_by: tuple[str, ...],
         manifest_root: str | None,
+        follow: bool,
         **scalars: Any,
     ) -> ServiceConfig:
         """The rules that tie arguments together, on values each already validated alone."""
@@ -196,6 +200,8 @@ class ServiceConfig:
                 raise ConfigError(f"columns: {TABLE_RUN_COLUMN!r} is the column every table row carries its run in")
         elif partition_by:
             raise ConfigError('partition_by is for format "delta"; file outputs are partitioned by save_template')
+        if follow and not format.is_table:
+            raise ConfigError(f'follow needs format "delta" (chunks are committed to tables), not {format.value!r}')
         outside = [name for name in partition_by if name not in names]
         if outside:
             raise ConfigError(f"partition_by: {outside} must be among columns {list(names)}")
@@ -222,6 +228,7 @@ class ServiceConfig:
             format=format,
             partition_by=partition_by,
             manifest_root=manifests,
+            follow=follow,
             **scalars,
         )
 
