@@ -27,6 +27,7 @@ import numpy as np
 import pyarrow as pa
 
 from herocollector.decode.codec import DEFAULT_CHUNK_BYTES, Columns, SegmentDecoder
+from herocollector.decode.follow import Cursor
 from herocollector.errors import CollectorError, ConfigError
 from herocollector.run.catalogue import Stream, streams_of
 from herocollector.run.rundir import RunDirectory, RunInventory
@@ -34,7 +35,9 @@ from herocollector.run.rundir import RunDirectory, RunInventory
 __all__ = [
     "BASE_COLUMNS",
     "BASE_FIELDS",
+    "FollowRead",
     "dedupe_columns",
+    "follow_batches",
     "label_array",
     "output_schema",
     "parse_columns",
@@ -331,3 +334,47 @@ def parse_columns(
         except (ValueError, KeyError):
             raise ConfigError(f"columns: unknown Arrow type {type_name!r} for label {name!r}") from None
     return names, types
+
+
+@dataclass
+class FollowRead:
+    """What :func:`follow_batches` read of a run that may still be written.
+
+    Attributes:
+        batches: The records completed since the cursor, in file order, in the output schema.
+        cursor: Valid once ``batches`` is exhausted: where the next read starts (the cursor
+            given, the same object, when nothing new was read; else its ``chunk`` plus one).
+        epochs: Once exhausted: per selected stream id, the epoch of its last record read so
+            far (this read or an earlier one).
+        complete: Once exhausted: the run has ``_DONE`` and was read to its end.
+        bytes: Once exhausted: segment bytes read (and decoded) by this read.
+        rows: Once exhausted: rows in ``batches``.
+        waiting_for: Once exhausted: the id of a stream whose records wait for its
+            ``streams/*.json`` (the read stopped before its first frame), or None.
+    """
+
+    batches: Iterator[pa.RecordBatch]
+    cursor: Cursor
+    epochs: dict[int, float]
+    complete: bool
+    bytes: int = 0
+    rows: int = 0
+    waiting_for: int | None = None
+
+
+def follow_batches(
+    path: Path,
+    streams: Sequence[Stream],
+    selected: Sequence[Stream],
+    schema: pa.Schema,
+    cursor: Cursor,
+    *,
+    done: bool,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    inventory: RunInventory | None = None,
+) -> FollowRead:
+    """The records of a run completed since ``cursor``, as :func:`run_batches` would give them.
+
+    Not implemented yet (issue #16): the API is settled, see /tmp/coord/follow_api.md.
+    """
+    raise NotImplementedError("follow_batches: coming (issue #16)")
