@@ -4,6 +4,7 @@ a real S3 server), the cleanup that refuses a run failing it, and ``herocollecto
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -334,3 +335,37 @@ def test_runs_collected_by_0_2_verify_and_clean_from_their_manifests_beside_the_
     old.rename(site.tmp / "away.json")  # no manifest at either place
     failures = service.verify(str(run)).failures()
     assert len(failures) == 1 and failures[0].startswith(f"{manifest}: manifest missing")
+
+
+def test_check_config_checks_that_the_manifest_root_can_be_written(tmp_path: Path) -> None:
+    readonly = tmp_path / "ro"
+    readonly.mkdir()
+    (tmp_path / "runs").mkdir()
+
+    def check(**arguments: Any) -> tuple[int, list[str], dict[str, Any]]:
+        config = tmp_path / "collector.json"
+        base = {
+            "save_template": TEMPLATE,
+            "output_root": str(tmp_path / "out"),
+            "allowed_roots": [str(tmp_path / "runs")],
+            "state_dir": str(tmp_path / "state"),
+            **arguments,
+        }
+        document = {"_id": "collector", "classname": "herocollector.CollectorArchiver", "arguments": base}
+        config.write_text(json.dumps(document), encoding="utf-8")
+        result = cli("check-config", config, "--json")
+        assert "Traceback" not in result.stderr, result.stderr
+        report = json.loads(result.stdout)
+        return result.returncode, [f"{p['argument']}: {p['message']}" for p in report["problems"]], report
+
+    code, found, report = check()
+    assert code == 0, found
+    assert report["resolved"]["manifest_location"] == str(tmp_path / "out.manifests")
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", str(readonly)], check=True)
+    try:
+        code, found, _ = check(manifest_root=str(readonly / "manifests"))
+    finally:
+        subprocess.run(["umount", str(readonly)], check=True)
+    assert code == 1 and len(found) == 1 and found[0].startswith("manifest_root: ") and str(readonly) in found[0]
+    code, found, _ = check(manifest_root=str(tmp_path / "out" / "manifests"))  # inside output_root: scans break
+    assert code == 1 and any("outside output_root" in line for line in found), found

@@ -19,9 +19,10 @@ The manifest of a run is named ``_manifest-<run name>-<hash>.json`` and lies und
 root (``manifest_root``, by default ``<output_root>.manifests`` beside ``output_root``), at the
 path that the deepest folder holding all the run's outputs has below ``output_root``: outputs
 ``/d/out/exp/r1/*.arrow`` have the manifest ``/d/out.manifests/exp/r1/_manifest-r1-<hash>.json``
-(:class:`ManifestRoot`). Manifests are kept out of ``output_root`` because directory scans
-(``pl.scan_ipc``, ``pl.scan_parquet``, and ``pyarrow.dataset`` with some options) do not skip
-``_``-prefixed files or folders, and fail on a JSON file among the data files.
+(:class:`ManifestRoot`). Manifests are kept out of ``output_root`` because polars' directory
+scans (``pl.scan_ipc``, ``pl.scan_parquet``) skip no ``_``- or ``.``-prefixed file or folder,
+and fail on a JSON file among the data files (``pyarrow.dataset`` skips them, but only by
+default: not with ``ignore_prefixes=[]``).
 
 Version 0.2 wrote the manifest beside the outputs (:func:`legacy_manifest_location`). Reading
 falls back to that place when the manifest root has none (:meth:`ManifestRoot.find`), so an
