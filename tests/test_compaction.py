@@ -18,12 +18,13 @@ import pyarrow as pa
 import pytest
 from deltalake import DeltaTable
 
-from herocollector import CollectionService, ServiceConfig
+from herocollector.config import ServiceConfig
 from herocollector.events import RunCollected
 from herocollector.journal.postgres import PgJournal
 from herocollector.output.delta import TABLE_RUN_COLUMN, commit_run, run_app_id
 from herocollector.output.delta_upkeep import Compaction, compact, needs_compaction, retention_hours, vacuum
 from herocollector.service.compaction import TableUpkeep, lease_name
+from herocollector.service.core import CollectionService
 from herocollector.testing.actors import wait_for
 from herocollector.testing.runs import build_run
 from herocollector.testing.servers import PostgresTestServer
