@@ -9,7 +9,6 @@ per-stream prefix sum, cross part and segment boundaries many times.
 from __future__ import annotations
 
 import tempfile
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,11 +21,10 @@ from hypothesis import strategies as st
 
 from herocollector import Collector
 from herocollector.decode.codec import Columns, Records, SegmentDecoder, TickState, encode_segment
+from herocollector.decode.workers import POOL
 from herocollector.errors import SegmentError, UnknownStreamError
 from herocollector.testing import fuzz
 from herocollector.testing.runs import RecordedRun, build_run
-
-PART_THREAD = "herocollector-decode-part"
 
 
 def collect(run: Path, threads: int, chunk_bytes: int = 4096, columns: tuple[str, ...] = ()) -> pa.Table:
@@ -93,11 +91,10 @@ def test_a_large_segment_is_decoded_in_parts_with_the_rows_of_one_thread(large: 
     # The parts really run on threads of their own, several at a time.
     decoder = SegmentDecoder([s["stream_id"] for s in large.streams], chunk_bytes=4096, decode_threads=threads)
     seen: set[int] = set()
-    chunks = decoder.columns(large.segments)
-    for _ in chunks:
-        seen.add(sum(t.name == PART_THREAD for t in threading.enumerate()))
+    for _ in decoder.columns(large.segments):
+        seen.add(POOL.busy())
     assert max(seen) >= 2
-    assert not [t for t in threading.enumerate() if t.name == PART_THREAD]  # every part's thread ended
+    assert POOL.wait_idle(30)  # every part's job ended
 
 
 def test_ticks_carry_on_from_one_call_to_the_next(large: RecordedRun) -> None:
@@ -115,13 +112,13 @@ def test_ticks_carry_on_from_one_call_to_the_next(large: RecordedRun) -> None:
     assert results[0][0][2].tobytes() != results[0][1][2].tobytes()  # the second pass's epochs moved on
 
 
-def test_stopping_early_ends_every_part_thread(large: RecordedRun) -> None:
+def test_stopping_early_ends_every_part(large: RecordedRun) -> None:
     decoder = SegmentDecoder([s["stream_id"] for s in large.streams], chunk_bytes=4096, decode_threads=4)
     chunks = decoder.columns(large.segments)
     first = next(chunks)
     assert len(first) > 0
     chunks.close()  # type: ignore[attr-defined]
-    assert not [t for t in threading.enumerate() if t.name == PART_THREAD]
+    assert POOL.wait_idle(30)
 
 
 # ----------------------------------------------------------------------------------------
@@ -190,7 +187,7 @@ def first_error(paths: list[Path], threads: int, chunk_bytes: int = 4096) -> Seg
     with pytest.raises(SegmentError) as raised:
         for _ in decoder.columns(paths):
             pass
-    assert not [t for t in threading.enumerate() if t.name == PART_THREAD]
+    assert POOL.wait_idle(30)
     return raised.value
 
 

@@ -4,8 +4,9 @@ A run's segments are read and their frame headers walked in the calling thread
 (:func:`herocollector.decode.frames.scan_segment`: cheap, no decompression), and the complete
 frames cut into *parts* of about ``chunk_bytes`` compressed bytes: the small files of a rotated
 run together, a large segment in several parts. Each part is decompressed and decoded on a
-thread of its own (:class:`~herocollector.decode.prefetch.Prefetch`; zstd and the record kernel
-release the GIL), at most ``threads`` parts at a time, as if it were a run of its own: every
+thread of its own (:mod:`herocollector.decode.workers`: threads kept for reuse, each part's
+output through a bounded :class:`~herocollector.decode.workers.Channel`; zstd and the record
+kernel release the GIL), at most ``threads`` parts at a time, as if it were a run of its own: every
 stream's epoch tick counts from zero, and the kernel leaves the ticks raw
 (:data:`~herocollector.decode.status.SCALED_VALUES`). At its end a part reports how far it
 moved each stream's tick. The calling thread takes the parts in order and adds to each record
@@ -37,8 +38,8 @@ import zstandard
 from herocollector.decode import status as codes
 from herocollector.decode.columns import Columns, RecordDecoder, StreamTable
 from herocollector.decode.frames import Chunk, Readable, ReadBuffers, Span, decompress_span, merged, scan_segment
-from herocollector.decode.prefetch import Prefetch
 from herocollector.decode.records import Records
+from herocollector.decode.workers import Channel
 
 PART_QUEUE = 1
 """Decoded chunks a part's thread may have ready before the caller takes them."""
@@ -126,7 +127,7 @@ def _parts(
 
 
 class _Part:
-    """What decodes one part, on its own thread (a ``Prefetch`` calls it there)."""
+    """What decodes one part, on a pool thread (its ``Channel`` calls it there)."""
 
     def __init__(
         self, spans: list[Span], streams: StreamTable, mode: int, chunk_bytes: int, max_frame: int, max_record: int
@@ -182,7 +183,7 @@ def decode_in_parts(
     """
     mode = codes.SCALED_VALUES if scaled else codes.RAW
     parts = _parts(sources, readable, chunk_bytes, max_frame)
-    running: deque[Prefetch[Records | Columns | _Advance]] = deque()
+    running: deque[Channel[Records | Columns | _Advance]] = deque()
     walk_error: BaseException | None = None
     walked = False
 
@@ -198,7 +199,7 @@ def decode_in_parts(
                 walk_error, walked = exc, True
                 return
             decode = _Part(spans, streams, mode, chunk_bytes, max_frame, max_record)
-            part = Prefetch(decode, PART_QUEUE, name="herocollector-decode-part")
+            part = Channel(decode, PART_QUEUE)
             running.append(part)
             part.start()
 
