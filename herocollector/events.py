@@ -1,4 +1,4 @@
-"""What comes into the service (announcements) and what it reports (collected and failed runs).
+"""What comes into the service (announcements) and what it reports (collected, failed and followed runs).
 
 Both sides are plain data, free of HEROS: the service reads an event payload with
 :func:`parse_event`, and the actor turns :class:`RunCollected` and :class:`RunFailed` into its
@@ -91,6 +91,31 @@ class RunFailed:
     error: str
     attempts: int
     final: bool
+    job: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-friendly dict."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class RunProgress:
+    """A chunk of a run that is still being written was committed (the actor's ``run_progress`` event).
+
+    Attributes:
+        path: The logger directory.
+        chunk: The chunk's number (1, 2, ...).
+        rows: Rows in the chunk.
+        total: Rows committed so far, this chunk included.
+        epochs: For each stream id (as text), the epoch up to which the tables hold every record.
+        job: The journal job.
+    """
+
+    path: str
+    chunk: int
+    rows: int
+    total: int
+    epochs: dict[str, float]
     job: int
 
     def to_dict(self) -> dict[str, Any]:

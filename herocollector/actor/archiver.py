@@ -26,7 +26,7 @@ from herocollector.actor.tasks import RemoteTask, RemoteTasks
 from herocollector.arguments import SIGNATURE
 from herocollector.config import ServiceConfig
 from herocollector.errors import Busy, ConfigError, RunRefused
-from herocollector.events import RunCollected, RunFailed
+from herocollector.events import RunCollected, RunFailed, RunProgress
 from herocollector.journal.sqlite import JobState
 from herocollector.run import logdir
 from herocollector.service.checks import (
@@ -117,7 +117,9 @@ class CollectorArchiver(HERODataArchiver):
         bound.arguments.pop("self")
         config = ServiceConfig.from_arguments(**bound.arguments)
         _check_key_expressions(config)
-        self.service = CollectionService(config, on_collected=self._relay_collected, on_failed=self._relay_failed)
+        self.service = CollectionService(
+            config, on_collected=self._relay_collected, on_failed=self._relay_failed, on_progress=self._relay_progress
+        )
         self.tasks = RemoteTasks()
         self._calls = ThreadPoolExecutor(CALL_THREADS, thread_name_prefix="herocollector-call")
         self._calls_lock = threading.Lock()
@@ -194,6 +196,17 @@ class CollectorArchiver(HERODataArchiver):
     def run_failed(self, report: dict[str, Any]) -> dict[str, Any]:
         """Fired when an attempt failed: path, error, attempts, final (no more retries), job."""
         return report
+
+    @reliable
+    @event
+    def run_progress(self, report: dict[str, Any]) -> dict[str, Any]:
+        """Fired after each chunk of a followed run (``follow``): path, chunk, rows, total, epochs, job."""
+        return report
+
+    def _relay_progress(self, report: RunProgress) -> None:
+        fire = self.run_progress
+        if fire is not None:
+            fire(report.to_dict())
 
     def _relay_collected(self, report: RunCollected) -> None:
         fire = self.run_collected

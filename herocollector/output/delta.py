@@ -146,6 +146,12 @@ def run_predicate(run: str) -> str:
     return f"{TABLE_RUN_COLUMN} = '{run.replace(chr(39), chr(39) * 2)}'"
 
 
+def committed_version(table: str, run: str, options: Mapping[str, Any]) -> int | None:
+    """The run's application transaction version in the table (None: no table, or never committed there)."""
+    delta_table = open_table(table, options)
+    return None if delta_table is None else delta_table.transaction_version(run_app_id(run))
+
+
 def rows_of_run(delta_table: Any, run: str) -> int:
     """How many rows of ``run`` the table holds (files pruned by their statistics)."""
     if TABLE_RUN_COLUMN not in _table_schema(delta_table).names:
@@ -169,6 +175,7 @@ def commit_run(
     options: Mapping[str, Any],
     partition_by: Sequence[str] = (),
     replace: bool = False,
+    chunked: bool = False,
     before_commit: Callable[[], None] | None = None,
 ) -> TableCommit:
     """Commit one run's rows to a table, exactly once; see the module documentation.
@@ -183,6 +190,9 @@ def commit_run(
         partition_by: Partition columns (of a table created now; an existing table keeps its own).
         replace: Whether rows of the run committed by another job (or the command line) are
             replaced; otherwise the run is refused.
+        chunked: The run is committed in chunks while it is written: ``version`` is the chunk's
+            number, a transaction at or past it means the chunk is in, and an earlier chunk's is
+            no reason to refuse.
         before_commit: Called right before the write (raises to stop it).
 
     Raises:
@@ -198,6 +208,11 @@ def commit_run(
     replacing = False
     if existing is not None:
         committed = existing.transaction_version(app_id)
+        if chunked and committed is not None and committed >= version:
+            log.info(f"{table}: chunk {version} of {run} is committed already; adopted")
+            return TableCommit(table, 0, existing.version(), adopted=True)
+        if chunked:
+            committed = None  # earlier chunks of the run: append the next one
         if committed == version:
             log.info(f"{table}: the run {run} is committed already (transaction {app_id} v{version}); adopted")
             return TableCommit(table, rows_of_run(existing, run), existing.version(), adopted=True)

@@ -291,7 +291,13 @@ class OutputPipeline:
             for t in sorted(files)
         ]
 
-    def stage(self, plan: CollectionPlan, context: WriteContext, folder: Path) -> list[StagedOutput]:
+    def stage(
+        self,
+        plan: CollectionPlan,
+        context: WriteContext,
+        folder: Path,
+        source: Iterator[pa.RecordBatch] | None = None,
+    ) -> list[StagedOutput]:
         """Decode the runs into one finished, unpublished file per target, in ``folder``.
 
         What tables are committed from: the caller reads each file, and must :meth:`StagedOutput.discard`
@@ -301,6 +307,9 @@ class OutputPipeline:
             plan: What to write.
             context: Provenance, progress and guard (the store is not used).
             folder: A local folder for the staged files.
+            source: The batches of the plan's one run, read by the caller (a run followed while it
+                is written: the records since its cursor); then the run is not checked unchanged,
+                since it grows. By default every run is decoded whole.
 
         Raises:
             CollectorError: Bad input, or what the guard raised; nothing is left staged.
@@ -308,11 +317,16 @@ class OutputPipeline:
             OSError: Writing failed (e.g. a full disk); nothing is left staged.
         """
         folder.mkdir(parents=True, exist_ok=True)
-        files = self._write_files(plan, context, lambda target: folder / f"target-{id(target):x}")
+        decoding = None if source is None else iter([(0, source)])
+        files = self._write_files(plan, context, lambda target: folder / f"target-{id(target):x}", decoding)
         return [StagedOutput(plan.targets[t], files[t]) for t in sorted(files)]
 
     def _write_files(
-        self, plan: CollectionPlan, context: WriteContext, staging: Callable[[OutputTarget], Path]
+        self,
+        plan: CollectionPlan,
+        context: WriteContext,
+        staging: Callable[[OutputTarget], Path],
+        source: Iterator[tuple[int, Iterator[pa.RecordBatch]]] | None = None,
     ) -> dict[int, OutputFile]:
         """Decode the runs and write every target to a finished file at its staging path; or remove them all."""
         opens: dict[int, list[int]] = {}
@@ -324,7 +338,7 @@ class OutputPipeline:
             closes.setdefault(runs[-1] if target.runs else last, []).append(t)
         files: dict[int, OutputFile] = {}
         guard, progress = context.guard, context.progress
-        decoding = self._runs_in_order(plan, progress.bytes_read if progress is not None else None)
+        decoding = source or self._runs_in_order(plan, progress.bytes_read if progress is not None else None)
         current: list[Iterator[pa.RecordBatch]] = []
         try:
             for index, batches in decoding:
@@ -343,7 +357,7 @@ class OutputPipeline:
                         progress.rows_written(batch.num_rows)
                 for t in closes.get(index, []):
                     files[t].finish()
-            for run in plan.runs:  # what is published was read from runs that are still as read
+            for run in plan.runs if source is None else ():  # what is published was read from runs still as read
                 check_unchanged(run.inventory)
         except BaseException:
             # Stop the decoding now, not when the generators are collected: the readers

@@ -30,7 +30,7 @@ from typing import Any
 
 from herocollector.config import ServiceConfig
 from herocollector.errors import JournalError
-from herocollector.events import RunCollected, RunFailed
+from herocollector.events import RunCollected, RunFailed, RunProgress
 from herocollector.journal.base import Announcement
 from herocollector.journal.sqlite import Job, JobState, JobStore, open_journal
 from herocollector.output.uploads import ABANDONED_SWEEP
@@ -39,6 +39,7 @@ from herocollector.run.rundir import job_key
 from herocollector.service.checks import run_path_argument
 from herocollector.service.cleanup import RunCleaner, SweepProgress
 from herocollector.service.compaction import TableUpkeep
+from herocollector.service.follow import followed_runs
 from herocollector.service.health import JournalHealth
 from herocollector.service.intake import SPOOL_DIR, Intake, Malformed, Spool, announcement_of
 from herocollector.service.metrics import MetricsExporter
@@ -83,6 +84,8 @@ class CollectionService:
         config: What to collect and where to write it.
         on_collected: Called with every collected run (the actor fires ``run_collected``).
         on_failed: Called with every failed attempt (the actor fires ``run_failed``).
+        on_progress: Called with every chunk committed of a run followed while it is written
+            (``follow``; the actor fires ``run_progress``).
 
     Raises:
         StateDirLocked: Another service uses ``state_dir``.
@@ -98,6 +101,7 @@ class CollectionService:
         config: ServiceConfig,
         on_collected: Callable[[RunCollected], None] | None = None,
         on_failed: Callable[[RunFailed], None] | None = None,
+        on_progress: Callable[[RunProgress], None] | None = None,
     ) -> None:
         self.config = config
         self._on_collected = on_collected
@@ -138,6 +142,7 @@ class CollectionService:
                 self._cleanup_after if config.cleanup_after_collect else None,
                 on_inventory=lambda job, inventory: self.cleaner.record_inventory(job, inventory),
                 on_table=self.upkeep.add,
+                on_progress=on_progress,
             )
             self.cleaner = cleaner = RunCleaner(config, journal, scheduler.stopping)
             self.scanner = Scanner(journal, config.allowed_roots, config.scan_depth, scheduler.stopping)
@@ -287,6 +292,7 @@ class CollectionService:
                     recent=recent,
                     extra=extra,
                     compaction=self.upkeep.states(),
+                    following=followed_runs(self.journal) if self.config.follow else [],
                 )
         if outage is not None:
             extra["journal_outage"] = {**outage.to_dict(), "spooled_batches": self.intake.spooled}
@@ -481,6 +487,13 @@ class CollectionService:
         """
         path = os.path.normpath(str(path))
         job = self.journal.by_path(path)
+        if self.config.follow and job is not None and job.state in (JobState.PENDING, JobState.RUNNING):
+            cursor = self.journal.follow_cursor(job.id)
+            if cursor is not None:
+                return (
+                    f"the run is being followed (job {job.id}, chunks committed while it is written); it is "
+                    "cleaned after its _DONE and its final commit"
+                )
         if force and job is not None and job.state in (JobState.PENDING, JobState.WAITING, JobState.RUNNING):
             return f"the run is being collected (job {job.id} is {job.state.value}); clean it once it is collected"
         return self.cleaner.refusal(path, job, force, keep_meta)

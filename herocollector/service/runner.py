@@ -39,9 +39,10 @@ from herocollector.errors import (
     LeaseLost,
     RunRefused,
 )
-from herocollector.events import RunCollected, RunFailed
+from herocollector.events import RunCollected, RunFailed, RunProgress
 from herocollector.journal.base import Job, JobState, JobStore
 from herocollector.output.delta import table_of
+from herocollector.output.delta_upkeep import compact
 from herocollector.output.files import OutputFormat, remove_abandoned
 from herocollector.output.paths import PathTemplate, Trusted
 from herocollector.output.pipeline import OutputPipeline, PlannedRun
@@ -50,6 +51,7 @@ from herocollector.run import logdir
 from herocollector.run.claims import COLLECTED, HELD, RunClaim
 from herocollector.run.rundir import RunDirectory, RunInventory
 from herocollector.service.commit import ManifestCommitter, RunCommitter
+from herocollector.service.follow import RunFollower
 from herocollector.service.lease import LeaseKeeper
 from herocollector.service.table_commit import TableCommitter
 
@@ -99,6 +101,19 @@ class Parked:
 
 
 @dataclass(frozen=True)
+class Following:
+    """A followed run's chunk step is over (``follow``): pending again at ``check_at``, no worker held.
+
+    Attributes:
+        check_at: When the next chunk is read.
+        progress: The chunk this step committed (None: nothing new).
+    """
+
+    check_at: float
+    progress: RunProgress | None
+
+
+@dataclass(frozen=True)
 class PutBack:
     """Pending again without counting the attempt (another actor's claim, or a shutdown)."""
 
@@ -130,7 +145,7 @@ class Failed:
     waited: bool = False
 
 
-Outcome = Collected | Parked | PutBack | Fenced | Failed
+Outcome = Collected | Parked | Following | PutBack | Fenced | Failed
 """Where one job goes next; :meth:`JobRunner.conclude` records it."""
 
 
@@ -152,6 +167,7 @@ class JobRunner:
         on_inventory: Called with every job this actor collected and the inventory of the run
             it read (what a cleanup may remove), right before the journal records it done.
         on_table: Told every Delta table a run was committed to (what compaction looks after).
+        on_progress: Called with every chunk committed of a run followed while it is written.
     """
 
     def __init__(
@@ -164,6 +180,7 @@ class JobRunner:
         after_collect: Callable[[str], None] | None = None,
         on_inventory: Callable[[Job, RunInventory], None] | None = None,
         on_table: Callable[[str], None] | None = None,
+        on_progress: Callable[[RunProgress], None] | None = None,
     ) -> None:
         self.config = config
         self.journal = journal
@@ -187,6 +204,15 @@ class JobRunner:
             self.committer = TableCommitter(config, self.pipeline, stopping, on_table)
         else:
             self.committer = ManifestCommitter(config, journal, self.store, self.pipeline, stopping)
+        self.on_progress = on_progress
+        self.follower = RunFollower(
+            config,
+            journal,
+            self.pipeline,
+            lambda job, run, stream: self._route(job, run, stream.metadata),
+            stopping,
+            compact=lambda table: compact(table, config.storage_options, actor=config.owner, min_files=2),
+        )
         # Stable across restarts, so a restarted actor recognises its own claims.
         self.owner = config.owner
         self._unrecorded: dict[int, Callable[[], object]] = {}
@@ -211,13 +237,15 @@ class JobRunner:
             outcome = Failed(exc, job.attempts, tuple(attempt.unmanifested))
         self.conclude(job, outcome)
 
-    def _collect(self, job: Job, started: float, attempt: _Attempt) -> Collected | Parked:
+    def _collect(self, job: Job, started: float, attempt: _Attempt) -> Collected | Parked | Following:
         """The work of :meth:`run`, up to its outcome (recorded by :meth:`conclude`)."""
         remove_abandoned()  # temporary files an earlier attempt could not remove (a read-only folder)
         if job.path is None:
             raise RunRefused("job has no logger path")
         with RunDirectory(job.path, self.config.allowed_roots) as run_dir:  # refuses, or names what is wrong
             path, done = run_dir.path, run_dir.is_done()
+        if self.config.follow:
+            return self._follow(job, path, done, started)
         if not done:
             return self._park(job)
         with LeaseKeeper(self.journal, job, self.config.lease_timeout, self.stopping) as lease:
@@ -227,6 +255,23 @@ class JobRunner:
         shown = {table_of(key): rows for key, rows in outputs.items()}
         report = RunCollected(job.path, shown, sum(outputs.values()), seconds, job.id, nbytes, collected_by)
         return Collected(report, attempt.inventory if collected_by is None else None, outputs)
+
+    def _follow(self, job: Job, path: Path, done: bool, started: float) -> Collected | Following:
+        """One chunk of a followed run; the run is collected once its ``_DONE`` chunk is committed."""
+        with LeaseKeeper(self.journal, job, self.config.lease_timeout, self.stopping) as lease:
+            step = self.follower.step(job, path, lease)
+            lease.check()
+        now = time.time()
+        if step.complete:
+            shown = {table_of(key): rows for key, rows in step.outputs.items()}
+            report = RunCollected(
+                job.path or str(path), shown, sum(step.outputs.values()), time.monotonic() - started, job.id
+            )
+            return Collected(report, step.inventory, step.outputs)
+        quiet = now - (step.grown or now)
+        if not done and self.config.timeout is not None and quiet * 1000 >= self.config.timeout:
+            raise DoneTimeout(f"no _DONE, and no new record for {self.config.timeout} ms", job.path)
+        return Following(now + self.config.follow_interval, step.progress)
 
     def _park(self, job: Job) -> Parked:
         """No ``_DONE`` yet: wait in the journal, or fail if the deadline passed."""
@@ -301,6 +346,10 @@ class JobRunner:
         elif isinstance(outcome, Parked):
             self._record(job.id, lambda: self.journal.park(job.id, outcome.check_at, outcome.deadline, token=job.token))
             log.info(f"job {job.id}: {job.path} has no _DONE yet; waiting")
+        elif isinstance(outcome, Following):
+            self._record(job.id, lambda: self.journal.defer(job.id, outcome.check_at, None, token=job.token))
+            if outcome.progress is not None and self.on_progress is not None:
+                self._notify(self.on_progress, outcome.progress)
         elif isinstance(outcome, PutBack):
             if outcome.reason is None:
                 log.info(f"job {job.id} for {job.path} interrupted by shutdown; it stays pending")

@@ -62,6 +62,25 @@ class TrashEntry:
 
 
 @dataclass(frozen=True)
+class FollowedRun:
+    """A run collected while it is written (``follow: true``), as ``status()`` lists it.
+
+    Attributes:
+        path: The logger directory.
+        job: Its journal job.
+        chunk: Chunks committed so far.
+        rows: Rows committed so far.
+        lag: Seconds since the newest committed records were written (None: none yet).
+    """
+
+    path: str | None
+    job: int
+    chunk: int
+    rows: int
+    lag: float | None
+
+
+@dataclass(frozen=True)
 class ServiceStatus:
     """The answer of ``status()``.
 
@@ -76,6 +95,7 @@ class ServiceStatus:
         last_scan: The last catch-up scan, if any ran.
         recent: The most recently updated jobs.
         compaction: ``format: "delta"``: each table's upkeep (when this service last compacted it), by table.
+        following: ``follow: true``: the runs being followed, with their lag.
         extra: Further sections other parts of the service report (for example a cleanup
             in progress), by name.
     """
@@ -91,6 +111,7 @@ class ServiceStatus:
     recent: list[Job]
     extra: dict[str, Any] = field(default_factory=dict)
     compaction: dict[str, TableUpkeepState] = field(default_factory=dict)
+    following: list[FollowedRun] = field(default_factory=list)
 
     @property
     def queued(self) -> int:
@@ -117,5 +138,6 @@ class ServiceStatus:
             "last_scan": None if self.last_scan is None else asdict(self.last_scan),
             "recent": [job.to_dict() for job in self.recent],
             "compaction": {table: asdict(state) for table, state in self.compaction.items()},
+            "following": [asdict(run) for run in self.following],
             **self.extra,
         }
