@@ -17,7 +17,7 @@ May import: :mod:`herocollector.decode.records`, :mod:`herocollector.decode.nati
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, TypeVar
@@ -229,18 +229,28 @@ def scan_segment(
     chunk_bytes: int,
     space: ReadBuffers | None = None,
     max_frame_bytes: int = MAX_FRAME_BYTES,
-) -> Iterator[Span]:
+    *,
+    base: int = 0,
+    final: bool = True,
+) -> Generator[Span, None, int]:
     """Read one segment and walk its frame headers, a read buffer at a time, without decompressing.
 
     Args:
-        fh: The segment, opened for binary reading, at its start.
+        fh: The segment, opened for binary reading, at its start (or at ``base``).
         name: Name used in errors.
         chunk_bytes: Compressed bytes read at a time.
         space: Buffers to reuse (the reader's, for all files of a run).
         max_frame_bytes: Most decompressed bytes of one frame (and so, about, compressed).
+        base: The file offset of the first byte ``fh`` gives (a segment read on from a
+            frame boundary, :mod:`herocollector.decode.follow`).
+        final: The end of ``fh`` is the end of the segment. False: a segment still being
+            written, whose last frame may be torn, which is no damage then: the walk ends before it.
 
     Yields:
         Spans of complete frames, in file order; each views ``space`` until the next is asked for.
+
+    Returns:
+        The file offset right after the last complete frame (the generator's return value).
 
     Raises:
         SegmentError: Damage in the frame walk, after the spans before it (the last of which is
@@ -249,7 +259,7 @@ def scan_segment(
     capacity = chunk_bytes
     limit = max(chunk_bytes, compressed_frame_limit(max_frame_bytes))
     space = space or ReadBuffers(capacity)
-    filled, base, eof = 0, 0, False
+    filled, eof = 0, False
     while True:
         buf = space.buf
         while not eof and filled < capacity:
@@ -257,7 +267,7 @@ def scan_segment(
             eof = not got
             filled += got or 0
         starts, ends, sizes, kinds = space.starts, space.ends, space.sizes, space.kinds
-        count, stop, status = kernel.scan_frames(buf, 0, filled, eof, starts, ends, sizes, kinds)
+        count, stop, status = kernel.scan_frames(buf, 0, filled, eof and final, starts, ends, sizes, kinds)
         if count:
             # When the walk found damage, the frames before it are still decoded, since the
             # first damage in the file is the one to report, but none of their records is
@@ -267,12 +277,14 @@ def scan_segment(
         if status != codes.FRAME_OK:
             raise SegmentError(_frame_damage(status, base + stop), name, base + stop)
         if eof:
-            return
+            return base + stop
         if stop == 0:
             skip = _skippable_size(buf, filled)
             if skip is not None:
                 # A skippable frame larger than the buffer: drop it without holding it.
                 if not _discard(fh, buf, skip - filled):
+                    if not final:
+                        return base  # torn while it is written
                     raise SegmentError(_frame_damage(codes.FRAME_TRUNCATED, base), name, base)
                 base += skip
                 filled = 0
