@@ -285,6 +285,35 @@ def test_the_service_compacts_the_tables_it_commits_to(tmp_path: Path, services:
         assert table_records(rows, COLUMNS, str(run.path)) == recorded_records(run, COLUMNS)
 
 
+def test_a_restarted_service_looks_after_the_tables_of_its_recent_jobs(
+    tmp_path: Path, services: list[CollectionService]
+) -> None:
+    runs_root, out = tmp_path / "runs", tmp_path / "tables"
+    runs = [build_run(runs_root / f"r{i:02d}", i + 1, n_records=40) for i in range(11)]
+    collected: list[RunCollected] = []
+    first = CollectionService(
+        delta_config(tmp_path, runs_root, out, compact_interval=None), on_collected=collected.append
+    )
+    services.append(first)
+    for run in runs:
+        first.submit("logger", {"path": str(run.path)})
+    wait_for(lambda: len(collected) == len(runs), "every run collected", 120)
+    first.close()
+    table = str(out / "measurements")
+    assert len(DeltaTable(table).file_uris()) == len(runs)
+
+    second = CollectionService(delta_config(tmp_path, runs_root, out))  # same journal, compaction on, no new run
+    services.append(second)
+    state = wait_for(
+        lambda: (s := second.status().compaction.get(table)) is not None and s.last_compacted is not None and s,
+        "the table of the journal's done jobs compacted",
+        120,
+    )
+    assert state.files == len(DeltaTable(table).file_uris()) < len(runs)
+    rows = DeltaTable(table).to_pyarrow_table()
+    assert all(table_records(rows, COLUMNS, str(r.path)) == recorded_records(r, COLUMNS) for r in runs)
+
+
 def test_two_services_on_one_journal_compact_a_table_one_at_a_time(
     tmp_path: Path, postgres: PostgresTestServer, services: list[CollectionService]
 ) -> None:
