@@ -41,7 +41,7 @@ import pyarrow as pa
 
 from herocollector.config import ServiceConfig
 from herocollector.decode.follow import START, Cursor
-from herocollector.errors import CollectorError
+from herocollector.errors import CollectorError, MetadataError
 from herocollector.events import RunProgress
 from herocollector.journal.base import Job, JobStore
 from herocollector.output.batches import FollowRead, follow_batches
@@ -184,7 +184,15 @@ class RunFollower:
         """
         state = FollowState.from_json(self.journal.follow_cursor(job.id))
         done = logdir.is_done(path)  # before reading: a read that sees _DONE has seen every record before it
-        run = self.pipeline.plan_run(path, self.config.allowed_roots)
+        try:
+            run = self.pipeline.plan_run(path, self.config.allowed_roots)
+        except MetadataError as exc:
+            if done:
+                raise
+            # The logger writes a stream's file (not atomically) when it registers the stream: a
+            # file half written now is whole at the next step.
+            log.info(f"job {job.id}: {path}: {exc}; read again in {self.config.follow_interval} s")
+            return FollowStep(False, dict(state.rows), None, None, state.grown or time.time())
         plan = self.pipeline.plan([run], lambda index, planned, stream: self.route(job, planned, stream))
         tables = [str(target.path) for target in plan.targets]
         if state.pending is not None:

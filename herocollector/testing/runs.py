@@ -183,43 +183,81 @@ def build_run(
     Returns:
         The run and what was recorded (after quantisation).
     """
-    import data_logger
-
-    rng = np.random.default_rng(seed)
-    labels = list(labels) if labels is not None else default_labels(n_streams, seed)
-    logger = data_logger.DataLogger(path, rotate_bytes=rotate_bytes)
-    streams: list[dict[str, Any]] = []
-    clocks: dict[int, float] = {}
+    maker = RecordMaker(path, seed, labels=labels, n_streams=n_streams, max_nnz=max_nnz, rotate_bytes=rotate_bytes,
+                        epoch_start=epoch_start)  # fmt: skip
     try:
-        for i, lab in enumerate(labels):
-            epoch_scale, value_scale = _SCALES[i % len(_SCALES)]
-            sid = logger.register_stream(dict(lab), epoch_scale=epoch_scale, value_scale=value_scale)
-            streams.append({**lab, "stream_id": sid, "epoch_scale": epoch_scale, "value_scale": value_scale})
-            clocks[sid] = epoch_start + float(rng.uniform(0, 10))
-        run = RecordedRun(Path(path), streams)
         for _ in range(n_records):
-            meta = streams[int(rng.integers(0, len(streams)))]
-            sid = meta["stream_id"]
-            epoch_scale, value_scale = meta["epoch_scale"], meta["value_scale"]
-            step = rng.choice([0.0, -float(rng.uniform(0, 3)), float(rng.exponential(5))], p=[0.1, 0.1, 0.8])
-            clocks[sid] += step
-            epoch = clocks[sid]
-            n = 0 if rng.random() < 0.25 else int(rng.integers(1, max_nnz + 1))
-            space = 1 << 40 if rng.random() < 0.1 else max(1000, 4 * max_nnz)
-            idx = np.sort(rng.choice(space, size=n, replace=False)).astype(np.int64)
-            vals = rng.normal(0, 50, size=n)
-            half = rng.random(n) < 0.2
-            vals[half] = (np.round(vals[half] / value_scale) + 0.5) * value_scale
-            logger.record(sid, epoch, idx, vals)
-            tick = llround(np.array([epoch / epoch_scale]))[0]
-            q = llround(vals / value_scale)
-            run.stream_ids.append(sid)
-            run.epochs.append(float(tick) * epoch_scale)
-            run.indices.append(idx)
-            run.values.append(q.astype(np.float64) * value_scale)
+            maker.record()
     finally:
-        logger.close()
-    return run
+        maker.close()
+    return maker.run
+
+
+class RecordMaker:
+    """Writes records with the real ``data_logger.DataLogger`` and keeps what was recorded (see :func:`build_run`).
+
+    Args:
+        path: The logger directory to create.
+        seed: Seeds everything.
+        labels: One label dict per stream; default :func:`default_labels`.
+        n_streams: Streams to register when ``labels`` is not given.
+        max_nnz: Largest number of non-zeros in a record.
+        rotate_bytes: The logger's segment rotation size.
+        epoch_start: Epoch of each stream's first record (roughly).
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        seed: int,
+        *,
+        labels: Sequence[Mapping[str, Any]] | None = None,
+        n_streams: int = 4,
+        max_nnz: int = 8,
+        rotate_bytes: int = 256 << 20,
+        epoch_start: float = 1000.0,
+    ) -> None:
+        import data_logger
+
+        self._rng = np.random.default_rng(seed)
+        self._max_nnz = max_nnz
+        chosen = list(labels) if labels is not None else default_labels(n_streams, seed)
+        self.logger = data_logger.DataLogger(path, rotate_bytes=rotate_bytes)
+        self._streams: list[dict[str, Any]] = []
+        self._clocks: dict[int, float] = {}
+        for i, lab in enumerate(chosen):
+            epoch_scale, value_scale = _SCALES[i % len(_SCALES)]
+            sid = self.logger.register_stream(dict(lab), epoch_scale=epoch_scale, value_scale=value_scale)
+            self._streams.append({**lab, "stream_id": sid, "epoch_scale": epoch_scale, "value_scale": value_scale})
+            self._clocks[sid] = epoch_start + float(self._rng.uniform(0, 10))
+        self.run = RecordedRun(Path(path), self._streams)
+
+    def record(self) -> None:
+        """Write one record of a random stream (the logger's writer thread puts it into a segment)."""
+        rng = self._rng
+        meta = self._streams[int(rng.integers(0, len(self._streams)))]
+        sid = meta["stream_id"]
+        epoch_scale, value_scale = meta["epoch_scale"], meta["value_scale"]
+        step = rng.choice([0.0, -float(rng.uniform(0, 3)), float(rng.exponential(5))], p=[0.1, 0.1, 0.8])
+        self._clocks[sid] += step
+        epoch = self._clocks[sid]
+        n = 0 if rng.random() < 0.25 else int(rng.integers(1, self._max_nnz + 1))
+        space = 1 << 40 if rng.random() < 0.1 else max(1000, 4 * self._max_nnz)
+        idx = np.sort(rng.choice(space, size=n, replace=False)).astype(np.int64)
+        vals = rng.normal(0, 50, size=n)
+        half = rng.random(n) < 0.2
+        vals[half] = (np.round(vals[half] / value_scale) + 0.5) * value_scale
+        self.logger.record(sid, epoch, idx, vals)
+        tick = llround(np.array([epoch / epoch_scale]))[0]
+        q = llround(vals / value_scale)
+        self.run.stream_ids.append(sid)
+        self.run.epochs.append(float(tick) * epoch_scale)
+        self.run.indices.append(idx)
+        self.run.values.append(q.astype(np.float64) * value_scale)
+
+    def close(self) -> None:
+        """Flush and close the logger; it writes ``_DONE``."""
+        self.logger.close()
 
 
 # ----------------------------------------------------------------------------------------

@@ -1,0 +1,70 @@
+"""A logger process that writes one run at a steady rate, for the tests of following runs while they are written.
+
+``python -m herocollector.testing.live RUN TRUTH --seconds S --rate N [--rotate-bytes B] [--seed K]``
+writes records with the real ``data_logger.DataLogger`` (:class:`~herocollector.testing.runs.RecordMaker`)
+at about ``N`` records per second for ``S`` seconds, rotating segments every ``B`` bytes, then closes
+the logger (which writes ``_DONE``) and pickles what was recorded, with the wall time each record
+was handed to the logger, to ``TRUTH``: a :class:`LiveTruth`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pickle
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from herocollector.testing.runs import RecordedRun, RecordMaker
+
+
+@dataclass
+class LiveTruth:
+    """What a live logger recorded.
+
+    Attributes:
+        run: The run and its records (as :func:`~herocollector.testing.runs.build_run` gives them).
+        written_at: The wall time (``time.time()``) each record was handed to the logger.
+    """
+
+    run: RecordedRun
+    written_at: list[float] = field(default_factory=list)
+
+
+def write_live(path: Path, seconds: float, rate: float, seed: int = 1, rotate_bytes: int = 1 << 20) -> LiveTruth:
+    """Write a run at ``rate`` records per second for ``seconds``; close it (``_DONE``)."""
+    maker = RecordMaker(path, seed, rotate_bytes=rotate_bytes)
+    truth = LiveTruth(maker.run)
+    started = time.monotonic()
+    written = 0
+    try:
+        while (elapsed := time.monotonic() - started) < seconds:
+            due = int(elapsed * rate)
+            while written < due:
+                maker.record()
+                truth.written_at.append(time.time())
+                written += 1
+            time.sleep(0.002)  # the pace of a simulation, not a wait for a condition
+    finally:
+        maker.close()
+    return truth
+
+
+def main() -> None:
+    """The command line: see the module documentation."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("run", type=Path)
+    parser.add_argument("truth", type=Path)
+    parser.add_argument("--seconds", type=float, required=True)
+    parser.add_argument("--rate", type=float, required=True)
+    parser.add_argument("--rotate-bytes", type=int, default=1 << 20)
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args()
+    truth = write_live(args.run, args.seconds, args.rate, args.seed, args.rotate_bytes)
+    partial = args.truth.with_name(args.truth.name + ".partial")
+    partial.write_bytes(pickle.dumps(truth))
+    partial.rename(args.truth)
+
+
+if __name__ == "__main__":
+    main()
