@@ -23,7 +23,7 @@ Formats: Arrow IPC file (``file``), Arrow IPC stream (``stream``) and Parquet (`
 the provenance goes into the schema (key-value) metadata of each.
 
 :func:`route_batch` splits a batch between outputs in one pass: one stable sort of the rows by
-output, one gather of each column, then zero-copy slices.
+output, one gather of the batch in that order, then zero-copy slices.
 """
 
 from __future__ import annotations
@@ -485,9 +485,10 @@ def route_batch(batch: pa.RecordBatch, ids: np.ndarray, group_of: np.ndarray, ou
     """Send each row of a batch to the output of its stream, rows in batch order within each output.
 
     One pass over the batch, whatever the number of outputs: the rows are sorted by output
-    with a stable sort, each column is gathered once (:func:`gather`), and each output gets a
-    zero-copy slice. Outputs are written in the order of their index; one with no rows here
-    is not written to.
+    with a stable sort, the batch is gathered once in that order (Arrow's ``take``, whose
+    memory pool keeps its pages, where NumPy's temporaries fault theirs in again each time),
+    and each output gets a zero-copy slice. Outputs are written in the order of their index;
+    one with no rows here is not written to.
 
     Args:
         batch: Rows with a ``stream_id`` column.
@@ -502,11 +503,9 @@ def route_batch(batch: pa.RecordBatch, ids: np.ndarray, group_of: np.ndarray, ou
     row_group = group_of[np.searchsorted(ids, sids)]
     counts = np.bincount(row_group, minlength=len(outputs))
     if np.any(row_group[1:] < row_group[:-1]):
-        # A stable sort keeps the batch order within each output; on small keys numpy sorts by radix.
+        # Stable: the batch order within each output. On uint8/uint16 keys NumPy sorts by radix.
         order = np.argsort(row_group.astype(_smallest_key(len(outputs))), kind="stable")
-        lists: dict[tuple[int, int, int], Any] = {}
-        columns = [gather(column, order, lists) for column in batch.columns]
-        batch = pa.RecordBatch.from_arrays(columns, schema=batch.schema)
+        batch = batch.take(pa.array(order))
     start = 0
     for index, count in enumerate(counts.tolist()):
         if count:
@@ -514,55 +513,9 @@ def route_batch(batch: pa.RecordBatch, ids: np.ndarray, group_of: np.ndarray, ou
             start += count
 
 
-def gather(array: pa.Array, order: np.ndarray, lists: dict[tuple[int, int, int], Any] | None = None) -> pa.Array:
-    """``array.take(order)``, with NumPy for the decoder's columns (Arrow's take of lists is slow).
-
-    Args:
-        array: A column.
-        order: Row indices, each in range.
-        lists: Where list columns that share their offsets (the decoder's ``indices`` and
-            ``values``) share the work of gathering them; None: nothing shared.
-
-    Returns:
-        The rows of ``array`` in ``order``, of the same type.
-    """
-    kind = array.type
-    if array.null_count == 0:
-        if _is_number(kind):
-            return pa.array(np.take(array.to_numpy(), order), type=kind)
-        if pa.types.is_list(kind) and _is_number(kind.value_type) and array.values.null_count == 0:
-            offsets_buffer = array.buffers()[1]
-            key = (offsets_buffer.address if offsets_buffer is not None else 0, array.offset, len(array))
-            shared = lists.get(key) if lists is not None else None
-            if shared is None:
-                shared = _list_order(array.offsets.to_numpy(), order)
-                if lists is not None:
-                    lists[key] = shared
-            new_offsets, child = shared
-            values = pa.array(np.take(array.values.to_numpy(), child), type=kind.value_type)
-            return pa.ListArray.from_arrays(new_offsets, values, type=kind)
-    return array.take(pa.array(order))
-
-
-def _list_order(offsets: np.ndarray, order: np.ndarray) -> tuple[pa.Array, np.ndarray]:
-    """The offsets of a list column's rows in ``order``, and the index of each of their values in the old values."""
-    starts = offsets[:-1][order]
-    lengths = (offsets[1:] - offsets[:-1])[order]
-    new_offsets = np.zeros(len(order) + 1, dtype=offsets.dtype)
-    np.cumsum(lengths, out=new_offsets[1:])
-    # Each value's old index: its row's old start, plus its place in the row (its new index minus the new start).
-    child = np.repeat(starts - new_offsets[:-1], lengths) + np.arange(new_offsets[-1], dtype=offsets.dtype)
-    return pa.array(new_offsets), child
-
-
 def _smallest_key(groups: int) -> type[np.unsignedinteger[Any]]:
-    """The smallest unsigned type that holds ``groups`` output indices (NumPy sorts uint8/uint16 by radix)."""
+    """The smallest unsigned type that holds ``groups`` output indices."""
     return np.uint8 if groups <= 1 << 8 else np.uint16 if groups <= 1 << 16 else np.uint64
-
-
-def _is_number(kind: pa.DataType) -> bool:
-    """Whether a type is a fixed-width number NumPy holds as it is."""
-    return bool(pa.types.is_integer(kind) or pa.types.is_floating(kind))
 
 
 def fsync_dir(folder: Path) -> None:
