@@ -9,19 +9,57 @@ A :class:`Cursor` says where a followed run was read up to: the segment and byte
 after the last whole frame decoded, each stream's last raw epoch tick (what the record kernel
 carries from frame to frame and from segment to segment), and how many chunks were committed.
 
+:class:`FollowDecoder` decodes a run's segments from a cursor on, and never from the run's start
+again: the cost of a read is about the bytes added since the last one.
+
+* The segments are read in name order from ``cursor.segment`` at ``cursor.offset``, their frames
+  walked by their headers (:func:`~herocollector.decode.frames.scan_segment`, from that offset),
+  a read buffer (a *part*) at a time. In the newest segment of a run without ``_DONE``, a torn
+  last frame ends the read: the next cursor points at its start. In a closed segment (one that
+  is not the newest), or anywhere once the run is done, it is damage, a
+  :class:`~herocollector.errors.SegmentError` naming the file and offset, as in a whole decode.
+* Each part is decoded by the record kernel with the ticks carried on from the cursor (each
+  stream's last raw tick), the kernel's own ``float64(tick) * epoch_scale``: the rows are bit
+  for bit those of one decode of the whole run, split at the cursor.
+* A part's columns are handed on only once the whole part has decoded. A record of a stream
+  the caller does not know yet (its ``streams/*.json`` not read yet) is no damage while the
+  run is written: the part is decoded again up to the frame that holds it, and the read ends
+  there, so that record is read (with the stream's labels) by a later read. Once the run is
+  done it is an :class:`~herocollector.errors.UnknownStreamError`, as in a whole decode.
+* The cursor's segment must still be there, at least as long as the cursor's offset, and end
+  in the same bytes before it (:attr:`Cursor.fingerprint`): a segment that shrank or was
+  replaced under the cursor is a :class:`~herocollector.errors.RunChanged` naming it, never
+  read again from elsewhere.
+
+The segments are opened by the caller (:class:`FollowSegment`; the output layer opens them
+through the run directory's trust boundary), so this module reads no path itself.
+
 May import: the other decoder modules and :mod:`herocollector.errors`.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
-from collections.abc import Mapping
+from collections.abc import Generator, Iterator, Mapping, Sequence
+from contextlib import closing
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
-from herocollector.errors import CollectorError
+import numpy as np
+import zstandard
 
-__all__ = ["START", "Cursor"]
+from herocollector.decode import status as codes
+from herocollector.decode.columns import MAX_RECORD_BYTES, Columns, RecordDecoder, StreamTable
+from herocollector.decode.frames import MAX_FRAME_BYTES, ReadBuffers, Span, decompress_span, scan_segment
+from herocollector.errors import CollectorError, RunChanged, UnknownStreamError
+
+__all__ = ["FINGERPRINT_BYTES", "START", "Cursor", "FollowDecoder", "FollowSegment", "fingerprint"]
+
+FINGERPRINT_BYTES = 256
+"""Bytes before a cursor's offset that its fingerprint covers."""
 
 SEGMENT_SUFFIX = ".seg.zst"  # as run/logdir.py names them; decode/ may not import run/
 _INT64 = (-(2**63), 2**63 - 1)
@@ -38,8 +76,9 @@ class Cursor:
         ticks: Each stream's last raw epoch tick (what the kernel carries across frames), by
             stream id; a stream without a record so far has no entry.
         chunk: How many chunks were committed (0 at the start).
-        fingerprint: A digest of the bytes of ``segment`` right before ``offset`` (empty at
-            offset 0): a segment replaced under the cursor is told by it.
+        fingerprint: A digest of the (at most :data:`FINGERPRINT_BYTES`) bytes of ``segment``
+            right before ``offset`` (empty at offset 0): a segment replaced under the cursor is
+            told by it. It names no inode, so another host continues from the same cursor.
     """
 
     segment: str | None
@@ -121,3 +160,212 @@ def _integer(value: object, what: str, low: int, high: int) -> int:
     if not low <= value <= high:
         raise CollectorError(f"malformed follow cursor: {what} {value} is out of range [{low}, {high}]")
     return value
+
+
+def fingerprint(data: bytes) -> str:
+    """The fingerprint of the bytes before a cursor's offset (empty for none)."""
+    return hashlib.blake2b(data, digest_size=16).hexdigest() if data else ""
+
+
+class FollowSegment(Protocol):
+    """A segment of a followed run, as the caller lists and opens it."""
+
+    @property
+    def name(self) -> str:
+        """Its file name in the run directory (what a cursor records)."""
+
+    @property
+    def path(self) -> str | Path:
+        """What errors name."""
+
+    @property
+    def size(self) -> int:
+        """Its size when it was listed: the bytes read of it at most."""
+
+    def open(self, offset: int) -> io.RawIOBase:
+        """The segment at ``offset``, giving at most ``size - offset`` bytes; closed by the reader.
+
+        Raises:
+            RunChanged: It is gone, replaced, or shorter than listed.
+        """
+
+
+class FollowDecoder:
+    """Decodes the records of a run completed since a cursor (see the module docstring).
+
+    One decoder serves one read: iterate :meth:`columns` to its end, then read :attr:`cursor`,
+    :attr:`bytes`, :attr:`complete`, :attr:`waiting_for` and :meth:`epochs`.
+
+    Args:
+        streams: The streams known now (a record of any other id waits, or is an error when
+            ``done``), with the selection and scales.
+        cursor: Where the last read ended (:data:`START` for a run not read yet).
+        done: The run has ``_DONE`` (checked before the segments were listed): every segment
+            is closed, and its end must be the end of a whole frame.
+        chunk_bytes: Compressed bytes read (and decoded) per part; decompressed bytes per chunk.
+        max_frame_bytes: Most decompressed bytes of one frame.
+        max_record_bytes: Most decompressed bytes of one record.
+
+    Attributes:
+        cursor: Once read to its end: where the next read starts; the given cursor itself when
+            no byte was decoded, else a new one whose ``chunk`` is one more.
+        bytes: Segment bytes decoded, from the old cursor to the new one.
+        complete: The run is done and was read to its end.
+        waiting_for: The stream id whose record ended the read early (no metadata yet), or None.
+    """
+
+    def __init__(
+        self,
+        streams: StreamTable,
+        cursor: Cursor,
+        *,
+        done: bool,
+        chunk_bytes: int,
+        max_frame_bytes: int = MAX_FRAME_BYTES,
+        max_record_bytes: int = MAX_RECORD_BYTES,
+    ) -> None:
+        self.streams = streams
+        self.start = cursor
+        self.cursor = cursor
+        self.done = done
+        self.chunk_bytes = int(chunk_bytes)
+        self.max_frame_bytes = int(max_frame_bytes)
+        self.max_record_bytes = max(int(max_record_bytes), self.chunk_bytes)
+        self.bytes = 0
+        self.complete = False
+        self.waiting_for: int | None = None
+        ids = streams.ids
+        self.ticks = np.zeros(len(streams), dtype=np.int64)
+        self.seen = np.zeros(len(streams), dtype=bool)
+        self.carried: dict[int, int] = {}  # ticks of streams not known now: kept as they were
+        for sid, tick in cursor.ticks.items():
+            slot = int(np.searchsorted(ids, np.uint64(sid)))
+            if slot < ids.size and int(ids[slot]) == sid:
+                self.ticks[slot] = tick
+                self.seen[slot] = True
+            else:
+                self.carried[int(sid)] = int(tick)
+        self._stop: int | None = None  # file offset of the frame the read ended before
+
+    def epochs(self) -> dict[int, float]:
+        """Per selected stream with a record so far: the epoch of its last record (file order)."""
+        slots = np.flatnonzero(self.seen & (self.streams.selected != 0))
+        epochs = self.ticks[slots].astype(np.float64) * self.streams.epoch_scales[slots]
+        return {int(self.streams.ids[s]): float(e) for s, e in zip(slots, epochs, strict=True)}
+
+    def columns(self, segments: Sequence[FollowSegment]) -> Iterator[Columns]:
+        """Decode from the cursor to the end of the last whole frame of ``segments``.
+
+        Args:
+            segments: The run's segments as listed (in name order, all of them or those from
+                the cursor's on); the last one is the newest.
+
+        Yields:
+            Columns of the selected streams, in file order.
+
+        Raises:
+            SegmentError: Damage in a closed segment, or anywhere when done (names the file
+                and offset); an ``UnknownStreamError`` when done.
+            RunChanged: The cursor's segment is gone, shrank below the cursor, or was replaced.
+        """
+        names = [s.name for s in segments]
+        first, offset = 0, 0
+        if self.start.segment is not None:
+            if self.start.segment not in names:
+                where = Path(segments[0].path).parent / self.start.segment if segments else self.start.segment
+                raise RunChanged("the segment the follow cursor is in is gone", where)
+            first, offset = names.index(self.start.segment), self.start.offset
+        space = ReadBuffers(self.chunk_bytes)
+        dctx = zstandard.ZstdDecompressor()
+        position: tuple[FollowSegment, int] | None = None
+        for index in range(first, len(segments)):
+            segment = segments[index]
+            start = offset if index == first else 0
+            final = self.done or index < len(segments) - 1
+            end = yield from self._segment(segment, start, final, space, dctx)
+            self.bytes += end - start
+            position = (segment, end)
+            if self._stop is not None:
+                break
+        self.complete = self.done and self._stop is None
+        if position is not None and self.bytes:
+            segment, end = position
+            self.cursor = Cursor(segment.name, end, self._tick_map(), self.start.chunk + 1, self._print(segment, end))
+
+    def _segment(
+        self, segment: FollowSegment, start: int, final: bool, space: ReadBuffers, dctx: zstandard.ZstdDecompressor
+    ) -> Generator[Columns, None, int]:
+        """One segment from ``start`` on; returns the offset after its last whole frame read."""
+        if segment.size < start:
+            message = f"segment shrank below the follow cursor: {segment.size} bytes, the cursor is at byte {start}"
+            raise RunChanged(message, segment.path)
+        ahead = min(start, FINGERPRINT_BYTES) if self.start.fingerprint and segment.name == self.start.segment else 0
+        with closing(segment.open(start - ahead)) as fh:
+            if ahead and fingerprint(_read_exactly(fh, ahead, segment.path)) != self.start.fingerprint:
+                message = f"segment was replaced under the follow cursor: its bytes before byte {start} differ"
+                raise RunChanged(message, segment.path)
+            walk = scan_segment(
+                fh, segment.path, self.chunk_bytes, space, self.max_frame_bytes, base=start, final=final
+            )
+            try:
+                while True:
+                    try:
+                        span = next(walk)
+                    except StopIteration as stop:
+                        end: int = stop.value
+                        return end
+                    yield from self._part(span, dctx)
+                    if self._stop is not None:
+                        return self._stop
+            finally:
+                walk.close()
+
+    def _part(self, span: Span, dctx: zstandard.ZstdDecompressor) -> list[Columns]:
+        """The columns of one part, once all of it decoded (or up to a record of a stream not known yet)."""
+        before = self.ticks.copy()
+        try:
+            out = self._decode(span, dctx)
+        except UnknownStreamError as exc:
+            if self.done:
+                raise
+            self.ticks[:] = before
+            keep = int(np.count_nonzero(span.starts + span.base < exc.offset))
+            cut = Span(
+                span.name, span.buf, span.starts[:keep], span.ends[:keep], span.sizes[:keep], span.kinds[:keep],
+                span.base, False,
+            )  # fmt: skip
+            out = self._decode(cut, dctx) if keep else []
+            self._stop, self.waiting_for = exc.offset, exc.stream_id
+        for columns in out:
+            self.seen[columns.slots] = True
+        return out
+
+    def _decode(self, span: Span, dctx: zstandard.ZstdDecompressor) -> list[Columns]:
+        chunks = decompress_span(span, self.chunk_bytes, dctx, self.max_frame_bytes)
+        decoder = RecordDecoder(self.streams, self.ticks, codes.SCALED, self.max_record_bytes)
+        return [c for c in decoder.decode(iter(chunks)) if isinstance(c, Columns)]
+
+    def _tick_map(self) -> dict[int, int]:
+        keep = np.flatnonzero((self.ticks != 0) | self.seen)
+        ticks = dict(self.carried)
+        ticks.update((int(self.streams.ids[s]), int(self.ticks[s])) for s in keep)
+        return ticks
+
+    def _print(self, segment: FollowSegment, end: int) -> str:
+        ahead = min(end, FINGERPRINT_BYTES)
+        if not ahead:
+            return ""
+        with closing(segment.open(end - ahead)) as fh:
+            return fingerprint(_read_exactly(fh, ahead, segment.path))
+
+
+def _read_exactly(fh: io.RawIOBase, count: int, path: str | Path) -> bytes:
+    data = bytearray(count)
+    view = memoryview(data)
+    got = 0
+    while got < count:
+        n = fh.readinto(view[got:])
+        if not n:
+            raise RunChanged(f"segment ended {count - got} bytes early while the follow cursor was checked", path)
+        got += n
+    return bytes(data)

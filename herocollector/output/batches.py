@@ -10,6 +10,9 @@ Used by the output pipeline (:mod:`herocollector.output.pipeline`) and by the li
   :class:`~herocollector.decode.codec.SegmentDecoder` (on ``threads`` threads, the rows the
   same) and turns every decoded chunk into one record batch, with the stream labels as
   columns (:func:`label_array`).
+* :func:`follow_batches` does the same for the records of a run still written that were
+  completed since a :class:`~herocollector.decode.follow.Cursor` (:class:`FollowRead`), with
+  :class:`~herocollector.decode.follow.FollowDecoder`.
 
 Runs are read through :class:`~herocollector.run.rundir.RunDirectory`: regular files only,
 opened relative to the directory without following symlinks, and a run that changes while it
@@ -18,6 +21,10 @@ is read fails with :class:`~herocollector.errors.RunChanged`.
 
 from __future__ import annotations
 
+import errno
+import io
+import os
+import stat
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,10 +33,18 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from herocollector.decode.codec import DEFAULT_CHUNK_BYTES, Columns, SegmentDecoder
-from herocollector.decode.follow import Cursor
-from herocollector.errors import CollectorError, ConfigError
+from herocollector.decode.codec import (
+    DEFAULT_CHUNK_BYTES,
+    MAX_CHUNK_BYTES,
+    MIN_CHUNK_BYTES,
+    Columns,
+    SegmentDecoder,
+    StreamTable,
+)
+from herocollector.decode.follow import Cursor, FollowDecoder
+from herocollector.errors import CollectorError, ConfigError, MetadataError, RunChanged
 from herocollector.run.catalogue import Stream, streams_of
+from herocollector.run.inventory import FileRecord, describe_kind
 from herocollector.run.rundir import RunDirectory, RunInventory
 
 __all__ = [
@@ -53,6 +68,8 @@ BASE_FIELDS = (
 )
 """The four columns every output starts with; the label columns follow."""
 BASE_COLUMNS = tuple(f.name for f in BASE_FIELDS)
+
+_SEGMENT_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK  # as the run directory opens files
 
 
 @dataclass
@@ -373,8 +390,125 @@ def follow_batches(
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     inventory: RunInventory | None = None,
 ) -> FollowRead:
-    """The records of a run completed since ``cursor``, as :func:`run_batches` would give them.
+    """The records of a run completed since ``cursor``, as :func:`run_batches` gives them for those records.
 
-    Not implemented yet (issue #16): the API is settled, see /tmp/coord/follow_api.md.
+    The run may still be written (:mod:`herocollector.decode.follow`): only whole frames are read,
+    from the cursor on, and a read never starts the run again. Concatenated, the batches of the
+    reads from :data:`~herocollector.decode.follow.START` on are the batches of one
+    :func:`run_batches` of the whole run, row for row and bit for bit.
+
+    Args:
+        path: The logger directory.
+        streams: Every stream it declares now (read them again before each read: a record of
+            a stream not among them ends the read before its frame, unless ``done``).
+        selected: The streams to return.
+        schema: The output schema; label columns are read from the streams' fields.
+        cursor: Where the last read ended.
+        done: ``_DONE`` was there before the segments were listed: the run is read to its end,
+            and a torn frame or an unknown stream is damage.
+        chunk_bytes: Compressed bytes read and decoded per step.
+        inventory: The run as listed after the ``_DONE`` check (its segment sizes bound the
+            read); None lists it now.
+
+    Returns:
+        The read: iterate its batches to their end before reading its other fields.
+
+    Raises:
+        CollectorError: Bad input (while iterating); the message names the file (and byte offset).
+        RunChanged: The cursor's segment is gone, shrank below the cursor or was replaced; a
+            segment changed under the read (a closed one changed size, the newest shrank).
     """
-    raise NotImplementedError("follow_batches: coming (issue #16)")
+    plan = _plan_run(path, streams, selected)
+    labels = _label_arrays(plan.chosen, schema)
+    table = StreamTable(plan.all_ids, plan.ids.tolist(), plan.epoch_scales, plan.value_scales)
+    size = min(max(int(chunk_bytes), MIN_CHUNK_BYTES), MAX_CHUNK_BYTES)
+    decoder = FollowDecoder(table, cursor, done=done, chunk_bytes=size)
+    rows = np.full(len(table), -1, dtype=np.int64)
+    rows[np.searchsorted(table.ids, plan.ids.astype(np.uint64))] = plan.label_rows
+    read = FollowRead(iter(()), cursor, {}, False)
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        with RunDirectory(path if inventory is None else inventory.path, absolute=False, expect=inventory) as run:
+            listed = run.inventory() if inventory is None else inventory
+            records = listed.segments
+            segments = [_FollowedSegment(run, r, done or at < len(records) - 1) for at, r in enumerate(records)]
+            for decoded in decoder.columns(segments):
+                batch = _to_batch(decoded, rows, labels, schema)
+                read.rows += batch.num_rows
+                yield batch
+            if done:
+                run.verify(listed)
+        read.cursor, read.epochs, read.complete = decoder.cursor, decoder.epochs(), decoder.complete
+        read.bytes, read.waiting_for = decoder.bytes, decoder.waiting_for
+
+    read.batches = batches()
+    return read
+
+
+class _FollowedSegment:
+    """A listed segment of a followed run, opened through its run directory (a ``FollowSegment``).
+
+    Opened relative to the directory without following a symlink, a regular file only, the
+    same file (device and inode) that was listed, and at least as long: a closed segment
+    exactly as long. Reads end at the listed size.
+    """
+
+    def __init__(self, run: RunDirectory, record: FileRecord, closed: bool) -> None:
+        self._run = run
+        self._record = record
+        self._closed = closed
+        self.name = record.name
+        self.path = os.path.join(run.path, record.name)
+        self.size = record.size
+
+    def open(self, offset: int) -> io.RawIOBase:
+        """The segment at ``offset``, giving at most ``size - offset`` bytes."""
+        try:
+            fd = os.open(self.name, _SEGMENT_FLAGS, dir_fd=self._run.fd)
+        except FileNotFoundError:
+            raise RunChanged("segment is gone", self.path) from None
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise MetadataError("segment is a symlink, not a regular file; it is not read", self.path) from None
+            raise CollectorError(f"cannot open segment: {exc.strerror}", self.path) from None
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise MetadataError(f"segment is {describe_kind(st.st_mode)}, not a regular file", self.path)
+            if (st.st_dev, st.st_ino) != (self._record.dev, self._record.ino):
+                raise RunChanged("segment was replaced since the run was listed", self.path)
+            if st.st_size < self.size or (self._closed and st.st_size != self.size):
+                change = "shrank" if st.st_size < self.size else "grew, though closed,"
+                raise RunChanged(f"segment {change} since the run was listed: {self.size} -> {st.st_size}", self.path)
+            os.set_blocking(fd, True)
+            os.lseek(fd, offset, os.SEEK_SET)
+            return _Bounded(io.FileIO(fd, "rb", closefd=True), self.size - offset, self.path)
+        except BaseException:
+            os.close(fd)
+            raise
+
+
+class _Bounded(io.RawIOBase):
+    """At most ``left`` bytes of a file; ending before them is a ``RunChanged`` (the file shrank)."""
+
+    def __init__(self, file: io.FileIO, left: int, path: str) -> None:
+        self._file = file
+        self._left = left
+        self._path = path
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self._left <= 0:
+            return 0
+        view = memoryview(buffer).cast("B")
+        got = self._file.readinto(view[: min(len(view), self._left)]) or 0
+        if not got:
+            raise RunChanged(f"segment shrank while it was read: {self._left} bytes fewer than listed", self._path)
+        self._left -= got
+        return got
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
