@@ -119,3 +119,32 @@ def test_tables_on_s3(tmp_path: Path, s3: S3TestServer) -> None:
     assert listed.returncode == 0, listed.stderr
     tables = {t["table"]: t["rows"] for t in json.loads(listed.stdout)["tables"]}
     assert tables == {f"s3://{bucket}/out/x": 4, f"s3://{bucket}/out/y/z": 6}
+
+
+def test_verify_of_a_run_in_tables_checks_its_commits(runs: list[RecordedRun], tmp_path: Path) -> None:
+    from herocollector import CollectionService, ServiceConfig
+    from herocollector.testing.actors import wait_for
+
+    state = tmp_path / "state"
+    config = ServiceConfig.from_arguments(
+        save_template="{{ output_root }}/measurements",
+        output_root=str(tmp_path / "tables"),
+        format="delta",
+        allowed_roots=[str(tmp_path / "runs")],
+        state_dir=str(state),
+        scan_interval=None,
+        compact_interval=None,
+    )
+    collected: list[object] = []
+    with CollectionService(config, on_collected=collected.append) as service:
+        for run in runs:
+            service.submit("logger", {"path": str(run.path)})
+        wait_for(lambda: len(collected) == 2, "both runs collected")
+    journal = state / "journal.sqlite3"
+    ok = cli("verify", runs[0].path, "--journal", journal)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    DeltaTable(str(tmp_path / "tables" / "measurements")).delete(f"logger_path = '{runs[0].path}'")
+    broken = cli("verify", runs[0].path, "--journal", journal)
+    assert broken.returncode == 1
+    assert "holds 0 rows of the run" in broken.stdout + broken.stderr
+    assert cli("verify", runs[1].path, "--journal", journal).returncode == 0, "the other run is untouched"

@@ -30,6 +30,7 @@ from rich.markup import escape
 from herocollector.cli.common import Subparsers
 from herocollector.config import default_manifest_root
 from herocollector.errors import CollectorError, ConfigError
+from herocollector.output.delta import table_of, verify_tables
 from herocollector.output.manifest import MANIFEST_PREFIX, ManifestRoot, manifest_location
 from herocollector.output.stores import LocalStore, OutputStore, S3Store
 from herocollector.output.verify import RunCheck, find_manifests, find_run_manifests, verify_job, verify_manifest
@@ -192,6 +193,8 @@ def _check_run(run: str, args: argparse.Namespace, options: dict[str, Any], stag
         state = "no job" if job is None else f"job {job.id} is {job.state.value} with no outputs"
         return RunCheck(run, None, (), (f"nothing to verify in the journal ({state})",))
     outputs = list(job.outputs)
+    if any(table_of(key) != key for key in outputs):  # a run committed to Delta tables: its commits are its record
+        return verify_tables(run, job.outputs, job.rows, options)
     store = _store(outputs[0], options, staging)
     try:
         manifests = _run_manifests(run, outputs, args, staging)
