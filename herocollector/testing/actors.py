@@ -7,6 +7,7 @@ has its own realm, and waiting is on conditions with deadlines.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +16,7 @@ from uuid import uuid4
 
 import pyarrow as pa
 from heros import LocalHERO, event
+from heros.event import reliable
 from heros.zenoh import ZenohSessionManager
 
 from herocollector.actor.archiver import CollectorArchiver
@@ -38,6 +40,57 @@ class Announcer(LocalHERO):
     def finished(self, payload: Any) -> Any:
         """Announce a run."""
         return payload
+
+
+class BurstLogger:
+    """A logger HERO for BOSS that fires a burst of ``finished`` events on a thread of its own.
+
+    The events are reliable, as the demo logger's. Each announces ``<root>/<name>-<n>`` with a
+    ``note`` of ``size`` bytes; :meth:`burst` returns at once, :meth:`fired` counts what went out.
+
+    Args:
+        root: The folder the announced runs are in.
+        name: Starts every announced run's name (unique per logger).
+    """
+
+    def __init__(self, root: str, name: str) -> None:
+        self.root = Path(root)
+        self.name = name
+        self._fired = 0
+        self._thread: threading.Thread | None = None
+
+    @event
+    @reliable
+    def finished(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """Announces a finished run: ``{"path": <logger directory>, "note": ...}``."""
+        return payload
+
+    def paths(self, count: int) -> list[str]:
+        """The runs a burst of ``count`` announces."""
+        return [str(self.root / f"{self.name}-{n:05d}") for n in range(int(count))]
+
+    def burst(self, count: int, size: int = 3000) -> None:
+        """Start firing ``count`` events, back to back, with ``size``-byte notes; returns at once."""
+        if self._thread is not None and self._thread.is_alive():
+            raise RuntimeError("a burst is still being fired")
+        note = "x" * int(size)
+        paths = self.paths(count)
+
+        def fire() -> None:
+            for path in paths:
+                self.finished({"path": path, "note": note})
+                self._fired += 1
+
+        self._thread = threading.Thread(target=fire, name="burst", daemon=True)
+        self._thread.start()
+
+    def fired(self) -> int:
+        """Events fired so far."""
+        return self._fired
+
+    def announce(self, path: str) -> None:
+        """Fire one ``finished`` event for ``path`` (to check the route before a burst)."""
+        self.finished({"path": str(path)})
 
 
 # ----------------------------------------------------------------------------------------
