@@ -242,17 +242,18 @@ def commit_run(
             "writer_properties": WriterProperties(compression="ZSTD"),
             "commit_properties": properties,
         }
+        into = existing if existing is not None else table  # the open table follows its own commit: no reopen
         if replacing:
-            write_deltalake(table, source, mode="overwrite", predicate=run_predicate(run), **common)
+            write_deltalake(into, source, mode="overwrite", predicate=run_predicate(run), **common)
         else:
-            write_deltalake(table, source, mode="append", **common)
+            write_deltalake(into, source, mode="append", **common)
     except SchemaMismatchError as exc:
         raise OutputError(f"the run does not fit the table's schema: {exc}", table) from None
     except (CommitFailedError, DeltaProtocolError) as exc:
         raise CommitError(f"the commit did not land: {exc}", table) from None
     except (DeltaError, OSError) as exc:
         raise CommitError(f"writing to the table failed: {exc}", table) from None
-    after = open_table(table, options)
+    after = existing if existing is not None else open_table(table, options)
     new_version = after.version() if after is not None else -1
     log.info(f"{table}: committed {counted.rows} rows of {run} as version {new_version}")
     return TableCommit(table, counted.rows, new_version)
