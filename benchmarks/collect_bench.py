@@ -38,6 +38,7 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -241,12 +242,15 @@ def collect_reference(run: Path, out: Path, schema: pa.Schema) -> bool:
         return Collector([run]).collect(writer)
 
 
-def collect_hero(run: Path, out: Path, schema: pa.Schema, chunk_bytes: int | None = None) -> bool:
+def collect_hero(
+    run: Path, out: Path, schema: pa.Schema, chunk_bytes: int | None = None, threads: int | None = None
+) -> bool:
+    """herocollector's collect of ``run`` into an IPC file; ``threads`` None: the library's default (the cores)."""
     from herocollector import Collector
 
     kwargs = {} if chunk_bytes is None else {"chunk_bytes": chunk_bytes}
     with pa.OSFile(str(out), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
-        return Collector([run], **kwargs).collect(writer)
+        return Collector([run], **kwargs).collect(writer, threads=threads)
 
 
 def zstd_floor(segments: list[Path]) -> int:
@@ -521,6 +525,59 @@ def measure_cold(
     return figures
 
 
+PARALLEL_ROTATED_RECORDS = 200_000
+PARALLEL_ROTATE_BYTES = 312_500
+"""The rotated run of the decode_threads comparison: 200k records in 34 segments."""
+
+
+def measure_parallel(
+    run: Path, workdir: Path, schema: pa.Schema, chunk_bytes: int | None, repeat: int
+) -> dict[str, Any]:
+    """``decode_threads`` 1 and 2 against the single-threaded zstd floor of the same files, side by side.
+
+    The three alternate, ``repeat`` times each, so that all see the same machine load; the
+    two outputs must be identical tables.
+    """
+    segments = segments_of(run)
+    outs = {threads: workdir / f"out-parallel-{threads}.arrow" for threads in (1, 2)}
+    for threads, out in outs.items():  # warm: page cache, kernels, memory pool
+        timed(functools.partial(collect_hero, run, out, schema, chunk_bytes, threads), out)
+    zstd_floor(segments)
+    times: dict[str, list[float]] = {"zstd_floor": [], "threads_1": [], "threads_2": []}
+    for _ in range(repeat):
+        times["zstd_floor"].append(timed(lambda: zstd_floor(segments))[0])
+        for threads, out in outs.items():
+            times[f"threads_{threads}"].append(
+                timed(functools.partial(collect_hero, run, out, schema, chunk_bytes, threads), out)[0]
+            )
+    one, two = read_table(outs[1]), read_table(outs[2])
+    diff = diff_tables(one, two, ("decode_threads 1", "decode_threads 2"))
+    rows = one.num_rows
+    del one, two
+    for out in outs.values():
+        out.unlink(missing_ok=True)
+    timings = {k: summarise(v) for k, v in times.items()}
+    floor = timings["zstd_floor"]
+    return {
+        "path": str(run),
+        "records": rows,
+        "segments": len(segments),
+        "compressed_bytes": sum(p.stat().st_size for p in segments),
+        "timings": timings,
+        "ratios": {
+            f"{k}_over_floor_{how}": timings[k][how] / floor[how]
+            for k in ("threads_1", "threads_2")
+            for how in ("best", "median")
+        }
+        | {"speedup_2_over_1_best": timings["threads_1"]["best"] / timings["threads_2"]["best"]},
+        "check": {
+            "ok": not diff,
+            "diff": diff,
+            "result": f"IDENTICAL ({rows:,} rows)" if not diff else f"DIFFERENT: {diff}",
+        },
+    }
+
+
 # ----------------------------------------------------------------------------------------
 # Reporting
 # ----------------------------------------------------------------------------------------
@@ -623,6 +680,27 @@ def print_report(res: dict[str, Any]) -> None:
         rows.append(
             ("speed-up, both cold, whole process", f"{r['cold_speedup_process']:.1f}x (interpreter start-up included)")
         )
+    for p in res.get("parallel", []):
+        t, r = p["timings"], p["ratios"]
+        where = (
+            f"{p['label']}: {p['records']:,} records, {p['segments']} segment(s), {p['compressed_bytes'] / 1e6:.1f} MB"
+        )
+        rows.append((f"decode_threads ({p['label']})", where))
+        for key, label in (
+            ("zstd_floor", "zstd floor, one thread"),
+            ("threads_1", "threads 1"),
+            ("threads_2", "threads 2"),
+        ):
+            ratio = "" if key == "zstd_floor" else f"   {r[key + '_over_floor_best']:.2f}x floor (best)   "
+            ratio += "" if key == "zstd_floor" else f"{r[key + '_over_floor_median']:.2f}x (median)"
+            rows.append(
+                (
+                    f"  {label}",
+                    f"best {t[key]['best'] * 1e3:8.1f} ms   median {t[key]['median'] * 1e3:8.1f} ms   "
+                    f"{p['records'] / t[key]['best'] / 1e6:6.2f} M records/s{ratio}",
+                )
+            )
+        rows.append(("  threads 2 / threads 1", f"{r['speedup_2_over_1_best']:.2f}x faster (best)"))
     for name, check in res["checks"].items():
         rows.append((f"check: {name}", check["result"]))
     for m in res.get("memory", []):
@@ -704,6 +782,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="also measure the reference collector's peak memory (slow, large)",
     )
+    p.add_argument(
+        "--parallel-repeat",
+        type=int,
+        default=7,
+        help="timed repetitions of the decode_threads 1 / 2 runs against their zstd floor (0 skips; default 7)",
+    )
+    p.add_argument(
+        "--large-records",
+        type=int,
+        default=1_000_000,
+        help="records of the single-segment run timed with decode_threads 1 and 2 (0 skips; default 1000000)",
+    )
     p.add_argument("--chunk-bytes", type=int, default=None, help="herocollector chunk_bytes (default: library default)")
     p.add_argument("--json", type=Path, default=None, help="write results as JSON here")
     p.add_argument(
@@ -723,6 +813,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--records, --repeat and --streams must be positive, --memory-records >= 0")
     if args.reference_repeat <= 0 or args.cold_repeat < 0:
         p.error("--reference-repeat must be positive, --cold-repeat >= 0")
+    if args.parallel_repeat < 0 or args.large_records < 0:
+        p.error("--parallel-repeat and --large-records must be >= 0")
     return args
 
 
@@ -773,7 +865,7 @@ def run_benchmark(args: argparse.Namespace, workdir: Path, log: Callable[[str], 
     import zstandard  # noqa: F401
 
     log("warming up (kernels, page cache) ...")
-    timed(lambda: collect_hero(run, out_hero, schema, args.chunk_bytes), out_hero)
+    timed(lambda: collect_hero(run, out_hero, schema, args.chunk_bytes, 1), out_hero)
     decompressed = zstd_floor(segments)
     log("timing herocollector.Collector and the zstd floor, alternately ...")
     hero_times: list[float] = []
@@ -782,7 +874,7 @@ def run_benchmark(args: argparse.Namespace, workdir: Path, log: Callable[[str], 
     for _ in range(args.repeat):
         seconds, _ = timed(lambda: zstd_floor(segments))
         floor_times.append(seconds)
-        seconds, ok = timed(lambda: collect_hero(run, out_hero, schema, args.chunk_bytes), out_hero)
+        seconds, ok = timed(lambda: collect_hero(run, out_hero, schema, args.chunk_bytes, 1), out_hero)
         hero_times.append(seconds)
         hero_ok = hero_ok and bool(ok)
     log("timing data_logger.Collector ...")
@@ -868,6 +960,23 @@ def run_benchmark(args: argparse.Namespace, workdir: Path, log: Callable[[str], 
             checks[f"cold run ({mode})"] = {"ok": False, "result": "collect returned False"}
     del ref_table, hero_table, truth
 
+    parallel = []
+    if args.parallel_repeat:
+        shapes = [("rotated", RunParams(PARALLEL_ROTATED_RECORDS, args.streams, args.seed, PARALLEL_ROTATE_BYTES))]
+        if args.large_records:
+            shapes.append(
+                ("single segment", RunParams(args.large_records, args.streams, args.seed, DEFAULT_ROTATE_BYTES))
+            )
+        for label, shape in shapes:
+            prun = build_run(workdir, shape, log)
+            log(f"timing decode_threads 1 and 2 against the zstd floor ({label}, {shape.records:,} records) ...")
+            entry = measure_parallel(prun, workdir, schema, args.chunk_bytes, args.parallel_repeat)
+            entry["label"] = label
+            parallel.append(entry)
+            check = entry["check"]
+            checks[f"decode_threads 2 == 1 ({label})"] = check
+            failed |= not check["ok"]
+
     memory = []
     if args.memory_records:
         mparams = RunParams(args.memory_records, args.streams, args.seed, DEFAULT_ROTATE_BYTES)
@@ -919,6 +1028,7 @@ def run_benchmark(args: argparse.Namespace, workdir: Path, log: Callable[[str], 
         "cold": cold,
         "checks": checks,
         "memory": memory,
+        "parallel": parallel,
         "min_speedup": args.min_speedup,
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "environment": {

@@ -250,15 +250,22 @@ class _Progress:
         task: Its task.
         total: Segment bytes to decode.
         files: Outputs to finish once every segment is decoded.
+        compiling: Whether the decoder is being compiled, said in the bar while it is.
     """
 
-    def __init__(self, progress: Progress, task: TaskID, total: int, files: int) -> None:
+    def __init__(
+        self, progress: Progress, task: TaskID, total: int, files: int, compiling: _CompileDisplay | None = None
+    ) -> None:
         self._progress = progress
         self._task = task
         self._total = total
         self._files = files
+        self._compiling = compiling
         self.rows = 0
         self._bytes = 0
+        if compiling is not None:
+            compiling.bar = self
+            self.describe()
 
     def rows_written(self, n: int) -> None:
         """Count rows and show the count."""
@@ -270,8 +277,17 @@ class _Progress:
         self._bytes += n
         self._progress.advance(self._task, n)
         if self._total and self._bytes >= self._total:
+            self.describe()
+
+    def describe(self) -> None:
+        """Say what the wait is for: the compile of the decoder, or the files' sync once every segment is read."""
+        if self._compiling is not None and self._compiling.running:
+            self._progress.update(self._task, description=native.COMPILING)
+        elif self._total and self._bytes >= self._total:
             # Every segment is decoded; what remains (flush, fsync, rename) can take seconds.
             self._progress.update(self._task, description=f"finishing {self._files} file(s): sync and publish")
+        else:
+            self._progress.update(self._task, description="collecting")
 
 
 class _CompileDisplay:
@@ -285,12 +301,17 @@ class _CompileDisplay:
         self.console = console
         self.quiet = quiet
         self.seconds = 0.0
+        self.running = False
+        self.bar: _Progress | None = None
 
     def __call__(self, notice: native.CompileNotice) -> None:
+        self.running = notice.seconds is None
         if notice.seconds is not None:
             self.seconds = notice.seconds
         if not self.quiet:
             self.console.print(f"{PROG}: {notice.message}", soft_wrap=True, highlight=False)
+        if self.bar is not None:
+            self.bar.describe()
 
 
 class _SignalGuard:
@@ -384,7 +405,7 @@ def _collect(args: argparse.Namespace, out: Console, err: Console, started: floa
                 route = _router(args)[1] if args.template is not None else (lambda index, run, stream: table)
                 total = sum(r.segment_bytes for r in runs)
                 task = progress.add_task("collecting", total=total or None, note="0 rows")
-                counter = _Progress(progress, task, total, len(runs))
+                counter = _Progress(progress, task, total, len(runs), compiling)
                 signals = held.enter_context(common.Deferral())
                 results = collect_tables.commit_runs(args, pipeline, runs, route, counter, signals)
                 collect_tables.report(args, out, results, paths, started)
@@ -398,7 +419,7 @@ def _collect(args: argparse.Namespace, out: Console, err: Console, started: floa
             collected_at = datetime.now(UTC).isoformat()
             total = plan.segment_bytes
             task = progress.add_task("collecting", total=total or None, note="0 rows")
-            counter = _Progress(progress, task, total, len(plan.targets))
+            counter = _Progress(progress, task, total, len(plan.targets), compiling)
             finals = [Path(target.path) for target in plan.targets]
             created = common.missing_folders(finals)
             signals = held.enter_context(common.Deferral())
