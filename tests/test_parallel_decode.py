@@ -8,6 +8,10 @@ per-stream prefix sum, cross part and segment boundaries many times.
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +26,7 @@ from hypothesis import strategies as st
 from herocollector import Collector
 from herocollector.decode.codec import Columns, Records, SegmentDecoder, TickState, encode_segment
 from herocollector.decode.workers import POOL
-from herocollector.errors import SegmentError, UnknownStreamError
+from herocollector.errors import ConfigError, SegmentError, UnknownStreamError
 from herocollector.testing import fuzz
 from herocollector.testing.runs import RecordedRun, build_run
 
@@ -285,3 +289,32 @@ def test_fuzz_cases_give_the_error_or_rows_of_one_thread(
         assert outcomes[1][1].equals(outcomes[0][1]), case.kind  # type: ignore[union-attr]
     else:
         assert outcomes[1][1] == outcomes[0][1], case.kind
+
+
+# ----------------------------------------------------------------------------------------
+# The first run says that it compiles
+# ----------------------------------------------------------------------------------------
+
+
+def test_threads_must_be_a_positive_integer(rotated: RecordedRun) -> None:
+    for bad in (0, -1, 1.5, True, "2"):
+        with pytest.raises(ConfigError):
+            collect(rotated.path, bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.slow
+def test_a_first_run_says_it_compiles_the_decoder_and_a_second_does_not(rotated: RecordedRun, tmp_path: Path) -> None:
+    """With an empty kernel cache ``herocollector collect`` says on stderr that it compiles, and how long it took."""
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "cache")}
+    env.pop("HEROCOLLECTOR_KERNELS", None)
+    env.pop("NUMBA_BOUNDSCHECK", None)
+    command = [sys.executable, "-m", "herocollector", "collect", str(rotated.path), "-o", str(tmp_path / "out.arrow")]
+    first = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr
+    assert "compiling the decoder for this machine (once)" in first.stderr
+    assert re.search(r"compiled the decoder for this machine in \d+\.\d s", first.stderr), first.stderr
+    assert re.search(r"records/s, after \d+\.\d s compiling the decoder \(once\)\)", first.stdout), first.stdout
+    second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr
+    assert "compil" not in second.stderr + second.stdout
+    assert pa.ipc.open_file(str(tmp_path / "out.arrow")).read_all().num_rows == len(rotated)
