@@ -259,3 +259,17 @@ def test_another_actor_continues_from_the_cursor_when_the_follower_is_killed(
     owner_b = ServiceConfig.from_arguments(**{**common, "state_dir": str(tmp_path / "state-b")}).owner
     assert owner_b not in actors[:2], "actor A followed the run first"
     assert set(actors[killed_at:]) == {owner_b}, "after the kill, actor B committed every chunk, numbering on"
+
+
+def test_the_scan_journals_unfinished_runs_only_when_following(tmp_path: Path) -> None:
+    from herocollector.testing.runs import build_run
+
+    run = build_run(tmp_path / "runs" / "unfinished", 5, n_records=50)
+    (run.path / "_DONE").unlink()
+    for follow in (False, True):
+        args = arguments(tmp_path, follow=follow, state_dir=str(tmp_path / f"state-{follow}"))
+        if not follow:
+            args.update(format="parquet", save_template="{{ output_root }}/{{ measure }}.parquet")
+        with CollectionService(ServiceConfig.from_arguments(**args), on_collected=lambda r: None) as service:
+            found = service.scan()
+            assert (found.journalled == 1) is follow, found

@@ -145,7 +145,9 @@ class CollectionService:
                 on_progress=on_progress,
             )
             self.cleaner = cleaner = RunCleaner(config, journal, scheduler.stopping)
-            self.scanner = Scanner(journal, config.allowed_roots, config.scan_depth, scheduler.stopping)
+            self.scanner = Scanner(
+                journal, config.allowed_roots, config.scan_depth, scheduler.stopping, unfinished=config.follow
+            )
             resumed = journal.resume(config.owner)
             scheduler.every("done-check", config.backoff / 1000, self._check_waiting)
             scheduler.every("purge", min(max(config.cleanup_grace / 4, 0.05), 60.0), self.cleaner.purge_due, False)

@@ -42,16 +42,20 @@ class ScanResult:
     seconds: float
 
 
-def finished_runs(roots: Sequence[Path], depth: int, stop: threading.Event | None = None) -> Iterator[str]:
+def finished_runs(
+    roots: Sequence[Path], depth: int, stop: threading.Event | None = None, unfinished: bool = False
+) -> Iterator[str]:
     """Finished logger directories below ``roots``, at most ``depth`` levels down.
 
     Args:
         roots: Folders to walk (missing ones are skipped).
         depth: Levels below a root to look at (0: the root itself only).
         stop: Ends the walk early once set.
+        unfinished: Also the logger directories without ``_DONE`` (runs followed while written).
 
     Yields:
-        Absolute, normalised paths of folders with ``streams/`` and ``_DONE``.
+        Absolute, normalised paths of folders with ``streams/`` and ``_DONE`` (or, with
+        ``unfinished``, just ``streams/``).
     """
     stack = [(str(root), 0) for root in reversed(roots)]
     while stack:
@@ -65,7 +69,7 @@ def finished_runs(roots: Sequence[Path], depth: int, stop: threading.Event | Non
             continue
         streams = names.get(STREAMS_DIR)
         if streams is not None and streams.is_dir(follow_symlinks=False):
-            if DONE_MARKER in names:
+            if unfinished or DONE_MARKER in names:
                 yield os.path.normpath(folder)
             continue
         if level >= depth:
@@ -85,13 +89,17 @@ class Scanner:
         roots: ``allowed_roots``.
         depth: ``scan_depth``.
         stop: Set when the service closes; a scan then stops early.
+        unfinished: Also journal the runs without ``_DONE`` (``follow``: they are collected while written).
     """
 
-    def __init__(self, journal: JobStore, roots: Sequence[Path], depth: int, stop: threading.Event) -> None:
+    def __init__(
+        self, journal: JobStore, roots: Sequence[Path], depth: int, stop: threading.Event, unfinished: bool = False
+    ) -> None:
         self.journal = journal
         self.roots = list(roots)
         self.depth = depth
         self.stop = stop
+        self.unfinished = unfinished
         self.last: ScanResult | None = None
 
     def scan(self) -> ScanResult:
@@ -103,7 +111,7 @@ class Scanner:
         started = time.monotonic()
         finished = journalled = 0
         batch: list[str] = []
-        for path in finished_runs(self.roots, self.depth, self.stop):
+        for path in finished_runs(self.roots, self.depth, self.stop, self.unfinished):
             finished += 1
             batch.append(path)
             if len(batch) >= _BATCH:
