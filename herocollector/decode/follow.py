@@ -205,6 +205,9 @@ class FollowDecoder:
         chunk_bytes: Compressed bytes read (and decoded) per part; decompressed bytes per chunk.
         max_frame_bytes: Most decompressed bytes of one frame.
         max_record_bytes: Most decompressed bytes of one record.
+        until: Read exactly up to this cursor (one a read from ``cursor`` gave before, to read
+            a chunk again), even if more whole frames are there by now; records of streams not
+            known are errors then. The read's cursor is ``until`` itself.
 
     Attributes:
         cursor: Once read to its end: where the next read starts; the given cursor itself when
@@ -223,8 +226,10 @@ class FollowDecoder:
         chunk_bytes: int,
         max_frame_bytes: int = MAX_FRAME_BYTES,
         max_record_bytes: int = MAX_RECORD_BYTES,
+        until: Cursor | None = None,
     ) -> None:
         self.streams = streams
+        self.until = until
         self.start = cursor
         self.cursor = cursor
         self.done = done
@@ -271,41 +276,80 @@ class FollowDecoder:
         names = [s.name for s in segments]
         first, offset = 0, 0
         if self.start.segment is not None:
-            if self.start.segment not in names:
-                where = Path(segments[0].path).parent / self.start.segment if segments else self.start.segment
-                raise RunChanged("the segment the follow cursor is in is gone", where)
-            first, offset = names.index(self.start.segment), self.start.offset
+            first, offset = self._index(segments, names, self.start.segment), self.start.offset
+        last = len(segments) - 1
+        if self.until is not None:
+            last = first - 1 if self.until.segment is None else self._index(segments, names, self.until.segment)
+            if (last, self.until.offset) < (first, offset):
+                raise CollectorError("the follow cursor to read up to lies before the cursor read from")
         space = ReadBuffers(self.chunk_bytes)
         dctx = zstandard.ZstdDecompressor()
         position: tuple[FollowSegment, int] | None = None
-        for index in range(first, len(segments)):
+        for index in range(first, last + 1):
             segment = segments[index]
             start = offset if index == first else 0
             final = self.done or index < len(segments) - 1
-            end = yield from self._segment(segment, start, final, space, dctx)
+            stop = self.until.offset if self.until is not None and index == last else None
+            end = yield from self._segment(segment, start, final, space, dctx, stop)
             self.bytes += end - start
             position = (segment, end)
             if self._stop is not None:
                 break
-        self.complete = self.done and self._stop is None
-        if position is not None and self.bytes:
+        self.complete = self.done and self._stop is None and last == len(segments) - 1
+        if position is not None and (self.bytes or self.until is not None):
             segment, end = position
             self.cursor = Cursor(segment.name, end, self._tick_map(), self.start.chunk + 1, self._print(segment, end))
+        if self.until is not None:
+            self._check_until()
+            self.cursor = self.until
+
+    def _index(self, segments: Sequence[FollowSegment], names: list[str], name: str) -> int:
+        if name not in names:
+            where = Path(segments[0].path).parent / name if segments else name
+            raise RunChanged("the segment the follow cursor is in is gone", where)
+        return names.index(name)
+
+    def _check_until(self) -> None:
+        """The read ended where ``until`` says, with its ticks and bytes: the same chunk as before."""
+        until, got = self.until, self.cursor
+        if until is None:
+            return
+        if got is self.start:
+            got = Cursor(self.start.segment, self.start.offset, self._tick_map(), 0, self.start.fingerprint)
+
+        def moved(ticks: Mapping[int, int]) -> dict[int, int]:
+            return {k: v for k, v in ticks.items() if v}
+
+        if (got.segment, got.offset) != (until.segment, until.offset):
+            message = f"the chunk read again ends at byte {got.offset} of {got.segment}, not at byte {until.offset}"
+            raise CollectorError(message, until.segment)
+        if moved(got.ticks) != moved(until.ticks) or got.fingerprint != until.fingerprint:
+            message = f"the chunk read again up to byte {until.offset} is not the chunk read before"
+            raise RunChanged(message, until.segment)
 
     def _segment(
-        self, segment: FollowSegment, start: int, final: bool, space: ReadBuffers, dctx: zstandard.ZstdDecompressor
+        self,
+        segment: FollowSegment,
+        start: int,
+        final: bool,
+        space: ReadBuffers,
+        dctx: zstandard.ZstdDecompressor,
+        stop: int | None = None,
     ) -> Generator[Columns, None, int]:
-        """One segment from ``start`` on; returns the offset after its last whole frame read."""
-        if segment.size < start:
-            message = f"segment shrank below the follow cursor: {segment.size} bytes, the cursor is at byte {start}"
-            raise RunChanged(message, segment.path)
+        """One segment from ``start`` on (up to ``stop``); returns the offset after its last whole frame read."""
+        for where, what in ((start, "the follow cursor"), (stop, "the follow cursor to read up to")):
+            if where is not None and segment.size < where:
+                message = f"segment shrank below {what}: {segment.size} bytes, the cursor is at byte {where}"
+                raise RunChanged(message, segment.path)
         ahead = min(start, FINGERPRINT_BYTES) if self.start.fingerprint and segment.name == self.start.segment else 0
         with closing(segment.open(start - ahead)) as fh:
             if ahead and fingerprint(_read_exactly(fh, ahead, segment.path)) != self.start.fingerprint:
                 message = f"segment was replaced under the follow cursor: its bytes before byte {start} differ"
                 raise RunChanged(message, segment.path)
+            source: io.RawIOBase = fh if stop is None else _Limited(fh, stop - start)
+            final = final or stop is not None  # a cursor lies right after a whole frame
             walk = scan_segment(
-                fh, segment.path, self.chunk_bytes, space, self.max_frame_bytes, base=start, final=final
+                source, segment.path, self.chunk_bytes, space, self.max_frame_bytes, base=start, final=final
             )
             try:
                 while True:
@@ -326,7 +370,7 @@ class FollowDecoder:
         try:
             out = self._decode(span, dctx)
         except UnknownStreamError as exc:
-            if self.done:
+            if self.done or self.until is not None:
                 raise
             self.ticks[:] = before
             keep = int(np.count_nonzero(span.starts + span.base < exc.offset))
@@ -369,3 +413,22 @@ def _read_exactly(fh: io.RawIOBase, count: int, path: str | Path) -> bytes:
             raise RunChanged(f"segment ended {count - got} bytes early while the follow cursor was checked", path)
         got += n
     return bytes(data)
+
+
+class _Limited(io.RawIOBase):
+    """The first ``left`` bytes of a file object (not closed here)."""
+
+    def __init__(self, fh: io.RawIOBase, left: int) -> None:
+        self._fh = fh
+        self._left = left
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self._left <= 0:
+            return 0
+        view = memoryview(buffer).cast("B")
+        got = self._fh.readinto(view[: min(len(view), self._left)]) or 0
+        self._left -= got
+        return got

@@ -368,6 +368,7 @@ class FollowRead:
         rows: Once exhausted: rows in ``batches``.
         waiting_for: Once exhausted: the id of a stream whose records wait for its
             ``streams/*.json`` (the read stopped before its first frame), or None.
+        newest_mtime: Once exhausted: ``st_mtime`` of the newest segment read (as listed), or None.
     """
 
     batches: Iterator[pa.RecordBatch]
@@ -377,6 +378,7 @@ class FollowRead:
     bytes: int = 0
     rows: int = 0
     waiting_for: int | None = None
+    newest_mtime: float | None = None
 
 
 def follow_batches(
@@ -389,6 +391,7 @@ def follow_batches(
     done: bool,
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     inventory: RunInventory | None = None,
+    until: Cursor | None = None,
 ) -> FollowRead:
     """The records of a run completed since ``cursor``, as :func:`run_batches` gives them for those records.
 
@@ -409,6 +412,9 @@ def follow_batches(
         chunk_bytes: Compressed bytes read and decoded per step.
         inventory: The run as listed after the ``_DONE`` check (its segment sizes bound the
             read); None lists it now.
+        until: Read exactly up to this cursor, one an earlier read from ``cursor`` ended with
+            (to commit a chunk again): nothing after it, whatever was added since. The read's
+            cursor is ``until``; a ``CollectorError`` if the files do not lead there as before.
 
     Returns:
         The read: iterate its batches to their end before reading its other fields.
@@ -422,7 +428,7 @@ def follow_batches(
     labels = _label_arrays(plan.chosen, schema)
     table = StreamTable(plan.all_ids, plan.ids.tolist(), plan.epoch_scales, plan.value_scales)
     size = min(max(int(chunk_bytes), MIN_CHUNK_BYTES), MAX_CHUNK_BYTES)
-    decoder = FollowDecoder(table, cursor, done=done, chunk_bytes=size)
+    decoder = FollowDecoder(table, cursor, done=done, chunk_bytes=size, until=until)
     rows = np.full(len(table), -1, dtype=np.int64)
     rows[np.searchsorted(table.ids, plan.ids.astype(np.uint64))] = plan.label_rows
     read = FollowRead(iter(()), cursor, {}, False)
@@ -436,10 +442,12 @@ def follow_batches(
                 batch = _to_batch(decoded, rows, labels, schema)
                 read.rows += batch.num_rows
                 yield batch
-            if done:
+            if decoder.complete:
                 run.verify(listed)
         read.cursor, read.epochs, read.complete = decoder.cursor, decoder.epochs(), decoder.complete
         read.bytes, read.waiting_for = decoder.bytes, decoder.waiting_for
+        newest = [r for r in records if r.name == read.cursor.segment]
+        read.newest_mtime = newest[0].mtime_ns / 1e9 if newest else None
 
     read.batches = batches()
     return read
