@@ -19,7 +19,7 @@ from herocollector.output.delta import open_table, run_app_id
 from herocollector.testing.fleet import Fleet
 from herocollector.testing.runs import RecordedRun, build_run
 from herocollector.testing.servers import PostgresTestServer, S3TestServer
-from herocollector.testing.tables import recorded_records, table_records
+from herocollector.testing.tables import commits_per_run, recorded_records, table_records
 
 pytestmark = pytest.mark.e2e
 COLUMNS = ("experiment", "measure")
@@ -63,10 +63,7 @@ def check_table(table: str, options: dict[str, object], runs: list[RecordedRun],
     delta = open_table(table, options)
     assert delta is not None
     content = delta.to_pyarrow_table()
-    commits: dict[str, int] = {}
-    for commit in delta.history():
-        if commit["operation"] in ("WRITE", "CREATE TABLE"):
-            commits[commit["herocollector.run"]] = commits.get(commit["herocollector.run"], 0) + 1
+    commits = commits_per_run(delta)
     for run in runs:
         path = str(run.path)
         assert table_records(content, COLUMNS, path) == recorded_records(run, COLUMNS), f"{path}: not as recorded"

@@ -25,7 +25,7 @@ from herocollector.journal.sqlite import JobState
 from herocollector.output.delta import run_app_id
 from herocollector.testing.actors import wait_for
 from herocollector.testing.runs import RecordedRun, build_run, journal_rows
-from herocollector.testing.tables import recorded_records, table_records
+from herocollector.testing.tables import commits_per_run, recorded_records, table_records
 
 SERVICE = textwrap.dedent(
     """
@@ -126,10 +126,7 @@ def test_kill_9_right_before_and_right_after_the_commit_loses_no_run_and_commits
     assert all(job["state"] == JobState.DONE for job in jobs), [dict(job) for job in jobs]
     delta = DeltaTable(str(table))
     content = delta.to_pyarrow_table()
-    commits: dict[str, int] = {}
-    for commit in delta.history():
-        if commit["operation"] in ("WRITE", "CREATE TABLE"):
-            commits[commit["herocollector.run"]] = commits.get(commit["herocollector.run"], 0) + 1
+    commits = commits_per_run(delta)
     for run in runs:
         path = str(run.path)
         assert table_records(content, COLUMNS, path) == recorded_records(run, COLUMNS), f"{path}: rows as recorded"

@@ -382,3 +382,11 @@ def remove_leftovers(finals: Iterable[Path], created: Iterable[Path]) -> None:
             folder.rmdir()
         except OSError:
             pass  # not empty (someone else wrote there), or gone: either way not ours to remove
+
+
+def key_value(text: str) -> tuple[str, str]:
+    """``KEY=VALUE`` (a ``--storage-option``)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, value

@@ -25,14 +25,6 @@ from herocollector.output.paths import object_root
 NAME = "tables"
 
 
-def _option(text: str) -> tuple[str, str]:
-    """``--storage-option KEY=VALUE``."""
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    return key, value
-
-
 def _below(table: str, root: str) -> str:
     """A table's location below the root it was found under (``.`` for the root itself)."""
     top = root.rstrip("/") if object_root(root) is not None else os.path.abspath(root)
@@ -55,7 +47,7 @@ def register(subparsers: Subparsers) -> None:
         "--storage-option",
         dest="storage_options",
         action="append",
-        type=_option,
+        type=common.key_value,
         default=[],
         metavar="KEY=VALUE",
         help="how to reach an s3:// root (endpoint_url, region, access_key_id, secret_access_key ...); repeatable",

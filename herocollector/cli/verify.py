@@ -27,6 +27,7 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 
+from herocollector.cli import common
 from herocollector.cli.common import Subparsers
 from herocollector.config import default_manifest_root
 from herocollector.errors import CollectorError, ConfigError
@@ -37,13 +38,6 @@ from herocollector.output.verify import RunCheck, find_manifests, find_run_manif
 from herocollector.run import logdir
 
 NAME = "verify"
-
-
-def _option(text: str) -> tuple[str, str]:
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    return key, value
 
 
 def register(subparsers: Subparsers) -> None:
@@ -77,7 +71,7 @@ def register(subparsers: Subparsers) -> None:
         "--storage-option",
         dest="storage_options",
         action="append",
-        type=_option,
+        type=common.key_value,
         default=[],
         metavar="KEY=VALUE",
         help="an S3 storage option (endpoint_url, region, access_key_id, ...), repeatable",

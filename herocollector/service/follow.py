@@ -33,11 +33,8 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-
-import pyarrow as pa
 
 from herocollector.config import ServiceConfig
 from herocollector.decode.follow import START, Cursor
@@ -45,13 +42,14 @@ from herocollector.errors import CollectorError, MetadataError
 from herocollector.events import RunProgress
 from herocollector.journal.base import Job, JobStore
 from herocollector.output.batches import FollowRead, follow_batches
-from herocollector.output.delta import commit_run, committed_version, journal_key
-from herocollector.output.pipeline import OutputPipeline, PlannedRun, WriteContext
+from herocollector.output.delta import committed_version, journal_key
+from herocollector.output.pipeline import OutputPipeline, PlannedRun, StagedOutput, WriteContext
 from herocollector.run import logdir
 from herocollector.run.catalogue import Stream
 from herocollector.run.rundir import RunInventory
 from herocollector.service.lease import JobGuard, LeaseKeeper
 from herocollector.service.status import FollowedRun
+from herocollector.service.table_commit import commit_staged
 
 log = logging.getLogger(__name__)
 
@@ -275,32 +273,12 @@ class RunFollower:
             **extra,
         )
 
-    def _commit(self, job: Job, run: str, staged: list[Any], end: Cursor, lease: LeaseKeeper) -> None:
+    def _commit(self, job: Job, run: str, staged: list[StagedOutput], end: Cursor, lease: LeaseKeeper) -> None:
         """One commit per table of one chunk, under the chunk's transaction version."""
-        metadata = {
-            "run": run,
-            "job": str(job.id),
-            "token": str(job.token),
-            "source": job.source,
-            "collected_at": datetime.now(UTC).isoformat(),
-            "actor": self.config.owner,
-            "chunk": str(end.chunk),
-        }
         for output in staged:
             if output.file.rows == 0:
                 continue  # no record of this table's streams in the chunk: no empty commit
-            with pa.OSFile(str(output.path)) as source:
-                commit_run(
-                    str(output.target.path),
-                    pa.ipc.open_stream(source),
-                    run=run,
-                    version=end.chunk,
-                    metadata=metadata,
-                    options=self.config.storage_options,
-                    partition_by=self.config.partition_by,
-                    chunked=True,
-                    before_commit=lease.check,
-                )
+            commit_staged(self.config, job, output, end.chunk, lease, chunk=end.chunk)
 
     def _context(self, lease: LeaseKeeper) -> WriteContext:
         return WriteContext(guard=JobGuard(lease, self.stopping))

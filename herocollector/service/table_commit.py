@@ -22,8 +22,8 @@ import pyarrow as pa
 
 from herocollector.config import ServiceConfig
 from herocollector.journal.base import Job
-from herocollector.output.delta import commit_run, journal_key
-from herocollector.output.pipeline import CollectionPlan, OutputPipeline, WriteContext
+from herocollector.output.delta import TableCommit, commit_run, journal_key
+from herocollector.output.pipeline import CollectionPlan, OutputPipeline, StagedOutput, WriteContext
 from herocollector.service.lease import JobGuard, LeaseKeeper
 
 log = logging.getLogger(__name__)
@@ -58,29 +58,11 @@ class TableCommitter:
         folder = self.config.staging_dir / f"job-{job.id}"
         shutil.rmtree(folder, ignore_errors=True)  # what an attempt killed mid-way left; the lease makes it ours
         staged = self.pipeline.stage(plan, context, folder)
-        metadata = {
-            "run": run,
-            "job": str(job.id),
-            "token": str(job.token),
-            "source": job.source,
-            "collected_at": datetime.now(UTC).isoformat(),
-            "actor": self.config.owner,
-        }
         outputs: dict[str, int] = {}
         try:
             for output in staged:
                 table = str(output.target.path)
-                with pa.OSFile(str(output.path)) as source:
-                    result = commit_run(
-                        table,
-                        pa.ipc.open_stream(source),
-                        run=run,
-                        version=job.id,
-                        metadata=metadata,
-                        options=self.config.storage_options,
-                        partition_by=self.config.partition_by,
-                        before_commit=lease.check,
-                    )
+                result = commit_staged(self.config, job, output, job.id, lease)
                 outputs[journal_key(table, run)] = result.rows
                 if self.on_table is not None:
                     self.on_table(table)
@@ -93,3 +75,41 @@ class TableCommitter:
     def left_published(self, job: Job, plan: CollectionPlan) -> list[str]:
         """Nothing: a commit that did not land left only unreferenced files, which vacuum removes."""
         return []
+
+
+def commit_staged(
+    config: ServiceConfig, job: Job, output: StagedOutput, version: int, lease: LeaseKeeper, chunk: int | None = None
+) -> TableCommit:
+    """Commit one staged output of a job's run to its table, with the job's provenance, under the lease.
+
+    Args:
+        config: The service configuration (storage options, partitions, this actor).
+        job: The job (its run, id, fencing token and source go into the commit metadata).
+        output: The staged rows of one table.
+        version: The run's transaction version: the job's id, or the chunk's number.
+        lease: Checked right before the commit.
+        chunk: The chunk's number, when the run is followed while it is written.
+    """
+    run = job.path or ""
+    metadata = {
+        "run": run,
+        "job": str(job.id),
+        "token": str(job.token),
+        "source": job.source,
+        "collected_at": datetime.now(UTC).isoformat(),
+        "actor": config.owner,
+    }
+    if chunk is not None:
+        metadata["chunk"] = str(chunk)
+    with pa.OSFile(str(output.path)) as source:
+        return commit_run(
+            str(output.target.path),
+            pa.ipc.open_stream(source),
+            run=run,
+            version=version,
+            metadata=metadata,
+            options=config.storage_options,
+            partition_by=config.partition_by,
+            chunked=chunk is not None,
+            before_commit=lease.check,
+        )

@@ -45,3 +45,12 @@ def recorded_records(run: RecordedRun, columns: Sequence[str] = ()) -> list[Reco
 def _float(value: float) -> float | str:
     """A float that compares equal to itself (NaN becomes a marker)."""
     return "nan" if isinstance(value, float) and math.isnan(value) else value
+
+
+def commits_per_run(delta_table: Any) -> dict[str, int]:
+    """How many commits wrote rows of each run (by their ``herocollector.run`` metadata)."""
+    commits: dict[str, int] = {}
+    for commit in delta_table.history():
+        if commit["operation"] in ("WRITE", "CREATE TABLE") and "herocollector.run" in commit:
+            commits[commit["herocollector.run"]] = commits.get(commit["herocollector.run"], 0) + 1
+    return commits
