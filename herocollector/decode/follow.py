@@ -295,7 +295,8 @@ class FollowDecoder:
             position = (segment, end)
             if self._stop is not None:
                 break
-        self.complete = self.done and self._stop is None and last == len(segments) - 1
+        to_end = last == len(segments) - 1 and (self.until is None or self.until.offset == segments[last].size)
+        self.complete = self.done and self._stop is None and to_end
         if position is not None and (self.bytes or self.until is not None):
             segment, end = position
             self.cursor = Cursor(segment.name, end, self._tick_map(), self.start.chunk + 1, self._print(segment, end))
