@@ -13,6 +13,10 @@ replayed into the journal as soon as it answers again, and at start-up (events a
 process spooled). Replaying an event twice is harmless: a repeated announcement of a run
 changes nothing the journal has not decided for it already.
 
+No event ends the intake thread: an event the journal refuses for a reason of its own (not an
+outage) becomes a failed job that names its path and the error, and the rest of its batch is
+journalled; metadata keys JSON cannot hold are stored as strings (:func:`storable`).
+
 An event can still be lost in one place only: in memory, between its arrival and its commit
 (milliseconds), when the process is killed. The catch-up scan finds such runs once they have
 ``_DONE``.
@@ -89,7 +93,34 @@ def announcement_of(
     except ValueError as exc:
         return Malformed(source, data, f"malformed event: {exc}")
     deadline = None if timeout_ms is None else received + timeout_ms / 1000
-    return Announcement(job_key(path, allowed_roots), source, metadata, deadline)
+    return Announcement(job_key(path, allowed_roots), source, storable(metadata), deadline)
+
+
+def storable(metadata: dict[str, Any]) -> dict[str, Any]:
+    """``metadata`` as the journal and the spool can write it: JSON, with keys that JSON allows.
+
+    A value JSON has no type for is stored as its ``str`` (as the journal does anyway). A key
+    that is not a string, a number, a bool or None (a CBOR map may have a list as a key,
+    decoded as a tuple) made ``json.dumps`` raise on the intake thread and ended it, and with
+    it every later event; such a key is stored as its ``str`` too.
+    """
+    try:
+        json.dumps(metadata, default=str)
+    except (TypeError, ValueError):
+        log.warning("event metadata with keys JSON cannot hold: those keys are stored as strings")
+        return {str(key): _with_json_keys(value) for key, value in metadata.items()}
+    return metadata
+
+
+def _with_json_keys(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {
+            key if isinstance(key, (str, int, float, bool)) or key is None else str(key): _with_json_keys(item)
+            for key, item in value.items()
+        }
+    if isinstance(value, (list, tuple)):
+        return [_with_json_keys(item) for item in value]
+    return value
 
 
 class Spool:
@@ -193,7 +224,7 @@ class Intake:
         self._idle = threading.Condition()
         self._in_flight = 0
         self._thread = threading.Thread(target=self._run, name="herocollector-intake", daemon=True)
-        health.on_recovery(self._replay.set)
+        health.on_recovery(self._replay_now)
 
     def start(self) -> None:
         """Start the intake thread."""
@@ -216,6 +247,11 @@ class Intake:
                 self._idle.wait(left)
         return True
 
+    def _replay_now(self) -> None:
+        """The journal answers again: replay the spool now, not after the idle wait of :meth:`_take`."""
+        self._replay.set()
+        self._queue.put(("", None, 0.0))  # wakes the thread
+
     @property
     def spooled(self) -> int:
         """Batches waiting in the spool."""
@@ -230,13 +266,17 @@ class Intake:
 
     def _run(self) -> None:
         while True:
-            if self._replay.is_set():
-                self._replay_spool()
-            batch = self._take()
-            if batch:
-                self._journal_batch(batch)
-            elif self._stop.is_set():
-                return
+            try:
+                if self._replay.is_set():
+                    self._replay_spool()
+                batch = self._take()
+                if batch:
+                    self._journal_batch(batch)
+                elif self._stop.is_set():
+                    return
+            except Exception:
+                log.exception("the event intake failed; it goes on with the next events")
+                self._stop.wait(0.1)  # a failure that repeats does not spin
 
     def _take(self) -> list[tuple[str, Any, float]]:
         try:
@@ -278,9 +318,20 @@ class Intake:
             self._health.failed(f"journalling {len(announcements)} event(s)", exc)
             try:
                 self._spool.write(announcements)
-            except OSError as spool_error:
+            except (OSError, TypeError, ValueError) as spool_error:
                 paths = ", ".join(a.path for a in announcements[:3])
                 log.error(f"{len(announcements)} event(s) lost ({paths}…): the spool failed: {spool_error}")
+            return
+        except Exception as exc:  # noqa: BLE001 - not the journal's outage: one event's own fault
+            # Without this, one event the journal cannot take ended the intake thread; now the
+            # others of its batch are journalled, and it becomes a failed job that says why.
+            if len(announcements) > 1:
+                for announcement in announcements:
+                    self._submit([announcement])
+                return
+            bad = announcements[0]
+            error = f"event for {bad.path!r} cannot be journalled: {type(exc).__name__}: {exc}"
+            self._record_malformed(Malformed(bad.source, {"path": bad.path}, error))
             return
         self._health.succeeded()
         self._on_journalled(results)
@@ -297,13 +348,17 @@ class Intake:
     def _replay_spool(self) -> None:
         try:
             for file in self._spool.files():
-                announcements = Spool.read(file)
+                try:
+                    announcements = Spool.read(file)
+                except (OSError, UnicodeDecodeError) as exc:
+                    log.error(f"spooled events in {file} cannot be read ({exc}); left where they are")
+                    continue
                 try:
                     results = self._journal.submit_many(announcements) if announcements else []
                 except JournalError as exc:
                     self._health.failed("replaying the event spool", exc)
                     return
-                file.unlink()
+                file.unlink(missing_ok=True)
                 log.info(f"replayed {len(announcements)} spooled event(s) from {file.name}")
                 self._on_journalled(results)
         finally:
