@@ -251,6 +251,7 @@ class FollowDecoder:
             else:
                 self.carried[int(sid)] = int(tick)
         self._stop: int | None = None  # file offset of the frame the read ended before
+        self._density: tuple[float, float] | None = None
 
     def epochs(self) -> dict[int, float]:
         """Per selected stream with a record so far: the epoch of its last record (file order)."""
@@ -388,7 +389,11 @@ class FollowDecoder:
     def _decode(self, span: Span, dctx: zstandard.ZstdDecompressor) -> list[Columns]:
         chunks = decompress_span(span, self.chunk_bytes, dctx, self.max_frame_bytes)
         decoder = RecordDecoder(self.streams, self.ticks, codes.SCALED, self.max_record_bytes)
-        return [c for c in decoder.decode(iter(chunks)) if isinstance(c, Columns)]
+        if self._density is not None:  # the output sized as the parts before needed, from the first part on
+            decoder.density = self._density
+        out = [c for c in decoder.decode(iter(chunks)) if isinstance(c, Columns)]
+        self._density = decoder.density
+        return out
 
     def _tick_map(self) -> dict[int, int]:
         keep = np.flatnonzero((self.ticks != 0) | self.seen)
