@@ -372,6 +372,14 @@ class Journal(Protocol):
         """
         ...
 
+    def claim_outputs(self, job_id: int, outputs: Sequence[str]) -> None:
+        """Reserve all of a job's output paths before they are written, in one transaction: all or none.
+
+        Raises:
+            OutputTakenError: Another job owns one of them (the first in ``outputs``); none is reserved.
+        """
+        ...
+
     def release_outputs(self, job_id: int) -> None:
         """Forget the output reservations of a job."""
         ...

@@ -27,21 +27,23 @@ import time
 from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import Any, TypeVar
 
-from herocollector.errors import JournalError, LeaseLost, OutputTakenError
+from herocollector.errors import JournalError, LeaseLost
 from herocollector.journal.base import Announcement, Job, JobState, failure_state, job_from_row, resubmit
 from herocollector.journal.cursors import CursorMethods, PgCursors
+from herocollector.journal.group import GroupCommit
 from herocollector.journal.leases import LeaseMethods, PgLeases
 from herocollector.journal.postgres_db import CHANNEL, FOLD_AT, FOLD_KEY, SCHEMA_VERSION, Conn, PgConnections, redact
 from herocollector.journal.postgres_db import NOW as _NOW
 from herocollector.journal.postgres_db import first as _first
 from herocollector.journal.postgres_db import jsonb as _jsonb
+from herocollector.journal.reservations import PgReservations, ReservationMethods
 
 __all__ = ["SCHEMA_VERSION", "PgJournal", "redact"]
 
 _T = TypeVar("_T")
 
 
-class PgJournal(LeaseMethods, CursorMethods):
+class PgJournal(LeaseMethods, CursorMethods, ReservationMethods):
     """The job journal on PostgreSQL (thread-safe); see the module documentation.
 
     Args:
@@ -63,10 +65,17 @@ class PgJournal(LeaseMethods, CursorMethods):
         self.migrate()
         self._leases = PgLeases(self._db)
         self._cursors = PgCursors(self._db)
+        # The workers' changes share transactions and commits (one WAL flush for all that come together).
+        self._group: GroupCommit[Conn] = GroupCommit(self._db.run_batch)
+        self._reservations = PgReservations(self._group, self._one)
 
     def _run(self, action: Callable[[Conn], _T], read: bool = False, single: bool = False) -> _T:
         """Run ``action`` in one transaction (see :meth:`PgConnections.run`)."""
         return self._db.run(action, read, single)
+
+    def _grouped(self, step: Callable[[Conn], _T], single: bool = False) -> _T:
+        """Run ``step`` in the next group commit (:mod:`herocollector.journal.group`); durable on return."""
+        return self._group.run(step, single)
 
     def migrate(self) -> int:
         """Create or upgrade the schema; returns its version.
@@ -216,7 +225,7 @@ class PgJournal(LeaseMethods, CursorMethods):
             "SELECT new.*, pg_notify(%s, '') FROM new"
         )
         params = (path, source, _jsonb(metadata), now, now, deadline, CHANNEL)
-        rows = self._run(lambda db: db.execute(sql, params).fetchall(), single=True)
+        rows = self._grouped(lambda db: db.execute(sql, params).fetchall(), single=True)
         return job_from_row(rows[0], rows[0]["metadata"], {}) if rows else None
 
     def submit(
@@ -242,7 +251,7 @@ class PgJournal(LeaseMethods, CursorMethods):
                 self._notify(db)
             return results
 
-        return self._run(step)
+        return self._grouped(step)
 
     def _submit(self, db: Conn, announcement: Announcement, now: float) -> tuple[Job, bool]:
         path, source, metadata, deadline = (
@@ -333,7 +342,7 @@ class PgJournal(LeaseMethods, CursorMethods):
             ).fetchone()
             return None if row is None else self._one(db, int(row["id"]))
 
-        return self._run(step)
+        return self._grouped(step)
 
     def start(self, job_id: int) -> Job | None:
         """Take one particular pending job (running, attempt counted, new token); None if not pending."""
@@ -359,7 +368,7 @@ class PgJournal(LeaseMethods, CursorMethods):
             )
             return bool(cur.rowcount)
 
-        return bool(self._run(step))
+        return bool(self._grouped(step, single=True))
 
     def _fenced_update(
         self, sql: str, params: tuple[Any, ...], job_id: int, token: int | None, notify: bool = False
@@ -378,7 +387,7 @@ class PgJournal(LeaseMethods, CursorMethods):
                 self._notify(db)
             return self._one(db, job_id)
 
-        return self._run(step)
+        return self._grouped(step)
 
     def park(self, job_id: int, check_at: float, deadline: float | None, token: int | None = None) -> Job:
         """A running job whose run has no ``_DONE``: waiting, its attempt not counted."""
@@ -405,29 +414,6 @@ class PgJournal(LeaseMethods, CursorMethods):
 
         self._run(step)
 
-    def claim_output(self, job_id: int, output: str) -> None:
-        """Reserve an output path for a job before it is written.
-
-        Raises:
-            OutputTakenError: Another job owns the path.
-        """
-
-        def step(db: Conn) -> None:
-            db.execute(
-                "INSERT INTO herocollector_outputs (path, job_id, rows) VALUES (%s, %s, 0) "
-                "ON CONFLICT (path) DO NOTHING",
-                (output, job_id),
-            )
-            row = db.execute("SELECT job_id FROM herocollector_outputs WHERE path = %s", (output,)).fetchone()
-            if row is not None and int(row["job_id"]) != job_id:
-                raise OutputTakenError(output, self._one(db, int(row["job_id"])))
-
-        self._run(step)
-
-    def release_outputs(self, job_id: int) -> None:
-        """Forget the output reservations of a job that failed."""
-        self._run(lambda db: db.execute("DELETE FROM herocollector_outputs WHERE job_id = %s", (job_id,)))
-
     def finish(self, job_id: int, outputs: dict[str, int], token: int | None = None) -> Job:
         """Mark a job done with its outputs and their row counts.
 
@@ -445,13 +431,14 @@ class PgJournal(LeaseMethods, CursorMethods):
             if token is not None and not cur.rowcount:
                 raise LeaseLost(f"job {job_id}: token {token} is stale")
             db.execute("DELETE FROM herocollector_outputs WHERE job_id = %s", (job_id,))
-            for path, rows in outputs.items():
-                db.execute(
-                    "INSERT INTO herocollector_outputs (path, job_id, rows) VALUES (%s, %s, %s)", (path, job_id, rows)
-                )
+            db.execute(  # one statement for all outputs: one round trip
+                "INSERT INTO herocollector_outputs (path, job_id, rows) "
+                "SELECT p, %s, r FROM unnest(%s::text[], %s::bigint[]) AS o (p, r)",
+                (job_id, list(outputs), list(outputs.values())),
+            )
             return self._one(db, job_id)
 
-        return self._run(step)
+        return self._grouped(step)
 
     def fail(
         self,
@@ -482,7 +469,7 @@ class PgJournal(LeaseMethods, CursorMethods):
                 self._notify(db)
             return self._one(db, job_id)
 
-        return self._run(step)
+        return self._grouped(step)
 
     def expire(self, job_id: int, error: str, retry_at: float | None) -> Job:
         """A waiting job whose ``_DONE`` deadline passed: the attempt counts."""

@@ -4,16 +4,17 @@
 so a page of jobs read for a cleanup never waits for a state change), reconnects once when a
 connection broke, creates and migrates the schema under an advisory lock (:data:`MIGRATIONS`,
 ``herocollector_schema.version``; a journal newer than this code is refused) and listens for
-``NOTIFY herocollector_jobs``.
+``NOTIFY herocollector_jobs``; :meth:`PgConnections.run_batch` runs the steps of a group commit
+(:mod:`herocollector.journal.group`) in one transaction.
 
-May import: :mod:`herocollector.errors` only.
+May import: :mod:`herocollector.errors` and :mod:`herocollector.journal.group`.
 """
 
 from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
@@ -22,6 +23,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from herocollector.errors import JournalError
+from herocollector.journal.group import Outcome
 
 Conn = psycopg.Connection[dict[str, Any]]
 """A connection whose rows are dicts by column name."""
@@ -187,6 +189,44 @@ class PgConnections:
                 except psycopg.Error as exc:
                     raise JournalError(f"journal query failed at {self.location}: {exc}") from None
         raise AssertionError("unreachable")
+
+    def run_batch(self, steps: Sequence[Callable[[Conn], Any]], single: bool) -> list[Outcome]:
+        """Run the steps of one group commit in one transaction, each in a savepoint; commit once.
+
+        A lone step runs as :meth:`run` runs an action (``single``: as one statement). A step's
+        psycopg error that leaves the connection usable is that step's alone (its savepoint rolled
+        back); a broken connection fails the whole batch, which is run again once on a new
+        connection (nothing of it was committed), as :meth:`run` does.
+
+        Raises:
+            JournalError: The transaction or its commit failed: no step was kept.
+        """
+        if len(steps) == 1:
+            step = steps[0]
+
+            def alone(db: Conn) -> list[Outcome]:
+                return [Outcome(step(db))]
+
+            try:
+                return self.run(alone, single=single)
+            except Exception as exc:  # noqa: BLE001 - the one caller gets it
+                return [Outcome(error=exc)]
+
+        def batch(db: Conn) -> list[Outcome]:
+            outcomes = []
+            for step in steps:
+                try:
+                    with db.transaction():  # a savepoint
+                        outcomes.append(Outcome(step(db)))
+                except psycopg.Error as exc:
+                    if db.closed or db.broken:
+                        raise  # the batch is lost: run() runs it again, or fails every step
+                    outcomes.append(Outcome(error=JournalError(f"journal query failed at {self.location}: {exc}")))
+                except Exception as exc:  # noqa: BLE001 - LeaseLost, OutputTakenError: this step's caller gets it
+                    outcomes.append(Outcome(error=exc))
+            return outcomes
+
+        return self.run(batch)
 
     def migrate(self) -> int:
         """Create or upgrade the schema; returns its version.

@@ -3,7 +3,8 @@
 :class:`SqliteJournal` implements :class:`herocollector.journal.base.Journal` (the job model,
 the state machine and what a repeated announcement does are described there) on a SQLite file
 in WAL mode with ``synchronous=FULL``. It is thread-safe: changes go through one connection
-under one lock, each one short transaction; reads through another, which WAL lets read while
+under one lock, in short transactions that the workers' transitions share when they come
+together (:mod:`herocollector.journal.group`: one fsync for all); reads through another, which WAL lets read while
 the first writes. Every query is served by an index (:data:`herocollector.journal.sqlite_db.INDEXES`),
 so a call takes about the same time with a hundred jobs or a hundred thousand; every job of a
 large journal is read page by page (:meth:`SqliteJournal.done_jobs_page`).
@@ -20,15 +21,19 @@ import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from herocollector.errors import JournalError, LeaseLost, OutputTakenError
 from herocollector.journal.base import Announcement, Job, JobState, JobStore, failure_state, job_from_row, resubmit
 from herocollector.journal.cursors import CursorMethods, SqliteCursors
+from herocollector.journal.group import GroupCommit, Outcome
 from herocollector.journal.leases import LeaseMethods, SqliteLeases
-from herocollector.journal.sqlite_db import Transaction, in_states, migrate
+from herocollector.journal.reservations import ReservationMethods, SqliteReservations, sqlite_release
+from herocollector.journal.sqlite_db import Transaction, in_states, migrate, run_batch
 
 __all__ = ["Job", "JobState", "JobStore", "Journal", "OutputTakenError", "SqliteJournal", "open_journal"]
+
+_T = TypeVar("_T")
 
 
 def _dumps(metadata: dict[str, Any]) -> str:
@@ -36,7 +41,7 @@ def _dumps(metadata: dict[str, Any]) -> str:
     return json.dumps(metadata, default=str)
 
 
-class SqliteJournal(LeaseMethods, CursorMethods):
+class SqliteJournal(LeaseMethods, CursorMethods, ReservationMethods):
     """The service's durable job store in SQLite (thread-safe), for one actor.
 
     A fleet of actors shares :class:`herocollector.journal.postgres.PgJournal` instead; both
@@ -71,6 +76,9 @@ class SqliteJournal(LeaseMethods, CursorMethods):
             self._reader.execute("PRAGMA query_only=ON")
             self._leases = SqliteLeases(self._transaction)
             self._cursors = SqliteCursors(self._transaction)
+            # The workers' changes share durable commits (one fsync for all that come together).
+            self._group: GroupCommit[sqlite3.Connection] = GroupCommit(self._run_batch)
+            self._reservations = SqliteReservations(self._group, self._fetch)
         except (sqlite3.Error, OSError) as exc:
             raise JournalError(f"cannot open the job journal: {exc}", self.file) from None
 
@@ -85,6 +93,13 @@ class SqliteJournal(LeaseMethods, CursorMethods):
 
     def _transaction(self) -> Transaction:
         return Transaction(self._db, self._lock, self.file)
+
+    def _run_batch(self, steps: Sequence[Callable[[sqlite3.Connection], Any]], single: bool) -> list[Outcome]:
+        return run_batch(self._db, self._lock, self.file, steps, single)
+
+    def _grouped(self, step: Callable[[sqlite3.Connection], _T], single: bool = False) -> _T:
+        """Run ``step`` in the next group commit (:mod:`herocollector.journal.group`); durable on return."""
+        return self._group.run(step, single)
 
     def _read(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
         with self._read_lock:
@@ -204,15 +219,15 @@ class SqliteJournal(LeaseMethods, CursorMethods):
         One statement instead of a transaction's five, for the common case of a new run: each
         one gives up the GIL and has to win it back from busy threads.
         """
-        with self._lock:
-            try:
-                rows = self._db.execute(
-                    "INSERT INTO jobs (path, source, metadata, state, created, updated, deadline) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (path) DO NOTHING RETURNING *",
-                    (path, source, _dumps(metadata), JobState.PENDING.value, now, now, deadline),
-                ).fetchall()
-            except sqlite3.Error as exc:
-                raise JournalError(f"journal update failed: {exc}", self.file) from None
+        params = (path, source, _dumps(metadata), JobState.PENDING.value, now, now, deadline)
+        rows = self._grouped(
+            lambda db: db.execute(
+                "INSERT INTO jobs (path, source, metadata, state, created, updated, deadline) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (path) DO NOTHING RETURNING *",
+                params,
+            ).fetchall(),
+            single=True,
+        )
         return self._assemble(rows, {row["id"]: {} for row in rows})[0] if rows else None
 
     def submit(
@@ -241,8 +256,7 @@ class SqliteJournal(LeaseMethods, CursorMethods):
             if created is not None:
                 return [(created, True)]
         now = time.time()
-        with self._transaction() as db:
-            return [self._submit(db, announcement, now) for announcement in announcements]
+        return self._grouped(lambda db: [self._submit(db, announcement, now) for announcement in announcements])
 
     def _submit(self, db: sqlite3.Connection, announcement: Announcement, now: float) -> tuple[Job, bool]:
         path, source, metadata, deadline = (
@@ -312,7 +326,8 @@ class SqliteJournal(LeaseMethods, CursorMethods):
             The job, or None if none is due.
         """
         now = time.time() if now is None else now
-        with self._transaction() as db:
+
+        def step(db: sqlite3.Connection) -> Job | None:
             row = db.execute(
                 "SELECT id FROM jobs WHERE state = ? AND COALESCE(next_attempt, 0) <= ? "
                 "ORDER BY COALESCE(next_attempt, 0), id LIMIT 1",
@@ -327,19 +342,18 @@ class SqliteJournal(LeaseMethods, CursorMethods):
             )
             return self._fetch(db, row["id"])
 
+        return self._grouped(step)
+
     def renew(self, job_id: int, token: int, lease: float) -> bool:
         """Extend the lease of a running job held under ``token``.
 
         Returns:
             False if the lease is lost (the token is stale, or the job is no longer running).
         """
-        now = time.time()
-        with self._transaction() as db:
-            cur = db.execute(
-                "UPDATE jobs SET lease_until = ? WHERE id = ? AND token = ? AND state = ?",
-                (now + lease, job_id, token, JobState.RUNNING.value),
-            )
-            return bool(cur.rowcount)
+        until = time.time() + lease
+        sql = "UPDATE jobs SET lease_until = ? WHERE id = ? AND token = ? AND state = ?"
+        params = (until, job_id, token, JobState.RUNNING.value)
+        return bool(self._grouped(lambda db: db.execute(sql, params).rowcount, single=True))
 
     def _fenced(self, db: sqlite3.Connection, cur: sqlite3.Cursor, job_id: int, token: int | None) -> None:
         """Raise LeaseLost if an update guarded by ``token`` changed nothing."""
@@ -360,7 +374,8 @@ class SqliteJournal(LeaseMethods, CursorMethods):
 
     def park(self, job_id: int, check_at: float, deadline: float | None, token: int | None = None) -> Job:
         """A running job whose run has no ``_DONE``: waiting, its attempt not counted."""
-        with self._transaction() as db:
+
+        def step(db: sqlite3.Connection) -> Job:
             cur = db.execute(
                 "UPDATE jobs SET state = ?, attempts = MAX(attempts - 1, 0), next_attempt = ?, deadline = ?, "
                 "updated = ?, lease_owner = NULL, lease_until = NULL WHERE id = ? AND state = ? "
@@ -370,6 +385,8 @@ class SqliteJournal(LeaseMethods, CursorMethods):
             self._fenced(db, cur, job_id, token)
             return self._fetch(db, job_id)
 
+        return self._grouped(step)
+
     def wake(self, job_id: int) -> None:
         """A waiting job whose ``_DONE`` appeared: pending, due now."""
         with self._transaction() as db:
@@ -378,30 +395,14 @@ class SqliteJournal(LeaseMethods, CursorMethods):
                 (JobState.PENDING.value, time.time(), job_id, JobState.WAITING.value),
             )
 
-    def claim_output(self, job_id: int, output: str) -> None:
-        """Reserve an output path for a job before it is written.
-
-        Raises:
-            OutputTakenError: Another job owns the path.
-        """
-        with self._transaction() as db:
-            row = db.execute("SELECT job_id FROM outputs WHERE path = ?", (output,)).fetchone()
-            if row is not None and row["job_id"] != job_id:
-                raise OutputTakenError(output, self._fetch(db, row["job_id"]))
-            db.execute("INSERT OR IGNORE INTO outputs (path, job_id, rows) VALUES (?, ?, 0)", (output, job_id))
-
-    def release_outputs(self, job_id: int) -> None:
-        """Forget the output reservations of a job that failed."""
-        with self._transaction() as db:
-            db.execute("DELETE FROM outputs WHERE job_id = ?", (job_id,))
-
     def finish(self, job_id: int, outputs: dict[str, int], token: int | None = None) -> Job:
         """Mark a job done with its outputs and their row counts.
 
         Raises:
             LeaseLost: ``token`` is stale.
         """
-        with self._transaction() as db:
+
+        def step(db: sqlite3.Connection) -> Job:
             cur = db.execute(
                 "UPDATE jobs SET lease_owner = NULL, lease_until = NULL WHERE id = ? AND token = COALESCE(?, token)",
                 (job_id, token),
@@ -418,6 +419,8 @@ class SqliteJournal(LeaseMethods, CursorMethods):
                 (JobState.DONE.value, sum(outputs.values()), time.time(), job_id),
             )
             return self._fetch(db, job_id)
+
+        return self._grouped(step)
 
     def fail(
         self,
@@ -448,27 +451,18 @@ class SqliteJournal(LeaseMethods, CursorMethods):
         """
         state = failure_state(retry_at)
         deadline = "deadline" if keep_deadline else "NULL"
-        with self._transaction() as db:
+
+        def step(db: sqlite3.Connection) -> Job:
             cur = db.execute(
                 f"UPDATE jobs SET state = ?, error = ?, next_attempt = ?, deadline = {deadline}, updated = ?, "
                 "lease_owner = NULL, lease_until = NULL WHERE id = ? AND token = COALESCE(?, token)",
                 (state.value, error, retry_at, time.time(), job_id, token),
             )
             self._fenced(db, cur, job_id, token)
-            self._release(db, job_id, keep_outputs)  # a failed job blocks no paths but those it published
+            sqlite_release(db, job_id, keep_outputs)  # a failed job blocks no paths but those it published
             return self._fetch(db, job_id)
 
-    @staticmethod
-    def _release(db: sqlite3.Connection, job_id: int, keep: Collection[str] = ()) -> None:
-        """Delete the job's output reservations but those in ``keep``."""
-        if not keep:
-            db.execute("DELETE FROM outputs WHERE job_id = ?", (job_id,))
-            return
-        kept = set(keep)
-        paths = [r[0] for r in db.execute("SELECT path FROM outputs WHERE job_id = ?", (job_id,))]
-        db.executemany(
-            "DELETE FROM outputs WHERE path = ? AND job_id = ?", [(p, job_id) for p in paths if p not in kept]
-        )
+        return self._grouped(step)
 
     def expire(self, job_id: int, error: str, retry_at: float | None) -> Job:
         """A waiting job whose ``_DONE`` deadline passed: the attempt counts.
@@ -522,7 +516,8 @@ class SqliteJournal(LeaseMethods, CursorMethods):
 
         For a run whose claim another actor holds, or a collection the closing service stopped.
         """
-        with self._transaction() as db:
+
+        def step(db: sqlite3.Connection) -> Job:
             cur = db.execute(
                 "UPDATE jobs SET state = ?, attempts = MAX(attempts - 1, 0), error = COALESCE(?, error), "
                 "next_attempt = ?, updated = ?, lease_owner = NULL, lease_until = NULL "
@@ -531,6 +526,8 @@ class SqliteJournal(LeaseMethods, CursorMethods):
             )
             self._fenced(db, cur, job_id, token)
             return self._fetch(db, job_id)
+
+        return self._grouped(step)
 
     def mark_cleaned(self, job_id: int, trash_until: float | None = None) -> None:
         """Record a cleanup: a done job becomes cleaned.

@@ -2,20 +2,23 @@
 
 :func:`migrate` brings a journal file of any earlier release up to date on open: the tables,
 the columns added since (``ADDED_COLUMNS``), the indexes every query uses (``INDEXES``) and the
-table of jobs per state that triggers keep (``COUNT_TRIGGERS``).
+table of jobs per state that triggers keep (``COUNT_TRIGGERS``). :func:`run_batch` runs the steps of a
+group commit (:mod:`herocollector.journal.group`) in one transaction.
 
-May import: :mod:`herocollector.errors` and :mod:`herocollector.journal.base`.
+May import: :mod:`herocollector.errors`, :mod:`herocollector.journal.base` and :mod:`herocollector.journal.group`.
 """
 
 from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 from herocollector.errors import JournalError
 from herocollector.journal.base import JobState
+from herocollector.journal.group import Outcome
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -149,3 +152,63 @@ class Transaction:
             self._lock.release()
         if isinstance(exc, sqlite3.Error):
             raise JournalError(f"journal update failed: {exc}", self._file) from exc
+
+
+def run_batch(
+    db: sqlite3.Connection,
+    lock: threading.RLock,
+    file: Path,
+    steps: Sequence[Callable[[sqlite3.Connection], Any]],
+    single: bool,
+) -> list[Outcome]:
+    """Run the steps of one group commit in one immediate transaction, each in a savepoint; commit once.
+
+    A lone step runs without a savepoint (a failure rolls the transaction back); a lone
+    ``single`` step, one statement, runs as its own transaction. SQLite errors become
+    :class:`JournalError` naming ``file``.
+
+    Raises:
+        JournalError: The transaction could not begin, or its commit failed: no step was kept.
+    """
+    with lock:
+        if single:
+            return [_outcome(db, steps[0], file, savepoint=False)]
+        try:
+            db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise JournalError(f"journal transaction failed: {exc}", file) from None
+        try:
+            outcomes = [_outcome(db, step, file, savepoint=len(steps) > 1) for step in steps]
+            if len(steps) == 1 and outcomes[0].error is not None:
+                db.execute("ROLLBACK")
+                return outcomes
+            db.execute("COMMIT")
+        except BaseException as exc:
+            try:
+                db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass  # the failed commit ended the transaction already
+            if isinstance(exc, sqlite3.Error):
+                raise JournalError(f"journal commit failed: {exc}", file) from None
+            raise
+        return outcomes
+
+
+def _outcome(db: sqlite3.Connection, step: Callable[[sqlite3.Connection], Any], file: Path, savepoint: bool) -> Outcome:
+    """Run one step (in a savepoint of its own if asked): its result, or its error with its changes undone."""
+    if savepoint:
+        db.execute("SAVEPOINT step")
+    try:
+        result = step(db)
+    except Exception as exc:  # noqa: BLE001 - the caller of this step gets it
+        if savepoint:
+            db.execute("ROLLBACK TO step")
+            db.execute("RELEASE step")
+        if isinstance(exc, sqlite3.Error):
+            error: BaseException = JournalError(f"journal update failed: {exc}", file)
+            error.__cause__ = exc
+            return Outcome(error=error)
+        return Outcome(error=exc)
+    if savepoint:
+        db.execute("RELEASE step")
+    return Outcome(result)

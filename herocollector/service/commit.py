@@ -109,8 +109,7 @@ class ManifestCommitter:
     def _commit(self, job: Job, plan: CollectionPlan, lease: LeaseKeeper) -> dict[str, int]:
         """The commit protocol of one run: reserve; adopt, or remove a stale manifest, publish, write the manifest."""
         run_path = job.path or ""
-        for target in plan.targets:
-            self._claim(job, target.path)
+        self._claim(job, [target.path for target in plan.targets])
         check = check_manifest(self.store, self.manifests, run_path, job.id, [target.path for target in plan.targets])
         holder = check.store or self.manifests.store
         if check.committed and check.found is not None:
@@ -159,17 +158,17 @@ class ManifestCommitter:
                 found.append(str(location))
         return found
 
-    def _claim(self, job: Job, target: Path | str) -> None:
-        """Reserve an output path for the job in the journal.
+    def _claim(self, job: Job, targets: list[Path | str]) -> None:
+        """Reserve the run's output paths for the job in the journal, in one transaction (all or none).
 
         Raises:
-            OutputError: Another job owns it.
+            OutputError: Another job owns one of them.
         """
         try:
-            self.journal.claim_output(job.id, str(target))
+            self.journal.claim_outputs(job.id, [str(target) for target in targets])
         except OutputTakenError as exc:
             raise OutputError(
-                f"output collision: {target} already holds the run {exc.owner.path} (job {exc.owner.id}); "
+                f"output collision: {exc.path} already holds the run {exc.owner.path} (job {exc.owner.id}); "
                 f"refusing to overwrite it with the run {job.path} (job {job.id})"
             ) from None
 

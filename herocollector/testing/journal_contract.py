@@ -36,9 +36,10 @@ from herocollector.testing.journal_contract_base import FAR, OTHER, RUN
 from herocollector.testing.journal_contract_cursors import JournalCursorTests
 from herocollector.testing.journal_contract_leases import JournalLeaseTests
 from herocollector.testing.journal_contract_queries import JournalQueryTests
+from herocollector.testing.journal_contract_speed import JournalSpeedTests
 
 
-class JournalTests(JournalQueryTests, JournalLeaseTests, JournalCursorTests):
+class JournalTests(JournalQueryTests, JournalLeaseTests, JournalCursorTests, JournalSpeedTests):
     """The journal contract; subclass it with a ``journal`` fixture and :meth:`reopen` (see the module docstring)."""
 
     # -- the protocol ------------------------------------------------------------------------------
