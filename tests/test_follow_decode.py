@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 from herocollector.decode.follow import FINGERPRINT_BYTES, START, Cursor
 from herocollector.errors import CollectorError, MetadataError, RunChanged, SegmentError, UnknownStreamError
 from herocollector.output.batches import FollowRead, follow_batches, output_schema, run_batches, scan_run
-from herocollector.run.logdir import llround
+from herocollector.run.logdir import RunWriter, llround
 from herocollector.testing.runs import RecordedRun, build_run, zstd_frame_starts
 
 COLUMNS = ("entity", "measure")
@@ -336,6 +336,30 @@ def test_a_record_of_a_stream_without_its_file_yet_waits_for_it(tmp_path: Path) 
     assert_same(table(batches + tail, schema_of(path)), truth(live.run))
 
 
+def test_a_stream_not_known_yet_in_the_middle_of_a_large_frame_waits_with_the_whole_frame(tmp_path: Path) -> None:
+    """Frames of many records, larger than one decompression step (read in pieces): the frame waits whole."""
+    path = tmp_path / "run"
+    writer = RunWriter(path, rotate_bytes=1 << 20, records_per_frame=3000)
+    rng = np.random.default_rng(4)
+    ids = [writer.register_stream(labels(i), epoch_scale=1e-3, value_scale=1e-3) for i in range(2)]
+    for n in range(9000):
+        if n == 4500:
+            ids.append(writer.register_stream(labels(2), epoch_scale=1e-3, value_scale=1e-3))
+        idx = np.sort(rng.choice(1000, 8, replace=False))
+        writer.record(ids[n % len(ids)], 1000.0 + n * 0.25, idx, rng.normal(0, 5, 8))
+    writer.close()
+    os.remove(path / "_DONE")
+    late = path / "streams" / f"{ids[2]:08d}.json"
+    os.replace(late, tmp_path / "late.json")
+    read, batches = follow(path, START, done=False, chunk_bytes=1 << 16)
+    assert read.waiting_for == ids[2] and read.rows == 3000  # the first frame; the second holds stream 3's first record
+    os.replace(tmp_path / "late.json", late)
+    (path / "_DONE").touch()
+    rest, tail = follow(path, read.cursor, done=True, chunk_bytes=1 << 16)
+    assert rest.complete and rest.rows == 6000
+    assert_same(table(batches + tail, schema_of(path)), one_shot(path))
+
+
 # ----------------------------------------------------------------------------------------
 # The cursor's segment: gone, shrunk, replaced; earlier segments are not read again
 # ----------------------------------------------------------------------------------------
@@ -465,15 +489,22 @@ def test_a_malformed_cursor_is_refused(text: str) -> None:
     fractions=st.lists(st.floats(0, 1), max_size=10),
     chunk_bytes=st.sampled_from([4096, 1 << 16]),
     reread=st.booleans(),
+    hidden=st.tuples(st.integers(1, 5), st.integers(0, 10)),
 )
 def test_random_split_points_give_the_same_rows(
-    rotated: RecordedRun, fractions: list[float], chunk_bytes: int, reread: bool
+    rotated: RecordedRun, fractions: list[float], chunk_bytes: int, reread: bool, hidden: tuple[int, int]
 ) -> None:
+    """Reads at random byte positions; one stream's file appears only at a random step (its records wait)."""
     expected = one_shot(rotated.path)
     with tempfile.TemporaryDirectory() as folder:
         grown = Growing(rotated.path, Path(folder) / "copy")
+        stream_file, appears = grown.path / "streams" / f"{hidden[0]:08d}.json", hidden[1]
+        os.replace(stream_file, Path(folder) / "hidden.json")
         cursor, batches, total = START, [], 0
-        for fraction in [*sorted(fractions), None]:
+        for step, fraction in enumerate([*sorted(fractions), None]):
+            if step == appears or fraction is None:
+                if not stream_file.exists():
+                    os.replace(Path(folder) / "hidden.json", stream_file)
             if fraction is None:
                 grown.finish()
             else:
@@ -482,6 +513,7 @@ def test_random_split_points_give_the_same_rows(
             read, got = follow(grown.path, cursor, done, chunk_bytes=chunk_bytes)
             assert position(grown.path, read.cursor) - position(grown.path, cursor) == read.bytes
             assert position(grown.path, read.cursor) <= grown.written
+            assert (read.waiting_for is not None) <= (not stream_file.exists())
             if reread and read.cursor is not cursor:
                 again, same = follow(grown.path, cursor, done, chunk_bytes=chunk_bytes, until=read.cursor)
                 assert again.cursor is read.cursor
