@@ -46,6 +46,7 @@ class Logger:
     def __init__(self, tmp: Path, name: str = "run", seconds: float = SECONDS, rate: float = RATE) -> None:
         self.path = tmp / "runs" / name
         self.truth_file = tmp / f"{name}.truth"
+        self.seconds = seconds
         self.process = subprocess.Popen(
             [sys.executable, "-m", "herocollector.testing.live", str(self.path), str(self.truth_file),
              "--seconds", str(seconds), "--rate", str(rate), "--rotate-bytes", str(256 << 10)],
@@ -53,7 +54,7 @@ class Logger:
         wait_for(lambda: (self.path / "streams").is_dir() or self.process.poll() is not None, "the run to begin", 60)
 
     def truth(self) -> LiveTruth:
-        assert self.process.wait(timeout=SECONDS + 120) == 0
+        assert self.process.wait(timeout=self.seconds + 120) == 0
         truth = pickle.loads(self.truth_file.read_bytes())
         assert isinstance(truth, LiveTruth)
         return truth
@@ -212,7 +213,7 @@ def _chunks_so_far(table: str) -> int:
 def test_sigkilled_three_times_while_following_the_table_is_exact(tmp_path: Path, logger_cleanup: list[Logger]) -> None:
     table = str(tmp_path / "tables" / "measurements")
     args = arguments(tmp_path, follow_interval=0.5)
-    logger = Logger(tmp_path)
+    logger = Logger(tmp_path, seconds=35)
     logger_cleanup.append(logger)
     services: list[Service] = []
     try:
@@ -220,7 +221,8 @@ def test_sigkilled_three_times_while_following_the_table_is_exact(tmp_path: Path
             service = Service(tmp_path, f"service-{kill}", args, logger.path)
             services.append(service)
             before = _chunks_so_far(table)
-            wait_for(lambda b=before: _chunks_so_far(table) > b + 1 or logger.process.poll() is not None, "chunks", 120)
+            wait_for(lambda b=before: _chunks_so_far(table) > b + 1, f"two more chunks before kill {kill + 1}", 120)
+            assert logger.process.poll() is None, "the kill comes while the run is written"
             service.kill()
         last = Service(tmp_path, "service-last", args, logger.path)
         services.append(last)

@@ -60,7 +60,9 @@ def main() -> None:
     parser.add_argument("--rotate-bytes", type=int, default=1 << 20)
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
-    truth = write_live(args.run, args.seconds, args.rate, args.seed, args.rotate_bytes)
+    from herocollector.testing import live  # not __main__: the pickle names the importable class
+
+    truth = live.write_live(args.run, args.seconds, args.rate, args.seed, args.rotate_bytes)
     partial = args.truth.with_name(args.truth.name + ".partial")
     partial.write_bytes(pickle.dumps(truth))
     partial.rename(args.truth)
