@@ -174,6 +174,9 @@ class _OpenFrame:
 class RecordDecoder:
     """Runs the record kernel over chunks; turns its stops into errors or output."""
 
+    DENSITY = (1 / 64, 1 / 8)
+    """Output records and elements per input byte assumed before any is decoded."""
+
     def __init__(
         self, streams: StreamTable, ticks: np.ndarray, scaled: int, max_record_bytes: int = MAX_RECORD_BYTES
     ) -> None:
@@ -182,7 +185,7 @@ class RecordDecoder:
         self.scaled = int(scaled)  # the kernel's mode (status.RAW, SCALED or SCALED_VALUES); one type for numba
         self.max_record_bytes = max_record_bytes
         self.open: _OpenFrame | None = None
-        self.density = (1 / 64, 1 / 8)  # output records and elements per input byte, so far
+        self.density = self.DENSITY  # output records and elements per input byte, so far
 
     def decode(self, chunks: Iterator[Chunk]) -> Iterator[Records | Columns]:
         """Decode the reader's chunks in order; raises the first damage's ``SegmentError``."""

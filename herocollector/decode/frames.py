@@ -160,7 +160,8 @@ class Span:
 
     ``buf`` holds the segment's bytes from file offset ``base``; frame ``i`` is
     ``buf[starts[i]:ends[i]]``. A span from :func:`scan_segment` views the reader's buffers,
-    valid until the walk goes on; :meth:`owned` is a copy another thread may keep.
+    valid until the walk goes on, unless the walk was asked to ``keep`` them (then another
+    thread may hold the span).
     """
 
     name: str | Path
@@ -176,13 +177,6 @@ class Span:
     def nbytes(self) -> int:
         """Compressed bytes of its frames."""
         return int(self.ends[-1]) if self.ends.size else 0
-
-    def owned(self) -> Span:
-        """A copy that no later read overwrites."""
-        buf = pool_empty(self.nbytes, np.uint8)
-        buf[:] = self.buf[: self.nbytes]
-        arrays = (self.starts.copy(), self.ends.copy(), self.sizes.copy(), self.kinds.copy())
-        return Span(self.name, buf, *arrays, self.base, self.doomed)
 
 
 def read_segment(
@@ -232,6 +226,7 @@ def scan_segment(
     *,
     base: int = 0,
     final: bool = True,
+    keep: bool = False,
 ) -> Generator[Span, None, int]:
     """Read one segment and walk its frame headers, a read buffer at a time, without decompressing.
 
@@ -245,9 +240,12 @@ def scan_segment(
             frame boundary, :mod:`herocollector.decode.follow`).
         final: The end of ``fh`` is the end of the segment. False: a segment still being
             written, whose last frame may be torn, which is no damage then: the walk ends before it.
+        keep: Every span keeps its buffers: the walk goes on in fresh ones (holding only the
+            bytes after the span), so spans may be decompressed later, on other threads.
 
     Yields:
-        Spans of complete frames, in file order; each views ``space`` until the next is asked for.
+        Spans of complete frames, in file order; each views ``space`` until the next is asked
+        for (unless ``keep``).
 
     Returns:
         The file offset right after the last complete frame (the generator's return value).
@@ -273,7 +271,12 @@ def scan_segment(
             # first damage in the file is the one to report, but none of their records is
             # output: a damaged read buffer gives no records at all.
             doomed = status != codes.FRAME_OK
-            yield Span(name, buf, starts[:count], ends[:count], sizes[:count], kinds[:count], base, doomed)
+            at, to, size, kind = starts[:count], ends[:count], sizes[:count], kinds[:count]
+            if keep:
+                at, to, size, kind = at.copy(), to.copy(), size.copy(), kind.copy()
+            yield Span(name, buf, at, to, size, kind, base, doomed)
+            if keep:  # the span holds this buffer: the walk goes on in a new one
+                space.buf = pool_empty(buf.size, np.uint8)
         if status != codes.FRAME_OK:
             raise SegmentError(_frame_damage(status, base + stop), name, base + stop)
         if eof:
@@ -297,7 +300,7 @@ def scan_segment(
             capacity = min(2 * capacity, limit)
             space.grow(capacity)
         else:
-            buf[: filled - stop] = buf[stop:filled]
+            space.buf[: filled - stop] = buf[stop:filled]
             base += stop
             filled -= stop
 

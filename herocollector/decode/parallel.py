@@ -26,6 +26,7 @@ May import: the other decoder modules and :mod:`herocollector.errors`.
 from __future__ import annotations
 
 import io
+import threading
 from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -40,6 +41,8 @@ from herocollector.decode.columns import Columns, RecordDecoder, StreamTable
 from herocollector.decode.frames import Chunk, Readable, ReadBuffers, Span, decompress_span, merged, scan_segment
 from herocollector.decode.records import Records
 from herocollector.decode.workers import Channel
+
+_local = threading.local()
 
 PART_QUEUE = 1
 """Decoded chunks a part's thread may have ready before the caller takes them."""
@@ -110,8 +113,8 @@ def _parts(
     try:
         for source in sources:
             with source.open() as fh:  # closed when the segment ends, or decoding stops
-                for span in scan_segment(readable(fh), source.name, chunk_bytes, space, max_frame):
-                    pending.append(span.owned())
+                for span in scan_segment(readable(fh), source.name, chunk_bytes, space, max_frame, keep=True):
+                    pending.append(span)
                     held += span.nbytes
                     if held >= chunk_bytes:
                         yield pending
@@ -130,9 +133,17 @@ class _Part:
     """What decodes one part, on a pool thread (its ``Channel`` calls it there)."""
 
     def __init__(
-        self, spans: list[Span], streams: StreamTable, mode: int, chunk_bytes: int, max_frame: int, max_record: int
+        self,
+        spans: list[Span],
+        streams: StreamTable,
+        mode: int,
+        chunk_bytes: int,
+        max_frame: int,
+        max_record: int,
+        density: list[tuple[float, float]],
     ) -> None:
         self.spans = spans
+        self.density = density  # records and elements per byte so far, shared by the run's parts
         self.streams = streams
         self.mode = mode
         self.chunk_bytes = chunk_bytes
@@ -140,12 +151,17 @@ class _Part:
         self.max_record = max_record
 
     def __call__(self) -> Iterator[Records | Columns | _Advance]:
-        dctx = zstandard.ZstdDecompressor()
+        # A pool thread keeps its decompressor: a new one allocates (and faults in) its workspace.
+        dctx = getattr(_local, "dctx", None)
+        if dctx is None:
+            dctx = _local.dctx = zstandard.ZstdDecompressor()
         size = self.chunk_bytes
         chunks = (c for span in self.spans for c in decompress_span(span, size, dctx, self.max_frame))
         ticks = np.zeros(len(self.streams), dtype=np.int64)
         decoder = RecordDecoder(self.streams, ticks, self.mode, self.max_record)
+        decoder.density = self.density[0]  # sized from the parts before: fewer, fuller column arrays
         yield from decoder.decode(coalesced(chunks, size))
+        self.density[0] = decoder.density
         self.spans = []  # the compressed bytes are not needed any more
         yield _Advance(ticks)
 
@@ -186,6 +202,7 @@ def decode_in_parts(
     running: deque[Channel[Records | Columns | _Advance]] = deque()
     walk_error: BaseException | None = None
     walked = False
+    density = [RecordDecoder.DENSITY]
 
     def launch() -> None:
         nonlocal walk_error, walked
@@ -198,7 +215,7 @@ def decode_in_parts(
             except Exception as exc:  # noqa: BLE001 - raised after every part before it is decoded
                 walk_error, walked = exc, True
                 return
-            decode = _Part(spans, streams, mode, chunk_bytes, max_frame, max_record)
+            decode = _Part(spans, streams, mode, chunk_bytes, max_frame, max_record, density)
             part = Channel(decode, PART_QUEUE)
             running.append(part)
             part.start()
