@@ -15,7 +15,9 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from herocollector import CollectionService, ServiceConfig
-from herocollector.journal.base import JobState
+from herocollector.journal.base import Announcement, JobState
+from herocollector.service.intake import Spool
+from herocollector.testing.servers import PostgresTestServer
 
 if TYPE_CHECKING:
     from herocollector.testing.actors import Env
@@ -23,10 +25,9 @@ if TYPE_CHECKING:
 TEMPLATE = "{{ output_root }}/{{ logger_name }}/{{ measure }}.arrow"
 
 
-@pytest.fixture
-def service(tmp_path: Path) -> Iterator[CollectionService]:
-    (tmp_path / "runs").mkdir()
-    config = ServiceConfig.from_arguments(
+def config(tmp_path: Path, **overrides: Any) -> ServiceConfig:
+    (tmp_path / "runs").mkdir(exist_ok=True)
+    arguments: dict[str, Any] = dict(
         save_template=TEMPLATE,
         output_root=str(tmp_path / "out"),
         allowed_roots=[str(tmp_path / "runs")],
@@ -34,7 +35,12 @@ def service(tmp_path: Path) -> Iterator[CollectionService]:
         scan_interval=None,
         timeout=None,
     )
-    with CollectionService(config) as s:
+    return ServiceConfig.from_arguments(**{**arguments, **overrides})
+
+
+@pytest.fixture
+def service(tmp_path: Path) -> Iterator[CollectionService]:
+    with CollectionService(config(tmp_path)) as s:
         yield s
 
 
@@ -89,3 +95,42 @@ def test_an_event_with_a_tuple_key_over_zenoh_does_not_stop_the_events_after_it(
     job = wait_job(actor, odd, JobState.DONE, JobState.FAILED)
     assert job.state == JobState.DONE, job.error
     assert job.metadata["('x', 'y')"] == 1
+
+
+@pytest.mark.parametrize("alone", [True, False], ids=["alone", "in-a-batch"])
+def test_a_path_postgresql_cannot_store_fails_alone_and_is_no_outage(
+    tmp_path: Path, postgres: PostgresTestServer, alone: bool
+) -> None:
+    """PostgreSQL refuses a NUL in a text column with an error like an outage's: it was spooled, and replayed for ever."""
+    bad = str(tmp_path / "runs" / "nul\x00name")
+    good = [] if alone else [str(tmp_path / "runs" / f"good-{n}") for n in range(4)]
+    with CollectionService(config(tmp_path, journal=postgres.database())) as service:
+        for path in [*good[:2], bad, *good[2:]]:
+            service.announce("logger", {"path": path})
+        assert service.intake.wait_empty(30)
+        jobs = service.journal.jobs()
+        assert sorted(job.path for job in jobs if job.path is not None) == sorted(good)
+        failed = [job for job in jobs if job.path is None]
+        assert len(failed) == 1 and failed[0].state == JobState.FAILED
+        assert "nul\\x00name" in (failed[0].error or "") and "NUL" in (failed[0].error or "")
+        assert service.intake.spooled == 0
+        assert service.health.outage is None
+        assert "journal_outage" not in service.status().extra
+
+
+def test_a_spooled_batch_with_an_event_the_journal_refuses_is_replayed_without_it(
+    tmp_path: Path, postgres: PostgresTestServer
+) -> None:
+    settings = config(tmp_path, journal=postgres.database())
+    good = [str(tmp_path / "runs" / f"good-{n}") for n in range(3)]
+    bad = str(tmp_path / "runs" / "nul\x00name")
+    spool = Spool(settings.state_dir / "spool")
+    spool.write([Announcement(path, "logger", {"path": path}) for path in [good[0], bad, *good[1:]]])
+    later = str(tmp_path / "runs" / "later")
+    spool.write([Announcement(later, "logger", {"path": later})])  # behind it in the spool
+    with CollectionService(settings) as service:
+        assert service.intake.wait_empty(30)
+        jobs = service.journal.jobs()
+        assert sorted(job.path for job in jobs if job.path is not None) == sorted([*good, later])
+        assert [job.state for job in jobs if job.path is None] == [JobState.FAILED]
+        assert service.intake.spooled == 0

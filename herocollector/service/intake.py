@@ -312,29 +312,69 @@ class Intake:
             self._done(len(batch))
 
     def _submit(self, announcements: list[Announcement]) -> None:
+        left = self._journal_each(announcements)
+        if not left:
+            return
+        try:
+            self._spool.write(left)
+        except (OSError, TypeError, ValueError) as spool_error:
+            paths = ", ".join(a.path for a in left[:3])
+            log.error(f"{len(left)} event(s) lost ({paths}…): the spool failed: {spool_error}")
+
+    def _journal_each(self, announcements: list[Announcement]) -> list[Announcement]:
+        """Journal ``announcements`` in one transaction; the ones the journal refuses become failed jobs.
+
+        A batch that fails while the journal answers is the fault of one of its events (a
+        path PostgreSQL cannot store, with a NUL, fails as a ``JournalError`` like an outage
+        does; a path SQLite cannot encode raises ``UnicodeEncodeError``). Spooled, such a batch
+        came back at every replay, failed again and held up the spool behind it, for ever; left
+        to raise, it ended the intake thread. So the batch is tried again event by event, and
+        an event that fails alone while the journal answers is journalled as a failed job
+        that names its path and the error; if even that write fails, the journal is down for
+        writes (a full disk), and the event stays for the spool.
+
+        Returns:
+            The announcements not journalled because the journal is unreachable (to be spooled,
+            or kept in the spool); empty when every one was journalled or recorded as failed.
+        """
+        refused: Exception
         try:
             results = self._journal.submit_many(announcements)
         except JournalError as exc:
-            self._health.failed(f"journalling {len(announcements)} event(s)", exc)
-            try:
-                self._spool.write(announcements)
-            except (OSError, TypeError, ValueError) as spool_error:
-                paths = ", ".join(a.path for a in announcements[:3])
-                log.error(f"{len(announcements)} event(s) lost ({paths}…): the spool failed: {spool_error}")
-            return
-        except Exception as exc:  # noqa: BLE001 - not the journal's outage: one event's own fault
-            # Without this, one event the journal cannot take ended the intake thread; now the
-            # others of its batch are journalled, and it becomes a failed job that says why.
-            if len(announcements) > 1:
-                for announcement in announcements:
-                    self._submit([announcement])
-                return
-            bad = announcements[0]
-            error = f"event for {bad.path!r} cannot be journalled: {type(exc).__name__}: {exc}"
-            self._record_malformed(Malformed(bad.source, {"path": bad.path}, error))
-            return
-        self._health.succeeded()
-        self._on_journalled(results)
+            if not self._reachable():
+                self._health.failed(f"journalling {len(announcements)} event(s)", exc)
+                return announcements
+            refused = exc
+        except Exception as exc:  # noqa: BLE001 - not the journal's outage: an event's own fault
+            refused = exc
+        else:
+            self._health.succeeded()
+            self._on_journalled(results)
+            return []
+        if len(announcements) > 1:
+            for index, announcement in enumerate(announcements):
+                if self._journal_each([announcement]):
+                    return announcements[index:]  # the journal went away meanwhile: keep the rest
+            return []
+        bad = announcements[0]
+        error = f"event for {bad.path!r} cannot be journalled: {type(refused).__name__}: {refused}"
+        try:
+            # Also the proof that the journal takes writes: its record holds the event's repr,
+            # not the value the journal refused.
+            job = self._journal.record_malformed(bad.source, {"path": bad.path}, error)
+        except JournalError as exc:
+            self._health.failed("journalling an event", exc)  # it reads but does not write: an outage
+            return announcements
+        self._on_malformed(job)  # the service logs it and reports it as run_failed
+        return []
+
+    def _reachable(self) -> bool:
+        """Whether the journal answers a query now (tells a batch's own fault from an outage)."""
+        try:
+            self._journal.counts()
+        except Exception:  # noqa: BLE001 - whatever it raises, it did not answer
+            return False
+        return True
 
     def _record_malformed(self, malformed: Malformed) -> None:
         try:
@@ -353,14 +393,10 @@ class Intake:
                 except (OSError, UnicodeDecodeError) as exc:
                     log.error(f"spooled events in {file} cannot be read ({exc}); left where they are")
                     continue
-                try:
-                    results = self._journal.submit_many(announcements) if announcements else []
-                except JournalError as exc:
-                    self._health.failed("replaying the event spool", exc)
-                    return
+                if announcements and self._journal_each(announcements):
+                    return  # unreachable again: the file stays for the next replay (a repeat is harmless)
                 file.unlink(missing_ok=True)
                 log.info(f"replayed {len(announcements)} spooled event(s) from {file.name}")
-                self._on_journalled(results)
         finally:
             with self._idle:
                 self._replay.clear()
