@@ -431,6 +431,11 @@ def test_a_chunk_is_read_again_exactly_up_to_its_cursor(tmp_path: Path, rotated:
     skewed = Cursor(second.cursor.segment, second.cursor.offset - 1, second.cursor.ticks, 2, "")
     with pytest.raises(CollectorError):
         follow(grown.path, first.cursor, done=True, until=skewed)
+    # Nothing to read again from the start up to the start; a cursor before the one read from is refused.
+    empty, none = follow(grown.path, START, done=True, until=START)
+    assert empty.cursor is START and not none and empty.bytes == 0
+    with pytest.raises(CollectorError, match="lies before"):
+        follow(grown.path, second.cursor, done=True, until=first.cursor)
 
 
 # ----------------------------------------------------------------------------------------

@@ -281,7 +281,7 @@ class FollowDecoder:
         last = len(segments) - 1
         if self.until is not None:
             last = first - 1 if self.until.segment is None else self._index(segments, names, self.until.segment)
-            if (last, self.until.offset) < (first, offset):
+            if self.start.segment is not None and (last, self.until.offset) < (first, offset):
                 raise CollectorError("the follow cursor to read up to lies before the cursor read from")
         space = ReadBuffers(self.chunk_bytes)
         dctx = zstandard.ZstdDecompressor()
@@ -296,7 +296,9 @@ class FollowDecoder:
             position = (segment, end)
             if self._stop is not None:
                 break
-        to_end = last == len(segments) - 1 and (self.until is None or self.until.offset == segments[last].size)
+        to_end = last == len(segments) - 1 and (
+            self.until is None or not segments or self.until.offset == segments[last].size
+        )
         self.complete = self.done and self._stop is None and to_end
         if position is not None and (self.bytes or self.until is not None):
             segment, end = position
