@@ -7,8 +7,11 @@ One run of this script:
    parameters match);
 2. for each worker count in ``--workers``, starts a fresh ``CollectionService`` (new journal,
    new output folder), submits every run at once (a burst) and times until all are collected;
-   prints runs/s, records/s and the ratio to the first worker count, side by side;
-3. builds ``--scan-dirs`` finished run directories (``streams/`` and ``_DONE``, two levels
+   prints runs/s, records/s and the ratio to the first worker count, side by side, and the
+   journal's durable commits per job (the workers' transitions share commits: group commit);
+3. decodes the same runs with the decoder alone (``Collector.batches`` on one thread, no output,
+   no journal), warm, and prints its records/s and each worker count's share of it;
+4. builds ``--scan-dirs`` finished run directories (``streams/`` and ``_DONE``, two levels
    deep) and times one catch-up scan that journals all of them, then a second scan that
    finds nothing new.
 
@@ -48,8 +51,8 @@ def build_runs(folder: Path, runs: int, records: int) -> list[Path]:
     return paths
 
 
-def burst(paths: list[Path], workers: int, scratch: Path) -> float:
-    """Seconds to collect every run, announced at once, with ``workers`` workers."""
+def burst(paths: list[Path], workers: int, scratch: Path) -> tuple[float, int]:
+    """Seconds to collect every run, announced at once, with ``workers`` workers, and the journal's commits."""
     from herocollector import CollectionService, ServiceConfig
     from herocollector.journal.sqlite import JobState
 
@@ -70,11 +73,28 @@ def burst(paths: list[Path], workers: int, scratch: Path) -> float:
             raise SystemExit("the burst did not finish")
         seconds = time.perf_counter() - started
         counts = service.journal.counts()
+        group = getattr(service.journal, "_group", None)
+        commits = -1 if group is None else int(group.commits)
     if counts[JobState.DONE.value] != len(paths):
         raise SystemExit(f"not every run was collected: {counts}")
     shutil.rmtree(state)
     shutil.rmtree(out)
-    return seconds
+    shutil.rmtree(config.manifest_location, ignore_errors=True)  # or the next burst adopts or replaces them
+    return seconds, commits
+
+
+def decode_alone(paths: list[Path]) -> float:
+    """Seconds to decode every run with the decoder alone, one run after the other on one thread (warm)."""
+    from herocollector.collector import Collector
+
+    def rows(path: Path) -> int:
+        return sum(batch.num_rows for batch in Collector([path]).batches(threads=1) if batch is not None)
+
+    rows(paths[0])  # the kernels loaded, the first run's files in the page cache like the others'
+    started = time.perf_counter()
+    for path in paths:
+        rows(path)
+    return time.perf_counter() - started
 
 
 def scan(count: int, scratch: Path) -> tuple[float, float, int]:
@@ -118,18 +138,28 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="hc-service-bench-") as tmp:
         scratch = Path(tmp)
         best: dict[int, float] = {}
+        commits: dict[int, int] = {}
+        alone = float("inf")
         for _ in range(args.repeat):
-            for workers in args.workers:  # interleaved, so both see the same machine state
-                seconds = burst(paths, workers, scratch)
-                best[workers] = min(best.get(workers, seconds), seconds)
+            for workers in args.workers:  # interleaved, so all see the same machine state
+                seconds, made = burst(paths, workers, scratch)
+                if seconds < best.get(workers, float("inf")):
+                    best[workers], commits[workers] = seconds, made
+            alone = min(alone, decode_alone(paths))
         base = best[args.workers[0]]
         print(f"\nburst of {args.runs} runs x {args.records:,} records (best of {args.repeat}):")
         for workers in args.workers:
             seconds = best[workers]
             print(
                 f"  workers={workers}: {seconds:7.2f} s  {args.runs / seconds:7.1f} runs/s  "
-                f"{total / seconds / 1e6:6.2f} M records/s  ratio {base / seconds:4.2f}x"
+                f"{total / seconds / 1e6:6.2f} M records/s  ratio {base / seconds:4.2f}x  "
+                f"share of the decoder alone {alone / seconds:4.2f}  "
+                f"journal commits/job {commits[workers] / args.runs:4.2f}"
             )
+        print(
+            f"  decoder alone (one thread, no output, no journal): {alone:7.2f} s  "
+            f"{total / alone / 1e6:6.2f} M records/s"
+        )
         if args.scan_dirs:
             first, second, journalled = scan(args.scan_dirs, scratch)
             print(
