@@ -263,3 +263,16 @@ def test_a_collection_on_sqlite_costs_three_commits_per_job(tmp_path: Path) -> N
     assert all(job is not None and len(job.outputs) == 3 for job in jobs)
     # take + claim_outputs + finish per job, and at most two takes that found nothing since the last finish
     assert 3 * len(paths) <= steps <= 3 * len(paths) + 2
+
+
+def test_a_step_that_runs_another_step_is_refused(tmp_path: Path) -> None:
+    """A step calling back into the group commit would wait for itself: it is refused, and the journal goes on."""
+    journal = SqliteJournal(tmp_path / "journal.sqlite3")
+    try:
+        job = take(journal, "/data/runs/run-a")
+        with pytest.raises(RuntimeError, match="wait for itself"):
+            journal._grouped(lambda db: journal._grouped(lambda inner: None))
+        done = journal.finish(job.id, {"/out/a.arrow": 1}, token=job.token)
+        assert done.state == JobState.DONE
+    finally:
+        journal.close()

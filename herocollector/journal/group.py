@@ -81,6 +81,7 @@ class GroupCommit(Generic[C]):
         self._cond = threading.Condition()
         self._queue: list[_Waiting] = []
         self._leading = False
+        self._leader: int | None = None  # the thread running the batch
         self._pending = 0
         self.commits = 0
         """Batches committed (or attempted) so far: what the tests and benchmarks count."""
@@ -99,20 +100,22 @@ class GroupCommit(Generic[C]):
         """
         mine = _Waiting(step, single)
         with self._cond:
+            if self._leading and self._leader == threading.get_ident():
+                raise RuntimeError("a group-commit step must not run another step: it would wait for itself")
             self._queue.append(mine)
             self._pending += 1
             while not mine.done:
                 if self._leading:
                     self._cond.wait()
                     continue
-                self._leading = True
+                self._leading, self._leader = True, threading.get_ident()
                 batch, self._queue = self._queue[: self._max_batch], self._queue[self._max_batch :]
                 self._cond.release()
                 try:
                     self._commit(batch)
                 finally:
                     self._cond.acquire()
-                    self._leading = False
+                    self._leading, self._leader = False, None
                     self._cond.notify_all()
             self._pending -= 1
         error = mine.outcome.error
