@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -46,13 +47,20 @@ def schema_of(path: Path) -> pa.Schema:
 
 
 def follow(
-    path: Path, cursor: Cursor, done: bool, *, chunk_bytes: int = 4096, until: Cursor | None = None
+    path: Path,
+    cursor: Cursor,
+    done: bool,
+    *,
+    chunk_bytes: int = 4096,
+    until: Cursor | None = None,
+    select: set[int] | None = None,
 ) -> tuple[FollowRead, list[pa.RecordBatch]]:
     """One read, as the service does it: ``_DONE`` checked by the caller, then the streams and segments listed."""
     streams, inventory = scan_run(path)
     schema = output_schema(streams, COLUMNS, LABEL_TYPES)
+    selected = [s for s in streams if select is None or s.stream_id in select]
     read = follow_batches(
-        path, streams, streams, schema, cursor, done=done, chunk_bytes=chunk_bytes, inventory=inventory, until=until
+        path, streams, selected, schema, cursor, done=done, chunk_bytes=chunk_bytes, inventory=inventory, until=until
     )
     batches = list(read.batches)
     assert sum(b.num_rows for b in batches) == read.rows
@@ -436,6 +444,27 @@ def test_a_chunk_is_read_again_exactly_up_to_its_cursor(tmp_path: Path, rotated:
     assert empty.cursor is START and not none and empty.bytes == 0
     with pytest.raises(CollectorError, match="lies before"):
         follow(grown.path, second.cursor, done=True, until=first.cursor)
+
+
+def test_the_chunk_number_counts_reads_that_gave_rows(tmp_path: Path, rotated: RecordedRun) -> None:
+    """Reads that only passed records of streams not selected move the cursor, not the chunk number."""
+    grown = Growing(rotated.path, tmp_path / "copy")
+    cursor, batches, with_rows, empty = START, [], 0, 0
+    for upto in [*range(0, grown.total, 150), None]:
+        if upto is None:
+            grown.finish()
+        else:
+            grown.grow(upto)
+        read, got = follow(grown.path, cursor, upto is None, select={2})
+        with_rows += bool(read.rows)
+        empty += bool(read.bytes and not read.rows)
+        assert read.cursor.chunk == with_rows
+        assert set(read.epochs) <= {2}
+        batches += got
+        cursor = read.cursor
+    assert read.complete and empty > 0 and with_rows > 10
+    expected = truth(rotated).filter(pc.equal(truth(rotated).column("stream_id"), 2))
+    assert_same(table(batches, schema_of(grown.path)), expected)
 
 
 # ----------------------------------------------------------------------------------------

@@ -211,7 +211,9 @@ class FollowDecoder:
 
     Attributes:
         cursor: Once read to its end: where the next read starts; the given cursor itself when
-            no byte was decoded, else a new one whose ``chunk`` is one more.
+            no byte was decoded, else a new one; its ``chunk`` is one more when the read gave
+            rows (the chunk they make), the same when it only moved past records of streams not
+            selected (nothing to commit but the cursor).
         bytes: Segment bytes decoded, from the old cursor to the new one.
         complete: The run is done and was read to its end.
         waiting_for: The stream id whose record ended the read early (no metadata yet), or None.
@@ -237,6 +239,7 @@ class FollowDecoder:
         self.max_frame_bytes = int(max_frame_bytes)
         self.max_record_bytes = max(int(max_record_bytes), self.chunk_bytes)
         self.bytes = 0
+        self.rows = 0
         self.complete = False
         self.waiting_for: int | None = None
         ids = streams.ids
@@ -302,7 +305,8 @@ class FollowDecoder:
         self.complete = self.done and self._stop is None and to_end
         if position is not None and (self.bytes or self.until is not None):
             segment, end = position
-            self.cursor = Cursor(segment.name, end, self._tick_map(), self.start.chunk + 1, self._print(segment, end))
+            chunk = self.start.chunk + (1 if self.rows else 0)
+            self.cursor = Cursor(segment.name, end, self._tick_map(), chunk, self._print(segment, end))
         if self.until is not None:
             self._check_until()
             self.cursor = self.until
@@ -386,6 +390,7 @@ class FollowDecoder:
             self._stop, self.waiting_for = exc.offset, exc.stream_id
         for columns in out:
             self.seen[columns.slots] = True
+            self.rows += len(columns)
         return out
 
     def _decode(self, span: Span, dctx: zstandard.ZstdDecompressor) -> list[Columns]:

@@ -360,7 +360,8 @@ class FollowRead:
     Attributes:
         batches: The records completed since the cursor, in file order, in the output schema.
         cursor: Valid once ``batches`` is exhausted: where the next read starts (the cursor
-            given, the same object, when nothing new was read; else its ``chunk`` plus one).
+            given, the same object, when nothing new was read; else a new one, whose ``chunk``
+            is one more when ``rows`` is not 0 and the same otherwise).
         epochs: Once exhausted: per selected stream id, the epoch of its last record read so
             far (this read or an earlier one).
         complete: Once exhausted: the run has ``_DONE`` and was read to its end.
