@@ -17,6 +17,16 @@ if TYPE_CHECKING:
     from herocollector.testing.actors import Env
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run the long tests first: ``slow`` ones, then ``e2e`` ones, then the rest (stable within each).
+
+    With ``-n 2`` (pytest-xdist, as ``python3 run.py test`` runs the suite) the workers take the
+    tests in this order, so the longest ones start at once and the short ones fill in around
+    them instead of one long test finishing alone at the end.
+    """
+    items.sort(key=lambda item: 0 if item.get_closest_marker("slow") else 1 if item.get_closest_marker("e2e") else 2)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def loopback_zenoh() -> Iterator[None]:
     """Every Zenoh session of the suite, in this process and in BOSS subprocesses, on 127.0.0.1 only.

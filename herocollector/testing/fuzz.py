@@ -1450,6 +1450,7 @@ def run_fuzz(
     decoder_factory: Callable[..., SegmentDecoder] = SegmentDecoder,
     max_failures_written: int = 200,
     workers: int = 1,
+    nice: int = 0,
 ) -> FuzzReport:
     """Run ``cases`` fuzz cases (indices ``start..start+cases-1``) and return the figures.
 
@@ -1470,6 +1471,9 @@ def run_fuzz(
         workers: Processes to run the cases in: each runs a contiguous share of the indices
             (so every case is exactly the case it is alone) with its own pool, kernels and
             watchdog, and the reports are merged. ``progress`` is not called then.
+        nice: With ``workers > 1``, raise the worker processes' niceness by this much, so
+            that they take the CPU only when latency-sensitive work (the end-to-end tests
+            running beside them in a test suite) does not need it. This process is left as it is.
 
     Returns:
         The report; ``report.failures`` is empty when the decoder behaved.
@@ -1489,7 +1493,7 @@ def run_fuzz(
             "decoder_factory": decoder_factory,
             "max_failures_written": max_failures_written,
         }
-        return _run_in_processes(min(workers, cases), cases, seed, start, options)
+        return _run_in_processes(min(workers, cases), cases, seed, start, options, nice)
     dctx = zstandard.ZstdDecompressor()
     report = FuzzReport(seed, start, cases, chunk_bytes=chunk_bytes)
     t0 = time.perf_counter()
@@ -1572,7 +1576,9 @@ def run_fuzz(
     return report
 
 
-def _run_in_processes(workers: int, cases: int, seed: int, start: int, options: dict[str, Any]) -> FuzzReport:
+def _run_in_processes(
+    workers: int, cases: int, seed: int, start: int, options: dict[str, Any], nice: int = 0
+) -> FuzzReport:
     """:func:`run_fuzz` over ``workers`` processes, one contiguous share of the cases each, merged."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
@@ -1585,7 +1591,10 @@ def _run_in_processes(workers: int, cases: int, seed: int, start: int, options: 
     # executor each: a worker that the hard watchdog ends takes no other share with it.
     spawn = multiprocessing.get_context("spawn")
     with contextlib.ExitStack() as stack:
-        executors = [stack.enter_context(ProcessPoolExecutor(1, mp_context=spawn)) for _ in shares]
+        executors = [
+            stack.enter_context(ProcessPoolExecutor(1, mp_context=spawn, initializer=os.nice, initargs=(nice,)))
+            for _ in shares
+        ]
         pairs = zip(executors, shares, strict=True)
         futures = [ex.submit(run_fuzz, hi - lo, seed, start=lo, **options) for ex, (lo, hi) in pairs]
         for (lo, hi), future in zip(shares, futures, strict=True):
@@ -1686,6 +1695,7 @@ def main(argv: list[str] | None = None, failures_dir: Path = DEFAULT_FAILURES_DI
         "--failures-dir", type=Path, default=failures_dir, help=f"where failing inputs go (default {failures_dir})"
     )
     parser.add_argument("--workers", type=int, default=1, help="processes to run the cases in (default 1)")
+    parser.add_argument("--nice", type=int, default=0, help="raise the worker processes' niceness (with --workers)")
     parser.add_argument("--json", type=Path, default=None, help="write the figures as JSON")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
     args = parser.parse_args(argv)
@@ -1712,6 +1722,7 @@ def main(argv: list[str] | None = None, failures_dir: Path = DEFAULT_FAILURES_DI
         oracle=not args.no_oracle,
         progress=None if args.quiet else progress,
         workers=args.workers,
+        nice=args.nice,
     )
     print(format_report(report))
     if args.json:
