@@ -1,6 +1,6 @@
 """A logger process that writes one run at a steady rate, for the tests of following runs while they are written.
 
-``python -m herocollector.testing.live RUN TRUTH --seconds S --rate N [--rotate-bytes B] [--seed K]``
+``python -m herocollector.testing.live RUN TRUTH --seconds S --rate N [--rotate-bytes B] [--seed K] [--max-nnz M]``
 writes records with the real ``data_logger.DataLogger`` (:class:`~herocollector.testing.runs.RecordMaker`)
 at about ``N`` records per second for ``S`` seconds, rotating segments every ``B`` bytes, then closes
 the logger (which writes ``_DONE``) and pickles what was recorded, with the wall time each record
@@ -31,9 +31,11 @@ class LiveTruth:
     written_at: list[float] = field(default_factory=list)
 
 
-def write_live(path: Path, seconds: float, rate: float, seed: int = 1, rotate_bytes: int = 1 << 20) -> LiveTruth:
+def write_live(
+    path: Path, seconds: float, rate: float, seed: int = 1, rotate_bytes: int = 1 << 20, max_nnz: int = 8
+) -> LiveTruth:
     """Write a run at ``rate`` records per second for ``seconds``; close it (``_DONE``)."""
-    maker = RecordMaker(path, seed, rotate_bytes=rotate_bytes)
+    maker = RecordMaker(path, seed, rotate_bytes=rotate_bytes, max_nnz=max_nnz)
     truth = LiveTruth(maker.run)
     started = time.monotonic()
     written = 0
@@ -59,10 +61,11 @@ def main() -> None:
     parser.add_argument("--rate", type=float, required=True)
     parser.add_argument("--rotate-bytes", type=int, default=1 << 20)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--max-nnz", type=int, default=8, help="largest number of non-zeros in a record")
     args = parser.parse_args()
     from herocollector.testing import live  # not __main__: the pickle names the importable class
 
-    truth = live.write_live(args.run, args.seconds, args.rate, args.seed, args.rotate_bytes)
+    truth = live.write_live(args.run, args.seconds, args.rate, args.seed, args.rotate_bytes, args.max_nnz)
     partial = args.truth.with_name(args.truth.name + ".partial")
     partial.write_bytes(pickle.dumps(truth))
     partial.rename(args.truth)
