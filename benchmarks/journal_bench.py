@@ -16,6 +16,12 @@ their segments in the trash) and each backend, it measures:
   between pages); ``idle p50`` is the median with no pager;
 * **page**: the longest single ``done_jobs_page`` call of that walk.
 
+With ``--protocol-jobs N`` it measures instead the journal's share of a burst (#17): ``N`` jobs
+submitted while 1 and 2 worker threads take, reserve three outputs and finish them, with the
+protocol before (one transaction per output reservation, five lease renewals per job, one
+commit per transition) and now (``claim_outputs`` once, renewals only on a shared journal and
+once per job, transitions that come together share a commit), alternating, side by side.
+
 The jobs are written straight into the tables (the API would take minutes for 100k fsynced
 transactions); the journal creates its schema first. PostgreSQL is the throw-away server of
 :mod:`herocollector.testing.servers`, started and stopped by this script. With ``--explain``
@@ -25,6 +31,7 @@ Examples::
 
     python benchmarks/journal_bench.py                        # 10k and 100k, both backends
     python benchmarks/journal_bench.py --sizes 10000 --backends sqlite --explain
+    python benchmarks/journal_bench.py --protocol-jobs 200 --backends sqlite postgres
 """
 
 from __future__ import annotations
@@ -233,6 +240,82 @@ def explain_postgres(url: str) -> None:
             print(f"  postgres {name:16s} {plan}")
 
 
+def protocol_burst(open_journal: Callable[[], Any], jobs: int, workers: int, before: bool) -> tuple[float, int]:
+    """Seconds for ``jobs`` jobs through the journal (submitted while ``workers`` threads work), and its commits."""
+    journal = open_journal()
+    if before:
+        journal._group._max_batch = 1  # one commit per transition, as before group commit
+    outputs = [f"/out/{{job}}/{name}.arrow" for name in ("stock", "orders", "backlog")]
+    started = time.perf_counter()
+    commits = journal._group.commits
+
+    def submit() -> None:
+        for i in range(jobs):
+            journal.submit(f"/data/runs/run-{i:06d}", "bench", {})
+            submitted.set()
+
+    def work() -> None:
+        while True:
+            job = journal.take_due(owner="bench", lease=30.0)
+            if job is None:
+                if submitter_done.is_set() and journal.next_due() is None:
+                    return
+                submitted.wait(0.001)  # as an idle worker waits for a wake-up
+                continue
+            paths = [p.format(job=job.id) for p in outputs]
+            if before:
+                for path in paths:
+                    journal.claim_output(job.id, path)
+                for _ in range(5):  # before each of 3 publishes, the manifest, and after the write
+                    journal.renew(job.id, job.token, 30.0)
+            else:
+                journal.claim_outputs(job.id, paths)
+                if journal.shared:
+                    journal.renew(job.id, job.token, 30.0)
+            journal.finish(job.id, dict.fromkeys(paths, 20_000), token=job.token)
+
+    submitter_done, submitted = threading.Event(), threading.Event()
+    threads = [threading.Thread(target=work) for _ in range(workers)]
+    for thread in threads:
+        thread.start()
+    submit()
+    submitter_done.set()
+    for thread in threads:
+        thread.join()
+    seconds = time.perf_counter() - started
+    commits = journal._group.commits - commits
+    if journal.counts()["done"] != jobs:
+        raise SystemExit(f"not every job was done: {journal.counts()}")
+    journal.close()
+    return seconds, commits
+
+
+def compare_protocols(args: argparse.Namespace, scratch: Path, server: Any) -> None:
+    """Print the protocol before and now, per backend and worker count, measured alternately."""
+    print(f"journal work of a burst of {args.protocol_jobs} jobs (3 outputs each), best of {args.repeat_protocol}:")
+    for backend in args.backends:
+        best: dict[tuple[int, bool], tuple[float, int]] = {}
+        for attempt in range(args.repeat_protocol):
+            for workers in (1, 2):
+                for before in (True, False):
+                    if backend == "sqlite":
+                        file = scratch / f"protocol-{attempt}-{workers}-{before}.sqlite3"
+                        factory: Callable[[], Any] = lambda f=file: SqliteJournal(f)  # noqa: E731
+                    else:
+                        url = server.database()
+                        factory = lambda u=url: PgJournal(u)  # noqa: E731
+                    result = protocol_burst(factory, args.protocol_jobs, workers, before)
+                    if result[0] < best.get((workers, before), (float("inf"), 0))[0]:
+                        best[(workers, before)] = result
+        for workers in (1, 2):
+            (old, old_commits), (new, new_commits) = best[(workers, True)], best[(workers, False)]
+            print(
+                f"  {backend:8s} workers={workers}: before {args.protocol_jobs / old:8.1f} jobs/s "
+                f"({old_commits / args.protocol_jobs:5.2f} commits/job)  now {args.protocol_jobs / new:8.1f} jobs/s "
+                f"({new_commits / args.protocol_jobs:5.2f} commits/job)  speed-up {old / new:5.2f}x"
+            )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000], help="done jobs")
@@ -244,6 +327,8 @@ def main() -> int:
     parser.add_argument(
         "--pager-yields", action="store_true", help="the pager gives up the GIL between pages, as a real cleanup does"
     )
+    parser.add_argument("--protocol-jobs", type=int, default=0, help="compare the per-job protocol before and now")
+    parser.add_argument("--repeat-protocol", type=int, default=2, help="bursts per protocol comparison (the best)")
     args = parser.parse_args()
 
     rows: list[tuple[str, int, dict[str, float]]] = []
@@ -255,6 +340,9 @@ def main() -> int:
             (Path(scratch) / "pg").mkdir()
             server = PostgresTestServer(Path(scratch) / "pg").start()
         try:
+            if args.protocol_jobs:
+                compare_protocols(args, Path(scratch), server)
+                return 0
             for size in args.sizes:
                 trash = int(size * args.trash)
                 for backend in args.backends:
