@@ -44,6 +44,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -298,12 +299,11 @@ def compare_protocols(args: argparse.Namespace, scratch: Path, server: Any) -> N
         for attempt in range(args.repeat_protocol):
             for workers in (1, 2):
                 for before in (True, False):
+                    factory: Callable[[], Any]
                     if backend == "sqlite":
-                        file = scratch / f"protocol-{attempt}-{workers}-{before}.sqlite3"
-                        factory: Callable[[], Any] = lambda f=file: SqliteJournal(f)  # noqa: E731
+                        factory = partial(SqliteJournal, scratch / f"protocol-{attempt}-{workers}-{before}.sqlite3")
                     else:
-                        url = server.database()
-                        factory = lambda u=url: PgJournal(u)  # noqa: E731
+                        factory = partial(PgJournal, server.database())
                     result = protocol_burst(factory, args.protocol_jobs, workers, before)
                     if result[0] < best.get((workers, before), (float("inf"), 0))[0]:
                         best[(workers, before)] = result

@@ -53,8 +53,9 @@ def build_runs(folder: Path, runs: int, records: int) -> list[Path]:
 
 def burst(paths: list[Path], workers: int, scratch: Path) -> tuple[float, int]:
     """Seconds to collect every run, announced at once, with ``workers`` workers, and the journal's commits."""
-    from herocollector import CollectionService, ServiceConfig
+    from herocollector.config import ServiceConfig
     from herocollector.journal.sqlite import JobState
+    from herocollector.service.core import CollectionService
 
     state, out = scratch / f"state-{workers}", scratch / f"out-{workers}"
     config = ServiceConfig.from_arguments(
