@@ -228,7 +228,8 @@ ARGUMENTS: tuple[Argument, ...] = (
         parse.number("decode_threads", minimum=1, allow_none=True, integer=True),
         doc=(
             "Threads that decode the segments of one run in parallel (the rows come out exactly as with one "
-            "thread). Each thread holds at most one chunk of `chunk_bytes`."
+            "thread). Each thread holds the compressed bytes of its part (about `chunk_bytes`) and at most two "
+            "chunks of decoded columns. A followed run (`follow`) is read on one thread."
         ),
         example="`2`",
         default_doc="`null` (the number of cores)",

@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from herocollector.config import ServiceConfig
+from herocollector.decode import native
 from herocollector.errors import JournalError
 from herocollector.events import RunCollected, RunFailed, RunProgress
 from herocollector.journal.base import Announcement
@@ -112,6 +113,7 @@ class CollectionService:
         self._metrics_lock = threading.Lock()
         self._last_counts = JobCounts.from_journal({})
         self._lock.acquire(wait=LOCK_WAIT)
+        native.warm_up_in_background()  # a first start compiles the decoder while the rest starts, and logs it
         journal: JobStore | None = None
         scheduler: Scheduler | None = None
         intake: Intake | None = None

@@ -198,6 +198,7 @@ class JobRunner:
             format=OutputFormat.STREAM if config.format.is_table else config.format,
             compression=None if config.format.is_table else config.compression,
             chunk_bytes=config.chunk_bytes,
+            decode_threads=config.threads,
         )
         self.committer: RunCommitter
         if config.format.is_table:
