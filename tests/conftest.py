@@ -46,8 +46,19 @@ def loopback_zenoh() -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[PostgresTestServer]:
-    """A real PostgreSQL server for the whole session (Unix socket only); fails if it cannot start."""
+    """A real PostgreSQL server for the whole session (Unix socket only); fails if it cannot start.
+
+    It does not fsync: its data is thrown away at the end, and what a test can do to it (stop,
+    kill) loses nothing that reached the kernel. Syncing made each of the many databases the
+    suite creates, and the final shutdown checkpoint, cost seconds on a busy disk.
+    """
+    import psycopg
+
     with PostgresTestServer() as server:
+        with psycopg.connect(server.url, autocommit=True) as conn:
+            conn.execute("ALTER SYSTEM SET fsync = off")
+            conn.execute("ALTER SYSTEM SET full_page_writes = off")
+            conn.execute("SELECT pg_reload_conf()")
         yield server
 
 
