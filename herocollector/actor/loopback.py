@@ -40,18 +40,21 @@ class LoopbackHub:
             "mode": "peer",
             "listen": {"endpoints": [f"tcp/127.0.0.1:{self.port}"]},
             "scouting": {"multicast": {"enabled": False}},
+            "transport": {"shared_memory": {"enabled": False}},
         }
         self._session = zenoh.open(zenoh.Config.from_json5(json.dumps(config)))
         return self
 
     def peer_config(self) -> str:
-        """The ``HEROS_ZENOH_CONFIG`` of every other session: connect to the hub, loopback only, no multicast."""
+        """The ``HEROS_ZENOH_CONFIG`` of every other session: the hub, loopback only, no multicast, no shared memory."""
         return json.dumps(
             {
                 "mode": "peer",
                 "listen": {"endpoints": ["tcp/127.0.0.1:0"]},
                 "connect": {"endpoints": [f"tcp/127.0.0.1:{self.port}"]},
                 "scouting": {"multicast": {"enabled": False}, "gossip": {"enabled": True}},
+                # Shared memory drops large events read late in a burst, logging at DEBUG only: off.
+                "transport": {"shared_memory": {"enabled": False}},
             }
         )
 
