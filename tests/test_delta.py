@@ -269,6 +269,11 @@ def test_a_table_on_s3_with_conditional_puts(site: Site, s3: S3TestServer) -> No
 
     frame = pl.scan_delta(f"{root}/measurements", storage_options=options).collect()
     assert frame.height == sum(len(run) for run in runs)
+    import duckdb
+
+    dataset = delta.to_pyarrow_dataset()
+    counted = duckdb.connect().execute("SELECT logger_path, count(*) FROM dataset GROUP BY logger_path").fetchall()
+    assert sorted(counted) == sorted((str(run.path), len(run)) for run in runs)
     job = service.journal.by_path(str(runs[0].path))
     assert job is not None
     assert verify_tables(str(runs[0].path), job.outputs, job.rows, s3.options).ok
