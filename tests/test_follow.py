@@ -118,7 +118,9 @@ def test_a_followed_run_is_queryable_within_the_interval_and_exact_at_the_end(
     table = str(tmp_path / "tables" / "measurements")
     seen: dict[int, list[float]] = {}  # per stream: when its k-th row was first seen
     lags: list[float | None] = []
+    refusals: list[str] = []
     stop = threading.Event()
+    path = str(tmp_path / "runs" / "run")
 
     def poll() -> None:
         while not stop.is_set():
@@ -131,6 +133,7 @@ def test_a_followed_run_is_queryable_within_the_interval_and_exact_at_the_end(
                     times = seen.setdefault(stream, [])
                     times.extend([now] * (count - len(times)))
             lags.extend(run.lag for run in service.status().following)
+            refusals.append(service.cleanup_refusal(path) or "")
             stop.wait(0.2)
 
     reader = threading.Thread(target=poll, name="table-reader")
@@ -150,6 +153,10 @@ def test_a_followed_run_is_queryable_within_the_interval_and_exact_at_the_end(
     assert len(progress) >= 3 and [p.chunk for p in progress] == sorted({p.chunk for p in progress})
     assert progress[-1].total <= len(truth.run)
     assert any(lag is not None for lag in lags), "status() listed the run being followed, with its lag"
+    assert any("being followed" in refusal for refusal in refusals), "a cleanup meanwhile is refused, with the reason"
+    operations = [c["operation"] for c in DeltaTable(table).history()]
+    assert "OPTIMIZE" in operations[:2], "compact_on_done rewrote the chunk files at the end"
+    assert len(DeltaTable(table).file_uris()) < len(chunk_commits(table)), "fewer files than chunks"
     # Freshness: a record appears at most follow_interval + 3 s after the logger wrote it.
     latencies = []
     ranks: Counter[int] = Counter()
