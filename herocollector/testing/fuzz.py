@@ -1139,12 +1139,15 @@ def reference_decode(
                 ticks.append(tick)
                 offsets.append(offsets[-1] + n)
                 if n:
+                    # Kept as uint64 words here and converted once at the end (fewer calls per element).
                     gaps = vals[r + 4 : r + 3 + n]
-                    idx.extend(map(i64, accumulate(gaps, lambda at, gap: (at + gap + 1) & M64, initial=vals[r + 3])))
-                    qs.extend(map(unzigzag, vals[r + 3 + n : r + 3 + 2 * n]))
+                    idx.extend(accumulate(gaps, lambda at, gap: (at + gap + 1) & M64, initial=vals[r + 3]))
+                    qs.extend(vals[r + 3 + n : r + 3 + 2 * n])
             r += 3 + 2 * n
         pos = end
-    return Reference(records_from_python(sids, ticks, offsets, idx, qs))
+    signed_idx = [v - (1 << 64) if v >> 63 else v for v in idx]  # i64() of each
+    signed_qs = [(v >> 1) ^ -(v & 1) for v in qs]  # unzigzag() of each
+    return Reference(records_from_python(sids, ticks, offsets, signed_idx, signed_qs))
 
 
 # ----------------------------------------------------------------------------------------
