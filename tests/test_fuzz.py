@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -157,3 +158,26 @@ def test_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     assert figures["cases"] == 60 and figures["chunk_bytes"] == 4096
     assert sum(figures["outcomes"].values()) == 60
     assert "cases/s" in capsys.readouterr().out
+
+
+class _NicenessCheckingDecoder(SegmentDecoder):
+    """The real decoder, in a process whose niceness must be the one the test set in the environment."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        wanted = int(os.environ["HC_TEST_FUZZ_NICENESS"])
+        if os.nice(0) != wanted:
+            raise IndexError(f"niceness {os.nice(0)}, not {wanted}")  # a wrong-exception failure
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("nice", [0, 3])
+def test_worker_processes_run_at_the_niceness_asked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, nice: int) -> None:
+    """``nice`` lowers the workers' priority (and only theirs): the 100k run leaves the CPU to the e2e tests."""
+    monkeypatch.setenv("HC_TEST_FUZZ_NICENESS", str(os.nice(0) + nice))
+    kwargs = {"failures_dir": tmp_path, "pool_size": 10, "decoder_factory": _NicenessCheckingDecoder}
+    report = fuzz.run_fuzz(12, seed=5, workers=2, nice=nice, **kwargs)
+    assert report.cases == 12 and not report.failures
+    # The same decoder in this process, at another niceness, fails every case: the check can fail.
+    monkeypatch.setenv("HC_TEST_FUZZ_NICENESS", str(os.nice(0) + 1))
+    alone = fuzz.run_fuzz(12, seed=5, **kwargs)
+    assert {f["failure"] for f in alone.failures} == {"wrong-exception"} and len(alone.failures) == 12
