@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import signal
 import subprocess
 import sys
@@ -29,40 +28,23 @@ from deltalake import DeltaTable
 
 from herocollector import CollectionService, ServiceConfig
 from herocollector.events import RunCollected, RunProgress
-from herocollector.output.delta import open_table, run_app_id
+from herocollector.output.delta import open_table
 from herocollector.testing.actors import wait_for
-from herocollector.testing.live import LiveTruth
+from herocollector.testing.live import LiveLogger, LiveTruth
 from herocollector.testing.servers import PostgresTestServer
-from herocollector.testing.tables import recorded_records, table_records
+from herocollector.testing.tables import check_followed
+from herocollector.testing.tables import chunk_commits as chunk_numbers
 
 COLUMNS = ("experiment", "measure")
 FOLLOW_INTERVAL = 2.0
 SECONDS, RATE = 20.0, 4000.0  # ~80k records, ~0.25 MB/s of segments, a segment closed every few seconds
 
 
-class Logger:
-    """The live logger process and what it recorded."""
+class Logger(LiveLogger):
+    """The live logger of these tests (rate and length as set above unless told)."""
 
-    def __init__(self, tmp: Path, name: str = "run", seconds: float = SECONDS, rate: float = RATE) -> None:
-        self.path = tmp / "runs" / name
-        self.truth_file = tmp / f"{name}.truth"
-        self.seconds = seconds
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "herocollector.testing.live", str(self.path), str(self.truth_file),
-             "--seconds", str(seconds), "--rate", str(rate), "--rotate-bytes", str(256 << 10)],
-        )  # fmt: skip
-        wait_for(lambda: (self.path / "streams").is_dir() or self.process.poll() is not None, "the run to begin", 60)
-
-    def truth(self) -> LiveTruth:
-        assert self.process.wait(timeout=self.seconds + 120) == 0
-        truth = pickle.loads(self.truth_file.read_bytes())
-        assert isinstance(truth, LiveTruth)
-        return truth
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
+    def __init__(self, tmp: Path, name: str = "run", seconds: float = SECONDS, rate: float = RATE, **kw: Any) -> None:
+        super().__init__(tmp, name, seconds=seconds, rate=rate, **kw)
 
 
 def arguments(tmp: Path, **overrides: Any) -> dict[str, Any]:
@@ -85,19 +67,12 @@ def arguments(tmp: Path, **overrides: Any) -> dict[str, Any]:
 
 def chunk_commits(table: str) -> list[int]:
     """The chunk number of every commit that wrote rows of a followed run, oldest first."""
-    delta = DeltaTable(table)
-    return [int(c["herocollector.chunk"]) for c in reversed(delta.history()) if "herocollector.chunk" in c]
+    return chunk_numbers(DeltaTable(table))
 
 
 def check_exact(table: str, truth: LiveTruth) -> None:
     """The table holds the run exactly as recorded, each chunk committed once."""
-    content = DeltaTable(table).to_pyarrow_table()
-    run = str(truth.run.path)
-    assert content.num_rows == len(truth.run), "no duplicate and no gap"
-    assert table_records(content, COLUMNS, run) == recorded_records(truth.run, COLUMNS)
-    chunks = chunk_commits(table)
-    assert len(chunks) == len(set(chunks)) and chunks == sorted(chunks), f"chunks committed once each: {chunks}"
-    assert DeltaTable(table).transaction_version(run_app_id(run)) == chunks[-1]
+    check_followed(table, truth.run, COLUMNS)
 
 
 @pytest.fixture

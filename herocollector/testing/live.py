@@ -11,10 +11,14 @@ from __future__ import annotations
 
 import argparse
 import pickle
+import subprocess
+import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from herocollector.testing.actors import wait_for
 from herocollector.testing.runs import RecordedRun, RecordMaker
 
 
@@ -50,6 +54,53 @@ def write_live(
     finally:
         maker.close()
     return truth
+
+
+class LiveLogger:
+    """The live logger as a process of its own (what a test follows), and what it recorded.
+
+    Args:
+        tmp: The test's folder: the run is ``tmp/runs/<name>``.
+        name: The run's name.
+        seconds: How long it writes.
+        rate: Records per second.
+        max_nnz: Largest number of non-zeros in a record.
+        rotate_bytes: Segment rotation size.
+    """
+
+    def __init__(
+        self,
+        tmp: Path,
+        name: str = "run",
+        *,
+        seconds: float,
+        rate: float,
+        max_nnz: int = 8,
+        rotate_bytes: int = 256 << 10,
+    ) -> None:
+        self.path = tmp / "runs" / name
+        self.truth_file = tmp / f"{name}.truth"
+        self.seconds = seconds
+        command: Sequence[str] = [
+            sys.executable, "-m", "herocollector.testing.live", str(self.path), str(self.truth_file),
+            "--seconds", str(seconds), "--rate", str(rate), "--rotate-bytes", str(rotate_bytes),
+            "--max-nnz", str(max_nnz),
+        ]  # fmt: skip
+        self.process = subprocess.Popen(command)
+        wait_for(lambda: (self.path / "streams").is_dir() or self.process.poll() is not None, "the run to begin", 60)
+
+    def truth(self) -> LiveTruth:
+        """What was recorded, once the logger has finished (``_DONE`` is written)."""
+        assert self.process.wait(timeout=self.seconds + 120) == 0
+        truth = pickle.loads(self.truth_file.read_bytes())
+        assert isinstance(truth, LiveTruth)
+        return truth
+
+    def stop(self) -> None:
+        """Kill the logger if it still runs."""
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
 
 
 def main() -> None:

@@ -54,3 +54,23 @@ def commits_per_run(delta_table: Any) -> dict[str, int]:
         if commit["operation"] in ("WRITE", "CREATE TABLE") and "herocollector.run" in commit:
             commits[commit["herocollector.run"]] = commits.get(commit["herocollector.run"], 0) + 1
     return commits
+
+
+def chunk_commits(delta_table: Any) -> list[int]:
+    """The chunk number of every commit that wrote rows of a followed run, oldest first."""
+    return [int(c["herocollector.chunk"]) for c in reversed(delta_table.history()) if "herocollector.chunk" in c]
+
+
+def check_followed(table: str, run: RecordedRun, columns: Sequence[str]) -> None:
+    """A followed run's table holds the run exactly as recorded, each chunk committed once."""
+    from deltalake import DeltaTable
+
+    from herocollector.output.delta import run_app_id
+
+    delta = DeltaTable(table)
+    content = delta.to_pyarrow_table()
+    assert content.num_rows == len(run), "no duplicate and no gap"
+    assert table_records(content, columns, str(run.path)) == recorded_records(run, columns)
+    chunks = chunk_commits(delta)
+    assert len(chunks) == len(set(chunks)) and chunks == sorted(chunks), f"chunks committed once each: {chunks}"
+    assert delta.transaction_version(run_app_id(str(run.path))) == chunks[-1]
