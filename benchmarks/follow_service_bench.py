@@ -11,8 +11,11 @@ One run of this script, side by side on the same run:
    ``status()`` once a second (the follower's gives the run's lag).
 
 It prints the CPU time each service process spent from the announcement to the run being
-collected (``time.process_time()``: every thread, delta-rs's included), their ratio (the target
-is ≤ 1.3×), and the lag while following: median and maximum.
+collected (``time.process_time()``: every thread, delta-rs's included), split by thread name
+(``tokio-rt-worker``: delta-rs writing and committing; the interpreter's name: the service's own
+threads), their ratio (the target is ≤ 1.3×), and the lag while following: median and maximum.
+The follower's figure includes ``compact_on_done`` (one more encoding of the whole run) unless
+``--no-compact``.
 
 Example::
 
@@ -33,32 +36,47 @@ from pathlib import Path
 
 SERVICE = textwrap.dedent(
     """
-    import json, sys, time
+    import json, os, sys, time
     from herocollector import CollectionService, ServiceConfig
     from herocollector.decode import native
+
+    def threads():
+        # CPU seconds per thread name: delta-rs works on its tokio threads ("tokio-rt-worker"), the
+        # service's own threads all show as the interpreter's name
+        found = {}
+        for task in os.listdir("/proc/self/task"):
+            try:
+                with open(f"/proc/self/task/{task}/stat") as stat, open(f"/proc/self/task/{task}/comm") as comm:
+                    fields, name = stat.read().rpartition(")")[2].split(), comm.read().strip()
+            except OSError:
+                continue  # a thread that ended meanwhile
+            found[name] = found.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return found
 
     native.warm_up()  # the compile is no part of either figure
     arguments, run = json.loads(sys.argv[1]), sys.argv[2]
     collected, lags = [], []
     with CollectionService(ServiceConfig.from_arguments(**arguments), on_collected=collected.append) as service:
-        started = time.process_time()
+        before, started = threads(), time.process_time()
         service.submit("logger", {"path": run})
         while not collected:
             lags.extend(r.lag for r in service.status().following if r.lag is not None)
             time.sleep(1.0)
-        cpu = time.process_time() - started
-    print(json.dumps({"cpu": cpu, "rows": collected[0].rows, "lags": lags}))
+        cpu, after = time.process_time() - started, threads()
+    split = {name: round(after[name] - before.get(name, 0.0), 2) for name in after}
+    print(json.dumps({"cpu": cpu, "rows": collected[0].rows, "lags": lags, "threads": split}))
     """
 )
 
 
-def arguments(tmp: Path, name: str, follow: bool, interval: float) -> dict[str, object]:
+def arguments(tmp: Path, name: str, follow: bool, interval: float, compact: bool = True) -> dict[str, object]:
     return {
         "save_template": "{{ output_root }}/measurements",
         "output_root": str(tmp / name),
         "format": "delta",
         "follow": follow,
         "follow_interval": interval,
+        "compact_on_done": compact,
         "columns": ["experiment", "measure"],
         "allowed_roots": [str(tmp / "runs")],
         "state_dir": str(tmp / f"state-{name}"),
@@ -77,6 +95,11 @@ def main() -> None:
     parser.add_argument("--rotate-bytes", type=int, default=8 << 20)
     parser.add_argument("--interval", type=float, default=2.0, help="follow_interval")
     parser.add_argument("--max-nnz", type=int, default=96, help="largest non-zeros per record (96: about 1 MB/s)")
+    parser.add_argument(
+        "--no-compact",
+        action="store_true",
+        help="compact_on_done: false (the follower's tables keep one file per chunk)",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="follow-bench-") as folder:
         tmp = Path(folder)
@@ -94,13 +117,13 @@ def main() -> None:
                     sys.executable,
                     "-c",
                     SERVICE,
-                    json.dumps(arguments(tmp, name, name == "follow", args.interval)),
+                    json.dumps(arguments(tmp, name, name == "follow", args.interval, not args.no_compact)),
                     str(run),
                 ],
                 stdout=subprocess.PIPE,
                 stderr=subprocess.DEVNULL,
                 text=True,
-            )  # fmt: skip
+            )
             for name in ("follow", "once")
         }
         results = {
@@ -113,8 +136,10 @@ def main() -> None:
     assert follow["rows"] == once["rows"], (follow["rows"], once["rows"])
     print(f"run: {follow['rows']:,} records in {len(segments)} segments, {size / 1e6:.1f} MB, written over "
           f"{args.seconds:.0f} s")  # fmt: skip
-    print(f"follow (follow_interval {args.interval} s): CPU {follow['cpu']:.2f} s")
-    print(f"once at _DONE (waiting meanwhile):   CPU {once['cpu']:.2f} s")
+    compacted = "without" if args.no_compact else "with"
+    print(f"follow (follow_interval {args.interval} s, {compacted} compact_on_done): CPU {follow['cpu']:.2f} s "
+          f"(per thread name: {follow['threads']})")  # fmt: skip
+    print(f"once at _DONE (waiting meanwhile):   CPU {once['cpu']:.2f} s (per thread name: {once['threads']})")
     print(f"follow / once: {follow['cpu'] / once['cpu']:.2f}x (target <= 1.3x)")
     lags = follow["lags"]
     if lags:
