@@ -352,14 +352,14 @@ def main() -> int:
                         if args.explain:
                             explain_sqlite(file)
                         result = measure(
-                            lambda f=file: SqliteJournal(f), size, args.submits, args.repeat, args.pager_yields
+                            partial(SqliteJournal, file), size, args.submits, args.repeat, args.pager_yields
                         )
                     else:
                         url = server.database()
                         fill_postgres(url, size, trash)
                         if args.explain:
                             explain_postgres(url)
-                        result = measure(lambda u=url: PgJournal(u), size, args.submits, args.repeat, args.pager_yields)
+                        result = measure(partial(PgJournal, url), size, args.submits, args.repeat, args.pager_yields)
                     rows.append((backend, size, result))
                     print(f"{backend} {size}: done", file=sys.stderr, flush=True)
         finally:
