@@ -177,6 +177,7 @@ def commit_run(
     replace: bool = False,
     chunked: bool = False,
     before_commit: Callable[[], None] | None = None,
+    opened: dict[str, Any] | None = None,
 ) -> TableCommit:
     """Commit one run's rows to a table, exactly once; see the module documentation.
 
@@ -194,6 +195,10 @@ def commit_run(
             number, a transaction at or past it means the chunk is in, and an earlier chunk's is
             no reason to refuse.
         before_commit: Called right before the write (raises to stop it).
+        opened: Tables this caller opened before, by location (``deltalake.DeltaTable`` s): one
+            found here is brought up to date (only the log entries since are read, every other
+            writer's included) instead of opened again, and the table after the commit is left
+            here. Used by one caller at a time; a table whose commit failed is taken out.
 
     Raises:
         SchemaConflict: A column's type differs from the table's.
@@ -204,7 +209,7 @@ def commit_run(
     from deltalake.exceptions import CommitFailedError, DeltaError, DeltaProtocolError, SchemaMismatchError
 
     app_id = run_app_id(run)
-    existing = open_table(table, options)
+    existing = _current_table(table, options, opened)
     replacing = False
     if existing is not None:
         committed = existing.transaction_version(app_id)
@@ -254,9 +259,23 @@ def commit_run(
     except (DeltaError, OSError) as exc:
         raise CommitError(f"writing to the table failed: {exc}", table) from None
     after = existing if existing is not None else open_table(table, options)
+    if opened is not None and after is not None:
+        opened[table] = after  # only after a commit that landed: a failed one leaves a state not known
     new_version = after.version() if after is not None else -1
     log.info(f"{table}: committed {counted.rows} rows of {run} as version {new_version}")
     return TableCommit(table, counted.rows, new_version)
+
+
+def _current_table(table: str, options: Mapping[str, Any], opened: dict[str, Any] | None) -> Any | None:
+    """The table as it is now: the caller's open one brought up to date (out until a commit lands), or opened."""
+    known = None if opened is None else opened.pop(table, None)
+    if known is not None:
+        try:
+            known.update_incremental()
+            return known
+        except Exception as exc:  # noqa: BLE001 - whatever went wrong, opening it afresh says what it is now
+            log.info(f"{table}: bringing the open table up to date failed ({exc}); opening it again")
+    return open_table(table, options)
 
 
 def _table_schema(delta_table: Any) -> pa.Schema:

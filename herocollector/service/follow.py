@@ -53,6 +53,9 @@ from herocollector.service.table_commit import commit_staged
 
 log = logging.getLogger(__name__)
 
+OPEN_TABLES_RUNS = 64
+"""Followed runs whose tables are kept open between chunks, at most (see :class:`RunFollower`)."""
+
 
 @dataclass(frozen=True)
 class FollowState:
@@ -171,6 +174,12 @@ class RunFollower:
         self.route = route
         self.stopping = stopping
         self.compact = compact
+        # Each followed run's tables stay open between its chunks: bringing one up to date reads the
+        # log entries since, where opening it reads the whole log since its checkpoint, every chunk.
+        # A step takes its run's tables out and puts them back after it succeeded, so no two
+        # workers share one, and a failed step leaves nothing of uncertain state behind.
+        self._opened: dict[int, dict[str, Any]] = {}
+        self._opened_lock = threading.Lock()
 
     def step(self, job: Job, path: Path, lease: LeaseKeeper) -> FollowStep:
         """Commit the records completed since the run's cursor as one chunk (and finish a pending one first).
@@ -193,8 +202,10 @@ class RunFollower:
             return FollowStep(False, dict(state.rows), None, None, state.grown or time.time())
         plan = self.pipeline.plan([run], lambda index, planned, stream: self.route(job, planned, stream))
         tables = [str(target.path) for target in plan.targets]
+        with self._opened_lock:
+            opened = self._opened.pop(job.id, {})
         if state.pending is not None:
-            state = self._finish_pending(job, run, plan, state, lease)
+            state = self._finish_pending(job, run, plan, state, lease, opened)
         read = self._read(run, plan, state.committed, done)
         staged = self.pipeline.stage(plan, self._context(lease), self._folder(job), read.batches)
         try:
@@ -207,7 +218,7 @@ class RunFollower:
             if read.rows:
                 pending = replace(state, pending=read.cursor, pending_rows=chunk_rows)
                 self.journal.store_follow_cursor(job.id, job.token, pending.to_json())
-                self._commit(job, str(path), staged, read.cursor, lease)
+                self._commit(job, str(path), staged, read.cursor, lease, opened)
                 rows = dict(state.rows)
                 for key, n in chunk_rows.items():
                     rows[key] = rows.get(key, 0) + n
@@ -222,6 +233,11 @@ class RunFollower:
             for output in staged:
                 output.discard()
             shutil.rmtree(self._folder(job), ignore_errors=True)
+        if not read.complete:
+            with self._opened_lock:
+                while len(self._opened) >= OPEN_TABLES_RUNS:  # runs taken over by another actor leave theirs
+                    self._opened.pop(next(iter(self._opened)))
+                self._opened[job.id] = opened
         outputs = {key: state.rows.get(key, 0) for key in {journal_key(t, str(path)) for t in tables} | set(state.rows)}
         if read.complete and self.config.compact_on_done and self.compact is not None:
             for table in tables:
@@ -232,7 +248,7 @@ class RunFollower:
         return FollowStep(read.complete, outputs, progress, run.inventory, grown)
 
     def _finish_pending(
-        self, job: Job, run: PlannedRun, plan: Any, state: FollowState, lease: LeaseKeeper
+        self, job: Job, run: PlannedRun, plan: Any, state: FollowState, lease: LeaseKeeper, opened: dict[str, Any]
     ) -> FollowState:
         """A chunk whose bounds were stored but whose commits may not all have landed: complete it."""
         assert state.pending is not None
@@ -247,7 +263,8 @@ class RunFollower:
             read = self._read(run, plan, state.committed, logdir.is_done(run.path), until=state.pending)
             staged = self.pipeline.stage(plan, self._context(lease), self._folder(job), read.batches)
             try:
-                self._commit(job, path, [s for s in staged if str(s.target.path) in missing], state.pending, lease)
+                chunk = [s for s in staged if str(s.target.path) in missing]
+                self._commit(job, path, chunk, state.pending, lease, opened)
             finally:
                 for output in staged:
                     output.discard()
@@ -273,12 +290,14 @@ class RunFollower:
             **extra,
         )
 
-    def _commit(self, job: Job, run: str, staged: list[StagedOutput], end: Cursor, lease: LeaseKeeper) -> None:
+    def _commit(
+        self, job: Job, run: str, staged: list[StagedOutput], end: Cursor, lease: LeaseKeeper, opened: dict[str, Any]
+    ) -> None:
         """One commit per table of one chunk, under the chunk's transaction version."""
         for output in staged:
             if output.file.rows == 0:
                 continue  # no record of this table's streams in the chunk: no empty commit
-            commit_staged(self.config, job, output, end.chunk, lease, chunk=end.chunk)
+            commit_staged(self.config, job, output, end.chunk, lease, chunk=end.chunk, opened=opened)
 
     def _context(self, lease: LeaseKeeper) -> WriteContext:
         return WriteContext(guard=JobGuard(lease, self.stopping))

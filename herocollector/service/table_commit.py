@@ -17,6 +17,7 @@ import shutil
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
 import pyarrow as pa
 
@@ -78,7 +79,13 @@ class TableCommitter:
 
 
 def commit_staged(
-    config: ServiceConfig, job: Job, output: StagedOutput, version: int, lease: LeaseKeeper, chunk: int | None = None
+    config: ServiceConfig,
+    job: Job,
+    output: StagedOutput,
+    version: int,
+    lease: LeaseKeeper,
+    chunk: int | None = None,
+    opened: dict[str, Any] | None = None,
 ) -> TableCommit:
     """Commit one staged output of a job's run to its table, with the job's provenance, under the lease.
 
@@ -89,6 +96,8 @@ def commit_staged(
         version: The run's transaction version: the job's id, or the chunk's number.
         lease: Checked right before the commit.
         chunk: The chunk's number, when the run is followed while it is written.
+        opened: The caller's open tables, kept up to date instead of opened for every commit
+            (see :func:`~herocollector.output.delta.commit_run`).
     """
     run = job.path or ""
     metadata = {
@@ -112,4 +121,5 @@ def commit_staged(
             partition_by=config.partition_by,
             chunked=chunk is not None,
             before_commit=lease.check,
+            opened=opened,
         )
