@@ -271,8 +271,9 @@ def test_a_table_on_s3_with_conditional_puts(site: Site, s3: S3TestServer) -> No
     assert frame.height == sum(len(run) for run in runs)
     import duckdb
 
-    dataset = delta.to_pyarrow_dataset()
-    counted = duckdb.connect().execute("SELECT logger_path, count(*) FROM dataset GROUP BY logger_path").fetchall()
+    connection = duckdb.connect()
+    connection.register("on_s3", delta.to_pyarrow_dataset())
+    counted = connection.execute("SELECT logger_path, count(*) FROM on_s3 GROUP BY logger_path").fetchall()
     assert sorted(counted) == sorted((str(run.path), len(run)) for run in runs)
     job = service.journal.by_path(str(runs[0].path))
     assert job is not None

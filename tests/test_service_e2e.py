@@ -25,7 +25,7 @@ from herocollector.testing.runs import journal_rows
 pytestmark = pytest.mark.e2e
 
 REMOTE_METHODS = {"collect", "status", "failed", "retry", "cleanup", "restore", "verify"}
-EVENTS = {"run_collected", "run_failed"}
+EVENTS = {"run_collected", "run_failed", "run_progress"}
 HEROS_EVENT_PLUMBING = {"_connect_local_hero_callback", "_disconnect_local_hero_callback", "_get_local_hero_callbacks"}
 
 
