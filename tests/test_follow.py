@@ -37,7 +37,10 @@ from herocollector.testing.tables import chunk_commits as chunk_numbers
 
 COLUMNS = ("experiment", "measure")
 FOLLOW_INTERVAL = 2.0
-SECONDS, RATE = 20.0, 4000.0  # ~80k records, ~0.25 MB/s of segments, a segment closed every few seconds
+SECONDS, RATE = (
+    12.0,
+    4000.0,
+)  # ~48k records, ~0.25 MB/s of segments, a segment closed every second or so (the minute-long run is in test_follow_e2e)
 
 
 class Logger(LiveLogger):
