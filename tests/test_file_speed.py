@@ -329,3 +329,20 @@ def test_routed_files_hold_the_rows_of_the_whole_run_in_order(simulated: Path, t
         mask = pa.compute.equal(whole.column("measure"), measure)
         assert table.num_rows == output.rows > 0
         assert table.equals(whole.filter(mask))
+
+
+def test_a_folder_that_failed_or_vanished_never_fails_a_later_write_of_the_thread(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path)
+    for name in ("failed", "vanished"):
+        final = tmp_path / name / "x.arrow"
+        output = OutputFile(final, SCHEMA)
+        output.write(_batch(10, 2))
+        output.finish()
+        store.publish(output, final, Provenance("/runs/r"), replace_own=False)
+        final.unlink()
+        final.parent.rmdir()
+        if name == "failed":
+            with pytest.raises(PublishError):
+                store.sync_folders([final])  # the write it belonged to fails, once
+    # A worker's next run: its manifest is written, whatever the earlier runs left behind.
+    assert store.put_bytes(tmp_path / "next" / "_manifest.json", b"{}", Provenance("/runs/next")) is True

@@ -231,16 +231,26 @@ class LocalStore(OutputStore):
 
     def sync_folders(self, locations: Iterable[Path | str]) -> None:
         """See :meth:`OutputStore.sync_folders`: one fsync per folder, however many of the files are in it."""
+        self._sync(locations, missing_ok=False)
+
+    def _sync(self, locations: Iterable[Path | str], missing_ok: bool) -> None:
+        """Sync the folders of ``locations``; with ``missing_ok`` a folder removed since is passed over."""
         folders: dict[Path, Path] = {}
         for location in locations:
             folders.setdefault(Path(location).parent, Path(location))
         pending = self._pending()
         for folder, location in folders.items():
+            # Forgotten before the attempt: a folder that cannot be synced fails the write it belongs
+            # to, once, and never a later one of this thread (a worker goes on to other runs).
+            pending.pop(folder, None)
             try:
                 fsync_dir(folder)
+            except FileNotFoundError as exc:
+                if missing_ok:
+                    continue  # removed since (an aborted write's folder): nothing in it is left to make durable
+                raise PublishError("syncing the folder of", location, exc) from exc
             except OSError as exc:
                 raise PublishError("syncing the folder of", location, exc) from exc
-            pending.pop(folder, None)
 
     def put_bytes(self, location: Path | str, data: bytes, provenance: Provenance) -> bool:
         """See :meth:`OutputStore.put_bytes`.
@@ -249,7 +259,7 @@ class LocalStore(OutputStore):
             PublishError: It cannot be written (a full disk, a read-only folder), naming ``location``.
         """
         final = Path(location)
-        self.sync_folders(list(self._pending().values()))  # normally none: the pipeline synced its folders
+        self._sync(list(self._pending().values()), missing_ok=True)  # normally none: the pipeline synced its own
         staged = temporary_name(final)
         try:
             final.parent.mkdir(parents=True, exist_ok=True)
