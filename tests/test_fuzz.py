@@ -44,17 +44,24 @@ def test_fuzz_smoke(tmp_path: Path) -> None:
     assert report.by_kind["valid"]["ok-exact"] == valid
 
 
-@pytest.mark.slow
-def test_fuzz_100k(tmp_path: Path) -> None:
-    """The acceptance run: 100,000 cases, mixed chunk sizes (a quarter of them small), in two
-    processes (each case is still exactly the case it is alone, with every check).
+SHARES = 10
+"""The 100,000 cases of the acceptance run, in shares the suite's workers take side by side."""
 
-    The processes run niced: the suite runs this beside the end-to-end tests (``-n 2``), whose
-    deadlines matter more than this test's pace; a case still has its 5 s watchdog.
+
+@pytest.mark.slow
+@pytest.mark.parametrize("share", range(SHARES))
+def test_fuzz_100k(tmp_path: Path, share: int) -> None:
+    """The acceptance run: 100,000 cases, mixed chunk sizes (a quarter of them small), in ten shares.
+
+    Share ``k`` runs the cases ``k * 10,000`` to ``(k + 1) * 10,000 - 1`` of the one run with seed
+    0: each case is exactly the case it is alone, with every check, and the ten shares together
+    are the whole run. As shares, the suite's workers take them among the other tests instead of
+    one worker running them all while the other runs everything else.
     """
-    report = fuzz.run_fuzz(100_000, seed=0, failures_dir=tmp_path, workers=2, nice=5)
+    size = 100_000 // SHARES
+    report = fuzz.run_fuzz(size, seed=0, start=share * size, failures_dir=tmp_path)
     print("\n" + fuzz.format_report(report))
-    assert report.cases == 100_000
+    assert report.cases == size
     assert_no_failures(report)
 
 

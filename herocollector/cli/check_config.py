@@ -227,7 +227,7 @@ def _check_s3(config: Any, findings: Findings) -> None:
         return
     from botocore.exceptions import BotoCoreError, ClientError
 
-    from herocollector.output.stores import s3_client
+    from herocollector.output.s3client import s3_client
 
     bucket = str(config.output_root)[5:].split("/", 1)[0]
     try:

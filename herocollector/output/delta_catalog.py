@@ -83,7 +83,7 @@ def find_tables(root: str, options: Mapping[str, Any]) -> list[str]:
 
 def _find_on_s3(root: str, options: Mapping[str, Any]) -> list[str]:
     """The tables below an S3 prefix: the prefixes of the ``_delta_log/`` keys."""
-    from herocollector.output.stores import s3_client
+    from herocollector.output.s3client import s3_client
 
     bucket, _, prefix = root[len("s3://") :].partition("/")
     client = s3_client(options)
