@@ -16,13 +16,10 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
-from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pyarrow.compute as pc
 import pytest
 from deltalake import DeltaTable
 
@@ -30,7 +27,7 @@ from herocollector import CollectionService, ServiceConfig
 from herocollector.events import RunCollected, RunProgress
 from herocollector.output.delta import open_table
 from herocollector.testing.actors import wait_for
-from herocollector.testing.live import LiveLogger, LiveTruth
+from herocollector.testing.live import Freshness, LiveLogger, LiveTruth
 from herocollector.testing.servers import PostgresTestServer
 from herocollector.testing.tables import check_followed
 from herocollector.testing.tables import chunk_commits as chunk_numbers
@@ -94,7 +91,7 @@ def test_a_followed_run_is_queryable_within_the_interval_and_exact_at_the_end(
     config = ServiceConfig.from_arguments(**arguments(tmp_path))
     service = CollectionService(config, on_collected=collected.append, on_progress=progress.append)
     table = str(tmp_path / "tables" / "measurements")
-    seen: dict[int, list[float]] = {}  # per stream: when its k-th row was first seen
+    freshness = Freshness()
     lags: list[float | None] = []
     refusals: list[str] = []
     stop = threading.Event()
@@ -102,14 +99,7 @@ def test_a_followed_run_is_queryable_within_the_interval_and_exact_at_the_end(
 
     def poll() -> None:
         while not stop.is_set():
-            delta = open_table(table, {})
-            if delta is not None:
-                now = time.time()
-                ids = delta.to_pyarrow_dataset().to_table(columns=["stream_id"])["stream_id"]
-                for entry in pc.value_counts(ids).to_pylist():
-                    stream, count = int(entry["values"]), int(entry["counts"])
-                    times = seen.setdefault(stream, [])
-                    times.extend([now] * (count - len(times)))
+            freshness.poll(table)
             lags.extend(run.lag for run in service.status().following)
             refusals.append(service.cleanup_refusal(path) or "")
             stop.wait(0.2)
@@ -136,13 +126,7 @@ def test_a_followed_run_is_queryable_within_the_interval_and_exact_at_the_end(
     assert "OPTIMIZE" in operations[:2], "compact_on_done rewrote the chunk files at the end"
     assert len(DeltaTable(table).file_uris()) < len(chunk_commits(table)), "fewer files than chunks"
     # Freshness: a record appears at most follow_interval + 3 s after the logger wrote it.
-    latencies = []
-    ranks: Counter[int] = Counter()
-    for sid, written in zip(truth.run.stream_ids, truth.written_at, strict=True):
-        k = ranks[sid]
-        ranks[sid] += 1
-        if k < len(seen.get(sid, [])):
-            latencies.append(seen[sid][k] - written)
+    latencies = freshness.latencies(truth)
     assert len(latencies) > 0.8 * len(truth.run), "most records were seen while the run was written"
     assert max(latencies) <= FOLLOW_INTERVAL + 3, f"max {max(latencies):.2f} s"
 

@@ -12,15 +12,12 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections import Counter
 from pathlib import Path
 
-import pyarrow.compute as pc
 import pytest
 
 from herocollector.actor.launcher import BossProcess, load_config, wait_until
-from herocollector.output.delta import open_table
-from herocollector.testing.live import LiveLogger
+from herocollector.testing.live import Freshness, LiveLogger
 from herocollector.testing.tables import check_followed
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -53,16 +50,10 @@ def test_the_actor_follows_a_minute_long_run_under_boss(tmp_path: Path) -> None:
         actor = collector.remote(90)
         logger = LiveLogger(tmp_path, seconds=SECONDS, rate=RATE, max_nnz=MAX_NNZ, rotate_bytes=8 << 20)
         actor.collect(str(logger.path))
-        seen: dict[int, list[float]] = {}
+        freshness = Freshness()
         lags: list[float] = []
         while logger.process.poll() is None:
-            delta = open_table(table, {})
-            if delta is not None:
-                now = time.time()
-                ids = delta.to_pyarrow_dataset().to_table(columns=["stream_id"])["stream_id"]
-                for entry in pc.value_counts(ids).to_pylist():
-                    times = seen.setdefault(int(entry["values"]), [])
-                    times.extend([now] * (int(entry["counts"]) - len(times)))
+            freshness.poll(table)
             lags.extend(run["lag"] for run in actor.status()["following"] if run["lag"] is not None)
             time.sleep(0.25)  # the reader's polling period: it bounds the error of the measured freshness
         truth = logger.truth()
@@ -73,13 +64,7 @@ def test_the_actor_follows_a_minute_long_run_under_boss(tmp_path: Path) -> None:
         collector.stop(timeout=15)
     check_followed(table, truth.run, COLUMNS)
     assert lags, "the actor's status() listed the run being followed, with its lag"
-    latencies = []
-    ranks: Counter[int] = Counter()
-    for sid, written in zip(truth.run.stream_ids, truth.written_at, strict=True):
-        k = ranks[sid]
-        ranks[sid] += 1
-        if k < len(seen.get(sid, [])):
-            latencies.append(seen[sid][k] - written)
+    latencies = freshness.latencies(truth)
     assert len(latencies) > 0.9 * len(truth.run), "the records were seen while the run was written"
     assert max(latencies) <= FOLLOW_INTERVAL + 3, f"max {max(latencies):.2f} s"
     segments = sorted(truth.run.path.glob("*.seg.zst"))

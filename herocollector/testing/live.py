@@ -103,6 +103,44 @@ class LiveLogger:
             self.process.wait()
 
 
+class Freshness:
+    """When each record of a followed run first appeared in its table, as a reader polling it sees it.
+
+    Chunks are prefixes of each stream's records in file order, so a stream's row count says
+    which of its records are in: the j-th record of a stream is in once the stream has more than
+    j rows. :meth:`poll` reads the counts; :meth:`latencies` pairs them with the write times.
+    """
+
+    def __init__(self) -> None:
+        self.seen: dict[int, list[float]] = {}
+
+    def poll(self, table: str) -> None:
+        """Read the table's rows per stream now."""
+        import pyarrow.compute as pc
+
+        from herocollector.output.delta import open_table
+
+        delta = open_table(table, {})
+        if delta is None:
+            return
+        now = time.time()
+        ids = delta.to_pyarrow_dataset().to_table(columns=["stream_id"])["stream_id"]
+        for entry in pc.value_counts(ids).to_pylist():
+            times = self.seen.setdefault(int(entry["values"]), [])
+            times.extend([now] * (int(entry["counts"]) - len(times)))
+
+    def latencies(self, truth: LiveTruth) -> list[float]:
+        """Seconds from each record's write to its first sight in the table (records never seen are left out)."""
+        found = []
+        ranks: dict[int, int] = {}
+        for sid, written in zip(truth.run.stream_ids, truth.written_at, strict=True):
+            k = ranks.get(sid, 0)
+            ranks[sid] = k + 1
+            if k < len(self.seen.get(sid, [])):
+                found.append(self.seen[sid][k] - written)
+        return found
+
+
 def main() -> None:
     """The command line: see the module documentation."""
     parser = argparse.ArgumentParser(description=__doc__)
