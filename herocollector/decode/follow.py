@@ -56,7 +56,7 @@ from herocollector.decode.columns import MAX_RECORD_BYTES, Columns, RecordDecode
 from herocollector.decode.frames import MAX_FRAME_BYTES, ReadBuffers, Span, decompress_span, scan_segment
 from herocollector.errors import CollectorError, RunChanged, UnknownStreamError
 
-__all__ = ["FINGERPRINT_BYTES", "START", "Cursor", "FollowDecoder", "FollowSegment", "fingerprint"]
+__all__ = ["FINGERPRINT_BYTES", "START", "Cursor", "FollowDecoder", "FollowSegment", "Limited", "fingerprint"]
 
 FINGERPRINT_BYTES = 256
 """Bytes before a cursor's offset that its fingerprint covers."""
@@ -354,7 +354,7 @@ class FollowDecoder:
             if ahead and fingerprint(_read_exactly(fh, ahead, segment.path)) != self.start.fingerprint:
                 message = f"segment was replaced under the follow cursor: its bytes before byte {start} differ"
                 raise RunChanged(message, segment.path)
-            source: io.RawIOBase = fh if stop is None else _Limited(fh, stop - start)
+            source: io.RawIOBase = fh if stop is None else Limited(fh, stop - start)
             final = final or stop is not None  # a cursor lies right after a whole frame
             walk = scan_segment(
                 source, segment.path, self.chunk_bytes, space, self.max_frame_bytes, base=start, final=final
@@ -428,7 +428,7 @@ def _read_exactly(fh: io.RawIOBase, count: int, path: str | Path) -> bytes:
     return bytes(data)
 
 
-class _Limited(io.RawIOBase):
+class Limited(io.RawIOBase):
     """The first ``left`` bytes of a file object (not closed here)."""
 
     def __init__(self, fh: io.RawIOBase, left: int) -> None:
@@ -436,12 +436,19 @@ class _Limited(io.RawIOBase):
         self._left = left
 
     def readable(self) -> bool:
+        """Always: it is read, never written."""
         return True
 
     def readinto(self, buffer: Any) -> int:
+        """Read into ``buffer``, never past the limit."""
         if self._left <= 0:
             return 0
         view = memoryview(buffer).cast("B")
         got = self._fh.readinto(view[: min(len(view), self._left)]) or 0
+        if not got:
+            self._ended_early()
         self._left -= got
         return got
+
+    def _ended_early(self) -> None:
+        """The file ended before ``left`` bytes: nothing here (a subclass may call it an error)."""

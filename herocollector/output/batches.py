@@ -41,7 +41,7 @@ from herocollector.decode.codec import (
     SegmentDecoder,
     StreamTable,
 )
-from herocollector.decode.follow import Cursor, FollowDecoder
+from herocollector.decode.follow import Cursor, FollowDecoder, Limited
 from herocollector.errors import CollectorError, ConfigError, MetadataError, RunChanged
 from herocollector.run.catalogue import Stream, streams_of
 from herocollector.run.inventory import FileRecord, describe_kind
@@ -497,26 +497,16 @@ class _FollowedSegment:
             raise
 
 
-class _Bounded(io.RawIOBase):
+class _Bounded(Limited):
     """At most ``left`` bytes of a file; ending before them is a ``RunChanged`` (the file shrank)."""
 
     def __init__(self, file: io.FileIO, left: int, path: str) -> None:
+        super().__init__(file, left)
         self._file = file
-        self._left = left
         self._path = path
 
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        if self._left <= 0:
-            return 0
-        view = memoryview(buffer).cast("B")
-        got = self._file.readinto(view[: min(len(view), self._left)]) or 0
-        if not got:
-            raise RunChanged(f"segment shrank while it was read: {self._left} bytes fewer than listed", self._path)
-        self._left -= got
-        return got
+    def _ended_early(self) -> None:
+        raise RunChanged(f"segment shrank while it was read: {self._left} bytes fewer than listed", self._path)
 
     def close(self) -> None:
         self._file.close()
