@@ -390,3 +390,16 @@ def key_value(text: str) -> tuple[str, str]:
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
     return key, value
+
+
+def storage_option_argument(parser: argparse.ArgumentParser, help: str) -> None:
+    """Add ``--storage-option KEY=VALUE`` (repeatable; ``args.storage_options``, a list of pairs) to ``parser``."""
+    parser.add_argument(
+        "--storage-option",
+        dest="storage_options",
+        action="append",
+        type=key_value,
+        default=[],
+        metavar="KEY=VALUE",
+        help=help,
+    )

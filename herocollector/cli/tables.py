@@ -43,14 +43,8 @@ def register(subparsers: Subparsers) -> None:
         ),
     )
     tables.add_argument("root", metavar="OUTPUT_ROOT", help="a folder or s3://bucket/prefix")
-    tables.add_argument(
-        "--storage-option",
-        dest="storage_options",
-        action="append",
-        type=common.key_value,
-        default=[],
-        metavar="KEY=VALUE",
-        help="how to reach an s3:// root (endpoint_url, region, access_key_id, secret_access_key ...); repeatable",
+    common.storage_option_argument(
+        tables, "how to reach an s3:// root (endpoint_url, region, access_key_id, secret_access_key ...); repeatable"
     )
     tables.add_argument("--json", action="store_true", help="print JSON instead of a table")
 

@@ -67,14 +67,8 @@ def register(subparsers: Subparsers) -> None:
             "OUTPUT_ROOT.manifests beside each PATH (or beside the nearest folder above it that has one)"
         ),
     )
-    verify.add_argument(
-        "--storage-option",
-        dest="storage_options",
-        action="append",
-        type=common.key_value,
-        default=[],
-        metavar="KEY=VALUE",
-        help="an S3 storage option (endpoint_url, region, access_key_id, ...), repeatable",
+    common.storage_option_argument(
+        verify, "an S3 storage option (endpoint_url, region, access_key_id, ...), repeatable"
     )
 
 
