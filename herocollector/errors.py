@@ -157,6 +157,16 @@ class CommitError(OutputError):
     retryable = True
 
 
+class FooterError(OutputError):
+    """A Parquet footer that cannot be read, or Parquet files that cannot be merged into one.
+
+    The message names the file and, for a damaged footer, the byte offset. Not retried: the
+    files do not change; the table keeps them as they are.
+    """
+
+    retryable = False
+
+
 class PublishError(OutputError):
     """Writing or publishing an output (or a manifest) failed: a full disk, a read-only folder.
 
