@@ -122,7 +122,7 @@ def compaction(table: Path) -> dict[str, Any]:
 
     rows_before = DeltaTable(str(table)).to_pyarrow_dataset().count_rows()
     started = time.perf_counter()
-    result = compact(str(table), {}, actor="delta_bench", max_concurrent_tasks=2)
+    result = compact(str(table), {}, actor="delta_bench")
     compact_seconds = time.perf_counter() - started
     started = time.perf_counter()
     cleaned = vacuum(str(table), 168, {}, actor="delta_bench")

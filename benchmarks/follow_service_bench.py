@@ -19,7 +19,7 @@ The follower's figure includes ``compact_on_done`` (one more encoding of the who
 
 Example::
 
-    python benchmarks/follow_service_bench.py --seconds 60 --rate 20000
+    python benchmarks/follow_service_bench.py --seconds 60 --repeat 3
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ import tempfile
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 SERVICE = textwrap.dedent(
     """
@@ -87,20 +88,8 @@ def arguments(tmp: Path, name: str, follow: bool, interval: float, compact: bool
     }
 
 
-def main() -> None:
-    """Run the benchmark; see the module documentation."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=float, default=30.0)
-    parser.add_argument("--rate", type=float, default=4_000.0, help="records per second")
-    parser.add_argument("--rotate-bytes", type=int, default=8 << 20)
-    parser.add_argument("--interval", type=float, default=2.0, help="follow_interval")
-    parser.add_argument("--max-nnz", type=int, default=96, help="largest non-zeros per record (96: about 1 MB/s)")
-    parser.add_argument(
-        "--no-compact",
-        action="store_true",
-        help="compact_on_done: false (the follower's tables keep one file per chunk)",
-    )
-    args = parser.parse_args()
+def measure(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any], int, float]:
+    """One side-by-side run: the logger, the follower and the collector at ``_DONE``."""
     with tempfile.TemporaryDirectory(prefix="follow-bench-") as folder:
         tmp = Path(folder)
         run = tmp / "runs" / "run"
@@ -134,14 +123,39 @@ def main() -> None:
         size = sum(p.stat().st_size for p in segments)
     follow, once = results["follow"], results["once"]
     assert follow["rows"] == once["rows"], (follow["rows"], once["rows"])
-    print(f"run: {follow['rows']:,} records in {len(segments)} segments, {size / 1e6:.1f} MB, written over "
-          f"{args.seconds:.0f} s")  # fmt: skip
+    return follow, once, len(segments), size
+
+
+def main() -> None:
+    """Run the benchmark; see the module documentation."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--rate", type=float, default=4_000.0, help="records per second")
+    parser.add_argument("--rotate-bytes", type=int, default=8 << 20)
+    parser.add_argument("--interval", type=float, default=2.0, help="follow_interval")
+    parser.add_argument("--max-nnz", type=int, default=96, help="largest non-zeros per record (96: about 1 MB/s)")
+    parser.add_argument("--repeat", type=int, default=1, help="side-by-side runs; the median ratio is printed")
+    parser.add_argument(
+        "--no-compact",
+        action="store_true",
+        help="compact_on_done: false (the follower's tables keep one file per chunk)",
+    )
+    args = parser.parse_args()
     compacted = "without" if args.no_compact else "with"
-    print(f"follow (follow_interval {args.interval} s, {compacted} compact_on_done): CPU {follow['cpu']:.2f} s "
-          f"(per thread name: {follow['threads']})")  # fmt: skip
-    print(f"once at _DONE (waiting meanwhile):   CPU {once['cpu']:.2f} s (per thread name: {once['threads']})")
-    print(f"follow / once: {follow['cpu'] / once['cpu']:.2f}x (target <= 1.3x)")
-    lags = follow["lags"]
+    ratios, lags = [], []
+    for repeat in range(args.repeat):
+        follow, once, segments, size = measure(args)
+        if repeat == 0:
+            print(f"run: {follow['rows']:,} records in {segments} segments, {size / 1e6:.1f} MB, written over "
+                  f"{args.seconds:.0f} s")  # fmt: skip
+        print(f"follow (follow_interval {args.interval} s, {compacted} compact_on_done): CPU {follow['cpu']:.2f} s "
+              f"(per thread name: {follow['threads']})")  # fmt: skip
+        print(f"once at _DONE (waiting meanwhile):   CPU {once['cpu']:.2f} s (per thread name: {once['threads']})")
+        ratios.append(follow["cpu"] / once["cpu"])
+        print(f"follow / once: {ratios[-1]:.2f}x")
+        lags.extend(follow["lags"])
+    print(f"follow / once, median of {len(ratios)}: {statistics.median(ratios):.2f}x (target <= 1.3x; "
+          f"all: {', '.join(f'{r:.2f}' for r in ratios)})")  # fmt: skip
     if lags:
         print(
             f"lag while following: median {statistics.median(lags):.2f} s, max {max(lags):.2f} s ({len(lags)} samples)"

@@ -156,7 +156,8 @@ ARGUMENTS: tuple[Argument, ...] = (
         parse.number("compact_interval", minimum=1, allow_none=True),
         doc=(
             '`format: "delta"` only: seconds between compactions of the tables this actor writes to. A table with '
-            "small files is rewritten into fewer, larger ones (`optimize.compact`, a commit that changes no data); "
+            "small files has them merged into fewer, larger ones (their row groups copied, a commit that changes no "
+            "data); "
             "in a fleet one actor at a time compacts a table, under a journal lease. `null` turns it off."
         ),
         example="`600`, `null`",
@@ -202,8 +203,8 @@ ARGUMENTS: tuple[Argument, ...] = (
         True,
         parse.flag("compact_on_done"),
         doc=(
-            "With `follow: true`: when a followed run ends, its tables' small chunk files are rewritten into fewer "
-            "files (a commit that changes no data)."
+            "With `follow: true`: when a followed run ends, its small chunk files in each table are merged into one "
+            "file per partition (their row groups copied, a commit that changes no data)."
         ),
         example="`false`",
     ),

@@ -304,8 +304,22 @@ def _aligned_schema(table: str, schema: pa.Schema, existing: pa.Schema | None) -
             if theirs != ours:
                 raise SchemaConflict(table, field.name, theirs, ours)
             field = pa.field(field.name, known.type)
+        else:
+            field = _as_delta(field)
         fields.append(field)
     return pa.schema(fields)
+
+
+def _as_delta(field: pa.Field) -> pa.Field:
+    """A new column as the table will hand it back: the first run's files then match every later run's.
+
+    Delta names a list's element ``element`` where pyarrow says ``item``; a table's first files
+    written in pyarrow's names would differ in their Parquet schema from all later ones, and files
+    of two schemas are not merged into one (:mod:`herocollector.output.parquet_merge`).
+    """
+    from deltalake import Schema
+
+    return pa.schema(Schema.from_arrow(pa.schema([field])).to_arrow()).field(0)
 
 
 def _with_run(batches: pa.RecordBatchReader, run: str, schema: pa.Schema) -> Iterator[pa.RecordBatch]:

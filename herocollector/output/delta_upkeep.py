@@ -1,12 +1,17 @@
 """Upkeep of Delta tables: compaction of the small files runs leave, and vacuum of the files nobody needs.
 
 Every run adds at least one data file per table and partition, so a table collected for months
-holds many small files, and every query opens them all. :func:`compact` rewrites them into
-fewer, larger ones (delta-rs ``optimize.compact``), but only where it pays: when some partition
-holds at least ``min_files`` files smaller than the target size (:func:`needs_compaction`). The
-compaction is a commit that changes no data (``dataChange: false``): the rows, the runs'
-application transactions and every version before it stay as they were. The files it replaced
-are only *logically* removed, so a reader that opened an older version keeps reading them.
+holds many small files, and every query opens them all. :func:`compact` merges them into
+fewer, larger ones, but only where it pays: when some partition holds at least ``min_files``
+files smaller than the target size (:func:`needs_compaction`). The merge copies the files' row
+groups as they are (:func:`herocollector.output.delta_merge.merge_files_of`), so it costs what
+moving the bytes costs, and it commits only at the next version, with every file it merged still
+in the table. (delta-rs ``optimize.compact`` re-encodes every value, and in delta-rs 1.6 it lands
+even after a concurrent commit removed the files it read without changing data, such as another
+compaction: the rows would be in the table twice.) The compaction is a commit that changes no
+data (``dataChange: false``): the rows, the runs' application transactions and every version
+before it stay as they were. The files it replaced are only *logically* removed, so a reader
+that opened an older version keeps reading them.
 
 :func:`vacuum` deletes the files that no version within the retention references (and the data
 files of commits that never landed, once older than it). Its retention is never below Delta's
@@ -21,6 +26,7 @@ a time, is the service's business (:mod:`herocollector.service.compaction`).
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import re
@@ -141,9 +147,11 @@ def compact(
     actor: str,
     min_files: int = MIN_SMALL_FILES,
     target: int | None = None,
-    max_concurrent_tasks: int = 1,
 ) -> Compaction:
     """Compact a table's small files, if some partition has grown ``min_files`` of them.
+
+    The small files of each such partition are merged, oldest first, into files up to the
+    target size; see the module documentation.
 
     Args:
         table: The table location.
@@ -151,48 +159,49 @@ def compact(
         actor: Who compacts (recorded with the commit as ``herocollector.actor``).
         min_files: Files below the target size a partition must hold to be worth it.
         target: The target file size in bytes (default: the table's ``delta.targetFileSize``, or 100 MiB).
-        max_concurrent_tasks: Files rewritten at once; one leaves the other cores to the workers.
 
     Returns:
         What was found and done.
 
     Raises:
-        CommitError: The table could not be read, or the compaction did not land (a concurrent
-            delete or replace of the same files); it can simply run again later.
+        CommitError: The table could not be read or written, or other commits kept taking the
+            next version; it can simply run again later.
     """
-    from deltalake import CommitProperties, WriterProperties
-    from deltalake.exceptions import DeltaError
+    from herocollector.output.delta_merge import data_files, merge_files_of
 
     delta_table = open_table(table, options)
     if delta_table is None:
         return Compaction(table, False, 0, 0, 0, 0, -1)
     target = target or target_size(delta_table)
-    files = _files(delta_table)
-    small = small_files(files, target)
+    files = data_files(delta_table)
+    per_partition = Counter(json.dumps(f.partition, sort_keys=True) for f in files if f.size < target)
+    small = max(per_partition.values(), default=0)
     if small < min_files:
-        rows = _rows(files, delta_table)
-        return Compaction(table, False, files.num_rows, files.num_rows, small, rows, int(delta_table.version()))
+        rows = _rows(_files(delta_table), delta_table)
+        return Compaction(table, False, len(files), len(files), small, rows, int(delta_table.version()))
+    chosen = [
+        f for f in files if f.size < target and per_partition[json.dumps(f.partition, sort_keys=True)] >= min_files
+    ]
     reason = f"compaction: {small} files below {target} bytes in a partition"
-    try:
-        metrics = delta_table.optimize.compact(
-            target_size=target,
-            max_concurrent_tasks=max_concurrent_tasks,
-            writer_properties=WriterProperties(compression="ZSTD"),
-            commit_properties=CommitProperties(custom_metadata=_metadata(actor, reason)),
-        )
-        after = open_table(table, options)
-    except (DeltaError, OSError) as exc:
-        raise CommitError(f"the compaction did not land: {exc}", table) from None
+    merge = merge_files_of(table, delta_table, chosen, options, target=target, metadata=_metadata(actor, reason))
+    after = open_table(table, options)
     if after is None:
         raise CommitError("the table vanished during its compaction", table)
     files_after = _files(after)
     result = Compaction(
-        table, True, files.num_rows, files_after.num_rows, small, _rows(files_after, after), int(after.version())
+        table,
+        merge.version >= 0,
+        len(files),
+        files_after.num_rows,
+        small,
+        _rows(files_after, after),
+        int(after.version()),
     )
-    log.info(
-        f"{table}: compacted {metrics.get('numFilesRemoved')} files into {metrics.get('numFilesAdded')} "
-        f"(now {result.files_after} files, version {result.version})"
-    )
+    if result.compacted:
+        log.info(
+            f"{table}: compacted {merge.files_before} files into {merge.files_after} "
+            f"(now {result.files_after} files, version {merge.version})"
+        )
     return result
 
 

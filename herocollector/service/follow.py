@@ -156,7 +156,7 @@ class RunFollower:
         pipeline: Plans the run and stages each chunk (IPC streams).
         route: The table of a stream of a job's run.
         stopping: Set when the service closes.
-        compact: Compacts a table at the end of a followed run (``compact_on_done``), if given.
+        compact: Compacts a run's files in a table (table, run) when the run ends (``compact_on_done``), if given.
     """
 
     def __init__(
@@ -166,7 +166,7 @@ class RunFollower:
         pipeline: OutputPipeline,
         route: Route,
         stopping: threading.Event,
-        compact: Callable[[str], object] | None = None,
+        compact: Callable[[str, str], object] | None = None,
     ) -> None:
         self.config = config
         self.journal = journal
@@ -242,7 +242,7 @@ class RunFollower:
         if read.complete and self.config.compact_on_done and self.compact is not None:
             for table in tables:
                 try:
-                    self.compact(table)
+                    self.compact(table, str(path))
                 except Exception as exc:  # noqa: BLE001 - the run is committed; compaction can come later
                     log.warning(f"job {job.id}: compacting {table} after {path} ended failed: {exc}")
         return FollowStep(read.complete, outputs, progress, run.inventory, grown)

@@ -42,7 +42,7 @@ from herocollector.errors import (
 from herocollector.events import RunCollected, RunFailed, RunProgress
 from herocollector.journal.base import Job, JobState, JobStore
 from herocollector.output.delta import table_of
-from herocollector.output.delta_upkeep import compact
+from herocollector.output.delta_merge import compact_run
 from herocollector.output.files import OutputFormat, remove_abandoned
 from herocollector.output.paths import PathTemplate, Trusted
 from herocollector.output.pipeline import OutputPipeline, PlannedRun
@@ -212,7 +212,7 @@ class JobRunner:
             self.pipeline,
             lambda job, run, stream: self._route(job, run, stream.metadata),
             stopping,
-            compact=lambda table: compact(table, config.storage_options, actor=config.owner, min_files=2),
+            compact=lambda table, run: compact_run(table, run, config.storage_options, actor=config.owner),
         )
         # Stable across restarts, so a restarted actor recognises its own claims.
         self.owner = config.owner
