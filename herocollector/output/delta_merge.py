@@ -310,6 +310,7 @@ def merge_files_of(
     from deltalake.exceptions import CommitFailedError, DeltaError
     from deltalake.transaction import AddAction, RemoveAction
 
+    files = [f for f in files if "://" not in f.path and not f.path.startswith("/")]  # not another store's
     if len(files) < 2:
         return NO_MERGE
     protocol = delta_table.protocol()
