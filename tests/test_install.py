@@ -232,9 +232,12 @@ def test_an_s3_output_names_the_s3_extra(core: Install, run: RecordedRun) -> Non
         collected = core.herocollector("collect", run.path, "-o", "s3://bucket/x", hidden=hidden, cwd=cwd)
         _names_the_extra(collected, "s3")
         assert list(cwd.iterdir()) == [], f"collect wrote into {cwd}: {list(cwd.iterdir())}"
+    _names_the_extra(core.herocollector("verify", "s3://bucket/prefix", hidden=["boto3", "botocore"]), "s3")
 
 
-def test_a_postgresql_journal_names_the_postgres_extra(core: Install) -> None:
-    config = _config(core, "postgres", journal="postgresql://collector@db.invalid/herocollector")
+def test_a_postgresql_journal_names_the_postgres_extra(core: Install, run: RecordedRun) -> None:
+    journal = "postgresql://collector@db.invalid/herocollector"
+    config = _config(core, "postgres", journal=journal)
     checked = core.herocollector("check-config", config, hidden=["psycopg"])
     _names_the_extra(checked, "postgres")
+    _names_the_extra(core.herocollector("verify", run.path, "--journal", journal, hidden=["psycopg"]), "postgres")

@@ -29,7 +29,7 @@ from rich.markup import escape
 
 from herocollector.cli import common
 from herocollector.cli.common import Subparsers
-from herocollector.config import default_manifest_root
+from herocollector.config import default_manifest_root, require_extra
 from herocollector.errors import CollectorError, ConfigError
 from herocollector.output.delta import table_of, verify_tables
 from herocollector.output.manifest import MANIFEST_PREFIX, ManifestRoot, manifest_location
@@ -74,6 +74,7 @@ def register(subparsers: Subparsers) -> None:
 
 def _store(location: str, options: dict[str, Any], staging: Path) -> OutputStore:
     if location.startswith("s3://"):
+        require_extra("boto3", "s3", "verifying outputs on s3://")
         bucket = location[5:].split("/", 1)[0]
         return S3Store(f"s3://{bucket}", options, staging)
     return LocalStore(Path(location))
@@ -170,6 +171,8 @@ def _check_run(run: str, args: argparse.Namespace, options: dict[str, Any], stag
         raise CollectorError("a run directory is verified through its job: pass --journal", run)
     if "://" not in args.journal and not Path(args.journal).is_file():
         raise CollectorError("no such journal file", args.journal)
+    if args.journal.startswith(("postgresql://", "postgres://")):
+        require_extra("psycopg", "postgres", "a postgresql:// journal")
     from herocollector.journal.sqlite import open_journal
 
     journal = open_journal(args.journal)
@@ -182,6 +185,7 @@ def _check_run(run: str, args: argparse.Namespace, options: dict[str, Any], stag
         return RunCheck(run, None, (), (f"nothing to verify in the journal ({state})",))
     outputs = list(job.outputs)
     if any(table_of(key) != key for key in outputs):  # a run committed to Delta tables: its commits are its record
+        require_extra("deltalake", "delta", "verifying a run committed to Delta tables")
         return verify_tables(run, job.outputs, job.rows, options)
     store = _store(outputs[0], options, staging)
     try:
