@@ -14,8 +14,9 @@ It prints the CPU time each service process spent from the announcement to the r
 collected (``time.process_time()``: every thread, delta-rs's included), split by thread name
 (``tokio-rt-worker``: delta-rs writing and committing; the interpreter's name: the service's own
 threads), their ratio (the target is ≤ 1.3×), and the lag while following: median and maximum.
-The follower's figure includes ``compact_on_done`` (one more encoding of the whole run) unless
-``--no-compact``.
+The follower's figure includes ``compact_on_done`` (the run's chunk files merged into one, their
+row groups copied) unless ``--no-compact``. With ``--repeat N`` the whole comparison runs N
+times, each on a run of its own, and the median ratio is printed.
 
 Example::
 

@@ -11,7 +11,8 @@
     │   ├── OutputTakenError            the output path already belongs to another job (``.owner``)
     │   ├── PublishError                writing or publishing an output failed (ENOSPC, EROFS ...)
     │   ├── SchemaConflict              a run's column has another type than its table's (``.column``)
-    │   └── CommitError                 a table commit failed (retried; nothing half-committed)
+    │   ├── CommitError                 a table commit failed (retried; nothing half-committed)
+    │   └── FooterError                 a Parquet footer is damaged, or files cannot be merged (file, byte)
     ├── DoneTimeout                     ``_DONE`` did not appear within ``timeout``
     ├── RunChanged                      the run changed while it was read (retried; nothing published)
     ├── RunRefused                      the configuration forbids the run (never retried)
