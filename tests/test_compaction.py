@@ -187,6 +187,24 @@ def test_a_vacuum_within_no_retention_would_break_that_reader(table: Path) -> No
     assert content(DeltaTable(str(table)).to_pyarrow_table()) == expected(range(RUNS))
 
 
+def test_vacuum_deletes_the_old_data_files_of_commits_that_never_landed(table: Path) -> None:
+    """An actor killed mid-commit leaves a data file no log entry names; once older than the retention it goes."""
+    import os
+    import time
+
+    source = next(table.glob("*.parquet"))
+    old, young = table / "part-00000-never-landed-c000.zstd.parquet", table / "part-00001-in-flight-c000.zstd.parquet"
+    for orphan in (old, young):
+        shutil.copy(source, orphan)
+    week_and_a_day = time.time() - 192 * 3600
+    os.utime(old, (week_and_a_day, week_and_a_day))
+    rows = content(DeltaTable(str(table)).to_pyarrow_table())
+    cleaned = vacuum(str(table), 168, {}, actor="actor-a")
+    assert cleaned.removed == (old.name,)
+    assert not old.exists() and young.exists(), "a file younger than the retention may be a commit on its way"
+    assert content(DeltaTable(str(table)).to_pyarrow_table()) == rows
+
+
 def test_vacuum_keeps_the_tables_own_retention_if_it_is_longer(table: Path) -> None:
     dataset = DeltaTable(str(table)).to_pyarrow_dataset()
     compact(str(table), {}, actor="actor-a")

@@ -250,6 +250,7 @@ def vacuum(table: str, hours: float, options: Mapping[str, Any], *, actor: str =
             retention_hours=applied,
             dry_run=False,
             enforce_retention_duration=True,
+            full=True,  # also the data files of commits that never landed: only a full vacuum lists them
             commit_properties=CommitProperties(custom_metadata=_metadata(actor, f"vacuum: retention {applied} h")),
         )
     except (DeltaError, OSError) as exc:
