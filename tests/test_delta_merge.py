@@ -192,3 +192,13 @@ def test_a_merged_file_holds_at_most_the_row_groups_a_footer_can_number(
     result = compact_run(str(chunked), RUN, {}, actor="test")
     assert (result.files_before, result.files_after) == (6, 3)
     assert content(DeltaTable(str(chunked))) == rows
+
+
+def test_a_merged_file_holds_at_most_max_group_files_sources(chunked: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import herocollector.output.delta_merge as delta_merge
+
+    monkeypatch.setattr(delta_merge, "MAX_GROUP_FILES", 4)
+    rows = content(DeltaTable(str(chunked)))
+    result = compact_run(str(chunked), RUN, {}, actor="test")
+    assert (result.files_before, result.files_after) == (6, 2)
+    assert content(DeltaTable(str(chunked))) == rows

@@ -31,6 +31,7 @@ merged: their files carry more than their bytes.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import logging
 import math
@@ -55,6 +56,8 @@ _T = TypeVar("_T")
 
 COMMIT_ATTEMPTS = 8
 """Commits tried before giving up while other writers keep taking the next version."""
+MAX_GROUP_FILES = 1000
+"""Files merged into one at most: their decoded footers are held together while it is written."""
 UNMERGEABLE_FEATURES = frozenset({"deletionVectors", "rowTracking"})
 """Table features whose files carry more than their bytes (rows deleted beside the file, row ids)."""
 
@@ -210,7 +213,8 @@ def _groups(
     """Files merged into one: one partition and schema, in commit order, up to ``target`` bytes.
 
     ``families`` gives each file's footer family and row groups; a merged file holds at most
-    :data:`~herocollector.output.parquet_merge.MAX_ROW_GROUPS` of them.
+    :data:`~herocollector.output.parquet_merge.MAX_ROW_GROUPS` of them, and at most
+    :data:`MAX_GROUP_FILES` files (whose footers are in memory together while it is written).
     """
     by_kind: dict[tuple[str, bytes], list[DataFile]] = {}
     for file in files:
@@ -221,7 +225,8 @@ def _groups(
         size = row_groups = 0
         for file in members:
             grown = families[file.path][1]
-            if group and (size + file.size > target or row_groups + grown > MAX_ROW_GROUPS):
+            full = len(group) >= MAX_GROUP_FILES or size + file.size > target or row_groups + grown > MAX_ROW_GROUPS
+            if group and full:
                 if len(group) > 1:
                     yield group
                 group, size, row_groups = [], 0, 0
@@ -324,14 +329,17 @@ def merge_files_of(
     merged_from: list[DataFile] = []
     rows = 0
     try:
-        footers = dict(zip((f.path for f in files), read_footers([f.location for f in files], store.open), strict=True))
-        families = {path: (footer_family(footer), len(footer.row_groups)) for path, footer in footers.items()}
+        families: dict[str, tuple[bytes, int]] = {}
+        for file in files:  # only what grouping needs is kept: a decoded footer is many times its size
+            (footer,) = read_footers([file.location], store.open)
+            families[file.path] = (hashlib.sha256(footer_family(footer)).digest(), len(footer.row_groups))
         for group in _groups(files, families, target):
             folder = group[0].location.rpartition("/")[0]
             location = f"{folder}/" if folder else ""
             location += f"part-00000-{uuid.uuid4()}-c000.zstd.parquet"
             written.append(location)
-            result = store.write(location, functools.partial(merge_files, [footers[f.path] for f in group], store.open))
+            footers = read_footers([f.location for f in group], store.open)  # one group's at a time
+            result = store.write(location, functools.partial(merge_files, footers, store.open))
             _check_merged(store, location, group, result.rows)
             now = int(time.time() * 1000)
             actions += [RemoveAction(f.location, False, now, f.size, dict(f.partition)) for f in group]
@@ -431,6 +439,7 @@ def _abandon(store: _TableFiles, written: Sequence[str]) -> Merge:
 
 __all__ = [
     "COMMIT_ATTEMPTS",
+    "MAX_GROUP_FILES",
     "NO_MERGE",
     "DataFile",
     "Merge",
