@@ -197,6 +197,35 @@ def test_acquire_after_the_marker_reports_collected(run: Path, claims: Any) -> N
     assert claims(run, "actor-b").acquire().outcome == COLLECTED
 
 
+def test_a_claim_left_by_a_holder_killed_after_its_marker_is_removed(run: Path, claims: Any) -> None:
+    """The holder writes the marker, then lets go: killed in between, it leaves a fresh claim behind."""
+    first = claims(run, "actor-a")
+    first.acquire()
+    first.release({"/out/a.arrow": 7})
+    foreign_claim(run, "actor-a")  # as fresh as a claim whose holder died a moment ago
+    assert claims(run, "actor-b").acquire().outcome == COLLECTED
+    assert not (run / CLAIM_FILE).exists()
+
+
+def test_a_marker_written_while_the_claim_is_taken_makes_it_collected(
+    run: Path, claims: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The holder finished and let go between this actor's look at the marker and its claim."""
+    import herocollector.run.claims as claims_module
+
+    real_dump = json.dump
+
+    def dump(value: Any, fh: Any, **kwargs: Any) -> None:
+        if "claimed_at" in value and not (run / COLLECTED_FILE).exists():
+            (run / COLLECTED_FILE).write_text(json.dumps({"owner": "actor-a", "outputs": {}}))
+        real_dump(value, fh, **kwargs)
+
+    monkeypatch.setattr(claims_module.json, "dump", dump)
+    result = claims(run, "actor-b").acquire()
+    assert result.outcome == COLLECTED and result.info["owner"] == "actor-a"
+    assert not (run / CLAIM_FILE).exists()
+
+
 # ----------------------------------------------------------------------------------------
 # Races
 # ----------------------------------------------------------------------------------------

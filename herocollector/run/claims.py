@@ -105,6 +105,9 @@ class RunClaim:
         """
         for _ in range(8):  # a few rounds of take-over races at most
             if self.marker.exists():
+                # No claim on a collected run is anyone's any more: its holder writes the marker
+                # before it lets go, and one killed in between leaves the claim behind.
+                self.file.unlink(missing_ok=True)
                 return ClaimResult(COLLECTED, _read_json(self.marker))
             mine = {"owner": self.owner, "host": socket.gethostname(), "pid": os.getpid(), "claimed_at": time.time()}
             try:
@@ -125,6 +128,9 @@ class RunClaim:
                 json.dump(mine, fh)
                 fh.flush()
                 os.fsync(fh.fileno())
+            if self.marker.exists():  # its holder finished and let go between our look and our claim
+                self.file.unlink(missing_ok=True)
+                return ClaimResult(COLLECTED, _read_json(self.marker))
             self._start_heartbeat()
             return ClaimResult(ACQUIRED, mine)
         return ClaimResult(HELD, _read_json(self.file))
