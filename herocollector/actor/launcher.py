@@ -178,10 +178,9 @@ def connect(name: str = DEFAULT_NAME, realm: str = DEFAULT_REALM, timeout: float
     deadline = time.monotonic() + timeout
     pause = 0.05
     while True:
-        try:
-            return RemoteHERO(name, realm=realm)
-        except NameError:  # HEROS' "not found or discovery timeout"
-            pass
+        proxy = _proxy(name, realm)
+        if proxy is not None:
+            return proxy
         left = deadline - time.monotonic()
         if left <= 0:
             raise ActorNotFound(
@@ -190,6 +189,18 @@ def connect(name: str = DEFAULT_NAME, realm: str = DEFAULT_REALM, timeout: float
             )
         time.sleep(min(pause, left))  # a HERO cannot be waited on: poll, backing off up to 0.5 s
         pause = min(pause * 2, 0.5)
+
+
+def _proxy(name: str, realm: str) -> RemoteHERO | None:
+    """A proxy of the HERO with its methods, or None if it did not answer in full (try again)."""
+    try:
+        proxy = RemoteHERO(name, realm=realm)
+    except NameError:  # HEROS' "not found or discovery timeout"
+        return None
+    if not proxy._remote_capabilities:  # heros hands out a proxy without methods when that query timed out
+        proxy._destroy_hero()
+        return None
+    return proxy
 
 
 def wait_for_hero(name: str, realm: str, timeout: float = 30.0, process: BossProcess | None = None) -> RemoteHERO:
@@ -202,10 +213,7 @@ def wait_for_hero(name: str, realm: str, timeout: float = 30.0, process: BossPro
     def connect() -> RemoteHERO | None:
         if process is not None and not process.alive():
             raise TimeoutError(f"BOSS for {name} exited:\n{process.log_text()[-4000:]}")
-        try:
-            return RemoteHERO(name, realm=realm)
-        except NameError:
-            return None
+        return _proxy(name, realm)
 
     return wait_until(connect, timeout, f"HERO {name!r} in realm {realm!r}")
 
