@@ -49,7 +49,8 @@ import pyarrow.parquet as pq
 
 from herocollector.errors import CommitError, FooterError
 from herocollector.output.delta import METADATA_PREFIX, TABLE_RUN_COLUMN, delta_storage_options, local_table, open_table
-from herocollector.output.parquet_merge import MAX_ROW_GROUPS, footer_family, merge_files, read_footers
+from herocollector.output.files import fsync_dir
+from herocollector.output.parquet_merge import MAX_ROW_GROUPS, merge_files, read_footers
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -60,32 +61,6 @@ MAX_GROUP_FILES = 1000
 """Files merged into one at most: their decoded footers are held together while it is written."""
 UNMERGEABLE_FEATURES = frozenset({"deletionVectors", "rowTracking"})
 """Table features whose files carry more than their bytes (rows deleted beside the file, row ids)."""
-
-
-@dataclass(frozen=True)
-class RunCompaction:
-    """What :func:`compact_run` did.
-
-    Attributes:
-        table: The table location.
-        run: The run (its ``logger_path``).
-        files_before: The run's files that were merged.
-        files_after: The merged files that replace them (0: nothing was compacted).
-        rows: Rows in the merged files.
-        version: The table version of the compaction commit (-1: none).
-    """
-
-    table: str
-    run: str
-    files_before: int
-    files_after: int
-    rows: int
-    version: int
-
-    @property
-    def compacted(self) -> bool:
-        """Whether a compaction was committed."""
-        return self.version >= 0
 
 
 @dataclass(frozen=True)
@@ -163,11 +138,7 @@ class _TableFiles:
             result = write(sink)
             sink.flush()
             os.fsync(sink.fileno())  # the commit must not refer to bytes a crash can take back
-        descriptor = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(descriptor)
-        finally:
-            os.close(descriptor)
+        fsync_dir(path.parent)
         return result
 
     def remove(self, location: str) -> None:
@@ -280,6 +251,11 @@ class Merge:
     rows: int
     version: int
 
+    @property
+    def compacted(self) -> bool:
+        """Whether a compaction was committed."""
+        return self.version >= 0
+
 
 NO_MERGE = Merge(0, 0, 0, -1)
 
@@ -332,7 +308,7 @@ def merge_files_of(
         families: dict[str, tuple[bytes, int]] = {}
         for file in files:  # only what grouping needs is kept: a decoded footer is many times its size
             (footer,) = read_footers([file.location], store.open)
-            families[file.path] = (hashlib.sha256(footer_family(footer)).digest(), len(footer.row_groups))
+            families[file.path] = (hashlib.sha256(footer.family).digest(), len(footer.row_groups))
         for group in _groups(files, families, target):
             folder = group[0].location.rpartition("/")[0]
             location = f"{folder}/" if folder else ""
@@ -386,9 +362,7 @@ def merge_files_of(
     return Merge(len(merged_from), len(written), rows, version)
 
 
-def compact_run(
-    table: str, run: str, options: Mapping[str, Any], *, actor: str, target: int | None = None
-) -> RunCompaction:
+def compact_run(table: str, run: str, options: Mapping[str, Any], *, actor: str, target: int | None = None) -> Merge:
     """Merge a run's small files in a table into as few files as the target size allows; see the module.
 
     Args:
@@ -409,7 +383,7 @@ def compact_run(
 
     delta_table = open_table(table, options)
     if delta_table is None:
-        return RunCompaction(table, run, 0, 0, 0, -1)
+        return NO_MERGE
     target = target or target_size(delta_table)
     files = run_files(delta_table, run, target)
     metadata = {
@@ -417,8 +391,7 @@ def compact_run(
         f"{METADATA_PREFIX}run": run,
         f"{METADATA_PREFIX}reason": f"compaction: the {len(files)} small files of the run",
     }
-    merge = merge_files_of(table, delta_table, files, options, target=target, metadata=metadata)
-    return RunCompaction(table, run, merge.files_before, merge.files_after, merge.rows, merge.version)
+    return merge_files_of(table, delta_table, files, options, target=target, metadata=metadata)
 
 
 def _check_merged(store: _TableFiles, location: str, group: Sequence[DataFile], rows: int) -> None:
@@ -443,7 +416,6 @@ __all__ = [
     "NO_MERGE",
     "DataFile",
     "Merge",
-    "RunCompaction",
     "compact_run",
     "data_files",
     "merge_files_of",

@@ -13,7 +13,7 @@ of their columns are kept as they were. Left out are the page indexes and bloom 
 outside the column chunks, and their entries point into the old files. A reader of the merged
 file falls back to the row groups' statistics, as it does for any file written without them.
 
-Only files of one footer family are merged (:func:`footer_family`): the same schema, key-value
+Only files of one footer family are merged (:attr:`Footer.family`): the same schema, key-value
 metadata (the Arrow schema), column orders and writer. Encrypted files and column chunks kept in
 another file are refused. Pyarrow and delta-rs read footers but write none by themselves, so this
 module has a small codec for the compact protocol; it decodes to a tree and encodes that tree
@@ -359,11 +359,6 @@ def read_footer(source: RandomAccess, path: str) -> Footer:
     return footer
 
 
-def footer_family(footer: Footer) -> bytes:
-    """What files must share to be merged: schema, key-value metadata, column orders and writer."""
-    return footer.family
-
-
 @dataclass(frozen=True)
 class MergedFile:
     """What :func:`merge_files` wrote.
@@ -424,9 +419,9 @@ def merge_files(
     """
     if not footers:
         raise FooterError("no files to merge", "")
-    family = footer_family(footers[0])
+    family = footers[0].family
     for footer in footers[1:]:
-        if footer_family(footer) != family:
+        if footer.family != family:
             raise FooterError(f"its schema or writer differs from {footers[0].path}'s", footer.path)
     if sum(len(f.row_groups) for f in footers) > MAX_ROW_GROUPS:
         raise FooterError(f"more than {MAX_ROW_GROUPS} row groups for one file", footers[0].path)
@@ -505,7 +500,6 @@ __all__ = [
     "ThriftStruct",
     "decode_struct",
     "encode_struct",
-    "footer_family",
     "merge_files",
     "read_footer",
     "read_footers",
