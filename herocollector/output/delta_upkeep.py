@@ -31,7 +31,7 @@ import logging
 import math
 import re
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +40,7 @@ import pyarrow.compute as pc
 
 from herocollector.errors import CommitError
 from herocollector.output.delta import METADATA_PREFIX, open_table
+from herocollector.output.delta_merge import DataFile, data_files, merge_files_of
 
 log = logging.getLogger(__name__)
 
@@ -126,18 +127,19 @@ def target_size(delta_table: Any) -> int:
         return DEFAULT_TARGET_SIZE
 
 
-def small_files(files: pa.Table, target: int) -> int:
-    """The most data files below ``target`` bytes that one partition holds."""
-    keys = [name for name in files.column_names if name.startswith("partition.")]
-    sizes = files.column("size_bytes").to_pylist()
-    partitions = list(zip(*(files.column(k).to_pylist() for k in keys), strict=True)) if keys else [()] * len(sizes)
-    counted = Counter(partition for partition, size in zip(partitions, sizes, strict=True) if (size or 0) < target)
-    return max(counted.values(), default=0)
+def small_files(files: Sequence[DataFile], target: int) -> Counter[str]:
+    """Data files below ``target`` bytes, counted per partition (its values as JSON)."""
+    return Counter(_partition(f) for f in files if f.size < target)
+
+
+def _partition(file: DataFile) -> str:
+    return json.dumps(dict(file.partition), sort_keys=True)
 
 
 def needs_compaction(delta_table: Any, min_files: int = MIN_SMALL_FILES, target: int | None = None) -> bool:
     """Whether some partition holds at least ``min_files`` files below the target size."""
-    return small_files(_files(delta_table), target or target_size(delta_table)) >= min_files
+    counted = small_files(data_files(delta_table), target or target_size(delta_table))
+    return max(counted.values(), default=0) >= min_files
 
 
 def compact(
@@ -167,21 +169,17 @@ def compact(
         CommitError: The table could not be read or written, or other commits kept taking the
             next version; it can simply run again later.
     """
-    from herocollector.output.delta_merge import data_files, merge_files_of
-
     delta_table = open_table(table, options)
     if delta_table is None:
         return Compaction(table, False, 0, 0, 0, 0, -1)
     target = target or target_size(delta_table)
     files = data_files(delta_table)
-    per_partition = Counter(json.dumps(f.partition, sort_keys=True) for f in files if f.size < target)
+    per_partition = small_files(files, target)
     small = max(per_partition.values(), default=0)
     if small < min_files:
         rows = _rows(_files(delta_table), delta_table)
         return Compaction(table, False, len(files), len(files), small, rows, int(delta_table.version()))
-    chosen = [
-        f for f in files if f.size < target and per_partition[json.dumps(f.partition, sort_keys=True)] >= min_files
-    ]
+    chosen = [f for f in files if f.size < target and per_partition[_partition(f)] >= min_files]
     reason = f"compaction: {small} files below {target} bytes in a partition"
     merge = merge_files_of(table, delta_table, chosen, options, target=target, metadata=_metadata(actor, reason))
     after = open_table(table, options)
