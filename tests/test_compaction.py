@@ -21,14 +21,14 @@ from deltalake import DeltaTable
 from herocollector.config import ServiceConfig
 from herocollector.events import RunCollected
 from herocollector.journal.postgres import PgJournal
-from herocollector.output.delta import TABLE_RUN_COLUMN, commit_run, run_app_id
+from herocollector.output.delta import TABLE_RUN_COLUMN, run_app_id
 from herocollector.output.delta_upkeep import Compaction, compact, needs_compaction, retention_hours, vacuum
 from herocollector.service.compaction import TableUpkeep, lease_name
 from herocollector.service.core import CollectionService
 from herocollector.testing.actors import wait_for
 from herocollector.testing.runs import build_run
 from herocollector.testing.servers import PostgresTestServer
-from herocollector.testing.tables import recorded_records, table_records
+from herocollector.testing.tables import commit_rows, recorded_records, table_records
 
 RUNS = 200
 ROWS = 25
@@ -55,14 +55,12 @@ def run_path(i: int) -> str:
 
 
 def commit(table: Path, i: int, **kwargs: Any) -> None:
-    rows = run_rows(i)
-    commit_run(
+    commit_rows(
         str(table),
-        pa.RecordBatchReader.from_batches(rows.schema, rows.to_batches()),
+        run_rows(i),
         run=run_path(i),
         version=i + 1,
         metadata={"run": run_path(i), "job": str(i + 1)},
-        options={},
         **kwargs,
     )
 
@@ -120,15 +118,7 @@ def test_compaction_after_200_small_runs_reduces_the_files_and_keeps_the_rows(ta
     assert last["herocollector.actor"] == "actor-a" and last["herocollector.reason"].startswith("compaction")
     # Every run's transaction outlives the compaction: a retry of a committed run is still adopted.
     assert all(after.transaction_version(run_app_id(run_path(i))) == i + 1 for i in range(RUNS))
-    rows = run_rows(7)
-    again = commit_run(
-        str(table),
-        pa.RecordBatchReader.from_batches(rows.schema, rows.to_batches()),
-        run=run_path(7),
-        version=8,
-        metadata={},
-        options={},
-    )
+    again = commit_rows(str(table), run_rows(7), run=run_path(7), version=8)
     assert again.adopted and again.rows == ROWS
     # Nothing is small enough any more: a second round changes nothing.
     second = compact(str(table), {}, actor="actor-a")

@@ -29,7 +29,7 @@ from herocollector.output.delta import (
 from herocollector.testing.actors import wait_for
 from herocollector.testing.runs import RecordedRun, build_run
 from herocollector.testing.servers import S3TestServer
-from herocollector.testing.tables import recorded_records, table_records
+from herocollector.testing.tables import commit_rows, recorded_records, table_records
 
 COLUMNS = ["experiment", "measure"]
 
@@ -227,24 +227,10 @@ def test_partition_by_must_be_among_columns_and_is_for_tables(tmp_path: Path) ->
 def test_schema_conflict_names_both_types(tmp_path: Path) -> None:
     table = str(tmp_path / "t")
     first = pa.table({"stream_id": pa.array([1], pa.uint32()), "label": ["a"]})
-    commit_run(
-        table,
-        pa.RecordBatchReader.from_batches(first.schema, first.to_batches()),
-        run="/r1",
-        version=1,
-        metadata={},
-        options={},
-    )
+    commit_rows(table, first, run="/r1", version=1)
     second = pa.table({"stream_id": pa.array([1], pa.uint32()), "label": [2.5]})
     with pytest.raises(SchemaConflict) as caught:
-        commit_run(
-            table,
-            pa.RecordBatchReader.from_batches(second.schema, second.to_batches()),
-            run="/r2",
-            version=2,
-            metadata={},
-            options={},
-        )
+        commit_rows(table, second, run="/r2", version=2)
     assert caught.value.column == "label"
     assert (caught.value.table_type, caught.value.run_type) == ("string", "double")
 

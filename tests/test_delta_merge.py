@@ -12,10 +12,11 @@ import pyarrow as pa
 import pytest
 from deltalake import DeltaTable
 
-from herocollector.output.delta import commit_run, open_table
+from herocollector.output.delta import open_table
 from herocollector.output.delta_merge import compact_run, run_files
 from herocollector.output.delta_upkeep import compact
 from herocollector.testing.servers import S3TestServer
+from herocollector.testing.tables import commit_rows
 
 PARTITION = "x y%ü"  # characters Delta percent-encodes in paths, once on disk and twice in the log
 RUN, OTHER = "/runs/run-a", "/runs/run-b"
@@ -35,14 +36,13 @@ def chunk(index: int, rows: int = 50) -> pa.Table:
 
 
 def commit_chunk(table: str, run: str, index: int, options: dict[str, Any] | None = None) -> None:
-    rows = chunk(index)
-    commit_run(
+    commit_rows(
         table,
-        pa.RecordBatchReader.from_batches(rows.schema, rows.to_batches()),
+        chunk(index),
         run=run,
         version=index + 1,
         metadata={"run": run},
-        options=options or {},
+        options=options,
         partition_by=["experiment"],
         chunked=True,
     )

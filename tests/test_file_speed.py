@@ -222,15 +222,20 @@ def test_a_manifest_is_created_only_after_the_folders_this_thread_published_into
     assert calls.fsyncs(tmp_path / "data") == 2  # nothing of this thread is left unsynced
 
 
-def test_a_folder_that_cannot_be_synced_fails_the_publish_naming_an_output_in_it(tmp_path: Path) -> None:
-    store = LocalStore(tmp_path)
-    final = tmp_path / "gone" / "x.arrow"
+def _published_then_removed(store: LocalStore, final: Path) -> None:
+    """An output published at ``final`` whose folder was removed since, before it was synced."""
     output = OutputFile(final, SCHEMA)
     output.write(_batch(10, 2))
     output.finish()
     store.publish(output, final, Provenance("/runs/r"), replace_own=False)
     final.unlink()
     final.parent.rmdir()
+
+
+def test_a_folder_that_cannot_be_synced_fails_the_publish_naming_an_output_in_it(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path)
+    final = tmp_path / "gone" / "x.arrow"
+    _published_then_removed(store, final)
     with pytest.raises(PublishError) as caught:
         store.sync_folders([final])
     assert caught.value.errno == 2 and caught.value.path == str(final)
@@ -335,12 +340,7 @@ def test_a_folder_that_failed_or_vanished_never_fails_a_later_write_of_the_threa
     store = LocalStore(tmp_path)
     for name in ("failed", "vanished"):
         final = tmp_path / name / "x.arrow"
-        output = OutputFile(final, SCHEMA)
-        output.write(_batch(10, 2))
-        output.finish()
-        store.publish(output, final, Provenance("/runs/r"), replace_own=False)
-        final.unlink()
-        final.parent.rmdir()
+        _published_then_removed(store, final)
         if name == "failed":
             with pytest.raises(PublishError):
                 store.sync_folders([final])  # the write it belonged to fails, once

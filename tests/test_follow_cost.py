@@ -15,6 +15,7 @@ from deltalake import DeltaTable
 
 from herocollector.errors import SchemaConflict
 from herocollector.output.delta import TABLE_RUN_COLUMN, TableCommit, commit_run, run_app_id
+from herocollector.testing.tables import commit_rows
 
 
 def chunk(first: int, rows: int = 3) -> pa.RecordBatchReader:
@@ -82,15 +83,6 @@ def test_a_failed_commit_leaves_no_open_table(tmp_path: Path) -> None:
     commit(table, "/a", 1, opened)
     clash = pa.table({"epoch": pa.array(["not a number"]), "stream_id": pa.array([1], pa.uint32())})
     with pytest.raises(SchemaConflict, match="epoch"):
-        commit_run(
-            table,
-            pa.RecordBatchReader.from_batches(clash.schema, clash.to_batches()),
-            run="/a",
-            version=2,
-            metadata={},
-            options={},
-            chunked=True,
-            opened=opened,
-        )
+        commit_rows(table, clash, run="/a", version=2, chunked=True, opened=opened)
     assert table not in opened
     assert commit(table, "/a", 2, opened).version == 1

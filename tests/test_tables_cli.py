@@ -11,10 +11,9 @@ import pyarrow as pa
 import pytest
 from deltalake import DeltaTable
 
-from herocollector.output.delta import commit_run
 from herocollector.testing.runs import RecordedRun, build_run
 from herocollector.testing.servers import S3TestServer
-from herocollector.testing.tables import recorded_records, table_records
+from herocollector.testing.tables import commit_rows, recorded_records, table_records
 
 COLUMNS = ("experiment", "measure")
 
@@ -82,8 +81,7 @@ def test_partition_by_needs_delta_and_a_listed_column(runs: list[RecordedRun], t
 
 def _small(table: str, run: str, rows: int, options: dict[str, object] | None = None) -> None:
     data = pa.table({"stream_id": pa.array(range(rows), pa.uint32()), "epoch": pa.array([1.0] * rows)})
-    reader = pa.RecordBatchReader.from_batches(data.schema, data.to_batches())
-    commit_run(table, reader, run=run, version=1, metadata={"run": run}, options=options or {})
+    commit_rows(table, data, run=run, version=1, metadata={"run": run}, options=options)
 
 
 def test_tables_lists_nested_tables_with_rows_files_versions_and_last_commit(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Test support for tables: a table's rows of a run, and a recorded run's rows, in one comparable form.
+"""Test support for tables: rows committed in one call, a table's rows of a run, and a recorded run's rows.
 
 "Equal to what was recorded" compares content, not counts: every record as a tuple (stream id,
 epoch, indices, values, labels), sorted, since a table gives no row order across its files.
@@ -13,10 +13,32 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from herocollector.output.delta import TABLE_RUN_COLUMN
+from herocollector.output.delta import TABLE_RUN_COLUMN, TableCommit, commit_run
 from herocollector.testing.runs import RecordedRun
 
 Record = tuple[Any, ...]
+
+
+def commit_rows(
+    table: str,
+    rows: pa.Table,
+    *,
+    run: str,
+    version: int,
+    metadata: dict[str, str] | None = None,
+    options: dict[str, Any] | None = None,
+    **kwargs: Any,
+) -> TableCommit:
+    """Commit ``rows`` (in our output schema) as ``run`` with :func:`~herocollector.output.delta.commit_run`."""
+    return commit_run(
+        table,
+        pa.RecordBatchReader.from_batches(rows.schema, rows.to_batches()),
+        run=run,
+        version=version,
+        metadata=metadata or {},
+        options=options or {},
+        **kwargs,
+    )
 
 
 def table_records(table: pa.Table, columns: Sequence[str] = (), run: str | None = None) -> list[Record]:
