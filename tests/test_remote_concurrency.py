@@ -20,7 +20,7 @@ import pytest
 from herocollector.actor.demo import write_simulated_run
 from herocollector.actor.tasks import TASKS_RUNNING, RemoteTasks
 from herocollector.errors import Busy, RunRefused
-from herocollector.testing.actors import wait_for
+from herocollector.testing.actors import tracebacks, wait_for
 from herocollector.testing.runs import journal_rows
 
 if TYPE_CHECKING:
@@ -128,7 +128,7 @@ def test_twelve_concurrent_cleanups_each_answer_in_time_with_the_truth(tmp_path:
         for proxy in proxies:
             proxy._destroy_hero()
         boss.stop(timeout=10)
-    assert "Traceback" not in boss.log_text()
+    assert tracebacks(boss.log_text()) == []
 
 
 # -- RemoteTasks without HEROS ----------------------------------------------------------------------

@@ -20,6 +20,7 @@ import pytest
 
 from herocollector.actor.demo import write_simulated_run
 from herocollector.actor.launcher import BossProcess, load_config, wait_until
+from herocollector.testing.actors import tracebacks
 from herocollector.testing.runs import journal_rows
 
 pytestmark = pytest.mark.e2e
@@ -131,7 +132,7 @@ def test_a_waiting_run_holds_no_worker_and_shutdown_is_prompt(site: Site) -> Non
     wait_until(lambda: state_of(site, late) == "waiting", 30, "run D to wait")
     seconds = terminate_and_time(collector)
     assert seconds < 10.0, f"BOSS took {seconds:.1f} s to stop"
-    assert "Traceback" not in collector.log_text()
+    assert tracebacks(collector.log_text()) == []
 
 
 def test_runs_finished_during_downtime_are_collected_without_a_manual_call(site: Site) -> None:
@@ -277,3 +278,33 @@ def test_metrics_are_published_through_the_boss_datasource(site: Site) -> None:
     assert values["rows_collected"]["raw_value"] == 600
     assert values["jobs_done"]["raw_value"] == 1 and values["queue_depth"]["raw_value"] == 0
     assert values["bytes_collected"]["raw_unit"] == "B"
+
+
+BOSS_EXIT_LOG = """\
+2026-12-01 17:47:50,101 [INFO] boss [starter.py:111 exit_gracefully]: Stopping BOSS...
+Process Process-1:
+Traceback (most recent call last):
+  File "/usr/lib/python3.11/multiprocessing/process.py", line 314, in _bootstrap
+    self.run()
+  File "/venv/lib/python3.11/site-packages/boss/worker.py", line 70, in run
+    self._loop.run_until_complete(self._communicatation_task)
+  File "/usr/lib/python3.11/asyncio/base_events.py", line 651, in run_until_complete
+    raise RuntimeError('Event loop stopped before Future completed.')
+RuntimeError: Event loop stopped before Future completed.
+2026-12-01 17:47:50,565 [INFO] boss [starter.py:122 exit_gracefully]: Exited BOSS
+"""
+
+OUR_TRACEBACK = """\
+Traceback (most recent call last):
+  File "/venv/lib/python3.11/site-packages/herocollector/actor/archiver.py", line 1, in _teardown
+    raise ValueError("boom")
+ValueError: boom
+"""
+
+
+def test_tracebacks_reports_ours_and_leaves_out_only_the_boss_worker_exit_race() -> None:
+    assert tracebacks(BOSS_EXIT_LOG) == []
+    found = tracebacks(BOSS_EXIT_LOG + OUR_TRACEBACK)
+    assert len(found) == 1 and found[0].endswith("ValueError: boom")
+    # The same RuntimeError raised from anywhere but BOSS's worker is reported.
+    assert len(tracebacks(BOSS_EXIT_LOG.replace("boss/worker.py", "herocollector/actor/archiver.py"))) == 1

@@ -110,6 +110,30 @@ def wait_for(predicate: Callable[[], Any], what: str, timeout: float = TIMEOUT) 
         time.sleep(0.005)
 
 
+# BOSS stops a HERO's worker process from a SIGTERM handler that stops the worker's event loop.
+# When the signal lands while the loop runs a callback (not while it waits), the loop stops
+# before its communication task has ended, and the worker prints this traceback as it exits.
+# It is BOSS's own shutdown, after the HERO has been torn down, so it is not ours to report.
+BOSS_WORKER_EXIT = ("boss/worker.py", "RuntimeError: Event loop stopped before Future completed.")
+
+
+def tracebacks(log: str) -> list[str]:
+    """The tracebacks in a process's ``log``, except BOSS's worker-exit race (see above)."""
+    found: list[str] = []
+    lines = log.splitlines()
+    for start, line in enumerate(lines):
+        if not line.lstrip().startswith("Traceback (most recent call last):"):
+            continue
+        end = start + 1
+        while end < len(lines) and lines[end][:1].isspace():
+            end += 1
+        block = "\n".join(lines[start : end + 1])
+        frame, message = BOSS_WORKER_EXIT
+        if not (frame in block and block.rstrip().endswith(message)):
+            found.append(block)
+    return found
+
+
 def wait_job(actor: CollectorArchiver, path: str | Path, *states: JobState) -> Job:
     """The job of ``path`` once it is in one of ``states``."""
     journal = actor.service.journal
