@@ -31,6 +31,7 @@ def fleet(tmp_path: Path, postgres: PostgresTestServer, s3: S3TestServer) -> Fle
 def check_exactly_once(fleet: Fleet, s3: S3TestServer, runs: list[str]) -> None:
     """One job per run, done; one output set and one manifest per run; nothing else."""
     jobs = fleet.jobs()
+    assert [(job["source"], job["error"]) for job in jobs if job["path"] is None] == []  # no event refused
     assert sorted(job["path"] for job in jobs) == sorted(runs)
     assert {job["state"] for job in jobs} == {"done"}
     client = s3.client()

@@ -217,3 +217,61 @@ def test_counts_stay_exact_through_many_changes_and_folds(two: tuple[PgJournal, 
     with psycopg.connect(a.url) as conn:
         parts = conn.execute("SELECT COUNT(*) FROM herocollector_job_counts").fetchone()
     assert parts is not None and parts[0] < FOLD_AT  # folded, not growing with every change
+
+
+@pytest.mark.parametrize("batched", [False, True], ids=["transaction", "group-commit"])
+def test_a_deadlock_between_two_actors_is_run_again_not_reported(url: str, batched: bool) -> None:
+    """Two actors inserting the same keys in opposite orders deadlock; the server's victim runs again.
+
+    Before, the victim got a ``JournalError`` while the journal answered, which the intake takes
+    for a bad event (journalled as a failed job without a path).
+    """
+    from herocollector.journal.postgres_db import PgConnections
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE deadlock_keys (k text PRIMARY KEY)")
+    barrier = threading.Barrier(2, timeout=30)
+    calls = {"a": 0, "b": 0}
+
+    def insert(db: psycopg.Connection, key: str) -> None:
+        db.execute("INSERT INTO deadlock_keys (k) VALUES (%s) ON CONFLICT (k) DO NOTHING", (key,))
+
+    def actor(name: str, first: str, second: str, results: list[object]) -> None:
+        connections = PgConnections(url, 10.0)
+
+        def first_step(db: psycopg.Connection) -> None:
+            calls[name] += 1
+            insert(db, first)
+            if calls[name] == 1:
+                barrier.wait()  # both hold their first key, then each wants the other's
+
+        def second_step(db: psycopg.Connection) -> str:
+            insert(db, second)
+            return name
+
+        try:
+            if batched:
+                outcomes = connections.run_batch([first_step, second_step], single=False)
+                results.extend(o.error if o.error is not None else o.result for o in outcomes)
+            else:
+                results.append(connections.run(lambda db: (first_step(db), second_step(db))[1]))
+        except Exception as exc:  # noqa: BLE001 - the assertion below shows it
+            results.append(exc)
+        finally:
+            connections.close()
+
+    got_a: list[object] = []
+    got_b: list[object] = []
+    threads = [
+        threading.Thread(target=actor, args=("a", "k1", "k2", got_a)),
+        threading.Thread(target=actor, args=("b", "k2", "k1", got_b)),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert got_a[-1] == "a" and got_b[-1] == "b", (got_a, got_b)
+    assert not any(isinstance(r, Exception) for r in got_a + got_b), (got_a, got_b)
+    assert sorted(calls.values()) == [1, 2]  # the deadlock's victim ran again, once
+    with psycopg.connect(url) as conn:
+        assert sorted(r[0] for r in conn.execute("SELECT k FROM deadlock_keys")) == ["k1", "k2"]

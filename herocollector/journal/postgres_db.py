@@ -13,7 +13,9 @@ May import: :mod:`herocollector.errors` and :mod:`herocollector.journal.group`.
 from __future__ import annotations
 
 import json
+import random
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -31,6 +33,10 @@ Conn = psycopg.Connection[dict[str, Any]]
 SCHEMA_VERSION = 3
 IDLE_IN_TRANSACTION_TIMEOUT = 2.0
 """Seconds a session may sit in an open transaction: a paused actor's row locks are freed then."""
+ROLLBACK_RETRIES = 8
+"""Times a transaction the server rolled back (a deadlock, a serialization failure) is run again."""
+ROLLBACK_BACKOFF = 0.02
+"""Seconds of the jittered wait before the n-th run again is at most n times this."""
 CHANNEL = "herocollector_jobs"
 LOCK_KEY = 0x6865726F636F6C  # pg_advisory_xact_lock key of the schema migration ("herocol")
 NOW = "extract(epoch from clock_timestamp())::float8"
@@ -129,6 +135,15 @@ def redact(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
+def rolled_back_by_server(exc: psycopg.Error) -> bool:
+    """Whether the server rolled the transaction back to end a deadlock or a serialization failure.
+
+    SQLSTATE class 40. psycopg's ``TransactionRollback`` is not the base of all of them
+    (``DeadlockDetected`` is not a subclass), so the code is what tells.
+    """
+    return (exc.sqlstate or "").startswith("40")
+
+
 class PgConnections:
     """The connections of one journal (thread-safe): changes, reads and the listener.
 
@@ -165,12 +180,18 @@ class PgConnections:
     def run(self, action: Callable[[Conn], _T], read: bool = False, single: bool = False) -> _T:
         """Run ``action`` in one transaction; reconnect once if the connection broke.
 
+        A transaction the server rolled back to end a deadlock or a serialization failure
+        (:func:`rolled_back_by_server`) is run again, up to :data:`ROLLBACK_RETRIES` times.
+
         With ``read``, on the connection for reads, so that a page of jobs read for a cleanup
         never waits for, or holds up, a state change on the other. With ``single``, ``action``
         runs one statement, which is its own transaction: no ``BEGIN``/``COMMIT`` round trips.
         """
         with self._read_lock if read else self._lock:
-            for attempt in (1, 2):
+            rolled_back = 0
+            attempt = 0
+            while True:
+                attempt += 1
                 conn = self._reader if read else self._conn
                 if conn is None or conn.closed or conn.broken:
                     conn = self.connect()
@@ -184,19 +205,28 @@ class PgConnections:
                     with conn.transaction():
                         return action(conn)
                 except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
-                    if attempt == 2 or not (conn.closed or conn.broken):
+                    if rolled_back_by_server(exc) and not (conn.closed or conn.broken):
+                        # A deadlock with another actor, or a serialization failure: the server
+                        # rolled the whole transaction back, so running it again is safe, and it
+                        # is nobody's fault. Reported as an error, it looked like a bad event or
+                        # a failed job to the caller, since the journal answers.
+                        rolled_back += 1
+                        if rolled_back <= ROLLBACK_RETRIES:
+                            time.sleep(random.uniform(0.0, ROLLBACK_BACKOFF * rolled_back))
+                            attempt -= 1  # not a broken connection
+                            continue
+                    if attempt >= 2 or not (conn.closed or conn.broken):
                         raise JournalError(f"journal query failed at {self.location}: {exc}") from None
                 except psycopg.Error as exc:
                     raise JournalError(f"journal query failed at {self.location}: {exc}") from None
-        raise AssertionError("unreachable")
 
     def run_batch(self, steps: Sequence[Callable[[Conn], Any]], single: bool) -> list[Outcome]:
         """Run the steps of one group commit in one transaction, each in a savepoint; commit once.
 
         A lone step runs as :meth:`run` runs an action (``single``: as one statement). A step's
         psycopg error that leaves the connection usable is that step's alone (its savepoint rolled
-        back); a broken connection fails the whole batch, which is run again once on a new
-        connection (nothing of it was committed), as :meth:`run` does.
+        back); a broken connection, or a deadlock, fails the whole batch, which :meth:`run`
+        runs again (nothing of it was committed).
 
         Raises:
             JournalError: The transaction or its commit failed: no step was kept.
@@ -219,7 +249,7 @@ class PgConnections:
                     with db.transaction():  # a savepoint
                         outcomes.append(Outcome(step(db)))
                 except psycopg.Error as exc:
-                    if db.closed or db.broken:
+                    if db.closed or db.broken or rolled_back_by_server(exc):
                         raise  # the batch is lost: run() runs it again, or fails every step
                     outcomes.append(Outcome(error=JournalError(f"journal query failed at {self.location}: {exc}")))
                 except Exception as exc:  # noqa: BLE001 - LeaseLost, OutputTakenError: this step's caller gets it
