@@ -12,6 +12,7 @@ process, with real signals.
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import subprocess
@@ -188,3 +189,25 @@ def test_sigterm_while_waiting_for_done(tmp_path: Path) -> None:
             process.communicate()
     assert_stopped_by(subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr), signal.SIGTERM)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_signal_whose_interrupt_python_ignored_still_ends_the_wait_for_done(tmp_path: Path) -> None:
+    """The handler's ``Interrupted`` can land where Python ignores exceptions (seen: an import lock's
+    weakref callback, "Exception ignored in"); the wait for ``_DONE`` must end all the same."""
+    from rich.console import Console
+
+    run = Path(write_simulated_run(tmp_path / "run", records=10, seed=1)["path"])
+    (run / "_DONE").unlink()
+
+    class SignalledWhileIgnored:
+        def __del__(self) -> None:
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(1000):  # the handler runs between these bytecodes; its raise is ignored
+                pass
+
+    with common.stop_signals():
+        SignalledWhileIgnored()  # gone at once: its __del__ runs here
+        with common.progress(Console(file=io.StringIO()), quiet=True) as display:
+            with pytest.raises(common.Interrupted) as caught:
+                common.wait_for_done([run], backoff=10, timeout=20_000, display=display)
+    assert caught.value.signum == signal.SIGTERM

@@ -9,6 +9,7 @@ import argparse
 import json
 import os
 import signal
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -219,7 +220,9 @@ def wait_for_done(paths: Sequence[Path], backoff: int, timeout: int | None, disp
     if not pending:
         return
     task = display.add_task(f"waiting for _DONE in {len(pending)} run(s)", total=None, note="")
-    if not logdir.wait_for_done(pending, backoff, timeout):
+    if not logdir.wait_for_done(pending, backoff, timeout, stop=_SIGNALLED):
+        if _stop.received is not None:  # its Interrupted was lost (see _Signalled)
+            raise Interrupted(_stop.received)
         missing = [str(p) for p in pending if not logdir.is_done(p)]
         raise CollectorError(f"timed out after {timeout} ms waiting for _DONE in {', '.join(missing)}")
     display.remove_task(task)
@@ -284,6 +287,25 @@ class _StopState:
 
 
 _stop = _StopState()
+
+
+class _Signalled:
+    """Ends a wait once a stop signal has arrived, even if the :class:`Interrupted` it raised was lost.
+
+    The handler raises wherever the main thread is, and where Python ignores exceptions (a
+    weakref callback during an import, a ``__del__``) only a line on stderr is left of it; the
+    handler then ignores the signals that follow, as it must during a cleanup. A wait for
+    ``_DONE`` with ``--timeout none`` would then go on for ever. A signal handler must not take
+    a lock (a :class:`threading.Event` would), so this sleeps and looks at what was received.
+    """
+
+    def wait(self, timeout: float | None = None) -> bool:
+        if _stop.received is None:
+            time.sleep(timeout or 0.0)
+        return _stop.received is not None
+
+
+_SIGNALLED = _Signalled()
 
 
 def _on_stop_signal(signum: int, frame: FrameType | None) -> None:

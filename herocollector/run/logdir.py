@@ -9,11 +9,10 @@ from __future__ import annotations
 import json
 import math
 import os
-import threading
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -22,6 +21,14 @@ from herocollector.decode.codec import Records, TickState, encode_segment
 DONE_MARKER = "_DONE"
 STREAMS_DIR = "streams"
 SEGMENT_SUFFIX = ".seg.zst"
+
+
+class Stop(Protocol):
+    """What ends a wait early: a :class:`threading.Event`, or anything that waits like one."""
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait up to ``timeout`` seconds; True once the wait is to end."""
+        ...
 
 
 def segment_files(path: str | Path) -> list[Path]:
@@ -54,7 +61,7 @@ def wait_for_done(
     paths: Iterable[str | Path],
     backoff: int = 100,
     timeout: int | None = 60_000,
-    stop: threading.Event | None = None,
+    stop: Stop | None = None,
 ) -> bool:
     """Poll until every path holds ``_DONE``.
 
