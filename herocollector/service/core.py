@@ -161,6 +161,7 @@ class CollectionService:
                 scheduler.every("compaction", config.compact_interval, self.upkeep.run, run_at_start=False)
             journal.subscribe(scheduler.wake)
             self.health.on_recovery(lambda: scheduler.trigger("scan"))  # runs missed while the journal was down
+            self.health.on_recovery(scheduler.resume_backed_off)
             self.exporter = self._serve_metrics()
             scheduler.start()
             self.intake.start()

@@ -7,7 +7,9 @@ a retry needs no timer, and a restart resumes with the same query. Waiting runs 
 yet) are checked by a periodic task, never by a worker.
 
 Periodic tasks (the ``_DONE`` checks, the catch-up scan, the trash purge) each run on their
-own thread, so a long scan cannot delay a ``_DONE`` check or a collection.
+own thread, so a long scan cannot delay a ``_DONE`` check or a collection. While the journal
+fails, a task's rounds come further apart (:func:`outage_pause`), and they resume at once when
+it answers again (:meth:`Scheduler.resume_backed_off`).
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from herocollector.service.health import JournalHealth
 log = logging.getLogger(__name__)
 
 _IDLE_POLL = 1.0  # seconds an idle worker sleeps at most before asking the journal again
+OUTAGE_PAUSE = 5.0
+"""Seconds a periodic task waits at most between rounds the journal failed (see :func:`outage_pause`)."""
 
 
 @dataclass
@@ -34,6 +38,19 @@ class _Periodic:
     task: Callable[[], None]
     run_at_start: bool
     now: threading.Event = field(default_factory=threading.Event)
+    failures: int = 0  # rounds in a row that the journal failed
+
+
+def outage_pause(interval: float, failures: int) -> float:
+    """The wait before a periodic task's next round, after ``failures`` rounds in a row the journal failed.
+
+    Doubling from the task's interval up to :data:`OUTAGE_PAUSE` (never below the interval), so
+    that a ``_DONE`` check every 100 ms does not ask a journal that is down ten times a second;
+    :meth:`Scheduler.resume_backed_off` ends the wait once the journal answers again.
+    """
+    if failures <= 0:
+        return interval
+    return max(interval, min(interval * 2.0 ** min(failures, 32), OUTAGE_PAUSE))
 
 
 class Scheduler:
@@ -96,6 +113,12 @@ class Scheduler:
         """Run the periodic task ``name`` now instead of at its next interval (no-op if there is none)."""
         for periodic in self._periodic:
             if periodic.name == name:
+                periodic.now.set()
+
+    def resume_backed_off(self) -> None:
+        """Run now the periodic tasks that wait longer than their interval because the journal failed."""
+        for periodic in self._periodic:
+            if periodic.failures:
                 periodic.now.set()
 
     def wake(self) -> None:
@@ -161,7 +184,9 @@ class Scheduler:
         while not self._stop.is_set():
             try:
                 periodic.task()
+                periodic.failures = 0
             except JournalError as exc:
+                periodic.failures += 1
                 self._health.failed(periodic.name, exc)
             except Exception as exc:  # noqa: BLE001 - a periodic task must survive one failed round
                 log.error(f"{periodic.name} failed: {type(exc).__name__}: {exc}")
@@ -170,7 +195,7 @@ class Scheduler:
 
     def _pause(self, periodic: _Periodic) -> bool:
         """Wait for the next round (its interval, or :meth:`trigger`); True once closing."""
-        periodic.now.wait(periodic.interval)
+        periodic.now.wait(outage_pause(periodic.interval, periodic.failures))
         periodic.now.clear()
         return self._stop.is_set()
 
