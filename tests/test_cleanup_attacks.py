@@ -82,6 +82,7 @@ def site(tmp_path: Path) -> Iterator[Site]:
 
 
 def collect(service: CollectionService, run: Path) -> Job:
+    reported = service.metrics().runs_collected
     service.collect(str(run))
 
     def done() -> Job | None:
@@ -90,8 +91,11 @@ def collect(service: CollectionService, run: Path) -> Job:
 
     job: Job = wait_for(done, f"{run} to be collected")
     assert job.state == JobState.DONE, job.error
-    # What the cleanup may trash is recorded as the collection is reported, just after "done".
     wait_for(lambda: service.cleaner.ledger.inventory(str(run)), f"the inventory of {run}")
+    # The collection is reported after "done", and the report records what the run is if no
+    # inventory is there (a run collected by an older version). A test that then changes the
+    # ledger must wait for the report, or the report can undo the change.
+    wait_for(lambda: service.metrics().runs_collected > reported, f"the report of {run}'s collection")
     return job
 
 

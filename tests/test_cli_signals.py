@@ -191,6 +191,7 @@ def test_sigterm_while_waiting_for_done(tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the ignored raise, on purpose
 def test_a_signal_whose_interrupt_python_ignored_still_ends_the_wait_for_done(tmp_path: Path) -> None:
     """The handler's ``Interrupted`` can land where Python ignores exceptions (seen: an import lock's
     weakref callback, "Exception ignored in"); the wait for ``_DONE`` must end all the same."""
