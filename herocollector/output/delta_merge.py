@@ -79,6 +79,11 @@ class DataFile:
         """The file's path below the table's root in the store (the log's path, decoded once)."""
         return unquote(self.path)
 
+    @property
+    def partition_key(self) -> str:
+        """The file's partition values as one comparable key (JSON, sorted by column)."""
+        return json.dumps(dict(self.partition), sort_keys=True)
+
 
 class _ObjectFile:
     """An object opened through delta-rs, as :func:`merge_files` reads it (``size`` and ``read_at``)."""
@@ -189,7 +194,7 @@ def _groups(
     """
     by_kind: dict[tuple[str, bytes], list[DataFile]] = {}
     for file in files:
-        kind = (json.dumps(dict(file.partition), sort_keys=True), families[file.path][0])
+        kind = (file.partition_key, families[file.path][0])
         by_kind.setdefault(kind, []).append(file)
     for members in by_kind.values():
         group: list[DataFile] = []

@@ -26,7 +26,6 @@ a time, is the service's business (:mod:`herocollector.service.compaction`).
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import re
@@ -34,9 +33,6 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-
-import pyarrow as pa
-import pyarrow.compute as pc
 
 from herocollector.errors import CommitError
 from herocollector.output.delta import METADATA_PREFIX, open_table
@@ -105,17 +101,11 @@ def _metadata(actor: str, reason: str) -> dict[str, str]:
     return {f"{METADATA_PREFIX}actor": actor, f"{METADATA_PREFIX}reason": reason}
 
 
-def _files(delta_table: Any) -> pa.Table:
-    """The table's data files: path, size, records and one ``partition.*`` column per partition column."""
-    return pa.table(delta_table.get_add_actions(flatten=True))
-
-
-def _rows(files: pa.Table, delta_table: Any) -> int:
+def _rows(files: Sequence[DataFile], delta_table: Any) -> int:
     """Rows of the table, from the statistics (the files themselves are counted if a file has none)."""
-    counts = files.column("num_records") if "num_records" in files.column_names else None
-    if counts is None or counts.null_count:
+    if any(f.records is None for f in files):
         return int(delta_table.to_pyarrow_dataset().count_rows())
-    return int(pc.sum(counts).as_py() or 0)
+    return sum(int(f.records or 0) for f in files)
 
 
 def target_size(delta_table: Any) -> int:
@@ -128,12 +118,8 @@ def target_size(delta_table: Any) -> int:
 
 
 def small_files(files: Sequence[DataFile], target: int) -> Counter[str]:
-    """Data files below ``target`` bytes, counted per partition (its values as JSON)."""
-    return Counter(_partition(f) for f in files if f.size < target)
-
-
-def _partition(file: DataFile) -> str:
-    return json.dumps(dict(file.partition), sort_keys=True)
+    """Data files below ``target`` bytes, counted per partition (:attr:`DataFile.partition_key`)."""
+    return Counter(f.partition_key for f in files if f.size < target)
 
 
 def needs_compaction(delta_table: Any, min_files: int = MIN_SMALL_FILES, target: int | None = None) -> bool:
@@ -177,20 +163,20 @@ def compact(
     per_partition = small_files(files, target)
     small = max(per_partition.values(), default=0)
     if small < min_files:
-        rows = _rows(_files(delta_table), delta_table)
+        rows = _rows(files, delta_table)
         return Compaction(table, False, len(files), len(files), small, rows, int(delta_table.version()))
-    chosen = [f for f in files if f.size < target and per_partition[_partition(f)] >= min_files]
+    chosen = [f for f in files if f.size < target and per_partition[f.partition_key] >= min_files]
     reason = f"compaction: {small} files below {target} bytes in a partition"
     merge = merge_files_of(table, delta_table, chosen, options, target=target, metadata=_metadata(actor, reason))
     after = open_table(table, options)
     if after is None:
         raise CommitError("the table vanished during its compaction", table)
-    files_after = _files(after)
+    files_after = data_files(after)
     result = Compaction(
         table,
         merge.version >= 0,
         len(files),
-        files_after.num_rows,
+        len(files_after),
         small,
         _rows(files_after, after),
         int(after.version()),
