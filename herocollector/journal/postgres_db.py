@@ -189,9 +189,8 @@ class PgConnections:
         """
         with self._read_lock if read else self._lock:
             rolled_back = 0
-            attempt = 0
+            reconnected = False
             while True:
-                attempt += 1
                 conn = self._reader if read else self._conn
                 if conn is None or conn.closed or conn.broken:
                     conn = self.connect()
@@ -205,18 +204,19 @@ class PgConnections:
                     with conn.transaction():
                         return action(conn)
                 except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
-                    if rolled_back_by_server(exc) and not (conn.closed or conn.broken):
+                    broken = conn.closed or conn.broken
+                    if not broken and rolled_back_by_server(exc) and rolled_back < ROLLBACK_RETRIES:
                         # A deadlock with another actor, or a serialization failure: the server
                         # rolled the whole transaction back, so running it again is safe, and it
                         # is nobody's fault. Reported as an error, it looked like a bad event or
                         # a failed job to the caller, since the journal answers.
                         rolled_back += 1
-                        if rolled_back <= ROLLBACK_RETRIES:
-                            time.sleep(random.uniform(0.0, ROLLBACK_BACKOFF * rolled_back))
-                            attempt -= 1  # not a broken connection
-                            continue
-                    if attempt >= 2 or not (conn.closed or conn.broken):
-                        raise JournalError(f"journal query failed at {self.location}: {exc}") from None
+                        time.sleep(random.uniform(0.0, ROLLBACK_BACKOFF * rolled_back))
+                        continue
+                    if broken and not reconnected:
+                        reconnected = True
+                        continue
+                    raise JournalError(f"journal query failed at {self.location}: {exc}") from None
                 except psycopg.Error as exc:
                     raise JournalError(f"journal query failed at {self.location}: {exc}") from None
 
