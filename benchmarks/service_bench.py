@@ -8,7 +8,9 @@ One run of this script:
 2. for each worker count in ``--workers``, starts a fresh ``CollectionService`` (new journal,
    new output folder), submits every run at once (a burst) and times until all are collected;
    prints runs/s, records/s and the ratio to the first worker count, side by side, and the
-   journal's durable commits per job (the workers' transitions share commits: group commit);
+   journal's durable commits per job (the workers' transitions share commits: group commit),
+   and the cores the burst kept busy (process CPU seconds over wall seconds): the machine's
+   cores over one worker's figure bound what more workers can gain;
 3. decodes the same runs with the decoder alone (``Collector.batches`` on one thread, no output,
    no journal), warm, and prints its records/s and each worker count's share of it;
 4. builds ``--scan-dirs`` finished run directories (``streams/`` and ``_DONE``, two levels
@@ -26,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shutil
 import sys
 import tempfile
@@ -51,8 +54,13 @@ def build_runs(folder: Path, runs: int, records: int) -> list[Path]:
     return paths
 
 
-def burst(paths: list[Path], workers: int, scratch: Path) -> tuple[float, int]:
-    """Seconds to collect every run, announced at once, with ``workers`` workers, and the journal's commits."""
+def burst(paths: list[Path], workers: int, scratch: Path, decode_threads: int | None) -> tuple[float, float, int]:
+    """Seconds to collect every run, announced at once, with ``workers`` workers; CPU seconds; the journal's commits.
+
+    The CPU seconds are this process's, all threads: divided by the seconds, the cores the burst
+    kept busy. On a machine with ``C`` cores, ``C`` divided by one worker's figure bounds what more
+    workers can gain.
+    """
     from herocollector.config import ServiceConfig
     from herocollector.journal.sqlite import JobState
     from herocollector.service.core import CollectionService
@@ -65,14 +73,15 @@ def burst(paths: list[Path], workers: int, scratch: Path) -> tuple[float, int]:
         state_dir=str(state),
         workers=workers,
         scan_interval=None,
+        decode_threads=decode_threads,
     )
     with CollectionService(config) as service:
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         for path in paths:
             service.submit("bench", str(path))
         if not service.wait_idle(timeout=3600, interval=0.005):
             raise SystemExit("the burst did not finish")
-        seconds = time.perf_counter() - started
+        seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
         counts = service.journal.counts()
         group = getattr(service.journal, "_group", None)
         commits = -1 if group is None else int(group.commits)
@@ -81,7 +90,7 @@ def burst(paths: list[Path], workers: int, scratch: Path) -> tuple[float, int]:
     shutil.rmtree(state)
     shutil.rmtree(out)
     shutil.rmtree(config.manifest_location, ignore_errors=True)  # or the next burst adopts or replaces them
-    return seconds, commits
+    return seconds, cpu, commits
 
 
 def decode_alone(paths: list[Path]) -> float:
@@ -126,6 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=200)
     parser.add_argument("--records", type=int, default=20_000)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument(
+        "--decode-threads", type=int, default=None, help="the service's decode_threads (default: its own, the cores)"
+    )
     parser.add_argument("--repeat", type=int, default=2, help="bursts per worker count; the best is reported")
     parser.add_argument("--scan-dirs", type=int, default=10_000)
     parser.add_argument("--workdir", type=Path, default=HERE / "_data" / "service")
@@ -139,15 +151,17 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="hc-service-bench-") as tmp:
         scratch = Path(tmp)
         best: dict[int, float] = {}
+        cores: dict[int, float] = {}
         commits: dict[int, int] = {}
         alone = float("inf")
         for _ in range(args.repeat):
             for workers in args.workers:  # interleaved, so all see the same machine state
-                seconds, made = burst(paths, workers, scratch)
+                seconds, cpu, made = burst(paths, workers, scratch, args.decode_threads)
                 if seconds < best.get(workers, float("inf")):
-                    best[workers], commits[workers] = seconds, made
+                    best[workers], cores[workers], commits[workers] = seconds, cpu / seconds, made
             alone = min(alone, decode_alone(paths))
-        base = best[args.workers[0]]
+        base_workers = args.workers[0]
+        base = best[base_workers]
         print(f"\nburst of {args.runs} runs x {args.records:,} records (best of {args.repeat}):")
         for workers in args.workers:
             seconds = best[workers]
@@ -155,11 +169,17 @@ def main(argv: list[str] | None = None) -> int:
                 f"  workers={workers}: {seconds:7.2f} s  {args.runs / seconds:7.1f} runs/s  "
                 f"{total / seconds / 1e6:6.2f} M records/s  ratio {base / seconds:4.2f}x  "
                 f"share of the decoder alone {alone / seconds:4.2f}  "
-                f"journal commits/job {commits[workers] / args.runs:4.2f}"
+                f"journal commits/job {commits[workers] / args.runs:4.2f}  "
+                f"cores busy {cores[workers]:4.2f}"
             )
         print(
             f"  decoder alone (one thread, no output, no journal): {alone:7.2f} s  "
             f"{total / alone / 1e6:6.2f} M records/s"
+        )
+        cpus = os.cpu_count() or 1
+        print(
+            f"  on {cpus} cores, {args.workers[0]} worker(s) keeping {cores[base_workers]:.2f} busy: "
+            f"more workers can gain at most {cpus / cores[base_workers]:.2f}x"
         )
         if args.scan_dirs:
             first, second, journalled = scan(args.scan_dirs, scratch)

@@ -13,7 +13,6 @@ directory without following symlinks, and a run that changes while it is read fa
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Protocol
 import pyarrow as pa
 
 from herocollector.decode.codec import DEFAULT_CHUNK_BYTES
+from herocollector.decode.parallel import default_threads
 from herocollector.errors import CollectorError, ConfigError, RunRefused
 
 # The decoding core lives in the output layer; its names stay importable from here, where they were first.
@@ -54,13 +54,13 @@ __all__ = [
 
 
 def decode_threads(threads: int | None) -> int:
-    """Threads that decode one run: ``threads``, or the number of cores when None.
+    """Threads that decode one run: ``threads``, or :func:`~herocollector.decode.parallel.default_threads` when None.
 
     Raises:
         ConfigError: ``threads`` is not a positive integer.
     """
     if threads is None:
-        return os.cpu_count() or 1
+        return default_threads()
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         raise ConfigError(f"threads must be a positive integer or None, got {threads!r}")
     return threads

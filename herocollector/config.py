@@ -21,6 +21,7 @@ import pyarrow as pa
 
 from herocollector.arguments import ARGUMENT_NAMES, ARGUMENTS, SIGNATURE, default_state_dir
 from herocollector.decode.codec import DEFAULT_CHUNK_BYTES
+from herocollector.decode.parallel import default_threads
 from herocollector.errors import ConfigError
 from herocollector.output.batches import parse_columns
 from herocollector.output.delta import TABLE_RUN_COLUMN
@@ -104,8 +105,8 @@ class ServiceConfig:
 
     @property
     def threads(self) -> int:
-        """Threads that decode one run: ``decode_threads``, or the number of cores."""
-        return self.decode_threads or os.cpu_count() or 1
+        """Threads that decode one run: ``decode_threads``, or the default (``decode.parallel.default_threads``)."""
+        return self.decode_threads or default_threads()
 
     @property
     def staging_dir(self) -> Path:

@@ -24,7 +24,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from herocollector import Collector
+from herocollector.collector import decode_threads
+from herocollector.config import ServiceConfig
 from herocollector.decode.codec import Columns, Records, SegmentDecoder, TickState, encode_segment
+from herocollector.decode.parallel import default_threads
 from herocollector.decode.workers import POOL
 from herocollector.errors import ConfigError, SegmentError, UnknownStreamError
 from herocollector.testing import fuzz
@@ -300,6 +303,26 @@ def test_threads_must_be_a_positive_integer(rotated: RecordedRun) -> None:
     for bad in (0, -1, 1.5, True, "2"):
         with pytest.raises(ConfigError):
             collect(rotated.path, bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("cores", "threads"), [(1, 1), (2, 1), (3, 3), (16, 16), (None, 1)])
+def test_the_default_decodes_in_parts_only_on_more_cores_than_one_thread_keeps_busy(
+    large: RecordedRun, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cores: int | None, threads: int
+) -> None:
+    """One thread keeps two cores busy (its reader decompresses ahead): parts pay only with more."""
+    monkeypatch.setattr(os, "cpu_count", lambda: cores)
+    assert default_threads() == threads
+    assert decode_threads(None) == threads and decode_threads(2) == 2
+    arguments = {"save_template": "{{ output_root }}/{{ measure }}.arrow", "output_root": str(tmp_path)}
+    assert ServiceConfig.from_arguments(**arguments).threads == threads
+    assert ServiceConfig.from_arguments(**arguments, decode_threads=2).threads == 2
+    # The Collector's default: part threads decode only when the default asks for more than one.
+    seen: set[int] = set()
+    for batch in Collector([large.path], chunk_bytes=4096).batches():
+        seen.add(POOL.busy())
+        assert batch is not None
+    assert POOL.wait_idle(30)
+    assert (max(seen) >= 2) == (threads > 1)
 
 
 @pytest.mark.slow

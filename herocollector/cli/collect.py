@@ -136,7 +136,10 @@ def register(subparsers: Subparsers) -> None:
         type=common.positive,
         default=None,
         metavar="N",
-        help="threads that decode one run, its segments or parts of a large one (default: the number of cores)",
+        help=(
+            "threads that decode one run in parts, its segments or parts of a large one"
+            " (default: the number of cores if more than 2, else 1)"
+        ),
     )
     display = collect.add_mutually_exclusive_group()
     display.add_argument("-q", "--quiet", action="store_true", help="no progress display")
