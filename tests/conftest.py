@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
-from collections.abc import Iterator
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -105,3 +109,58 @@ def env(tmp_path: Path) -> Iterator[Env]:
         yield environment
     finally:
         environment.close()
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def built_once(
+    tmp_path_factory: pytest.TempPathFactory, worker_id: str
+) -> Callable[[str, Callable[[Path], None]], Path]:
+    """``built_once(name, build)``: a folder that ``build`` fills once per test session, for every xdist worker.
+
+    The workers of one session share the parent of their temporary folders. The first to ask
+    builds there under a lock; the others wait for it and take the result. A build that failed
+    leaves no result behind, so the next to ask builds again, and fails as loudly. Without
+    xdist, the folder is the session's own.
+    """
+
+    def build_once(name: str, build: Callable[[Path], None]) -> Path:
+        if worker_id == "master":
+            folder = tmp_path_factory.mktemp(name)
+            build(folder)
+            return folder
+        shared = tmp_path_factory.getbasetemp().parent
+        folder, finished = shared / name, shared / f"{name}.built"
+        with open(shared / f"{name}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or the worker dies
+            if not finished.exists():
+                shutil.rmtree(folder, ignore_errors=True)
+                folder.mkdir()
+                build(folder)
+                finished.touch()
+        return folder
+
+    return build_once
+
+
+@pytest.fixture(scope="session")
+def core_wheel(built_once: Callable[[str, Callable[[Path], None]], Path]) -> Path:
+    """The wheel of this working tree, as ``pip wheel`` builds it (no dependencies), once per session."""
+
+    def build(folder: Path) -> None:
+        source = folder / "source"  # a copy: an in-tree build would leave build/ and *.egg-info in the checkout
+        # No __pycache__: the compiled kernels cached there must not ship, as they do not from a clean checkout.
+        ignored = shutil.ignore_patterns(".venv", ".git", "build", "_data", "*.egg-info", "__pycache__")
+        shutil.copytree(ROOT, source, symlinks=True, ignore=ignored)
+        # A path, not a bare name: pip would take "source" for a project on the index.
+        command = [sys.executable, "-m", "pip", "--disable-pip-version-check", "wheel", "--no-deps"]
+        command += ["--no-build-isolation", "-q", "-w", str(folder / "wheels"), str(source)]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+        if result.returncode != 0:
+            pytest.fail(f"the wheel failed (exit {result.returncode}):\n{(result.stdout + result.stderr)[-4000:]}")
+        shutil.rmtree(source)
+
+    [wheel] = (built_once("core-wheel", build) / "wheels").glob("herocollector-*.whl")
+    return wheel

@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -113,29 +112,26 @@ def _checked(argv: Sequence[str | Path], what: str, timeout: float) -> None:
 
 
 @pytest.fixture(scope="module")
-def core(tmp_path_factory: pytest.TempPathFactory) -> Install:
-    """The core wheel of the working tree, installed without extras into a fresh virtual environment."""
-    folder = tmp_path_factory.mktemp("install")
-    source = folder / "source"  # a copy: an in-tree build would leave build/ and *.egg-info in the checkout
-    shutil.copytree(
-        ROOT,
-        source,
-        symlinks=True,
-        ignore=shutil.ignore_patterns(".venv", ".git", "build", "_data", "*.egg-info", "__pycache__"),
-    )
-    wheels = folder / "wheels"
-    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check"]
-    # A path, not a bare name: pip would take "source" for a project on the index.
-    _checked([*pip, "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", wheels, source], "the wheel", 300)
-    [wheel] = wheels.glob("herocollector-*.whl")
-    venv = folder / "venv"
-    _checked([sys.executable, "-m", "venv", "--without-pip", venv], "the virtual environment", 120)
-    # This pip installs into the new environment (--python): no pip of its own to bootstrap there. Bytecode is
-    # compiled on import, by the modules a test uses, instead of for all 600 MB at install.
-    _checked([*pip, "--python", venv / "bin" / "python", "install", "-q", "--no-compile", wheel], "pip install", 900)
-    scratch = folder / "scratch"
-    scratch.mkdir()
-    return Install(venv, scratch)
+def core(
+    core_wheel: Path,
+    built_once: Callable[[str, Callable[[Path], None]], Path],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Install:
+    """The core wheel of the working tree, installed without extras into a fresh virtual environment.
+
+    One environment for the session: the xdist workers that run this module's tests share it
+    (each with a scratch folder of its own) instead of installing 600 MB twice.
+    """
+
+    def build(folder: Path) -> None:
+        venv = folder / "venv"
+        _checked([sys.executable, "-m", "venv", "--without-pip", venv], "the virtual environment", 120)
+        # This pip installs into the new environment (--python): no pip of its own to bootstrap there. Bytecode
+        # is compiled on import, by the modules a test uses, instead of for all 600 MB at install.
+        pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--python", venv / "bin" / "python"]
+        _checked([*pip, "install", "-q", "--no-compile", core_wheel], "pip install", 900)
+
+    return Install(built_once("core-install", build) / "venv", tmp_path_factory.mktemp("scratch"))
 
 
 def _config(install: Install, name: str, **arguments: Any) -> Path:

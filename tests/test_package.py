@@ -49,32 +49,10 @@ def test_one_exception_tree() -> None:
         assert cls.__name__ in (errors.__doc__ or ""), cls.__name__
 
 
-@pytest.fixture(scope="module")
-def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("wheel")
-    source = folder / "source"  # a copy: an in-tree build would leave build/ in the checkout
-    shutil.copytree(
-        ROOT, source, symlinks=True, ignore=shutil.ignore_patterns(".venv", ".git", "build", "_data", "*.egg-info")
-    )
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "--no-deps",
-            "--no-build-isolation",
-            "-q",
-            "-w",
-            str(folder),
-            str(source),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
-    [built] = folder.glob("herocollector-*.whl")
-    return built
+@pytest.fixture
+def wheel(core_wheel: Path) -> Path:
+    """The working tree's wheel (built once per session, in ``conftest.py``)."""
+    return core_wheel
 
 
 def test_the_wheel_ships_the_boss_configs_and_py_typed(wheel: Path) -> None:
