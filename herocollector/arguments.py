@@ -231,7 +231,7 @@ ARGUMENTS: tuple[Argument, ...] = (
             "Threads that decode the segments of one run in parallel (the rows come out exactly as with one "
             "thread). Each thread holds the compressed bytes of its part (about `chunk_bytes`) and at most two "
             "chunks of decoded columns. One thread already has a reader thread decompress ahead of it, which "
-            "keeps two cores busy; on two cores, decoding in parts took 1.3–1.4× as long, so the default decodes "
+            "keeps two cores busy; on two cores, decoding in parts took 1.3–1.5× as long, so the default decodes "
             "in parts only on more cores. A followed run (`follow`) is read on one thread."
         ),
         example="`4`",

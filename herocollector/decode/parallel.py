@@ -52,19 +52,16 @@ PIPELINE_THREADS = 2
 """Threads the one-thread decode keeps busy: a reader thread decompresses ahead of the one that decodes."""
 
 
-def default_threads(cores: int | None = None) -> int:
+def default_threads() -> int:
     """Threads that decode one run when none are asked for: the cores, if more than the one-thread decode uses.
 
     On a machine with no more cores than :data:`PIPELINE_THREADS`, both are already busy with
     one thread and its reader, and decoding in parts only adds work (the frame walk on its own,
-    the ticks fixed up): on two cores a run of 1M records took 1.3 to 1.4 times as long in two
-    parts at a time as on one thread (``benchmarks/collect_bench.py``, ``threads 2 / threads 1``).
-
-    Args:
-        cores: The machine's cores (default: ``os.cpu_count()``).
+    the ticks fixed up): on two cores a run took 1.3 to 1.5 times as long in two parts at a time
+    as on one thread (``benchmarks/collect_bench.py``, ``threads 2 / threads 1``).
     """
-    count = (os.cpu_count() or 1) if cores is None else cores
-    return count if count > PIPELINE_THREADS else 1
+    cores = os.cpu_count() or 1
+    return cores if cores > PIPELINE_THREADS else 1
 
 
 class Opened(Protocol):
