@@ -1481,6 +1481,31 @@ def test_reader_thread_ends_when_decoding_stops_early(tmp_path: Path) -> None:
     assert not reader_threads()
 
 
+def test_files_of_one_chunk_or_less_are_decoded_without_a_reader_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With ``nbytes`` (a run's inventory knows it), a run of at most one chunk starts no thread: none can overlap."""
+    records = bulk_records(seed=48, count=3000, max_n=8)
+    path = tmp_path / "segment-000000.seg.zst"
+    path.write_bytes(encode_segment(records))
+    size = path.stat().st_size
+    started: list[str] = []
+    start = threading.Thread.start
+
+    def recording_start(thread: threading.Thread) -> None:
+        started.append(thread.name)
+        start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", recording_start)
+    for chunk_bytes, nbytes, reader in ((size, size, False), (MIN_CHUNK, size, True), (size, None, True)):
+        started.clear()
+        decoder = SegmentDecoder(KNOWN_IDS, chunk_bytes=chunk_bytes)
+        columns = list(decoder.columns([path], nbytes=nbytes))
+        assert ("herocollector-reader" in started) is reader, (chunk_bytes, nbytes, started)
+        assert sum(len(c) for c in columns) == len(records)
+        assert not reader_threads()
+
+
 def test_errors_from_the_reader_thread_come_in_order(tmp_path: Path) -> None:
     good = bulk_records(seed=45, count=2000, max_n=5)
     first = tmp_path / "segment-000000.seg.zst"

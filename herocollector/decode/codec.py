@@ -332,7 +332,11 @@ class SegmentDecoder:
         return self._decode([_Source(name, fh)], scaled=False, threads=threads)  # type: ignore[return-value]
 
     def columns(
-        self, paths: Iterable[str | Path | SegmentSource], on_bytes: Callable[[int], None] | None = None
+        self,
+        paths: Iterable[str | Path | SegmentSource],
+        on_bytes: Callable[[int], None] | None = None,
+        *,
+        nbytes: int | None = None,
     ) -> Iterator[Columns]:
         """Decode segment files into scaled output columns (what the Collector writes).
 
@@ -341,7 +345,11 @@ class SegmentDecoder:
                 :class:`SegmentSource` objects, which the decoder opens when it reaches them
                 and closes when they end.
             on_bytes: Called with the number of segment bytes read since its last call (on
-                the reader thread): progress within a segment.
+                the thread that reads them): progress within a segment.
+            nbytes: The files' total size, when the caller knows it (a run's inventory). If
+                it is at most ``chunk_bytes``, the files are decoded in the calling thread: a
+                reader thread, or parts, would have nothing to overlap, and in a service whose
+                workers take many small runs, a thread per run only costs.
 
         Yields:
             Columns of the selected streams, in chunks.
@@ -350,7 +358,8 @@ class SegmentDecoder:
             SegmentError: A file is damaged; names it and the byte offset.
         """
         sources = [_source(p, on_bytes) for p in paths]
-        return self._decode(sources, scaled=True)  # type: ignore[return-value]
+        threads = None if nbytes is None else nbytes > self._chunk_bytes
+        return self._decode(sources, scaled=True, threads=threads)  # type: ignore[return-value]
 
     def _decode(self, sources: list[_Source], scaled: bool, threads: bool | None = None) -> Iterator[Records | Columns]:
         chunk_bytes, max_frame = self._chunk_bytes, self._max_frame_bytes
