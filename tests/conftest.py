@@ -80,7 +80,7 @@ def postgres() -> Iterator[PostgresTestServer]:
 
 @pytest.fixture(scope="session")
 def s3() -> Iterator[S3TestServer]:
-    """A real S3-compatible server (moto_server) on 127.0.0.1 for the whole session."""
+    """A real S3-compatible server (moto, its conditional writes atomic: testing.s3server) on 127.0.0.1, per session."""
     with S3TestServer() as server:
         yield server
 
