@@ -1069,6 +1069,12 @@ end. That second branch keeps the scan linear: without it, a long run of continu
 that no last byte ends would be tried again from each of its bytes."""
 
 
+_varints: dict[bytes, int] = {}
+"""The values of the multi-byte varints decoded so far (only complete ones of at most 10 bytes)."""
+_VARINT_MEMO = 1 << 16
+"""Most varints remembered: tick deltas and quantised values repeat, so most words are seen again."""
+
+
 def reference_decode(
     data: bytes, known: tuple[int, ...], selected: tuple[int, ...] | None, dctx: zstandard.ZstdDecompressor
 ) -> Reference:
@@ -1112,14 +1118,19 @@ def reference_decode(
         for k in range(1, len(parts), 2):
             vals.extend(parts[k - 1])
             word = parts[k]
-            if word[-1] >= 0x80:  # the frame's end cuts it (before checking its length, as ever)
-                return Reference(None, pos, "unfinished varint")
-            if len(word) > 10:
-                return Reference(None, pos, "varint longer than 10 bytes")
-            v = 0
-            for byte in reversed(word):
-                v = (v << 7) | (byte & 0x7F)
-            vals.append(v & M64)
+            v = _varints.get(word)
+            if v is None:
+                if word[-1] >= 0x80:  # the frame's end cuts it (before checking its length, as ever)
+                    return Reference(None, pos, "unfinished varint")
+                if len(word) > 10:
+                    return Reference(None, pos, "varint longer than 10 bytes")
+                v = 0
+                for byte in reversed(word):
+                    v = (v << 7) | (byte & 0x7F)
+                v &= M64
+                if len(_varints) < _VARINT_MEMO:
+                    _varints[word] = v
+            vals.append(v)
         vals.extend(parts[-1])  # one-byte varints only
         # Records.
         r, count = 0, len(vals)
