@@ -161,8 +161,7 @@ def run_batches(
     rows[np.searchsorted(decoder.streams.ids, plan.ids.astype(np.uint64))] = plan.label_rows
     with RunDirectory(path if inventory is None else inventory.path, absolute=False, expect=inventory) as run:
         listed = run.inventory() if inventory is None else inventory
-        nbytes = sum(record.size for record in listed.segments)
-        columns = decoder.columns(run.sources(listed.segments), on_bytes=on_bytes, nbytes=nbytes)
+        columns = decoder.columns(run.sources(listed.segments), on_bytes=on_bytes, nbytes=listed.segment_bytes)
         try:
             for decoded in columns:
                 yield _to_batch(decoded, rows, labels, schema)
