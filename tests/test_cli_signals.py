@@ -192,10 +192,17 @@ def test_sigterm_while_waiting_for_done(tmp_path: Path) -> None:
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the ignored raise, on purpose
-def test_a_signal_whose_interrupt_python_ignored_still_ends_the_wait_for_done(tmp_path: Path) -> None:
+def test_a_signal_whose_interrupt_python_ignored_still_ends_the_wait_for_done(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The handler's ``Interrupted`` can land where Python ignores exceptions (seen: an import lock's
-    weakref callback, "Exception ignored in"); the wait for ``_DONE`` must end all the same."""
+    weakref callback, "Exception ignored in"); the wait for ``_DONE`` must end all the same, and
+    stderr must not show a traceback for it (other ignored exceptions are still reported)."""
     from rich.console import Console
+
+    reported: list[BaseException | None] = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda info: reported.append(info.exc_value))
+    hook = sys.unraisablehook
 
     run = Path(write_simulated_run(tmp_path / "run", records=10, seed=1)["path"])
     (run / "_DONE").unlink()
@@ -206,9 +213,16 @@ def test_a_signal_whose_interrupt_python_ignored_still_ends_the_wait_for_done(tm
             for _ in range(1000):  # the handler runs between these bytecodes; its raise is ignored
                 pass
 
+    class FailsWhileIgnored:
+        def __del__(self) -> None:
+            raise RuntimeError("a bug elsewhere")
+
     with common.stop_signals():
         SignalledWhileIgnored()  # gone at once: its __del__ runs here
+        FailsWhileIgnored()
         with common.progress(Console(file=io.StringIO()), quiet=True) as display:
             with pytest.raises(common.Interrupted) as caught:
                 common.wait_for_done([run], backoff=10, timeout=20_000, display=display)
     assert caught.value.signum == signal.SIGTERM
+    assert [type(exc) for exc in reported] == [RuntimeError]
+    assert sys.unraisablehook is hook  # restored on leaving

@@ -9,6 +9,7 @@ import argparse
 import json
 import os
 import signal
+import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -322,15 +323,27 @@ def stop_signals() -> Iterator[None]:
 
     Only the first signal raises: later ones are ignored, so a second Ctrl-C (or a supervisor
     sending SIGTERM twice) cannot cut short the ``finally`` blocks that remove temporary files.
-    Inside a :class:`Deferral` the first signal is only recorded. The previous handlers are
-    restored on leaving.
+    Inside a :class:`Deferral` the first signal is only recorded. An ``Interrupted`` that
+    Python could not raise is recorded too, and prints no traceback. The previous handlers
+    (and ``sys.unraisablehook``) are restored on leaving.
     """
     global _stop
     _stop = _StopState()
     saved = {sig: signal.signal(sig, _on_stop_signal) for sig in STOP_SIGNALS}
+    previous_hook = sys.unraisablehook
+
+    def unraisable(info: Any) -> None:
+        # Python prints a traceback for an exception it cannot raise ("Exception ignored in"),
+        # and the handler's Interrupted can be one (a weakref callback during an import). It
+        # is not lost: ``_stop.received`` ends the waits and the deferral's checks raise it.
+        if not isinstance(info.exc_value, Interrupted):
+            previous_hook(info)
+
+    sys.unraisablehook = unraisable
     try:
         yield
     finally:
+        sys.unraisablehook = previous_hook
         for sig, previous in saved.items():
             signal.signal(sig, previous)
 
