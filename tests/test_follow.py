@@ -83,6 +83,37 @@ def logger_cleanup() -> Iterator[list[Logger]]:
         logger.stop()
 
 
+def test_the_reader_counts_each_streams_rows_of_the_current_files_reading_each_file_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from deltalake import write_deltalake
+
+    table = str(tmp_path / "t")
+    freshness = Freshness()
+    freshness.poll(table)  # no table yet: nothing seen
+    assert freshness.seen == {}
+    write_deltalake(table, pa.table({"stream_id": pa.array([1, 2, 2], pa.uint32())}))
+    freshness.poll(table)
+    write_deltalake(table, pa.table({"stream_id": pa.array([2, 3], pa.uint32())}), mode="append")
+    reads: list[str] = []
+    real_read = pq.read_table
+
+    def counted(source: str, **kw: Any) -> pa.Table:
+        reads.append(source)
+        return real_read(source, **kw)
+
+    monkeypatch.setattr(pq, "read_table", counted)
+    freshness.poll(table)
+    DeltaTable(table).optimize.compact()  # the same rows in a new file; the old ones leave the version
+    freshness.poll(table)
+    freshness.poll(table)
+    assert {sid: len(times) for sid, times in freshness.seen.items()} == {1: 1, 2: 3, 3: 1}
+    assert len(reads) == 2 and len(set(reads)) == 2  # the appended file, then the compacted one: once each
+    assert freshness.seen[2][0] < freshness.seen[2][2]  # the third row of stream 2 was seen a poll later
+
+
 def test_a_followed_run_is_queryable_within_the_interval_and_exact_at_the_end(
     tmp_path: Path, logger_cleanup: list[Logger]
 ) -> None:
