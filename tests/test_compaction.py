@@ -28,7 +28,7 @@ from herocollector.service.core import CollectionService
 from herocollector.testing.actors import wait_for
 from herocollector.testing.runs import build_run
 from herocollector.testing.servers import PostgresTestServer
-from herocollector.testing.tables import commit_rows, recorded_records, table_records
+from herocollector.testing.tables import assert_as_recorded, commit_rows
 
 RUNS = 200
 ROWS = 25
@@ -290,7 +290,7 @@ def test_the_service_compacts_the_tables_it_commits_to(tmp_path: Path, services:
     assert any(c.get("herocollector.reason", "").startswith("compaction") for c in delta.history())
     rows = delta.to_pyarrow_table()
     for run in runs:
-        assert table_records(rows, COLUMNS, str(run.path)) == recorded_records(run, COLUMNS)
+        assert_as_recorded(rows, run, COLUMNS)
 
 
 def test_a_restarted_service_looks_after_the_tables_of_its_recent_jobs(
@@ -319,7 +319,8 @@ def test_a_restarted_service_looks_after_the_tables_of_its_recent_jobs(
     )
     assert state.files == len(DeltaTable(table).file_uris()) < len(runs)
     rows = DeltaTable(table).to_pyarrow_table()
-    assert all(table_records(rows, COLUMNS, str(r.path)) == recorded_records(r, COLUMNS) for r in runs)
+    for run in runs:
+        assert_as_recorded(rows, run, COLUMNS)
 
 
 def test_two_services_on_one_journal_compact_a_table_one_at_a_time(

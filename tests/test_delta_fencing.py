@@ -24,7 +24,7 @@ from herocollector.events import RunCollected
 from herocollector.testing.actors import wait_for
 from herocollector.testing.runs import build_run
 from herocollector.testing.servers import PostgresTestServer
-from herocollector.testing.tables import recorded_records, table_records
+from herocollector.testing.tables import assert_as_recorded
 
 ACTOR_A = textwrap.dedent(
     """
@@ -108,4 +108,4 @@ def test_an_actor_fenced_out_before_its_commit_commits_nothing(tmp_path: Path, p
     writes = [c for c in delta.history() if c["operation"] in ("WRITE", "CREATE TABLE")]
     assert len(writes) == 1, writes
     assert writes[0]["herocollector.actor"] == config_b.owner
-    assert table_records(delta.to_pyarrow_table(), COLUMNS, str(run.path)) == recorded_records(run, COLUMNS)
+    assert_as_recorded(delta.to_pyarrow_table(), run, COLUMNS)

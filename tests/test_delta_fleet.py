@@ -19,7 +19,7 @@ from herocollector.output.delta import open_table, run_app_id
 from herocollector.testing.fleet import Fleet
 from herocollector.testing.runs import RecordedRun, build_run
 from herocollector.testing.servers import PostgresTestServer, S3TestServer
-from herocollector.testing.tables import commits_per_run, recorded_records, table_records
+from herocollector.testing.tables import assert_as_recorded, commits_per_run
 
 pytestmark = pytest.mark.e2e
 COLUMNS = ("experiment", "measure")
@@ -66,7 +66,7 @@ def check_table(table: str, options: dict[str, object], runs: list[RecordedRun],
     commits = commits_per_run(delta)
     for run in runs:
         path = str(run.path)
-        assert table_records(content, COLUMNS, path) == recorded_records(run, COLUMNS), f"{path}: not as recorded"
+        assert_as_recorded(content, run, COLUMNS, f"{path}: not as recorded")
         assert commits.get(path) == 1, f"{path}: {commits.get(path)} commits"
         assert delta.transaction_version(run_app_id(path)) == jobs[path]["id"]
     assert content.num_rows == sum(len(run) for run in runs), "no row twice"

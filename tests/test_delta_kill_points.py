@@ -25,7 +25,7 @@ from herocollector.journal.sqlite import JobState
 from herocollector.output.delta import run_app_id
 from herocollector.testing.actors import wait_for
 from herocollector.testing.runs import RecordedRun, build_run, journal_rows
-from herocollector.testing.tables import commits_per_run, recorded_records, table_records
+from herocollector.testing.tables import assert_as_recorded, commits_per_run
 
 SERVICE = textwrap.dedent(
     """
@@ -129,7 +129,7 @@ def test_kill_9_right_before_and_right_after_the_commit_loses_no_run_and_commits
     commits = commits_per_run(delta)
     for run in runs:
         path = str(run.path)
-        assert table_records(content, COLUMNS, path) == recorded_records(run, COLUMNS), f"{path}: rows as recorded"
+        assert_as_recorded(content, run, COLUMNS, f"{path}: rows as recorded")
         assert commits.get(path) == 1, f"{path}: {commits.get(path)} commits"
         job = next(job for job in jobs if job["path"] == path)
         assert delta.transaction_version(run_app_id(path)) == job["id"]

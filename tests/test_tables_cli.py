@@ -13,7 +13,7 @@ from deltalake import DeltaTable
 
 from herocollector.testing.runs import RecordedRun, build_run
 from herocollector.testing.servers import S3TestServer
-from herocollector.testing.tables import commit_rows, recorded_records, table_records
+from herocollector.testing.tables import assert_as_recorded, commit_rows
 
 COLUMNS = ("experiment", "measure")
 
@@ -42,7 +42,7 @@ def test_collect_commits_each_run_once_partitioned_and_replaces_a_run_in_one_com
     assert [c["herocollector.run"] for c in reversed(delta.history())] == [str(r.path) for r in runs]
     content = delta.to_pyarrow_table()
     for run in runs:
-        assert table_records(content, COLUMNS, str(run.path)) == recorded_records(run, COLUMNS)
+        assert_as_recorded(content, run, COLUMNS)
 
     again = cli("collect", runs[0].path, "-o", table, "--format", "delta", "--columns", columns, "--json", "-q")
     assert again.returncode == 0, again.stderr
@@ -52,7 +52,7 @@ def test_collect_commits_each_run_once_partitioned_and_replaces_a_run_in_one_com
     assert len(delta.history()) == 3, "the replacement is one commit"
     content = delta.to_pyarrow_table()
     assert content.num_rows == sum(len(r) for r in runs), "the run's rows are in the table once"
-    assert table_records(content, COLUMNS, str(runs[0].path)) == recorded_records(runs[0], COLUMNS)
+    assert_as_recorded(content, runs[0], COLUMNS)
 
     refused = cli("collect", runs[0].path, "-o", table, "--format", "delta", "--columns", columns, "--no-clobber", "-q")
     assert refused.returncode == 1

@@ -113,12 +113,20 @@ class RecordedRun:
         data: dict[str, pa.Array] = {
             "stream_id": pa.array([self.stream_ids[i] for i in picked], type=pa.uint32()),
             "epoch": pa.array([self.epochs[i] for i in picked], type=pa.float64()),
-            "indices": pa.array([self.indices[i].tolist() for i in picked], type=pa.list_(pa.int64())),
-            "values": pa.array([self.values[i].tolist() for i in picked], type=pa.list_(pa.float64())),
+            "indices": _lists([self.indices[i] for i in picked], np.int64),
+            "values": _lists([self.values[i] for i in picked], np.float64),
         }
         for name in columns:
             data[name] = pa.array([self.stream(self.stream_ids[i]).get(name) for i in picked])
         return pa.table(data)
+
+
+def _lists(arrays: list[np.ndarray], dtype: type[np.generic]) -> pa.Array:
+    """One list per array, as Arrow lists of ``dtype`` (built from the arrays, not from Python lists)."""
+    offsets = np.zeros(len(arrays) + 1, dtype=np.int32)
+    np.cumsum([len(a) for a in arrays], out=offsets[1:])
+    flat = np.concatenate(arrays).astype(dtype, copy=False) if arrays else np.zeros(0, dtype)
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat))
 
 
 def default_labels(n_streams: int, seed: int) -> list[dict[str, Any]]:
