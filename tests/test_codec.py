@@ -1475,7 +1475,10 @@ def test_reader_thread_ends_when_decoding_stops_early(tmp_path: Path) -> None:
     path.write_bytes(encode_segment(bulk_records(seed=44, count=3000, max_n=8)))
     assert path.stat().st_size > 8 * MIN_CHUNK
     chunks = SegmentDecoder(KNOWN_IDS, chunk_bytes=MIN_CHUNK).decode_file(path)
-    assert len(next(chunks)) > 0
+    for _ in range(3):  # the first chunk is read in this thread (the file's size is not known yet)
+        assert len(next(chunks)) > 0
+        if reader_threads():
+            break
     assert reader_threads()  # reading ahead
     chunks.close()
     assert not reader_threads()
@@ -1484,7 +1487,11 @@ def test_reader_thread_ends_when_decoding_stops_early(tmp_path: Path) -> None:
 def test_files_of_one_chunk_or_less_are_decoded_without_a_reader_thread(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """With ``nbytes`` (a run's inventory knows it), a run of at most one chunk starts no thread: none can overlap."""
+    """A run of at most one chunk starts no thread: none can overlap.
+
+    With ``nbytes`` (a run's inventory knows it) that is decided at once; without, a reader
+    thread starts once a chunk was read, and so does a stream's.
+    """
     records = bulk_records(seed=48, count=3000, max_n=8)
     path = tmp_path / "segment-000000.seg.zst"
     path.write_bytes(encode_segment(records))
@@ -1497,12 +1504,20 @@ def test_files_of_one_chunk_or_less_are_decoded_without_a_reader_thread(
         start(thread)
 
     monkeypatch.setattr(threading.Thread, "start", recording_start)
-    for chunk_bytes, nbytes, reader in ((size, size, False), (MIN_CHUNK, size, True), (size, None, True)):
+    cases = ((size, size, False), (MIN_CHUNK, size, True), (size + 1, None, False), (MIN_CHUNK, None, True))
+    for chunk_bytes, nbytes, reader in cases:
         started.clear()
         decoder = SegmentDecoder(KNOWN_IDS, chunk_bytes=chunk_bytes)
         columns = list(decoder.columns([path], nbytes=nbytes))
         assert ("herocollector-reader" in started) is reader, (chunk_bytes, nbytes, started)
         assert sum(len(c) for c in columns) == len(records)
+        assert not reader_threads()
+    for chunk_bytes, reader in ((size + 1, False), (MIN_CHUNK, True)):
+        started.clear()
+        with path.open("rb") as fh:
+            got = Records.concat(SegmentDecoder(KNOWN_IDS, chunk_bytes=chunk_bytes).decode_stream(fh, path))
+        assert ("herocollector-reader" in started) is reader, (chunk_bytes, started)
+        assert_records_equal(got, records)
         assert not reader_threads()
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
-from herocollector.decode.prefetch import Prefetch, prefetched
+from herocollector.decode.prefetch import Prefetch, prefetched, prefetched_once
 from herocollector.errors import SegmentError
 from herocollector.output.pipeline import OutputPipeline, WriteContext
 from herocollector.testing.runs import build_run
@@ -203,4 +203,42 @@ def test_a_consumer_that_stops_early_stops_the_thread() -> None:
     generator.close()
     assert source.closed_on == READER
     assert source.made < 100_000
+    assert not [t for t in threading.enumerate() if t.name == READER]
+
+
+def test_items_are_made_in_the_calling_thread_until_they_are_worth_a_thread() -> None:
+    main = threading.current_thread().name
+    small = _Source(5)
+    assert list(prefetched_once(small, 2, lambda: False, name=READER)) == list(range(5))
+    assert small.closed_on == main  # no thread at all
+
+    made_on: list[str] = []
+    closed_on: list[str] = []
+
+    def large() -> Iterator[int]:
+        try:
+            for i in range(100):
+                made_on.append(threading.current_thread().name)
+                yield i
+        finally:
+            closed_on.append(threading.current_thread().name)
+
+    assert list(prefetched_once(large, 2, lambda: len(made_on) > 10, name=READER)) == list(range(100))
+    assert made_on == [main] * 11 + [READER] * 89
+    assert closed_on == [READER]  # the rest was made, and the iterator closed, on the thread
+    assert not [t for t in threading.enumerate() if t.name == READER]
+
+
+def test_an_iterator_that_never_reached_the_thread_is_closed_in_the_caller_and_errors_keep_their_order() -> None:
+    source = _Source(100)
+    generator = prefetched_once(source, 2, lambda: False, name=READER)
+    assert next(generator) == 0
+    generator.close()
+    assert source.closed_on == threading.current_thread().name and source.made == 1
+
+    got: list[int] = []
+    failing = _Source(30, SegmentError("damaged", "segment-000001.seg.zst", 7))
+    with pytest.raises(SegmentError, match="damaged"):
+        got.extend(prefetched_once(failing, 2, lambda: failing.made >= 20, name=READER))
+    assert got == list(range(30)) and failing.closed_on == READER
     assert not [t for t in threading.enumerate() if t.name == READER]

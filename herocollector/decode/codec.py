@@ -54,7 +54,7 @@ from herocollector.decode import native as kernel  # re-exported: ``codec.kernel
 from herocollector.decode.columns import MAX_RECORD_BYTES, Columns, RecordDecoder, StreamTable
 from herocollector.decode.frames import MAX_FRAME_BYTES, SINGLE_PASS_BYTES, Chunk, Readable, ReadBuffers, read_segment
 from herocollector.decode.parallel import coalesced, decode_in_parts
-from herocollector.decode.prefetch import prefetched
+from herocollector.decode.prefetch import prefetched, prefetched_once
 from herocollector.decode.records import (
     Records,
     TickState,
@@ -220,6 +220,31 @@ class _NotClosing(io.RawIOBase):
         return self._fh.readinto(buffer) or 0
 
 
+class _Tally:
+    """Bytes read through the readers it wraps (the input read so far, when its size was not known)."""
+
+    def __init__(self) -> None:
+        self.bytes = 0
+
+    def counting(self, reader: Readable) -> Readable:
+        """``reader``, counted."""
+        return _Tallied(reader, self)
+
+
+class _Tallied(io.RawIOBase):
+    def __init__(self, reader: Readable, tally: _Tally) -> None:
+        self._reader = reader
+        self._tally = tally
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        got = self._reader.readinto(buffer) or 0
+        self._tally.bytes += got
+        return got
+
+
 class SegmentDecoder:
     """Decodes the segments of one logger run.
 
@@ -364,12 +389,15 @@ class SegmentDecoder:
     def _decode(self, sources: list[_Source], scaled: bool, threads: bool | None = None) -> Iterator[Records | Columns]:
         chunk_bytes, max_frame = self._chunk_bytes, self._max_frame_bytes
 
+        tally = _Tally()
+
         def read() -> Iterator[Chunk]:
             dctx = zstandard.ZstdDecompressor()
             space = ReadBuffers(chunk_bytes)
             for source in sources:
                 with source.open() as fh:  # closed when the segment ends, or decoding stops
-                    yield from read_segment(_readable(fh), source.name, chunk_bytes, dctx, space, max_frame)
+                    reader = _readable(fh) if threads is not None else tally.counting(_readable(fh))
+                    yield from read_segment(reader, source.name, chunk_bytes, dctx, space, max_frame)
 
         def produce() -> Iterator[Chunk]:
             return coalesced(read(), chunk_bytes)
@@ -381,7 +409,14 @@ class SegmentDecoder:
                 chunk_bytes, max_frame, self._max_record_bytes,
             )  # fmt: skip
             return
-        chunks = prefetched(produce, PIPELINE_DEPTH, name="herocollector-reader") if threaded else produce()
+        if not threaded:
+            chunks: Iterator[Chunk] = produce()
+        elif threads is None:  # the size is not known: a reader thread once a chunk was read
+            chunks = prefetched_once(
+                produce, PIPELINE_DEPTH, lambda: tally.bytes >= chunk_bytes, name="herocollector-reader"
+            )
+        else:
+            chunks = prefetched(produce, PIPELINE_DEPTH, name="herocollector-reader")
         try:
             yield from RecordDecoder(self.streams, self.ticks, scaled, self._max_record_bytes).decode(chunks)
         finally:

@@ -2,7 +2,8 @@
 
 :class:`Prefetch` runs ``produce()`` on a thread of its own, at most ``depth`` items ahead of
 the consumer; items, and finally the producer's exception if it raised one, arrive in order
-in the consumer. :func:`prefetched` is the same as a generator. It is the one prefetcher of
+in the consumer. :func:`prefetched` is the same as a generator, and :func:`prefetched_once`
+produces in the consumer's thread until a test says the rest is worth a thread. It is the one prefetcher of
 the package: the segment decoder reads and decompresses chunks ahead of the record decoder
 with it (:class:`herocollector.decode.codec.SegmentDecoder`), and the output pipeline
 (:mod:`herocollector.output.pipeline`) decodes whole runs ahead of the one being written,
@@ -167,3 +168,40 @@ def prefetched(
     """
     with Prefetch(produce, depth, name=name) as items:
         yield from items
+
+
+def prefetched_once(
+    produce: Callable[[], Iterable[T]],
+    depth: int,
+    worth_a_thread: Callable[[], bool],
+    *,
+    name: str = "herocollector-prefetch",
+) -> Generator[T, None, None]:
+    """Like :func:`prefetched`, but the items are made in the calling thread until ``worth_a_thread()``.
+
+    Asked before each item: once it is true, the rest of the same iterator is made on a thread,
+    ahead of the consumer. For input of unknown size (a stream, a pipe), so that a small one
+    costs no thread, which would have nothing to overlap, and a large one still gets one.
+    The iterator is closed on the thread that made its last item.
+    """
+    items = iter(produce())
+    handed = False
+
+    def take() -> Iterable[T]:
+        nonlocal handed
+        handed = True
+        return items
+
+    try:
+        while not worth_a_thread():
+            try:
+                item = next(items)
+            except StopIteration:
+                return
+            yield item
+        with Prefetch(take, depth, name=name) as ahead:
+            yield from ahead
+    finally:
+        close = getattr(items, "close", None)
+        if not handed and close is not None:  # never reached the thread (or it stopped before taking it)
+            close()
