@@ -68,15 +68,48 @@ def write_simulated_run(
             for m in MEASURES
         ]
         epoch = 0.0
-        for k in range(records):
-            n = int(rng.integers(0, 8))
-            indices = np.sort(rng.choice(100, size=n, replace=False)).astype(np.int64)
-            values = np.round(rng.normal(0.0, 50.0, size=n), 3)
-            epoch += float(rng.exponential(0.25))
-            writer.record(sids[k % len(sids)], epoch, indices, values)
+        for first in range(0, records, _BLOCK):
+            count = min(_BLOCK, records - first)
+            stream_ids = np.asarray(sids)[(first + np.arange(count)) % len(sids)]
+            epochs, offsets, indices, values = _simulated_block(rng, count, epoch)
+            epoch = float(epochs[-1])
+            if isinstance(writer, RunWriter):
+                writer.record_many(stream_ids, epochs, offsets, indices, values)
+                continue
+            for k in range(count):
+                a, b = offsets[k], offsets[k + 1]
+                writer.record(int(stream_ids[k]), float(epochs[k]), indices[a:b], values[a:b])
     finally:
         writer.close()
     return {"path": str(path), "streams": len(sids), "records": records}
+
+
+_BLOCK = 4096
+"""Records simulated at a time."""
+_MAX_NNZ = 7
+_WIDTH = 100  # indices are drawn from 0..99
+
+
+def _simulated_block(
+    rng: np.random.Generator, count: int, epoch: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``count`` records: 0 to 7 distinct sorted indices below 100 each, values N(0, 50) to 3 decimals.
+
+    Epochs follow ``epoch`` by exponential steps (a mean of 0.25). Returns the epochs, the
+    offsets of each record's elements, the indices and the values.
+    """
+    nnz = rng.integers(0, _MAX_NNZ + 1, size=count)
+    # The indices of a record's nnz smallest random keys are nnz distinct indices, uniformly.
+    smallest = np.argsort(rng.random((count, _WIDTH)), axis=1)[:, :_MAX_NNZ]
+    used = np.arange(_MAX_NNZ) < nnz[:, None]
+    chosen = np.where(used, smallest, _WIDTH)
+    chosen.sort(axis=1)
+    indices = chosen[np.arange(_MAX_NNZ) < nnz[:, None]].astype(np.int64)
+    offsets = np.zeros(count + 1, dtype=np.int64)
+    np.cumsum(nnz, out=offsets[1:])
+    values = np.round(rng.normal(0.0, 50.0, size=indices.size), 3)
+    epochs = epoch + np.cumsum(rng.exponential(0.25, size=count))
+    return epochs, offsets, indices, values
 
 
 class DemoLogger:

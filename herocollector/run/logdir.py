@@ -124,6 +124,7 @@ class RunWriter:
         (self.path / STREAMS_DIR).mkdir(parents=True, exist_ok=True)
         self._rotate_bytes = rotate_bytes
         self._records_per_frame = records_per_frame
+        self._flush_records = records_per_frame * 64  # records written to the segment at a time
         self._level = zstd_level
         self._scales: dict[int, tuple[float, float]] = {}
         self._pending: list[tuple[int, int, np.ndarray, np.ndarray]] = []
@@ -171,8 +172,50 @@ class RunWriter:
             raise ValueError("indices and values must be 1-D and of the same length")
         tick = int(llround(np.array([epoch / epoch_scale]))[0])
         self._pending.append((stream_id, tick, idx, llround(vals / value_scale)))
-        if len(self._pending) >= self._records_per_frame * 64:
+        if len(self._pending) >= self._flush_records:
             self.flush()
+
+    def record_many(
+        self, stream_ids: np.ndarray, epochs: np.ndarray, offsets: np.ndarray, indices: np.ndarray, values: np.ndarray
+    ) -> None:
+        """Record many sparse vectors at once, in order: what as many :meth:`record` calls would write.
+
+        Args:
+            stream_ids: Each record's stream id (from :meth:`register_stream`).
+            epochs: Each record's time.
+            offsets: Record ``k``'s elements are ``indices[offsets[k]:offsets[k + 1]]`` (``len(epochs) + 1`` entries, from 0).
+            indices: The indices of every record, each record's strictly increasing.
+            values: Their values.
+        """
+        sids = np.asarray(stream_ids, dtype=np.int64)
+        offsets = np.asarray(offsets, dtype=np.int64)
+        idx, vals = np.asarray(indices, dtype=np.int64), np.asarray(values, dtype=np.float64)
+        if not (sids.shape == np.shape(epochs) and offsets.shape == (sids.size + 1,) and idx.shape == vals.shape):
+            raise ValueError("one stream id and epoch per record, one more offset, and one value per index")
+        if offsets[0] != 0 or offsets[-1] != idx.size or (np.diff(offsets) < 0).any():
+            raise ValueError("offsets must rise from 0 to the number of indices")
+        unknown = sorted(set(np.unique(sids).tolist()) - set(self._scales))
+        if unknown:
+            raise KeyError(f"unknown stream id {unknown[0]}")
+        epoch_scale = np.zeros(max(self._scales) + 1)
+        value_scale = np.ones(max(self._scales) + 1)
+        for sid, (escale, vscale) in self._scales.items():
+            epoch_scale[sid], value_scale[sid] = escale, vscale
+        ticks = llround(np.asarray(epochs, dtype=np.float64) / epoch_scale[sids])
+        quant = llround(vals / np.repeat(value_scale[sids], np.diff(offsets)))
+        self.flush()  # what record() buffered comes first
+        for start in range(0, sids.size, self._flush_records):
+            stop = min(start + self._flush_records, sids.size)
+            first, last = offsets[start], offsets[stop]
+            self._write(
+                Records(
+                    sids[start:stop].astype(np.uint32),
+                    ticks[start:stop],
+                    offsets[start : stop + 1] - first,
+                    idx[first:last],
+                    quant[first:last],
+                )
+            )
 
     def flush(self) -> None:
         """Write buffered records to the current segment."""
@@ -183,13 +226,17 @@ class RunWriter:
         lengths = np.array([i.size for i in idx], dtype=np.int64)
         offsets = np.zeros(lengths.size + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
-        records = Records(
-            np.asarray(sids, dtype=np.uint32),
-            np.asarray(ticks, dtype=np.int64),
-            offsets,
-            np.concatenate(idx),
-            np.concatenate(quant),
+        self._write(
+            Records(
+                np.asarray(sids, dtype=np.uint32),
+                np.asarray(ticks, dtype=np.int64),
+                offsets,
+                np.concatenate(idx),
+                np.concatenate(quant),
+            )
         )
+
+    def _write(self, records: Records) -> None:
         data = encode_segment(records, self._ticks, records_per_frame=self._records_per_frame, level=self._level)
         segment = self.path / f"{self._segment_index:05d}{SEGMENT_SUFFIX}"
         with open(segment, "ab") as fh:
