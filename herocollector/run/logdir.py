@@ -183,7 +183,8 @@ class RunWriter:
         Args:
             stream_ids: Each record's stream id (from :meth:`register_stream`).
             epochs: Each record's time.
-            offsets: Record ``k``'s elements are ``indices[offsets[k]:offsets[k + 1]]`` (``len(epochs) + 1`` entries, from 0).
+            offsets: Record ``k``'s elements are ``indices[offsets[k]:offsets[k + 1]]``
+                (``len(epochs) + 1`` entries, from 0).
             indices: The indices of every record, each record's strictly increasing.
             values: Their values.
         """
