@@ -67,6 +67,7 @@ def test_record_many_refuses_what_record_refuses(tmp_path: Path) -> None:
         writer.record_many(one, np.zeros(1), np.array([0, 2]), np.array([3]), np.array([1.0]))
     with pytest.raises(ValueError, match="one value per index"):
         writer.record_many(one, np.zeros(1), np.array([0, 1]), np.array([3]), np.array([1.0, 2.0]))
+    writer.record_many(np.zeros(0, int), np.zeros(0), np.array([0]), np.zeros(0, int), np.zeros(0))  # nothing
     writer.close()
     assert segments(tmp_path / "run") == []
 

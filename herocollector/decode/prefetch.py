@@ -3,11 +3,11 @@
 :class:`Prefetch` runs ``produce()`` on a thread of its own, at most ``depth`` items ahead of
 the consumer; items, and finally the producer's exception if it raised one, arrive in order
 in the consumer. :func:`prefetched` is the same as a generator, and :func:`prefetched_once`
-produces in the consumer's thread until a test says the rest is worth a thread. It is the one prefetcher of
-the package: the segment decoder reads and decompresses chunks ahead of the record decoder
-with it (:class:`herocollector.decode.codec.SegmentDecoder`), and the output pipeline
-(:mod:`herocollector.output.pipeline`) decodes whole runs ahead of the one being written,
-each through its own queue, started in run order.
+makes the first items in the consumer's thread, until a test says the rest is worth a thread.
+It is the one prefetcher of the package: the segment decoder reads and decompresses chunks
+ahead of the record decoder with it (:class:`herocollector.decode.codec.SegmentDecoder`), and
+the output pipeline (:mod:`herocollector.output.pipeline`) decodes whole runs ahead of the one
+being written, each through its own queue, started in run order.
 
 Closing stops the producer between two items (it closes ``produce()``'s iterator on its own
 thread, so a reader and the run directory it holds are closed where they were used) and

@@ -198,6 +198,8 @@ class RunWriter:
         unknown = sorted(set(np.unique(sids).tolist()) - set(self._scales))
         if unknown:
             raise KeyError(f"unknown stream id {unknown[0]}")
+        if not sids.size:
+            return
         epoch_scale = np.zeros(max(self._scales) + 1)
         value_scale = np.ones(max(self._scales) + 1)
         for sid, (escale, vscale) in self._scales.items():
