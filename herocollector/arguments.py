@@ -456,7 +456,7 @@ ARGUMENTS: tuple[Argument, ...] = (
             "Seconds a worker's lease on a running job lasts unless renewed (every third of it). On a shared "
             "PostgreSQL journal, an actor that stays silent longer (paused, partitioned, dead) is fenced out: another"
             " actor takes the job with a new fencing token, and the silent one can neither publish nor mark the job "
-            "done."
+            "done, nor report a failure of it: it logs `job N for PATH: lease lost, fenced out`."
         ),
         example="`60.0`",
     ),

@@ -394,6 +394,40 @@ def test_empty_or_dot_labels_make_no_hidden_files(site: Site, value: str) -> Non
     assert not site.out.exists() or not any(site.out.rglob("*"))
 
 
+def test_an_attempt_whose_job_another_actor_holds_now_reports_nothing(
+    site: Site, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Fenced out when its outcome is recorded: no failure, progress or retry is announced for a job it lost."""
+    from herocollector.errors import SegmentError
+    from herocollector.events import RunProgress
+    from herocollector.journal.sqlite import open_journal
+    from herocollector.service.runner import Failed, Following, JobRunner, PutBack
+
+    journal = open_journal(site.tmp / "fenced.sqlite3")
+    progress: list[RunProgress] = []
+    failures: list[RunFailed] = []
+    runner = JobRunner(site.config(), journal, threading.Event(), site.collected.append, failures.append)
+    runner.on_progress = progress.append
+    run = site.run("lost")
+    journal.submit(str(run), "logger", {})
+    stale = journal.take_due(owner="a")
+    assert stale is not None
+    journal.defer(stale.id, None, "handed on", token=stale.token)
+    current = journal.take_due(owner="a")  # the job as its holder has it now: a newer token
+    assert current is not None and current.token > stale.token
+    chunk = RunProgress(str(run), 1, 10, 10, {}, stale.id)
+    with caplog.at_level("WARNING", logger="herocollector"):
+        runner.conclude(stale, Failed(SegmentError("damaged", "x.seg.zst", 3), 1))
+        runner.conclude(stale, Following(time.time(), chunk))
+        runner.conclude(stale, PutBack(None, "later"))
+    assert failures == [] and progress == []
+    fenced = [r.getMessage() for r in caplog.records if "fenced out" in r.getMessage()]
+    assert len(fenced) == 3 and all(m.startswith(f"job {stale.id} for {run}: lease lost") for m in fenced)
+    assert not [r for r in caplog.records if "retrying" in r.getMessage() or "deferred" in r.getMessage()]
+    assert journal.get(stale.id) == current  # nothing recorded under the stale token
+    journal.close()
+
+
 def test_a_failing_journal_inside_the_runner_is_recorded_later_and_the_worker_lives(site: Site) -> None:
     service = site.service(workers=1)
     original = service.journal.finish

@@ -154,6 +154,11 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+def _log_fenced(job: Job, reason: str) -> None:
+    """The one line that says an actor lost a job to another: whether its runner or the journal found out."""
+    log.warning(f"job {job.id} for {job.path}: lease lost, fenced out; nothing recorded ({reason})")
+
+
 class JobRunner:
     """Runs jobs for the service; see the module documentation.
 
@@ -345,20 +350,22 @@ class JobRunner:
         if isinstance(outcome, Collected):
             self._collected(job, outcome)
         elif isinstance(outcome, Parked):
-            self._record(job.id, lambda: self.journal.park(job.id, outcome.check_at, outcome.deadline, token=job.token))
-            log.info(f"job {job.id}: {job.path} has no _DONE yet; waiting")
+            if self._record(
+                job, lambda: self.journal.park(job.id, outcome.check_at, outcome.deadline, token=job.token)
+            ):
+                log.info(f"job {job.id}: {job.path} has no _DONE yet; waiting")
         elif isinstance(outcome, Following):
-            self._record(job.id, lambda: self.journal.defer(job.id, outcome.check_at, None, token=job.token))
-            if outcome.progress is not None and self.on_progress is not None:
+            recorded = self._record(job, lambda: self.journal.defer(job.id, outcome.check_at, None, token=job.token))
+            if recorded and outcome.progress is not None and self.on_progress is not None:
                 self._notify(self.on_progress, outcome.progress)
         elif isinstance(outcome, PutBack):
-            if outcome.reason is None:
-                log.info(f"job {job.id} for {job.path} interrupted by shutdown; it stays pending")
-            else:
-                log.info(f"job {job.id} for {job.path} deferred: {outcome.reason}")
-            self._record(job.id, lambda: self.journal.defer(job.id, outcome.retry_at, outcome.reason, token=job.token))
+            if self._record(job, lambda: self.journal.defer(job.id, outcome.retry_at, outcome.reason, token=job.token)):
+                if outcome.reason is None:
+                    log.info(f"job {job.id} for {job.path} interrupted by shutdown; it stays pending")
+                else:
+                    log.info(f"job {job.id} for {job.path} deferred: {outcome.reason}")
         elif isinstance(outcome, Fenced):
-            log.warning(f"job {job.id} for {job.path}: lease lost, fenced out; nothing recorded ({outcome.reason})")
+            _log_fenced(job, outcome.reason)
         else:
             self._failed(job, outcome)
 
@@ -370,7 +377,7 @@ class JobRunner:
                 self.on_inventory(job, outcome.inventory)
             except Exception as exc:  # noqa: BLE001 - the run is collected; cleanup then refuses it, naming why
                 log.error(f"job {job.id}: recording what was read of {job.path} failed: {exc}")
-        if not self._record(job.id, lambda: self.journal.finish(job.id, outputs, token=job.token)):
+        if not self._record(job, lambda: self.journal.finish(job.id, outputs, token=job.token)):
             return  # fenced out at the last moment: not collected by this actor
         if report.collected_by is None:
             log.info(
@@ -401,7 +408,8 @@ class JobRunner:
                 return self.journal.expire(job.id, message, retry_at)
             return self._fail(job, message, retry_at, keep_deadline, failure.kept)
 
-        self._record(job.id, record)
+        if not self._record(job, record):
+            return  # another actor holds the job now: this attempt is not its failure to report
         if failure.kept:
             log.warning(f"job {job.id}: outputs published without a manifest stay reserved: {list(failure.kept)}")
         if retry_at is None:
@@ -441,21 +449,22 @@ class JobRunner:
 
     # -- recording outcomes -------------------------------------------------------------------
 
-    def _record(self, job_id: int, action: Callable[[], object]) -> bool:
+    def _record(self, job: Job, action: Callable[[], object]) -> bool:
         """Record an outcome in the journal; if the journal fails, keep it for later.
 
         Returns:
-            False if the job was fenced out (nothing is recorded, now or later).
+            False if the job was fenced out (nothing is recorded, now or later, and nothing
+            is reported: another actor holds the job).
         """
         try:
             action()
         except LeaseLost as lost:
-            log.warning(f"job {job_id}: fenced out, its outcome is not recorded ({lost})")
+            _log_fenced(job, str(lost))
             return False
         except Exception as exc:  # noqa: BLE001 - keep the outcome, record it again later
-            log.error(f"recording the outcome of job {job_id} failed ({exc}); will retry")
+            log.error(f"recording the outcome of job {job.id} failed ({exc}); will retry")
             with self._unrecorded_lock:
-                self._unrecorded[job_id] = action
+                self._unrecorded[job.id] = action
         return True
 
     def record_pending(self) -> int:
