@@ -103,8 +103,8 @@ def _simulated_block(
     smallest = np.argsort(rng.random((count, _WIDTH)), axis=1)[:, :_MAX_NNZ]
     used = np.arange(_MAX_NNZ) < nnz[:, None]
     chosen = np.where(used, smallest, _WIDTH)
-    chosen.sort(axis=1)
-    indices = chosen[np.arange(_MAX_NNZ) < nnz[:, None]].astype(np.int64)
+    chosen.sort(axis=1)  # the unused places hold _WIDTH, above every index: they stay last
+    indices = chosen[used].astype(np.int64)
     offsets = np.zeros(count + 1, dtype=np.int64)
     np.cumsum(nnz, out=offsets[1:])
     values = np.round(rng.normal(0.0, 50.0, size=indices.size), 3)

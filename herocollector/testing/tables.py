@@ -68,10 +68,11 @@ def recorded_records(run: RecordedRun, columns: Sequence[str] = ()) -> list[Reco
 def assert_as_recorded(table: pa.Table, run: RecordedRun, columns: Sequence[str] = (), message: str = "") -> None:
     """Assert that ``table``'s rows of ``run`` are the records of ``run``, as :func:`table_records` compares them.
 
-    Both sides are sorted by stream and epoch and compared column by column in Arrow first:
-    equal there, they are equal as records. Otherwise (a difference, a tie in the sort, a
-    NaN, another type) the records are compared as tuples, as before, so a failure reads the
-    same. The tuples alone took seconds for a run of a few hundred thousand records.
+    Both sides are sorted by stream, epoch and a hash of each row's content, and compared
+    column by column in Arrow first: equal there, they are equal as records. Otherwise (a
+    difference, two rows with equal keys, a NaN, another type) the records are compared as
+    tuples, as before, so a failure reads the same. The tuples alone took seconds for a run of
+    a few hundred thousand records.
     """
     rows = table.filter(pc.equal(table[TABLE_RUN_COLUMN], str(run.path)))
     expected = run.expected_table(columns=tuple(columns))
