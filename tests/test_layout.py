@@ -160,7 +160,9 @@ def test_no_module_is_over_600_lines() -> None:
     assert not long, "\n".join(long)
 
 
-@pytest.mark.parametrize("module", ["herocollector.service", "herocollector", "herocollector.collector"])
+@pytest.mark.parametrize(
+    "module", ["herocollector.service", "herocollector.service.core", "herocollector", "herocollector.collector"]
+)
 def test_the_service_and_the_library_import_without_heros(module: str) -> None:
     probe = (
         f"import {module}, sys; "
@@ -169,3 +171,19 @@ def test_the_service_and_the_library_import_without_heros(module: str) -> None:
     )
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True)
     assert result.stdout.strip() == "", f"importing {module} loaded {result.stdout.strip()}"
+
+
+def test_the_command_line_loads_no_part_of_the_service_it_does_not_run() -> None:
+    """Every ``herocollector`` process builds the whole parser; none starts workers or a metrics server.
+
+    So the service's core (workers, journal groups, following, compaction, the Prometheus
+    client) is not imported to parse a command line, nor by ``collect`` (which uses the
+    catch-up scan's ``finished_runs``): each command line costs its imports, not the actor's.
+    """
+    probe = (
+        "import sys; from herocollector.cli import collect, main; main.build_parser(); "
+        "loaded = sorted(m for m in ('herocollector.service.core', 'herocollector.service.runner', "
+        "'herocollector.service.follow', 'prometheus_client') if m in sys.modules); print(','.join(loaded))"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True)
+    assert result.stdout.strip() == "", f"building the command line loaded {result.stdout.strip()}"
