@@ -112,11 +112,11 @@ import threading
 import time
 import traceback
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from itertools import accumulate, pairwise
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import zstandard
@@ -126,6 +126,8 @@ from herocollector.decode.codec import DEFAULT_CHUNK_BYTES, Records, SegmentDeco
 from herocollector.errors import CollectorError, SegmentError, UnknownStreamError
 
 from .numpy_decoder import NumpySegmentDecoder
+
+T = TypeVar("T")
 
 DEFAULT_FAILURES_DIR = Path(tempfile.gettempdir()) / "herocollector-fuzz-failures"
 """Where failing inputs go unless told otherwise (the command line uses benchmarks/results/)."""
@@ -195,9 +197,14 @@ def unzigzag(value: int) -> int:
     return (value >> 1) if not value & 1 else -(value >> 1) - 1
 
 
-def pick(rng: np.random.Generator, items: tuple[int, ...]) -> int:
-    """One of ``items`` as a Python int (``rng.choice`` would turn ints >= 2**63 into floats)."""
-    return int(items[int(rng.integers(len(items)))])
+def pick(rng: np.random.Generator, items: Sequence[T]) -> T:
+    """One of ``items``, drawn from the stream as ``rng.choice(items)`` draws it (one bounded integer).
+
+    ``rng.choice`` would make a NumPy value of it (ints >= 2**63 become floats), and costs about
+    six times as much on a short list: the fuzzer picks several times per case, and once per
+    byte of a random record.
+    """
+    return items[int(rng.integers(len(items)))]
 
 
 def leb128(value: int) -> bytes:
@@ -347,7 +354,7 @@ def hand_frame(content: bytes, rng: np.random.Generator, *, fcs_mode: str | None
         exponent = max(0, (window - 1).bit_length() - 10)
         window = 1 << (10 + exponent)
         header = bytes([0x00, exponent << 3])  # windowLog 10 + exponent, mantissa 0
-    limit = min(int(rng.choice([64, 1000, 1 << 17])), 1 << 17, window)
+    limit = min(pick(rng, [64, 1000, 1 << 17]), 1 << 17, window)
     out = bytearray(ZSTD_MAGIC + header)
     pos = 0
     while True:
@@ -379,7 +386,7 @@ def compressor(level: int, checksum: bool = False, content_size: bool = True) ->
 def random_frame(content: bytes, rng: np.random.Generator) -> bytes:
     """Compress ``content`` into ONE valid zstd frame, with a random frame layout."""
     style = rng.random()
-    level = int(rng.choice([1, 1, 3, -5, 9]))
+    level = pick(rng, [1, 1, 3, -5, 9])
     if style < 0.45:
         return compressor(level).compress(content)
     if style < 0.6:
@@ -461,7 +468,7 @@ def random_records(rng: np.random.Generator, *, bulk: bool = False) -> Records:
     if index_mode < 0.5:
         # Increasing indices, as a sparse vector's: per record, a cumsum of positive gaps.
         gaps = rng.geometric(0.3, size=total).astype(np.int64)
-        start = np.repeat(rng.integers(0, 1 << int(rng.choice([8, 32, 62])), size=r, dtype=np.int64), n)
+        start = np.repeat(rng.integers(0, 1 << pick(rng, [8, 32, 62]), size=r, dtype=np.int64), n)
         running = np.cumsum(gaps)
         firsts = np.repeat(running[offsets[:-1][n > 0]] - gaps[offsets[:-1][n > 0]], n[n > 0]) if total else running
         indices = start + (running - firsts) if total else np.zeros(0, np.int64)
@@ -469,14 +476,14 @@ def random_records(rng: np.random.Generator, *, bulk: bool = False) -> Records:
         indices = random_int64(rng, total, "full")  # huge, negative, unordered: gaps wrap
     else:
         indices = random_int64(rng, total, "mixed")
-    quantised = random_int64(rng, total, str(rng.choice(["small", "full", "extreme", "mixed"])))
+    quantised = random_int64(rng, total, pick(rng, ["small", "full", "extreme", "mixed"]))
     tick_mode = rng.random()
     if tick_mode < 0.4:
         ticks = np.cumsum(rng.integers(0, 1000, size=r, dtype=np.int64)) + int(rng.integers(-(2**40), 2**40))
     elif tick_mode < 0.5:
         ticks = np.full(r, int(random_int64(rng, 1, "extreme")[0]), dtype=np.int64)
     else:
-        ticks = random_int64(rng, r, str(rng.choice(["full", "extreme", "mixed"])))
+        ticks = random_int64(rng, r, pick(rng, ["full", "extreme", "mixed"]))
     return Records(
         stream_ids.astype(np.uint32),
         ticks.astype(np.int64),
@@ -552,7 +559,7 @@ def build_pool(seed: int, size: int, dctx: zstandard.ZstdDecompressor) -> list[P
         records = random_records(rng, bulk=rng.random() < 0.05)
         if not len(records):
             continue
-        data = encode_segment(records, records_per_frame=int(rng.integers(1, 51)), level=int(rng.choice([1, 3, -5])))
+        data = encode_segment(records, records_per_frame=int(rng.integers(1, 51)), level=pick(rng, [1, 3, -5]))
         if rng.random() < 0.4:
             data = reframe(frame_contents(data, parse_frames(data), dctx), rng)
         if rng.random() < 0.1:
@@ -587,14 +594,14 @@ def pick_chunk(rng: np.random.Generator, forced: int | None) -> int:
     """The case's chunk_bytes: forced by --chunk-bytes, else mostly the default."""
     if forced is not None:
         return forced
-    return int(rng.choice(SMALL_CHUNKS)) if rng.random() < 0.25 else DEFAULT_CHUNK_BYTES
+    return pick(rng, SMALL_CHUNKS) if rng.random() < 0.25 else DEFAULT_CHUNK_BYTES
 
 
 def gen_valid(rng: np.random.Generator, ctx: Context, case: Case) -> None:
     """A valid segment of random records, sometimes re-framed, selected or read in short reads."""
     records = random_records(rng, bulk=rng.random() < 0.02)
     rpf = int(rng.integers(1, 51))
-    level = int(rng.choice([1, 1, 3, -5]))
+    level = pick(rng, [1, 1, 3, -5])
     data = encode_segment(records, records_per_frame=rpf, level=level)
     notes = [f"records={len(records)} rpf={rpf} level={level}"]
     if data and rng.random() < 0.3:
@@ -610,7 +617,7 @@ def gen_valid(rng: np.random.Generator, ctx: Context, case: Case) -> None:
         expected = take(records, np.isin(records.stream_ids.astype(np.uint64), np.array(chosen, dtype=np.uint64)))
         notes.append(f"selected={chosen}")
     if rng.random() < 0.1:
-        case.read_size = int(rng.choice([1, 3, 7, 100, 4099]))
+        case.read_size = pick(rng, [1, 3, 7, 100, 4099])
     case.data, case.expected, case.note = data, expected, " ".join(notes)
 
 
@@ -619,7 +626,7 @@ def mutate_bytes(data: bytes, rng: np.random.Generator, ctx: Context) -> tuple[b
     out = bytearray(data)
     ops = []
     for _ in range(int(rng.integers(1, 5))):
-        op = str(rng.choice(["flip", "set", "setval", "truncate", "insert", "delete", "duplicate", "zero", "splice"]))
+        op = pick(rng, ["flip", "set", "setval", "truncate", "insert", "delete", "duplicate", "zero", "splice"])
         size = len(out)
         p = int(rng.integers(0, size + 1))
         k = int(rng.geometric(0.15))
@@ -630,7 +637,7 @@ def mutate_bytes(data: bytes, rng: np.random.Generator, ctx: Context) -> tuple[b
             out[p : p + k] = rng.bytes(k)
         elif op == "setval" and size:
             p = min(p, size - 1)
-            out[p] = int(rng.choice([0, 0xFF, 0x80, 0x7F, 0x01, 0x28, 0xFD, 0x50, 0x2A]))
+            out[p] = pick(rng, [0, 0xFF, 0x80, 0x7F, 0x01, 0x28, 0xFD, 0x50, 0x2A])
         elif op == "truncate":
             del out[p:]
         elif op == "insert":
@@ -654,7 +661,7 @@ def frame_op(seg: PoolSegment, rng: np.random.Generator, ctx: Context) -> tuple[
     """Drop, duplicate, swap or insert whole frames (the result often still decodes)."""
     spans = [(f.start, f.end) for f in seg.frames]
     pieces = [seg.data[s:e] for s, e in spans]
-    op = str(rng.choice(["drop", "duplicate", "swap", "insert", "empty", "reverse"]))
+    op = pick(rng, ["drop", "duplicate", "swap", "insert", "empty", "reverse"])
     i = int(rng.integers(len(pieces)))
     if op == "drop":
         del pieces[i]
@@ -691,19 +698,15 @@ def gen_mutated(rng: np.random.Generator, ctx: Context, case: Case) -> None:
 def mutate_content(content: bytes, rng: np.random.Generator) -> tuple[bytes, str]:
     """Damage decompressed record bytes (the record splitter's input)."""
     out = bytearray(content)
-    op = str(
-        rng.choice(
-            [
-                "flip", "set", "truncate", "append", "insert", "delete",
-                "long-varint", "huge-n", "unknown-id", "random", "terminate",
-            ]
-        )
-    )  # fmt: skip
+    op = pick(rng, (
+        "flip", "set", "truncate", "append", "insert", "delete",
+        "long-varint", "huge-n", "unknown-id", "random", "terminate",
+    ))  # fmt: skip
     p = int(rng.integers(0, len(out) + 1))
     if op == "flip" and out:
         out[min(p, len(out) - 1)] ^= 1 << int(rng.integers(8))
     elif op == "set":
-        out[p : p + 1] = bytes([int(rng.choice([0x00, 0x7F, 0x80, 0xFF, int(rng.integers(256))]))])
+        out[p : p + 1] = bytes([pick(rng, [0x00, 0x7F, 0x80, 0xFF, int(rng.integers(256))])])
     elif op == "truncate":
         del out[p:]
     elif op == "append":
@@ -721,7 +724,7 @@ def mutate_content(content: bytes, rng: np.random.Generator) -> tuple[bytes, str
     elif op == "unknown-id":
         out[:0] = raw_records(rng, 1, UNKNOWN_IDS)[0]
     elif op == "random":
-        out = bytearray(bytes(int(b) % int(rng.choice([2, 8, 128, 256])) for b in rng.bytes(int(rng.integers(0, 200)))))
+        out = bytearray(bytes(int(b) % pick(rng, [2, 8, 128, 256]) for b in rng.bytes(int(rng.integers(0, 200)))))
     elif op == "terminate":
         out[p:p] = b"\x81\x81\x81"
     return bytes(out), op
@@ -749,12 +752,12 @@ def gen_header(rng: np.random.Generator, ctx: Context, case: Case) -> None:
     zframes = [f for f in seg.frames if not f.skippable] or seg.frames
     for _ in range(int(rng.integers(1, 3))):
         f = zframes[int(rng.integers(len(zframes)))]
-        target = str(rng.choice(["magic", "fhd", "window", "fcs", "block", "block", "checksum", "skippable-size"]))
+        target = pick(rng, ["magic", "fhd", "window", "fcs", "block", "block", "checksum", "skippable-size"])
         if target == "skippable-size":
             sk = [g for g in seg.frames if g.skippable]
             if sk:
                 g = sk[int(rng.integers(len(sk)))]
-                new_size = int(rng.choice([0, 1, 0xFFFFFFFF, int(rng.integers(0, 1 << 32))]))
+                new_size = pick(rng, [0, 1, 0xFFFFFFFF, int(rng.integers(0, 1 << 32))])
                 out[g.start + 4 : g.start + 8] = new_size.to_bytes(4, "little")
                 notes.append(f"skippable-size@{g.start}")
                 continue
@@ -789,17 +792,17 @@ def gen_header(rng: np.random.Generator, ctx: Context, case: Case) -> None:
         else:
             b = f.blocks[int(rng.integers(len(f.blocks)))]
             bh = int.from_bytes(out[b : b + 3], "little")
-            how = str(rng.choice(["last", "type", "size+-", "size-random", "size-huge", "byte"]))
+            how = pick(rng, ["last", "type", "size+-", "size-random", "size-huge", "byte"])
             if how == "last":
                 bh ^= 1
             elif how == "type":
                 bh = (bh & ~6) | (int(rng.integers(4)) << 1)
             elif how == "size+-":
-                bh = (bh & 7) | ((max((bh >> 3) + int(rng.choice([-3, -1, 1, 2, 100])), 0) & 0x1FFFFF) << 3)
+                bh = (bh & 7) | ((max((bh >> 3) + pick(rng, [-3, -1, 1, 2, 100]), 0) & 0x1FFFFF) << 3)
             elif how == "size-random":
                 bh = (bh & 7) | (int(rng.integers(0, 1 << 21)) << 3)
             elif how == "size-huge":
-                bh = (bh & 7) | (int(rng.choice([(1 << 17) + 1, (1 << 21) - 1])) << 3)
+                bh = (bh & 7) | (pick(rng, [(1 << 17) + 1, (1 << 21) - 1]) << 3)
             else:
                 bh ^= int(rng.integers(1, 256)) << (8 * int(rng.integers(3)))
             out[b : b + 3] = (bh & 0xFFFFFF).to_bytes(3, "little")
@@ -840,7 +843,7 @@ def gen_magic_random(rng: np.random.Generator, ctx: Context, case: Case) -> None
         if rng.random() < 0.5:
             fhd = int(rng.integers(256))
         else:
-            fhd = int(rng.choice([0x20, 0x60, 0xA0, 0xE0, 0x00, 0x24, 0x04]))
+            fhd = pick(rng, [0x20, 0x60, 0xA0, 0xE0, 0x00, 0x24, 0x04])
         header = ZSTD_MAGIC + bytes([fhd]) + rng.bytes(int(rng.integers(0, 10)))
 
         def random_block() -> bytes:
@@ -868,10 +871,10 @@ def gen_skippable(rng: np.random.Generator, ctx: Context, case: Case) -> None:
     """Skippable frames of exact, short, long, huge or cut sizes, around a pool segment."""
     parts, notes = [], []
     seg = ctx.pool[int(rng.integers(len(ctx.pool)))]
-    where = str(rng.choice(["before", "after", "between", "alone"]))
+    where = pick(rng, ["before", "after", "between", "alone"])
     for _ in range(int(rng.integers(1, 4))):
-        payload = rng.bytes(int(rng.choice([0, 1, 7, int(rng.integers(0, 300))])))
-        size_mode = str(rng.choice(["exact", "exact", "exact", "short", "long", "huge", "random", "cut-header"]))
+        payload = rng.bytes(pick(rng, [0, 1, 7, int(rng.integers(0, 300))]))
+        size_mode = pick(rng, ["exact", "exact", "exact", "short", "long", "huge", "random", "cut-header"])
         size = {
             "exact": len(payload),
             "short": max(len(payload) - int(rng.integers(1, 10)), 0),
@@ -978,11 +981,11 @@ def gen_bomb(rng: np.random.Generator, ctx: Context, case: Case) -> None:
         hits = np.flatnonzero(before.stream_ids == sid)
         return int(before.ticks[hits[-1]]) if hits.size else 0
 
-    variant = str(rng.choice(["big-record", "cut-record", "empty-records"]))
+    variant = pick(rng, ["big-record", "cut-record", "empty-records"])
     if variant == "big-record":
         n = max(size // 2, 1)
         sid, delta = pick(rng, KNOWN_IDS), int(rng.integers(-(2**40), 2**40))
-        first = int(rng.integers(0, 2**63, dtype=np.int64)) * int(rng.choice([1, 2]))
+        first = int(rng.integers(0, 2**63, dtype=np.int64)) * pick(rng, [1, 2])
         gap, qbyte = int(rng.integers(0, 128)), int(rng.integers(0, 128))
         head = leb128(sid) + leb128(zigzag(delta)) + leb128(n) + leb128(first & M64)
         frame = block_frame([(head, 0), (bytes([gap]), n - 1), (bytes([qbyte]), n)], with_fcs)
@@ -1044,7 +1047,7 @@ def make_case(index: int, seed: int, ctx: Context) -> Case:
     case = Case(index, kind, b"", pick_chunk(rng, ctx.chunk_bytes))
     GENERATORS[kind](rng, ctx, case)
     if case.read_size is None and kind != "valid" and rng.random() < 0.03:
-        case.read_size = int(rng.choice([1, 5, 4099]))
+        case.read_size = pick(rng, [1, 5, 4099])
     return case
 
 
