@@ -183,10 +183,10 @@ def _source(item: str | Path | SegmentSource, on_bytes: Callable[[int], None] | 
 class _Counting(io.RawIOBase):
     """A segment, opened on first read and closed at its end, that reports bytes read."""
 
-    def __init__(self, opener: Callable[[], BinaryIO | io.FileIO], on_bytes: Callable[[int], None]) -> None:
+    def __init__(self, opener: Callable[[], BinaryIO | io.RawIOBase], on_bytes: Callable[[int], None]) -> None:
         self._opener = opener
         self._on_bytes = on_bytes
-        self._fh: BinaryIO | io.FileIO | None = None
+        self._fh: BinaryIO | io.RawIOBase | None = None
 
     def readable(self) -> bool:
         return True
@@ -218,31 +218,6 @@ class _NotClosing(io.RawIOBase):
 
     def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
         return self._fh.readinto(buffer) or 0
-
-
-class _Tally:
-    """Bytes read through the readers it wraps (the input read so far, when its size was not known)."""
-
-    def __init__(self) -> None:
-        self.bytes = 0
-
-    def counting(self, reader: Readable) -> Readable:
-        """``reader``, counted."""
-        return _Tallied(reader, self)
-
-
-class _Tallied(io.RawIOBase):
-    def __init__(self, reader: Readable, tally: _Tally) -> None:
-        self._reader = reader
-        self._tally = tally
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
-        got = self._reader.readinto(buffer) or 0
-        self._tally.bytes += got
-        return got
 
 
 class SegmentDecoder:
@@ -389,14 +364,18 @@ class SegmentDecoder:
     def _decode(self, sources: list[_Source], scaled: bool, threads: bool | None = None) -> Iterator[Records | Columns]:
         chunk_bytes, max_frame = self._chunk_bytes, self._max_frame_bytes
 
-        tally = _Tally()
+        read_bytes = 0  # the input read so far, when its size was not known
+
+        def count(got: int) -> None:
+            nonlocal read_bytes
+            read_bytes += got
 
         def read() -> Iterator[Chunk]:
             dctx = zstandard.ZstdDecompressor()
             space = ReadBuffers(chunk_bytes)
             for source in sources:
                 with source.open() as fh:  # closed when the segment ends, or decoding stops
-                    reader = _readable(fh) if threads is not None else tally.counting(_readable(fh))
+                    reader = _readable(fh) if threads is not None else _Counting(lambda: fh, count)
                     yield from read_segment(reader, source.name, chunk_bytes, dctx, space, max_frame)
 
         def produce() -> Iterator[Chunk]:
@@ -413,7 +392,7 @@ class SegmentDecoder:
             chunks: Iterator[Chunk] = produce()
         elif threads is None:  # the size is not known: a reader thread once a chunk was read
             chunks = prefetched_once(
-                produce, PIPELINE_DEPTH, lambda: tally.bytes >= chunk_bytes, name="herocollector-reader"
+                produce, PIPELINE_DEPTH, lambda: read_bytes >= chunk_bytes, name="herocollector-reader"
             )
         else:
             chunks = prefetched(produce, PIPELINE_DEPTH, name="herocollector-reader")
